@@ -58,6 +58,13 @@ impl GuestRam {
 
     /// Copies `data` into guest RAM at `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemoryError> {
+        // Refuse before copying: vm-memory writes the part that fits before failing.
+        if !self.mem.check_range(GuestAddress(addr), data.len()) {
+            return Err(MemoryError::OutOfRange {
+                addr,
+                len: data.len(),
+            });
+        }
         self.mem
             .write_slice(data, GuestAddress(addr))
             .map_err(|_| MemoryError::OutOfRange {
@@ -103,6 +110,7 @@ macro_rules! access {
         /// Loads from region offset `off`; `None` when out of bounds.
         #[inline]
         pub fn $load(&self, off: u64) -> Option<$t> {
+            self.offset(self.base.wrapping_add(off), std::mem::size_of::<$t>() as u64)?;
             let off = off as usize;
             if off % std::mem::size_of::<$t>() == 0 {
                 self.slice.load::<$t>(off, Ordering::Relaxed).ok()
@@ -113,6 +121,10 @@ macro_rules! access {
         /// Stores at region offset `off`; false when out of bounds.
         #[inline]
         pub fn $store(&self, off: u64, v: $t) -> bool {
+            // vm-memory's byte copy writes what fits before failing: refuse up front.
+            if self.offset(self.base.wrapping_add(off), std::mem::size_of::<$t>() as u64).is_none() {
+                return false;
+            }
             let off = off as usize;
             if off % std::mem::size_of::<$t>() == 0 {
                 self.slice.store::<$t>(v, off, Ordering::Relaxed).is_ok()
@@ -149,12 +161,14 @@ impl<'a> RamView<'a> {
 
     /// Copies bytes out of the region; false when out of bounds.
     pub fn read_bytes(&self, off: u64, buf: &mut [u8]) -> bool {
-        self.slice.read_slice(buf, off as usize).is_ok()
+        self.offset(self.base.wrapping_add(off), buf.len() as u64).is_some()
+            && self.slice.read_slice(buf, off as usize).is_ok()
     }
 
     /// Copies bytes into the region; false when out of bounds.
     pub fn write_bytes(&self, off: u64, buf: &[u8]) -> bool {
-        self.slice.write_slice(buf, off as usize).is_ok()
+        self.offset(self.base.wrapping_add(off), buf.len() as u64).is_some()
+            && self.slice.write_slice(buf, off as usize).is_ok()
     }
 }
 
