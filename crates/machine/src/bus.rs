@@ -151,7 +151,10 @@ mod tests {
         );
         assert_eq!(
             bus.insert(0xffc, 8, dev.clone()),
-            Err(BusError::Overlap { base: 0xffc, len: 8 })
+            Err(BusError::Overlap {
+                base: 0xffc,
+                len: 8
+            })
         );
         assert!(bus.insert(u64::MAX, 2, dev.clone()).is_err());
         bus.insert(0x1008, 8, dev).unwrap();

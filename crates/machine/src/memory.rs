@@ -110,7 +110,10 @@ macro_rules! access {
         /// Loads from region offset `off`; `None` when out of bounds.
         #[inline]
         pub fn $load(&self, off: u64) -> Option<$t> {
-            self.offset(self.base.wrapping_add(off), std::mem::size_of::<$t>() as u64)?;
+            self.offset(
+                self.base.wrapping_add(off),
+                std::mem::size_of::<$t>() as u64,
+            )?;
             let off = off as usize;
             if off % std::mem::size_of::<$t>() == 0 {
                 self.slice.load::<$t>(off, Ordering::Relaxed).ok()
@@ -122,7 +125,13 @@ macro_rules! access {
         #[inline]
         pub fn $store(&self, off: u64, v: $t) -> bool {
             // vm-memory's byte copy writes what fits before failing: refuse up front.
-            if self.offset(self.base.wrapping_add(off), std::mem::size_of::<$t>() as u64).is_none() {
+            if self
+                .offset(
+                    self.base.wrapping_add(off),
+                    std::mem::size_of::<$t>() as u64,
+                )
+                .is_none()
+            {
                 return false;
             }
             let off = off as usize;
@@ -161,13 +170,15 @@ impl<'a> RamView<'a> {
 
     /// Copies bytes out of the region; false when out of bounds.
     pub fn read_bytes(&self, off: u64, buf: &mut [u8]) -> bool {
-        self.offset(self.base.wrapping_add(off), buf.len() as u64).is_some()
+        self.offset(self.base.wrapping_add(off), buf.len() as u64)
+            .is_some()
             && self.slice.read_slice(buf, off as usize).is_ok()
     }
 
     /// Copies bytes into the region; false when out of bounds.
     pub fn write_bytes(&self, off: u64, buf: &[u8]) -> bool {
-        self.offset(self.base.wrapping_add(off), buf.len() as u64).is_some()
+        self.offset(self.base.wrapping_add(off), buf.len() as u64)
+            .is_some()
             && self.slice.write_slice(buf, off as usize).is_ok()
     }
 }

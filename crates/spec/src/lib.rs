@@ -23,7 +23,9 @@ pub enum SpecError {
     #[error("invalid config file {path}: {message}")]
     ParseConfig { path: PathBuf, message: String },
     /// A memory size could not be parsed.
-    #[error("invalid memory size '{0}': expected a number with an optional K, M or G suffix, e.g. 512M")]
+    #[error(
+        "invalid memory size '{0}': expected a number with an optional K, M or G suffix, e.g. 512M"
+    )]
     MemSize(String),
     /// An accelerator name is not known.
     #[error("unknown accelerator '{0}': expected one of auto, kvm, emu")]
@@ -114,7 +116,10 @@ impl FromStr for MemSize {
         } else {
             shift
         };
-        let n: u64 = digits.trim_end_matches(['i', 'B']).parse().map_err(|_| err())?;
+        let n: u64 = digits
+            .trim_end_matches(['i', 'B'])
+            .parse()
+            .map_err(|_| err())?;
         n.checked_shl(shift)
             .filter(|v| v >> shift == n)
             .map(MemSize)
@@ -125,11 +130,11 @@ impl FromStr for MemSize {
 impl fmt::Display for MemSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b % (1 << 30) == 0 {
+        if b.is_multiple_of(1 << 30) {
             write!(f, "{}G", b >> 30)
-        } else if b % (1 << 20) == 0 {
+        } else if b.is_multiple_of(1 << 20) {
             write!(f, "{}M", b >> 20)
-        } else if b % (1 << 10) == 0 {
+        } else if b.is_multiple_of(1 << 10) {
             write!(f, "{}K", b >> 10)
         } else {
             write!(f, "{b}")
@@ -256,7 +261,7 @@ impl VmSpec {
                 ),
             });
         }
-        if m % 4096 != 0 {
+        if !m.is_multiple_of(4096) {
             return Err(SpecError::Invalid {
                 key: "memory",
                 message: format!("{} is not a multiple of 4K", self.memory),
