@@ -12,11 +12,13 @@
 //!
 //! Nothing here knows which accelerator is running.
 
+pub mod boot;
 pub mod bus;
 pub mod exit;
 pub mod irq;
 pub mod memory;
 
+pub use boot::BootConfig;
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 pub use exit::{ExitSignal, GuestExit};
 pub use irq::{IrqLine, NoIrq};
