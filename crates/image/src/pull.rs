@@ -1,0 +1,357 @@
+//! `vireo image pull`: fetch packages, assemble the image in a temporary directory
+//! beside its final place, then move it there in one rename.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::apt::{self, Apt};
+use crate::manifest::{self, FileEntry, Files, Manifest, Package, Packages};
+use crate::{initramfs, mirror, Image, ImageError, Recipe, BUSYBOX_PACKAGE, BUSYBOX_PATH};
+
+/// How [`pull`] behaves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PullOptions {
+    /// Rebuild even if an intact image is already in the cache.
+    pub force: bool,
+    /// Show a spinner with the current stage on stderr (only drawn when stderr is a
+    /// terminal).
+    pub progress: bool,
+}
+
+/// What [`pull`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullOutcome {
+    /// An intact image was already in the cache; nothing was fetched.
+    AlreadyPresent,
+    /// The image was fetched and built.
+    Pulled,
+}
+
+const KERNEL_FILE: &str = "kernel";
+const INITRD_FILE: &str = "initrd.img";
+const FIRMWARE_FILE: &str = "fw_jump.bin";
+
+/// Makes sure the image `name` is in the cache and returns it. An image whose manifest
+/// and file digests check out is returned as it is, without touching the network,
+/// unless `opts.force` is set.
+pub fn pull(name: &str, opts: &PullOptions) -> Result<(Image, PullOutcome), ImageError> {
+    let recipe = crate::recipe(name)?;
+    let images = crate::images_dir()?;
+    let dir = images.join(name);
+    let progress = Progress::new(opts.progress);
+
+    if !opts.force {
+        progress.stage(&format!("{name}: verifying cached image"));
+        if manifest::problem(&dir, name, true).is_none() {
+            progress.done();
+            return Ok((crate::open(name)?, PullOutcome::AlreadyPresent));
+        }
+    }
+
+    apt::check_tools()?;
+    let mirror = mirror::find_mirror()?;
+    std::fs::create_dir_all(&images).map_err(|e| ImageError::io("create directory", &images, e))?;
+    remove_stale(&images, name);
+
+    let staging = Staging::new(&images, name)?;
+    let apt_root = crate::cache_root()?
+        .join("apt")
+        .join(format!("{}-{}", recipe.suite, recipe.debian_arch));
+    let m = build(recipe, &mirror, &apt_root, &staging.path, &progress)?;
+    staging.install(&dir)?;
+    progress.done();
+    let image =
+        crate::image_from_manifest(recipe, &dir, &m).ok_or_else(|| ImageError::NotPulled {
+            name: name.to_string(),
+            reason: "the new manifest has invalid paths".into(),
+        })?;
+    Ok((image, PullOutcome::Pulled))
+}
+
+fn build(
+    recipe: &Recipe,
+    mirror: &str,
+    apt_root: &Path,
+    out: &Path,
+    progress: &Progress,
+) -> Result<Manifest, ImageError> {
+    let name = recipe.name;
+    let apt = Apt::prepare(apt_root, mirror, recipe.suite, recipe.debian_arch)?;
+    progress.stage(&format!(
+        "{name}: updating package lists for {} {}",
+        recipe.suite, recipe.debian_arch
+    ));
+    apt.update()?;
+
+    let kernel_pkg = kernel_package(&apt, recipe)?;
+    let mut wanted = vec![kernel_pkg.clone(), BUSYBOX_PACKAGE.to_string()];
+    if let Some((fw_pkg, _)) = recipe.firmware {
+        wanted.push(fw_pkg.to_string());
+    }
+    progress.stage(&format!("{name}: downloading {}", wanted.join(" ")));
+    let work = out.join("work");
+    let debs = work.join("debs");
+    apt.download(&wanted, &debs)?;
+
+    progress.stage(&format!("{name}: extracting packages"));
+    let root = work.join("root");
+    let mut versions = Vec::new();
+    for entry in std::fs::read_dir(&debs).map_err(|e| ImageError::io("read", &debs, e))? {
+        let path = entry.map_err(|e| ImageError::io("read", &debs, e))?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("deb") {
+            continue;
+        }
+        versions.push(apt::deb_identity(&path)?);
+        apt::extract(&path, &root)?;
+    }
+    let version_of = |pkg: &str| -> Result<Package, ImageError> {
+        versions
+            .iter()
+            .find(|(p, _)| p == pkg)
+            .map(|(p, v)| Package {
+                name: p.clone(),
+                version: v.clone(),
+            })
+            .ok_or_else(|| ImageError::MissingFile {
+                what: format!("the downloaded package {pkg}"),
+                path: debs.clone(),
+            })
+    };
+
+    let (kernel_version, modules_dir) = find_modules_dir(&root)?;
+    let kernel_src = root
+        .join("boot")
+        .join(format!("{}{kernel_version}", recipe.kernel_prefix));
+    if !kernel_src.is_file() {
+        return Err(ImageError::MissingFile {
+            what: format!("the kernel {}{kernel_version}", recipe.kernel_prefix),
+            path: root.join("boot"),
+        });
+    }
+    move_file(&kernel_src, &out.join(KERNEL_FILE))?;
+    if let Some((_, fw_path)) = recipe.firmware {
+        let src = root.join(fw_path);
+        if !src.is_file() {
+            return Err(ImageError::MissingFile {
+                what: format!("the firmware /{fw_path}"),
+                path: root.clone(),
+            });
+        }
+        move_file(&src, &out.join(FIRMWARE_FILE))?;
+    }
+    let busybox = root.join(BUSYBOX_PATH);
+    if !busybox.is_file() {
+        return Err(ImageError::MissingFile {
+            what: format!("busybox at /{BUSYBOX_PATH}"),
+            path: root.clone(),
+        });
+    }
+
+    progress.stage(&format!("{name}: building initramfs"));
+    let initrd = initramfs::build(&initramfs::Inputs {
+        modules_dir: &modules_dir,
+        kernel_version: &kernel_version,
+        busybox: &busybox,
+    })?;
+    let initrd_path = out.join(INITRD_FILE);
+    std::fs::write(&initrd_path, initrd).map_err(|e| ImageError::io("write", &initrd_path, e))?;
+
+    progress.stage(&format!("{name}: hashing"));
+    let firmware = match recipe.firmware {
+        Some(_) => Some(FileEntry::describe(out, FIRMWARE_FILE)?),
+        None => None,
+    };
+    let m = Manifest {
+        format: manifest::FORMAT,
+        name: name.to_string(),
+        arch: recipe.arch,
+        suite: recipe.suite.to_string(),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        kernel_version,
+        default_cmdline: recipe.default_cmdline.to_string(),
+        packages: Packages {
+            kernel: version_of(&kernel_pkg)?,
+            busybox: version_of(BUSYBOX_PACKAGE)?,
+            opensbi: match recipe.firmware {
+                Some((pkg, _)) => Some(version_of(pkg)?),
+                None => None,
+            },
+        },
+        files: Files {
+            kernel: FileEntry::describe(out, KERNEL_FILE)?,
+            initrd: FileEntry::describe(out, INITRD_FILE)?,
+            firmware,
+        },
+    };
+    std::fs::remove_dir_all(&work).map_err(|e| ImageError::io("remove", &work, e))?;
+    manifest::write(out, &m)?;
+    Ok(m)
+}
+
+/// The versioned kernel package behind the recipe's metapackage, preferring its
+/// `-unsigned` sibling when the recipe asks for it and the archive has one.
+fn kernel_package(apt: &Apt, recipe: &Recipe) -> Result<String, ImageError> {
+    let meta = recipe.kernel_meta;
+    let record = apt.show(meta)?.ok_or_else(|| ImageError::KernelPackage {
+        meta: meta.to_string(),
+        reason: format!(
+            "the {} {} archive has no such package",
+            recipe.suite, recipe.debian_arch
+        ),
+    })?;
+    let pkg = apt::kernel_dependency(&record).ok_or_else(|| ImageError::KernelPackage {
+        meta: meta.to_string(),
+        reason: "expected a `linux-image-*` entry in its Depends field".into(),
+    })?;
+    if recipe.prefer_unsigned {
+        let unsigned = format!("{pkg}-unsigned");
+        if apt.show(&unsigned)?.is_some() {
+            return Ok(unsigned);
+        }
+    }
+    Ok(pkg)
+}
+
+/// The kernel version and its modules directory: `usr/lib/modules/<ver>` (merged /usr,
+/// as in trixie) or `lib/modules/<ver>`.
+fn find_modules_dir(root: &Path) -> Result<(String, PathBuf), ImageError> {
+    for base in ["usr/lib/modules", "lib/modules"] {
+        let dir = root.join(base);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut found: Vec<(String, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().join("kernel").is_dir())
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .collect();
+        found.sort();
+        if let Some(first) = found.into_iter().next() {
+            return Ok(first);
+        }
+    }
+    Err(ImageError::MissingFile {
+        what: "a kernel modules directory (lib/modules/<version>/kernel)".into(),
+        path: root.to_path_buf(),
+    })
+}
+
+fn move_file(from: &Path, to: &Path) -> Result<(), ImageError> {
+    std::fs::rename(from, to).map_err(|e| ImageError::io("move", from, e))
+}
+
+/// A directory being filled for image `name`; removed on drop unless installed.
+struct Staging {
+    path: PathBuf,
+    installed: bool,
+}
+
+impl Staging {
+    fn new(images: &Path, name: &str) -> Result<Self, ImageError> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = images.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&path).map_err(|e| ImageError::io("create directory", &path, e))?;
+        Ok(Staging {
+            path,
+            installed: false,
+        })
+    }
+
+    /// Puts the finished image at `dir`. A previous image there is first renamed away,
+    /// so at every moment `dir` holds either the old complete image or the new one.
+    fn install(mut self, dir: &Path) -> Result<(), ImageError> {
+        let mut old = self.path.clone().into_os_string();
+        old.push("-old");
+        let old = PathBuf::from(old);
+        let had_old = match std::fs::rename(dir, &old) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(ImageError::io("move aside", dir, e)),
+        };
+        if let Err(e) = std::fs::rename(&self.path, dir) {
+            if had_old {
+                let _ = std::fs::rename(&old, dir);
+            }
+            return Err(ImageError::io("move into place", &self.path, e));
+        }
+        self.installed = true;
+        if had_old {
+            // The new image is in place; a leftover old copy only wastes space and is
+            // cleaned by the next pull.
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.installed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Removes temporary directories of earlier pulls of `name` that were interrupted
+/// (their process is gone). A pull still running elsewhere keeps its directory.
+fn remove_stale(images: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(images) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let fname = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = fname.strip_prefix(&prefix) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        let alive = pid
+            .parse::<u32>()
+            .is_ok_and(|p| Path::new("/proc").join(p.to_string()).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A spinner showing the current stage. indicatif draws nothing when stderr is not a
+/// terminal, so piped or logged output stays clean.
+struct Progress(Option<ProgressBar>);
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        if !enabled {
+            return Progress(None);
+        }
+        let bar = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} [{elapsed}]") {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress(Some(bar))
+    }
+
+    fn stage(&self, msg: &str) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(msg.to_string());
+        }
+    }
+
+    fn done(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
