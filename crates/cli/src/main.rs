@@ -1,0 +1,171 @@
+//! `vireo`: the command-line front end.
+//!
+//! Exit status: a guest command's own status (0–255) with `vireo run ... -- CMD`; 0 when an
+//! interactive guest powers off; 1 when vireo or the guest fails (the message says which); 2 for
+//! usage errors (bad flags, bad config keys or values).
+
+mod console;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "vireo",
+    version,
+    about = "Run virtual machines",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a VM: an interactive shell on its console, or `-- CMD ARGS...` run in the guest.
+    Run(RunArgs),
+    /// Manage guest images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Fetch a guest image from the Debian mirror the host's apt uses and build its initramfs.
+    Pull {
+        /// Image name (see `vireo image list --known`).
+        name: String,
+        /// Fetch again even if the image is already in the cache.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List pulled images.
+    List {
+        /// List the images vireo knows how to pull instead.
+        #[arg(long)]
+        known: bool,
+    },
+}
+
+/// Every flag here has a config-file key of the same name (with `-` written `_`).
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// A TOML file with the VM's settings; flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Accelerator: auto, kvm or emu.
+    #[arg(long)]
+    pub accel: Option<String>,
+    /// A pulled image to boot (kernel and initramfs).
+    #[arg(long, value_name = "NAME")]
+    pub image: Option<String>,
+    /// Kernel to boot (RISC-V Image or ELF).
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs for the kernel.
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (replaces the image's default).
+    #[arg(long, value_name = "STRING")]
+    pub cmdline: Option<String>,
+    /// M-mode firmware to run first (e.g. OpenSBI fw_jump.bin) instead of the built-in SBI.
+    #[arg(long, value_name = "FILE")]
+    pub firmware: Option<PathBuf>,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Guest RAM, e.g. 512M or 1G.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Show the whole guest console, kernel log included.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Copy everything the guest console prints to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub console_log: Option<PathBuf>,
+    /// Command to run in the guest; vireo exits with its status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints help/version to stdout with status 0 and usage errors with 2.
+            let _ = e.print();
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let code = match cli.cmd {
+        Command::Run(args) => run::run(args),
+        Command::Image(ImageCmd::Pull { name, force }) => image_pull(&name, force),
+        Command::Image(ImageCmd::List { known }) => image_list(known),
+    };
+    ExitCode::from(code)
+}
+
+fn image_pull(name: &str, force: bool) -> u8 {
+    let opts = vireo_image::PullOptions {
+        force,
+        progress: true,
+    };
+    match vireo_image::pull(name, &opts) {
+        Ok((img, outcome)) => {
+            let what = match outcome {
+                vireo_image::PullOutcome::AlreadyPresent => "already pulled",
+                vireo_image::PullOutcome::Pulled => "pulled",
+            };
+            println!(
+                "{name}: {what} (kernel {}) in {}",
+                img.kernel_version,
+                img.dir.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("vireo: {e}");
+            if matches!(e, vireo_image::ImageError::UnknownImage { .. }) {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}
+
+fn image_list(known: bool) -> u8 {
+    if known {
+        for n in vireo_image::known_images() {
+            println!("{n}");
+        }
+        return 0;
+    }
+    match vireo_image::list() {
+        Ok(images) => {
+            println!(
+                "{:<16} {:<8} {:<28} {:>8}  PULLED",
+                "NAME", "ARCH", "KERNEL", "SIZE"
+            );
+            for i in images {
+                println!(
+                    "{:<16} {:<8} {:<28} {:>7}M  {}",
+                    i.name,
+                    i.arch,
+                    i.kernel_version,
+                    i.size.div_ceil(1 << 20),
+                    run::format_age(i.created)
+                );
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("vireo: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! `vireo run`: from flags and config to a running guest and an exit status.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use vireo_devices::ConsoleOutput;
+use vireo_machine::{BootConfig, GuestExit};
+use vireo_spec::{Accel, MemSize, SpecError, VmSpec};
+
+use crate::console::{self, Console};
+use crate::RunArgs;
+
+/// A failure with the exit status it maps to.
+pub struct Failure {
+    pub status: u8,
+    pub message: String,
+}
+
+fn usage(msg: impl std::fmt::Display) -> Failure {
+    Failure {
+        status: 2,
+        message: msg.to_string(),
+    }
+}
+
+fn failed(msg: impl std::fmt::Display) -> Failure {
+    Failure {
+        status: 1,
+        message: msg.to_string(),
+    }
+}
+
+pub fn run(args: RunArgs) -> u8 {
+    match run_inner(args) {
+        Ok(status) => status,
+        Err(f) => {
+            eprintln!("vireo: {}", f.message);
+            f.status
+        }
+    }
+}
+
+/// Merges the config file (if any) with flags; flags win.
+pub fn build_spec(args: &RunArgs) -> Result<VmSpec, Failure> {
+    let mut spec = match &args.config {
+        Some(p) => VmSpec::from_file(p).map_err(|e| match e {
+            SpecError::ReadConfig { .. } => failed(e),
+            _ => usage(e),
+        })?,
+        None => VmSpec::default(),
+    };
+    if let Some(a) = &args.accel {
+        spec.accel = a.parse().map_err(usage)?;
+    }
+    if let Some(i) = &args.image {
+        spec.image = Some(i.clone());
+    }
+    if let Some(k) = &args.kernel {
+        spec.kernel = Some(k.clone());
+    }
+    if let Some(i) = &args.initrd {
+        spec.initrd = Some(i.clone());
+    }
+    if let Some(c) = &args.cmdline {
+        spec.cmdline = Some(c.clone());
+    }
+    if let Some(f) = &args.firmware {
+        spec.firmware = Some(f.clone());
+    }
+    if let Some(c) = &args.cpus {
+        spec.cpus = c.parse().map_err(|_| {
+            usage(format!(
+                "invalid --cpus '{c}': expected a whole number from 1 to {}",
+                vireo_spec::MAX_CPUS
+            ))
+        })?;
+    }
+    if let Some(m) = &args.memory {
+        spec.memory = m.parse::<MemSize>().map_err(usage)?;
+    }
+    spec.verbose |= args.verbose;
+    if let Some(l) = &args.console_log {
+        spec.console_log = Some(l.clone());
+    }
+    if !args.command.is_empty() {
+        spec.command = args.command.clone();
+    }
+    spec.validate().map_err(usage)?;
+    Ok(spec)
+}
+
+/// What the spec resolves to on disk.
+struct Payload {
+    kernel: PathBuf,
+    initrd: Option<Vec<u8>>,
+    firmware: Option<PathBuf>,
+    cmdline: String,
+    arch: Arch,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Arch {
+    Riscv64,
+    X86_64,
+}
+
+fn read(what: &str, p: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(p).map_err(|e| failed(format!("cannot read {what} {}: {e}", p.display())))
+}
+
+/// Guesses a kernel's architecture from its headers.
+fn kernel_arch(p: &Path) -> Result<Arch, Failure> {
+    use std::io::Read;
+    let mut head = [0u8; 0x240];
+    let n = std::fs::File::open(p)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| failed(format!("cannot read kernel {}: {e}", p.display())))?;
+    let h = &head[..n];
+    if h.len() >= 20 && h.starts_with(b"\x7fELF") {
+        return match u16::from_le_bytes([h[18], h[19]]) {
+            243 => Ok(Arch::Riscv64),
+            62 => Ok(Arch::X86_64),
+            m => Err(failed(format!(
+                "{} is an ELF file for machine {m}: expected RISC-V (243) or x86-64 (62)",
+                p.display()
+            ))),
+        };
+    }
+    if h.len() >= 0x3c && (&h[0x38..0x3c] == b"RSC\x05" || &h[0x30..0x36] == b"RISCV\0") {
+        return Ok(Arch::Riscv64);
+    }
+    if h.len() >= 0x206 && &h[0x202..0x206] == b"HdrS" {
+        return Ok(Arch::X86_64);
+    }
+    Err(failed(format!(
+        "{} is not a kernel vireo can boot: expected a RISC-V Image, an x86 bzImage or an ELF vmlinux",
+        p.display()
+    )))
+}
+
+fn resolve(spec: &VmSpec) -> Result<Payload, Failure> {
+    let image = match &spec.image {
+        Some(name) => Some(vireo_image::open(name).map_err(|e| match e {
+            vireo_image::ImageError::UnknownImage { .. } => usage(e),
+            _ => failed(e),
+        })?),
+        None => None,
+    };
+    let kernel = match (&spec.kernel, &image) {
+        (Some(k), _) => k.clone(),
+        (None, Some(i)) => i.kernel.clone(),
+        (None, None) => return Err(usage("nothing to boot: give --image NAME or --kernel PATH")),
+    };
+    let arch = kernel_arch(&kernel)?;
+    let initrd_path = spec
+        .initrd
+        .clone()
+        .or_else(|| image.as_ref().map(|i| i.initrd.clone()));
+    let mut initrd = match &initrd_path {
+        Some(p) => Some(read("initrd", p)?),
+        None => None,
+    };
+    if !spec.command.is_empty() {
+        // The command travels as a second archive appended to the initramfs; the kernel
+        // unpacks concatenated archives in order.
+        let body = vireo_image::shell_quote(&spec.command) + "\n";
+        let mut w = vireo_image::cpio::Writer::new();
+        w.dir("vireo", 0o755)
+            .and_then(|w| w.file(vireo_image::COMMAND_FILE, 0o644, body.as_bytes()))
+            .map_err(failed)?;
+        let extra = w.finish();
+        let mut data = initrd.unwrap_or_default();
+        while data.len() % 4 != 0 {
+            data.push(0);
+        }
+        data.extend_from_slice(&extra);
+        initrd = Some(data);
+    }
+    let default_cmdline = image
+        .as_ref()
+        .map(|i| i.default_cmdline.clone())
+        .unwrap_or_else(|| "console=ttyS0".to_string());
+    let mut cmdline = spec.cmdline.clone().unwrap_or(default_cmdline);
+    if spec.verbose && spec.cmdline.is_none() {
+        cmdline = cmdline
+            .split_whitespace()
+            .filter(|w| *w != "quiet" && !w.starts_with("loglevel="))
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    let firmware = spec
+        .firmware
+        .clone()
+        .or_else(|| image.as_ref().and_then(|_| None));
+    Ok(Payload {
+        kernel,
+        initrd,
+        firmware,
+        cmdline,
+        arch,
+    })
+}
+
+fn run_inner(args: RunArgs) -> Result<u8, Failure> {
+    let spec = build_spec(&args)?;
+    let payload = resolve(&spec)?;
+    let accel = match (spec.accel, payload.arch) {
+        (Accel::Auto | Accel::Emu, Arch::Riscv64) => Accel::Emu,
+        (Accel::Kvm, Arch::Riscv64) => {
+            return Err(usage(
+                "--accel kvm runs x86-64 guests; this kernel is RISC-V: use --accel emu",
+            ))
+        }
+        (Accel::Emu, Arch::X86_64) => {
+            return Err(usage(
+                "--accel emu emulates RISC-V; this kernel is x86-64: use --accel kvm",
+            ))
+        }
+        (_, Arch::X86_64) => Accel::Kvm,
+    };
+    let cfg = BootConfig {
+        kernel: payload.kernel,
+        initrd: payload.initrd,
+        cmdline: payload.cmdline,
+        cpus: spec.cpus,
+        memory: spec.memory.bytes(),
+        firmware: payload.firmware,
+    };
+    let command_mode = !spec.command.is_empty();
+    let out = ConsoleOutput::new();
+    let mut vm = match accel {
+        Accel::Emu => vireo_riscv::EmuVm::new(&cfg, out.clone()).map_err(|e| match e {
+            vireo_riscv::EmuError::Read { .. } | vireo_riscv::EmuError::NotRiscv { .. } => {
+                failed(e)
+            }
+            vireo_riscv::EmuError::TooLittleMemory { .. } => usage(e),
+            _ => failed(e),
+        })?,
+        _ => {
+            return Err(failed(
+                "the kvm accelerator is not built into this vireo yet: x86-64 guests can't run",
+            ))
+        }
+    };
+    let console = Console::start(
+        out,
+        vm.uart(),
+        console::Options {
+            show_all: spec.verbose,
+            gate_on_marker: command_mode,
+            log: spec.console_log.clone(),
+            command_mode,
+        },
+    )
+    .map_err(failed)?;
+    let quit = console.quit_flag();
+    let exit_signal = vm.exit_signal();
+    let watcher = std::thread::spawn(move || {
+        // Ctrl-A x from the console thread stops the guest.
+        while !quit.load(std::sync::atomic::Ordering::Acquire) {
+            if exit_signal.is_raised() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        exit_signal.raise(GuestExit::PowerOff);
+    });
+    let result = vm.run();
+    let report = console.finish();
+    let _ = watcher.join();
+    let exit = result.map_err(|e| failed(with_tail(e.to_string(), &report)))?;
+    if report.user_quit {
+        return Ok(0);
+    }
+    match exit {
+        GuestExit::PowerOff => {
+            if command_mode && !report.marker_seen {
+                return Err(failed(with_tail(
+                    "the guest powered off without running the command (no vireo /init?)".into(),
+                    &report,
+                )));
+            }
+            Ok(0)
+        }
+        GuestExit::Failure(code) => Ok((code & 0xff) as u8),
+        GuestExit::Reset => match &report.panic {
+            Some(line) => Err(failed(format!("guest kernel panicked: {line}"))),
+            None if command_mode => Err(failed(with_tail(
+                "the guest reset before the command finished".into(),
+                &report,
+            ))),
+            None => Ok(0),
+        },
+    }
+}
+
+fn with_tail(msg: String, report: &console::Report) -> String {
+    if report.tail.trim().is_empty() {
+        return msg;
+    }
+    format!(
+        "{msg}\n--- last guest console output ---\n{}",
+        report.tail.trim_end()
+    )
+}
+
+/// "3 minutes ago"-style age of a Unix timestamp.
+pub fn format_age(t: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let s = now.saturating_sub(t);
+    match s {
+        0..=59 => format!("{s} seconds ago"),
+        60..=3599 => format!("{} minutes ago", s / 60),
+        3600..=86399 => format!("{} hours ago", s / 3600),
+        _ => format!("{} days ago", s / 86400),
+    }
+}

@@ -1,0 +1,685 @@
+//! The `virt` board the emulator presents: QEMU's memory map (so the same kernels and firmware
+//! work unchanged), a generated device tree, and the loop that runs the harts in turn.
+//!
+//! | range | device |
+//! |---|---|
+//! | 0x0010_0000 | `sifive,test0` finisher (power-off, reset, exit status) |
+//! | 0x0010_1000 | goldfish RTC (IRQ 11) |
+//! | 0x0200_0000 | CLINT (timer, software interrupts) |
+//! | 0x0c00_0000 | PLIC |
+//! | 0x1000_0000 | ns16550a UART (IRQ 10) |
+//! | 0x8000_0000 | RAM |
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vireo_devices::finisher::FINISHER_WINDOW;
+use vireo_devices::rtc::RTC_WINDOW;
+use vireo_devices::{ConsoleOutput, GoldfishRtc, TestFinisher, Uart};
+use vireo_machine::{BootConfig, Bus, ExitSignal, GuestExit, GuestRam, SharedDevice};
+use vm_fdt::FdtWriter;
+
+use crate::hart::{Hart, Stop};
+use crate::plic::{Plic, PlicIrq, NUM_SOURCES, PLIC_SIZE};
+use crate::sys::{
+    Clint, Clock, CodeCache, HsmState, IrqOutputs, Mailbox, Sys, CLINT_SIZE, TIMEBASE_HZ,
+};
+
+pub const FINISHER_BASE: u64 = 0x10_0000;
+pub const RTC_BASE: u64 = 0x10_1000;
+pub const CLINT_BASE: u64 = 0x200_0000;
+pub const PLIC_BASE: u64 = 0xc00_0000;
+pub const UART_BASE: u64 = 0x1000_0000;
+pub const RAM_BASE: u64 = 0x8000_0000;
+const UART_IRQ: usize = 10;
+const RTC_IRQ: usize = 11;
+/// Where a kernel Image goes when its header gives no offset, and where OpenSBI's fw_jump jumps.
+const KERNEL_OFFSET: u64 = 0x20_0000;
+/// Room kept for the device tree at the top of RAM.
+const FDT_MAX: u64 = 0x1_0000;
+/// Instructions a hart runs before the next one gets its turn.
+const SLICE: u64 = 50_000;
+
+/// Errors from building or running the emulated machine.
+#[derive(Debug, thiserror::Error)]
+pub enum EmuError {
+    /// A kernel or firmware file could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A file is not something this board can boot.
+    #[error("{path} is not a RISC-V kernel: {reason}")]
+    NotRiscv { path: PathBuf, reason: String },
+    /// Guest RAM cannot hold the payload.
+    #[error("{have_mib} MiB of memory is too little: kernel, initrd and device tree need at least {need_mib} MiB (use --memory {need_mib}M or more)")]
+    TooLittleMemory { have_mib: u64, need_mib: u64 },
+    /// The host could not allocate guest RAM.
+    #[error(transparent)]
+    Memory(#[from] vireo_machine::MemoryError),
+    /// The device tree could not be built.
+    #[error("cannot build the device tree: {0}")]
+    Fdt(String),
+    /// The emulator met a state it cannot continue from.
+    #[error("emulator fault: {0}")]
+    Fault(String),
+}
+
+/// Where the payload went.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub kernel: (u64, u64),
+    pub initrd: Option<(u64, u64)>,
+    pub fdt: u64,
+    pub entry: u64,
+}
+
+/// An emulated RISC-V machine ready to run.
+pub struct EmuVm {
+    ram: GuestRam,
+    bus: Bus,
+    harts: Vec<Hart>,
+    uart: Arc<Mutex<Uart>>,
+    irq: Arc<IrqOutputs>,
+    exit: Arc<ExitSignal>,
+    console: ConsoleOutput,
+    builtin_sbi: bool,
+    layout: Layout,
+    instructions: u64,
+}
+
+impl EmuVm {
+    /// Builds the board, loads the payload and sets up the harts.
+    pub fn new(cfg: &BootConfig, console: ConsoleOutput) -> Result<Self, EmuError> {
+        let harts = cfg.cpus.max(1) as usize;
+        let ram = GuestRam::new(&[(RAM_BASE, cfg.memory)])?;
+        let exit = Arc::new(ExitSignal::new());
+        let irq = Arc::new(IrqOutputs::new(2 * harts));
+        let plic = Arc::new(Mutex::new(Plic::new(harts, irq.clone())));
+        let uart = Arc::new(Mutex::new(Uart::new(
+            Arc::new(PlicIrq {
+                plic: plic.clone(),
+                source: UART_IRQ,
+            }),
+            console.clone(),
+        )));
+        let mut bus = Bus::new();
+        let place = |bus: &mut Bus, base, len, dev: SharedDevice| {
+            bus.insert(base, len, dev)
+                .map_err(|e| EmuError::Fault(e.to_string()))
+        };
+        place(&mut bus, UART_BASE, 0x100, uart.clone())?;
+        place(&mut bus, PLIC_BASE, PLIC_SIZE, plic)?;
+        place(
+            &mut bus,
+            FINISHER_BASE,
+            FINISHER_WINDOW,
+            Arc::new(Mutex::new(TestFinisher::new(exit.clone()))),
+        )?;
+        place(
+            &mut bus,
+            RTC_BASE,
+            RTC_WINDOW,
+            Arc::new(Mutex::new(GoldfishRtc::new())),
+        )?;
+
+        let builtin_sbi = cfg.firmware.is_none();
+        let cmdline = format!("{} vireo.exit={FINISHER_BASE:#x}", cfg.cmdline)
+            .trim()
+            .to_string();
+        let layout = load_payload(&ram, cfg, &cmdline, harts)?;
+
+        let mut hs: Vec<Hart> = (0..harts as u64).map(Hart::new).collect();
+        for h in hs.iter_mut() {
+            if builtin_sbi {
+                if h.id == 0 {
+                    h.enter_supervisor(layout.entry, 0, layout.fdt);
+                }
+            } else {
+                h.pc = RAM_BASE;
+                h.x[10] = h.id;
+                h.x[11] = layout.fdt;
+            }
+        }
+        Ok(EmuVm {
+            ram,
+            bus,
+            harts: hs,
+            uart,
+            irq,
+            exit,
+            console,
+            builtin_sbi,
+            layout,
+            instructions: 0,
+        })
+    }
+
+    /// The console UART, for feeding host input.
+    pub fn uart(&self) -> Arc<Mutex<Uart>> {
+        self.uart.clone()
+    }
+
+    /// The latch that stops the guest; raising it from another thread ends [`EmuVm::run`].
+    pub fn exit_signal(&self) -> Arc<ExitSignal> {
+        self.exit.clone()
+    }
+
+    /// Where the payload was placed.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Instructions retired so far, all harts.
+    pub fn instructions(&self) -> u64 {
+        self.instructions
+    }
+
+    /// Runs until the guest powers off, resets or faults.
+    pub fn run(&mut self) -> Result<GuestExit, EmuError> {
+        let view = self
+            .ram
+            .view_at(RAM_BASE)
+            .ok_or_else(|| EmuError::Fault("guest RAM is not mapped".into()))?;
+        let n = self.harts.len();
+        let mut sys = Sys {
+            ram: view,
+            bus: &self.bus,
+            code: CodeCache::new(RAM_BASE, view.len()),
+            clint: Clint {
+                msip: vec![false; n],
+                mtimecmp: vec![u64::MAX; n],
+            },
+            clint_base: CLINT_BASE,
+            irq: self.irq.clone(),
+            exit: self.exit.clone(),
+            console: self.console.clone(),
+            builtin_sbi: self.builtin_sbi,
+            mail: (0..n)
+                .map(|i| Mailbox {
+                    ipi: false,
+                    flush_tlb: false,
+                    start: None,
+                    hsm: if !self.builtin_sbi || i == 0 {
+                        HsmState::Started
+                    } else {
+                        HsmState::Stopped
+                    },
+                })
+                .collect(),
+            clock: Clock::new(),
+            fault: None,
+        };
+        let mut waiting = vec![false; n];
+        loop {
+            let mut busy = false;
+            for (i, h) in self.harts.iter_mut().enumerate() {
+                if let Some((pc, opaque)) = sys.mail[i].start.take() {
+                    h.enter_supervisor(pc, i as u64, opaque);
+                    sys.mail[i].hsm = HsmState::Started;
+                    waiting[i] = false;
+                }
+                if sys.mail[i].hsm != HsmState::Started {
+                    continue;
+                }
+                if waiting[i] {
+                    if sys.mail[i].ipi || h.wakeup_pending(&sys) {
+                        waiting[i] = false;
+                    } else {
+                        continue;
+                    }
+                }
+                let (stop, ran) = h.run(&mut sys, SLICE);
+                self.instructions += ran;
+                match stop {
+                    Stop::Wait => waiting[i] = true,
+                    Stop::Stopped | Stop::Yield => {}
+                }
+                busy |= stop == Stop::Yield;
+                if sys.fault.is_some() || sys.exit.is_raised() {
+                    break;
+                }
+            }
+            if let Some(f) = sys.fault.take() {
+                return Err(EmuError::Fault(f));
+            }
+            if let Some(e) = sys.exit.get() {
+                return Ok(e);
+            }
+            if !busy {
+                if sys.mail.iter().all(|m| m.hsm == HsmState::Stopped) {
+                    return Err(EmuError::Fault("every hart has stopped".into()));
+                }
+                // Every hart waits for an interrupt: sleep until the nearest timer or a device.
+                let next = self
+                    .harts
+                    .iter()
+                    .map(|h| {
+                        let m = sys.clint.mtimecmp[h.id as usize];
+                        if sys.builtin_sbi {
+                            m.min(h.sbi_timecmp)
+                        } else {
+                            m
+                        }
+                    })
+                    .min()
+                    .unwrap_or(u64::MAX);
+                let d = sys.clock.until(next).min(Duration::from_millis(10));
+                if !d.is_zero() {
+                    sys.irq.wake().wait(d);
+                }
+            }
+        }
+    }
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, EmuError> {
+    std::fs::read(path).map_err(|source| EmuError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A loaded image: its extent in guest-physical memory and its entry point.
+struct Loaded {
+    start: u64,
+    end: u64,
+    entry: u64,
+}
+
+fn need_mib(bytes: u64) -> u64 {
+    bytes.div_ceil(1 << 20)
+}
+
+/// Loads a RISC-V Linux `Image` (flat, with its 64-byte header) or an ELF64 RISC-V executable.
+fn load_image(
+    ram: &GuestRam,
+    path: &Path,
+    data: &[u8],
+    default_at: u64,
+) -> Result<Loaded, EmuError> {
+    let bad = |reason: String| EmuError::NotRiscv {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let ram_end = RAM_BASE + ram.size();
+    let too_small = |end: u64| EmuError::TooLittleMemory {
+        have_mib: ram.size() >> 20,
+        need_mib: need_mib(end - RAM_BASE) + 16,
+    };
+    if data.len() >= 4 && &data[..4] == b"\x7fELF" {
+        return load_elf(ram, data, ram_end).map_err(|e| match e {
+            ElfError::Bad(r) => bad(r),
+            ElfError::TooBig(end) => too_small(end),
+        });
+    }
+    if data.len() >= 64 {
+        let magic = &data[0x30..0x38];
+        let magic2 = &data[0x38..0x3c];
+        if magic == b"RISCV\0\0\0" || magic2 == b"RSC\x05" {
+            let text_offset = u64::from_le_bytes(data[8..16].try_into().unwrap_or_default());
+            let image_size = u64::from_le_bytes(data[16..24].try_into().unwrap_or_default());
+            let at = if text_offset == 0 {
+                default_at
+            } else {
+                RAM_BASE + text_offset
+            };
+            // The image reserves its bss beyond the file; keep room for it.
+            let size = image_size.max(data.len() as u64);
+            let end = at + size;
+            if end > ram_end {
+                return Err(too_small(end));
+            }
+            ram.write(at, data)?;
+            return Ok(Loaded {
+                start: at,
+                end,
+                entry: at,
+            });
+        }
+    }
+    if data.len() >= 2 && data[..2] == [0x1f, 0x8b] {
+        return Err(bad(
+            "it is gzip-compressed; decompress it first (the raw Image is what boots)".into(),
+        ));
+    }
+    Err(bad(
+        "no RISC-V Image header (magic \"RSC\\x05\" at offset 0x38) and no ELF header".into(),
+    ))
+}
+
+enum ElfError {
+    Bad(String),
+    TooBig(u64),
+}
+
+fn load_elf(ram: &GuestRam, d: &[u8], ram_end: u64) -> Result<Loaded, ElfError> {
+    let bad = |s: &str| ElfError::Bad(s.to_string());
+    let u16at = |o: usize| d.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32at = |o: usize| {
+        d.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    let u64at = |o: usize| {
+        d.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    if d.len() < 64 || d[4] != 2 || d[5] != 1 {
+        return Err(bad("ELF file is not 64-bit little-endian"));
+    }
+    let machine = u16at(18).ok_or_else(|| bad("truncated ELF header"))?;
+    if machine != 243 {
+        return Err(ElfError::Bad(format!(
+            "ELF machine is {machine}, not RISC-V (243)"
+        )));
+    }
+    let entry = u64at(24).ok_or_else(|| bad("truncated ELF header"))?;
+    let phoff = u64at(32).ok_or_else(|| bad("truncated ELF header"))? as usize;
+    let phentsize = u16at(54).ok_or_else(|| bad("truncated ELF header"))? as usize;
+    let phnum = u16at(56).ok_or_else(|| bad("truncated ELF header"))? as usize;
+    if phentsize < 56 || phnum == 0 {
+        return Err(bad("ELF file has no program headers"));
+    }
+    let (mut start, mut end, mut pentry) = (u64::MAX, 0u64, None);
+    for i in 0..phnum {
+        let ph = phoff
+            .checked_add(i * phentsize)
+            .ok_or_else(|| bad("bad program header offset"))?;
+        let ptype = u32at(ph).ok_or_else(|| bad("program header beyond end of file"))?;
+        if ptype != 1 {
+            continue;
+        }
+        let off = u64at(ph + 8).ok_or_else(|| bad("truncated program header"))? as usize;
+        let vaddr = u64at(ph + 16).ok_or_else(|| bad("truncated program header"))?;
+        let paddr = u64at(ph + 24).ok_or_else(|| bad("truncated program header"))?;
+        let filesz = u64at(ph + 32).ok_or_else(|| bad("truncated program header"))? as usize;
+        let memsz = u64at(ph + 40).ok_or_else(|| bad("truncated program header"))?;
+        let seg = off
+            .checked_add(filesz)
+            .and_then(|e| d.get(off..e))
+            .ok_or_else(|| bad("segment extends beyond end of file"))?;
+        let seg_end = paddr
+            .checked_add(memsz.max(filesz as u64))
+            .ok_or_else(|| bad("segment wraps the address space"))?;
+        if paddr < RAM_BASE {
+            return Err(ElfError::Bad(format!(
+                "segment at {paddr:#x} is below RAM ({RAM_BASE:#x})"
+            )));
+        }
+        if seg_end > ram_end {
+            return Err(ElfError::TooBig(seg_end));
+        }
+        ram.write(paddr, seg)
+            .map_err(|e| ElfError::Bad(e.to_string()))?;
+        start = start.min(paddr);
+        end = end.max(seg_end);
+        if entry >= vaddr && entry < vaddr + memsz {
+            pentry = Some(entry - vaddr + paddr);
+        }
+    }
+    if end == 0 {
+        return Err(bad("ELF file has no loadable segments"));
+    }
+    let entry = pentry.ok_or_else(|| bad("entry point is not inside a loadable segment"))?;
+    Ok(Loaded { start, end, entry })
+}
+
+fn load_payload(
+    ram: &GuestRam,
+    cfg: &BootConfig,
+    cmdline: &str,
+    harts: usize,
+) -> Result<Layout, EmuError> {
+    let ram_end = RAM_BASE + ram.size();
+    let kernel_data = read_file("kernel", &cfg.kernel)?;
+    let mut floor = RAM_BASE;
+    if let Some(fw) = &cfg.firmware {
+        let data = read_file("firmware", fw)?;
+        let l = if data.starts_with(b"\x7fELF") {
+            load_image(ram, fw, &data, RAM_BASE)?
+        } else {
+            if RAM_BASE + data.len() as u64 > ram_end {
+                return Err(EmuError::TooLittleMemory {
+                    have_mib: ram.size() >> 20,
+                    need_mib: need_mib(data.len() as u64) + 16,
+                });
+            }
+            ram.write(RAM_BASE, &data)?;
+            Loaded {
+                start: RAM_BASE,
+                end: RAM_BASE + data.len() as u64,
+                entry: RAM_BASE,
+            }
+        };
+        if l.end > RAM_BASE + KERNEL_OFFSET {
+            return Err(EmuError::NotRiscv {
+                path: fw.clone(),
+                reason: format!(
+                    "firmware is {} bytes; at most {KERNEL_OFFSET:#x} fit before the kernel",
+                    l.end - l.start
+                ),
+            });
+        }
+        floor = l.end;
+    }
+    let k = load_image(ram, &cfg.kernel, &kernel_data, RAM_BASE + KERNEL_OFFSET)?;
+    if k.start < floor {
+        return Err(EmuError::NotRiscv {
+            path: cfg.kernel.clone(),
+            reason: "kernel would overlap the firmware".into(),
+        });
+    }
+    let fdt_addr = (ram_end - FDT_MAX) & !0xfff;
+    let initrd_len = cfg.initrd.as_ref().map_or(0, |i| i.len() as u64);
+    let initrd_start = fdt_addr.saturating_sub(initrd_len) & !0xfff;
+    // The kernel needs working room beyond its image; 16 MiB is what a small initramfs boot uses.
+    let need = k.end + initrd_len + FDT_MAX + (16 << 20);
+    if initrd_start < k.end || need > ram_end {
+        return Err(EmuError::TooLittleMemory {
+            have_mib: ram.size() >> 20,
+            need_mib: need_mib(need - RAM_BASE),
+        });
+    }
+    let initrd = match &cfg.initrd {
+        Some(data) => {
+            ram.write(initrd_start, data)?;
+            Some((initrd_start, initrd_start + data.len() as u64))
+        }
+        None => None,
+    };
+    let fdt = build_fdt(ram.size(), cmdline, initrd, harts)?;
+    if fdt.len() as u64 > FDT_MAX {
+        return Err(EmuError::Fdt(format!("device tree is {} bytes", fdt.len())));
+    }
+    ram.write(fdt_addr, &fdt)?;
+    Ok(Layout {
+        kernel: (k.start, k.end),
+        initrd,
+        fdt: fdt_addr,
+        entry: k.entry,
+    })
+}
+
+/// The device tree describing this board to the firmware and kernel.
+pub fn build_fdt(
+    ram_size: u64,
+    cmdline: &str,
+    initrd: Option<(u64, u64)>,
+    harts: usize,
+) -> Result<Vec<u8>, EmuError> {
+    build_fdt_inner(ram_size, cmdline, initrd, harts).map_err(|e| EmuError::Fdt(e.to_string()))
+}
+
+fn build_fdt_inner(
+    ram_size: u64,
+    cmdline: &str,
+    initrd: Option<(u64, u64)>,
+    harts: usize,
+) -> Result<Vec<u8>, vm_fdt::Error> {
+    const PH_PLIC: u32 = 1;
+    const PH_TEST: u32 = 2;
+    let intc = |h: usize| 0x100 + h as u32;
+    let mut f = FdtWriter::new()?;
+    let root = f.begin_node("")?;
+    f.property_u32("#address-cells", 2)?;
+    f.property_u32("#size-cells", 2)?;
+    f.property_string("compatible", "riscv-virtio")?;
+    f.property_string("model", "vireo,virt")?;
+
+    let chosen = f.begin_node("chosen")?;
+    f.property_string("bootargs", cmdline)?;
+    f.property_string("stdout-path", &format!("/soc/serial@{UART_BASE:x}"))?;
+    if let Some((s, e)) = initrd {
+        f.property_u64("linux,initrd-start", s)?;
+        f.property_u64("linux,initrd-end", e)?;
+    }
+    // Seed the guest's RNG so it does not stall collecting entropy on an emulated CPU.
+    let mut seed = [0u8; 64];
+    getrandom(&mut seed);
+    f.property("rng-seed", &seed)?;
+    f.end_node(chosen)?;
+
+    let mem = f.begin_node(&format!("memory@{RAM_BASE:x}"))?;
+    f.property_string("device_type", "memory")?;
+    f.property_array_u64("reg", &[RAM_BASE, ram_size])?;
+    f.end_node(mem)?;
+
+    let cpus = f.begin_node("cpus")?;
+    f.property_u32("#address-cells", 1)?;
+    f.property_u32("#size-cells", 0)?;
+    f.property_u32("timebase-frequency", TIMEBASE_HZ as u32)?;
+    for h in 0..harts {
+        let cpu = f.begin_node(&format!("cpu@{h}"))?;
+        f.property_string("device_type", "cpu")?;
+        f.property_u32("reg", h as u32)?;
+        f.property_string("status", "okay")?;
+        f.property_string("compatible", "riscv")?;
+        f.property_string("riscv,isa", "rv64imafdc_zicntr_zicsr_zifencei")?;
+        f.property_string("riscv,isa-base", "rv64i")?;
+        f.property_string_list(
+            "riscv,isa-extensions",
+            ["i", "m", "a", "f", "d", "c", "zicntr", "zicsr", "zifencei"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        )?;
+        f.property_string("mmu-type", "riscv,sv48")?;
+        f.property_u32("phandle", 0x80 + h as u32)?;
+        let ic = f.begin_node("interrupt-controller")?;
+        f.property_u32("#interrupt-cells", 1)?;
+        f.property_null("interrupt-controller")?;
+        f.property_string("compatible", "riscv,cpu-intc")?;
+        f.property_u32("phandle", intc(h))?;
+        f.end_node(ic)?;
+        f.end_node(cpu)?;
+    }
+    let map = f.begin_node("cpu-map")?;
+    let cluster = f.begin_node("cluster0")?;
+    for h in 0..harts {
+        let core = f.begin_node(&format!("core{h}"))?;
+        f.property_u32("cpu", 0x80 + h as u32)?;
+        f.end_node(core)?;
+    }
+    f.end_node(cluster)?;
+    f.end_node(map)?;
+    f.end_node(cpus)?;
+
+    let soc = f.begin_node("soc")?;
+    f.property_u32("#address-cells", 2)?;
+    f.property_u32("#size-cells", 2)?;
+    f.property_string("compatible", "simple-bus")?;
+    f.property_null("ranges")?;
+
+    let clint = f.begin_node(&format!("clint@{CLINT_BASE:x}"))?;
+    f.property_string_list(
+        "compatible",
+        vec!["sifive,clint0".into(), "riscv,clint0".into()],
+    )?;
+    f.property_array_u64("reg", &[CLINT_BASE, CLINT_SIZE])?;
+    let mut ie = Vec::new();
+    for h in 0..harts {
+        ie.extend_from_slice(&[intc(h), 3, intc(h), 7]);
+    }
+    f.property_array_u32("interrupts-extended", &ie)?;
+    f.end_node(clint)?;
+
+    let plic = f.begin_node(&format!("plic@{PLIC_BASE:x}"))?;
+    f.property_string_list(
+        "compatible",
+        vec!["sifive,plic-1.0.0".into(), "riscv,plic0".into()],
+    )?;
+    f.property_array_u64("reg", &[PLIC_BASE, PLIC_SIZE])?;
+    f.property_u32("#interrupt-cells", 1)?;
+    f.property_u32("#address-cells", 0)?;
+    f.property_null("interrupt-controller")?;
+    f.property_u32("riscv,ndev", (NUM_SOURCES - 1) as u32)?;
+    let mut ie = Vec::new();
+    for h in 0..harts {
+        ie.extend_from_slice(&[intc(h), 11, intc(h), 9]);
+    }
+    f.property_array_u32("interrupts-extended", &ie)?;
+    f.property_u32("phandle", PH_PLIC)?;
+    f.end_node(plic)?;
+
+    let uart = f.begin_node(&format!("serial@{UART_BASE:x}"))?;
+    f.property_string("compatible", "ns16550a")?;
+    f.property_array_u64("reg", &[UART_BASE, 0x100])?;
+    f.property_u32("clock-frequency", 3_686_400)?;
+    f.property_u32("interrupts", UART_IRQ as u32)?;
+    f.property_u32("interrupt-parent", PH_PLIC)?;
+    f.end_node(uart)?;
+
+    let rtc = f.begin_node(&format!("rtc@{RTC_BASE:x}"))?;
+    f.property_string("compatible", "google,goldfish-rtc")?;
+    f.property_array_u64("reg", &[RTC_BASE, RTC_WINDOW])?;
+    f.property_u32("interrupts", RTC_IRQ as u32)?;
+    f.property_u32("interrupt-parent", PH_PLIC)?;
+    f.end_node(rtc)?;
+
+    let test = f.begin_node(&format!("test@{FINISHER_BASE:x}"))?;
+    f.property_string_list(
+        "compatible",
+        vec![
+            "sifive,test1".into(),
+            "sifive,test0".into(),
+            "syscon".into(),
+        ],
+    )?;
+    f.property_array_u64("reg", &[FINISHER_BASE, FINISHER_WINDOW])?;
+    f.property_u32("phandle", PH_TEST)?;
+    f.end_node(test)?;
+    f.end_node(soc)?;
+
+    let off = f.begin_node("poweroff")?;
+    f.property_string("compatible", "syscon-poweroff")?;
+    f.property_u32("regmap", PH_TEST)?;
+    f.property_u32("offset", 0)?;
+    f.property_u32("value", 0x5555)?;
+    f.end_node(off)?;
+    let rb = f.begin_node("reboot")?;
+    f.property_string("compatible", "syscon-reboot")?;
+    f.property_u32("regmap", PH_TEST)?;
+    f.property_u32("offset", 0)?;
+    f.property_u32("value", 0x7777)?;
+    f.end_node(rb)?;
+
+    f.end_node(root)?;
+    f.finish()
+}
+
+fn getrandom(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`, which we own.
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n <= 0 {
+            break;
+        }
+        filled += n as usize;
+    }
+}

@@ -1,0 +1,1651 @@
+//! One RISC-V hart: registers, CSRs, the MMU with its software TLBs, traps, and the executor.
+//!
+//! The hot path is: fetch a pre-decoded [`Op`] from the current code page (one compare when the
+//! pc stays on the page), execute it with a match, and for loads/stores hit a direct-mapped TLB
+//! whose entries map a virtual page straight to a RAM offset. Everything else (page walks, MMIO,
+//! page-crossing accesses, code-page stores, CSRs, traps) is the slow path.
+
+use vireo_rvfp as fp;
+
+use crate::csr::*;
+use crate::decode::{decode16, decode32, insn_len, Kind, Op};
+use crate::sbi;
+use crate::sys::{Sys, CLINT_MSIP, CLINT_MTIME, CLINT_MTIMECMP, CLINT_SIZE};
+
+const TLB_SIZE: usize = 512;
+const TLB_MASK: usize = TLB_SIZE - 1;
+const NO_TAG: u64 = u64::MAX;
+
+/// A trap about to be taken: cause (interrupt bit included) and the value for xtval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trap {
+    pub cause: u64,
+    pub tval: u64,
+}
+
+impl Trap {
+    fn new(cause: u64, tval: u64) -> Self {
+        Trap { cause, tval }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+    Exec,
+}
+
+impl Access {
+    fn page_fault(self, va: u64) -> Trap {
+        Trap::new(
+            match self {
+                Access::Read => EXC_LOAD_PAGE,
+                Access::Write => EXC_STORE_PAGE,
+                Access::Exec => EXC_INSN_PAGE,
+            },
+            va,
+        )
+    }
+    fn access_fault(self, va: u64) -> Trap {
+        Trap::new(
+            match self {
+                Access::Read => EXC_LOAD_ACCESS,
+                Access::Write => EXC_STORE_ACCESS,
+                Access::Exec => EXC_INSN_ACCESS,
+            },
+            va,
+        )
+    }
+}
+
+#[derive(Clone, Copy)]
+struct TlbEntry {
+    /// Virtual page address | mode key.
+    tag: u64,
+    /// RAM offset of the page.
+    off: u64,
+    /// Decoded-code slot (fetch TLB only).
+    slot: u32,
+}
+
+const EMPTY: TlbEntry = TlbEntry {
+    tag: NO_TAG,
+    off: 0,
+    slot: 0,
+};
+
+/// Why a slice of execution ended early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Budget used up or the hart needs its interrupts re-examined.
+    Yield,
+    /// WFI with nothing pending.
+    Wait,
+    /// The hart stopped itself (SBI HSM stop).
+    Stopped,
+}
+
+pub struct Hart {
+    pub id: u64,
+    pub x: [u64; 32],
+    pub f: [u64; 32],
+    pub pc: u64,
+    /// Privilege: 0 U, 1 S, 3 M.
+    pub prv: u64,
+    pub mstatus: u64,
+    pub medeleg: u64,
+    pub mideleg: u64,
+    pub mie: u64,
+    /// Software-writable pending bits (SSIP, STIP, SEIP).
+    pub mip_sw: u64,
+    pub mtvec: u64,
+    pub mscratch: u64,
+    pub mepc: u64,
+    pub mcause: u64,
+    pub mtval: u64,
+    pub mcounteren: u64,
+    pub mcountinhibit: u64,
+    pub stvec: u64,
+    pub sscratch: u64,
+    pub sepc: u64,
+    pub scause: u64,
+    pub stval: u64,
+    pub scounteren: u64,
+    pub satp: u64,
+    pub fcsr: u64,
+    pub pmpcfg: [u64; 8],
+    pub pmpaddr: [u64; 64],
+    pub instret: u64,
+    /// Built-in SBI's timer comparator (drives STIP).
+    pub sbi_timecmp: u64,
+    reservation: Option<u64>,
+    tlb_r: Box<[TlbEntry; TLB_SIZE]>,
+    tlb_w: Box<[TlbEntry; TLB_SIZE]>,
+    tlb_x: Box<[TlbEntry; TLB_SIZE]>,
+    /// Mode keys folded into TLB tags: data accesses and fetches.
+    dkey: u64,
+    ikey: u64,
+    fetch_vpn: u64,
+    fetch_slot: u32,
+    fetch_off: u64,
+    write_epoch: u64,
+    fetch_epoch: u64,
+    /// Ends the current slice after this instruction.
+    brk: bool,
+    stop: Stop,
+}
+
+macro_rules! load_fast {
+    ($self:ident, $sys:ident, $va:expr, $w:expr, $get:ident) => {{
+        let va: u64 = $va;
+        let e = &$self.tlb_r[((va >> 12) as usize) & TLB_MASK];
+        let po = va & 0xfff;
+        if e.tag == (va & !0xfff) | $self.dkey && po <= 4096 - $w {
+            match $sys.ram.$get(e.off + po) {
+                Some(v) => Ok(v),
+                None => $self.load_slow($sys, va, $w).map(|v| v as _),
+            }
+        } else {
+            $self.load_slow($sys, va, $w).map(|v| v as _)
+        }
+    }};
+}
+
+macro_rules! store_fast {
+    ($self:ident, $sys:ident, $va:expr, $w:expr, $v:expr, $put:ident, $t:ty) => {{
+        let va: u64 = $va;
+        let v = $v;
+        let e = &$self.tlb_w[((va >> 12) as usize) & TLB_MASK];
+        let po = va & 0xfff;
+        if e.tag == (va & !0xfff) | $self.dkey
+            && po <= 4096 - $w
+            && $sys.ram.$put(e.off + po, v as $t)
+        {
+            Ok(())
+        } else {
+            $self.store_slow($sys, va, $w, v as u64)
+        }
+    }};
+}
+
+impl Hart {
+    pub fn new(id: u64) -> Self {
+        let mut h = Hart {
+            id,
+            x: [0; 32],
+            f: [0; 32],
+            pc: 0,
+            prv: 3,
+            mstatus: MS_XL64,
+            medeleg: 0,
+            mideleg: 0,
+            mie: 0,
+            mip_sw: 0,
+            mtvec: 0,
+            mscratch: 0,
+            mepc: 0,
+            mcause: 0,
+            mtval: 0,
+            mcounteren: 0,
+            mcountinhibit: 0,
+            stvec: 0,
+            sscratch: 0,
+            sepc: 0,
+            scause: 0,
+            stval: 0,
+            scounteren: 0,
+            satp: 0,
+            fcsr: 0,
+            pmpcfg: [0; 8],
+            pmpaddr: [0; 64],
+            instret: 0,
+            sbi_timecmp: u64::MAX,
+            reservation: None,
+            tlb_r: Box::new([EMPTY; TLB_SIZE]),
+            tlb_w: Box::new([EMPTY; TLB_SIZE]),
+            tlb_x: Box::new([EMPTY; TLB_SIZE]),
+            dkey: 0,
+            ikey: 0,
+            fetch_vpn: u64::MAX,
+            fetch_slot: 0,
+            fetch_off: 0,
+            write_epoch: 0,
+            fetch_epoch: 0,
+            brk: false,
+            stop: Stop::Yield,
+        };
+        h.update_keys();
+        h
+    }
+
+    /// Puts the hart where the built-in SBI hands over to a supervisor: S-mode at `pc` with the
+    /// delegation an SBI firmware sets up (everything but S-mode ecalls goes to S).
+    pub fn enter_supervisor(&mut self, pc: u64, a0: u64, a1: u64) {
+        self.prv = 1;
+        self.pc = pc;
+        self.x[10] = a0;
+        self.x[11] = a1;
+        self.medeleg = 0xb1ff & !(1 << EXC_ECALL_S);
+        self.mideleg = S_IRQS;
+        self.mcounteren = 0xffff_ffff;
+        self.mstatus &= !(MS_SIE | MS_SPIE | MS_SPP);
+        self.satp = 0;
+        self.flush_tlb();
+        self.update_keys();
+    }
+
+    // ----------------------------------------------------------------- MMU
+
+    fn update_keys(&mut self) {
+        let mprv = self.mstatus & MS_MPRV != 0 && self.prv == 3;
+        let dprv = if mprv {
+            (self.mstatus & MS_MPP) >> MS_MPP_SHIFT
+        } else {
+            self.prv
+        };
+        let paging = self.satp >> 60 != SATP_BARE;
+        let flags = (u64::from(self.mstatus & MS_SUM != 0) << 2)
+            | (u64::from(self.mstatus & MS_MXR != 0) << 3);
+        self.dkey = if dprv == 3 || !paging {
+            0x10
+        } else {
+            dprv | flags | 0x20
+        };
+        self.ikey = if self.prv == 3 || !paging {
+            0x10
+        } else {
+            self.prv | 0x20
+        };
+        self.fetch_vpn = u64::MAX;
+    }
+
+    pub fn flush_tlb(&mut self) {
+        self.tlb_r.fill(EMPTY);
+        self.tlb_w.fill(EMPTY);
+        self.tlb_x.fill(EMPTY);
+        self.fetch_vpn = u64::MAX;
+    }
+
+    /// Drops what other harts' code-cache changes made stale.
+    fn sync_epochs(&mut self, sys: &Sys) {
+        if self.write_epoch != sys.code.write_epoch {
+            self.write_epoch = sys.code.write_epoch;
+            self.tlb_w.fill(EMPTY);
+        }
+        if self.fetch_epoch != sys.code.fetch_epoch {
+            self.fetch_epoch = sys.code.fetch_epoch;
+            self.tlb_x.fill(EMPTY);
+            self.fetch_vpn = u64::MAX;
+        }
+    }
+
+    /// Translates `va` for `acc`, setting A/D bits as hardware does (Svadu behaviour), and fills
+    /// the matching TLB when the target is RAM.
+    fn translate(&mut self, sys: &mut Sys, va: u64, acc: Access) -> Result<u64, Trap> {
+        let key = if acc == Access::Exec {
+            self.ikey
+        } else {
+            self.dkey
+        };
+        let pa = if key == 0x10 {
+            va
+        } else {
+            self.walk(sys, va, acc, key)?
+        };
+        // Physical addresses are 56 bits.
+        if pa >> 56 != 0 {
+            return Err(acc.access_fault(va));
+        }
+        if let Some(off) = sys.ram.offset(pa & !0xfff, 4096) {
+            let idx = ((va >> 12) as usize) & TLB_MASK;
+            let tag = (va & !0xfff) | key;
+            match acc {
+                Access::Read => self.tlb_r[idx] = TlbEntry { tag, off, slot: 0 },
+                Access::Write => {
+                    if !sys.code.is_code(pa) {
+                        self.tlb_w[idx] = TlbEntry { tag, off, slot: 0 };
+                    }
+                }
+                Access::Exec => {}
+            }
+        }
+        Ok(pa)
+    }
+
+    fn walk(&mut self, sys: &mut Sys, va: u64, acc: Access, key: u64) -> Result<u64, Trap> {
+        let prv = key & 3;
+        let sum = key & 4 != 0;
+        let mxr = key & 8 != 0;
+        let levels = match self.satp >> 60 {
+            SATP_SV39 => 3,
+            _ => 4,
+        };
+        let va_bits = 12 + 9 * levels;
+        // The upper bits must all equal the top translated bit.
+        let top = ((va as i64) >> (va_bits - 1)) as u64;
+        if top != 0 && top != u64::MAX {
+            return Err(acc.page_fault(va));
+        }
+        let mut table = (self.satp & ((1 << 44) - 1)) << 12;
+        for level in (0..levels).rev() {
+            let idx = (va >> (12 + 9 * level)) & 0x1ff;
+            let pte_addr = table + idx * 8;
+            let pte_off = sys
+                .ram
+                .offset(pte_addr, 8)
+                .ok_or_else(|| acc.access_fault(va))?;
+            let mut pte = sys
+                .ram
+                .load_u64(pte_off)
+                .ok_or_else(|| acc.access_fault(va))?;
+            let (v, r, w, x, u, a, d) = (
+                pte & 1 != 0,
+                pte & 2 != 0,
+                pte & 4 != 0,
+                pte & 8 != 0,
+                pte & 16 != 0,
+                pte & 64 != 0,
+                pte & 128 != 0,
+            );
+            // Reserved bits, and Svpbmt/Svnapot bits we do not advertise, must be zero.
+            if !v || (!r && w) || pte >> 54 != 0 {
+                return Err(acc.page_fault(va));
+            }
+            let ppn = (pte >> 10) & ((1 << 44) - 1);
+            if !r && !x {
+                if a || d || u {
+                    return Err(acc.page_fault(va));
+                }
+                table = ppn << 12;
+                continue;
+            }
+            // Leaf: permission checks.
+            let ok = match acc {
+                Access::Exec => x,
+                Access::Read => r || (mxr && x),
+                Access::Write => w,
+            };
+            let priv_ok = match prv {
+                0 => u,
+                _ => !u || (sum && acc != Access::Exec),
+            };
+            if !ok || !priv_ok {
+                return Err(acc.page_fault(va));
+            }
+            // Superpages must be aligned.
+            let low = (1u64 << (9 * level)) - 1;
+            if ppn & low != 0 {
+                return Err(acc.page_fault(va));
+            }
+            let need = 64 | if acc == Access::Write { 128 } else { 0 };
+            if pte & need != need {
+                pte |= need;
+                sys.ram.store_u64(pte_off, pte);
+                if sys.code.is_code(pte_addr) {
+                    sys.code.invalidate(pte_addr);
+                }
+            }
+            let page_off = va & ((1u64 << (12 + 9 * level)) - 1);
+            return Ok(((ppn & !low) << 12) | page_off);
+        }
+        Err(acc.page_fault(va))
+    }
+
+    // ------------------------------------------------------- loads/stores
+
+    fn load_slow(&mut self, sys: &mut Sys, va: u64, w: u64) -> Result<u64, Trap> {
+        self.sync_epochs(sys);
+        if (va & 0xfff) + w > 4096 {
+            let mut v = 0u64;
+            for i in 0..w {
+                v |= self.load_slow(sys, va.wrapping_add(i), 1)? << (8 * i);
+            }
+            return Ok(v);
+        }
+        let pa = self.translate(sys, va, Access::Read)?;
+        self.phys_read(sys, pa, w)
+            .ok_or(Trap::new(EXC_LOAD_ACCESS, va))
+    }
+
+    fn phys_read(&mut self, sys: &mut Sys, pa: u64, w: u64) -> Option<u64> {
+        if let Some(off) = sys.ram.offset(pa, w) {
+            return match w {
+                1 => sys.ram.load_u8(off).map(u64::from),
+                2 => sys.ram.load_u16(off).map(u64::from),
+                4 => sys.ram.load_u32(off).map(u64::from),
+                _ => sys.ram.load_u64(off),
+            };
+        }
+        let coff = pa.wrapping_sub(sys.clint_base);
+        if coff < CLINT_SIZE {
+            return Some(self.clint_read(sys, coff, w));
+        }
+        let mut b = [0u8; 8];
+        sys.bus
+            .read(pa, &mut b[..w as usize])
+            .then(|| u64::from_le_bytes(b))
+    }
+
+    fn store_slow(&mut self, sys: &mut Sys, va: u64, w: u64, v: u64) -> Result<(), Trap> {
+        self.sync_epochs(sys);
+        if (va & 0xfff) + w > 4096 {
+            // Check both pages before writing either, so a fault leaves memory untouched.
+            self.translate(sys, va, Access::Write)?;
+            self.translate(sys, (va | 0xfff) + 1, Access::Write)?;
+            for i in 0..w {
+                self.store_slow(sys, va.wrapping_add(i), 1, v >> (8 * i))?;
+            }
+            return Ok(());
+        }
+        let pa = self.translate(sys, va, Access::Write)?;
+        if sys.code.is_code(pa) {
+            sys.code.invalidate(pa);
+            self.sync_epochs(sys);
+        }
+        if self.phys_write(sys, pa, w, v) {
+            Ok(())
+        } else {
+            Err(Trap::new(EXC_STORE_ACCESS, va))
+        }
+    }
+
+    fn phys_write(&mut self, sys: &mut Sys, pa: u64, w: u64, v: u64) -> bool {
+        if let Some(off) = sys.ram.offset(pa, w) {
+            return match w {
+                1 => sys.ram.store_u8(off, v as u8),
+                2 => sys.ram.store_u16(off, v as u16),
+                4 => sys.ram.store_u32(off, v as u32),
+                _ => sys.ram.store_u64(off, v),
+            };
+        }
+        let coff = pa.wrapping_sub(sys.clint_base);
+        if coff < CLINT_SIZE {
+            self.clint_write(sys, coff, w, v);
+            return true;
+        }
+        let ok = sys.bus.write(pa, &v.to_le_bytes()[..w as usize]);
+        // A device write may have raised an interrupt or asked to stop the machine.
+        self.brk = true;
+        ok
+    }
+
+    fn clint_read(&self, sys: &Sys, off: u64, w: u64) -> u64 {
+        let harts = sys.clint.msip.len() as u64;
+        let v = if off >= CLINT_MTIME && off < CLINT_MTIME + 8 {
+            sys.clock.now() >> (8 * (off - CLINT_MTIME))
+        } else if (CLINT_MTIMECMP..CLINT_MTIMECMP + 8 * harts).contains(&off) {
+            let h = ((off - CLINT_MTIMECMP) / 8) as usize;
+            sys.clint.mtimecmp[h] >> (8 * (off % 8))
+        } else if off < 4 * harts {
+            u64::from(sys.clint.msip[(off / 4) as usize]) * u64::from(off % 4 == 0)
+        } else {
+            0
+        };
+        if w == 8 {
+            v
+        } else {
+            v & ((1 << (8 * w)) - 1)
+        }
+    }
+
+    fn clint_write(&mut self, sys: &mut Sys, off: u64, w: u64, v: u64) {
+        let harts = sys.clint.msip.len() as u64;
+        if (CLINT_MTIMECMP..CLINT_MTIMECMP + 8 * harts).contains(&off) {
+            let h = ((off - CLINT_MTIMECMP) / 8) as usize;
+            let shift = 8 * (off % 8);
+            let mask = if w == 8 {
+                u64::MAX
+            } else {
+                ((1u64 << (8 * w)) - 1) << shift
+            };
+            let old = sys.clint.mtimecmp[h];
+            sys.clint.mtimecmp[h] = (old & !mask) | ((v << shift) & mask);
+        } else if off < 4 * harts && off % 4 == 0 {
+            sys.clint.msip[(off / 4) as usize] = v & 1 != 0;
+        }
+        let _ = CLINT_MSIP;
+        self.brk = true;
+    }
+
+    /// Reads guest-virtual memory as the hart would (for SBI calls that take buffers).
+    pub fn read_phys_bytes(&mut self, sys: &mut Sys, pa: u64, out: &mut [u8]) -> bool {
+        for (i, b) in out.iter_mut().enumerate() {
+            match self.phys_read(sys, pa.wrapping_add(i as u64), 1) {
+                Some(v) => *b = v as u8,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    // ---------------------------------------------------------- fetching
+
+    #[inline(always)]
+    fn fetch(&mut self, sys: &mut Sys) -> Result<Op, Trap> {
+        let pc = self.pc;
+        if pc >> 12 != self.fetch_vpn {
+            self.fetch_refill(sys, pc)?;
+        }
+        let op = sys.code.pages[self.fetch_slot as usize][((pc & 0xfff) >> 1) as usize];
+        if op.kind != Kind::Undecoded {
+            return Ok(op);
+        }
+        self.decode_at(sys, pc)
+    }
+
+    fn fetch_refill(&mut self, sys: &mut Sys, pc: u64) -> Result<(), Trap> {
+        self.sync_epochs(sys);
+        let idx = ((pc >> 12) as usize) & TLB_MASK;
+        let tag = (pc & !0xfff) | self.ikey;
+        let e = self.tlb_x[idx];
+        let (off, slot) = if e.tag == tag {
+            (e.off, e.slot)
+        } else {
+            let pa = self.translate(sys, pc, Access::Exec)?;
+            let off = sys
+                .ram
+                .offset(pa & !0xfff, 4096)
+                .ok_or(Trap::new(EXC_INSN_ACCESS, pc))?;
+            let slot = sys.code.slot_for(pa);
+            // A page that just became code must leave this hart's write TLB.
+            self.sync_epochs(sys);
+            self.tlb_x[idx] = TlbEntry { tag, off, slot };
+            (off, slot)
+        };
+        self.fetch_vpn = pc >> 12;
+        self.fetch_slot = slot;
+        self.fetch_off = off;
+        Ok(())
+    }
+
+    fn decode_at(&mut self, sys: &mut Sys, pc: u64) -> Result<Op, Trap> {
+        let po = pc & 0xfff;
+        let lo = sys
+            .ram
+            .load_u16(self.fetch_off + po)
+            .ok_or(Trap::new(EXC_INSN_ACCESS, pc))?;
+        if insn_len(lo) == 2 {
+            let op = decode16(lo);
+            sys.code.pages[self.fetch_slot as usize][(po >> 1) as usize] = op;
+            return Ok(op);
+        }
+        if po <= 4092 {
+            let w = sys
+                .ram
+                .load_u32(self.fetch_off + po)
+                .ok_or(Trap::new(EXC_INSN_ACCESS, pc))?;
+            let op = decode32(w);
+            sys.code.pages[self.fetch_slot as usize][(po >> 1) as usize] = op;
+            return Ok(op);
+        }
+        // The instruction straddles two pages: decode it every time, never cache it.
+        let next = pc.wrapping_add(2);
+        let pa = self.translate(sys, next, Access::Exec)?;
+        let hi = self
+            .phys_read(sys, pa, 2)
+            .filter(|_| sys.ram.offset(pa, 2).is_some())
+            .ok_or(Trap::new(EXC_INSN_ACCESS, next))?;
+        // The translation may have changed the fetch page; re-establish it.
+        self.fetch_vpn = u64::MAX;
+        Ok(decode32(u32::from(lo) | ((hi as u32) << 16)))
+    }
+
+    /// The raw bits of the instruction at pc, for xtval on illegal-instruction traps.
+    fn raw_insn(&mut self, sys: &mut Sys) -> u64 {
+        let pc = self.pc;
+        let mut bits = 0u64;
+        for i in 0..2 {
+            let Ok(pa) = self.translate(sys, pc.wrapping_add(2 * i), Access::Exec) else {
+                break;
+            };
+            let Some(h) = self.phys_read(sys, pa, 2) else {
+                break;
+            };
+            bits |= h << (16 * i);
+            if i == 0 && insn_len(h as u16) == 2 {
+                break;
+            }
+        }
+        self.fetch_vpn = u64::MAX;
+        bits
+    }
+
+    // ------------------------------------------------------- interrupts
+
+    /// Pending interrupt bits, devices and timers included.
+    pub fn mip(&self, sys: &Sys) -> u64 {
+        let id = self.id as usize;
+        let mut v = self.mip_sw;
+        if sys.clint.msip[id] {
+            v |= IRQ_MSI;
+        }
+        let now = sys.clock.now();
+        if now >= sys.clint.mtimecmp[id] {
+            v |= IRQ_MTI;
+        }
+        if sys.builtin_sbi && now >= self.sbi_timecmp {
+            v |= IRQ_STI;
+        }
+        if sys.irq.get(2 * id) {
+            v |= IRQ_MEI;
+        }
+        if sys.irq.get(2 * id + 1) {
+            v |= IRQ_SEI;
+        }
+        v
+    }
+
+    /// Whether WFI should stop waiting: some interrupt is pending and enabled in mie.
+    pub fn wakeup_pending(&self, sys: &Sys) -> bool {
+        self.mip(sys) & self.mie != 0
+    }
+
+    /// Takes the highest-priority interrupt that is pending and enabled, if any.
+    pub fn check_interrupts(&mut self, sys: &mut Sys) -> bool {
+        let pending = self.mip(sys) & self.mie;
+        if pending == 0 {
+            return false;
+        }
+        let m = pending & !self.mideleg;
+        let s = pending & self.mideleg;
+        let m_on = self.prv < 3 || self.mstatus & MS_MIE != 0;
+        let s_on = self.prv == 0 || (self.prv == 1 && self.mstatus & MS_SIE != 0);
+        let set = if m_on && m != 0 {
+            m
+        } else if s_on && s != 0 {
+            s
+        } else {
+            return false;
+        };
+        for bit in [11u64, 3, 7, 9, 1, 5] {
+            if set & (1 << bit) != 0 {
+                self.trap(sys, Trap::new(INTERRUPT | bit, 0));
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Picks up IPIs and remote fences other harts posted.
+    fn poll_mail(&mut self, sys: &mut Sys) {
+        let m = &mut sys.mail[self.id as usize];
+        if m.ipi {
+            m.ipi = false;
+            self.mip_sw |= IRQ_SSI;
+        }
+        if m.flush_tlb {
+            m.flush_tlb = false;
+            self.flush_tlb();
+        }
+    }
+
+    // ------------------------------------------------------------ traps
+
+    pub fn trap(&mut self, sys: &mut Sys, t: Trap) {
+        let irq = t.cause & INTERRUPT != 0;
+        let code = t.cause & 63;
+        if sys.builtin_sbi && t.cause == EXC_ECALL_S {
+            sbi::call(self, sys);
+            self.pc = self.pc.wrapping_add(4);
+            self.brk = true;
+            return;
+        }
+        self.reservation = None;
+        let deleg = if irq { self.mideleg } else { self.medeleg };
+        if self.prv <= 1 && (deleg >> code) & 1 != 0 {
+            self.scause = t.cause;
+            self.sepc = self.pc;
+            self.stval = t.tval;
+            let sie = self.mstatus & MS_SIE != 0;
+            self.mstatus &= !(MS_SPIE | MS_SIE | MS_SPP);
+            if sie {
+                self.mstatus |= MS_SPIE;
+            }
+            if self.prv == 1 {
+                self.mstatus |= MS_SPP;
+            }
+            self.prv = 1;
+            self.pc = vector(self.stvec, irq, code);
+        } else {
+            if sys.builtin_sbi {
+                sys.fault = Some(format!(
+                    "hart {} took a trap with no firmware to handle it: cause {:#x}, tval {:#x}, pc {:#x}, privilege {}",
+                    self.id, t.cause, t.tval, self.pc, self.prv
+                ));
+                self.brk = true;
+                return;
+            }
+            self.mcause = t.cause;
+            self.mepc = self.pc;
+            self.mtval = t.tval;
+            let mie = self.mstatus & MS_MIE != 0;
+            self.mstatus &= !(MS_MPIE | MS_MIE | MS_MPP);
+            if mie {
+                self.mstatus |= MS_MPIE;
+            }
+            self.mstatus |= self.prv << MS_MPP_SHIFT;
+            self.prv = 3;
+            self.pc = vector(self.mtvec, irq, code);
+        }
+        self.update_keys();
+    }
+
+    fn illegal(&mut self, sys: &mut Sys) -> Trap {
+        Trap::new(EXC_ILLEGAL, self.raw_insn(sys))
+    }
+
+    // -------------------------------------------------------------- CSRs
+
+    fn counter_ok(&self, csr: u16) -> bool {
+        let bit = 1u64 << (csr & 31);
+        match self.prv {
+            3 => true,
+            1 => self.mcounteren & bit != 0,
+            _ => self.mcounteren & bit != 0 && self.scounteren & bit != 0,
+        }
+    }
+
+    fn fs_on(&self) -> bool {
+        self.mstatus & MS_FS != 0
+    }
+
+    fn fs_dirty(&mut self) {
+        self.mstatus |= MS_FS;
+    }
+
+    fn csr_read(&mut self, sys: &mut Sys, csr: u16) -> Option<u64> {
+        if u64::from((csr >> 8) & 3) > self.prv {
+            return None;
+        }
+        Some(match csr {
+            FFLAGS if self.fs_on() => self.fcsr & 0x1f,
+            FRM if self.fs_on() => (self.fcsr >> 5) & 7,
+            FCSR if self.fs_on() => self.fcsr & 0xff,
+            CYCLE | INSTRET if self.counter_ok(csr) => self.instret,
+            TIME if self.counter_ok(csr) => sys.clock.now(),
+            0xc03..=0xc1f if self.counter_ok(csr) => 0,
+            SSTATUS => self.read_mstatus() & SSTATUS_MASK,
+            SIE => self.mie & self.mideleg,
+            STVEC => self.stvec,
+            SCOUNTEREN => self.scounteren,
+            SENVCFG => 0,
+            SSCRATCH => self.sscratch,
+            SEPC => self.sepc,
+            SCAUSE => self.scause,
+            STVAL => self.stval,
+            SIP => self.mip(sys) & self.mideleg,
+            SATP if self.prv == 3 || self.mstatus & MS_TVM == 0 => self.satp,
+            MVENDORID | MARCHID | MIMPID | MCONFIGPTR => 0,
+            MHARTID => self.id,
+            MSTATUS => self.read_mstatus(),
+            MISA => MISA_VALUE,
+            MEDELEG => self.medeleg,
+            MIDELEG => self.mideleg,
+            MIE => self.mie,
+            MTVEC => self.mtvec,
+            MCOUNTEREN => self.mcounteren,
+            MENVCFG => 0,
+            MCOUNTINHIBIT => self.mcountinhibit,
+            MSCRATCH => self.mscratch,
+            MEPC => self.mepc,
+            MCAUSE => self.mcause,
+            MTVAL => self.mtval,
+            MIP => self.mip(sys),
+            0x3a0..=0x3af if csr % 2 == 0 => self.pmpcfg[((csr - PMPCFG0) / 2) as usize],
+            0x3b0..=0x3ef => self.pmpaddr[(csr - PMPADDR0) as usize],
+            MCYCLE | MINSTRET => self.instret,
+            0xb03..=0xb1f | 0x323..=0x33f => 0,
+            _ => return None,
+        })
+    }
+
+    fn read_mstatus(&self) -> u64 {
+        let mut v = self.mstatus | MS_XL64;
+        if v & MS_FS == MS_FS {
+            v |= MS_SD;
+        }
+        v
+    }
+
+    fn csr_write(&mut self, sys: &mut Sys, csr: u16, v: u64) -> Option<()> {
+        if u64::from((csr >> 8) & 3) > self.prv || (csr >> 10) & 3 == 3 {
+            return None;
+        }
+        match csr {
+            FFLAGS if self.fs_on() => {
+                self.fcsr = (self.fcsr & !0x1f) | (v & 0x1f);
+                self.fs_dirty();
+            }
+            FRM if self.fs_on() => {
+                self.fcsr = (self.fcsr & 0x1f) | ((v & 7) << 5);
+                self.fs_dirty();
+            }
+            FCSR if self.fs_on() => {
+                self.fcsr = v & 0xff;
+                self.fs_dirty();
+            }
+            SSTATUS => {
+                self.mstatus = (self.mstatus & !SSTATUS_WMASK) | (v & SSTATUS_WMASK);
+                self.update_keys();
+                self.brk = true;
+            }
+            SIE => {
+                self.mie = (self.mie & !self.mideleg) | (v & self.mideleg);
+                self.brk = true;
+            }
+            STVEC => self.stvec = v & !2,
+            SCOUNTEREN => self.scounteren = v & 0xffff_ffff,
+            SENVCFG => {}
+            SSCRATCH => self.sscratch = v,
+            SEPC => self.sepc = v & !1,
+            SCAUSE => self.scause = v,
+            STVAL => self.stval = v,
+            SIP => {
+                let m = self.mideleg & IRQ_SSI;
+                self.mip_sw = (self.mip_sw & !m) | (v & m);
+                self.brk = true;
+            }
+            SATP if self.prv == 3 || self.mstatus & MS_TVM == 0 => {
+                let mode = v >> 60;
+                // Writes selecting a mode we lack have no effect (that is how Linux probes).
+                if matches!(mode, SATP_BARE | SATP_SV39 | SATP_SV48) {
+                    self.satp = v & ((0xf << 60) | ((1 << 44) - 1));
+                    self.flush_tlb();
+                    self.update_keys();
+                }
+            }
+            MSTATUS => {
+                let mut nv = (self.mstatus & !MSTATUS_WMASK) | (v & MSTATUS_WMASK);
+                if (nv & MS_MPP) >> MS_MPP_SHIFT == 2 {
+                    nv &= !MS_MPP;
+                }
+                self.mstatus = nv;
+                self.update_keys();
+                self.brk = true;
+            }
+            MISA | MVENDORID | MARCHID | MIMPID | MHARTID | MCONFIGPTR => {}
+            MEDELEG => self.medeleg = v & 0xb3ff,
+            MIDELEG => {
+                self.mideleg = v & S_IRQS;
+                self.brk = true;
+            }
+            MIE => {
+                self.mie = v & ALL_IRQS;
+                self.brk = true;
+            }
+            MTVEC => self.mtvec = v & !2,
+            MCOUNTEREN => self.mcounteren = v & 0xffff_ffff,
+            MENVCFG => {}
+            MCOUNTINHIBIT => self.mcountinhibit = v & 0xffff_fffd,
+            MSCRATCH => self.mscratch = v,
+            MEPC => self.mepc = v & !1,
+            MCAUSE => self.mcause = v,
+            MTVAL => self.mtval = v,
+            MIP => {
+                self.mip_sw = (self.mip_sw & !MIP_WMASK) | (v & MIP_WMASK);
+                self.brk = true;
+            }
+            0x3a0..=0x3af if csr % 2 == 0 => self.pmpcfg[((csr - PMPCFG0) / 2) as usize] = v,
+            0x3b0..=0x3ef => self.pmpaddr[(csr - PMPADDR0) as usize] = v & ((1 << 54) - 1),
+            MCYCLE | MINSTRET => self.instret = v,
+            0xb03..=0xb1f | 0x323..=0x33f => {}
+            _ => return None,
+        }
+        let _ = sys;
+        Some(())
+    }
+
+    fn csr_op(&mut self, sys: &mut Sys, op: Op) -> Result<(), Trap> {
+        let csr = op.imm as u16 & 0xfff;
+        let src = match op.kind {
+            Kind::Csrrwi | Kind::Csrrsi | Kind::Csrrci => u64::from(op.rs1),
+            _ => self.x[op.rs1 as usize & 31],
+        };
+        let (read, write) = match op.kind {
+            Kind::Csrrw | Kind::Csrrwi => (op.rd != 0, true),
+            _ => (true, op.rs1 != 0),
+        };
+        let old = if read || write {
+            match self.csr_read(sys, csr) {
+                Some(v) => v,
+                None => return Err(self.illegal(sys)),
+            }
+        } else {
+            0
+        };
+        if write {
+            let nv = match op.kind {
+                Kind::Csrrw | Kind::Csrrwi => src,
+                Kind::Csrrs | Kind::Csrrsi => old | src,
+                _ => old & !src,
+            };
+            if self.csr_write(sys, csr, nv).is_none() {
+                return Err(self.illegal(sys));
+            }
+        }
+        self.set_x(op.rd, old);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn set_x(&mut self, rd: u8, v: u64) {
+        self.x[rd as usize & 31] = v;
+        self.x[0] = 0;
+    }
+
+    #[inline(always)]
+    fn rs1(&self, op: &Op) -> u64 {
+        self.x[op.rs1 as usize & 31]
+    }
+
+    #[inline(always)]
+    fn rs2(&self, op: &Op) -> u64 {
+        self.x[op.rs2 as usize & 31]
+    }
+
+    // --------------------------------------------------------- execution
+
+    /// Runs up to `budget` instructions. Returns why it stopped and how many ran.
+    pub fn run(&mut self, sys: &mut Sys, budget: u64) -> (Stop, u64) {
+        self.sync_epochs(sys);
+        self.poll_mail(sys);
+        self.check_interrupts(sys);
+        self.stop = Stop::Yield;
+        let mut n = 0;
+        while n < budget {
+            n += 1;
+            let r = match self.fetch(sys) {
+                Ok(op) => self.exec(sys, op),
+                Err(t) => Err(t),
+            };
+            if let Err(t) = r {
+                self.trap(sys, t);
+            }
+            if self.brk {
+                self.brk = false;
+                if self.stop != Stop::Yield || sys.fault.is_some() || sys.exit.is_raised() {
+                    break;
+                }
+                self.sync_epochs(sys);
+                self.poll_mail(sys);
+                if sys.mail[self.id as usize].hsm == crate::sys::HsmState::Stopped {
+                    self.stop = Stop::Stopped;
+                    break;
+                }
+                self.check_interrupts(sys);
+            }
+        }
+        self.instret = self.instret.wrapping_add(n);
+        (self.stop, n)
+    }
+
+    fn rm(&mut self, sys: &mut Sys, op: &Op) -> Result<fp::Rm, Trap> {
+        if !self.fs_on() {
+            return Err(self.illegal(sys));
+        }
+        let field = (op.imm & 7) as u32;
+        let rm = if field == 7 {
+            ((self.fcsr >> 5) & 7) as u32
+        } else {
+            field
+        };
+        match fp::Rm::from_bits(rm) {
+            Some(r) => Ok(r),
+            None => Err(self.illegal(sys)),
+        }
+    }
+
+    #[inline(always)]
+    fn fs(&self, r: u8) -> u32 {
+        fp::unbox_f32(self.f[r as usize & 31])
+    }
+
+    #[inline(always)]
+    fn fd(&self, r: u8) -> u64 {
+        self.f[r as usize & 31]
+    }
+
+    #[inline(always)]
+    fn set_fs(&mut self, rd: u8, v: u32, flags: fp::Flags) {
+        self.f[rd as usize & 31] = fp::box_f32(v);
+        self.fcsr |= u64::from(flags);
+        self.mstatus |= MS_FS;
+    }
+
+    #[inline(always)]
+    fn set_fd(&mut self, rd: u8, v: u64, flags: fp::Flags) {
+        self.f[rd as usize & 31] = v;
+        self.fcsr |= u64::from(flags);
+        self.mstatus |= MS_FS;
+    }
+
+    fn fp_on(&mut self, sys: &mut Sys) -> Result<(), Trap> {
+        if self.fs_on() {
+            Ok(())
+        } else {
+            Err(self.illegal(sys))
+        }
+    }
+
+    #[inline(always)]
+    fn exec(&mut self, sys: &mut Sys, op: Op) -> Result<(), Trap> {
+        use Kind::*;
+        let pc = self.pc;
+        let npc = pc.wrapping_add(u64::from(op.len));
+        let imm = op.imm as i64 as u64;
+        match op.kind {
+            Addi => {
+                let v = self.rs1(&op).wrapping_add(imm);
+                self.set_x(op.rd, v);
+            }
+            Lui => self.set_x(op.rd, imm),
+            Auipc => self.set_x(op.rd, pc.wrapping_add(imm)),
+            Jal => {
+                self.set_x(op.rd, npc);
+                self.pc = pc.wrapping_add(imm);
+                return Ok(());
+            }
+            Jalr => {
+                let t = self.rs1(&op).wrapping_add(imm) & !1;
+                self.set_x(op.rd, npc);
+                self.pc = t;
+                return Ok(());
+            }
+            Beq | Bne | Blt | Bge | Bltu | Bgeu => {
+                let (a, b) = (self.rs1(&op), self.rs2(&op));
+                let taken = match op.kind {
+                    Beq => a == b,
+                    Bne => a != b,
+                    Blt => (a as i64) < (b as i64),
+                    Bge => (a as i64) >= (b as i64),
+                    Bltu => a < b,
+                    _ => a >= b,
+                };
+                self.pc = if taken { pc.wrapping_add(imm) } else { npc };
+                return Ok(());
+            }
+            Lb => {
+                let v: u8 = load_fast!(self, sys, self.rs1(&op).wrapping_add(imm), 1, load_u8)?;
+                self.set_x(op.rd, v as i8 as i64 as u64);
+            }
+            Lh => {
+                let v: u16 = load_fast!(self, sys, self.rs1(&op).wrapping_add(imm), 2, load_u16)?;
+                self.set_x(op.rd, v as i16 as i64 as u64);
+            }
+            Lw => {
+                let v: u32 = load_fast!(self, sys, self.rs1(&op).wrapping_add(imm), 4, load_u32)?;
+                self.set_x(op.rd, v as i32 as i64 as u64);
+            }
+            Ld => {
+                let v: u64 = load_fast!(self, sys, self.rs1(&op).wrapping_add(imm), 8, load_u64)?;
+                self.set_x(op.rd, v);
+            }
+            Lbu => {
+                let v: u8 = load_fast!(self, sys, self.rs1(&op).wrapping_add(imm), 1, load_u8)?;
+                self.set_x(op.rd, u64::from(v));
+            }
+            Lhu => {
+                let v: u16 = load_fast!(self, sys, self.rs1(&op).wrapping_add(imm), 2, load_u16)?;
+                self.set_x(op.rd, u64::from(v));
+            }
+            Lwu => {
+                let v: u32 = load_fast!(self, sys, self.rs1(&op).wrapping_add(imm), 4, load_u32)?;
+                self.set_x(op.rd, u64::from(v));
+            }
+            Sb => store_fast!(
+                self,
+                sys,
+                self.rs1(&op).wrapping_add(imm),
+                1,
+                self.rs2(&op),
+                store_u8,
+                u8
+            )?,
+            Sh => store_fast!(
+                self,
+                sys,
+                self.rs1(&op).wrapping_add(imm),
+                2,
+                self.rs2(&op),
+                store_u16,
+                u16
+            )?,
+            Sw => store_fast!(
+                self,
+                sys,
+                self.rs1(&op).wrapping_add(imm),
+                4,
+                self.rs2(&op),
+                store_u32,
+                u32
+            )?,
+            Sd => store_fast!(
+                self,
+                sys,
+                self.rs1(&op).wrapping_add(imm),
+                8,
+                self.rs2(&op),
+                store_u64,
+                u64
+            )?,
+            Slti => self.set_x(op.rd, u64::from((self.rs1(&op) as i64) < (imm as i64))),
+            Sltiu => self.set_x(op.rd, u64::from(self.rs1(&op) < imm)),
+            Xori => self.set_x(op.rd, self.rs1(&op) ^ imm),
+            Ori => self.set_x(op.rd, self.rs1(&op) | imm),
+            Andi => self.set_x(op.rd, self.rs1(&op) & imm),
+            Slli => self.set_x(op.rd, self.rs1(&op) << (imm & 63)),
+            Srli => self.set_x(op.rd, self.rs1(&op) >> (imm & 63)),
+            Srai => self.set_x(op.rd, ((self.rs1(&op) as i64) >> (imm & 63)) as u64),
+            Add => self.set_x(op.rd, self.rs1(&op).wrapping_add(self.rs2(&op))),
+            Sub => self.set_x(op.rd, self.rs1(&op).wrapping_sub(self.rs2(&op))),
+            Sll => self.set_x(op.rd, self.rs1(&op) << (self.rs2(&op) & 63)),
+            Slt => self.set_x(
+                op.rd,
+                u64::from((self.rs1(&op) as i64) < (self.rs2(&op) as i64)),
+            ),
+            Sltu => self.set_x(op.rd, u64::from(self.rs1(&op) < self.rs2(&op))),
+            Xor => self.set_x(op.rd, self.rs1(&op) ^ self.rs2(&op)),
+            Srl => self.set_x(op.rd, self.rs1(&op) >> (self.rs2(&op) & 63)),
+            Sra => self.set_x(
+                op.rd,
+                ((self.rs1(&op) as i64) >> (self.rs2(&op) & 63)) as u64,
+            ),
+            Or => self.set_x(op.rd, self.rs1(&op) | self.rs2(&op)),
+            And => self.set_x(op.rd, self.rs1(&op) & self.rs2(&op)),
+            Addiw => self.set_x(op.rd, sext32(self.rs1(&op).wrapping_add(imm))),
+            Slliw => self.set_x(op.rd, sext32(self.rs1(&op) << (imm & 31))),
+            Srliw => self.set_x(
+                op.rd,
+                sext32(u64::from((self.rs1(&op) as u32) >> (imm & 31))),
+            ),
+            Sraiw => self.set_x(op.rd, ((self.rs1(&op) as i32) >> (imm & 31)) as i64 as u64),
+            Addw => self.set_x(op.rd, sext32(self.rs1(&op).wrapping_add(self.rs2(&op)))),
+            Subw => self.set_x(op.rd, sext32(self.rs1(&op).wrapping_sub(self.rs2(&op)))),
+            Sllw => self.set_x(op.rd, sext32(self.rs1(&op) << (self.rs2(&op) & 31))),
+            Srlw => self.set_x(
+                op.rd,
+                sext32(u64::from((self.rs1(&op) as u32) >> (self.rs2(&op) & 31))),
+            ),
+            Sraw => self.set_x(
+                op.rd,
+                ((self.rs1(&op) as i32) >> (self.rs2(&op) & 31)) as i64 as u64,
+            ),
+            Mul => self.set_x(op.rd, self.rs1(&op).wrapping_mul(self.rs2(&op))),
+            Mulh => {
+                let v = (i128::from(self.rs1(&op) as i64) * i128::from(self.rs2(&op) as i64)) >> 64;
+                self.set_x(op.rd, v as u64);
+            }
+            Mulhsu => {
+                let v = (i128::from(self.rs1(&op) as i64) * i128::from(self.rs2(&op))) >> 64;
+                self.set_x(op.rd, v as u64);
+            }
+            Mulhu => {
+                let v = (u128::from(self.rs1(&op)) * u128::from(self.rs2(&op))) >> 64;
+                self.set_x(op.rd, v as u64);
+            }
+            Div => {
+                let (a, b) = (self.rs1(&op) as i64, self.rs2(&op) as i64);
+                let v = if b == 0 { -1 } else { a.wrapping_div(b) };
+                self.set_x(op.rd, v as u64);
+            }
+            Divu => {
+                let (a, b) = (self.rs1(&op), self.rs2(&op));
+                self.set_x(op.rd, if b == 0 { u64::MAX } else { a / b });
+            }
+            Rem => {
+                let (a, b) = (self.rs1(&op) as i64, self.rs2(&op) as i64);
+                let v = if b == 0 { a } else { a.wrapping_rem(b) };
+                self.set_x(op.rd, v as u64);
+            }
+            Remu => {
+                let (a, b) = (self.rs1(&op), self.rs2(&op));
+                self.set_x(op.rd, if b == 0 { a } else { a % b });
+            }
+            Mulw => self.set_x(op.rd, sext32(self.rs1(&op).wrapping_mul(self.rs2(&op)))),
+            Divw => {
+                let (a, b) = (self.rs1(&op) as i32, self.rs2(&op) as i32);
+                let v = if b == 0 { -1 } else { a.wrapping_div(b) };
+                self.set_x(op.rd, v as i64 as u64);
+            }
+            Divuw => {
+                let (a, b) = (self.rs1(&op) as u32, self.rs2(&op) as u32);
+                let v = if b == 0 { u32::MAX } else { a / b };
+                self.set_x(op.rd, sext32(u64::from(v)));
+            }
+            Remw => {
+                let (a, b) = (self.rs1(&op) as i32, self.rs2(&op) as i32);
+                let v = if b == 0 { a } else { a.wrapping_rem(b) };
+                self.set_x(op.rd, v as i64 as u64);
+            }
+            Remuw => {
+                let (a, b) = (self.rs1(&op) as u32, self.rs2(&op) as u32);
+                let v = if b == 0 { a } else { a % b };
+                self.set_x(op.rd, sext32(u64::from(v)));
+            }
+            Fence => {}
+            FenceI => {
+                sys.code.flush();
+                self.sync_epochs(sys);
+            }
+            Ecall => {
+                return Err(Trap::new(
+                    match self.prv {
+                        0 => EXC_ECALL_U,
+                        1 => EXC_ECALL_S,
+                        _ => EXC_ECALL_M,
+                    },
+                    0,
+                ))
+            }
+            Ebreak => return Err(Trap::new(EXC_BREAKPOINT, pc)),
+            Mret => {
+                if self.prv != 3 {
+                    return Err(self.illegal(sys));
+                }
+                let mpp = (self.mstatus & MS_MPP) >> MS_MPP_SHIFT;
+                let mpie = self.mstatus & MS_MPIE != 0;
+                self.mstatus &= !(MS_MIE | MS_MPP);
+                self.mstatus |= MS_MPIE;
+                if mpie {
+                    self.mstatus |= MS_MIE;
+                }
+                if mpp != 3 {
+                    self.mstatus &= !MS_MPRV;
+                }
+                self.prv = mpp;
+                self.pc = self.mepc;
+                self.update_keys();
+                self.brk = true;
+                return Ok(());
+            }
+            Sret => {
+                if self.prv == 0 || (self.prv == 1 && self.mstatus & MS_TSR != 0) {
+                    return Err(self.illegal(sys));
+                }
+                let spp = u64::from(self.mstatus & MS_SPP != 0);
+                let spie = self.mstatus & MS_SPIE != 0;
+                self.mstatus &= !(MS_SIE | MS_SPP | MS_MPRV);
+                self.mstatus |= MS_SPIE;
+                if spie {
+                    self.mstatus |= MS_SIE;
+                }
+                self.prv = spp;
+                self.pc = self.sepc;
+                self.update_keys();
+                self.brk = true;
+                return Ok(());
+            }
+            Wfi => {
+                if self.prv == 0 || (self.prv == 1 && self.mstatus & MS_TW != 0) {
+                    return Err(self.illegal(sys));
+                }
+                self.pc = npc;
+                if !self.wakeup_pending(sys) {
+                    self.stop = Stop::Wait;
+                    self.brk = true;
+                }
+                return Ok(());
+            }
+            SfenceVma => {
+                if self.prv == 0 || (self.prv == 1 && self.mstatus & MS_TVM != 0) {
+                    return Err(self.illegal(sys));
+                }
+                self.flush_tlb();
+            }
+            Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci => self.csr_op(sys, op)?,
+            LrW | LrD => {
+                let va = self.rs1(&op);
+                let w = if op.kind == LrW { 4 } else { 8 };
+                if va % w != 0 {
+                    return Err(Trap::new(EXC_LOAD_ACCESS - 1, va));
+                }
+                let v = self.load_slow(sys, va, w)?;
+                self.reservation = Some(va);
+                self.set_x(op.rd, if w == 4 { sext32(v) } else { v });
+            }
+            ScW | ScD => {
+                let va = self.rs1(&op);
+                let w = if op.kind == ScW { 4 } else { 8 };
+                if va % w != 0 {
+                    return Err(Trap::new(EXC_STORE_ACCESS - 1, va));
+                }
+                if self.reservation.take() == Some(va) {
+                    self.store_slow(sys, va, w, self.rs2(&op))?;
+                    self.set_x(op.rd, 0);
+                } else {
+                    self.set_x(op.rd, 1);
+                }
+            }
+            AmoW | AmoD => {
+                let va = self.rs1(&op);
+                let w = if op.kind == AmoW { 4 } else { 8 };
+                if va % w != 0 {
+                    return Err(Trap::new(EXC_STORE_ACCESS - 1, va));
+                }
+                // Translate for writing first: an AMO faults as a store.
+                let pa = self.translate(sys, va, Access::Write)?;
+                if sys.ram.offset(pa, w).is_none() {
+                    return Err(Trap::new(EXC_STORE_ACCESS, va));
+                }
+                if sys.code.is_code(pa) {
+                    sys.code.invalidate(pa);
+                    self.sync_epochs(sys);
+                }
+                let old = self.phys_read(sys, pa, w).unwrap_or(0);
+                let old = if w == 4 { sext32(old) } else { old };
+                let src = self.rs2(&op);
+                let src = if w == 4 { sext32(src) } else { src };
+                let nv = match op.rs3 {
+                    0x00 => old.wrapping_add(src),
+                    0x01 => src,
+                    0x04 => old ^ src,
+                    0x0c => old & src,
+                    0x08 => old | src,
+                    0x10 => (old as i64).min(src as i64) as u64,
+                    0x14 => (old as i64).max(src as i64) as u64,
+                    0x18 => old.min(src),
+                    _ => old.max(src),
+                };
+                self.phys_write(sys, pa, w, nv);
+                self.set_x(op.rd, old);
+            }
+            Flw => {
+                self.fp_on(sys)?;
+                let v: u32 = load_fast!(self, sys, self.rs1(&op).wrapping_add(imm), 4, load_u32)?;
+                self.set_fs(op.rd, v, 0);
+            }
+            Fld => {
+                self.fp_on(sys)?;
+                let v: u64 = load_fast!(self, sys, self.rs1(&op).wrapping_add(imm), 8, load_u64)?;
+                self.set_fd(op.rd, v, 0);
+            }
+            Fsw => {
+                self.fp_on(sys)?;
+                let v = self.f[op.rs2 as usize & 31] as u32;
+                store_fast!(
+                    self,
+                    sys,
+                    self.rs1(&op).wrapping_add(imm),
+                    4,
+                    v,
+                    store_u32,
+                    u32
+                )?;
+            }
+            Fsd => {
+                self.fp_on(sys)?;
+                let v = self.fd(op.rs2);
+                store_fast!(
+                    self,
+                    sys,
+                    self.rs1(&op).wrapping_add(imm),
+                    8,
+                    v,
+                    store_u64,
+                    u64
+                )?;
+            }
+            _ => self.exec_fp(sys, op)?,
+        }
+        self.pc = npc;
+        Ok(())
+    }
+
+    fn exec_fp(&mut self, sys: &mut Sys, op: Op) -> Result<(), Trap> {
+        use Kind::*;
+        const S_SIGN: u32 = 1 << 31;
+        const D_SIGN: u64 = 1 << 63;
+        match op.kind {
+            Illegal | Undecoded => return Err(self.illegal(sys)),
+            FmaddS | FmsubS | FnmsubS | FnmaddS => {
+                let rm = self.rm(sys, &op)?;
+                let (mut a, b, mut c) = (self.fs(op.rs1), self.fs(op.rs2), self.fs(op.rs3));
+                if matches!(op.kind, FnmsubS | FnmaddS) {
+                    a ^= S_SIGN;
+                }
+                if matches!(op.kind, FmsubS | FnmaddS) {
+                    c ^= S_SIGN;
+                }
+                let (v, fl) = fp::f32_fma(a, b, c, rm);
+                self.set_fs(op.rd, v, fl);
+            }
+            FmaddD | FmsubD | FnmsubD | FnmaddD => {
+                let rm = self.rm(sys, &op)?;
+                let (mut a, b, mut c) = (self.fd(op.rs1), self.fd(op.rs2), self.fd(op.rs3));
+                if matches!(op.kind, FnmsubD | FnmaddD) {
+                    a ^= D_SIGN;
+                }
+                if matches!(op.kind, FmsubD | FnmaddD) {
+                    c ^= D_SIGN;
+                }
+                let (v, fl) = fp::f64_fma(a, b, c, rm);
+                self.set_fd(op.rd, v, fl);
+            }
+            FaddS | FsubS | FmulS | FdivS => {
+                let rm = self.rm(sys, &op)?;
+                let (a, b) = (self.fs(op.rs1), self.fs(op.rs2));
+                let (v, fl) = match op.kind {
+                    FaddS => fp::f32_add(a, b, rm),
+                    FsubS => fp::f32_sub(a, b, rm),
+                    FmulS => fp::f32_mul(a, b, rm),
+                    _ => fp::f32_div(a, b, rm),
+                };
+                self.set_fs(op.rd, v, fl);
+            }
+            FaddD | FsubD | FmulD | FdivD => {
+                let rm = self.rm(sys, &op)?;
+                let (a, b) = (self.fd(op.rs1), self.fd(op.rs2));
+                let (v, fl) = match op.kind {
+                    FaddD => fp::f64_add(a, b, rm),
+                    FsubD => fp::f64_sub(a, b, rm),
+                    FmulD => fp::f64_mul(a, b, rm),
+                    _ => fp::f64_div(a, b, rm),
+                };
+                self.set_fd(op.rd, v, fl);
+            }
+            FsqrtS => {
+                let rm = self.rm(sys, &op)?;
+                let (v, fl) = fp::f32_sqrt(self.fs(op.rs1), rm);
+                self.set_fs(op.rd, v, fl);
+            }
+            FsqrtD => {
+                let rm = self.rm(sys, &op)?;
+                let (v, fl) = fp::f64_sqrt(self.fd(op.rs1), rm);
+                self.set_fd(op.rd, v, fl);
+            }
+            FsgnjS | FsgnjnS | FsgnjxS => {
+                self.fp_on(sys)?;
+                let (a, b) = (self.fs(op.rs1), self.fs(op.rs2));
+                let sign = match op.kind {
+                    FsgnjS => b & S_SIGN,
+                    FsgnjnS => !b & S_SIGN,
+                    _ => (a ^ b) & S_SIGN,
+                };
+                self.set_fs(op.rd, (a & !S_SIGN) | sign, 0);
+            }
+            FsgnjD | FsgnjnD | FsgnjxD => {
+                self.fp_on(sys)?;
+                let (a, b) = (self.fd(op.rs1), self.fd(op.rs2));
+                let sign = match op.kind {
+                    FsgnjD => b & D_SIGN,
+                    FsgnjnD => !b & D_SIGN,
+                    _ => (a ^ b) & D_SIGN,
+                };
+                self.set_fd(op.rd, (a & !D_SIGN) | sign, 0);
+            }
+            FminS | FmaxS => {
+                self.fp_on(sys)?;
+                let (a, b) = (self.fs(op.rs1), self.fs(op.rs2));
+                let (v, fl) = if op.kind == FminS {
+                    fp::f32_min(a, b)
+                } else {
+                    fp::f32_max(a, b)
+                };
+                self.set_fs(op.rd, v, fl);
+            }
+            FminD | FmaxD => {
+                self.fp_on(sys)?;
+                let (a, b) = (self.fd(op.rs1), self.fd(op.rs2));
+                let (v, fl) = if op.kind == FminD {
+                    fp::f64_min(a, b)
+                } else {
+                    fp::f64_max(a, b)
+                };
+                self.set_fd(op.rd, v, fl);
+            }
+            FcvtSD => {
+                let rm = self.rm(sys, &op)?;
+                let (v, fl) = fp::f64_to_f32(self.fd(op.rs1), rm);
+                self.set_fs(op.rd, v, fl);
+            }
+            FcvtDS => {
+                self.fp_on(sys)?;
+                let (v, fl) = fp::f32_to_f64(self.fs(op.rs1));
+                self.set_fd(op.rd, v, fl);
+            }
+            FeqS | FltS | FleS => {
+                self.fp_on(sys)?;
+                let (a, b) = (self.fs(op.rs1), self.fs(op.rs2));
+                let (v, fl) = match op.kind {
+                    FeqS => fp::f32_eq(a, b),
+                    FltS => fp::f32_lt(a, b),
+                    _ => fp::f32_le(a, b),
+                };
+                self.fcsr |= u64::from(fl);
+                self.mstatus |= MS_FS;
+                self.set_x(op.rd, u64::from(v));
+            }
+            FeqD | FltD | FleD => {
+                self.fp_on(sys)?;
+                let (a, b) = (self.fd(op.rs1), self.fd(op.rs2));
+                let (v, fl) = match op.kind {
+                    FeqD => fp::f64_eq(a, b),
+                    FltD => fp::f64_lt(a, b),
+                    _ => fp::f64_le(a, b),
+                };
+                self.fcsr |= u64::from(fl);
+                self.mstatus |= MS_FS;
+                self.set_x(op.rd, u64::from(v));
+            }
+            FclassS => {
+                self.fp_on(sys)?;
+                let v = fp::f32_class(self.fs(op.rs1));
+                self.set_x(op.rd, v);
+            }
+            FclassD => {
+                self.fp_on(sys)?;
+                let v = fp::f64_class(self.fd(op.rs1));
+                self.set_x(op.rd, v);
+            }
+            FmvXW => {
+                self.fp_on(sys)?;
+                let v = sext32(self.f[op.rs1 as usize & 31]);
+                self.set_x(op.rd, v);
+            }
+            FmvWX => {
+                self.fp_on(sys)?;
+                let v = self.rs1(&op) as u32;
+                self.set_fs(op.rd, v, 0);
+            }
+            FmvXD => {
+                self.fp_on(sys)?;
+                let v = self.fd(op.rs1);
+                self.set_x(op.rd, v);
+            }
+            FmvDX => {
+                self.fp_on(sys)?;
+                let v = self.rs1(&op);
+                self.set_fd(op.rd, v, 0);
+            }
+            FcvtIntS => {
+                let rm = self.rm(sys, &op)?;
+                let a = self.fs(op.rs1);
+                let (v, fl) = match op.rs2 {
+                    0 => {
+                        let (v, f) = fp::f32_to_i32(a, rm);
+                        (v as u64, f)
+                    }
+                    1 => {
+                        let (v, f) = fp::f32_to_u32(a, rm);
+                        (v as u64, f)
+                    }
+                    2 => {
+                        let (v, f) = fp::f32_to_i64(a, rm);
+                        (v as u64, f)
+                    }
+                    _ => {
+                        let (v, f) = fp::f32_to_u64(a, rm);
+                        (v as u64, f)
+                    }
+                };
+                self.fcsr |= u64::from(fl);
+                self.mstatus |= MS_FS;
+                self.set_x(op.rd, v);
+            }
+            FcvtIntD => {
+                let rm = self.rm(sys, &op)?;
+                let a = self.fd(op.rs1);
+                let (v, fl) = match op.rs2 {
+                    0 => {
+                        let (v, f) = fp::f64_to_i32(a, rm);
+                        (v as u64, f)
+                    }
+                    1 => {
+                        let (v, f) = fp::f64_to_u32(a, rm);
+                        (v as u64, f)
+                    }
+                    2 => {
+                        let (v, f) = fp::f64_to_i64(a, rm);
+                        (v as u64, f)
+                    }
+                    _ => {
+                        let (v, f) = fp::f64_to_u64(a, rm);
+                        (v as u64, f)
+                    }
+                };
+                self.fcsr |= u64::from(fl);
+                self.mstatus |= MS_FS;
+                self.set_x(op.rd, v);
+            }
+            FcvtSInt => {
+                let rm = self.rm(sys, &op)?;
+                let x = self.rs1(&op);
+                let (v, fl) = match op.rs2 {
+                    0 => fp::f32_from_i32(x as i32, rm),
+                    1 => fp::f32_from_u32(x as u32, rm),
+                    2 => fp::f32_from_i64(x as i64, rm),
+                    _ => fp::f32_from_u64(x, rm),
+                };
+                self.set_fs(op.rd, v, fl);
+            }
+            FcvtDInt => {
+                let rm = self.rm(sys, &op)?;
+                let x = self.rs1(&op);
+                let (v, fl) = match op.rs2 {
+                    0 => fp::f64_from_i32(x as i32, rm),
+                    1 => fp::f64_from_u32(x as u32, rm),
+                    2 => fp::f64_from_i64(x as i64, rm),
+                    _ => fp::f64_from_u64(x, rm),
+                };
+                self.set_fd(op.rd, v, fl);
+            }
+            _ => return Err(self.illegal(sys)),
+        }
+        Ok(())
+    }
+}
+
+#[inline(always)]
+fn sext32(v: u64) -> u64 {
+    v as i32 as i64 as u64
+}
+
+fn vector(tvec: u64, irq: bool, code: u64) -> u64 {
+    let base = tvec & !3;
+    if irq && tvec & 1 == 1 {
+        base.wrapping_add(4 * code)
+    } else {
+        base
+    }
+}

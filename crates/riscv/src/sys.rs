@@ -1,0 +1,251 @@
+//! What harts share: RAM, the device bus, the decoded-code cache, the CLINT, interrupt outputs of
+//! the PLIC, and the mailboxes one hart uses to reach another (IPIs, remote fences, HSM starts).
+//!
+//! All harts run on one host thread in turn, so cross-hart requests are posted here and picked
+//! up by the target hart before its next slice; a hart that is not running cannot observe the
+//! difference.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use vireo_devices::ConsoleOutput;
+use vireo_machine::memory::RamView;
+use vireo_machine::{Bus, ExitSignal};
+
+use crate::decode::Op;
+
+/// Slots per decoded page: one per possible 2-byte instruction start.
+pub const SLOTS: usize = 2048;
+
+/// Decoded instructions, keyed by guest-physical page, shared by all harts.
+///
+/// A page enters when a hart first fetches from it. Harts never cache a code page in their write
+/// TLB, so every store to one takes the slow path, which drops the page (QEMU's approach): decode
+/// caches stay coherent with stores without a check on the fast path.
+pub struct CodeCache {
+    pub pages: Vec<Box<[Op; SLOTS]>>,
+    free: Vec<u32>,
+    map: HashMap<u64, u32>,
+    /// One bit per RAM page: does the page have decoded code?
+    is_code: Vec<u64>,
+    ram_base: u64,
+    /// Bumped when a page becomes code: harts must drop write-TLB entries.
+    pub write_epoch: u64,
+    /// Bumped when a page's decoded code is dropped: harts must drop fetch translations.
+    pub fetch_epoch: u64,
+}
+
+impl CodeCache {
+    pub fn new(ram_base: u64, ram_len: u64) -> Self {
+        let pages = (ram_len >> 12) as usize;
+        CodeCache {
+            pages: Vec::new(),
+            free: Vec::new(),
+            map: HashMap::new(),
+            is_code: vec![0; pages.div_ceil(64)],
+            ram_base,
+            write_epoch: 0,
+            fetch_epoch: 0,
+        }
+    }
+
+    #[inline]
+    fn bit(&self, paddr: u64) -> Option<(usize, u64)> {
+        let idx = (paddr.wrapping_sub(self.ram_base) >> 12) as usize;
+        (idx / 64 < self.is_code.len()).then_some((idx / 64, 1u64 << (idx % 64)))
+    }
+
+    #[inline]
+    pub fn is_code(&self, paddr: u64) -> bool {
+        self.bit(paddr)
+            .is_some_and(|(w, m)| self.is_code[w] & m != 0)
+    }
+
+    /// The decoded page for RAM page `paddr`, created empty on first use.
+    pub fn slot_for(&mut self, paddr: u64) -> u32 {
+        let ppn = paddr >> 12;
+        if let Some(&s) = self.map.get(&ppn) {
+            return s;
+        }
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.pages[s as usize].fill(Op::UNDECODED);
+                s
+            }
+            None => {
+                self.pages.push(Box::new([Op::UNDECODED; SLOTS]));
+                (self.pages.len() - 1) as u32
+            }
+        };
+        self.map.insert(ppn, s);
+        if let Some((w, m)) = self.bit(paddr) {
+            self.is_code[w] |= m;
+        }
+        self.write_epoch += 1;
+        s
+    }
+
+    /// Drops the decoded code of RAM page `paddr` (a store hit it).
+    pub fn invalidate(&mut self, paddr: u64) {
+        if let Some(s) = self.map.remove(&(paddr >> 12)) {
+            self.free.push(s);
+            self.fetch_epoch += 1;
+        }
+        if let Some((w, m)) = self.bit(paddr) {
+            self.is_code[w] &= !m;
+        }
+    }
+
+    /// Drops everything (FENCE.I: device DMA may have written code behind the harts' backs).
+    pub fn flush(&mut self) {
+        if self.map.is_empty() {
+            return;
+        }
+        for &s in self.map.values() {
+            self.free.push(s);
+        }
+        self.map.clear();
+        self.is_code.fill(0);
+        self.fetch_epoch += 1;
+    }
+}
+
+/// The machine timer: `mtime` at a fixed frequency derived from the host's monotonic clock.
+pub struct Clock {
+    start: Instant,
+}
+
+/// mtime ticks per second (the timebase-frequency in the device tree).
+pub const TIMEBASE_HZ: u64 = 10_000_000;
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock {
+            start: Instant::now(),
+        }
+    }
+    #[inline]
+    pub fn now(&self) -> u64 {
+        (self.start.elapsed().as_nanos() / (1_000_000_000 / TIMEBASE_HZ as u128)) as u64
+    }
+    /// Host time until `mtime` reaches `t` (zero if it has).
+    pub fn until(&self, t: u64) -> Duration {
+        let now = self.now();
+        if t <= now {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos((t - now).saturating_mul(1_000_000_000 / TIMEBASE_HZ))
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The CLINT's per-hart state: software-interrupt bits and timer comparators.
+pub struct Clint {
+    pub msip: Vec<bool>,
+    pub mtimecmp: Vec<u64>,
+}
+
+/// CLINT register layout (SiFive/ACLINT compatible).
+pub const CLINT_MSIP: u64 = 0x0;
+pub const CLINT_MTIMECMP: u64 = 0x4000;
+pub const CLINT_MTIME: u64 = 0xbff8;
+pub const CLINT_SIZE: u64 = 0x10000;
+
+/// The PLIC's outputs: one external-interrupt line per hart and privilege (context 2h is M, 2h+1
+/// is S), written under the PLIC's lock and read lock-free by the harts.
+pub struct IrqOutputs {
+    pub eip: Vec<AtomicBool>,
+    wake: Wake,
+}
+
+impl IrqOutputs {
+    pub fn new(contexts: usize) -> Self {
+        IrqOutputs {
+            eip: (0..contexts).map(|_| AtomicBool::new(false)).collect(),
+            wake: Wake::default(),
+        }
+    }
+    #[inline]
+    pub fn get(&self, ctx: usize) -> bool {
+        self.eip.get(ctx).is_some_and(|b| b.load(Ordering::Acquire))
+    }
+    pub fn set(&self, ctx: usize, v: bool) {
+        if let Some(b) = self.eip.get(ctx) {
+            if b.swap(v, Ordering::AcqRel) != v && v {
+                self.wake.notify();
+            }
+        }
+    }
+    pub fn wake(&self) -> &Wake {
+        &self.wake
+    }
+}
+
+/// Wakes the run loop when every hart waits for an interrupt.
+#[derive(Default)]
+pub struct Wake {
+    flag: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    pub fn notify(&self) {
+        let mut f = self.flag.lock().unwrap_or_else(|p| p.into_inner());
+        *f = true;
+        self.cv.notify_all();
+    }
+    /// Sleeps until notified or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) {
+        let mut f = self.flag.lock().unwrap_or_else(|p| p.into_inner());
+        if !*f {
+            f = self
+                .cv
+                .wait_timeout(f, timeout)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *f = false;
+    }
+}
+
+/// SBI HSM states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HsmState {
+    Started = 0,
+    Stopped = 1,
+    StartPending = 2,
+}
+
+/// Requests to one hart from the others.
+pub struct Mailbox {
+    pub ipi: bool,
+    pub flush_tlb: bool,
+    pub start: Option<(u64, u64)>,
+    pub hsm: HsmState,
+}
+
+/// Everything a hart touches besides its own registers.
+pub struct Sys<'a> {
+    pub ram: RamView<'a>,
+    pub bus: &'a Bus,
+    pub code: CodeCache,
+    pub clint: Clint,
+    pub clint_base: u64,
+    pub irq: Arc<IrqOutputs>,
+    pub exit: Arc<ExitSignal>,
+    pub console: ConsoleOutput,
+    /// SBI is implemented by the emulator (no M-mode firmware runs).
+    pub builtin_sbi: bool,
+    pub mail: Vec<Mailbox>,
+    pub clock: Clock,
+    /// Set when the emulator meets something it cannot continue from.
+    pub fault: Option<String>,
+}
