@@ -53,13 +53,18 @@ pub(crate) struct Inputs<'a> {
     pub busybox: &'a Path,
 }
 
-/// Builds the gzip-compressed initramfs.
+/// Builds the gzip-compressed initramfs, zero-padded to a multiple of 4 bytes: the
+/// kernel only finds an archive appended after it (the CLI's command archive) at a
+/// 4-byte aligned offset, and skips zero bytes in between.
 pub(crate) fn build(inputs: &Inputs) -> Result<Vec<u8>, ImageError> {
     let archive = archive(inputs)?;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&archive)
+    let mut out = gz
+        .write_all(&archive)
         .and_then(|()| gz.finish())
-        .map_err(|e| ImageError::io("compress", "the initramfs", e))
+        .map_err(|e| ImageError::io("compress", "the initramfs", e))?;
+    out.resize(out.len().div_ceil(4) * 4, 0);
+    Ok(out)
 }
 
 fn archive(inputs: &Inputs) -> Result<Vec<u8>, ImageError> {
