@@ -1,0 +1,323 @@
+//! The PC's legacy devices that live in the VMM: the i8042's reset line, the CMOS real-time
+//! clock, QEMU's isa-debug-exit port, and interrupt lines into KVM's in-kernel irqchip. (The
+//! PIC, PIT, IOAPIC and local APICs are KVM's in-kernel models; the UART is vireo-devices'.)
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kvm_ioctls::VmFd;
+use vireo_machine::bus::{le_value, set_le_value};
+use vireo_machine::{BusDevice, ExitSignal, GuestExit, IrqLine};
+use vm_superio::{I8042Device, Trigger};
+
+/// An ISA interrupt line driven through KVM_IRQ_LINE (the in-kernel PIC and IOAPIC both see it).
+pub struct KvmIrqLine {
+    vm: Arc<VmFd>,
+    gsi: u32,
+}
+
+impl KvmIrqLine {
+    pub fn new(vm: Arc<VmFd>, gsi: u32) -> Self {
+        KvmIrqLine { vm, gsi }
+    }
+}
+
+impl IrqLine for KvmIrqLine {
+    fn set_level(&self, high: bool) {
+        // Fails only if the irqchip is gone, when nobody is listening anyway.
+        let _ = self.vm.set_irq_line(self.gsi, high);
+    }
+}
+
+/// vm-superio's i8042 signals a CPU reset through a trigger: here, the guest's exit latch.
+pub struct ResetTrigger(pub Arc<ExitSignal>);
+
+impl Trigger for ResetTrigger {
+    type E = std::convert::Infallible;
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.raise(GuestExit::Reset);
+        Ok(())
+    }
+}
+
+/// Ports 0x60 (data, offset 0) to 0x64 (command/status, offset 4). Writing 0xfe to the command
+/// port pulses the CPU reset line, which reboots (`reboot=k`) or, with `panic=-1`, ends a
+/// panicking guest.
+pub struct I8042 {
+    dev: I8042Device<ResetTrigger>,
+}
+
+/// Size of the i8042 port window at 0x60.
+pub const I8042_WINDOW: u64 = 5;
+
+impl I8042 {
+    pub fn new(exit: Arc<ExitSignal>) -> Self {
+        I8042 {
+            dev: I8042Device::new(ResetTrigger(exit)),
+        }
+    }
+}
+
+impl BusDevice for I8042 {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let v = if offset < I8042_WINDOW {
+            self.dev.read(offset as u8)
+        } else {
+            0
+        };
+        set_le_value(data, u64::from(v));
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset < I8042_WINDOW && !data.is_empty() {
+            let _ = self.dev.write(offset as u8, data[0]);
+        }
+    }
+}
+
+/// QEMU's `isa-debug-exit`: a write of `v` ends the guest with status `(v << 1) | 1`, the
+/// convention test kernels built for QEMU use.
+pub struct DebugExit {
+    exit: Arc<ExitSignal>,
+}
+
+/// Size of the isa-debug-exit port window at 0xf4.
+pub const DEBUG_EXIT_WINDOW: u64 = 4;
+
+impl DebugExit {
+    pub fn new(exit: Arc<ExitSignal>) -> Self {
+        DebugExit { exit }
+    }
+}
+
+impl BusDevice for DebugExit {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        set_le_value(data, 0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset == 0 && !data.is_empty() {
+            let v = le_value(data);
+            self.exit.raise(GuestExit::Failure(((v << 1) | 1) as u16));
+        }
+    }
+}
+
+const RTC_SECONDS: u8 = 0x00;
+const RTC_MINUTES: u8 = 0x02;
+const RTC_HOURS: u8 = 0x04;
+const RTC_WEEKDAY: u8 = 0x06;
+const RTC_DAY: u8 = 0x07;
+const RTC_MONTH: u8 = 0x08;
+const RTC_YEAR: u8 = 0x09;
+const RTC_STATUS_A: u8 = 0x0a;
+const RTC_STATUS_B: u8 = 0x0b;
+const RTC_STATUS_C: u8 = 0x0c;
+const RTC_STATUS_D: u8 = 0x0d;
+const RTC_CENTURY: u8 = 0x32;
+const STATUS_B_24H: u8 = 1 << 1;
+const STATUS_B_BINARY: u8 = 1 << 2;
+const STATUS_D_VALID: u8 = 1 << 7;
+
+/// Size of the CMOS port window at 0x70.
+pub const CMOS_WINDOW: u64 = 2;
+
+/// The MC146818 CMOS RTC as a PC's firmware leaves it: 24-hour BCD time in UTC, read through
+/// the index port 0x70 (bit 7 is the NMI mask) and data port 0x71. The other registers are
+/// 128 bytes of battery-backed RAM. Alarms and periodic interrupts are not modelled: Linux
+/// reads the time once at boot.
+pub struct Cmos {
+    index: u8,
+    regs: [u8; 128],
+    now: fn() -> u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// (year, month 1..=12, day 1..=31) of a count of days since 1970-01-01, in the proleptic
+/// Gregorian calendar (the era-based conversion: 400-year eras of 146097 days).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468; // days since 0000-03-01
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of year from March 1st
+    let mp = (5 * doy + 2) / 153; // month from March = 0
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+impl Default for Cmos {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cmos {
+    pub fn new() -> Self {
+        Self::with_clock(unix_now)
+    }
+
+    /// A CMOS whose clock reads `now()` seconds since the Unix epoch (for tests).
+    pub fn with_clock(now: fn() -> u64) -> Self {
+        let mut regs = [0u8; 128];
+        regs[usize::from(RTC_STATUS_A)] = 0x26; // 32.768 kHz time base, 1024 Hz rate
+        regs[usize::from(RTC_STATUS_B)] = STATUS_B_24H;
+        regs[usize::from(RTC_STATUS_D)] = STATUS_D_VALID;
+        Cmos {
+            index: 0,
+            regs,
+            now,
+        }
+    }
+
+    fn encode(&self, v: u32) -> u8 {
+        let v = v as u8;
+        if self.regs[usize::from(RTC_STATUS_B)] & STATUS_B_BINARY != 0 {
+            v
+        } else {
+            ((v / 10) << 4) | (v % 10)
+        }
+    }
+
+    fn read_reg(&mut self, reg: u8) -> u8 {
+        let t = (self.now)();
+        let days = (t / 86_400) as i64;
+        let secs = (t % 86_400) as u32;
+        let (year, month, day) = civil_from_days(days);
+        match reg {
+            RTC_SECONDS => self.encode(secs % 60),
+            RTC_MINUTES => self.encode(secs / 60 % 60),
+            RTC_HOURS => {
+                let h = secs / 3600;
+                if self.regs[usize::from(RTC_STATUS_B)] & STATUS_B_24H != 0 {
+                    self.encode(h)
+                } else {
+                    let h12 = if h.is_multiple_of(12) { 12 } else { h % 12 };
+                    self.encode(h12) | if h >= 12 { 0x80 } else { 0 }
+                }
+            }
+            // 1970-01-01 was a Thursday; the RTC numbers Sunday as 1.
+            RTC_WEEKDAY => self.encode(((days + 4).rem_euclid(7) + 1) as u32),
+            RTC_DAY => self.encode(day),
+            RTC_MONTH => self.encode(month),
+            RTC_YEAR => self.encode(year.rem_euclid(100) as u32),
+            RTC_CENTURY => self.encode((year / 100) as u32),
+            RTC_STATUS_C => {
+                // Reading C acknowledges (clears) pending interrupt flags.
+                let v = self.regs[usize::from(RTC_STATUS_C)];
+                self.regs[usize::from(RTC_STATUS_C)] = 0;
+                v
+            }
+            r => self.regs[usize::from(r & 0x7f)],
+        }
+    }
+}
+
+impl BusDevice for Cmos {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let v = match offset {
+            0 => self.index,
+            1 => self.read_reg(self.index),
+            _ => 0,
+        };
+        set_le_value(data, u64::from(v));
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let Some(&v) = data.first() else { return };
+        match offset {
+            // Bit 7 masks NMIs on real hardware; KVM's NMIs do not pass through here.
+            0 => self.index = v & 0x7f,
+            1 => match self.index {
+                RTC_STATUS_A => self.regs[usize::from(RTC_STATUS_A)] = v & 0x7f, // UIP is read-only
+                RTC_STATUS_C | RTC_STATUS_D => {}
+                // The clock follows the host: writes to the time registers are dropped.
+                RTC_SECONDS..=RTC_YEAR | RTC_CENTURY => {}
+                r => self.regs[usize::from(r)] = v,
+            },
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(59), (1970, 3, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    fn read(c: &mut Cmos, reg: u8) -> u8 {
+        c.write(0, &[reg]);
+        let mut b = [0u8];
+        c.read(1, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn cmos_time_in_bcd_and_binary() {
+        // 2024-02-29 13:45:56 UTC, a Thursday.
+        let mut c = Cmos::with_clock(|| 1_709_214_356);
+        assert_eq!(read(&mut c, RTC_SECONDS), 0x56);
+        assert_eq!(read(&mut c, RTC_MINUTES), 0x45);
+        assert_eq!(read(&mut c, RTC_HOURS), 0x13);
+        assert_eq!(read(&mut c, RTC_DAY), 0x29);
+        assert_eq!(read(&mut c, RTC_MONTH), 0x02);
+        assert_eq!(read(&mut c, RTC_YEAR), 0x24);
+        assert_eq!(read(&mut c, RTC_CENTURY), 0x20);
+        assert_eq!(read(&mut c, RTC_WEEKDAY), 0x05);
+        assert_eq!(read(&mut c, RTC_STATUS_D), 0x80);
+        // Binary, 12-hour mode as a guest may select.
+        c.write(0, &[RTC_STATUS_B]);
+        c.write(1, &[STATUS_B_BINARY]);
+        assert_eq!(read(&mut c, RTC_HOURS), 0x80 | 1);
+        assert_eq!(read(&mut c, RTC_SECONDS), 56);
+        // NVRAM keeps what is written; time writes are ignored; odd accesses are harmless.
+        c.write(0, &[0x80 | 0x40]);
+        c.write(1, &[0x5a]);
+        assert_eq!(read(&mut c, 0x40), 0x5a);
+        c.write(0, &[RTC_SECONDS]);
+        c.write(1, &[0x00]);
+        assert_eq!(read(&mut c, RTC_SECONDS), 56);
+        c.write(7, &[1]);
+        c.write(1, &[]);
+        let mut wide = [0xffu8; 4];
+        c.read(1, &mut wide);
+        assert_eq!(wide[1..], [0, 0, 0]);
+    }
+
+    #[test]
+    fn reset_and_debug_exit() {
+        let exit = Arc::new(ExitSignal::new());
+        let mut kbd = I8042::new(exit.clone());
+        kbd.write(0, &[0xfe]); // data port: not a command
+        kbd.write(4, &[0xd1]); // another command
+        assert!(!exit.is_raised());
+        let mut st = [0xffu8];
+        kbd.read(4, &mut st);
+        assert_eq!(st[0], 0, "input buffer empty");
+        kbd.write(4, &[0xfe]);
+        assert_eq!(exit.get(), Some(GuestExit::Reset));
+
+        let exit = Arc::new(ExitSignal::new());
+        let mut dbg = DebugExit::new(exit.clone());
+        dbg.write(1, &[3]);
+        assert!(!exit.is_raised());
+        dbg.write(0, &[0x10]);
+        assert_eq!(exit.get(), Some(GuestExit::Failure(0x21)));
+    }
+}
