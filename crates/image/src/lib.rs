@@ -110,7 +110,8 @@ pub(crate) struct Recipe {
 }
 
 const BUSYBOX_PACKAGE: &str = "busybox-static";
-const BUSYBOX_PATH: &str = "usr/bin/busybox";
+/// Where busybox-static puts the binary: merged-/usr suites (trixie) and older ones.
+const BUSYBOX_PATHS: &[&str] = &["usr/bin/busybox", "bin/busybox"];
 
 pub(crate) const RECIPES: &[Recipe] = &[
     Recipe {

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::apt::{self, Apt};
 use crate::manifest::{self, FileEntry, Files, Manifest, Package, Packages};
-use crate::{initramfs, mirror, Image, ImageError, Recipe, BUSYBOX_PACKAGE, BUSYBOX_PATH};
+use crate::{initramfs, mirror, Image, ImageError, Recipe, BUSYBOX_PACKAGE, BUSYBOX_PATHS};
 
 /// How [`pull`] behaves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -141,13 +141,14 @@ fn build(
         }
         move_file(&src, &out.join(FIRMWARE_FILE))?;
     }
-    let busybox = root.join(BUSYBOX_PATH);
-    if !busybox.is_file() {
-        return Err(ImageError::MissingFile {
-            what: format!("busybox at /{BUSYBOX_PATH}"),
+    let busybox = BUSYBOX_PATHS
+        .iter()
+        .map(|p| root.join(p))
+        .find(|p| p.is_file())
+        .ok_or_else(|| ImageError::MissingFile {
+            what: format!("busybox at /{}", BUSYBOX_PATHS.join(" or /")),
             path: root.clone(),
-        });
-    }
+        })?;
 
     progress.stage(&format!("{name}: building initramfs"));
     let initrd = initramfs::build(&initramfs::Inputs {
@@ -333,13 +334,17 @@ impl Progress {
         if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} [{elapsed}]") {
             bar.set_style(style);
         }
-        bar.enable_steady_tick(Duration::from_millis(120));
         Progress(Some(bar))
     }
 
     fn stage(&self, msg: &str) {
         if let Some(bar) = &self.0 {
+            let first = bar.message().is_empty();
             bar.set_message(msg.to_string());
+            // Ticking only from here on keeps an empty line from being drawn first.
+            if first {
+                bar.enable_steady_tick(Duration::from_millis(120));
+            }
         }
     }
 
