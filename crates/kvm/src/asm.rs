@@ -11,6 +11,13 @@ pub enum Mode {
     Long,
 }
 
+/// A base register for [`Asm::load_esi`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Base {
+    Ebx = 3,
+    Esi = 6,
+}
+
 /// A position in the code, bound now or later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Label(usize);
@@ -197,6 +204,15 @@ impl Asm {
         self.bytes(&[0xec])
     }
 
+    /// 32/64-bit code: `mov esi, dword [base + disp32]` (8B /r, ModRM mod 10, reg esi). Also
+    /// valid in 32-bit protected mode, where the PVH entry runs.
+    pub fn load_esi(&mut self, base: Base, disp: u32) -> &mut Self {
+        self.code
+            .extend_from_slice(&[0x8b, 0x80 | (6 << 3) | base as u8]);
+        self.code.extend_from_slice(&disp.to_le_bytes());
+        self
+    }
+
     /// `lodsb` (AC): al = [si], si += 1.
     pub fn lodsb(&mut self) -> &mut Self {
         self.bytes(&[0xac])
@@ -304,10 +320,15 @@ impl Asm {
     /// Prints the NUL-terminated string at `string` (an address in this code's space) on the
     /// UART at `port`, clobbering al, dx and si.
     pub fn print(&mut self, port: u16, string: Label) -> &mut Self {
+        self.mov_si_label(string);
+        self.print_si(port)
+    }
+
+    /// Prints the NUL-terminated string si/esi points at, clobbering al, dx and si.
+    pub fn print_si(&mut self, port: u16) -> &mut Self {
         let next = self.label();
         let done = self.label();
         self.mov_dx(port);
-        self.mov_si_label(string);
         self.bind(next);
         self.lodsb().test_al_al().jz(done).out_dx_al().jmp(next);
         self.bind(done);
@@ -358,11 +379,11 @@ mod tests {
         a.bind(s);
         a.bytes(b"hi\0");
         let code = a.finish().unwrap();
-        // mov dx,0x3f8; mov si,0x0f; lodsb; test al,al; jz +3; out dx,al; jmp -8; hlt; "hi\0"
+        // mov si,0x0f; mov dx,0x3f8; lodsb; test al,al; jz +3; out dx,al; jmp -8; hlt; "hi\0"
         assert_eq!(
             code,
             [
-                0xba, 0xf8, 0x03, 0xbe, 0x0f, 0x00, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, 0xf8,
+                0xbe, 0x0f, 0x00, 0xba, 0xf8, 0x03, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, 0xf8,
                 0xf4, b'h', b'i', 0
             ]
         );
@@ -376,6 +397,18 @@ mod tests {
         assert_eq!(
             code,
             [0x66, 0xba, 0xf8, 0x03, 0xbb, 0x00, 0x00, 0xb0, 0xfe, 0xc7, 0x03, 0x55, 0x55, 0, 0]
+        );
+    }
+
+    #[test]
+    fn loads_through_a_base_register() {
+        let mut a = Asm::new(Mode::Long, 0);
+        a.load_esi(Base::Ebx, 0x10).load_esi(Base::Esi, 0x228);
+        let code = a.finish().unwrap();
+        // mov esi,[rbx+0x10]; mov esi,[rsi+0x228]
+        assert_eq!(
+            code,
+            [0x8b, 0xb3, 0x10, 0, 0, 0, 0x8b, 0xb6, 0x28, 0x02, 0, 0]
         );
     }
 
