@@ -50,7 +50,8 @@ impl Writer {
         }
     }
 
-    /// Adds a directory. `mode` holds the permission bits (e.g. `0o755`).
+    /// Adds a directory. `mode` holds the permission bits (e.g. `0o755`). A directory
+    /// already in this archive, added or created as a parent, keeps its first mode.
     pub fn dir(&mut self, path: &str, mode: u32) -> Result<&mut Self, ImageError> {
         let name = normalize(path)?;
         if self.dirs.contains(&name) {

@@ -67,7 +67,8 @@ pub struct Image {
     pub dir: PathBuf,
     /// The kernel: a raw RISC-V `Image` or an x86 bzImage.
     pub kernel: PathBuf,
-    /// The gzip-compressed cpio initramfs.
+    /// The gzip-compressed cpio initramfs, zero-padded to a multiple of 4 bytes so that
+    /// another archive (e.g. one holding [`COMMAND_FILE`]) can be appended as it is.
     pub initrd: PathBuf,
     /// Firmware to load before the kernel (OpenSBI `fw_jump.bin` on RISC-V).
     pub firmware: Option<PathBuf>,
