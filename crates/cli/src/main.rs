@@ -155,7 +155,7 @@ fn image_list(known: bool) -> u8 {
                 println!(
                     "{:<16} {:<8} {:<28} {:>7}M  {}",
                     i.name,
-                    i.arch,
+                    i.arch.to_string(),
                     i.kernel_version,
                     i.size.div_ceil(1 << 20),
                     run::format_age(i.created)

@@ -265,7 +265,24 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         }
         exit_signal.raise(GuestExit::PowerOff);
     });
+    let started = std::time::Instant::now();
     let result = vm.run();
+    if std::env::var_os("VIREO_STATS").is_some() {
+        let secs = started.elapsed().as_secs_f64();
+        let n = vm.instructions();
+        let idle = vm.idle_time().as_secs_f64();
+        eprintln!(
+            "vireo: stats: {n} instructions in {secs:.3} s, {idle:.3} s idle ({:.0} MIPS while running)",
+            n as f64 / (secs - idle).max(1e-9) / 1e6
+        );
+        if let Some(p) = vm.profile() {
+            let mut v: Vec<_> = p.iter().collect();
+            v.sort_by(|a, b| b.1.cmp(a.1));
+            for (pc, n) in v.iter().take(60) {
+                eprintln!("vireo: profile: {pc:#018x} {n}");
+            }
+        }
+    }
     let report = console.finish();
     let _ = watcher.join();
     let exit = result.map_err(|e| failed(with_tail(e.to_string(), &report)))?;

@@ -128,7 +128,7 @@ pub(crate) const RECIPES: &[Recipe] = &[
             "opensbi",
             "usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin",
         )),
-        default_cmdline: "console=ttyS0 quiet loglevel=1",
+        default_cmdline: "console=ttyS0 quiet loglevel=1 panic=-1 cryptomgr.notests",
     },
     Recipe {
         name: "debian-x86_64",
@@ -139,7 +139,7 @@ pub(crate) const RECIPES: &[Recipe] = &[
         prefer_unsigned: true,
         kernel_prefix: "vmlinuz-",
         firmware: None,
-        default_cmdline: "console=ttyS0 quiet loglevel=1",
+        default_cmdline: "console=ttyS0 quiet loglevel=1 panic=-1 cryptomgr.notests",
     },
 ];
 

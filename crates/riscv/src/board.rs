@@ -89,6 +89,8 @@ pub struct EmuVm {
     builtin_sbi: bool,
     layout: Layout,
     instructions: u64,
+    idle: Duration,
+    profile: Option<std::collections::HashMap<u64, u64>>,
 }
 
 impl EmuVm {
@@ -155,6 +157,8 @@ impl EmuVm {
             builtin_sbi,
             layout,
             instructions: 0,
+            idle: Duration::ZERO,
+            profile: std::env::var_os("VIREO_PROFILE").map(|_| Default::default()),
         })
     }
 
@@ -171,6 +175,16 @@ impl EmuVm {
     /// Where the payload was placed.
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// Host time spent with every hart waiting for an interrupt.
+    pub fn idle_time(&self) -> Duration {
+        self.idle
+    }
+
+    /// With VIREO_PROFILE set: how often each guest pc was seen at a slice boundary.
+    pub fn profile(&self) -> Option<&std::collections::HashMap<u64, u64>> {
+        self.profile.as_ref()
     }
 
     /// Instructions retired so far, all harts.
@@ -232,7 +246,11 @@ impl EmuVm {
                         continue;
                     }
                 }
-                let (stop, ran) = h.run(&mut sys, SLICE);
+                let budget = if self.profile.is_some() { 997 } else { SLICE };
+                let (stop, ran) = h.run(&mut sys, budget);
+                if let Some(p) = self.profile.as_mut() {
+                    *p.entry(h.pc).or_default() += 1;
+                }
                 self.instructions += ran;
                 match stop {
                     Stop::Wait => waiting[i] = true,
@@ -269,7 +287,9 @@ impl EmuVm {
                     .unwrap_or(u64::MAX);
                 let d = sys.clock.until(next).min(Duration::from_millis(10));
                 if !d.is_zero() {
+                    let t0 = std::time::Instant::now();
                     sys.irq.wake().wait(d);
+                    self.idle += t0.elapsed();
                 }
             }
         }
@@ -435,7 +455,13 @@ fn load_payload(
     harts: usize,
 ) -> Result<Layout, EmuError> {
     let ram_end = RAM_BASE + ram.size();
-    let kernel_data = read_file("kernel", &cfg.kernel)?;
+    let bare = cfg.kernel.as_os_str().is_empty();
+    if bare && cfg.firmware.is_none() {
+        return Err(EmuError::NotRiscv {
+            path: cfg.kernel.clone(),
+            reason: "no kernel given".into(),
+        });
+    }
     let mut floor = RAM_BASE;
     if let Some(fw) = &cfg.firmware {
         let data = read_file("firmware", fw)?;
@@ -466,7 +492,17 @@ fn load_payload(
         }
         floor = l.end;
     }
-    let k = load_image(ram, &cfg.kernel, &kernel_data, RAM_BASE + KERNEL_OFFSET)?;
+    // Firmware alone (bare-metal programs, ISA tests) boots with no kernel.
+    let k = if bare {
+        Loaded {
+            start: floor,
+            end: floor,
+            entry: RAM_BASE,
+        }
+    } else {
+        let kernel_data = read_file("kernel", &cfg.kernel)?;
+        load_image(ram, &cfg.kernel, &kernel_data, RAM_BASE + KERNEL_OFFSET)?
+    };
     if k.start < floor {
         return Err(EmuError::NotRiscv {
             path: cfg.kernel.clone(),

@@ -151,18 +151,22 @@ pub enum Kind {
     FcvtDInt,
 }
 
-/// One decoded instruction.
+/// One decoded instruction, 8 bytes so the executor gets it in one register.
+///
+/// `rd` bit 7 marks a compressed (2-byte) instruction; register numbers are always used masked
+/// with 31. FMA forms keep rs3 in `imm` bits 8..13 (the rounding mode in bits 0..3), AMOs keep
+/// funct5 in `imm`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(8))]
 pub struct Op {
     pub kind: Kind,
     pub rd: u8,
     pub rs1: u8,
     pub rs2: u8,
-    pub rs3: u8,
-    /// Length in bytes: 2 or 4.
-    pub len: u8,
     pub imm: i32,
 }
+
+const COMPRESSED: u8 = 0x80;
 
 impl Op {
     pub const UNDECODED: Op = Op {
@@ -170,8 +174,6 @@ impl Op {
         rd: 0,
         rs1: 0,
         rs2: 0,
-        rs3: 0,
-        len: 0,
         imm: 0,
     };
 
@@ -181,8 +183,6 @@ impl Op {
             rd: rd as u8,
             rs1: rs1 as u8,
             rs2: rs2 as u8,
-            rs3: 0,
-            len: 4,
             imm,
         }
     }
@@ -190,10 +190,38 @@ impl Op {
     fn illegal(raw: u32, len: u8) -> Op {
         Op {
             kind: Kind::Illegal,
-            len,
+            rd: if len == 2 { COMPRESSED } else { 0 },
             imm: raw as i32,
             ..Op::UNDECODED
         }
+    }
+
+    /// Length in bytes: 2 or 4.
+    #[inline(always)]
+    pub fn len(&self) -> u64 {
+        if self.rd & COMPRESSED != 0 {
+            2
+        } else {
+            4
+        }
+    }
+
+    /// Destination register number.
+    #[inline(always)]
+    pub fn rd(&self) -> usize {
+        (self.rd & 31) as usize
+    }
+
+    /// Third source register of FMA forms.
+    #[inline(always)]
+    pub fn rs3(&self) -> u8 {
+        ((self.imm >> 8) & 31) as u8
+    }
+
+    /// funct5 of AMOs.
+    #[inline(always)]
+    pub fn funct5(&self) -> u8 {
+        self.imm as u8
     }
 }
 
@@ -383,7 +411,7 @@ pub fn decode32(w: u32) -> Op {
                 0x02 => ill,
                 0x03 => r(sc),
                 0x00 | 0x01 | 0x04 | 0x08 | 0x0c | 0x10 | 0x14 | 0x18 | 0x1c => Op {
-                    rs3: f5 as u8,
+                    imm: f5 as i32,
                     ..r(amo)
                 },
                 _ => ill,
@@ -412,10 +440,7 @@ pub fn decode32(w: u32) -> Op {
                 (0x4f, 1) => FnmaddD,
                 _ => return ill,
             };
-            Op {
-                rs3: bits(w, 31, 27) as u8,
-                ..Op::new(k, rd, rs1, rs2, f3 as i32)
-            }
+            Op::new(k, rd, rs1, rs2, (f3 | (bits(w, 31, 27) << 8)) as i32)
         }
         0x53 => decode_fp(w, rd, rs1, rs2, f3, f7).unwrap_or(ill),
         _ => ill,
@@ -687,7 +712,7 @@ pub fn decode16(h: u16) -> Op {
         ),
         _ => return ill,
     };
-    op.len = 2;
+    op.rd |= COMPRESSED;
     op
 }
 
@@ -695,6 +720,11 @@ pub fn decode16(h: u16) -> Op {
 mod tests {
     use super::*;
     use Kind::*;
+
+    #[test]
+    fn op_is_one_word() {
+        assert_eq!(std::mem::size_of::<Op>(), 8);
+    }
 
     #[test]
     fn base_forms() {
@@ -708,7 +738,7 @@ mod tests {
         assert_eq!(decode32(0x1234_5537).imm, 0x1234_5000);
         // jal ra, -4  (0xffdff0ef)
         let op = decode32(0xffdf_f0ef);
-        assert_eq!((op.kind, op.rd, op.imm), (Jal, 1, -4));
+        assert_eq!((op.kind, op.rd(), op.imm), (Jal, 1, -4));
         // beq a0, a1, +16 (0x00b50863)
         let op = decode32(0x00b5_0863);
         assert_eq!((op.kind, op.rs1, op.rs2, op.imm), (Beq, 10, 11, 16));
@@ -751,13 +781,13 @@ mod tests {
         );
         // c.addi16sp sp, -64 = 0x7139
         let op = decode16(0x7139);
-        assert_eq!((op.kind, op.rd, op.imm), (Addi, 2, -64));
+        assert_eq!((op.kind, op.rd(), op.imm), (Addi, 2, -64));
         // c.sdsp ra, 8(sp) = 0xe406
         let op = decode16(0xe406);
         assert_eq!((op.kind, op.rs1, op.rs2, op.imm), (Sd, 2, 1, 8));
         // c.ldsp ra, 8(sp) = 0x60a2
         let op = decode16(0x60a2);
-        assert_eq!((op.kind, op.rd, op.imm), (Ld, 1, 8));
+        assert_eq!((op.kind, op.rd(), op.imm), (Ld, 1, 8));
         // c.j -2 = 0xbffd
         let op = decode16(0xbffd);
         assert_eq!((op.kind, op.imm), (Jal, -2));
@@ -769,12 +799,12 @@ mod tests {
         assert_eq!(decode16(0x852e).rs1, 0);
         assert_eq!(decode16(0x952e).rs1, 10);
         let op = decode16(0x8082);
-        assert_eq!((op.kind, op.rd, op.rs1), (Jalr, 0, 1));
+        assert_eq!((op.kind, op.rd(), op.rs1), (Jalr, 0, 1));
         // c.lui a0, 0xfffff = 0x757d  -> imm -4096
         assert_eq!(decode16(0x757d).imm, -4096);
         // c.addi4spn s0, sp, 16 = 0x0800
         let op = decode16(0x0800);
-        assert_eq!((op.kind, op.rd, op.rs1, op.imm), (Addi, 8, 2, 16));
+        assert_eq!((op.kind, op.rd(), op.rs1, op.imm), (Addi, 8, 2, 16));
         // all-zero halfword is illegal
         assert_eq!(decode16(0).kind, Illegal);
         // c.subw a0, a1 = 0x9d0d ; c.addw = 0x9d2d
@@ -782,7 +812,7 @@ mod tests {
         assert_eq!(decode16(0x9d2d).kind, Addw);
         // c.srai a0, 1 = 0x8505
         let op = decode16(0x8505);
-        assert_eq!((op.kind, op.rd, op.imm), (Srai, 10, 1));
+        assert_eq!((op.kind, op.rd(), op.imm), (Srai, 10, 1));
         // c.ebreak
         assert_eq!(decode16(0x9002).kind, Ebreak);
     }

@@ -930,7 +930,7 @@ impl Hart {
 
     #[inline(always)]
     fn set_x(&mut self, rd: u8, v: u64) {
-        self.x[rd as usize & 31] = v;
+        self.x[(rd & 31) as usize] = v;
         self.x[0] = 0;
     }
 
@@ -1008,14 +1008,14 @@ impl Hart {
 
     #[inline(always)]
     fn set_fs(&mut self, rd: u8, v: u32, flags: fp::Flags) {
-        self.f[rd as usize & 31] = fp::box_f32(v);
+        self.f[(rd & 31) as usize] = fp::box_f32(v);
         self.fcsr |= u64::from(flags);
         self.mstatus |= MS_FS;
     }
 
     #[inline(always)]
     fn set_fd(&mut self, rd: u8, v: u64, flags: fp::Flags) {
-        self.f[rd as usize & 31] = v;
+        self.f[(rd & 31) as usize] = v;
         self.fcsr |= u64::from(flags);
         self.mstatus |= MS_FS;
     }
@@ -1032,7 +1032,7 @@ impl Hart {
     fn exec(&mut self, sys: &mut Sys, op: Op) -> Result<(), Trap> {
         use Kind::*;
         let pc = self.pc;
-        let npc = pc.wrapping_add(u64::from(op.len));
+        let npc = pc.wrapping_add(op.len());
         let imm = op.imm as i64 as u64;
         match op.kind {
             Addi => {
@@ -1336,7 +1336,7 @@ impl Hart {
                 let old = if w == 4 { sext32(old) } else { old };
                 let src = self.rs2(&op);
                 let src = if w == 4 { sext32(src) } else { src };
-                let nv = match op.rs3 {
+                let nv = match op.funct5() {
                     0x00 => old.wrapping_add(src),
                     0x01 => src,
                     0x04 => old ^ src,
@@ -1400,7 +1400,7 @@ impl Hart {
             Illegal | Undecoded => return Err(self.illegal(sys)),
             FmaddS | FmsubS | FnmsubS | FnmaddS => {
                 let rm = self.rm(sys, &op)?;
-                let (mut a, b, mut c) = (self.fs(op.rs1), self.fs(op.rs2), self.fs(op.rs3));
+                let (mut a, b, mut c) = (self.fs(op.rs1), self.fs(op.rs2), self.fs(op.rs3()));
                 if matches!(op.kind, FnmsubS | FnmaddS) {
                     a ^= S_SIGN;
                 }
@@ -1412,7 +1412,7 @@ impl Hart {
             }
             FmaddD | FmsubD | FnmsubD | FnmaddD => {
                 let rm = self.rm(sys, &op)?;
-                let (mut a, b, mut c) = (self.fd(op.rs1), self.fd(op.rs2), self.fd(op.rs3));
+                let (mut a, b, mut c) = (self.fd(op.rs1), self.fd(op.rs2), self.fd(op.rs3()));
                 if matches!(op.kind, FnmsubD | FnmaddD) {
                     a ^= D_SIGN;
                 }
