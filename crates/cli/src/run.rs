@@ -105,7 +105,7 @@ enum Arch {
 }
 
 fn read(what: &str, p: &Path) -> Result<Vec<u8>, Failure> {
-    std::fs::read(p).map_err(|e| failed(format!("cannot read {what} {}: {e}", p.display())))
+    std::fs::read(p).map_err(|e| usage(format!("cannot read {what} {}: {e}", p.display())))
 }
 
 /// Guesses a kernel's architecture from its headers.
@@ -114,13 +114,13 @@ fn kernel_arch(p: &Path) -> Result<Arch, Failure> {
     let mut head = [0u8; 0x240];
     let n = std::fs::File::open(p)
         .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| failed(format!("cannot read kernel {}: {e}", p.display())))?;
+        .map_err(|e| usage(format!("cannot read kernel {}: {e}", p.display())))?;
     let h = &head[..n];
     if h.len() >= 20 && h.starts_with(b"\x7fELF") {
         return match u16::from_le_bytes([h[18], h[19]]) {
             243 => Ok(Arch::Riscv64),
             62 => Ok(Arch::X86_64),
-            m => Err(failed(format!(
+            m => Err(usage(format!(
                 "{} is an ELF file for machine {m}: expected RISC-V (243) or x86-64 (62)",
                 p.display()
             ))),
@@ -132,7 +132,7 @@ fn kernel_arch(p: &Path) -> Result<Arch, Failure> {
     if h.len() >= 0x206 && &h[0x202..0x206] == b"HdrS" {
         return Ok(Arch::X86_64);
     }
-    Err(failed(format!(
+    Err(usage(format!(
         "{} is not a kernel vireo can boot: expected a RISC-V Image, an x86 bzImage or an ELF vmlinux",
         p.display()
     )))
@@ -141,7 +141,8 @@ fn kernel_arch(p: &Path) -> Result<Arch, Failure> {
 fn resolve(spec: &VmSpec) -> Result<Payload, Failure> {
     let image = match &spec.image {
         Some(name) => Some(vireo_image::open(name).map_err(|e| match e {
-            vireo_image::ImageError::UnknownImage { .. } => usage(e),
+            vireo_image::ImageError::UnknownImage { .. }
+            | vireo_image::ImageError::NotPulled { .. } => usage(e),
             _ => failed(e),
         })?),
         None => None,
@@ -230,10 +231,9 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     let out = ConsoleOutput::new();
     let mut vm = match accel {
         Accel::Emu => vireo_riscv::EmuVm::new(&cfg, out.clone()).map_err(|e| match e {
-            vireo_riscv::EmuError::Read { .. } | vireo_riscv::EmuError::NotRiscv { .. } => {
-                failed(e)
-            }
-            vireo_riscv::EmuError::TooLittleMemory { .. } => usage(e),
+            vireo_riscv::EmuError::Read { .. }
+            | vireo_riscv::EmuError::NotRiscv { .. }
+            | vireo_riscv::EmuError::TooLittleMemory { .. } => usage(e),
             _ => failed(e),
         })?,
         _ => {

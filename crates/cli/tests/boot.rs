@@ -1,0 +1,393 @@
+//! End-to-end tests: the `vireo` binary boots the pulled Debian riscv64 image on the emulator.
+//!
+//! They need `vireo image pull debian-riscv64` (scripts/setup.sh runs it); without the image
+//! they fail with that instruction rather than skip, so a missing setup step cannot hide.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "debian-riscv64";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn vireo() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vireo"))
+}
+
+fn require_image() {
+    let out = vireo().args(["image", "list"]).output().unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.lines().any(|l| l.starts_with(IMAGE)),
+        "the {IMAGE} image is not pulled: run `vireo image pull {IMAGE}` (scripts/setup.sh does)"
+    );
+}
+
+struct Run {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs vireo with a deadline; a hang is a failure, not a stuck test.
+fn run(args: &[&str]) -> Run {
+    let mut child = vireo()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > BOOT_TIMEOUT {
+            let _ = child.kill();
+            panic!("vireo {args:?} did not finish within {BOOT_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        status: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&t_out.join().unwrap()).into_owned(),
+        stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
+    }
+}
+
+#[test]
+fn uname_prints_riscv64() {
+    require_image();
+    let r = run(&["run", "--image", IMAGE, "--", "uname", "-m"]);
+    assert_eq!(r.status, 0, "stderr: {}", r.stderr);
+    // Only the command's output: no boot messages before it.
+    assert_eq!(r.stdout, "riscv64\n", "stderr: {}", r.stderr);
+}
+
+#[test]
+fn command_exit_status_is_returned() {
+    require_image();
+    // An argument with a quote and spaces must reach the guest intact.
+    let r = run(&[
+        "run",
+        "--image",
+        IMAGE,
+        "--",
+        "sh",
+        "-c",
+        "echo \"[$0]\"; exit 7",
+        "it's  a test",
+    ]);
+    assert_eq!(r.status, 7, "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "[it's  a test]\n");
+}
+
+#[test]
+fn two_cpus() {
+    require_image();
+    let r = run(&["run", "--image", IMAGE, "--cpus", "2", "--", "nproc"]);
+    assert_eq!(r.status, 0, "stderr: {}", r.stderr);
+    assert_eq!(r.stdout.trim(), "2");
+}
+
+#[test]
+fn opensbi_firmware_path_boots() {
+    require_image();
+    let dir = tempdir();
+    let log = dir.join("console.log");
+    let fw = image_dir().join("fw_jump.bin");
+    assert!(fw.exists(), "{} missing from the image", fw.display());
+    let r = run(&[
+        "run",
+        "--image",
+        IMAGE,
+        "--firmware",
+        fw.to_str().unwrap(),
+        "--console-log",
+        log.to_str().unwrap(),
+        "--",
+        "cat",
+        "/proc/sys/kernel/ostype",
+    ]);
+    assert_eq!(r.status, 0, "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "Linux\n");
+    let console = std::fs::read_to_string(&log).unwrap();
+    // OpenSBI's banner proves the M-mode firmware ran rather than the built-in SBI.
+    assert!(
+        console.contains("OpenSBI v"),
+        "no OpenSBI banner in:\n{console}"
+    );
+    assert!(console.contains("Platform Name"), "{console}");
+}
+
+#[test]
+fn verbose_shows_the_kernel_log() {
+    require_image();
+    let r = run(&["run", "--image", IMAGE, "--verbose", "--", "true"]);
+    assert_eq!(r.status, 0, "stderr: {}", r.stderr);
+    assert!(r.stdout.contains("Linux version 6."), "{}", r.stdout);
+}
+
+#[test]
+fn interactive_shell_over_a_pty() {
+    require_image();
+    let (master, slave) = openpty();
+    let slave_fd = |f: &std::fs::File| Stdio::from(f.try_clone().unwrap());
+    let mut child = vireo()
+        .args(["run", "--image", IMAGE])
+        .stdin(slave_fd(&slave))
+        .stdout(slave_fd(&slave))
+        .stderr(slave_fd(&slave))
+        .spawn()
+        .unwrap();
+    drop(slave);
+    let mut term = Term::new(master);
+    term.expect("# ", BOOT_TIMEOUT);
+    term.send(b"echo sum=$((6*7))\r");
+    term.expect("sum=42", Duration::from_secs(30));
+    // Leaving the shell powers the guest off; vireo exits 0.
+    term.send(b"exit\r");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "vireo did not exit after the shell did:\n{}",
+            term.seen
+        );
+        term.pump(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{}", term.seen);
+}
+
+#[test]
+fn ctrl_a_x_quits() {
+    require_image();
+    let (master, slave) = openpty();
+    let mut child = vireo()
+        .args(["run", "--image", IMAGE])
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()))
+        .spawn()
+        .unwrap();
+    drop(slave);
+    let mut term = Term::new(master);
+    term.expect("# ", BOOT_TIMEOUT);
+    term.send(b"\x01x");
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            assert_eq!(s.code(), Some(0));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "Ctrl-A x did not quit"
+        );
+        term.pump(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------- bad input
+
+#[test]
+fn missing_kernel_names_the_path() {
+    let r = run(&["run", "--kernel", "/nonexistent/vmlinux", "--", "true"]);
+    assert_eq!(r.status, 2);
+    assert!(r.stderr.contains("/nonexistent/vmlinux"), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+}
+
+#[test]
+fn non_kernel_file_is_rejected() {
+    let dir = tempdir();
+    let f = dir.join("notes.txt");
+    std::fs::write(&f, vec![b'x'; 4096]).unwrap();
+    let r = run(&["run", "--kernel", f.to_str().unwrap()]);
+    assert_eq!(r.status, 2);
+    assert!(
+        r.stderr.contains("notes.txt") && r.stderr.contains("not a kernel"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn too_little_memory_says_how_much() {
+    require_image();
+    let r = run(&["run", "--image", IMAGE, "--memory", "32M", "--", "true"]);
+    assert_eq!(r.status, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("need at least") && r.stderr.contains("MiB"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn bad_config_key_is_named() {
+    let dir = tempdir();
+    let cfg = dir.join("vm.toml");
+    std::fs::write(&cfg, "cpus = 2\nmemroy = \"1G\"\n").unwrap();
+    let r = run(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(r.status, 2);
+    assert!(r.stderr.contains("memroy"), "{}", r.stderr);
+    std::fs::write(&cfg, "cpus = 0\nkernel = \"/k\"\n").unwrap();
+    let r = run(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(r.status, 2);
+    assert!(r.stderr.contains("cpus"), "{}", r.stderr);
+}
+
+#[test]
+fn config_file_drives_a_boot() {
+    require_image();
+    let dir = tempdir();
+    let cfg = dir.join("vm.toml");
+    std::fs::write(
+        &cfg,
+        format!("image = \"{IMAGE}\"\ncpus = 2\nmemory = \"256M\"\ncommand = [\"nproc\"]\n"),
+    )
+    .unwrap();
+    let r = run(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "2");
+}
+
+#[test]
+fn image_not_pulled_gives_the_command() {
+    let dir = tempdir();
+    let r = {
+        let mut c = vireo();
+        c.env("VIREO_CACHE_DIR", &dir)
+            .args(["run", "--image", IMAGE, "--", "true"]);
+        let o = c.output().unwrap();
+        Run {
+            status: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    };
+    assert_eq!(r.status, 2, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("vireo image pull debian-riscv64"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    for args in [
+        &["run", "--cpus", "many", "--kernel", "k"][..],
+        &["run", "--memory", "12X", "--kernel", "k"],
+        &["run", "--accel", "xen", "--kernel", "k"],
+        &["run", "--no-such-flag"],
+        &["run"],
+    ] {
+        let r = run(args);
+        assert_eq!(r.status, 2, "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn image_dir() -> PathBuf {
+    let out = vireo().args(["image", "pull", IMAGE]).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    let path = s.rsplit(" in ").next().unwrap_or("").trim();
+    PathBuf::from(path)
+}
+
+fn tempdir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "vireo-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn openpty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the given integers; the rest may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty failed");
+    // SAFETY: both descriptors were just opened and are owned by nobody else.
+    unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) }
+}
+
+struct Term {
+    master: std::fs::File,
+    seen: String,
+}
+
+impl Term {
+    fn new(master: std::fs::File) -> Self {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            let fl = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(master.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+        Term {
+            master,
+            seen: String::new(),
+        }
+    }
+
+    fn pump(&mut self, wait: Duration) {
+        let mut buf = [0u8; 4096];
+        match self.master.read(&mut buf) {
+            Ok(n) if n > 0 => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => std::thread::sleep(wait),
+        }
+    }
+
+    fn expect(&mut self, what: &str, timeout: Duration) {
+        let start = Instant::now();
+        let from = self.seen.len();
+        while !self.seen[from..].contains(what) {
+            assert!(
+                start.elapsed() < timeout,
+                "did not see {what:?} within {timeout:?}; terminal so far:\n{}",
+                self.seen
+            );
+            self.pump(Duration::from_millis(20));
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).unwrap();
+    }
+}
