@@ -1,0 +1,178 @@
+//! Boot benchmark: the emu accelerator against QEMU TCG, same kernel, same initramfs, same
+//! command line, runs alternated so machine noise hits both alike.
+//!
+//! Workloads:
+//! - `boot`: the guest's /init runs `true` and powers off (boot to userspace and back out);
+//! - `cpu`: the same boot plus a CPU-bound command (sha256 of 8 MiB of zeros).
+//!
+//! Prints, per workload and system, the median wall time and peak RSS, and the ratio
+//! vireo/QEMU. QEMU runs OpenSBI fw_jump.bin; vireo runs its built-in SBI (its default) and,
+//! as a third line, the same OpenSBI.
+//!
+//! Usage: `bench/run.sh [RUNS]` (default 5 runs per system and workload).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+const CPU_WORK: &str = "dd if=/dev/zero bs=1M count=8 2>/dev/null | sha256sum";
+
+struct Sample {
+    wall: f64,
+    rss_kib: u64,
+}
+
+fn main() {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().unwrap_or_else(|_| die(&format!("bad run count '{a}'"))))
+        .unwrap_or(5);
+    let here = std::env::current_exe().unwrap_or_else(|e| die(&e.to_string()));
+    let vireo = here.with_file_name("vireo");
+    if !vireo.exists() {
+        die("target/release/vireo is missing: run bench/run.sh, which builds it");
+    }
+    let qemu = which("qemu-system-riscv64")
+        .unwrap_or_else(|| die("qemu-system-riscv64 is missing: apt-get install qemu-system-misc"));
+    let image = vireo_image::open("debian-riscv64").unwrap_or_else(|e| die(&e.to_string()));
+    let fw = image
+        .firmware
+        .clone()
+        .unwrap_or_else(|| die("the image has no fw_jump.bin"));
+    let dir = std::env::temp_dir().join(format!("vireo-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| die(&e.to_string()));
+    // vireo appends the exit-register address itself; QEMU gets the identical string.
+    let cmdline = format!("{} vireo.exit=0x100000", image.default_cmdline);
+
+    println!("vireo emu vs QEMU TCG: kernel {}, {runs} runs each, alternated", image.kernel_version);
+    println!("cmdline: {cmdline}");
+    for (name, cmd) in [("boot", "true"), ("cpu", CPU_WORK)] {
+        let initrd = dir.join(format!("{name}.img"));
+        write_initrd(&image.initrd, cmd, &initrd);
+        let vireo_args = |fw: Option<&Path>| {
+            let mut a = vec![
+                "run".to_string(),
+                "--kernel".into(),
+                image.kernel.display().to_string(),
+                "--initrd".into(),
+                initrd.display().to_string(),
+                "--cmdline".into(),
+                image.default_cmdline.clone(),
+                "--memory".into(),
+                "512M".into(),
+            ];
+            if let Some(f) = fw {
+                a.push("--firmware".into());
+                a.push(f.display().to_string());
+            }
+            a
+        };
+        let qemu_args = vec![
+            "-M".to_string(),
+            "virt".into(),
+            "-m".into(),
+            "512".into(),
+            "-nographic".into(),
+            "-no-reboot".into(),
+            "-bios".into(),
+            fw.display().to_string(),
+            "-kernel".into(),
+            image.kernel.display().to_string(),
+            "-initrd".into(),
+            initrd.display().to_string(),
+            "-append".into(),
+            cmdline.clone(),
+        ];
+        let mut v = Vec::new();
+        let mut vf = Vec::new();
+        let mut q = Vec::new();
+        for i in 0..runs {
+            // Alternate which system goes first.
+            if i % 2 == 0 {
+                v.push(measure(&vireo, &vireo_args(None)));
+                q.push(measure(&qemu, &qemu_args));
+            } else {
+                q.push(measure(&qemu, &qemu_args));
+                v.push(measure(&vireo, &vireo_args(None)));
+            }
+            vf.push(measure(&vireo, &vireo_args(Some(&fw))));
+        }
+        let (vw, vr) = medians(&v);
+        let (fw_w, fw_r) = medians(&vf);
+        let (qw, qr) = medians(&q);
+        println!("\n[{name}] {}", if name == "boot" { "boot to userspace, power off" } else { CPU_WORK });
+        println!("  {:<26} {:>9} {:>12}", "system", "median s", "peak RSS MiB");
+        println!("  {:<26} {:>9.3} {:>12.1}", "vireo (built-in SBI)", vw, vr);
+        println!("  {:<26} {:>9.3} {:>12.1}", "vireo (OpenSBI fw_jump)", fw_w, fw_r);
+        println!("  {:<26} {:>9.3} {:>12.1}", "qemu-system-riscv64 TCG", qw, qr);
+        println!("  ratio vireo/QEMU: wall {:.2}, RSS {:.2}", vw / qw, vr / qr);
+        println!("  ratio vireo+OpenSBI/QEMU: wall {:.2}", fw_w / qw);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The image's initramfs plus an archive carrying the command, exactly as `vireo run -- CMD`
+/// builds it, so both systems boot byte-identical files.
+fn write_initrd(base: &Path, cmd: &str, out: &Path) {
+    let mut data = std::fs::read(base).unwrap_or_else(|e| die(&format!("{}: {e}", base.display())));
+    while data.len() % 4 != 0 {
+        data.push(0);
+    }
+    let mut w = vireo_image::cpio::Writer::new();
+    w.dir("vireo", 0o755)
+        .and_then(|w| w.file(vireo_image::COMMAND_FILE, 0o644, format!("{cmd}\n").as_bytes()))
+        .unwrap_or_else(|e| die(&e.to_string()));
+    data.extend_from_slice(&w.finish());
+    std::fs::write(out, data).unwrap_or_else(|e| die(&e.to_string()));
+}
+
+/// Runs a command to completion; wall time and the child's peak RSS.
+fn measure(prog: &Path, args: &[String]) -> Sample {
+    let start = Instant::now();
+    let child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| die(&format!("{}: {e}", prog.display())));
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills for the child we spawned.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; pointers are to live locals.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let wall = start.elapsed().as_secs_f64();
+    if r != pid {
+        die(&format!("wait4 failed for {}", prog.display()));
+    }
+    let code = libc::WEXITSTATUS(status);
+    if !libc::WIFEXITED(status) || code != 0 {
+        die(&format!("{} {} exited with status {code}", prog.display(), args.join(" ")));
+    }
+    Sample {
+        wall,
+        rss_kib: ru.ru_maxrss as u64,
+    }
+}
+
+fn medians(s: &[Sample]) -> (f64, f64) {
+    let mut w: Vec<f64> = s.iter().map(|x| x.wall).collect();
+    let mut r: Vec<f64> = s.iter().map(|x| x.rss_kib as f64 / 1024.0).collect();
+    w.sort_by(f64::total_cmp);
+    r.sort_by(f64::total_cmp);
+    (w[w.len() / 2], r[r.len() / 2])
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("emu_boot: {msg}");
+    std::process::exit(1);
+}
