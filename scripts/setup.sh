@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian machine to a command run in a fresh VM:
+# installs what vireo needs, builds it, pulls the riscv64 guest image from the Debian mirror the
+# host's apt already uses, and boots it to run `uname -a`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+# Build tools (cmake/make for the SoftFloat build), the riscv64 cross toolchain for the ISA tests,
+# dpkg-deb/apt for image pulls, cpio to cross-check our archives, QEMU as the bench yardstick.
+PKGS=(build-essential cmake make pkg-config cpio apt dpkg gcc-riscv64-linux-gnu
+      binutils-riscv64-linux-gnu qemu-system-misc qemu-utils ca-certificates)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+command -v cargo >/dev/null || { echo "setup: cargo is missing: install Rust (rustup) first" >&2; exit 1; }
+
+cargo build --release -p vireo
+./target/release/vireo image pull debian-riscv64
+# The x86-64 image feeds the kvm accelerator's full-Linux test (which skips, saying why, on hosts
+# whose KVM cannot deliver guest exceptions).
+./target/release/vireo image pull debian-x86_64
+echo "setup: booting a fresh VM:"
+./target/release/vireo run --image debian-riscv64 -- uname -a
