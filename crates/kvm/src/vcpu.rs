@@ -294,6 +294,18 @@ pub extern "C" fn kick_handler(
     });
 }
 
+/// Whether the thread `tid` of this process is asleep (in KVM's halt wait, or waiting on a
+/// channel) rather than running or runnable, from /proc/self/task/TID/stat.
+pub fn thread_asleep(tid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name, which may itself hold spaces.
+    stat.rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next())
+        .is_some_and(|state| state == 'S' || state == 'D')
+}
+
 /// The signal that kicks vCPU threads out of KVM_RUN.
 pub fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
@@ -313,6 +325,8 @@ pub struct Vcpu {
     /// When the guest first transmitted a byte on COM1 (any vCPU), for start-up timing.
     pub first_output: Arc<OnceLock<Instant>>,
     pub com1: u16,
+    /// This thread's Linux thread id, published so the VMM can see whether it is asleep.
+    pub tid: Arc<std::sync::atomic::AtomicI32>,
 }
 
 /// A state: the function to run next, or `None` when the thread is done.
@@ -335,6 +349,8 @@ impl Vcpu {
     /// The thread body: starts paused, ends when told to finish.
     pub fn run_thread(mut self) {
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
+        // SAFETY: gettid has no preconditions.
+        self.tid.store(unsafe { libc::gettid() }, Ordering::Release);
         let mut state = State::PAUSED;
         while let State(Some(f)) = state {
             state = f(&mut self);
@@ -369,21 +385,27 @@ impl Vcpu {
 
     fn running(&mut self) -> State {
         loop {
-            match self.events.try_recv() {
-                Ok(VcpuEvent::Pause) => {
-                    self.respond(VcpuResponse::Paused);
-                    return State::PAUSED;
+            // Every queued event is handled before the next KVM_RUN: the kicks that announced
+            // them may all have been spent on one return from the guest.
+            loop {
+                match self.events.try_recv() {
+                    Ok(VcpuEvent::Pause) => {
+                        self.respond(VcpuResponse::Paused);
+                        return State::PAUSED;
+                    }
+                    Ok(VcpuEvent::Resume) => self.respond(VcpuResponse::Resumed),
+                    Ok(VcpuEvent::Probe) => {
+                        let stuck = self.stuck();
+                        self.report(VcpuOutcome::Probed {
+                            cpu: self.index,
+                            stuck,
+                        });
+                    }
+                    Ok(VcpuEvent::Finish) | Err(TryRecvError::Disconnected) => {
+                        return State::EXITED
+                    }
+                    Err(TryRecvError::Empty) => break,
                 }
-                Ok(VcpuEvent::Resume) => self.respond(VcpuResponse::Resumed),
-                Ok(VcpuEvent::Probe) => {
-                    let stuck = self.stuck();
-                    self.report(VcpuOutcome::Probed {
-                        cpu: self.index,
-                        stuck,
-                    });
-                }
-                Ok(VcpuEvent::Finish) | Err(TryRecvError::Disconnected) => return State::EXITED,
-                Err(TryRecvError::Empty) => {}
             }
             if let Step::Stop(outcome) = self.run_once() {
                 self.report(outcome);
@@ -572,6 +594,29 @@ mod tests {
             assert!(s.contains(k), "{s}");
         }
         assert_eq!(RegisterDump::default().to_string(), "registers unavailable");
+    }
+
+    #[test]
+    fn sleeping_threads_are_seen() {
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::gettid() };
+        assert!(!thread_asleep(me), "this thread is running");
+        let (tx, rx) = std::sync::mpsc::channel::<i32>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let tid = rx.recv().unwrap();
+        let start = Instant::now();
+        while !thread_asleep(tid) {
+            assert!(start.elapsed().as_secs() < 5);
+            std::thread::yield_now();
+        }
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert!(!thread_asleep(-1));
     }
 
     #[test]

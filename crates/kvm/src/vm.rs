@@ -2,6 +2,7 @@
 //! loop that waits for the guest to stop.
 
 use std::fs::OpenOptions;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock};
 use std::thread::JoinHandle;
@@ -28,8 +29,8 @@ use crate::mptable::{self, MpTableError};
 use crate::pc::{Cmos, DebugExit, KvmIrqLine, CMOS_WINDOW, DEBUG_EXIT_WINDOW, I8042, I8042_WINDOW};
 use crate::regs::{self, RegsError};
 use crate::vcpu::{
-    kick_handler, kick_signal, ExitCounters, ExitCounts, RegisterDump, Vcpu, VcpuError, VcpuEvent,
-    VcpuOutcome, VcpuResponse,
+    kick_handler, kick_signal, thread_asleep, ExitCounters, ExitCounts, RegisterDump, Vcpu,
+    VcpuError, VcpuEvent, VcpuOutcome, VcpuResponse,
 };
 
 /// The device node KVM is reached through.
@@ -191,6 +192,7 @@ struct Inner {
     counters: Vec<Arc<ExitCounters>>,
     first_output: Arc<OnceLock<Instant>>,
     stop: Sender<VcpuOutcome>,
+    tids: Vec<Arc<AtomicI32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -264,6 +266,13 @@ impl Inner {
         self.broadcast(&control, event, wait)?;
         *lock(&self.state) = to;
         Ok(())
+    }
+
+    /// Whether every vCPU thread is asleep (a vCPU in guest mode is always running).
+    fn all_asleep(&self) -> bool {
+        self.tids
+            .iter()
+            .all(|t| thread_asleep(t.load(Ordering::Acquire)))
     }
 
     fn counts(&self) -> ExitCounts {
@@ -479,9 +488,13 @@ impl KvmVm {
                     let exits = self.inner.counts().guest_exits();
                     let idle = exits == last_exits;
                     last_exits = exits;
-                    // Only a VM that made no exits for a whole interval is asked: a running
-                    // guest is never kicked by this check.
-                    if idle && probe.is_none() && self.inner.state() == VmState::Running {
+                    // Only a VM that made no exits for a whole interval and whose vCPU threads
+                    // all sleep is asked: a running guest is never kicked by this check.
+                    if idle
+                        && probe.is_none()
+                        && self.inner.state() == VmState::Running
+                        && self.inner.all_asleep()
+                    {
                         probe = Some(vec![None; n]);
                         for s in &self.inner.events {
                             let _ = s.send(VcpuEvent::Probe);
@@ -635,7 +648,10 @@ impl KvmVm {
         let mut events = Vec::new();
         let mut threads = Vec::new();
         let mut counters = Vec::new();
+        let mut tids = Vec::new();
         for (i, fd) in fds.into_iter().enumerate() {
+            let tid = Arc::new(AtomicI32::new(0));
+            tids.push(tid.clone());
             let (ev_tx, ev_rx) = channel();
             let c = Arc::new(ExitCounters::default());
             let vcpu = Vcpu {
@@ -650,6 +666,7 @@ impl KvmVm {
                 outcomes: out_tx.clone(),
                 first_output: first_output.clone(),
                 com1: COM1_PORT,
+                tid,
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("vireo-vcpu{i}"))
@@ -682,6 +699,7 @@ impl KvmVm {
             counters,
             first_output,
             stop: out_tx,
+            tids,
         });
         Ok(KvmVm {
             inner,

@@ -423,3 +423,40 @@ fn bad_machine_configs_are_refused() {
         assert!(matches!(err, KvmError::Config(_)), "{err}");
     }
 }
+
+/// Runs `g` for `limit` on another thread and fails (instead of hanging) if run() does not
+/// return within `limit` + 5 s.
+fn run_with_watchdog(g: &MicroGuest, limit: Duration) -> Result<GuestExit, KvmError> {
+    let mut vm = KvmVm::new_micro(g, ConsoleOutput::new()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(vm.run_timeout(limit));
+    });
+    rx.recv_timeout(limit + Duration::from_secs(5))
+        .expect("run() hung past its time limit")
+}
+
+#[test]
+fn timeout_ends_every_vcpu_thread() {
+    let Some(_k) = kvm() else { return };
+    // APs that never get a SIPI, and a BSP that never exits.
+    let mut spinning = long_guest(|a| {
+        a.spin();
+    });
+    spinning.cpus = 3;
+    spinning.ap_start = ApStart::WaitForSipi;
+    let r = run_with_watchdog(&spinning, Duration::from_millis(300));
+    assert!(matches!(r, Err(KvmError::Timeout(_))), "{r:?}");
+    // Every vCPU waiting with interrupts enabled (a legitimate idle guest): the run loop
+    // probes them repeatedly and must still stop them all when time is up.
+    let mut idle = long_guest(|a| {
+        let again = a.label();
+        a.bind(again);
+        a.sti().hlt().jmp(again);
+    });
+    idle.cpus = 3;
+    for _ in 0..5 {
+        let r = run_with_watchdog(&idle, Duration::from_millis(350));
+        assert!(matches!(r, Err(KvmError::Timeout(_))), "{r:?}");
+    }
+}
