@@ -35,6 +35,7 @@ pub struct Report {
 pub struct Console {
     stop: Arc<AtomicBool>,
     quit: Arc<AtomicBool>,
+    panicked: Arc<AtomicBool>,
     out_thread: Option<JoinHandle<Report>>,
     _term: Option<TermGuard>,
 }
@@ -57,6 +58,7 @@ impl Console {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let quit = Arc::new(AtomicBool::new(false));
+        let panicked = Arc::new(AtomicBool::new(false));
         // SAFETY: isatty only inspects the descriptor.
         let tty = unsafe { libc::isatty(0) } == 1;
         let term = if tty {
@@ -73,21 +75,30 @@ impl Console {
         }
         let out_thread = {
             let stop = stop.clone();
+            let panicked = panicked.clone();
             std::thread::Builder::new()
                 .name("console-out".into())
-                .spawn(move || output_loop(out, stop, opts, log))
+                .spawn(move || output_loop(out, stop, panicked, opts, log))
                 .map_err(|e| format!("cannot start the console thread: {e}"))?
         };
         Ok(Console {
             stop,
             quit,
+            panicked,
             out_thread: Some(out_thread),
             _term: term,
         })
     }
 
+    /// Set when the user typed Ctrl-A x.
     pub fn quit_flag(&self) -> Arc<AtomicBool> {
         self.quit.clone()
+    }
+
+    /// Set when the guest kernel finished printing a panic: a kernel without `panic=-1` would
+    /// spin forever, so the VMM stops it.
+    pub fn panic_flag(&self) -> Arc<AtomicBool> {
+        self.panicked.clone()
     }
 
     /// Flushes the remaining output, restores the terminal and reports.
@@ -148,6 +159,7 @@ fn input_loop(uart: Arc<Mutex<Uart>>, quit: Arc<AtomicBool>, tty: bool) {
 fn output_loop(
     out: ConsoleOutput,
     stop: Arc<AtomicBool>,
+    panicked: Arc<AtomicBool>,
     opts: Options,
     mut log: Option<File>,
 ) -> Report {
@@ -169,6 +181,9 @@ fn output_loop(
                     let s = String::from_utf8_lossy(&line);
                     if report.panic.is_none() && s.contains("Kernel panic - not syncing") {
                         report.panic = Some(s.trim().to_string());
+                    }
+                    if s.contains("---[ end Kernel panic") {
+                        panicked.store(true, Ordering::Release);
                     }
                     line.clear();
                 } else if line.len() < 512 {

@@ -247,23 +247,34 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         vm.uart(),
         console::Options {
             show_all: spec.verbose,
-            gate_on_marker: command_mode,
+            // vireo's own /init marks where the guest's output starts; a custom initramfs
+            // may not, so then everything is shown.
+            gate_on_marker: command_mode || (spec.image.is_some() && spec.initrd.is_none()),
             log: spec.console_log.clone(),
             command_mode,
         },
     )
     .map_err(failed)?;
     let quit = console.quit_flag();
+    let panicked = console.panic_flag();
     let exit_signal = vm.exit_signal();
     let watcher = std::thread::spawn(move || {
-        // Ctrl-A x from the console thread stops the guest.
-        while !quit.load(std::sync::atomic::Ordering::Acquire) {
+        use std::sync::atomic::Ordering::Acquire;
+        // Ctrl-A x, or a guest that panicked and would otherwise spin, stops the guest.
+        loop {
             if exit_signal.is_raised() {
+                return;
+            }
+            if quit.load(Acquire) {
+                exit_signal.raise(GuestExit::PowerOff);
+                return;
+            }
+            if panicked.load(Acquire) {
+                exit_signal.raise(GuestExit::Reset);
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        exit_signal.raise(GuestExit::PowerOff);
     });
     let started = std::time::Instant::now();
     let result = vm.run();

@@ -99,6 +99,8 @@ if [ -f /vireo/cmd ]; then
 fi
 
 export PS1='\u@\h:\w\$ '
+# The host shows the console from here on (boot messages before are hidden unless --verbose).
+printf '\033]vireo;run\007' >/dev/console
 if command -v cttyhack >/dev/null; then
 	setsid cttyhack sh -l </dev/console >/dev/console 2>&1
 else

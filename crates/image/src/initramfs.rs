@@ -10,6 +10,21 @@ use crate::ImageError;
 /// vireo's /init script.
 pub(crate) const INIT_SCRIPT: &str = include_str!("init.sh");
 
+/// Fingerprint of vireo's own contribution to an image.
+pub(crate) fn build_id(default_cmdline: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [INIT_SCRIPT, UDHCPC_SCRIPT, default_cmdline] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The udhcpc event script /init passes with `-s`.
 pub(crate) const UDHCPC_SCRIPT: &str = include_str!("udhcpc.script");
 

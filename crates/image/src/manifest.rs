@@ -23,6 +23,10 @@ pub(crate) struct Manifest {
     pub created: u64,
     pub kernel_version: String,
     pub default_cmdline: String,
+    /// Fingerprint of what vireo itself put in the image (its /init, scripts, default command
+    /// line): an image built by a vireo with different ones is rebuilt on pull.
+    #[serde(default)]
+    pub build: String,
     pub packages: Packages,
     pub files: Files,
 }
@@ -123,6 +127,11 @@ pub(crate) fn problem(dir: &Path, name: &str, deep: bool) -> Option<String> {
     if m.name != name {
         return Some(format!("manifest names image `{}`", m.name));
     }
+    if let Ok(recipe) = crate::recipe(name) {
+        if m.build != crate::initramfs::build_id(recipe.default_cmdline) {
+            return Some("it was built by a different vireo version".into());
+        }
+    }
     for entry in m.files.all() {
         let Some(path) = entry.resolve(dir) else {
             return Some(format!("manifest path `{}` leaves the image", entry.path));
@@ -184,6 +193,9 @@ mod tests {
             created: 1,
             kernel_version: "6.12.0-test".into(),
             default_cmdline: "console=ttyS0".into(),
+            build: crate::initramfs::build_id(
+                crate::recipe("debian-riscv64").unwrap().default_cmdline,
+            ),
             packages: Packages {
                 kernel: Package {
                     name: "linux-image-x".into(),

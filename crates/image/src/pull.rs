@@ -174,6 +174,7 @@ fn build(
             .map_or(0, |d| d.as_secs()),
         kernel_version,
         default_cmdline: recipe.default_cmdline.to_string(),
+        build: crate::initramfs::build_id(recipe.default_cmdline),
         packages: Packages {
             kernel: version_of(&kernel_pkg)?,
             busybox: version_of(BUSYBOX_PACKAGE)?,
