@@ -93,14 +93,18 @@ pub const MIP_WMASK: u64 = IRQ_SSI | IRQ_STI | IRQ_SEI;
 
 /// misa for RV64IMAFDC with S and U modes.
 pub const MISA_VALUE: u64 = (2 << 62)
-    | (1 << (b'A' - b'A'))
-    | (1 << (b'C' - b'A'))
-    | (1 << (b'D' - b'A'))
-    | (1 << (b'F' - b'A'))
-    | (1 << (b'I' - b'A'))
-    | (1 << (b'M' - b'A'))
-    | (1 << (b'S' - b'A'))
-    | (1 << (b'U' - b'A'));
+    | ext(b'A')
+    | ext(b'C')
+    | ext(b'D')
+    | ext(b'F')
+    | ext(b'I')
+    | ext(b'M')
+    | ext(b'S')
+    | ext(b'U');
+
+const fn ext(letter: u8) -> u64 {
+    1 << (letter - b'A')
+}
 
 // Exception causes.
 pub const EXC_INSN_MISALIGNED: u64 = 0;

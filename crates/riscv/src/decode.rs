@@ -198,6 +198,7 @@ impl Op {
 
     /// Length in bytes: 2 or 4.
     #[inline(always)]
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> u64 {
         if self.rd & COMPRESSED != 0 {
             2
@@ -731,7 +732,7 @@ mod tests {
         // addi a0, a0, -1
         let op = decode32(0xfff5_0513);
         assert_eq!(
-            (op.kind, op.rd, op.rs1, op.imm, op.len),
+            (op.kind, op.rd(), op.rs1, op.imm, op.len()),
             (Addi, 10, 10, -1, 4)
         );
         // lui a0, 0x12345
@@ -754,7 +755,7 @@ mod tests {
         // amoadd.w.aqrl a0, a1, (a2) = 0x06b6252f
         let op = decode32(0x06b6_252f);
         assert_eq!(
-            (op.kind, op.rs3, op.rd, op.rs1, op.rs2),
+            (op.kind, op.funct5(), op.rd(), op.rs1, op.rs2),
             (AmoW, 0, 10, 12, 11)
         );
         // lr.d with rs2 != 0 is reserved
@@ -762,7 +763,7 @@ mod tests {
         // fmadd.d fa0, fa1, fa2, fa3, rne: 0x6ac58543
         let op = decode32(0x6ac5_8543);
         assert_eq!(
-            (op.kind, op.rd, op.rs1, op.rs2, op.rs3, op.imm),
+            (op.kind, op.rd(), op.rs1, op.rs2, op.rs3(), op.imm & 7),
             (FmaddD, 10, 11, 12, 13, 0)
         );
         assert_eq!(decode32(0).kind, Illegal);
@@ -776,7 +777,7 @@ mod tests {
         // c.li a0, -1 = 0x557d
         let op = decode16(0x557d);
         assert_eq!(
-            (op.kind, op.rd, op.rs1, op.imm, op.len),
+            (op.kind, op.rd(), op.rs1, op.imm, op.len()),
             (Addi, 10, 0, -1, 2)
         );
         // c.addi16sp sp, -64 = 0x7139

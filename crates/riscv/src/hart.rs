@@ -5,6 +5,9 @@
 //! whose entries map a virtual page straight to a RAM offset. Everything else (page walks, MMIO,
 //! page-crossing accesses, code-page stores, CSRs, traps) is the slow path.
 
+// `po + width <= 4096` reads as "the access fits in the page" for every width, 1 included.
+#![allow(clippy::int_plus_one)]
+
 use vireo_rvfp as fp;
 
 use crate::csr::*;
@@ -141,7 +144,7 @@ macro_rules! load_fast {
         let va: u64 = $va;
         let e = &$self.tlb_r[((va >> 12) as usize) & TLB_MASK];
         let po = va & 0xfff;
-        if e.tag == (va & !0xfff) | $self.dkey && po <= 4096 - $w {
+        if e.tag == (va & !0xfff) | $self.dkey && po + $w <= 4096 {
             match $sys.ram.$get(e.off + po) {
                 Some(v) => Ok(v),
                 None => $self.load_slow($sys, va, $w).map(|v| v as _),
@@ -159,7 +162,7 @@ macro_rules! store_fast {
         let e = &$self.tlb_w[((va >> 12) as usize) & TLB_MASK];
         let po = va & 0xfff;
         if e.tag == (va & !0xfff) | $self.dkey
-            && po <= 4096 - $w
+            && po + $w <= 4096
             && $sys.ram.$put(e.off + po, v as $t)
         {
             Ok(())
@@ -472,13 +475,13 @@ impl Hart {
 
     fn clint_read(&self, sys: &Sys, off: u64, w: u64) -> u64 {
         let harts = sys.clint.msip.len() as u64;
-        let v = if off >= CLINT_MTIME && off < CLINT_MTIME + 8 {
+        let v = if (CLINT_MTIME..CLINT_MTIME + 8).contains(&off) {
             sys.clock.now() >> (8 * (off - CLINT_MTIME))
         } else if (CLINT_MTIMECMP..CLINT_MTIMECMP + 8 * harts).contains(&off) {
             let h = ((off - CLINT_MTIMECMP) / 8) as usize;
             sys.clint.mtimecmp[h] >> (8 * (off % 8))
         } else if off < 4 * harts {
-            u64::from(sys.clint.msip[(off / 4) as usize]) * u64::from(off % 4 == 0)
+            u64::from(sys.clint.msip[(off / 4) as usize]) * u64::from(off.is_multiple_of(4))
         } else {
             0
         };
@@ -501,7 +504,7 @@ impl Hart {
             };
             let old = sys.clint.mtimecmp[h];
             sys.clint.mtimecmp[h] = (old & !mask) | ((v << shift) & mask);
-        } else if off < 4 * harts && off % 4 == 0 {
+        } else if off < 4 * harts && off.is_multiple_of(4) {
             sys.clint.msip[(off / 4) as usize] = v & 1 != 0;
         }
         let _ = CLINT_MSIP;
@@ -792,7 +795,7 @@ impl Hart {
             MCAUSE => self.mcause,
             MTVAL => self.mtval,
             MIP => self.mip(sys),
-            0x3a0..=0x3af if csr % 2 == 0 => self.pmpcfg[((csr - PMPCFG0) / 2) as usize],
+            0x3a0..=0x3af if csr.is_multiple_of(2) => self.pmpcfg[((csr - PMPCFG0) / 2) as usize],
             0x3b0..=0x3ef => self.pmpaddr[(csr - PMPADDR0) as usize],
             MCYCLE | MINSTRET => self.instret,
             0xb03..=0xb1f | 0x323..=0x33f => 0,
@@ -886,7 +889,9 @@ impl Hart {
                 self.mip_sw = (self.mip_sw & !MIP_WMASK) | (v & MIP_WMASK);
                 self.brk = true;
             }
-            0x3a0..=0x3af if csr % 2 == 0 => self.pmpcfg[((csr - PMPCFG0) / 2) as usize] = v,
+            0x3a0..=0x3af if csr.is_multiple_of(2) => {
+                self.pmpcfg[((csr - PMPCFG0) / 2) as usize] = v
+            }
             0x3b0..=0x3ef => self.pmpaddr[(csr - PMPADDR0) as usize] = v & ((1 << 54) - 1),
             MCYCLE | MINSTRET => self.instret = v,
             0xb03..=0xb1f | 0x323..=0x33f => {}
@@ -1191,7 +1196,7 @@ impl Hart {
             }
             Divu => {
                 let (a, b) = (self.rs1(&op), self.rs2(&op));
-                self.set_x(op.rd, if b == 0 { u64::MAX } else { a / b });
+                self.set_x(op.rd, a.checked_div(b).unwrap_or(u64::MAX));
             }
             Rem => {
                 let (a, b) = (self.rs1(&op) as i64, self.rs2(&op) as i64);
@@ -1210,7 +1215,7 @@ impl Hart {
             }
             Divuw => {
                 let (a, b) = (self.rs1(&op) as u32, self.rs2(&op) as u32);
-                let v = if b == 0 { u32::MAX } else { a / b };
+                let v = a.checked_div(b).unwrap_or(u32::MAX);
                 self.set_x(op.rd, sext32(u64::from(v)));
             }
             Remw => {
@@ -1297,7 +1302,7 @@ impl Hart {
             LrW | LrD => {
                 let va = self.rs1(&op);
                 let w = if op.kind == LrW { 4 } else { 8 };
-                if va % w != 0 {
+                if !va.is_multiple_of(w) {
                     return Err(Trap::new(EXC_LOAD_ACCESS - 1, va));
                 }
                 let v = self.load_slow(sys, va, w)?;
@@ -1307,7 +1312,7 @@ impl Hart {
             ScW | ScD => {
                 let va = self.rs1(&op);
                 let w = if op.kind == ScW { 4 } else { 8 };
-                if va % w != 0 {
+                if !va.is_multiple_of(w) {
                     return Err(Trap::new(EXC_STORE_ACCESS - 1, va));
                 }
                 if self.reservation.take() == Some(va) {
@@ -1320,7 +1325,7 @@ impl Hart {
             AmoW | AmoD => {
                 let va = self.rs1(&op);
                 let w = if op.kind == AmoW { 4 } else { 8 };
-                if va % w != 0 {
+                if !va.is_multiple_of(w) {
                     return Err(Trap::new(EXC_STORE_ACCESS - 1, va));
                 }
                 // Translate for writing first: an AMO faults as a store.
@@ -1568,7 +1573,7 @@ impl Hart {
                     }
                     1 => {
                         let (v, f) = fp::f32_to_u32(a, rm);
-                        (v as u64, f)
+                        (v, f)
                     }
                     2 => {
                         let (v, f) = fp::f32_to_i64(a, rm);
@@ -1576,7 +1581,7 @@ impl Hart {
                     }
                     _ => {
                         let (v, f) = fp::f32_to_u64(a, rm);
-                        (v as u64, f)
+                        (v, f)
                     }
                 };
                 self.fcsr |= u64::from(fl);
@@ -1593,7 +1598,7 @@ impl Hart {
                     }
                     1 => {
                         let (v, f) = fp::f64_to_u32(a, rm);
-                        (v as u64, f)
+                        (v, f)
                     }
                     2 => {
                         let (v, f) = fp::f64_to_i64(a, rm);
@@ -1601,7 +1606,7 @@ impl Hart {
                     }
                     _ => {
                         let (v, f) = fp::f64_to_u64(a, rm);
-                        (v as u64, f)
+                        (v, f)
                     }
                 };
                 self.fcsr |= u64::from(fl);
