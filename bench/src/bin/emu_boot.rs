@@ -25,7 +25,10 @@ struct Sample {
 fn main() {
     let runs: usize = std::env::args()
         .nth(1)
-        .map(|a| a.parse().unwrap_or_else(|_| die(&format!("bad run count '{a}'"))))
+        .map(|a| {
+            a.parse()
+                .unwrap_or_else(|_| die(&format!("bad run count '{a}'")))
+        })
         .unwrap_or(5);
     let here = std::env::current_exe().unwrap_or_else(|e| die(&e.to_string()));
     let vireo = here.with_file_name("vireo");
@@ -44,7 +47,10 @@ fn main() {
     // vireo appends the exit-register address itself; QEMU gets the identical string.
     let cmdline = format!("{} vireo.exit=0x100000", image.default_cmdline);
 
-    println!("vireo emu vs QEMU TCG: kernel {}, {runs} runs each, alternated", image.kernel_version);
+    println!(
+        "vireo emu vs QEMU TCG: kernel {}, {runs} runs each, alternated",
+        image.kernel_version
+    );
     println!("cmdline: {cmdline}");
     for (name, cmd) in [("boot", "true"), ("cpu", CPU_WORK)] {
         let initrd = dir.join(format!("{name}.img"));
@@ -100,12 +106,32 @@ fn main() {
         let (vw, vr) = medians(&v);
         let (fw_w, fw_r) = medians(&vf);
         let (qw, qr) = medians(&q);
-        println!("\n[{name}] {}", if name == "boot" { "boot to userspace, power off" } else { CPU_WORK });
-        println!("  {:<26} {:>9} {:>12}", "system", "median s", "peak RSS MiB");
+        println!(
+            "\n[{name}] {}",
+            if name == "boot" {
+                "boot to userspace, power off"
+            } else {
+                CPU_WORK
+            }
+        );
+        println!(
+            "  {:<26} {:>9} {:>12}",
+            "system", "median s", "peak RSS MiB"
+        );
         println!("  {:<26} {:>9.3} {:>12.1}", "vireo (built-in SBI)", vw, vr);
-        println!("  {:<26} {:>9.3} {:>12.1}", "vireo (OpenSBI fw_jump)", fw_w, fw_r);
-        println!("  {:<26} {:>9.3} {:>12.1}", "qemu-system-riscv64 TCG", qw, qr);
-        println!("  ratio vireo/QEMU: wall {:.2}, RSS {:.2}", vw / qw, vr / qr);
+        println!(
+            "  {:<26} {:>9.3} {:>12.1}",
+            "vireo (OpenSBI fw_jump)", fw_w, fw_r
+        );
+        println!(
+            "  {:<26} {:>9.3} {:>12.1}",
+            "qemu-system-riscv64 TCG", qw, qr
+        );
+        println!(
+            "  ratio vireo/QEMU: wall {:.2}, RSS {:.2}",
+            vw / qw,
+            vr / qr
+        );
         println!("  ratio vireo+OpenSBI/QEMU: wall {:.2}", fw_w / qw);
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -115,18 +141,26 @@ fn main() {
 /// builds it, so both systems boot byte-identical files.
 fn write_initrd(base: &Path, cmd: &str, out: &Path) {
     let mut data = std::fs::read(base).unwrap_or_else(|e| die(&format!("{}: {e}", base.display())));
-    while data.len() % 4 != 0 {
+    while !data.len().is_multiple_of(4) {
         data.push(0);
     }
     let mut w = vireo_image::cpio::Writer::new();
     w.dir("vireo", 0o755)
-        .and_then(|w| w.file(vireo_image::COMMAND_FILE, 0o644, format!("{cmd}\n").as_bytes()))
+        .and_then(|w| {
+            w.file(
+                vireo_image::COMMAND_FILE,
+                0o644,
+                format!("{cmd}\n").as_bytes(),
+            )
+        })
         .unwrap_or_else(|e| die(&e.to_string()));
     data.extend_from_slice(&w.finish());
     std::fs::write(out, data).unwrap_or_else(|e| die(&e.to_string()));
 }
 
 /// Runs a command to completion; wall time and the child's peak RSS.
+// The child is reaped with wait4, which std's wait cannot do: it also returns the rusage.
+#[allow(clippy::zombie_processes)]
 fn measure(prog: &Path, args: &[String]) -> Sample {
     let start = Instant::now();
     let child = Command::new(prog)
@@ -148,7 +182,11 @@ fn measure(prog: &Path, args: &[String]) -> Sample {
     }
     let code = libc::WEXITSTATUS(status);
     if !libc::WIFEXITED(status) || code != 0 {
-        die(&format!("{} {} exited with status {code}", prog.display(), args.join(" ")));
+        die(&format!(
+            "{} {} exited with status {code}",
+            prog.display(),
+            args.join(" ")
+        ));
     }
     Sample {
         wall,

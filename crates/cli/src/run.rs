@@ -189,10 +189,8 @@ fn resolve(spec: &VmSpec) -> Result<Payload, Failure> {
             .collect::<Vec<_>>()
             .join(" ");
     }
-    let firmware = spec
-        .firmware
-        .clone()
-        .or_else(|| image.as_ref().and_then(|_| None));
+    // The image's OpenSBI is there for --firmware; the built-in SBI is the default.
+    let firmware = spec.firmware.clone();
     Ok(Payload {
         kernel,
         initrd,
