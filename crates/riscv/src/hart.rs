@@ -18,6 +18,8 @@ use crate::sys::{Sys, CLINT_MSIP, CLINT_MTIME, CLINT_MTIMECMP, CLINT_SIZE};
 const TLB_SIZE: usize = 512;
 const TLB_MASK: usize = TLB_SIZE - 1;
 const NO_TAG: u64 = u64::MAX;
+/// Mode key of untranslated accesses (M-mode, or satp off).
+const BARE: u64 = 0x10;
 
 /// A trap about to be taken: cause (interrupt bit included) and the value for xtval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,9 +128,12 @@ pub struct Hart {
     tlb_r: Box<[TlbEntry; TLB_SIZE]>,
     tlb_w: Box<[TlbEntry; TLB_SIZE]>,
     tlb_x: Box<[TlbEntry; TLB_SIZE]>,
-    /// Mode keys folded into TLB tags: data accesses and fetches.
-    dkey: u64,
+    /// Keys folded into the tags of the read, write and fetch TLBs: bits 0..5 say the
+    /// translation mode, bits 6..11 the TLB's generation, so a flush is a generation bump.
+    rkey: u64,
+    wkey: u64,
     ikey: u64,
+    gen: [u64; 3],
     fetch_vpn: u64,
     fetch_slot: u32,
     fetch_off: u64,
@@ -144,7 +149,7 @@ macro_rules! load_fast {
         let va: u64 = $va;
         let e = &$self.tlb_r[((va >> 12) as usize) & TLB_MASK];
         let po = va & 0xfff;
-        if e.tag == (va & !0xfff) | $self.dkey && po + $w <= 4096 {
+        if e.tag == (va & !0xfff) | $self.rkey && po + $w <= 4096 {
             match $sys.ram.$get(e.off + po) {
                 Some(v) => Ok(v),
                 None => $self.load_slow($sys, va, $w).map(|v| v as _),
@@ -161,7 +166,7 @@ macro_rules! store_fast {
         let v = $v;
         let e = &$self.tlb_w[((va >> 12) as usize) & TLB_MASK];
         let po = va & 0xfff;
-        if e.tag == (va & !0xfff) | $self.dkey
+        if e.tag == (va & !0xfff) | $self.wkey
             && po + $w <= 4096
             && $sys.ram.$put(e.off + po, v as $t)
         {
@@ -208,8 +213,10 @@ impl Hart {
             tlb_r: Box::new([EMPTY; TLB_SIZE]),
             tlb_w: Box::new([EMPTY; TLB_SIZE]),
             tlb_x: Box::new([EMPTY; TLB_SIZE]),
-            dkey: 0,
+            rkey: 0,
+            wkey: 0,
             ikey: 0,
+            gen: [0; 3],
             fetch_vpn: u64::MAX,
             fetch_slot: 0,
             fetch_off: 0,
@@ -250,48 +257,63 @@ impl Hart {
         let paging = self.satp >> 60 != SATP_BARE;
         let flags = (u64::from(self.mstatus & MS_SUM != 0) << 2)
             | (u64::from(self.mstatus & MS_MXR != 0) << 3);
-        self.dkey = if dprv == 3 || !paging {
-            0x10
+        let dmode = if dprv == 3 || !paging {
+            BARE
         } else {
             dprv | flags | 0x20
         };
-        self.ikey = if self.prv == 3 || !paging {
-            0x10
+        let imode = if self.prv == 3 || !paging {
+            BARE
         } else {
             self.prv | 0x20
         };
+        self.rkey = dmode | (self.gen[0] << 6);
+        self.wkey = dmode | (self.gen[1] << 6);
+        self.ikey = imode | (self.gen[2] << 6);
         self.fetch_vpn = u64::MAX;
     }
 
+    /// Invalidates one TLB (0 read, 1 write, 2 fetch) by moving to its next generation; the
+    /// entries are cleared only when the 6-bit generation wraps.
+    fn bump_tlb(&mut self, which: usize) {
+        self.gen[which] = (self.gen[which] + 1) & 63;
+        if self.gen[which] == 0 {
+            match which {
+                0 => self.tlb_r.fill(EMPTY),
+                1 => self.tlb_w.fill(EMPTY),
+                _ => self.tlb_x.fill(EMPTY),
+            }
+        }
+        self.update_keys();
+    }
+
     pub fn flush_tlb(&mut self) {
-        self.tlb_r.fill(EMPTY);
-        self.tlb_w.fill(EMPTY);
-        self.tlb_x.fill(EMPTY);
-        self.fetch_vpn = u64::MAX;
+        for t in 0..3 {
+            self.bump_tlb(t);
+        }
     }
 
     /// Drops what other harts' code-cache changes made stale.
     fn sync_epochs(&mut self, sys: &Sys) {
         if self.write_epoch != sys.code.write_epoch {
             self.write_epoch = sys.code.write_epoch;
-            self.tlb_w.fill(EMPTY);
+            self.bump_tlb(1);
         }
         if self.fetch_epoch != sys.code.fetch_epoch {
             self.fetch_epoch = sys.code.fetch_epoch;
-            self.tlb_x.fill(EMPTY);
-            self.fetch_vpn = u64::MAX;
+            self.bump_tlb(2);
         }
     }
 
     /// Translates `va` for `acc`, setting A/D bits as hardware does (Svadu behaviour), and fills
     /// the matching TLB when the target is RAM.
     fn translate(&mut self, sys: &mut Sys, va: u64, acc: Access) -> Result<u64, Trap> {
-        let key = if acc == Access::Exec {
-            self.ikey
-        } else {
-            self.dkey
+        let key = match acc {
+            Access::Read => self.rkey,
+            Access::Write => self.wkey,
+            Access::Exec => self.ikey,
         };
-        let pa = if key == 0x10 {
+        let pa = if key & 0x3f == BARE {
             va
         } else {
             self.walk(sys, va, acc, key)?
@@ -530,11 +552,9 @@ impl Hart {
         if pc >> 12 != self.fetch_vpn {
             self.fetch_refill(sys, pc)?;
         }
-        let op = sys.code.pages[self.fetch_slot as usize][((pc & 0xfff) >> 1) as usize];
-        if op.kind != Kind::Undecoded {
-            return Ok(op);
-        }
-        self.decode_at(sys, pc)
+        // An undecoded slot comes back as is; `exec` decodes it (one arm of its jump table
+        // rather than a test on every instruction).
+        Ok(sys.code.pages[self.fetch_slot as usize][((pc & 0xfff) >> 1) as usize])
     }
 
     fn fetch_refill(&mut self, sys: &mut Sys, pc: u64) -> Result<(), Trap> {
@@ -1040,6 +1060,10 @@ impl Hart {
         let npc = pc.wrapping_add(op.len());
         let imm = op.imm as i64 as u64;
         match op.kind {
+            Undecoded => {
+                let op = self.decode_at(sys, pc)?;
+                return self.exec_decoded(sys, op);
+            }
             Addi => {
                 let v = self.rs1(&op).wrapping_add(imm);
                 self.set_x(op.rd, v);
@@ -1395,6 +1419,15 @@ impl Hart {
         }
         self.pc = npc;
         Ok(())
+    }
+
+    /// Executes an op just decoded (kept out of line: it runs once per decode).
+    #[inline(never)]
+    fn exec_decoded(&mut self, sys: &mut Sys, op: Op) -> Result<(), Trap> {
+        if op.kind == Kind::Undecoded {
+            return Err(self.illegal(sys));
+        }
+        self.exec(sys, op)
     }
 
     fn exec_fp(&mut self, sys: &mut Sys, op: Op) -> Result<(), Trap> {

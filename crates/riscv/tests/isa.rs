@@ -281,3 +281,23 @@ fn counters() {
 fn traps() {
     run_program("traps", 1);
 }
+
+#[test]
+fn interrupts() {
+    run_program("interrupts", 1);
+}
+
+#[test]
+fn mmu_sv39() {
+    run_program("mmu_sv39", 1);
+}
+
+#[test]
+fn mmu_sv48() {
+    run_program("mmu_sv48", 1);
+}
+
+#[test]
+fn smc() {
+    run_program("smc", 1);
+}

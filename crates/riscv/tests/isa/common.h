@@ -39,6 +39,17 @@
 
 /* Only the compressed-instruction program turns this back on. */
 .option norvc
+/* Absolute addresses for `la` (no GOT). */
+.option nopic
+
+/* Align to 4 bytes (trap vectors must be). gas cannot pad with 2 bytes while RVC is off, and
+ * silently leaves the location misaligned after 16-bit code, so pad with RVC on. */
+.macro ALIGN4
+    .option push
+    .option rvc
+    .balign 4
+    .option pop
+.endm
 
 /* Fail with check number n unless register reg holds the constant val. */
 .macro CHECK n, reg, val
@@ -119,7 +130,7 @@ _start:
 /* Shared routines and the stack. Place once, after the program's final PASS. */
 .macro TEST_END
     .text
-    .balign 4
+    ALIGN4
 /* Failure: s11 = check number, s10 = value found, t6 = value expected. */
 test_fail:
     la a0, msg_fail
@@ -145,7 +156,7 @@ finish:
 1:  j 1b
 
 /* A trap nobody expected: say where, then fail with UNEXPECTED_TRAP. */
-    .balign 4
+    ALIGN4
 unexpected_trap:
     la a0, msg_trap
     call print_str
@@ -166,7 +177,7 @@ unexpected_trap:
 
 /* M-mode handler: record mcause/mepc/mtval/mstatus in s2..s5, resume at s9 in the privilege
  * the trap came from. */
-    .balign 4
+    ALIGN4
 m_trap_record:
     csrr s2, mcause
     csrr s3, mepc
@@ -176,7 +187,7 @@ m_trap_record:
     mret
 
 /* M-mode handler: record as above, resume at s9 in M-mode. */
-    .balign 4
+    ALIGN4
 m_trap_to_m:
     csrr s2, mcause
     csrr s3, mepc
@@ -189,7 +200,7 @@ m_trap_to_m:
 
 /* S-mode handler: record scause/sepc/stval/sstatus in s2..s5, resume at s9 (sret, so in the
  * privilege the trap came from). */
-    .balign 4
+    ALIGN4
 s_trap_record:
     csrr s2, scause
     csrr s3, sepc

@@ -193,6 +193,7 @@ cjalr_ret:
     c.addi a0, 4
     CHECK 48, a0, 7
 
+    .balign 4
     .option pop
     PASS
 

@@ -59,6 +59,7 @@ ebreak_m:
     .option rvc
 cebreak_m:
     c.ebreak
+    .balign 4
     .option pop
 1:  CHECK 8, s2, 3
     la t0, cebreak_m
@@ -156,7 +157,7 @@ s_mstatus:
     rdtime a0                       /* mcounteren.TM = 0: illegal */
 1:  CHECK 37, s2, 2
     BACK_TO_M 1f
-1:
+1:  li a7, 0
     /* back in M: let S read time, and trap WFI, SRET and satp accesses from S */
     li t0, 2
     csrw mcounteren, t0
@@ -311,7 +312,7 @@ u_fault:
 
 /* Records mcause/mepc/mtval/mstatus in s2..s5 and resumes at s9: in the privilege the trap
  * came from, or in M when a7 = 0x4d. */
-    .balign 4
+    ALIGN4
 m_handler:
     csrr s2, mcause
     csrr s3, mepc
