@@ -23,8 +23,8 @@ use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{
-    low_ram_end, memory_map, MemEntry, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, PVH_INFO_ADDR,
-    PVH_MEMMAP_ADDR, PVH_MEMMAP_MAX, PVH_MODLIST_ADDR, ZERO_PAGE_ADDR,
+    low_ram_end, memory_map, MemEntry, ACPI_RSDP_ADDR, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START,
+    PVH_INFO_ADDR, PVH_MEMMAP_ADDR, PVH_MEMMAP_MAX, PVH_MODLIST_ADDR, ZERO_PAGE_ADDR,
 };
 
 /// Errors while loading a kernel.
@@ -537,6 +537,8 @@ fn write_zero_page(
         params.hdr.ramdisk_size = size as u32;
         params.ext_ramdisk_size = (size >> 32) as u32;
     }
+    // Read by kernels that speak boot protocol 2.14+; older ones scan for it.
+    params.acpi_rsdp_addr = ACPI_RSDP_ADDR;
     let (table, n) = e820(&memory_map(memory));
     params.e820_table = table;
     params.e820_entries = n;
@@ -565,6 +567,7 @@ fn write_pvh(
         cmdline_paddr: CMDLINE_ADDR,
         memmap_paddr: PVH_MEMMAP_ADDR,
         memmap_entries: map.len().min(PVH_MEMMAP_MAX) as u32,
+        rsdp_paddr: ACPI_RSDP_ADDR,
         ..Default::default()
     };
     if let Some((paddr, size)) = initrd {

@@ -10,6 +10,7 @@
 //! 0x0001_0000  first address a micro-guest may load code at
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  MP floating pointer and MP configuration table (e820-reserved up to 1 MiB)
+//! 0x000e_0000  ACPI: RSDP, then XSDT 0xe0040, FADT 0xe0100, DSDT 0xe0300, MADT 0xe0400
 //! 0x0010_0000  kernel (bzImage protected-mode part, or the ELF's own physical addresses)
 //!   ...        initrd at the top of RAM below 4 GiB (and below the kernel's initrd_addr_max)
 //! 0xc000_0000  start of the 32-bit MMIO gap when RAM is larger than 3 GiB
@@ -45,6 +46,11 @@ pub const CMDLINE_ADDR: u64 = 0x2_0000;
 /// The most command-line bytes the board places (the kernel's own limit may be smaller).
 pub const CMDLINE_MAX: usize = 0x1_0000;
 pub const MPTABLE_ADDR: u64 = 0x9_fc00;
+pub const ACPI_RSDP_ADDR: u64 = 0xe_0000;
+pub const ACPI_XSDT_ADDR: u64 = 0xe_0040;
+pub const ACPI_FADT_ADDR: u64 = 0xe_0100;
+pub const ACPI_DSDT_ADDR: u64 = 0xe_0300;
+pub const ACPI_MADT_ADDR: u64 = 0xe_0400;
 /// Start of RAM the kernel may use above the legacy hole.
 pub const HIMEM_START: u64 = 0x10_0000;
 

@@ -4,13 +4,14 @@
 //! for MMIO (and above 4 GiB for large guests), KVM's in-kernel PIC/IOAPIC/LAPIC/PIT, COM1 on
 //! vireo-devices' 16550 UART, the i8042 reset line, a CMOS RTC, QEMU's isa-debug-exit port, and
 //! vireo's exit register (a `sifive,test0`-compatible [`vireo_devices::TestFinisher`]) at
-//! [`layout::EXIT_REGISTER_ADDR`]. CPUs are described by an MP table; each vCPU runs in its own
-//! thread as a state machine driven over channels (see [`vcpu`]).
+//! [`layout::EXIT_REGISTER_ADDR`]. CPUs are described by ACPI (MADT) and an MP table; each vCPU
+//! runs in its own thread as a state machine driven over channels (see [`vcpu`]).
 //!
 //! [`exceptions_work`] runs a probe guest that takes an `int3` through its IDT: on nested hosts
 //! that cannot deliver guest exceptions (such as PVM) it returns false, and a full Linux guest
 //! cannot boot there.
 
+pub mod acpi;
 pub mod asm;
 pub mod boot;
 pub mod cpuid;

@@ -69,6 +69,9 @@ pub enum KvmError {
     /// The MP table could not be built.
     #[error(transparent)]
     MpTable(#[from] MpTableError),
+    /// The ACPI tables could not be built.
+    #[error(transparent)]
+    Acpi(#[from] crate::acpi::AcpiError),
     /// A vCPU's initial state could not be set.
     #[error(transparent)]
     Regs(#[from] RegsError),
@@ -566,6 +569,7 @@ impl KvmVm {
         let mem = ram.memory();
         regs::write_tables(mem)?;
         mptable::write(mem, cpus)?;
+        crate::acpi::write(mem, cpus)?;
 
         // Devices.
         let exit = Arc::new(ExitSignal::new());
