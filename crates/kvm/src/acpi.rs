@@ -214,7 +214,7 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         let at = write(&mem, 254).unwrap();
         // Linux scans 0xe0000..0xfffff on 16-byte boundaries for the RSDP signature.
-        assert!((0xe0000..0x10_0000).contains(&at) && at % 16 == 0);
+        assert!((0xe0000..0x10_0000).contains(&at) && at.is_multiple_of(16));
         let mut sig = [0u8; 8];
         mem.read_slice(&mut sig, GuestAddress(at)).unwrap();
         assert_eq!(&sig, b"RSD PTR ");
