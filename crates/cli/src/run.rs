@@ -287,7 +287,7 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         if let Some(p) = vm.profile() {
             let mut v: Vec<_> = p.iter().collect();
             v.sort_by(|a, b| b.1.cmp(a.1));
-            for (pc, n) in v.iter().take(60) {
+            for (pc, n) in v.iter().take(100_000) {
                 eprintln!("vireo: profile: {pc:#018x} {n}");
             }
         }
