@@ -7,14 +7,14 @@
 //! a trap nobody expected). The programs are assembled here, at test time, with Debian's RISC-V
 //! cross compiler; a missing compiler fails the tests rather than skipping them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::Duration;
 
-use vireo_devices::ConsoleOutput;
-use vireo_machine::{BootConfig, GuestExit};
-use vireo_riscv::EmuVm;
+use common::{run_guarded, Outcome};
+use vireo_machine::GuestExit;
 
 const GCC: &str = "riscv64-linux-gnu-gcc";
 const OBJDUMP: &str = "riscv64-linux-gnu-objdump";
@@ -87,61 +87,6 @@ fn build(name: &str, out: &Path) -> PathBuf {
     elf
 }
 
-/// How a guarded run ended.
-#[derive(Debug)]
-pub enum Outcome {
-    /// `EmuVm::run` returned.
-    Exited(Result<GuestExit, String>),
-    /// The guard fired; the VM was stopped through its exit signal.
-    TimedOut,
-}
-
-/// Boots `firmware` on a fresh board with `cpus` harts and runs it on its own thread, stopping
-/// it through the exit signal if it has not finished after `guard`.
-fn run_guarded(firmware: &Path, cpus: u32, guard: Duration) -> (Outcome, String) {
-    let cfg = BootConfig {
-        kernel: PathBuf::new(),
-        firmware: Some(firmware.to_path_buf()),
-        initrd: None,
-        cmdline: String::new(),
-        cpus,
-        memory: 64 << 20,
-    };
-    let console = ConsoleOutput::new();
-    let vm_console = console.clone();
-    let (sig_tx, sig_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let mut vm = match EmuVm::new(&cfg, vm_console) {
-            Ok(vm) => vm,
-            Err(e) => {
-                let _ = done_tx.send(Err(format!("cannot build the VM: {e}")));
-                return;
-            }
-        };
-        let _ = sig_tx.send(vm.exit_signal());
-        let _ = done_tx.send(vm.run().map_err(|e| e.to_string()));
-    });
-    let outcome = match done_rx.recv_timeout(guard) {
-        Ok(r) => Outcome::Exited(r),
-        Err(_) => {
-            if let Ok(sig) = sig_rx.try_recv() {
-                sig.raise(GuestExit::Reset);
-            }
-            // The run loop checks the signal at least once per slice; give it a moment.
-            let _ = done_rx.recv_timeout(Duration::from_secs(5));
-            Outcome::TimedOut
-        }
-    };
-    if matches!(outcome, Outcome::Exited(_)) {
-        let _ = worker.join();
-    }
-    (
-        outcome,
-        String::from_utf8_lossy(&console.take()).into_owned(),
-    )
-}
-
 /// Builds and runs one program, asserting that it passes.
 fn run_program(name: &str, cpus: u32) {
     let scratch = Scratch::new(name);
@@ -150,8 +95,9 @@ fn run_program(name: &str, cpus: u32) {
 }
 
 fn check_run(name: &str, elf: &Path, cpus: u32) {
-    let (outcome, console) = run_guarded(elf, cpus, GUARD);
-    match outcome {
+    let run = run_guarded(elf, cpus, GUARD);
+    let console = run.console;
+    match run.outcome {
         Outcome::Exited(Ok(GuestExit::PowerOff)) => {}
         Outcome::Exited(Ok(GuestExit::Failure(4095))) => {
             panic!("{name}: unexpected trap (see the console)\nconsole:\n{console}")
@@ -300,4 +246,15 @@ fn mmu_sv48() {
 #[test]
 fn smc() {
     run_program("smc", 1);
+}
+
+#[test]
+fn smp() {
+    run_program("smp", 2);
+}
+
+#[test]
+#[ignore = "bug: a store by another hart does not clear this hart's LR reservation, so SC succeeds and overwrites it"]
+fn lrsc_smp() {
+    run_program("lrsc_smp", 2);
 }

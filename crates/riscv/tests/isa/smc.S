@@ -41,8 +41,6 @@ loop_site:
     li t2, 11
     bne s1, t2, loop
     CHECK 4, s0, 55                 /* 1 + 2 + ... + 10 */
-    la t0, loop_site                /* executing it once more: the last patch, 10 */
-    jalr zero, 0(t0)                /* (falls through the add etc. and the loop exits again) */
 
     /* 32-bit instruction replaced by two 16-bit ones */
     la t0, patch_fn
