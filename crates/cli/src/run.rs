@@ -228,16 +228,42 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     let command_mode = !spec.command.is_empty();
     let out = ConsoleOutput::new();
     let mut vm = match accel {
-        Accel::Emu => vireo_riscv::EmuVm::new(&cfg, out.clone()).map_err(|e| match e {
-            vireo_riscv::EmuError::Read { .. }
-            | vireo_riscv::EmuError::NotRiscv { .. }
-            | vireo_riscv::EmuError::TooLittleMemory { .. } => usage(e),
-            _ => failed(e),
-        })?,
+        Accel::Emu => Vm::Emu(
+            vireo_riscv::EmuVm::new(&cfg, out.clone()).map_err(|e| match e {
+                vireo_riscv::EmuError::Read { .. }
+                | vireo_riscv::EmuError::NotRiscv { .. }
+                | vireo_riscv::EmuError::TooLittleMemory { .. } => usage(e),
+                _ => failed(e),
+            })?,
+        ),
         _ => {
-            return Err(failed(
-                "the kvm accelerator is not built into this vireo yet: x86-64 guests can't run",
-            ))
+            vireo_kvm::KvmVm::probe().map_err(|e| {
+                failed(format!(
+                    "{e} (the emu accelerator runs RISC-V guests only, so this x86-64 kernel needs KVM)"
+                ))
+            })?;
+            // A Linux kernel takes exceptions from its first instructions on. Some hosts' KVM
+            // (nested PVM) cannot deliver them; say so now instead of letting the guest crawl
+            // and die. VIREO_SKIP_KVM_PROBE=1 boots anyway.
+            if std::env::var_os("VIREO_SKIP_KVM_PROBE").is_none() {
+                match vireo_kvm::exceptions_work() {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(failed(
+                            "this host's KVM cannot deliver exceptions to a guest (a probe guest's \
+                             int3 ended in a KVM internal error, as on nested PVM hosts), so an \
+                             x86-64 Linux kernel cannot boot here; RISC-V guests run with --accel emu",
+                        ))
+                    }
+                    Err(e) => return Err(failed(format!("KVM probe failed: {e}"))),
+                }
+            }
+            Vm::Kvm(
+                vireo_kvm::KvmVm::new(&cfg, out.clone()).map_err(|e| match e {
+                    vireo_kvm::KvmError::Load(_) | vireo_kvm::KvmError::Config(_) => usage(e),
+                    _ => failed(e),
+                })?,
+            )
         }
     };
     let console = Console::start(
@@ -255,45 +281,40 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     .map_err(failed)?;
     let quit = console.quit_flag();
     let panicked = console.panic_flag();
-    let exit_signal = vm.exit_signal();
-    let watcher = std::thread::spawn(move || {
-        use std::sync::atomic::Ordering::Acquire;
-        // Ctrl-A x, or a guest that panicked and would otherwise spin, stops the guest.
-        loop {
-            if exit_signal.is_raised() {
-                return;
+    let stopper = vm.stopper();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering::Acquire;
+            // Ctrl-A x, or a guest that panicked and would otherwise spin, stops the guest.
+            while !done.load(Acquire) {
+                if quit.load(Acquire) {
+                    stopper.stop(GuestExit::PowerOff);
+                    return;
+                }
+                if panicked.load(Acquire) {
+                    stopper.stop(GuestExit::Reset);
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            if quit.load(Acquire) {
-                exit_signal.raise(GuestExit::PowerOff);
-                return;
-            }
-            if panicked.load(Acquire) {
-                exit_signal.raise(GuestExit::Reset);
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    });
+        })
+    };
     let started = std::time::Instant::now();
     let result = vm.run();
+    done.store(true, std::sync::atomic::Ordering::Release);
     if std::env::var_os("VIREO_STATS").is_some() {
-        let secs = started.elapsed().as_secs_f64();
-        let n = vm.instructions();
-        let idle = vm.idle_time().as_secs_f64();
-        eprintln!(
-            "vireo: stats: {n} instructions in {secs:.3} s, {idle:.3} s idle ({:.0} MIPS while running)",
-            n as f64 / (secs - idle).max(1e-9) / 1e6
-        );
-        if let Some(p) = vm.profile() {
-            let mut v: Vec<_> = p.iter().collect();
-            v.sort_by(|a, b| b.1.cmp(a.1));
-            for (pc, n) in v.iter().take(100_000) {
-                eprintln!("vireo: profile: {pc:#018x} {n}");
-            }
-        }
+        vm.print_stats(started.elapsed().as_secs_f64());
     }
     let report = console.finish();
     let _ = watcher.join();
+    let result = match result {
+        // The watcher stopped a KVM guest on the user's or the panic's behalf.
+        Err(RunError::Stopped) if report.user_quit => Ok(GuestExit::PowerOff),
+        Err(RunError::Stopped) if report.panic.is_some() => Ok(GuestExit::Reset),
+        r => r,
+    };
     let exit = result.map_err(|e| failed(with_tail(e.to_string(), &report)))?;
     if report.user_quit {
         return Ok(0);
@@ -342,5 +363,92 @@ pub fn format_age(t: u64) -> String {
         60..=3599 => format!("{} minutes ago", s / 60),
         3600..=86399 => format!("{} hours ago", s / 3600),
         _ => format!("{} days ago", s / 86400),
+    }
+}
+
+/// The accelerator running this guest.
+enum Vm {
+    Emu(vireo_riscv::EmuVm),
+    Kvm(vireo_kvm::KvmVm),
+}
+
+/// Stops a running guest from another thread.
+enum Stopper {
+    Emu(std::sync::Arc<vireo_machine::ExitSignal>),
+    Kvm(vireo_kvm::VmController),
+}
+
+impl Stopper {
+    fn stop(&self, why: GuestExit) {
+        match self {
+            Stopper::Emu(s) => s.raise(why),
+            Stopper::Kvm(c) => c.stop(),
+        }
+    }
+}
+
+enum RunError {
+    Stopped,
+    Other(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Stopped => f.write_str("the VM was stopped"),
+            RunError::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl Vm {
+    fn uart(&self) -> std::sync::Arc<std::sync::Mutex<vireo_devices::Uart>> {
+        match self {
+            Vm::Emu(v) => v.uart(),
+            Vm::Kvm(v) => v.uart(),
+        }
+    }
+
+    fn stopper(&self) -> Stopper {
+        match self {
+            Vm::Emu(v) => Stopper::Emu(v.exit_signal()),
+            Vm::Kvm(v) => Stopper::Kvm(v.controller()),
+        }
+    }
+
+    fn run(&mut self) -> Result<GuestExit, RunError> {
+        match self {
+            Vm::Emu(v) => v.run().map_err(|e| RunError::Other(e.to_string())),
+            Vm::Kvm(v) => v.run().map_err(|e| match e {
+                vireo_kvm::KvmError::Stopped => RunError::Stopped,
+                e => RunError::Other(e.to_string()),
+            }),
+        }
+    }
+
+    fn print_stats(&self, secs: f64) {
+        match self {
+            Vm::Emu(vm) => {
+                let idle = vm.idle_time().as_secs_f64();
+                let n = vm.instructions();
+                eprintln!(
+                    "vireo: stats: {n} instructions in {secs:.3} s, {idle:.3} s idle ({:.0} MIPS while running)",
+                    n as f64 / (secs - idle).max(1e-9) / 1e6
+                );
+                if let Some(p) = vm.profile() {
+                    let mut v: Vec<_> = p.iter().collect();
+                    v.sort_by(|a, b| b.1.cmp(a.1));
+                    for (pc, n) in v {
+                        eprintln!("vireo: profile: {pc:#018x} {n}");
+                    }
+                }
+            }
+            Vm::Kvm(vm) => {
+                eprintln!(
+                    "vireo: stats: {secs:.3} s; VM exits {:?}",
+                    vm.controller().exit_counters()
+                );
+            }
+        }
     }
 }
