@@ -391,3 +391,38 @@ impl Term {
         self.master.write_all(bytes).unwrap();
     }
 }
+
+#[test]
+fn x86_64_image_on_kvm() {
+    let out = vireo().args(["image", "list"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("debian-x86_64")),
+        "the debian-x86_64 image is not pulled: run `vireo image pull debian-x86_64` (scripts/setup.sh does)"
+    );
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("skipped: /dev/kvm is absent on this host");
+        return;
+    }
+    let r = run(&["run", "--image", "debian-x86_64", "--", "uname", "-m"]);
+    match vireo_kvm::exceptions_work() {
+        Ok(true) => {
+            assert_eq!(r.status, 0, "stderr: {}", r.stderr);
+            assert_eq!(r.stdout, "x86_64\n");
+        }
+        Ok(false) => {
+            eprintln!(
+                "skipped: host KVM cannot deliver exceptions to the guest (nested PVM); full Linux can't boot here"
+            );
+            // vireo itself must say so and fail, not hang or pretend.
+            assert_eq!(r.status, 1, "stdout: {} stderr: {}", r.stdout, r.stderr);
+            assert!(
+                r.stderr.contains("cannot deliver exceptions"),
+                "{}",
+                r.stderr
+            );
+        }
+        Err(e) => panic!("KVM probe failed: {e}"),
+    }
+}
