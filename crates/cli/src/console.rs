@@ -249,6 +249,17 @@ fn partial_suffix(hay: &[u8], needle: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
+/// The terminal settings to restore if vireo dies from an internal error.
+static SAVED_TERMIOS: Mutex<Option<libc::termios>> = Mutex::new(None);
+
+/// Restores the terminal saved by the last raw-mode switch, if any (for the panic hook).
+pub fn restore_terminal() {
+    if let Some(t) = SAVED_TERMIOS.lock().ok().and_then(|mut g| g.take()) {
+        // SAFETY: restores attributes previously read from descriptor 0.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+    }
+}
+
 /// Puts the terminal in raw mode and restores it when dropped.
 struct TermGuard {
     saved: libc::termios,
@@ -273,12 +284,18 @@ impl TermGuard {
         if unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) } != 0 {
             return None;
         }
+        if let Ok(mut g) = SAVED_TERMIOS.lock() {
+            *g = Some(saved);
+        }
         Some(TermGuard { saved })
     }
 }
 
 impl Drop for TermGuard {
     fn drop(&mut self) {
+        if let Ok(mut g) = SAVED_TERMIOS.lock() {
+            *g = None;
+        }
         // SAFETY: restores the attributes saved from the same descriptor.
         unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.saved) };
     }

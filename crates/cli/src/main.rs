@@ -95,6 +95,22 @@ pub struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // A bug in vireo must not leave the terminal raw or print a backtrace at the user.
+    std::panic::set_hook(Box::new(|info| {
+        console::restore_terminal();
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("vireo: internal error: {msg}{at} (this is a bug in vireo)");
+        std::process::exit(1);
+    }));
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
