@@ -13,12 +13,16 @@
  *   [2] VA 0x80000000 -> PA 0x80000000, RWX (identity: program, stack, page tables, data)
  *   [3] VA 0xc0000000 -> PA 0x80000000, RW (a gigapage alias)
  *   [4] VA 0x100000000 -> PPN 0x80200 (not 1 GiB aligned: misaligned superpage)
+ *   [5] VA 0x140000000 -> PA 0x80000000, RWX and U (the program again, for U-mode code)
+ *   [6] -> a "table" at PA 0x20000000, where there is no memory
  * T1: [0] -> T0; [1] VA 0x40200000 -> PA 0x81200000 (megapage); [2] VA 0x40400000 -> a
  *   misaligned megapage. T0 (VA 0x40000000 + 4 KiB * i):
  *   [0] DATA0 RW, A = D = 0      [1] DATA1 RW        [2] DATA2 R          [3] CODE X only
  *   [4] DATA4 RW, U              [5] invalid         [6] W without R (reserved)
  *   [7] DATA1 R (sfence test)    [8] CODE X, U       [9] DATA4 RW, A = D = 0
  *   [10] CODE2 RX                [11] invalid (so an instruction at the end of [10] straddles)
+ *   [12] PA 0x20000000 (no memory) RW                [13] DATA1 R with PBMT bits (reserved)
+ * Access faults (5, 7) and ecall from U (8) are delegated to S as well.
  */
 
 #define ROOT   0x81000000
@@ -32,6 +36,9 @@
 #define DATA4  0x81105000
 #define CODE2  0x81107000
 #define MEGA   0x81200000
+#define NOMEM  0x20000000
+/* The U-mode alias of the program: VA = PA + UALIAS */
+#define UALIAS 0xc0000000
 #if LEVELS == 4
 #define GT     0x81001000
 #define SATP_MODE 9
@@ -93,6 +100,8 @@ TEST_BEGIN
     PTE GT, 2, 0x80000000, PTE_V | PTE_R | PTE_W | PTE_X | PTE_A | PTE_D
     PTE GT, 3, 0x80000000, PTE_V | PTE_R | PTE_W | PTE_A | PTE_D
     PTE GT, 4, 0x80200000, PTE_V | PTE_R | PTE_W | PTE_A | PTE_D
+    PTE GT, 5, 0x80000000, PTE_V | PTE_R | PTE_W | PTE_X | PTE_U | PTE_A | PTE_D
+    PTE GT, 6, NOMEM, PTE_V
     PTE T1, 0, T0, PTE_V
     PTE T1, 1, MEGA, PTE_V | PTE_R | PTE_W | PTE_A | PTE_D
     PTE T1, 2, MEGA + 0x1000, PTE_V | PTE_R | PTE_W | PTE_A | PTE_D
@@ -106,6 +115,10 @@ TEST_BEGIN
     PTE T0, 8, CODE, PTE_V | PTE_X | PTE_U | PTE_A
     PTE T0, 9, DATA4, PTE_V | PTE_R | PTE_W
     PTE T0, 10, CODE2, PTE_V | PTE_R | PTE_X | PTE_A
+    PTE T0, 12, NOMEM, PTE_V | PTE_R | PTE_W | PTE_A | PTE_D
+    li t0, (1 << 61) | ((DATA1 >> 12) << 10) | PTE_V | PTE_R | PTE_A
+    li t1, T0 + 13 * 8
+    sd t0, 0(t1)
 
     /* ---- page contents ---- */
     POKE DATA0, 0x1111111111111111
@@ -124,7 +137,7 @@ TEST_BEGIN
     fence.i
 
     /* ---- delegate page faults to S; enter S with paging on ---- */
-    li t0, (1 << 12) | (1 << 13) | (1 << 15)
+    li t0, (1 << 5) | (1 << 7) | (1 << 8) | (1 << 12) | (1 << 13) | (1 << 15)
     csrw medeleg, t0
     la t0, s_trap_record
     csrw stvec, t0
@@ -379,6 +392,103 @@ ro_store:
     FAULTED 78, 12, VA(11)          /* stval: the part that faulted */
     CHECK 80, s3, VA(10) + 0xffe    /* sepc: the instruction */
 
+    /* ---- access faults: a leaf, and a table, where there is no memory ---- */
+    li s0, VA(12)
+    FAULT
+    ld a0, 0(s0)
+    FAULTED 86, 5, VA(12)
+    FAULT
+    sw a0, 4(s0)
+    FAULTED 88, 7, VA(12) + 4
+    li s0, 0x180000000              /* GT[6] -> a table at PA 0x20000000 */
+    FAULT
+    ld a0, 0(s0)
+    FAULTED 90, 5, 0x180000000
+    /* ---- reserved PTE bits (PBMT without Svpbmt): page fault ---- */
+    li s0, VA(13)
+    FAULT
+    ld a0, 0(s0)
+    FAULTED 92, 13, VA(13)
+
+    /* ---- U-mode under paging ----
+     * U runs the program through its U alias (GT[5]) and records results in DATA4 + 0x100..
+     * (VA(4), a U page); S checks them afterwards. s_handler returns to S when a7 = 0x53. */
+    li a7, 0
+    la t0, s_handler
+    csrw stvec, t0
+    li t0, MSTATUS_SUM              /* SUM has no effect on U itself */
+    csrs sstatus, t0
+    li t0, MSTATUS_SPP
+    csrc sstatus, t0
+    la t0, u_code
+    li t1, UALIAS
+    add t0, t0, t1
+    csrw sepc, t0
+    sret
+u_code:
+    li s0, VA(4)
+    ld t0, 0(s0)                    /* a U page: fine */
+    sd t0, 0x100(s0)
+    li t0, 0x99
+    sd t0, 8(s0)
+    li s1, VA(1)                    /* a page without U: load fault */
+    li s2, -1
+    la s9, 1f
+    ld t0, 0(s1)
+1:  sd s2, 0x108(s0)
+    sd s4, 0x110(s0)
+    li s2, -1                       /* executable but not U: fetch fault */
+    la s9, 1f
+    li t0, VA(3)
+    jalr ra, 0(t0)
+1:  sd s2, 0x118(s0)
+    sd s4, 0x120(s0)
+    li a0, 0                        /* U and executable: runs addi a0, zero, 0x77; ret */
+    li t0, VA(8)
+    jalr ra, 0(t0)
+    sd a0, 0x128(s0)
+    li s2, -1                       /* execute-only U page, MXR clear: not readable */
+    la s9, 1f
+    li t0, VA(8)
+    lw t0, 0(t0)
+1:  sd s2, 0x130(s0)
+    li s2, -1                       /* the UART page is not U */
+    la s9, 1f
+    li t0, UART_THR
+    sb zero, 0(t0)
+1:  sd s2, 0x138(s0)
+    la s9, s_back                   /* back to S, at the identity address */
+    li t0, UALIAS
+    sub s9, s9, t0
+    li a7, 0x53
+    ecall
+s_back:
+    li a7, 0
+    li s0, VA(4)                    /* SUM is still set */
+    ld a0, 0x100(s0)
+    CHECK 94, a0, 0x4444444444444444
+    ld a0, 8(s0)
+    CHECK 95, a0, 0x99
+    ld a0, 0x108(s0)
+    CHECK 96, a0, 13
+    ld a0, 0x110(s0)
+    CHECK 97, a0, VA(1)
+    ld a0, 0x118(s0)
+    CHECK 98, a0, 12
+    ld a0, 0x120(s0)
+    CHECK 99, a0, VA(3)
+    ld a0, 0x128(s0)
+    CHECK 100, a0, 0x77
+    ld a0, 0x130(s0)
+    CHECK 101, a0, 13
+    ld a0, 0x138(s0)
+    CHECK 102, a0, 15
+    CHECK 103, s2, 8                /* the way back was an ecall from U */
+    li t0, MSTATUS_SUM
+    csrc sstatus, t0
+    la t0, s_trap_record
+    csrw stvec, t0
+
     /* ---- back to M (ecall from S is not delegated): MPRV ---- */
     la s9, in_m
     ecall
@@ -407,4 +517,19 @@ in_m:
 1:  CHECK 85, s2, 5
 
     PASS
+
+/* S handler for the U-mode part: like s_trap_record, but returns to S when a7 = 0x53. */
+    ALIGN4
+s_handler:
+    csrr s2, scause
+    csrr s3, sepc
+    csrr s4, stval
+    csrr s5, sstatus
+    csrw sepc, s9
+    li t6, 0x53
+    bne a7, t6, 1f
+    li t6, MSTATUS_SPP
+    csrs sstatus, t6
+1:  sret
+
 TEST_END

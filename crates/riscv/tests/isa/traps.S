@@ -83,6 +83,17 @@ ill_op:
     EXPECT_TRAP 1f
     .word 0xffffffff
 1:  CHECK 16, s2, 2
+    EXPECT_TRAP 1f
+ill_c:
+    .half 0x0000                    /* a 16-bit illegal instruction ... */
+    .half 0xffff                    /* ... followed by other bits: not part of it */
+1:  CHECK 77, s2, 2
+    CHECK 78, s4, 0
+    EXPECT_TRAP 1f
+    .half 0x4002                    /* c.lwsp x0, 0(sp): reserved */
+    .half 0x0001                    /* (c.nop: keeps the next instruction aligned) */
+1:  CHECK 79, s2, 2
+    CHECK 80, s4, 0x4002
 
     /* ---- access faults: nothing lives at physical 0 or 0x20000000 ---- */
     EXPECT_TRAP 1f
