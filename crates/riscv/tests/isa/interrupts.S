@@ -75,6 +75,11 @@ TEST_BEGIN
     csrr a0, mip
     andi a0, a0, MIP_MTIP
     CHECK 4, a0, 0
+    li t0, MIP_MTIP | MIP_MSIP      /* device-driven bits: not writable through mip */
+    csrs mip, t0
+    csrr a0, mip
+    and a0, a0, t0
+    CHECK 56, a0, 0
 
     /* ---- timer pending with interrupts disabled; WFI wakes for it ---- */
     li t0, MIE_MTIE
@@ -297,6 +302,15 @@ s_wait_end:
     csrr a0, sip
     andi a0, a0, MIP_SSIP
     CHECK 52, a0, 0                 /* the S handler cleared it */
+    /* vectored stvec: S raises SSIP itself; the interrupt lands at base + 4 * 1 */
+    la t0, s_vtable
+    ori t0, t0, 1
+    csrw stvec, t0
+    li s1, -1
+    csrsi sip, MIP_SSIP
+    WAIT_S6 53, 11
+    CHECK 54, s1, 1
+    CHECK 55, s2, CAUSE_IRQ | 1
     li a7, 0x4d                     /* back to M */
     la s9, 1f
     ecall
@@ -346,6 +360,21 @@ s_irq_handler:
     addi s6, s6, 1
     csrci sip, MIP_SSIP
     sret
+
+/* S-mode vector table: only entry 1 (supervisor software interrupt) is expected. */
+    .option push
+    .option rvc
+    .balign 256
+    .option pop
+s_vtable:
+    j s_vec_bad
+    j s_vec1
+s_vec_bad:
+    li s1, 99
+    j s_irq_handler
+s_vec1:
+    li s1, 1
+    j s_irq_handler
 
 /* Vector table: entry n at vtable + 4n. */
     .option push
