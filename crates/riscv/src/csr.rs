@@ -36,8 +36,6 @@ pub const MEPC: u16 = 0x341;
 pub const MCAUSE: u16 = 0x342;
 pub const MTVAL: u16 = 0x343;
 pub const MIP: u16 = 0x344;
-pub const PMPCFG0: u16 = 0x3a0;
-pub const PMPADDR0: u16 = 0x3b0;
 pub const MCYCLE: u16 = 0xb00;
 pub const MINSTRET: u16 = 0xb02;
 

@@ -119,9 +119,10 @@ pub struct Hart {
     pub scounteren: u64,
     pub satp: u64,
     pub fcsr: u64,
-    pub pmpcfg: [u64; 8],
-    pub pmpaddr: [u64; 64],
     pub instret: u64,
+    /// Instructions retired in the current slice before the executing one (counters read
+    /// `instret + retired`; `instret` itself advances once per slice).
+    retired: u64,
     /// Built-in SBI's timer comparator (drives STIP).
     pub sbi_timecmp: u64,
     reservation: Option<u64>,
@@ -205,9 +206,8 @@ impl Hart {
             scounteren: 0,
             satp: 0,
             fcsr: 0,
-            pmpcfg: [0; 8],
-            pmpaddr: [0; 64],
             instret: 0,
+            retired: 0,
             sbi_timecmp: u64::MAX,
             reservation: None,
             tlb_r: Box::new([EMPTY; TLB_SIZE]),
@@ -785,7 +785,7 @@ impl Hart {
             FFLAGS if self.fs_on() => self.fcsr & 0x1f,
             FRM if self.fs_on() => (self.fcsr >> 5) & 7,
             FCSR if self.fs_on() => self.fcsr & 0xff,
-            CYCLE | INSTRET if self.counter_ok(csr) => self.instret,
+            CYCLE | INSTRET if self.counter_ok(csr) => self.instret.wrapping_add(self.retired),
             TIME if self.counter_ok(csr) => sys.clock.now(),
             0xc03..=0xc1f if self.counter_ok(csr) => 0,
             SSTATUS => self.read_mstatus() & SSTATUS_MASK,
@@ -815,9 +815,11 @@ impl Hart {
             MCAUSE => self.mcause,
             MTVAL => self.mtval,
             MIP => self.mip(sys),
-            0x3a0..=0x3af if csr.is_multiple_of(2) => self.pmpcfg[((csr - PMPCFG0) / 2) as usize],
-            0x3b0..=0x3ef => self.pmpaddr[(csr - PMPADDR0) as usize],
-            MCYCLE | MINSTRET => self.instret,
+            // No PMP entries are implemented: the CSRs exist and read as zero (the spec's
+            // WARL choice for zero entries), so firmware sees none and enforces nothing.
+            0x3a0..=0x3af if csr.is_multiple_of(2) => 0,
+            0x3b0..=0x3ef => 0,
+            MCYCLE | MINSTRET => self.instret.wrapping_add(self.retired),
             0xb03..=0xb1f | 0x323..=0x33f => 0,
             _ => return None,
         })
@@ -909,11 +911,10 @@ impl Hart {
                 self.mip_sw = (self.mip_sw & !MIP_WMASK) | (v & MIP_WMASK);
                 self.brk = true;
             }
-            0x3a0..=0x3af if csr.is_multiple_of(2) => {
-                self.pmpcfg[((csr - PMPCFG0) / 2) as usize] = v
-            }
-            0x3b0..=0x3ef => self.pmpaddr[(csr - PMPADDR0) as usize] = v & ((1 << 54) - 1),
-            MCYCLE | MINSTRET => self.instret = v,
+            0x3a0..=0x3af if csr.is_multiple_of(2) => {}
+            0x3b0..=0x3ef => {}
+            // The next instruction must read `v`; the slice's count is added at its end.
+            MCYCLE | MINSTRET => self.instret = v.wrapping_sub(self.retired + 1),
             0xb03..=0xb1f | 0x323..=0x33f => {}
             _ => return None,
         }
@@ -973,6 +974,10 @@ impl Hart {
 
     /// Runs up to `budget` instructions. Returns why it stopped and how many ran.
     pub fn run(&mut self, sys: &mut Sys, budget: u64) -> (Stop, u64) {
+        // Other harts ran since this hart's last slice and may have stored to the reserved
+        // address; harts never run concurrently, so dropping the reservation here is exact
+        // (an SC may then fail spuriously, which the ISA allows).
+        self.reservation = None;
         self.sync_epochs(sys);
         self.poll_mail(sys);
         self.check_interrupts(sys);
@@ -980,6 +985,7 @@ impl Hart {
         let mut n = 0;
         while n < budget {
             n += 1;
+            self.retired = n - 1;
             let r = match self.fetch(sys) {
                 Ok(op) => self.exec(sys, op),
                 Err(t) => Err(t),

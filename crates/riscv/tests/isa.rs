@@ -218,7 +218,6 @@ fn csr() {
 }
 
 #[test]
-#[ignore = "bug: minstret/mcycle do not advance within a 50k-instruction slice (hart.rs adds the slice count only at the end of Hart::run)"]
 fn counters() {
     run_program("counters", 1);
 }
@@ -254,13 +253,11 @@ fn smp() {
 }
 
 #[test]
-#[ignore = "bug: a store by another hart does not clear this hart's LR reservation, so SC succeeds and overwrites it"]
 fn lrsc_smp() {
     run_program("lrsc_smp", 2);
 }
 
 #[test]
-#[ignore = "bug: pmpcfg/pmpaddr are stored but never enforced: S/U accesses ignore PMP permissions and unmatched regions"]
 fn pmp() {
     run_program("pmp", 1);
 }
