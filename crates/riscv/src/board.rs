@@ -18,6 +18,8 @@ use vireo_devices::finisher::FINISHER_WINDOW;
 use vireo_devices::rtc::RTC_WINDOW;
 use vireo_devices::{ConsoleOutput, GoldfishRtc, TestFinisher, Uart};
 use vireo_machine::{BootConfig, Bus, ExitSignal, GuestExit, GuestRam, SharedDevice};
+use vireo_virtio::mmio::MmioTransport;
+use vireo_virtio::VirtioDevice;
 use vm_fdt::FdtWriter;
 
 use crate::hart::{Hart, Stop};
@@ -32,6 +34,11 @@ pub const CLINT_BASE: u64 = 0x200_0000;
 pub const PLIC_BASE: u64 = 0xc00_0000;
 pub const UART_BASE: u64 = 0x1000_0000;
 pub const RAM_BASE: u64 = 0x8000_0000;
+/// virtio-mmio slots: QEMU's `virt` layout, one 4 KiB page and one PLIC source each.
+pub const VIRTIO_BASE: u64 = 0x1000_1000;
+pub const VIRTIO_STRIDE: u64 = 0x1000;
+pub const VIRTIO_SLOTS: usize = 8;
+const VIRTIO_IRQ: usize = 1;
 const UART_IRQ: usize = 10;
 const RTC_IRQ: usize = 11;
 /// Where a kernel Image goes when its header gives no offset, and where OpenSBI's fw_jump jumps.
@@ -66,6 +73,9 @@ pub enum EmuError {
     /// The emulator met a state it cannot continue from.
     #[error("emulator fault: {0}")]
     Fault(String),
+    /// More devices than the board has slots for.
+    #[error("{count} virtio devices requested; the board has {VIRTIO_SLOTS} slots")]
+    TooManyDevices { count: usize },
 }
 
 /// Where the payload went.
@@ -96,6 +106,20 @@ pub struct EmuVm {
 impl EmuVm {
     /// Builds the board, loads the payload and sets up the harts.
     pub fn new(cfg: &BootConfig, console: ConsoleOutput) -> Result<Self, EmuError> {
+        Self::with_devices(cfg, console, Vec::new())
+    }
+
+    /// Like [`EmuVm::new`], with virtio devices on the virtio-mmio slots in order.
+    pub fn with_devices(
+        cfg: &BootConfig,
+        console: ConsoleOutput,
+        devices: Vec<Box<dyn VirtioDevice>>,
+    ) -> Result<Self, EmuError> {
+        if devices.len() > VIRTIO_SLOTS {
+            return Err(EmuError::TooManyDevices {
+                count: devices.len(),
+            });
+        }
         let harts = cfg.cpus.max(1) as usize;
         let ram = GuestRam::new(&[(RAM_BASE, cfg.memory)])?;
         let exit = Arc::new(ExitSignal::new());
@@ -114,7 +138,7 @@ impl EmuVm {
                 .map_err(|e| EmuError::Fault(e.to_string()))
         };
         place(&mut bus, UART_BASE, 0x100, uart.clone())?;
-        place(&mut bus, PLIC_BASE, PLIC_SIZE, plic)?;
+        place(&mut bus, PLIC_BASE, PLIC_SIZE, plic.clone())?;
         place(
             &mut bus,
             FINISHER_BASE,
@@ -128,11 +152,33 @@ impl EmuVm {
             Arc::new(Mutex::new(GoldfishRtc::new())),
         )?;
 
+        let mut virtio_slots = Vec::new();
+        for (i, dev) in devices.into_iter().enumerate() {
+            let base = VIRTIO_BASE + i as u64 * VIRTIO_STRIDE;
+            let irq = VIRTIO_IRQ + i;
+            let transport = MmioTransport::new(
+                dev,
+                ram.memory().clone(),
+                Arc::new(PlicIrq {
+                    plic: plic.clone(),
+                    source: irq,
+                }),
+            );
+            // The device tree gives each slot a page; the transport answers beyond its registers
+            // (zero config bytes) so a driver reading the whole page cannot fault.
+            place(
+                &mut bus,
+                base,
+                VIRTIO_STRIDE,
+                Arc::new(Mutex::new(transport)),
+            )?;
+            virtio_slots.push((base, irq));
+        }
         let builtin_sbi = cfg.firmware.is_none();
         let cmdline = format!("{} vireo.exit={FINISHER_BASE:#x}", cfg.cmdline)
             .trim()
             .to_string();
-        let layout = load_payload(&ram, cfg, &cmdline, harts)?;
+        let layout = load_payload(&ram, cfg, &cmdline, harts, &virtio_slots)?;
 
         let mut hs: Vec<Hart> = (0..harts as u64).map(Hart::new).collect();
         for h in hs.iter_mut() {
@@ -453,6 +499,7 @@ fn load_payload(
     cfg: &BootConfig,
     cmdline: &str,
     harts: usize,
+    virtio: &[(u64, usize)],
 ) -> Result<Layout, EmuError> {
     let ram_end = RAM_BASE + ram.size();
     let bare = cfg.kernel.as_os_str().is_empty();
@@ -527,7 +574,7 @@ fn load_payload(
         }
         None => None,
     };
-    let fdt = build_fdt(ram.size(), cmdline, initrd, harts)?;
+    let fdt = build_fdt(ram.size(), cmdline, initrd, harts, virtio)?;
     if fdt.len() as u64 > FDT_MAX {
         return Err(EmuError::Fdt(format!("device tree is {} bytes", fdt.len())));
     }
@@ -546,8 +593,10 @@ pub fn build_fdt(
     cmdline: &str,
     initrd: Option<(u64, u64)>,
     harts: usize,
+    virtio: &[(u64, usize)],
 ) -> Result<Vec<u8>, EmuError> {
-    build_fdt_inner(ram_size, cmdline, initrd, harts).map_err(|e| EmuError::Fdt(e.to_string()))
+    build_fdt_inner(ram_size, cmdline, initrd, harts, virtio)
+        .map_err(|e| EmuError::Fdt(e.to_string()))
 }
 
 fn build_fdt_inner(
@@ -555,6 +604,7 @@ fn build_fdt_inner(
     cmdline: &str,
     initrd: Option<(u64, u64)>,
     harts: usize,
+    virtio: &[(u64, usize)],
 ) -> Result<Vec<u8>, vm_fdt::Error> {
     const PH_PLIC: u32 = 1;
     const PH_TEST: u32 = 2;
@@ -675,6 +725,15 @@ fn build_fdt_inner(
     f.property_u32("interrupts", RTC_IRQ as u32)?;
     f.property_u32("interrupt-parent", PH_PLIC)?;
     f.end_node(rtc)?;
+
+    for &(base, irq) in virtio {
+        let v = f.begin_node(&format!("virtio_mmio@{base:x}"))?;
+        f.property_string("compatible", "virtio,mmio")?;
+        f.property_array_u64("reg", &[base, VIRTIO_STRIDE])?;
+        f.property_u32("interrupts", irq as u32)?;
+        f.property_u32("interrupt-parent", PH_PLIC)?;
+        f.end_node(v)?;
+    }
 
     let test = f.begin_node(&format!("test@{FINISHER_BASE:x}"))?;
     f.property_string_list(
