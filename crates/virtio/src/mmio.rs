@@ -192,7 +192,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         // Registers are 32-bit and must be read as such (§4.2.2.2).
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             set_le_value(data, 0);
             return;
         }
@@ -231,7 +231,7 @@ impl BusDevice for MmioTransport {
             }
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             return;
         }
         let v = le_value(data) as u32;
@@ -293,14 +293,253 @@ impl BusDevice for MmioTransport {
                     q.set_used_ring_address(None, Some(v));
                 }
             }
-            REG_QUEUE_NOTIFY => {
-                if self.active && (v as usize) < self.queues.len() {
-                    self.device.queue_notify(v as u16);
-                }
+            REG_QUEUE_NOTIFY if self.active && (v as usize) < self.queues.len() => {
+                self.device.queue_notify(v as u16);
             }
             REG_INTERRUPT_ACK => self.interrupt.ack(v),
             REG_STATUS => self.set_status(v),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ActivateError, F_VERSION_1};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Mutex;
+    use vm_memory::GuestAddress;
+
+    /// A device that records what the transport did to it.
+    #[derive(Default)]
+    struct Probe {
+        activated: Arc<AtomicBool>,
+        notified: Arc<AtomicU32>,
+        resets: Arc<AtomicU32>,
+        queues_seen: Arc<Mutex<Vec<bool>>>,
+    }
+
+    impl VirtioDevice for Probe {
+        fn device_type(&self) -> u32 {
+            crate::types::RNG
+        }
+        fn features(&self) -> u64 {
+            F_VERSION_1 | 1
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 8]
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            crate::read_config_bytes(&[0xaa, 0xbb], offset, data);
+        }
+        fn activate(&mut self, act: Activation) -> Result<(), ActivateError> {
+            *self.queues_seen.lock().unwrap() = act.queues.iter().map(|q| q.is_some()).collect();
+            self.activated.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        fn queue_notify(&mut self, _index: u16) {
+            self.notified.fetch_add(1, Ordering::SeqCst);
+        }
+        fn reset(&mut self) {
+            self.resets.fetch_add(1, Ordering::SeqCst);
+            self.activated.store(false, Ordering::SeqCst);
+        }
+    }
+
+    struct Line(AtomicBool);
+    impl IrqLine for Line {
+        fn set_level(&self, high: bool) {
+            self.0.store(high, Ordering::SeqCst);
+        }
+    }
+
+    fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn setup() -> (
+        MmioTransport,
+        Arc<AtomicBool>,
+        Arc<AtomicU32>,
+        Arc<AtomicU32>,
+        Arc<Mutex<Vec<bool>>>,
+        Arc<Line>,
+    ) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let p = Probe::default();
+        let (a, n, r, q) = (
+            p.activated.clone(),
+            p.notified.clone(),
+            p.resets.clone(),
+            p.queues_seen.clone(),
+        );
+        let line = Arc::new(Line(AtomicBool::new(false)));
+        (
+            MmioTransport::new(Box::new(p), mem, line.clone()),
+            a,
+            n,
+            r,
+            q,
+            line,
+        )
+    }
+
+    fn negotiate(t: &mut MmioTransport) {
+        wr(t, REG_STATUS, STATUS_ACKNOWLEDGE);
+        wr(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        wr(t, REG_DRIVER_FEATURES_SEL, 1);
+        wr(t, REG_DRIVER_FEATURES, 1); // VERSION_1
+        wr(t, REG_DRIVER_FEATURES_SEL, 0);
+        wr(t, REG_DRIVER_FEATURES, 1);
+        wr(
+            t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+    }
+
+    fn setup_queue(t: &mut MmioTransport, sel: u32, desc: u64, avail: u64, used: u64, size: u32) {
+        wr(t, REG_QUEUE_SEL, sel);
+        wr(t, REG_QUEUE_NUM, size);
+        wr(t, REG_QUEUE_DESC_LOW, desc as u32);
+        wr(t, REG_QUEUE_DESC_HIGH, (desc >> 32) as u32);
+        wr(t, REG_QUEUE_DRIVER_LOW, avail as u32);
+        wr(t, REG_QUEUE_DRIVER_HIGH, (avail >> 32) as u32);
+        wr(t, REG_QUEUE_DEVICE_LOW, used as u32);
+        wr(t, REG_QUEUE_DEVICE_HIGH, (used >> 32) as u32);
+        wr(t, REG_QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn identity_and_config() {
+        let (mut t, ..) = setup();
+        assert_eq!(rd(&mut t, REG_MAGIC), 0x7472_6976);
+        assert_eq!(rd(&mut t, REG_VERSION), 2);
+        assert_eq!(rd(&mut t, REG_DEVICE_ID), crate::types::RNG);
+        wr(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(rd(&mut t, REG_DEVICE_FEATURES), 1);
+        wr(&mut t, REG_QUEUE_SEL, 1);
+        assert_eq!(rd(&mut t, REG_QUEUE_NUM_MAX), 8);
+        wr(&mut t, REG_QUEUE_SEL, 7);
+        assert_eq!(rd(&mut t, REG_QUEUE_NUM_MAX), 0, "no such queue");
+        let mut b = [0u8; 4];
+        t.read(CONFIG, &mut b);
+        assert_eq!(b, [0xaa, 0xbb, 0, 0]);
+        // Narrow or misaligned register reads return zero rather than a torn value.
+        let mut one = [0xffu8; 1];
+        t.read(REG_MAGIC, &mut one);
+        assert_eq!(one, [0]);
+        assert_eq!(rd(&mut t, REG_MAGIC + 2), 0);
+    }
+
+    #[test]
+    fn activation_with_valid_queues() {
+        let (mut t, active, notified, _, seen, _) = setup();
+        negotiate(&mut t);
+        assert_ne!(rd(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+        setup_queue(&mut t, 0, 0x1000, 0x2000, 0x3000, 16);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert!(active.load(Ordering::SeqCst));
+        assert_eq!(*seen.lock().unwrap(), vec![true, false]);
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        wr(&mut t, REG_QUEUE_NOTIFY, 9); // no such queue: ignored
+        assert_eq!(notified.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn features_the_device_lacks_are_refused() {
+        let (mut t, ..) = setup();
+        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        wr(&mut t, REG_DRIVER_FEATURES_SEL, 1);
+        wr(&mut t, REG_DRIVER_FEATURES, 1 | 4);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        assert_eq!(rd(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+        // A legacy driver (no VERSION_1) is refused too.
+        let (mut t, ..) = setup();
+        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        assert_eq!(rd(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn hostile_queue_setup_needs_reset_not_a_crash() {
+        let (mut t, active, ..) = setup();
+        negotiate(&mut t);
+        // Size not a power of two and above the maximum: refused, size stays at the maximum.
+        wr(&mut t, REG_QUEUE_SEL, 0);
+        wr(&mut t, REG_QUEUE_NUM, 12);
+        wr(&mut t, REG_QUEUE_NUM, 1 << 20);
+        // Rings outside guest memory (64 KiB here).
+        setup_queue(&mut t, 0, 0xffff_fff0_0000, 0x2000, 0x3000, 16);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert!(!active.load(Ordering::SeqCst));
+        assert_ne!(rd(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+        // Notifies to a device that never activated do nothing.
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        // Selecting a queue that does not exist and writing its registers is harmless.
+        wr(&mut t, REG_QUEUE_SEL, 0xffff_ffff);
+        setup_queue(&mut t, 0xffff_ffff, 0, 0, 0, 4);
+        // Reset brings it back.
+        wr(&mut t, REG_STATUS, 0);
+        assert_eq!(rd(&mut t, REG_STATUS), 0);
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 0x1000, 0x2000, 0x3000, 16);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert!(active.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn interrupts_and_reset() {
+        let (mut t, active, _, resets, _, line) = setup();
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 0x1000, 0x2000, 0x3000, 16);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        t.interrupt.signal_used();
+        assert!(line.0.load(Ordering::SeqCst));
+        assert_eq!(rd(&mut t, REG_INTERRUPT_STATUS), 1);
+        wr(&mut t, REG_INTERRUPT_ACK, 1);
+        assert!(!line.0.load(Ordering::SeqCst));
+        // Queue registers are frozen once the device runs.
+        wr(&mut t, REG_QUEUE_SEL, 0);
+        wr(&mut t, REG_QUEUE_READY, 0);
+        assert_eq!(rd(&mut t, REG_QUEUE_READY), 1);
+        // Status bits can only be added; clearing one is ignored; 0 resets.
+        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE);
+        assert_ne!(rd(&mut t, REG_STATUS) & STATUS_DRIVER_OK, 0);
+        wr(&mut t, REG_STATUS, 0);
+        assert_eq!(resets.load(Ordering::SeqCst), 1);
+        assert!(!active.load(Ordering::SeqCst));
+        assert_eq!(rd(&mut t, REG_QUEUE_READY), 0);
     }
 }
