@@ -364,14 +364,18 @@ mod tests {
         t.write(off, &v.to_le_bytes());
     }
 
-    fn setup() -> (
+    /// The transport, then the probe's activated/notified/resets/queues-seen records, and
+    /// the interrupt line.
+    type Setup = (
         MmioTransport,
         Arc<AtomicBool>,
         Arc<AtomicU32>,
         Arc<AtomicU32>,
         Arc<Mutex<Vec<bool>>>,
         Arc<Line>,
-    ) {
+    );
+
+    fn setup() -> Setup {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let p = Probe::default();
         let (a, n, r, q) = (
