@@ -1,0 +1,550 @@
+//! What the guest sees of virtio-blk: features, the configuration space, and the request queue.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
+    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+
+use super::backend::{is_unsupported, BlockError, DiskFile};
+use super::{
+    CONFIG_LEN, DISCARD_SECTOR_ALIGNMENT, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
+    MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, QUEUE_SIZE, SECTOR_SHIFT, SECTOR_SIZE,
+};
+use crate::{types, ActivateError, Activation, Interrupt, VirtioDevice, F_VERSION_1};
+
+/// How a disk is attached.
+#[derive(Clone, Debug)]
+pub struct BlockConfig {
+    /// A raw image file or a host block device.
+    pub path: PathBuf,
+    /// Refuse guest writes (and offer VIRTIO_BLK_F_RO).
+    pub readonly: bool,
+    /// The device ID string the guest reads with GET_ID (at most 20 ASCII bytes).
+    pub serial: Option<String>,
+}
+
+/// Bytes moved through the host per read/write system call.
+const BOUNCE_LEN: usize = 128 * 1024;
+
+/// Bytes of one request header (type, reserved, sector).
+const HEADER_LEN: usize = 16;
+/// Bytes of one discard / write-zeroes segment.
+const SEGMENT_LEN: usize = 16;
+
+/// A virtio-blk device over one disk image.
+pub struct Block {
+    disk: DiskFile,
+    readonly: bool,
+    id: [u8; ID_BYTES],
+    /// Capacity in 512-byte sectors.
+    capacity: u64,
+    config: [u8; CONFIG_LEN],
+    warning: Option<String>,
+    bounce: Vec<u8>,
+    active: Option<Active>,
+    needs_reset: bool,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Interrupt,
+    /// FLUSH was not negotiated: every write must be durable before it completes (§5.2.6.2).
+    writethrough: bool,
+}
+
+/// What became of one descriptor chain.
+enum Outcome {
+    /// The status byte was written; `len` bytes of device-writable memory were written in all.
+    Completed { len: u32 },
+    /// No status could be written (the chain is broken or has nowhere to put it).
+    Dropped,
+}
+
+/// Where a chain's parts lie, checked before anything is read or written.
+struct Layout {
+    status: GuestAddress,
+    /// The chain is usable as Reader/Writer; otherwise the request fails with IOERR.
+    well_formed: bool,
+}
+
+/// Request failures, each becoming a status byte.
+enum Failure {
+    IoErr,
+    Unsupp,
+}
+
+impl Failure {
+    fn status(&self) -> u8 {
+        match self {
+            Failure::IoErr => VIRTIO_BLK_S_IOERR as u8,
+            Failure::Unsupp => VIRTIO_BLK_S_UNSUPP as u8,
+        }
+    }
+}
+
+impl Block {
+    /// Opens the image named by `cfg`.
+    pub fn open(cfg: &BlockConfig) -> Result<Block, BlockError> {
+        let id = serial_id(cfg.serial.as_deref())?;
+        let disk = DiskFile::open(&cfg.path, cfg.readonly)?;
+        let size = disk.size();
+        let capacity = size >> SECTOR_SHIFT;
+        let tail = size % SECTOR_SIZE;
+        let warning = (tail != 0).then(|| {
+            format!(
+                "disk image {}: size {size} bytes is not a multiple of {SECTOR_SIZE}; \
+                 the last {tail} bytes are not visible to the guest",
+                disk.path().display()
+            )
+        });
+        let mut config = [0u8; CONFIG_LEN];
+        build_config(&mut config, capacity);
+        Ok(Block {
+            disk,
+            readonly: cfg.readonly,
+            id,
+            capacity,
+            config,
+            warning,
+            bounce: vec![0; BOUNCE_LEN],
+            active: None,
+            needs_reset: false,
+        })
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Something about the image the user should know (a size that is not a whole number of
+    /// sectors).
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
+    }
+
+    /// The driver sent a request the device could not answer (no place for a status byte, a
+    /// broken chain, a bad ring index). The virtio-mmio transport has no way yet for a device
+    /// to raise DEVICE_NEEDS_RESET, so this is where the VMM can see it.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset
+    }
+
+    fn process_queue(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let Active {
+            mem,
+            queue,
+            interrupt,
+            writethrough,
+        } = active;
+        let mem: &GuestMemoryMmap = mem;
+        let mut requests = Requests {
+            disk: &self.disk,
+            readonly: self.readonly,
+            id: &self.id,
+            capacity: self.capacity,
+            bounce: &mut self.bounce,
+            writethrough: *writethrough,
+        };
+        let mut used_any = false;
+        // Every chain the driver adds comes with its own kick, so one pass over at most a
+        // ring's worth of chains is enough and bounds the time spent in one notification.
+        for _ in 0..queue.size() {
+            let chain = match queue.iter(mem) {
+                Ok(mut chains) => chains.next(),
+                Err(_) => {
+                    // The available index moved by more than the ring size.
+                    self.needs_reset = true;
+                    break;
+                }
+            };
+            let Some(chain) = chain else {
+                break;
+            };
+            let head = chain.head_index();
+            let len = match requests.handle(mem, chain) {
+                Outcome::Completed { len } => len,
+                Outcome::Dropped => {
+                    self.needs_reset = true;
+                    0
+                }
+            };
+            // A head index outside the ring cannot be returned at all.
+            if queue.add_used(mem, head, len).is_err() {
+                self.needs_reset = true;
+                continue;
+            }
+            used_any = true;
+        }
+        if used_any && queue.needs_notification(mem).unwrap_or(true) {
+            interrupt.signal_used();
+        }
+    }
+}
+
+/// The serial as the 20-byte NUL-padded device ID.
+fn serial_id(serial: Option<&str>) -> Result<[u8; ID_BYTES], BlockError> {
+    let mut id = [0u8; ID_BYTES];
+    if let Some(s) = serial {
+        if !s.is_ascii() || s.contains('\0') {
+            return Err(BlockError::SerialNotAscii {
+                serial: s.to_string(),
+            });
+        }
+        if s.len() > ID_BYTES {
+            return Err(BlockError::SerialTooLong {
+                serial: s.to_string(),
+                len: s.len(),
+            });
+        }
+        id[..s.len()].copy_from_slice(s.as_bytes());
+    }
+    Ok(id)
+}
+
+/// Offsets in struct virtio_blk_config (virtio 1.2 §5.2.4).
+pub(crate) mod config_offset {
+    pub const CAPACITY: usize = 0;
+    pub const SEG_MAX: usize = 12;
+    pub const BLK_SIZE: usize = 20;
+    pub const NUM_QUEUES: usize = 34;
+    pub const MAX_DISCARD_SECTORS: usize = 36;
+    pub const MAX_DISCARD_SEG: usize = 40;
+    pub const DISCARD_SECTOR_ALIGNMENT: usize = 44;
+    pub const MAX_WRITE_ZEROES_SECTORS: usize = 48;
+    pub const MAX_WRITE_ZEROES_SEG: usize = 52;
+    pub const WRITE_ZEROES_MAY_UNMAP: usize = 56;
+}
+
+fn build_config(c: &mut [u8; CONFIG_LEN], capacity: u64) {
+    use config_offset as o;
+    let put32 = |c: &mut [u8; CONFIG_LEN], at: usize, v: u32| {
+        c[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    };
+    c[o::CAPACITY..o::CAPACITY + 8].copy_from_slice(&capacity.to_le_bytes());
+    // The header and the status take one descriptor each.
+    put32(c, o::SEG_MAX, u32::from(QUEUE_SIZE) - 2);
+    put32(c, o::BLK_SIZE, SECTOR_SIZE as u32);
+    c[o::NUM_QUEUES..o::NUM_QUEUES + 2].copy_from_slice(&1u16.to_le_bytes());
+    put32(c, o::MAX_DISCARD_SECTORS, MAX_DISCARD_SECTORS);
+    put32(c, o::MAX_DISCARD_SEG, MAX_DISCARD_SEG);
+    put32(c, o::DISCARD_SECTOR_ALIGNMENT, DISCARD_SECTOR_ALIGNMENT);
+    put32(c, o::MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SECTORS);
+    put32(c, o::MAX_WRITE_ZEROES_SEG, MAX_WRITE_ZEROES_SEG);
+    c[o::WRITE_ZEROES_MAY_UNMAP] = 1;
+}
+
+/// Walks a chain once without touching its buffers: where the status byte goes and whether
+/// the rest can be parsed. `None` when no status byte can be written.
+fn layout(mem: &GuestMemoryMmap, chain: &DescriptorChain<&GuestMemoryMmap>) -> Option<Layout> {
+    let mut last = None;
+    let mut seen_writable = false;
+    let mut well_formed = true;
+    for desc in chain.clone() {
+        if desc.is_write_only() {
+            seen_writable = true;
+        } else if seen_writable {
+            // Device-readable after device-writable (§2.7.4.2 forbids it).
+            well_formed = false;
+        }
+        if !GuestMemory::check_range(mem, desc.addr(), desc.len() as usize, Permissions::Read) {
+            well_formed = false;
+        }
+        last = Some(desc);
+    }
+    let last = last?;
+    // The walk stops early on a loop, an index past the table or an unreadable descriptor;
+    // the last descriptor seen still says NEXT then, and the real end is unknown.
+    if last.has_next() || !last.is_write_only() || last.len() == 0 {
+        return None;
+    }
+    let status = last.addr().checked_add(u64::from(last.len()) - 1)?;
+    if !GuestMemory::check_range(mem, status, 1, Permissions::Write) {
+        return None;
+    }
+    Some(Layout {
+        status,
+        well_formed,
+    })
+}
+
+/// The request executor: the disk and what it needs, borrowed from [`Block`] while the queue
+/// is borrowed too.
+struct Requests<'a> {
+    disk: &'a DiskFile,
+    readonly: bool,
+    id: &'a [u8; ID_BYTES],
+    capacity: u64,
+    bounce: &'a mut Vec<u8>,
+    writethrough: bool,
+}
+
+impl Requests<'_> {
+    fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> Outcome {
+        let Some(layout) = layout(mem, &chain) else {
+            return Outcome::Dropped;
+        };
+        let (status, data_written) = if layout.well_formed {
+            match self.execute(mem, chain) {
+                Ok(n) => (VIRTIO_BLK_S_OK as u8, n),
+                Err((f, n)) => (f.status(), n),
+            }
+        } else {
+            (VIRTIO_BLK_S_IOERR as u8, 0)
+        };
+        if mem.write_obj(status, layout.status).is_err() {
+            return Outcome::Dropped;
+        }
+        Outcome::Completed {
+            len: data_written.saturating_add(1),
+        }
+    }
+
+    /// Runs one request; the count is the bytes written into the driver's data buffers.
+    fn execute(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+    ) -> Result<u32, (Failure, u32)> {
+        let ioerr = Err((Failure::IoErr, 0));
+        let Ok(mut reader) = Reader::new(mem, chain.clone()) else {
+            return ioerr;
+        };
+        let Ok(mut writer) = Writer::new(mem, chain) else {
+            return ioerr;
+        };
+        // The last writable byte is the status; the data buffers are what comes before it.
+        let writable = writer.available_bytes();
+        if writable == 0 || writer.split_at(writable - 1).is_err() {
+            return ioerr;
+        }
+        if reader.available_bytes() < HEADER_LEN {
+            return ioerr;
+        }
+        let mut header = [0u8; HEADER_LEN];
+        if reader.read_exact(&mut header).is_err() {
+            return ioerr;
+        }
+        let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let mut sector_bytes = [0u8; 8];
+        sector_bytes.copy_from_slice(&header[8..16]);
+        let sector = u64::from_le_bytes(sector_bytes);
+
+        match kind {
+            VIRTIO_BLK_T_IN => self.read(sector, &mut writer),
+            VIRTIO_BLK_T_OUT => self.write(sector, &mut reader).map(|()| 0),
+            VIRTIO_BLK_T_FLUSH => self.flush().map(|()| 0),
+            VIRTIO_BLK_T_GET_ID => self.get_id(&mut writer),
+            VIRTIO_BLK_T_DISCARD => self.discard_or_zero(&mut reader, false).map(|()| 0),
+            VIRTIO_BLK_T_WRITE_ZEROES => self.discard_or_zero(&mut reader, true).map(|()| 0),
+            _ => Err((Failure::Unsupp, 0)),
+        }
+    }
+
+    /// The byte range of `len` bytes at `sector`, if it is whole sectors inside the disk.
+    fn range(&self, sector: u64, len: u64) -> Option<u64> {
+        if len % SECTOR_SIZE != 0 {
+            return None;
+        }
+        let offset = sector.checked_mul(SECTOR_SIZE)?;
+        let end = offset.checked_add(len)?;
+        (end <= self.capacity << SECTOR_SHIFT).then_some(offset)
+    }
+
+    fn read(&mut self, sector: u64, writer: &mut Writer<'_>) -> Result<u32, (Failure, u32)> {
+        let len = writer.available_bytes();
+        let Some(offset) = self.range(sector, len as u64) else {
+            return Err((Failure::IoErr, 0));
+        };
+        let mut done = 0usize;
+        while done < len {
+            let n = (len - done).min(self.bounce.len());
+            let buf = &mut self.bounce[..n];
+            if self.disk.read_exact_at(buf, offset + done as u64).is_err()
+                || writer.write_all(buf).is_err()
+            {
+                return Err((Failure::IoErr, writer.bytes_written() as u32));
+            }
+            done += n;
+        }
+        Ok(writer.bytes_written() as u32)
+    }
+
+    fn write(&mut self, sector: u64, reader: &mut Reader<'_>) -> Result<(), (Failure, u32)> {
+        let ioerr = Err((Failure::IoErr, 0));
+        // §5.2.6.2: a write on a read-only device fails with IOERR and writes nothing.
+        if self.readonly {
+            return ioerr;
+        }
+        let len = reader.available_bytes();
+        let Some(offset) = self.range(sector, len as u64) else {
+            return ioerr;
+        };
+        let mut done = 0usize;
+        while done < len {
+            let n = (len - done).min(self.bounce.len());
+            let buf = &mut self.bounce[..n];
+            if reader.read_exact(buf).is_err()
+                || self.disk.write_all_at(buf, offset + done as u64).is_err()
+            {
+                return ioerr;
+            }
+            done += n;
+        }
+        self.settle()
+    }
+
+    /// In write-through mode (FLUSH not negotiated), a completed write must be durable.
+    fn settle(&self) -> Result<(), (Failure, u32)> {
+        if self.writethrough {
+            self.disk.sync_data().map_err(|_| (Failure::IoErr, 0))?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), (Failure, u32)> {
+        if self.readonly {
+            return Ok(());
+        }
+        self.disk.sync_data().map_err(|_| (Failure::IoErr, 0))
+    }
+
+    fn get_id(&self, writer: &mut Writer<'_>) -> Result<u32, (Failure, u32)> {
+        let n = writer.available_bytes().min(ID_BYTES);
+        writer
+            .write_all(&self.id[..n])
+            .map_err(|_| (Failure::IoErr, 0))?;
+        Ok(n as u32)
+    }
+
+    fn discard_or_zero(&mut self, reader: &mut Reader<'_>, zero: bool) -> Result<(), (Failure, u32)> {
+        let ioerr = Err((Failure::IoErr, 0));
+        if self.readonly {
+            return ioerr;
+        }
+        let (max_seg, max_sectors) = if zero {
+            (MAX_WRITE_ZEROES_SEG, MAX_WRITE_ZEROES_SECTORS)
+        } else {
+            (MAX_DISCARD_SEG, MAX_DISCARD_SECTORS)
+        };
+        let len = reader.available_bytes();
+        if len == 0 || len % SEGMENT_LEN != 0 || len / SEGMENT_LEN > max_seg as usize {
+            return ioerr;
+        }
+        // Check every segment before touching the disk: flags first (UNSUPP), then ranges.
+        let mut segments = Vec::with_capacity(len / SEGMENT_LEN);
+        for _ in 0..len / SEGMENT_LEN {
+            let mut raw = [0u8; SEGMENT_LEN];
+            if reader.read_exact(&mut raw).is_err() {
+                return ioerr;
+            }
+            let mut sector = [0u8; 8];
+            sector.copy_from_slice(&raw[0..8]);
+            let sector = u64::from_le_bytes(sector);
+            let num = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]);
+            let flags = u32::from_le_bytes([raw[12], raw[13], raw[14], raw[15]]);
+            let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+            // §5.2.6.2: unknown flags, and unmap on a discard, are UNSUPP.
+            if flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 || (unmap && !zero) {
+                return Err((Failure::Unsupp, 0));
+            }
+            segments.push((sector, num, unmap));
+        }
+        for &(sector, num, _) in &segments {
+            if num > max_sectors || self.range(sector, u64::from(num) << SECTOR_SHIFT).is_none() {
+                return ioerr;
+            }
+        }
+        for (sector, num, unmap) in segments {
+            let offset = sector << SECTOR_SHIFT;
+            let len = u64::from(num) << SECTOR_SHIFT;
+            if len == 0 {
+                continue;
+            }
+            let result = if !zero {
+                // Discard is a hint: a host that cannot deallocate simply keeps the data.
+                match self.disk.punch_hole(offset, len) {
+                    Err(e) if is_unsupported(&e) => Ok(()),
+                    r => r,
+                }
+            } else {
+                self.bounce.fill(0);
+                if unmap {
+                    self.disk.punch_or_write_zeroes(offset, len, self.bounce.as_slice())
+                } else {
+                    self.disk.write_zeroes(offset, len, self.bounce.as_slice())
+                }
+            };
+            if result.is_err() {
+                return ioerr;
+            }
+        }
+        self.settle()
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        types::BLOCK
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = F_VERSION_1
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_DISCARD
+            | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        if self.readonly {
+            f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        f
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        crate::read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, act: Activation) -> Result<(), ActivateError> {
+        let Some(Some(queue)) = act.queues.into_iter().next() else {
+            return Err(ActivateError::BadQueue {
+                index: 0,
+                reason: "the request queue is not enabled; expected it ready".to_string(),
+            });
+        };
+        self.active = Some(Active {
+            mem: act.mem,
+            queue,
+            interrupt: act.interrupt,
+            writethrough: act.features & (1 << VIRTIO_BLK_F_FLUSH) == 0,
+        });
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: u16) {
+        if index == 0 {
+            self.process_queue();
+        }
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.needs_reset = false;
+    }
+}

@@ -1,0 +1,125 @@
+//! What the guest sees of virtio-rng: one request queue whose device-writable buffers come back
+//! full of host randomness.
+
+use std::io::Write;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
+use vm_memory::GuestMemoryMmap;
+
+use super::{backend, MAX_BYTES_PER_REQUEST, QUEUE_SIZE};
+use crate::{types, ActivateError, Activation, Interrupt, VirtioDevice, F_VERSION_1};
+
+/// Bytes drawn from the host per system call.
+const CHUNK: usize = 4096;
+
+/// An entropy source for the guest.
+#[derive(Default)]
+pub struct Rng {
+    active: Option<Active>,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Interrupt,
+}
+
+impl Rng {
+    pub fn new() -> Self {
+        Rng { active: None }
+    }
+
+    fn process_queue(&mut self) {
+        let Some(Active {
+            mem,
+            queue,
+            interrupt,
+        }) = self.active.as_mut()
+        else {
+            return;
+        };
+        let mem: &GuestMemoryMmap = mem;
+        let mut chunk = [0u8; CHUNK];
+        let mut used_any = false;
+        // Each chain the driver adds comes with its own kick: one ring's worth per kick bounds
+        // the time spent here.
+        for _ in 0..queue.size() {
+            let Ok(Some(chain)) = queue.iter(mem).map(|mut chains| chains.next()) else {
+                break;
+            };
+            let head = chain.head_index();
+            // Only the device-writable buffers are filled; device-readable ones are skipped, and
+            // a chain that points outside guest memory comes back empty.
+            let written = match Writer::new(mem, chain) {
+                Ok(mut writer) => fill(&mut writer, &mut chunk),
+                Err(_) => 0,
+            };
+            if queue.add_used(mem, head, written).is_err() {
+                continue;
+            }
+            used_any = true;
+        }
+        if used_any && queue.needs_notification(mem).unwrap_or(true) {
+            interrupt.signal_used();
+        }
+    }
+}
+
+/// Fills up to [`MAX_BYTES_PER_REQUEST`] of the writer; returns the bytes written.
+fn fill(writer: &mut Writer<'_>, chunk: &mut [u8; CHUNK]) -> u32 {
+    let want = writer.available_bytes().min(MAX_BYTES_PER_REQUEST);
+    let mut done = 0;
+    while done < want {
+        let n = (want - done).min(CHUNK);
+        if backend::fill(&mut chunk[..n]).is_err() || writer.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+        done += n;
+    }
+    // Bounded by MAX_BYTES_PER_REQUEST, far below u32::MAX.
+    done as u32
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        types::RNG
+    }
+
+    fn features(&self) -> u64 {
+        F_VERSION_1
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    /// virtio-rng has no configuration space.
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn activate(&mut self, act: Activation) -> Result<(), ActivateError> {
+        let Some(Some(queue)) = act.queues.into_iter().next() else {
+            return Err(ActivateError::BadQueue {
+                index: 0,
+                reason: "the request queue is not enabled; expected it ready".to_string(),
+            });
+        };
+        self.active = Some(Active {
+            mem: act.mem,
+            queue,
+            interrupt: act.interrupt,
+        });
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: u16) {
+        if index == 0 {
+            self.process_queue();
+        }
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
