@@ -292,7 +292,11 @@ struct Requests<'a> {
 }
 
 impl Requests<'_> {
-    fn handle(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> Outcome {
+    fn handle(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+    ) -> Outcome {
         let Some(layout) = layout(mem, &chain) else {
             return Outcome::Dropped;
         };
@@ -355,7 +359,7 @@ impl Requests<'_> {
 
     /// The byte range of `len` bytes at `sector`, if it is whole sectors inside the disk.
     fn range(&self, sector: u64, len: u64) -> Option<u64> {
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             return None;
         }
         let offset = sector.checked_mul(SECTOR_SIZE)?;
@@ -429,7 +433,11 @@ impl Requests<'_> {
         Ok(n as u32)
     }
 
-    fn discard_or_zero(&mut self, reader: &mut Reader<'_>, zero: bool) -> Result<(), (Failure, u32)> {
+    fn discard_or_zero(
+        &mut self,
+        reader: &mut Reader<'_>,
+        zero: bool,
+    ) -> Result<(), (Failure, u32)> {
         let ioerr = Err((Failure::IoErr, 0));
         if self.readonly {
             return ioerr;
@@ -440,7 +448,7 @@ impl Requests<'_> {
             (MAX_DISCARD_SEG, MAX_DISCARD_SECTORS)
         };
         let len = reader.available_bytes();
-        if len == 0 || len % SEGMENT_LEN != 0 || len / SEGMENT_LEN > max_seg as usize {
+        if len == 0 || !len.is_multiple_of(SEGMENT_LEN) || len / SEGMENT_LEN > max_seg as usize {
             return ioerr;
         }
         // Check every segment before touching the disk: flags first (UNSUPP), then ranges.
@@ -482,7 +490,8 @@ impl Requests<'_> {
             } else {
                 self.bounce.fill(0);
                 if unmap {
-                    self.disk.punch_or_write_zeroes(offset, len, self.bounce.as_slice())
+                    self.disk
+                        .punch_or_write_zeroes(offset, len, self.bounce.as_slice())
                 } else {
                     self.disk.write_zeroes(offset, len, self.bounce.as_slice())
                 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use vireo_machine::IrqLine;
 use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
@@ -15,7 +16,6 @@ use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vireo_machine::IrqLine;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::device::config_offset;
@@ -124,8 +124,15 @@ impl<'a> Driver<'a> {
         for (i, b) in bufs.iter().enumerate() {
             let index = (head + i as u16) % QSIZE;
             let last = i + 1 == bufs.len();
-            let flags = if b.2 { VRING_DESC_F_WRITE } else { 0 } | if last { 0 } else { VRING_DESC_F_NEXT };
-            self.store(index, b.0, b.1, flags, if last { 0 } else { (index + 1) % QSIZE });
+            let flags =
+                if b.2 { VRING_DESC_F_WRITE } else { 0 } | if last { 0 } else { VRING_DESC_F_NEXT };
+            self.store(
+                index,
+                b.0,
+                b.1,
+                flags,
+                if last { 0 } else { (index + 1) % QSIZE },
+            );
         }
         self.next_desc = (head + bufs.len() as u16) % QSIZE;
         self.publish(head);
@@ -138,7 +145,13 @@ impl<'a> Driver<'a> {
 
     /// The used ring entry `i`: (head, length).
     fn used(&self, i: u16) -> (u32, u32) {
-        let e = self.vq.used().ring().ref_at(usize::from(i % QSIZE)).unwrap().load();
+        let e = self
+            .vq
+            .used()
+            .ring()
+            .ref_at(usize::from(i % QSIZE))
+            .unwrap()
+            .load();
         (e.id(), e.len())
     }
 }
@@ -161,7 +174,13 @@ fn header(mem: &GuestMemoryMmap, at: u64, kind: u32, sector: u64) {
 impl Driver<'_> {
     /// A standard three-part request; `data_writable` says which way the data goes. Returns the
     /// request and its head. The status byte starts as 0xff so a write is visible.
-    fn request(&mut self, kind: u32, sector: u64, data_len: u32, data_writable: bool) -> (Req, u16) {
+    fn request(
+        &mut self,
+        kind: u32,
+        sector: u64,
+        data_len: u32,
+        data_writable: bool,
+    ) -> (Req, u16) {
         let r = Req {
             header: self.alloc(16),
             data: self.alloc(data_len),
@@ -238,10 +257,22 @@ fn all_features(block: &Block) -> u64 {
 #[test]
 fn config_space_matches_the_spec_layout() {
     // Our offsets against the C layout as virtio-bindings generated it.
-    assert_eq!(std::mem::offset_of!(virtio_blk_config, capacity), config_offset::CAPACITY);
-    assert_eq!(std::mem::offset_of!(virtio_blk_config, seg_max), config_offset::SEG_MAX);
-    assert_eq!(std::mem::offset_of!(virtio_blk_config, blk_size), config_offset::BLK_SIZE);
-    assert_eq!(std::mem::offset_of!(virtio_blk_config, num_queues), config_offset::NUM_QUEUES);
+    assert_eq!(
+        std::mem::offset_of!(virtio_blk_config, capacity),
+        config_offset::CAPACITY
+    );
+    assert_eq!(
+        std::mem::offset_of!(virtio_blk_config, seg_max),
+        config_offset::SEG_MAX
+    );
+    assert_eq!(
+        std::mem::offset_of!(virtio_blk_config, blk_size),
+        config_offset::BLK_SIZE
+    );
+    assert_eq!(
+        std::mem::offset_of!(virtio_blk_config, num_queues),
+        config_offset::NUM_QUEUES
+    );
     assert_eq!(
         std::mem::offset_of!(virtio_blk_config, max_discard_sectors),
         config_offset::MAX_DISCARD_SECTORS
@@ -272,7 +303,9 @@ fn config_space_matches_the_spec_layout() {
     let mut cap = [0u8; 8];
     block.read_config(0, &mut cap);
     assert_eq!(u64::from_le_bytes(cap), 16384);
-    let w = block.warning().expect("a size off by 100 bytes is warned about");
+    let w = block
+        .warning()
+        .expect("a size off by 100 bytes is warned about");
     assert!(w.contains("100"), "{w}");
     let mut v = [0u8; 4];
     block.read_config(20, &mut v);
@@ -293,7 +326,10 @@ fn config_space_matches_the_spec_layout() {
     assert_eq!(f & (1 << VIRTIO_BLK_F_RO), 0);
     let exact = TempImage::new(4096);
     assert!(open(&exact, true, None).warning().is_none());
-    assert_ne!(open(&exact, true, None).features() & (1 << VIRTIO_BLK_F_RO), 0);
+    assert_ne!(
+        open(&exact, true, None).features() & (1 << VIRTIO_BLK_F_RO),
+        0
+    );
 }
 
 #[test]
@@ -335,13 +371,20 @@ fn open_errors_name_the_path_and_the_reason() {
     })
     .err()
     .unwrap();
-    assert!(matches!(e, BlockError::SerialTooLong { len: 21, .. }), "{e}");
+    assert!(
+        matches!(e, BlockError::SerialTooLong { len: 21, .. }),
+        "{e}"
+    );
 
     // A file we may read but not write: refused read-write, accepted read-only. Root ignores
     // permission bits, so only check where the refusal is real.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(image.path(), std::fs::Permissions::from_mode(0o444)).unwrap();
-    if std::fs::OpenOptions::new().write(true).open(image.path()).is_err() {
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .open(image.path())
+        .is_err()
+    {
         let e = Block::open(&BlockConfig {
             path: image.path().to_path_buf(),
             readonly: false,
@@ -495,11 +538,21 @@ fn discard_punches_a_hole() {
     let after = allocated(image.path());
     if after >= before {
         // The discard was accepted as a hint but the file system kept the blocks.
-        println!("SKIP: the file system under {} does not punch holes", image.path().display());
+        println!(
+            "SKIP: the file system under {} does not punch holes",
+            image.path().display()
+        );
         return;
     }
-    assert!(before - after >= 2 * 1024 * 1024 - 8192, "{before} -> {after}");
-    assert_eq!(std::fs::metadata(image.path()).unwrap().len(), size, "size kept");
+    assert!(
+        before - after >= 2 * 1024 * 1024 - 8192,
+        "{before} -> {after}"
+    );
+    assert_eq!(
+        std::fs::metadata(image.path()).unwrap().len(),
+        size,
+        "size kept"
+    );
     let on_disk = std::fs::read(image.path()).unwrap();
     assert_eq!(on_disk[1024 * 1024 - 1], 0x5a);
     assert_eq!(on_disk[3 * 1024 * 1024], 0x5a);
@@ -510,7 +563,9 @@ fn discard_punches_a_hole() {
     // Past the end, and a length that is not whole segments.
     let r3 = segment_request(&mut d, VIRTIO_BLK_T_DISCARD, &[segment(8190, 8, 0)]);
     let (r4, _) = d.request(VIRTIO_BLK_T_DISCARD, 0, 15, false);
-    let too_many: Vec<[u8; 16]> = (0..=MAX_DISCARD_SEG as u64).map(|i| segment(i, 1, 0)).collect();
+    let too_many: Vec<[u8; 16]> = (0..=MAX_DISCARD_SEG as u64)
+        .map(|i| segment(i, 1, 0))
+        .collect();
     let r5 = segment_request(&mut d, VIRTIO_BLK_T_DISCARD, &too_many);
     rig.block.queue_notify(0);
     assert_eq!(d.status(&r1), VIRTIO_BLK_S_UNSUPP as u8);
@@ -534,7 +589,11 @@ fn write_zeroes_reads_back_as_zero() {
     let mut rig = activate(block, &d, features);
 
     // With unmap (may punch) and without (zeroes in place), two segments in one request.
-    let r1 = segment_request(&mut d, VIRTIO_BLK_T_WRITE_ZEROES, &[segment(0, 8, 1), segment(16, 1, 0)]);
+    let r1 = segment_request(
+        &mut d,
+        VIRTIO_BLK_T_WRITE_ZEROES,
+        &[segment(0, 8, 1), segment(16, 1, 0)],
+    );
     let r2 = segment_request(&mut d, VIRTIO_BLK_T_WRITE_ZEROES, &[segment(100, 3, 0)]);
     let r3 = segment_request(&mut d, VIRTIO_BLK_T_WRITE_ZEROES, &[segment(0, 1, 2)]);
     rig.block.queue_notify(0);
@@ -584,7 +643,10 @@ fn read_only_refuses_every_write() {
     assert_eq!(d.status(&r), VIRTIO_BLK_S_OK as u8);
     assert_eq!(d.status(&f), VIRTIO_BLK_S_OK as u8);
     assert_eq!(d.data(&r), vec![0x11; 512]);
-    assert_eq!(std::fs::read(image.path()).unwrap(), vec![0x11u8; 64 * 1024]);
+    assert_eq!(
+        std::fs::read(image.path()).unwrap(),
+        vec![0x11u8; 64 * 1024]
+    );
 }
 
 #[test]
@@ -606,11 +668,19 @@ fn out_of_range_and_unknown_requests() {
     rig.block.queue_notify(0);
     assert_eq!(d.used_count(), 7);
     assert_eq!(d.status(&past), VIRTIO_BLK_S_IOERR as u8);
-    assert_eq!(std::fs::metadata(image.path()).unwrap().len(), 64 * 1024, "not extended");
+    assert_eq!(
+        std::fs::metadata(image.path()).unwrap().len(),
+        64 * 1024,
+        "not extended"
+    );
     assert_eq!(d.status(&a), VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(d.status(&b), VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(d.status(&c), VIRTIO_BLK_S_IOERR as u8);
-    assert_eq!(d.status(&e), VIRTIO_BLK_S_OK as u8, "the last sector is readable");
+    assert_eq!(
+        d.status(&e),
+        VIRTIO_BLK_S_OK as u8,
+        "the last sector is readable"
+    );
     assert_eq!(d.status(&u), VIRTIO_BLK_S_UNSUPP as u8);
     assert_eq!(d.status(&gl), VIRTIO_BLK_S_UNSUPP as u8);
     assert_eq!(d.used(0).1, 1, "a failed read reports only the status byte");
@@ -644,19 +714,36 @@ fn descriptor_beyond_guest_memory_is_ioerr() {
     let s = d.alloc(1);
     mem.write_obj(0xffu8, GuestAddress(s)).unwrap();
     // Data entirely past the end, and data straddling it.
-    d.chain(&[Buf(h, 16, false), Buf(MEM_SIZE as u64 + 0x1000, 512, true), Buf(s, 1, true)]);
+    d.chain(&[
+        Buf(h, 16, false),
+        Buf(MEM_SIZE as u64 + 0x1000, 512, true),
+        Buf(s, 1, true),
+    ]);
     rig.block.queue_notify(0);
     assert_eq!(d.used_count(), 1);
-    assert_eq!(mem.read_obj::<u8>(GuestAddress(s)).unwrap(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(s)).unwrap(),
+        VIRTIO_BLK_S_IOERR as u8
+    );
     let s2 = d.alloc(1);
-    d.chain(&[Buf(h, 16, false), Buf(MEM_SIZE as u64 - 256, 512, true), Buf(s2, 1, true)]);
+    d.chain(&[
+        Buf(h, 16, false),
+        Buf(MEM_SIZE as u64 - 256, 512, true),
+        Buf(s2, 1, true),
+    ]);
     rig.block.queue_notify(0);
-    assert_eq!(mem.read_obj::<u8>(GuestAddress(s2)).unwrap(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(s2)).unwrap(),
+        VIRTIO_BLK_S_IOERR as u8
+    );
     // A header outside memory.
     let s3 = d.alloc(1);
     d.chain(&[Buf(u64::MAX - 8, 16, false), Buf(s3, 1, true)]);
     rig.block.queue_notify(0);
-    assert_eq!(mem.read_obj::<u8>(GuestAddress(s3)).unwrap(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(s3)).unwrap(),
+        VIRTIO_BLK_S_IOERR as u8
+    );
     // A status byte outside memory: nowhere to answer.
     d.chain(&[Buf(h, 16, false), Buf(MEM_SIZE as u64, 1, true)]);
     rig.block.queue_notify(0);
@@ -703,8 +790,14 @@ fn short_header_is_ioerr() {
     let s2 = d.alloc(1);
     d.chain(&[Buf(s2, 1, true)]);
     rig.block.queue_notify(0);
-    assert_eq!(mem.read_obj::<u8>(GuestAddress(s)).unwrap(), VIRTIO_BLK_S_IOERR as u8);
-    assert_eq!(mem.read_obj::<u8>(GuestAddress(s2)).unwrap(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(s)).unwrap(),
+        VIRTIO_BLK_S_IOERR as u8
+    );
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(s2)).unwrap(),
+        VIRTIO_BLK_S_IOERR as u8
+    );
     assert!(!rig.block.needs_reset());
     still_serving(&mut d, &mut rig.block);
 }
@@ -723,9 +816,17 @@ fn device_readable_status_is_dropped() {
     rig.block.queue_notify(0);
     assert_eq!(d.used_count(), 1);
     assert_eq!(d.used(0).1, 0);
-    assert_eq!(mem.read_obj::<u8>(GuestAddress(s)).unwrap(), 0xff, "not written");
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(s)).unwrap(),
+        0xff,
+        "not written"
+    );
     assert!(rig.block.needs_reset());
-    assert_eq!(std::fs::read(image.path()).unwrap()[0], 0, "nothing was written to disk");
+    assert_eq!(
+        std::fs::read(image.path()).unwrap()[0],
+        0,
+        "nothing was written to disk"
+    );
 
     // Readable after writable, with a writable status at the end: IOERR, nothing read.
     let h2 = d.alloc(16);
@@ -733,9 +834,17 @@ fn device_readable_status_is_dropped() {
     let w = d.alloc(512);
     let r = d.alloc(512);
     let s2 = d.alloc(1);
-    d.chain(&[Buf(h2, 16, false), Buf(w, 512, true), Buf(r, 512, false), Buf(s2, 1, true)]);
+    d.chain(&[
+        Buf(h2, 16, false),
+        Buf(w, 512, true),
+        Buf(r, 512, false),
+        Buf(s2, 1, true),
+    ]);
     rig.block.queue_notify(0);
-    assert_eq!(mem.read_obj::<u8>(GuestAddress(s2)).unwrap(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(s2)).unwrap(),
+        VIRTIO_BLK_S_IOERR as u8
+    );
     still_serving(&mut d, &mut rig.block);
 }
 
@@ -761,7 +870,11 @@ fn huge_lengths_are_refused_without_allocating() {
     header(&mem, h, VIRTIO_BLK_T_IN, 0);
     // A descriptor claiming 3.75 GiB inside a 4 MiB guest.
     let s = d.alloc(1);
-    d.chain(&[Buf(h, 16, false), Buf(DATA, 0xf000_0000, true), Buf(s, 1, true)]);
+    d.chain(&[
+        Buf(h, 16, false),
+        Buf(DATA, 0xf000_0000, true),
+        Buf(s, 1, true),
+    ]);
     // Two descriptors whose lengths together overflow 32 bits.
     let s2 = d.alloc(1);
     d.chain(&[
@@ -774,7 +887,10 @@ fn huge_lengths_are_refused_without_allocating() {
     let (big, _) = d.request(VIRTIO_BLK_T_IN, 0, 2 * 1024 * 1024, true);
     rig.block.queue_notify(0);
     assert_eq!(d.used_count(), 3);
-    assert_eq!(mem.read_obj::<u8>(GuestAddress(s)).unwrap(), VIRTIO_BLK_S_IOERR as u8);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(s)).unwrap(),
+        VIRTIO_BLK_S_IOERR as u8
+    );
     assert_eq!(d.used(1).1, 0, "overflowing chain is cut short and dropped");
     assert_eq!(d.status(&big), VIRTIO_BLK_S_IOERR as u8);
     still_serving(&mut d, &mut rig.block);

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
+use vireo_machine::NoIrq;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
-use vireo_machine::NoIrq;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
@@ -23,7 +23,9 @@ fn add_chain(vq: &MockSplitQueue<GuestMemoryMmap>, first: u16, bufs: &[(u64, u32
         let flags = if writable { VRING_DESC_F_WRITE } else { 0 }
             | if last { 0 } else { VRING_DESC_F_NEXT };
         let d = SplitDescriptor::new(addr, len, flags as u16, if last { 0 } else { index + 1 });
-        vq.desc_table().store(index, RawDescriptor::from(d)).unwrap();
+        vq.desc_table()
+            .store(index, RawDescriptor::from(d))
+            .unwrap();
     }
     let idx = vq.avail().idx().load();
     vq.avail()
@@ -67,7 +69,10 @@ fn writable_buffers_are_filled() {
     assert_ne!(interrupt.status() & INT_USED, 0);
     let mut a = [0u8; 64];
     mem.read_slice(&mut a, GuestAddress(0x1_0000)).unwrap();
-    assert!(a.iter().any(|&b| b != 0), "64 random bytes are not all zero");
+    assert!(
+        a.iter().any(|&b| b != 0),
+        "64 random bytes are not all zero"
+    );
     let mut b = [0u8; 100];
     mem.read_slice(&mut b, GuestAddress(0x1_1000)).unwrap();
     assert!(b.iter().any(|&x| x != 0));
@@ -103,8 +108,11 @@ fn readable_buffers_are_skipped_and_requests_bounded() {
     assert_eq!(back, canary);
     // Past the bound, the buffer is untouched (it was zero).
     let mut past = [0u8; 64];
-    mem.read_slice(&mut past, GuestAddress(0x5_0000 + MAX_BYTES_PER_REQUEST as u64))
-        .unwrap();
+    mem.read_slice(
+        &mut past,
+        GuestAddress(0x5_0000 + MAX_BYTES_PER_REQUEST as u64),
+    )
+    .unwrap();
     assert_eq!(past, [0; 64]);
 }
 

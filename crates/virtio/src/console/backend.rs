@@ -1,0 +1,120 @@
+//! The host side of virtio-console input: a handle another thread pushes bytes through, a
+//! bounded buffer for bytes the guest has no room for yet, and their delivery into receiveq.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
+use vm_memory::GuestMemoryMmap;
+
+use super::PENDING_INPUT_MAX;
+use crate::Interrupt;
+
+/// Input state shared by the device and every [`ConsoleInput`].
+#[derive(Default)]
+pub(crate) struct Receive {
+    /// Bytes pushed but not yet in a guest buffer, oldest first.
+    pending: VecDeque<u8>,
+    /// receiveq, once the driver has activated the device.
+    queue: Option<ReceiveQueue>,
+}
+
+pub(crate) struct ReceiveQueue {
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) queue: Queue,
+    pub(crate) interrupt: Interrupt,
+}
+
+pub(crate) type SharedReceive = Arc<Mutex<Receive>>;
+
+/// Locks the input state; a panic elsewhere while holding it leaves plain data, still usable.
+pub(crate) fn lock(shared: &SharedReceive) -> MutexGuard<'_, Receive> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Receive {
+    pub(crate) fn attach(&mut self, queue: ReceiveQueue) {
+        self.queue = Some(queue);
+    }
+
+    pub(crate) fn detach(&mut self) {
+        self.queue = None;
+    }
+
+    /// Moves pending bytes into the driver's receive buffers, as far as they go.
+    pub(crate) fn deliver(&mut self) {
+        let Some(ReceiveQueue {
+            mem,
+            queue,
+            interrupt,
+        }) = self.queue.as_mut()
+        else {
+            return;
+        };
+        let mem: &GuestMemoryMmap = mem;
+        let mut used_any = false;
+        // At most a ring's worth of chains per call: a driver feeding empty buffers from
+        // another vCPU cannot keep the pushing thread here.
+        for _ in 0..queue.size() {
+            if self.pending.is_empty() {
+                break;
+            }
+            let Ok(Some(chain)) = queue.iter(mem).map(|mut chains| chains.next()) else {
+                break;
+            };
+            let head = chain.head_index();
+            // A chain outside guest memory, or with nothing device-writable, comes back empty.
+            let written = match Writer::new(mem, chain) {
+                Ok(mut writer) => {
+                    let n = writer.available_bytes().min(self.pending.len());
+                    let (front, back) = self.pending.as_slices();
+                    let from_front = n.min(front.len());
+                    let ok = writer.write_all(&front[..from_front]).is_ok()
+                        && writer.write_all(&back[..n - from_front]).is_ok();
+                    if ok {
+                        self.pending.drain(..n);
+                        n
+                    } else {
+                        0
+                    }
+                }
+                Err(_) => 0,
+            };
+            // Bounded by PENDING_INPUT_MAX.
+            if queue.add_used(mem, head, written as u32).is_ok() {
+                used_any = true;
+            }
+        }
+        if used_any && queue.needs_notification(mem).unwrap_or(true) {
+            interrupt.signal_used();
+        }
+    }
+}
+
+/// Pushes host bytes (a terminal, a socket) to the guest's console. Cloneable; usable from any
+/// thread.
+#[derive(Clone)]
+pub struct ConsoleInput {
+    pub(crate) shared: SharedReceive,
+}
+
+impl ConsoleInput {
+    /// Queues `bytes` for the guest and delivers what its posted buffers can take. Returns how
+    /// many bytes were accepted: fewer than offered when the guest is not reading and
+    /// [`PENDING_INPUT_MAX`] bytes are already waiting (the rest is the caller's to retry or
+    /// drop).
+    pub fn push(&self, bytes: &[u8]) -> usize {
+        let mut rx = lock(&self.shared);
+        let room = PENDING_INPUT_MAX.saturating_sub(rx.pending.len());
+        let n = room.min(bytes.len());
+        rx.pending.extend(&bytes[..n]);
+        rx.deliver();
+        n
+    }
+
+    /// Bytes waiting for the guest to post receive buffers.
+    pub fn pending(&self) -> usize {
+        lock(&self.shared).pending.len()
+    }
+}

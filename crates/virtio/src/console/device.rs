@@ -1,0 +1,153 @@
+//! What the guest sees of virtio-console: one port, its receive and transmit queues, and a
+//! configuration space of zeroes.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader};
+use vm_memory::GuestMemoryMmap;
+
+use super::backend::{lock, ConsoleInput, ReceiveQueue, SharedReceive};
+use super::{CONFIG_LEN, MAX_TRANSMIT_PER_CHAIN, QUEUE_SIZE, RECEIVEQ, TRANSMITQ};
+use crate::{types, ActivateError, Activation, Interrupt, VirtioDevice, F_VERSION_1};
+
+/// Bytes copied from the guest per write to the sink.
+const CHUNK: usize = 4096;
+
+/// A virtio console with one port, the guest's `hvc0`.
+pub struct Console {
+    output: Box<dyn Write + Send>,
+    receive: SharedReceive,
+    transmit: Option<TransmitQueue>,
+}
+
+struct TransmitQueue {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Interrupt,
+}
+
+impl Console {
+    /// A console whose guest output goes to `output` (for instance a
+    /// `vireo_devices::serial::ConsoleOutput`, or stdout).
+    pub fn new(output: Box<dyn Write + Send>) -> Self {
+        Console {
+            output,
+            receive: Arc::default(),
+            transmit: None,
+        }
+    }
+
+    /// The handle through which host input reaches the guest.
+    pub fn input_handle(&self) -> ConsoleInput {
+        ConsoleInput {
+            shared: self.receive.clone(),
+        }
+    }
+
+    fn process_transmit(&mut self) {
+        let Some(TransmitQueue {
+            mem,
+            queue,
+            interrupt,
+        }) = self.transmit.as_mut()
+        else {
+            return;
+        };
+        let mem: &GuestMemoryMmap = mem;
+        let mut chunk = [0u8; CHUNK];
+        let mut used_any = false;
+        // Each chain comes with its own kick: one ring's worth per kick bounds the time here.
+        for _ in 0..queue.size() {
+            let Ok(Some(chain)) = queue.iter(mem).map(|mut chains| chains.next()) else {
+                break;
+            };
+            let head = chain.head_index();
+            // Only device-readable buffers carry output; a chain outside guest memory is
+            // returned without being read.
+            if let Ok(mut reader) = Reader::new(mem, chain) {
+                let mut left = reader.available_bytes().min(MAX_TRANSMIT_PER_CHAIN);
+                while left > 0 {
+                    let n = left.min(CHUNK);
+                    if reader.read_exact(&mut chunk[..n]).is_err() {
+                        break;
+                    }
+                    // A sink that fails loses the output; the guest must not stall on it.
+                    let _ = self.output.write_all(&chunk[..n]);
+                    left -= n;
+                }
+            }
+            // The device writes nothing into transmit buffers.
+            if queue.add_used(mem, head, 0).is_ok() {
+                used_any = true;
+            }
+        }
+        let _ = self.output.flush();
+        if used_any && queue.needs_notification(mem).unwrap_or(true) {
+            interrupt.signal_used();
+        }
+    }
+}
+
+impl VirtioDevice for Console {
+    fn device_type(&self) -> u32 {
+        types::CONSOLE
+    }
+
+    fn features(&self) -> u64 {
+        F_VERSION_1
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    /// cols, rows and max_nr_ports, all zero: no size (F_SIZE) and no ports (F_MULTIPORT).
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        crate::read_config_bytes(&[0u8; CONFIG_LEN], offset, data);
+    }
+
+    fn activate(&mut self, act: Activation) -> Result<(), ActivateError> {
+        let mut queues = act.queues.into_iter();
+        let not_enabled = |index, name| ActivateError::BadQueue {
+            index,
+            reason: format!("{name} is not enabled; expected it ready"),
+        };
+        let rx = queues
+            .next()
+            .flatten()
+            .ok_or_else(|| not_enabled(RECEIVEQ, "receiveq"))?;
+        let tx = queues
+            .next()
+            .flatten()
+            .ok_or_else(|| not_enabled(TRANSMITQ, "transmitq"))?;
+        self.transmit = Some(TransmitQueue {
+            mem: act.mem.clone(),
+            queue: tx,
+            interrupt: act.interrupt.clone(),
+        });
+        let mut receive = lock(&self.receive);
+        receive.attach(ReceiveQueue {
+            mem: act.mem,
+            queue: rx,
+            interrupt: act.interrupt,
+        });
+        // Input typed before the driver was ready goes into whatever buffers it has posted.
+        receive.deliver();
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: u16) {
+        match usize::from(index) {
+            RECEIVEQ => lock(&self.receive).deliver(),
+            TRANSMITQ => self.process_transmit(),
+            _ => {}
+        }
+    }
+
+    fn reset(&mut self) {
+        self.transmit = None;
+        // Pending input stays: it is the host's, and the next driver gets it.
+        lock(&self.receive).detach();
+    }
+}
