@@ -928,3 +928,77 @@ fn activation_without_the_queue_is_refused() {
         .unwrap();
     assert!(e.to_string().contains("queue 0"), "{e}");
 }
+
+#[test]
+fn a_read_through_the_mmio_transport() {
+    use crate::mmio::{
+        MmioTransport, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+        STATUS_NEEDS_RESET,
+    };
+    use vireo_machine::BusDevice;
+
+    // Register offsets from virtio 1.2 §4.2.2.
+    fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+    fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    let image = TempImage::new(64 * 1024);
+    std::fs::write(image.path(), vec![0x42u8; 64 * 1024]).unwrap();
+    let mem = guest_memory();
+    let mut d = Driver::new(&mem);
+    let block = open(&image, false, Some("mmio"));
+    let irq = Arc::new(CountingIrq(AtomicU32::new(0)));
+    let mut t = MmioTransport::new(Box::new(block), mem.clone(), irq.clone());
+    assert_eq!(rd(&mut t, 0x008), crate::types::BLOCK);
+    assert_eq!(rd(&mut t, 0x100), 128, "capacity through the config window");
+
+    wr(&mut t, 0x070, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    for sel in 0..2 {
+        wr(&mut t, 0x014, sel);
+        let offered = rd(&mut t, 0x010);
+        wr(&mut t, 0x024, sel);
+        wr(&mut t, 0x020, offered);
+    }
+    wr(
+        &mut t,
+        0x070,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+    );
+    assert_ne!(rd(&mut t, 0x070) & STATUS_FEATURES_OK, 0);
+    wr(&mut t, 0x030, 0);
+    assert_eq!(rd(&mut t, 0x034), u32::from(QUEUE_SIZE));
+    wr(&mut t, 0x038, u32::from(QSIZE));
+    let q = d.queue();
+    let (desc, avail, used) = (
+        virtio_queue::QueueT::desc_table(&q),
+        virtio_queue::QueueT::avail_ring(&q),
+        virtio_queue::QueueT::used_ring(&q),
+    );
+    for (low, v) in [(0x080, desc), (0x090, avail), (0x0a0, used)] {
+        wr(&mut t, low, v as u32);
+        wr(&mut t, low + 4, (v >> 32) as u32);
+    }
+    wr(&mut t, 0x044, 1);
+    wr(
+        &mut t,
+        0x070,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+    );
+    assert_eq!(rd(&mut t, 0x070) & STATUS_NEEDS_RESET, 0);
+
+    let (r, head) = d.request(VIRTIO_BLK_T_IN, 3, 1024, true);
+    let (id, _) = d.request(VIRTIO_BLK_T_GET_ID, 0, 20, true);
+    wr(&mut t, 0x050, 0);
+    assert_eq!(d.used_count(), 2);
+    assert_eq!(d.used(0), (u32::from(head), 1025));
+    assert_eq!(d.status(&r), VIRTIO_BLK_S_OK as u8);
+    assert_eq!(d.data(&r), vec![0x42; 1024]);
+    assert_eq!(&d.data(&id)[..5], b"mmio\0");
+    assert_eq!(rd(&mut t, 0x060) & INT_USED, INT_USED);
+    assert!(irq.0.load(Ordering::Relaxed) > 0);
+}
