@@ -1,0 +1,630 @@
+//! Device-level tests: real descriptor chains in guest memory built with virtio-queue's mock
+//! driver, the backend a socket pair speaking passt's framing, and one test with real passt.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vireo_machine::IrqLine;
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::*;
+use crate::{Activation, Interrupt, VirtioDevice};
+
+const MEM_SIZE: usize = 16 << 20;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+/// Counts rising edges of the device's interrupt line.
+#[derive(Default)]
+struct CountIrq(AtomicU32);
+
+impl IrqLine for CountIrq {
+    fn set_level(&self, high: bool) {
+        if high {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The driver side of one split queue.
+struct Driver<'a> {
+    mem: &'a GuestMemoryMmap,
+    q: MockSplitQueue<'a, GuestMemoryMmap>,
+    next_desc: u16,
+    used_seen: u16,
+}
+
+impl<'a> Driver<'a> {
+    fn new(mem: &'a GuestMemoryMmap, base: u64) -> Self {
+        Driver {
+            mem,
+            q: MockSplitQueue::create(mem, GuestAddress(base), QUEUE_SIZE),
+            next_desc: 0,
+            used_seen: 0,
+        }
+    }
+
+    fn queue(&self) -> Queue {
+        self.q.create_queue().unwrap()
+    }
+
+    /// Publishes a chain of (address, length, device-writable) buffers; returns its head.
+    fn add(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
+        let n = bufs.len() as u16;
+        let head = self.next_desc;
+        for (i, &(addr, len, w)) in bufs.iter().enumerate() {
+            let idx = (head + i as u16) % QUEUE_SIZE;
+            let last = i as u16 == n - 1;
+            let flags = if w { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
+            let next = (idx + 1) % QUEUE_SIZE;
+            self.store(idx, addr, len, flags, next);
+        }
+        self.next_desc = (head + n) % QUEUE_SIZE;
+        self.publish(head);
+        head
+    }
+
+    fn store(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        self.q
+            .desc_table()
+            .store(
+                idx,
+                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)),
+            )
+            .unwrap();
+    }
+
+    /// Publishes two descriptors that point at each other.
+    fn add_loop(&mut self, addr: u64, writable: bool) -> u16 {
+        let a = self.next_desc;
+        let b = (a + 1) % QUEUE_SIZE;
+        let w = if writable { F_WRITE } else { 0 };
+        self.store(a, addr, 64, F_NEXT | w, b);
+        self.store(b, addr + 64, 64, F_NEXT | w, a);
+        self.next_desc = (a + 2) % QUEUE_SIZE;
+        self.publish(a);
+        a
+    }
+
+    fn publish(&self, head: u16) {
+        let avail = self.q.avail_addr();
+        let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
+        let slot = 4 + u64::from(idx % QUEUE_SIZE) * 2;
+        self.mem.write_obj(head, avail.unchecked_add(slot)).unwrap();
+        self.mem
+            .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
+            .unwrap();
+    }
+
+    /// Used entries (head, length) returned since the last call.
+    fn used(&mut self) -> Vec<(u16, u32)> {
+        let used = self.q.used_addr();
+        let idx: u16 = self.mem.read_obj(used.unchecked_add(2)).unwrap();
+        let mut out = Vec::new();
+        while self.used_seen != idx {
+            let slot = 4 + u64::from(self.used_seen % QUEUE_SIZE) * 8;
+            let id: u32 = self.mem.read_obj(used.unchecked_add(slot)).unwrap();
+            let len: u32 = self.mem.read_obj(used.unchecked_add(slot + 4)).unwrap();
+            out.push((id as u16, len));
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+
+    /// Waits until `n` more used entries appear (the worker fills them asynchronously).
+    fn wait_used(&mut self, n: usize) -> Vec<(u16, u32)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < n {
+            got.extend(self.used());
+            assert!(
+                Instant::now() < deadline,
+                "waited 10 s for {n} used buffers, got {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        got
+    }
+}
+
+fn memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
+}
+
+const RXQ: u64 = 0x0;
+const TXQ: u64 = 0x4000;
+
+/// A device over a socket pair, activated with both queues. Returns the device, the peer end
+/// of the backend, the driver sides of RX and TX, and the interrupt counter.
+fn setup(mem: &GuestMemoryMmap) -> (Net, UnixStream, Driver<'_>, Driver<'_>, Arc<CountIrq>) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut net = Net::with_stream(a, MAC);
+    let rx = Driver::new(mem, RXQ);
+    let tx = Driver::new(mem, TXQ);
+    let irq = Arc::new(CountIrq::default());
+    net.activate(Activation {
+        mem: mem.clone(),
+        queues: vec![Some(rx.queue()), Some(tx.queue())],
+        interrupt: Interrupt::new(irq.clone()),
+        features: net.features(),
+    })
+    .unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    (net, b, rx, tx, irq)
+}
+
+fn read_framed(peer: &mut UnixStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    peer.read_exact(&mut len).unwrap();
+    let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+    peer.read_exact(&mut frame).unwrap();
+    frame
+}
+
+fn write_framed(peer: &mut UnixStream, frame: &[u8]) {
+    peer.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
+    peer.write_all(frame).unwrap();
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect()
+}
+
+#[test]
+fn offers_mac_and_link_up() {
+    let (a, _b) = UnixStream::pair().unwrap();
+    let net = Net::with_stream(a, MAC);
+    assert_eq!(net.device_type(), crate::types::NET);
+    assert_eq!(net.features(), crate::F_VERSION_1 | (1 << 5) | (1 << 16));
+    assert_eq!(net.queue_max_sizes(), &[256, 256]);
+    let mut cfg = [0u8; 10];
+    net.read_config(0, &mut cfg);
+    assert_eq!(&cfg[..6], &MAC);
+    assert_eq!(u16::from_le_bytes([cfg[6], cfg[7]]), 1, "link up");
+    let mut past = [0xffu8; 4];
+    net.read_config(10, &mut past);
+    assert_eq!(past, [0; 4]);
+}
+
+#[test]
+fn transmit_strips_the_header() {
+    let mem = memory();
+    let (mut net, mut peer, _rx, mut tx, irq) = setup(&mem);
+    // Header and frame in separate descriptors, then both in one.
+    let frame1 = pattern(60, 1);
+    mem.write_slice(&[0xee; VNET_HDR_LEN], GuestAddress(0x10_0000))
+        .unwrap();
+    mem.write_slice(&frame1, GuestAddress(0x10_1000)).unwrap();
+    let h1 = tx.add(&[
+        (0x10_0000, VNET_HDR_LEN as u32, false),
+        (0x10_1000, 60, false),
+    ]);
+    let frame2 = pattern(1514, 2);
+    let mut buf = vec![0u8; VNET_HDR_LEN];
+    buf.extend_from_slice(&frame2);
+    mem.write_slice(&buf, GuestAddress(0x11_0000)).unwrap();
+    let h2 = tx.add(&[(0x11_0000, buf.len() as u32, false)]);
+    net.queue_notify(TX_QUEUE as u16);
+    assert_eq!(read_framed(&mut peer), frame1);
+    assert_eq!(read_framed(&mut peer), frame2);
+    assert_eq!(tx.used(), vec![(h1, 0), (h2, 0)]);
+    assert!(irq.0.load(Ordering::SeqCst) >= 1);
+    assert_eq!(net.stats().tx_frames, 2);
+}
+
+#[test]
+fn receive_prepends_a_v1_header() {
+    let mem = memory();
+    let (mut net, mut peer, mut rx, _tx, irq) = setup(&mem);
+    // The frame arrives before the guest has a buffer: it is held, not lost.
+    let frame = pattern(342, 3);
+    write_framed(&mut peer, &frame);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(rx.used().is_empty());
+    mem.write_slice(&[0xaa; 2048], GuestAddress(0x20_0000))
+        .unwrap();
+    let head = rx.add(&[(0x20_0000, 1526, true)]);
+    net.queue_notify(RX_QUEUE as u16);
+    let used = rx.wait_used(1);
+    assert_eq!(used, vec![(head, (VNET_HDR_LEN + frame.len()) as u32)]);
+    let mut got = vec![0u8; VNET_HDR_LEN + frame.len()];
+    mem.read_slice(&mut got, GuestAddress(0x20_0000)).unwrap();
+    assert_eq!(
+        &got[..10],
+        &[0; 10],
+        "flags, gso and checksum fields are zero"
+    );
+    assert_eq!(&got[10..12], &[1, 0], "num_buffers is 1");
+    assert_eq!(&got[VNET_HDR_LEN..], &frame[..]);
+    assert!(irq.0.load(Ordering::SeqCst) >= 1);
+
+    // A buffer split in two descriptors, waiting before the frame arrives.
+    let h = rx.add(&[(0x21_0000, 8, true), (0x21_1000, 2000, true)]);
+    net.queue_notify(RX_QUEUE as u16);
+    let frame = pattern(100, 4);
+    write_framed(&mut peer, &frame);
+    assert_eq!(rx.wait_used(1), vec![(h, 112)]);
+    // The header's last 4 bytes open the second buffer, the frame follows.
+    let mut second = vec![0u8; 104];
+    mem.read_slice(&mut second, GuestAddress(0x21_1000))
+        .unwrap();
+    assert_eq!(&second[..4], &[0, 0, 1, 0]);
+    assert_eq!(&second[4..], &frame[..]);
+    assert_eq!(net.stats().rx_frames, 2);
+}
+
+#[test]
+fn hostile_transmit_chains_are_dropped_and_service_continues() {
+    let mem = memory();
+    let (mut net, mut peer, _rx, mut tx, _irq) = setup(&mem);
+    let outside = tx.add(&[(MEM_SIZE as u64 - 16, 64, false)]);
+    let looped = tx.add_loop(0x10_0000, false);
+    let short = tx.add(&[(0x10_0000, 8, false)]);
+    let header_only = tx.add(&[(0x10_0000, VNET_HDR_LEN as u32, false)]);
+    let oversized = tx.add(&[(0x10_0000, (VNET_HDR_LEN + MAX_FRAME_LEN + 1) as u32, false)]);
+    let wrong_way = tx.add(&[(0x10_0000, 200, true)]);
+    let frame = pattern(64, 5);
+    let mut buf = vec![0u8; VNET_HDR_LEN];
+    buf.extend_from_slice(&frame);
+    mem.write_slice(&buf, GuestAddress(0x30_0000)).unwrap();
+    let good = tx.add(&[(0x30_0000, buf.len() as u32, false)]);
+    net.queue_notify(TX_QUEUE as u16);
+    assert_eq!(
+        read_framed(&mut peer),
+        frame,
+        "only the good frame goes out"
+    );
+    let heads: Vec<u16> = tx.used().iter().map(|u| u.0).collect();
+    assert_eq!(
+        heads,
+        [
+            outside,
+            looped,
+            short,
+            header_only,
+            oversized,
+            wrong_way,
+            good
+        ]
+    );
+    let s = net.stats();
+    assert_eq!((s.tx_frames, s.tx_dropped), (1, 6));
+    // Nothing else reached the backend.
+    peer.set_nonblocking(true).unwrap();
+    assert!(peer.read(&mut [0u8; 1]).is_err());
+}
+
+#[test]
+fn hostile_receive_buffers_are_returned_and_service_continues() {
+    let mem = memory();
+    let (mut net, mut peer, mut rx, _tx, _irq) = setup(&mem);
+    let outside = rx.add(&[(MEM_SIZE as u64 - 100, 1526, true)]);
+    let looped = rx.add_loop(0x20_0000, true);
+    let tiny = rx.add(&[(0x20_0000, 8, true)]);
+    let read_only = rx.add(&[(0x20_0000, 1526, false)]);
+    // Big enough for a header, too small for the first frame: the frame is dropped and the
+    // buffer carries the next one.
+    let small = rx.add(&[(0x21_0000, 100, true)]);
+    net.queue_notify(RX_QUEUE as u16);
+    write_framed(&mut peer, &pattern(200, 6));
+    let next = pattern(50, 7);
+    write_framed(&mut peer, &next);
+    let used = rx.wait_used(5);
+    assert_eq!(
+        used,
+        vec![
+            (outside, 0),
+            (looped, 0),
+            (tiny, 0),
+            (read_only, 0),
+            (small, 62)
+        ]
+    );
+    let mut got = vec![0u8; 50];
+    mem.read_slice(&mut got, GuestAddress(0x21_0000 + VNET_HDR_LEN as u64))
+        .unwrap();
+    assert_eq!(got, next);
+    let s = net.stats();
+    assert_eq!((s.rx_frames, s.rx_dropped, s.rx_bad_buffers), (1, 1, 4));
+}
+
+#[test]
+fn a_full_backend_blocks_transmit_without_blocking_the_vcpu() {
+    let mem = memory();
+    let (mut net, mut peer, _rx, mut tx, _irq) = setup(&mem);
+    let frame = pattern(60_000, 8);
+    let mut buf = vec![0u8; VNET_HDR_LEN];
+    buf.extend_from_slice(&frame);
+    mem.write_slice(&buf, GuestAddress(0x40_0000)).unwrap();
+    // Far more than a socket buffer holds, in one kick.
+    const N: usize = 64;
+    for _ in 0..N {
+        tx.add(&[(0x40_0000, buf.len() as u32, false)]);
+    }
+    let start = Instant::now();
+    net.queue_notify(TX_QUEUE as u16);
+    assert!(start.elapsed() < Duration::from_secs(2), "notify blocked");
+    let early = tx.used().len();
+    assert!(early < N, "a socket pair cannot hold {N} x 60 kB");
+    // The peer reads; the worker finishes the rest.
+    for i in 0..N {
+        assert_eq!(read_framed(&mut peer), frame, "frame {i}");
+    }
+    tx.wait_used(N - early);
+    assert_eq!(net.stats().tx_frames, N as u64);
+}
+
+#[test]
+fn backend_hangup_takes_the_link_down() {
+    let mem = memory();
+    let (mut net, peer, _rx, mut tx, irq) = setup(&mem);
+    let before = irq.0.load(Ordering::SeqCst);
+    drop(peer);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while net.backend_error().is_none() {
+        assert!(Instant::now() < deadline, "hangup not noticed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut status = [0u8; 2];
+    net.read_config(6, &mut status);
+    assert_eq!(status, [0, 0], "link down");
+    assert!(
+        irq.0.load(Ordering::SeqCst) > before,
+        "config change signalled"
+    );
+    // Transmit still completes (frames are dropped).
+    mem.write_slice(&[0u8; 80], GuestAddress(0x10_0000))
+        .unwrap();
+    let h = tx.add(&[(0x10_0000, 80, false)]);
+    net.queue_notify(TX_QUEUE as u16);
+    assert_eq!(tx.used(), vec![(h, 0)]);
+    assert_eq!(net.stats().tx_dropped, 1);
+}
+
+#[test]
+fn reset_stops_the_worker_and_reactivation_serves_again() {
+    let mem = memory();
+    let (mut net, mut peer, mut rx, _tx, _irq) = setup(&mem);
+    net.reset();
+    // Inactive: frames wait in the socket.
+    write_framed(&mut peer, &pattern(70, 9));
+    rx.add(&[(0x20_0000, 1526, true)]);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(rx.used().is_empty());
+    // A fresh activation on fresh queues delivers it.
+    let mut rx = Driver::new(&mem, 0x8000);
+    let tx = Driver::new(&mem, 0xc000);
+    let h = rx.add(&[(0x22_0000, 1526, true)]);
+    net.activate(Activation {
+        mem: mem.clone(),
+        queues: vec![Some(rx.queue()), Some(tx.queue())],
+        interrupt: Interrupt::new(Arc::new(CountIrq::default())),
+        features: net.features(),
+    })
+    .unwrap();
+    assert_eq!(rx.wait_used(1), vec![(h, 82)]);
+}
+
+#[test]
+fn activation_needs_both_queues() {
+    let mem = memory();
+    let (a, _b) = UnixStream::pair().unwrap();
+    let mut net = Net::with_stream(a, MAC);
+    let rx = Driver::new(&mem, RXQ);
+    let e = net
+        .activate(Activation {
+            mem: mem.clone(),
+            queues: vec![Some(rx.queue()), None],
+            interrupt: Interrupt::new(Arc::new(CountIrq::default())),
+            features: net.features(),
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("queue 1"), "{e}");
+}
+
+// ---- real passt ----
+
+fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A DHCPDISCOVER from `mac`, broadcast, as an Ethernet frame.
+fn dhcp_discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
+    let mut bootp = vec![0u8; 236];
+    bootp[0] = 1; // BOOTREQUEST
+    bootp[1] = 1; // Ethernet
+    bootp[2] = 6;
+    bootp[4..8].copy_from_slice(&xid.to_be_bytes());
+    bootp[10] = 0x80; // reply by broadcast
+    bootp[28..34].copy_from_slice(&mac);
+    bootp.extend_from_slice(&[99, 130, 83, 99]); // magic cookie
+    bootp.extend_from_slice(&[53, 1, 1]); // DHCPDISCOVER
+    bootp.extend_from_slice(&[55, 3, 1, 3, 6]); // subnet, router, DNS
+    bootp.push(255);
+    bootp.resize(300, 0);
+
+    let udp_len = 8 + bootp.len();
+    let mut udp = Vec::with_capacity(udp_len);
+    udp.extend_from_slice(&68u16.to_be_bytes());
+    udp.extend_from_slice(&67u16.to_be_bytes());
+    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]); // no checksum (allowed for UDP over IPv4)
+    udp.extend_from_slice(&bootp);
+
+    let mut ip = vec![
+        0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255,
+    ];
+    ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    let csum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+
+    let mut eth = vec![0xff; 6];
+    eth.extend_from_slice(&mac);
+    eth.extend_from_slice(&[0x08, 0x00]);
+    eth.extend_from_slice(&ip);
+    eth.extend_from_slice(&udp);
+    eth
+}
+
+/// The offered address, if `frame` is a DHCPOFFER for `xid`.
+fn dhcp_offer(frame: &[u8], xid: u32) -> Option<[u8; 4]> {
+    if frame.len() < 14 + 20 + 8 + 240 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0xf) * 4;
+    if ip[9] != 17 || ip.len() < ihl + 8 + 240 {
+        return None;
+    }
+    let udp = &ip[ihl..];
+    if udp[0..2] != 67u16.to_be_bytes() || udp[2..4] != 68u16.to_be_bytes() {
+        return None;
+    }
+    let bootp = &udp[8..];
+    if bootp[0] != 2 || bootp[4..8] != xid.to_be_bytes() {
+        return None;
+    }
+    let mut opts = &bootp[240..];
+    while opts.len() >= 2 && opts[0] != 255 {
+        if opts[0] == 0 {
+            opts = &opts[1..];
+            continue;
+        }
+        let len = usize::from(opts[1]);
+        if opts[0] == 53 && len == 1 && opts.get(2) == Some(&2) {
+            return Some([bootp[16], bootp[17], bootp[18], bootp[19]]);
+        }
+        opts = opts.get(2 + len..)?;
+    }
+    None
+}
+
+/// Whether `frame` is a TCP SYN to `port`.
+fn tcp_syn_to(frame: &[u8], port: u16) -> bool {
+    if frame.len() < 14 + 20 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 6 {
+        return false;
+    }
+    let ihl = usize::from(frame[14] & 0xf) * 4;
+    let tcp = &frame[14 + ihl..];
+    tcp.len() >= 20 && tcp[2..4] == port.to_be_bytes() && tcp[13] & 0x12 == 0x02
+}
+
+#[test]
+fn real_passt_answers_dhcp_and_forwards_a_host_port() {
+    if super::passt::find_passt(std::env::var_os("PATH").as_deref()).is_err() {
+        panic!("passt is not installed: apt-get install passt");
+    }
+    // A free host port to forward (bound and released by the test).
+    let host_port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fwd = HostFwd {
+        host_port,
+        guest_port: 80,
+    };
+    let mut net = Net::new(NetBackendConfig::User { hostfwd: vec![fwd] }, MAC).unwrap();
+    let pid = net.passt_pid().unwrap();
+
+    let mem = memory();
+    let mut rx = Driver::new(&mem, RXQ);
+    let mut tx = Driver::new(&mem, TXQ);
+    // One-descriptor buffers get heads 0, 1, 2...: buffer `head` is at rx_addr(head).
+    let rx_addr = |head: u16| 0x50_0000 + u64::from(head) * 0x1000;
+    for i in 0..64 {
+        rx.add(&[(rx_addr(i), 1526, true)]);
+    }
+    net.activate(Activation {
+        mem: mem.clone(),
+        queues: vec![Some(rx.queue()), Some(tx.queue())],
+        interrupt: Interrupt::new(Arc::new(CountIrq::default())),
+        features: net.features(),
+    })
+    .unwrap();
+
+    let xid = 0x5652_4545;
+    let discover = dhcp_discover(MAC, xid);
+    let mut buf = vec![0u8; VNET_HDR_LEN];
+    buf.extend_from_slice(&discover);
+    mem.write_slice(&buf, GuestAddress(0x10_0000)).unwrap();
+    tx.add(&[(0x10_0000, buf.len() as u32, false)]);
+    net.queue_notify(TX_QUEUE as u16);
+
+    let received = |rx: &mut Driver, want: &mut dyn FnMut(&[u8]) -> bool| -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            for (head, len) in rx.used() {
+                let mut f = vec![0u8; len as usize];
+                mem.read_slice(&mut f, GuestAddress(rx_addr(head))).unwrap();
+                if f.len() > VNET_HDR_LEN && want(&f[VNET_HDR_LEN..]) {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    };
+    let mut offered = None;
+    assert!(
+        received(&mut rx, &mut |f| {
+            offered = offered.or(dhcp_offer(f, xid));
+            offered.is_some()
+        }),
+        "passt sent no DHCPOFFER within 10 s"
+    );
+
+    // passt now knows the guest: a connection to the forwarded host port arrives as a SYN to
+    // guest port 80.
+    let _client = std::thread::spawn(move || {
+        let _ = std::net::TcpStream::connect_timeout(
+            &([127, 0, 0, 1], host_port).into(),
+            Duration::from_secs(5),
+        );
+    });
+    assert!(
+        received(&mut rx, &mut |f| tcp_syn_to(f, 80)),
+        "no SYN for guest port 80 after connecting to host port {host_port}"
+    );
+    drop(net);
+    // passt was killed and reaped.
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+    assert!(!alive, "passt (pid {pid}) outlived the device");
+}
+
+#[test]
+fn user_backend_reports_a_busy_host_port() {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let e = Net::new(
+        NetBackendConfig::User {
+            hostfwd: vec![HostFwd {
+                host_port: port,
+                guest_port: 22,
+            }],
+        },
+        MAC,
+    )
+    .err()
+    .expect("a busy port must be refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("port {port}")) && msg.contains("in use"),
+        "{msg}"
+    );
+}
