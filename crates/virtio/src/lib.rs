@@ -133,6 +133,12 @@ pub trait VirtioDevice: Send {
     fn queue_notify(&mut self, index: u16);
     /// The driver reset the device: drop the queues and stop any worker.
     fn reset(&mut self);
+    /// Whether the device met something it cannot recover from without a reset (a request
+    /// with nowhere to write its status, say); the transport then sets DEVICE_NEEDS_RESET and
+    /// tells the driver.
+    fn needs_reset(&self) -> bool {
+        false
+    }
 }
 
 /// Reads little-endian bytes of a config structure at `offset` into `data` (zero past its end).

@@ -295,6 +295,10 @@ impl BusDevice for MmioTransport {
             }
             REG_QUEUE_NOTIFY if self.active && (v as usize) < self.queues.len() => {
                 self.device.queue_notify(v as u16);
+                if self.device.needs_reset() && self.status & STATUS_NEEDS_RESET == 0 {
+                    self.status |= STATUS_NEEDS_RESET;
+                    self.interrupt.signal_config();
+                }
             }
             REG_INTERRUPT_ACK => self.interrupt.ack(v),
             REG_STATUS => self.set_status(v),

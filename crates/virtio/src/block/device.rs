@@ -132,13 +132,6 @@ impl Block {
         self.warning.as_deref()
     }
 
-    /// The driver sent a request the device could not answer (no place for a status byte, a
-    /// broken chain, a bad ring index). The virtio-mmio transport has no way yet for a device
-    /// to raise DEVICE_NEEDS_RESET, so this is where the VMM can see it.
-    pub fn needs_reset(&self) -> bool {
-        self.needs_reset
-    }
-
     fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
@@ -507,6 +500,12 @@ impl Requests<'_> {
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         types::BLOCK
+    }
+
+    /// The driver sent a request the device could not answer (no place for a status byte, a
+    /// broken chain, a bad ring index): the transport raises DEVICE_NEEDS_RESET.
+    fn needs_reset(&self) -> bool {
+        self.needs_reset
     }
 
     fn features(&self) -> u64 {
