@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 # Build tools (cmake/make for the SoftFloat build), the riscv64 cross toolchain for the ISA tests,
-# dpkg-deb/apt for image pulls, cpio to cross-check our archives, QEMU as the bench yardstick.
-PKGS=(build-essential cmake make pkg-config cpio apt dpkg gcc-riscv64-linux-gnu
+# dpkg-deb/apt for image pulls, cpio to cross-check our archives, QEMU as the bench yardstick,
+# passt for user-mode networking, e2fsprogs to make test disks.
+PKGS=(build-essential cmake make pkg-config cpio apt dpkg gcc-riscv64-linux-gnu e2fsprogs passt
       binutils-riscv64-linux-gnu qemu-system-misc qemu-utils ca-certificates)
 missing=()
 for p in "${PKGS[@]}"; do
