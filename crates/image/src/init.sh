@@ -57,12 +57,18 @@ has_virtio() {
 	return 1
 }
 
-# Dependencies come first in this list; a module that fails (already loaded, no such
-# hardware) must not stop the rest.
-if has_virtio && [ -f /etc/vireo/modules ]; then
-	while read -r mod; do
-		[ -n "$mod" ] && insmod "$mod"
-	done </etc/vireo/modules
+# Load the virtio transports, then only the drivers the devices present ask for (by their
+# modalias): each module costs boot time on an emulated CPU. A module that fails (already
+# built in, no such hardware) must not stop the rest.
+if has_virtio; then
+	modprobe virtio_mmio
+	modprobe virtio_pci
+	for a in /sys/bus/virtio/devices/*/modalias; do
+		[ -e "$a" ] && modprobe "$(cat "$a")"
+	done
+	# Filesystems come on demand (mount -t ext4 asks the kernel, which runs modprobe); plain
+	# `mount DEV DIR` only tries loaded ones, so offer ext4 when there is a disk.
+	[ -e /sys/block/vda ] && modprobe ext4
 fi
 
 if [ -e /sys/class/net/eth0 ]; then

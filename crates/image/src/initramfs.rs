@@ -14,7 +14,9 @@ pub(crate) const INIT_SCRIPT: &str = include_str!("init.sh");
 pub(crate) fn build_id(default_cmdline: &str) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    for part in [INIT_SCRIPT, UDHCPC_SCRIPT, default_cmdline] {
+    // How modules are prepared is part of what vireo contributes.
+    const MODULES: &str = "modules: decompressed, signatures stripped";
+    for part in [INIT_SCRIPT, UDHCPC_SCRIPT, default_cmdline, MODULES] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }

@@ -374,7 +374,7 @@ impl ModuleTree {
             let path = self
                 .dir
                 .join(&self.file(name, "the vireo initramfs")?.shipped);
-            let data = decompress(&path)?;
+            let data = strip_signature(decompress(&path)?);
             let info =
                 parse_modinfo(
                     modinfo_section(&data).map_err(|reason| ImageError::BadModule {
@@ -433,6 +433,36 @@ impl ModuleTree {
     }
 }
 
+const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
+
+/// Removes a module's appended signature.
+///
+/// apt has already verified the packages the modules came from (signed Release file, hashed
+/// package), and on an emulated CPU the kernel's own check is costly: hashing ext4.ko alone
+/// (7 MB on riscv64, which keeps the local symbols its relocations need) takes over a billion
+/// guest instructions, every boot. The kernel loads unsigned modules when signatures are not
+/// enforced (Debian's MODULE_SIG_FORCE is off), noting a taint in its log. A module without a
+/// well-formed signature block is returned unchanged.
+pub(crate) fn strip_signature(mut data: Vec<u8>) -> Vec<u8> {
+    // Layout: module | signature | struct module_signature (12 bytes, sig_len big-endian in
+    // its last 4) | marker.
+    let Some(body) = data.len().checked_sub(SIGNATURE_MARKER.len() + 12) else {
+        return data;
+    };
+    if !data.ends_with(SIGNATURE_MARKER) {
+        return data;
+    }
+    let info = &data[body..body + 12];
+    let sig_len = u32::from_be_bytes([info[8], info[9], info[10], info[11]]) as usize;
+    match body.checked_sub(sig_len) {
+        Some(end) => {
+            data.truncate(end);
+            data
+        }
+        None => data,
+    }
+}
+
 /// Splits `foo.ko`, `foo.ko.xz`, `foo.ko.gz`, `foo.ko.zst` into stem and suffix.
 fn split_module_name(fname: &str) -> Option<(&str, &str)> {
     [".ko", ".ko.xz", ".ko.gz", ".ko.zst"]
@@ -465,6 +495,31 @@ fn decompress(path: &Path) -> Result<Vec<u8>, ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signatures_are_stripped_exactly() {
+        let module = b"\x7fELF module body".to_vec();
+        let sig = vec![0xabu8; 40];
+        let mut signed = module.clone();
+        signed.extend_from_slice(&sig);
+        let mut info = [0u8; 12];
+        info[8..].copy_from_slice(&(sig.len() as u32).to_be_bytes());
+        signed.extend_from_slice(&info);
+        signed.extend_from_slice(SIGNATURE_MARKER);
+        assert_eq!(strip_signature(signed), module);
+        // Unsigned, truncated or lying blocks are left alone.
+        assert_eq!(strip_signature(module.clone()), module);
+        let mut lying = b"x".to_vec();
+        let mut info = [0u8; 12];
+        info[8..].copy_from_slice(&1000u32.to_be_bytes());
+        lying.extend_from_slice(&info);
+        lying.extend_from_slice(SIGNATURE_MARKER);
+        assert_eq!(strip_signature(lying.clone()), lying);
+        assert_eq!(
+            strip_signature(SIGNATURE_MARKER.to_vec()),
+            SIGNATURE_MARKER.to_vec()
+        );
+    }
 
     /// A minimal little-endian ELF64 relocatable with sections
     /// [null, .text, .modinfo, .shstrtab], enough for the section walk.
