@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use vireo_machine::IrqLine;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
@@ -52,7 +52,17 @@ impl<'a> Driver<'a> {
     }
 
     fn queue(&self) -> Queue {
-        self.q.create_queue().unwrap()
+        let mut q: Queue = self.q.create_queue().unwrap();
+        let used = self.used_addr().0;
+        q.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
+        q
+    }
+
+    /// The used ring, placed by hand: the mock puts it right after the first half of the
+    /// available ring (it sizes that ring in elements, not bytes), so with more than
+    /// `size / 2` entries in flight the two would overlap.
+    fn used_addr(&self) -> GuestAddress {
+        self.q.desc_table_addr().unchecked_add(0x2000)
     }
 
     /// Publishes a chain of (address, length, device-writable) buffers; returns its head.
@@ -105,7 +115,7 @@ impl<'a> Driver<'a> {
 
     /// Used entries (head, length) returned since the last call.
     fn used(&mut self) -> Vec<(u16, u32)> {
-        let used = self.q.used_addr();
+        let used = self.used_addr();
         let idx: u16 = self.mem.read_obj(used.unchecked_add(2)).unwrap();
         let mut out = Vec::new();
         while self.used_seen != idx {
