@@ -82,6 +82,7 @@ impl Net {
                 tx_buf: Vec::new(),
                 tx_blocked: false,
                 stats: NetStats::default(),
+                rounds: 0,
             })),
             worker: None,
             _passt: passt,
@@ -99,6 +100,11 @@ impl Net {
     /// Why the backend stopped working, if it did (the link is then reported down).
     pub fn backend_error(&self) -> Option<String> {
         lock(&self.state).backend_error.clone()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn worker_rounds(&self) -> u64 {
+        lock(&self.state).rounds
     }
 
     #[cfg(test)]
@@ -234,6 +240,8 @@ pub(crate) struct NetState {
     /// A transmit stopped because the backend's socket is full.
     tx_blocked: bool,
     stats: NetStats,
+    /// Worker rounds so far (tests check an idle device sleeps).
+    pub(crate) rounds: u64,
 }
 
 /// Why a transmit request was refused.
@@ -250,6 +258,7 @@ enum TxRefusal {
 impl NetState {
     /// One round of the worker: resume a blocked transmit, then receive.
     pub(crate) fn service(&mut self) {
+        self.rounds += 1;
         if self.tx_blocked {
             self.process_tx();
         }

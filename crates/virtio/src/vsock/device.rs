@@ -83,6 +83,7 @@ impl Vsock {
             tx_data: Vec::new(),
             rx_data: vec![0; MAX_PKT_DATA].into_boxed_slice(),
             stats: VsockStats::default(),
+            rounds: 0,
         };
         Ok(Vsock {
             guest_cid,
@@ -107,6 +108,11 @@ impl Vsock {
     /// Open connections (established or waiting for the guest's RESPONSE).
     pub fn connection_count(&self) -> usize {
         lock(&self.state).conns.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn worker_rounds(&self) -> u64 {
+        lock(&self.state).rounds
     }
 
     fn kick(&self) {
@@ -248,6 +254,8 @@ pub(crate) struct VsockState {
     /// Host data on its way into a receive buffer.
     rx_data: Box<[u8]>,
     stats: VsockStats,
+    /// Worker rounds so far (tests check an idle device sleeps).
+    rounds: u64,
 }
 
 /// Why a transmit packet could not be used.
@@ -261,6 +269,7 @@ enum Refusal {
 impl VsockState {
     /// One round of the worker.
     pub(crate) fn service(&mut self) {
+        self.rounds += 1;
         if self.active.is_none() {
             return;
         }

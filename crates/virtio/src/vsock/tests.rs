@@ -643,3 +643,46 @@ fn reset_closes_every_host_connection() {
     assert_eq!(g.dev.connection_count(), 0);
     assert_eq!(host.read(&mut [0u8; 4]).unwrap(), 0);
 }
+
+#[test]
+fn connections_without_credit_or_buffers_leave_the_worker_asleep() {
+    let mem = memory();
+    let mut g = Guest::new(&mem);
+    let listener = listen(&g, 9);
+    g.give_rx(2);
+    // A guest socket with no receive space at all.
+    let mut req = guest_hdr(OP_REQUEST, 3000, 9);
+    req.buf_alloc = 0;
+    g.send(req, &[]);
+    let mut host = accept(&listener);
+    assert_eq!(g.recv().0.op, OP_RESPONSE);
+    host.write_all(b"waiting").unwrap();
+    // A second connection with credit, but the guest's buffers run out.
+    g.send(guest_hdr(OP_REQUEST, 3001, 9), &[]);
+    let mut host2 = accept(&listener);
+    assert_eq!(g.recv().0.op, OP_RESPONSE);
+    host2.write_all(b"also waiting").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let before = g.dev.worker_rounds();
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = g.dev.worker_rounds() - before;
+    assert!(
+        idle <= 2,
+        "the worker ran {idle} rounds with nothing it could do"
+    );
+    // Buffers and credit arrive: both connections deliver.
+    g.give_rx(4);
+    let (h, data) = g.recv();
+    assert_eq!(
+        (h.op, h.src_port, data.as_slice()),
+        (OP_RW, 9, &b"also waiting"[..])
+    );
+    let mut cu = guest_hdr(OP_CREDIT_UPDATE, 3000, 9);
+    cu.buf_alloc = 4096;
+    g.send(cu, &[]);
+    let (h, data) = g.recv();
+    assert_eq!(
+        (h.op, h.dst_port, data.as_slice()),
+        (OP_RW, 3000, &b"waiting"[..])
+    );
+}
