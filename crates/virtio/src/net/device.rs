@@ -50,7 +50,7 @@ impl Net {
             NetBackendConfig::User { hostfwd } => {
                 let (passt, stream) = Passt::start(&hostfwd)?;
                 let framed = FramedStream::new(stream).map_err(|source| NetError::PasstSocket {
-                    socket: "(connected)".into(),
+                    socket: passt.socket().to_owned(),
                     source,
                 })?;
                 Ok(Net::with_backend(Backend::Framed(framed), mac, Some(passt)))

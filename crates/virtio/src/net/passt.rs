@@ -85,6 +85,11 @@ impl Passt {
         }
     }
 
+    /// The socket passt listens on.
+    pub(crate) fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// passt's process id (tests check it is reaped).
     #[cfg(test)]
     pub(crate) fn pid(&self) -> u32 {
