@@ -239,6 +239,10 @@ impl Hart {
         self.medeleg = 0xb1ff & !(1 << EXC_ECALL_S);
         self.mideleg = S_IRQS;
         self.mcounteren = 0xffff_ffff;
+        // User-mode cycle/time/instret (the vDSO's clock_gettime reads `time`). Linux sets
+        // scounteren from its SBI PMU driver; with no SBI PMU it keeps its legacy driver and
+        // relies on this (architecturally unspecified) reset value.
+        self.scounteren = 0x7;
         self.mstatus &= !(MS_SIE | MS_SPIE | MS_SPP);
         self.satp = 0;
         self.flush_tlb();
