@@ -15,6 +15,18 @@ use std::time::Duration;
 
 use vireo_devices::{ConsoleOutput, Uart};
 
+/// Where typed input goes: takes what fits, returns how many bytes it took.
+pub type InputSink = Box<dyn FnMut(&[u8]) -> usize + Send>;
+
+/// Input into the guest's 16550 UART.
+pub fn uart_sink(uart: Arc<Mutex<Uart>>) -> InputSink {
+    Box::new(move |b| {
+        uart.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enqueue_input(b)
+    })
+}
+
 pub struct Options {
     pub show_all: bool,
     pub gate_on_marker: bool,
@@ -44,11 +56,7 @@ const CTRL_A: u8 = 0x01;
 const TAIL: usize = 4096;
 
 impl Console {
-    pub fn start(
-        out: ConsoleOutput,
-        uart: Arc<Mutex<Uart>>,
-        opts: Options,
-    ) -> Result<Console, String> {
+    pub fn start(out: ConsoleOutput, input: InputSink, opts: Options) -> Result<Console, String> {
         let log = match &opts.log {
             Some(p) => Some(
                 File::create(p)
@@ -70,7 +78,7 @@ impl Console {
             let quit = quit.clone();
             std::thread::Builder::new()
                 .name("console-in".into())
-                .spawn(move || input_loop(uart, quit, tty))
+                .spawn(move || input_loop(input, quit, tty))
                 .map_err(|e| format!("cannot start the console thread: {e}"))?;
         }
         let out_thread = {
@@ -114,7 +122,7 @@ impl Console {
     }
 }
 
-fn input_loop(uart: Arc<Mutex<Uart>>, quit: Arc<AtomicBool>, tty: bool) {
+fn input_loop(mut input: InputSink, quit: Arc<AtomicBool>, tty: bool) {
     let mut stdin = std::io::stdin().lock();
     let mut buf = [0u8; 256];
     let mut escape = false;
@@ -143,13 +151,10 @@ fn input_loop(uart: Arc<Mutex<Uart>>, quit: Arc<AtomicBool>, tty: bool) {
         }
         let mut rest = &bytes[..];
         while !rest.is_empty() {
-            let took = uart
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .enqueue_input(rest);
+            let took = input(rest);
             rest = &rest[took..];
             if !rest.is_empty() {
-                // The guest's receive FIFO is full: let it drain.
+                // The guest's receive buffer is full: let it drain.
                 std::thread::sleep(Duration::from_millis(2));
             }
         }

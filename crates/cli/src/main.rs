@@ -5,6 +5,7 @@
 //! usage errors (bad flags, bad config keys or values).
 
 mod console;
+mod devices;
 mod run;
 
 use std::path::PathBuf;
@@ -89,6 +90,21 @@ pub struct RunArgs {
     /// Copy everything the guest console prints to FILE.
     #[arg(long, value_name = "FILE")]
     pub console_log: Option<PathBuf>,
+    /// A virtio disk: PATH[,readonly][,serial=ID]. Repeat for more disks.
+    #[arg(long, value_name = "SPEC")]
+    pub disk: Vec<String>,
+    /// A virtio NIC: user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... (through passt) or tap=NAME.
+    #[arg(long, value_name = "SPEC")]
+    pub net: Vec<String>,
+    /// A virtio-rng device fed from the host's random source.
+    #[arg(long)]
+    pub rng: bool,
+    /// A virtio-vsock device: cid=N,uds=PATH.
+    #[arg(long, value_name = "SPEC")]
+    pub vsock: Option<String>,
+    /// The guest console: serial (16550, ttyS0) or virtio (virtio-console, hvc0).
+    #[arg(long, value_name = "KIND")]
+    pub console: Option<String>,
     /// Command to run in the guest; vireo exits with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -85,6 +85,15 @@ pub fn build_spec(args: &RunArgs) -> Result<VmSpec, Failure> {
     if !args.command.is_empty() {
         spec.command = args.command.clone();
     }
+    spec.disk.extend(args.disk.iter().cloned());
+    spec.net.extend(args.net.iter().cloned());
+    spec.rng |= args.rng;
+    if let Some(v) = &args.vsock {
+        spec.vsock = Some(v.clone());
+    }
+    if let Some(c) = &args.console {
+        spec.console = c.clone();
+    }
     spec.validate().map_err(usage)?;
     Ok(spec)
 }
@@ -182,6 +191,10 @@ fn resolve(spec: &VmSpec) -> Result<Payload, Failure> {
         .map(|i| i.default_cmdline.clone())
         .unwrap_or_else(|| "console=ttyS0".to_string());
     let mut cmdline = spec.cmdline.clone().unwrap_or(default_cmdline);
+    if spec.console == "virtio" && spec.cmdline.is_none() {
+        // The last console= is /dev/console; ttyS0 stays for messages before virtio is up.
+        cmdline.push_str(" console=hvc0");
+    }
     if spec.verbose && spec.cmdline.is_none() {
         cmdline = cmdline
             .split_whitespace()
@@ -227,16 +240,25 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     };
     let command_mode = !spec.command.is_empty();
     let out = ConsoleOutput::new();
+    let devices = crate::devices::build(&spec, &out)?;
+    let console_input = devices.console_input;
     let mut vm = match accel {
         Accel::Emu => Vm::Emu(
-            vireo_riscv::EmuVm::new(&cfg, out.clone()).map_err(|e| match e {
-                vireo_riscv::EmuError::Read { .. }
-                | vireo_riscv::EmuError::NotRiscv { .. }
-                | vireo_riscv::EmuError::TooLittleMemory { .. } => usage(e),
-                _ => failed(e),
-            })?,
+            vireo_riscv::EmuVm::with_devices(&cfg, out.clone(), devices.list).map_err(
+                |e| match e {
+                    vireo_riscv::EmuError::Read { .. }
+                    | vireo_riscv::EmuError::NotRiscv { .. }
+                    | vireo_riscv::EmuError::TooLittleMemory { .. } => usage(e),
+                    _ => failed(e),
+                },
+            )?,
         ),
         _ => {
+            if !devices.list.is_empty() {
+                return Err(usage(
+                    "virtio devices are not on the kvm accelerator yet: --disk, --net, --rng and --vsock need --accel emu",
+                ));
+            }
             vireo_kvm::KvmVm::probe().map_err(|e| {
                 failed(format!(
                     "{e} (the emu accelerator runs RISC-V guests only, so this x86-64 kernel needs KVM)"
@@ -266,9 +288,13 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
             )
         }
     };
+    let input = match console_input {
+        Some(c) => Box::new(move |b: &[u8]| c.push(b)) as console::InputSink,
+        None => console::uart_sink(vm.uart()),
+    };
     let console = Console::start(
         out,
-        vm.uart(),
+        input,
         console::Options {
             show_all: spec.verbose,
             // vireo's own /init marks where the guest's output starts; a custom initramfs

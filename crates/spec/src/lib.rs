@@ -190,6 +190,17 @@ pub struct VmSpec {
     pub console_log: Option<PathBuf>,
     /// A command to run in the guest instead of a shell; vireo exits with its status.
     pub command: Vec<String>,
+    /// virtio-blk disks, one per entry: `PATH[,readonly][,serial=ID]`.
+    pub disk: Vec<String>,
+    /// virtio-net NICs, one per entry: `user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]...` or
+    /// `tap=NAME`.
+    pub net: Vec<String>,
+    /// A virtio-rng device fed from the host's random source.
+    pub rng: bool,
+    /// A virtio-vsock device: `cid=N,uds=PATH`.
+    pub vsock: Option<String>,
+    /// The guest console: `serial` (16550 UART, ttyS0) or `virtio` (virtio-console, hvc0).
+    pub console: String,
 }
 
 /// Most vCPUs a guest may have; bounded by what the generated device tree and PLIC describe.
@@ -213,6 +224,11 @@ impl Default for VmSpec {
             verbose: false,
             console_log: None,
             command: Vec::new(),
+            disk: Vec::new(),
+            net: Vec::new(),
+            rng: false,
+            vsock: None,
+            console: "serial".into(),
         }
     }
 }
@@ -271,6 +287,15 @@ impl VmSpec {
             return Err(SpecError::Invalid {
                 key: "kernel",
                 message: "nothing to boot: give --image NAME or --kernel PATH".into(),
+            });
+        }
+        if !matches!(self.console.as_str(), "serial" | "virtio") {
+            return Err(SpecError::Invalid {
+                key: "console",
+                message: format!(
+                    "'{}' is not a console: expected serial or virtio",
+                    self.console
+                ),
             });
         }
         if let Some(c) = &self.cmdline {

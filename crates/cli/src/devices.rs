@@ -1,0 +1,149 @@
+//! `--disk`, `--net`, `--rng`, `--vsock`: option strings to virtio devices.
+
+use std::path::PathBuf;
+
+use vireo_spec::VmSpec;
+use vireo_virtio::VirtioDevice;
+
+use crate::run::Failure;
+
+fn usage(msg: String) -> Failure {
+    Failure {
+        status: 2,
+        message: msg,
+    }
+}
+
+/// The devices of a VM and, with a virtio console, where its input goes.
+pub struct Devices {
+    pub list: Vec<Box<dyn VirtioDevice>>,
+    pub console_input: Option<vireo_virtio::console::ConsoleInput>,
+}
+
+/// Builds the spec's devices in slot order: console, disks, NICs, rng, vsock.
+pub fn build(spec: &VmSpec, output: &vireo_devices::ConsoleOutput) -> Result<Devices, Failure> {
+    let mut out: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut console_input = None;
+    if spec.console == "virtio" {
+        let c = vireo_virtio::console::Console::new(Box::new(output.clone()));
+        console_input = Some(c.input_handle());
+        out.push(Box::new(c));
+    }
+    for d in &spec.disk {
+        out.push(Box::new(disk(d)?));
+    }
+    for (i, n) in spec.net.iter().enumerate() {
+        out.push(Box::new(net(n, i)?));
+    }
+    if spec.rng {
+        out.push(Box::new(vireo_virtio::rng::Rng::new()));
+    }
+    if let Some(v) = &spec.vsock {
+        out.push(Box::new(vsock(v)?));
+    }
+    Ok(Devices {
+        list: out,
+        console_input,
+    })
+}
+
+/// `PATH[,readonly][,serial=ID]`
+fn disk(s: &str) -> Result<vireo_virtio::block::Block, Failure> {
+    let mut parts = s.split(',');
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
+        usage(format!(
+            "invalid --disk '{s}': expected PATH[,readonly][,serial=ID]"
+        ))
+    })?;
+    let mut cfg = vireo_virtio::block::BlockConfig {
+        path: PathBuf::from(path),
+        readonly: false,
+        serial: None,
+    };
+    for p in parts {
+        match p.split_once('=') {
+            None if p == "readonly" || p == "ro" => cfg.readonly = true,
+            Some(("serial", id)) if id.len() <= 20 => cfg.serial = Some(id.to_string()),
+            Some(("serial", id)) => {
+                return Err(usage(format!(
+                    "invalid --disk '{s}': serial '{id}' is longer than 20 bytes"
+                )))
+            }
+            _ => {
+                return Err(usage(format!(
+                    "invalid --disk '{s}': unknown option '{p}' (expected readonly or serial=ID)"
+                )))
+            }
+        }
+    }
+    vireo_virtio::block::Block::open(&cfg).map_err(|e| usage(format!("--disk {s}: {e}")))
+}
+
+/// `user[,hostfwd=tcp:H-:G]...` or `tap=NAME`
+fn net(s: &str, index: usize) -> Result<vireo_virtio::net::Net, Failure> {
+    use vireo_virtio::net::{HostFwd, Net, NetBackendConfig};
+    let mut parts = s.split(',');
+    let backend = match parts.next() {
+        Some("user") => {
+            let mut hostfwd = Vec::new();
+            for p in parts.by_ref() {
+                match p.split_once('=') {
+                    Some(("hostfwd", f)) => hostfwd.push(
+                        f.parse::<HostFwd>()
+                            .map_err(|e| usage(format!("invalid --net '{s}': {e}")))?,
+                    ),
+                    _ => {
+                        return Err(usage(format!(
+                            "invalid --net '{s}': unknown option '{p}' (expected hostfwd=tcp:HOSTPORT-:GUESTPORT)"
+                        )))
+                    }
+                }
+            }
+            NetBackendConfig::User { hostfwd }
+        }
+        Some(t) if t.starts_with("tap=") && t.len() > 4 => {
+            if let Some(extra) = parts.next() {
+                return Err(usage(format!(
+                    "invalid --net '{s}': unknown option '{extra}' after tap=NAME"
+                )));
+            }
+            NetBackendConfig::Tap {
+                name: t[4..].to_string(),
+            }
+        }
+        _ => return Err(usage(format!(
+            "invalid --net '{s}': expected user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... or tap=NAME"
+        ))),
+    };
+    // A locally administered, stable address per NIC index.
+    let mac = [0x52, 0x54, 0x00, 0x76, 0x69, index as u8];
+    Net::new(backend, mac).map_err(|e| usage(format!("--net {s}: {e}")))
+}
+
+/// `cid=N,uds=PATH`
+fn vsock(s: &str) -> Result<vireo_virtio::vsock::Vsock, Failure> {
+    let bad = |why: &str| {
+        usage(format!(
+            "invalid --vsock '{s}': {why} (expected cid=N,uds=PATH)"
+        ))
+    };
+    let (mut cid, mut uds) = (None, None);
+    for p in s.split(',') {
+        match p.split_once('=') {
+            Some(("cid", n)) => {
+                let n: u64 = n.parse().map_err(|_| bad("cid is not a number"))?;
+                // 0-2 are reserved (hypervisor, local, host); u32::MAX is "any".
+                if n < 3 || n >= u64::from(u32::MAX) {
+                    return Err(bad("cid must be from 3 to 4294967294"));
+                }
+                cid = Some(n);
+            }
+            Some(("uds", path)) if !path.is_empty() => uds = Some(PathBuf::from(path)),
+            _ => return Err(bad(&format!("unknown option '{p}'"))),
+        }
+    }
+    let (Some(cid), Some(uds)) = (cid, uds) else {
+        return Err(bad("both cid and uds are needed"));
+    };
+    vireo_virtio::vsock::Vsock::new(cid, uds).map_err(|e| usage(format!("--vsock {s}: {e}")))
+}
