@@ -76,7 +76,12 @@ fn disk(s: &str) -> Result<vireo_virtio::block::Block, Failure> {
             }
         }
     }
-    vireo_virtio::block::Block::open(&cfg).map_err(|e| usage(format!("--disk {s}: {e}")))
+    let block =
+        vireo_virtio::block::Block::open(&cfg).map_err(|e| usage(format!("--disk {s}: {e}")))?;
+    if let Some(w) = block.warning() {
+        eprintln!("vireo: warning: --disk {s}: {w}");
+    }
+    Ok(block)
 }
 
 /// `user[,hostfwd=tcp:H-:G]...` or `tap=NAME`
@@ -111,9 +116,11 @@ fn net(s: &str, index: usize) -> Result<vireo_virtio::net::Net, Failure> {
                 name: t[4..].to_string(),
             }
         }
-        _ => return Err(usage(format!(
+        _ => {
+            return Err(usage(format!(
             "invalid --net '{s}': expected user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... or tap=NAME"
-        ))),
+        )))
+        }
     };
     // A locally administered, stable address per NIC index.
     let mac = [0x52, 0x54, 0x00, 0x76, 0x69, index as u8];

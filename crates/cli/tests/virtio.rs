@@ -608,7 +608,6 @@ fn virtio_console_is_hvc0() {
 /// With `-- CMD` the command's bytes must reach the host unchanged whichever console carries
 /// them, as they do on the serial console (boot.rs: `uname -m` prints exactly "riscv64\n").
 #[test]
-#[ignore = "bug: on hvc0 the guest's stty -opost -echo is lost, output arrives with CRLF"]
 fn virtio_console_output_is_raw() {
     require_image();
     let r = run(&[

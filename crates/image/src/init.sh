@@ -97,10 +97,12 @@ vireo_exit() {
 cd /root
 
 if [ -f /vireo/cmd ]; then
-	# Raw output: the command's bytes reach the host exactly as written.
-	stty -opost -echo </dev/console
-	printf '\033]vireo;run\007' >/dev/console
-	sh /vireo/cmd </dev/console >/dev/console 2>/dev/console
+	# Raw output: the command's bytes reach the host exactly as written. The console stays
+	# open on fd 3 throughout: some consoles (hvc) reset their settings on last close.
+	exec 3<>/dev/console
+	stty -opost -echo <&3
+	printf '\033]vireo;run\007' >&3
+	sh /vireo/cmd <&3 >&3 2>&3
 	vireo_exit $?
 fi
 
