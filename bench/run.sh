@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Builds vireo and the bench harness optimised, then runs the emu boot benchmark against QEMU.
-# Usage: bench/run.sh [RUNS]
+# Builds vireo and the bench harnesses optimised, then runs one.
+# Usage: bench/run.sh [boot|io|kvm] [RUNS]   (default: boot)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p vireo -p vireo-bench
-exec target/release/emu_boot "$@"
+case "${1:-boot}" in
+  boot) shift || true; exec target/release/emu_boot "$@" ;;
+  io) shift; exec target/release/io "$@" ;;
+  kvm) shift; exec target/release/kvm_start "$@" ;;
+  [0-9]*) exec target/release/emu_boot "$@" ;;
+  *) echo "usage: bench/run.sh [boot|io|kvm] [RUNS]" >&2; exit 2 ;;
+esac
