@@ -25,6 +25,7 @@ pub mod mmio;
 pub mod net;
 pub mod rng;
 pub mod vsock;
+mod worker;
 
 /// Device IDs (virtio 1.2 §5).
 pub mod types {

@@ -164,7 +164,7 @@ impl VirtioDevice for Net {
             tx,
             interrupt: act.interrupt,
         });
-        match Worker::start(self.state.clone()) {
+        match super::worker::start(self.state.clone()) {
             Ok(w) => {
                 self.worker = Some(w);
                 Ok(())

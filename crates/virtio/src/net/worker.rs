@@ -9,50 +9,16 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
-use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{lock, NetState};
 
-/// A running receive worker; stopped and joined on drop.
-pub(crate) struct Worker {
-    wake: Arc<EventFd>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
+pub(crate) use crate::worker::Worker;
 
-impl Worker {
-    pub(crate) fn start(state: Arc<Mutex<NetState>>) -> io::Result<Worker> {
-        let wake = Arc::new(EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)?);
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (wake, stop) = (wake.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("virtio-net-rx".into())
-                .spawn(move || run(&state, &wake, &stop))?
-        };
-        Ok(Worker {
-            wake,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Makes the worker look at the queues and the backend again.
-    pub(crate) fn kick(&self) {
-        let _ = self.wake.write(1);
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.kick();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// Starts the worker for `state`.
+pub(crate) fn start(state: Arc<Mutex<NetState>>) -> io::Result<Worker> {
+    Worker::start("virtio-net-rx", move |wake, stop| run(&state, wake, stop))
 }
 
 fn run(state: &Mutex<NetState>, wake: &EventFd, stop: &AtomicBool) {

@@ -173,7 +173,7 @@ impl VirtioDevice for Vsock {
             st.rx_starved = false;
             st.tx_stalled = false;
         }
-        match Worker::start(self.state.clone()) {
+        match super::worker::start(self.state.clone()) {
             Ok(w) => {
                 self.worker = Some(w);
                 Ok(())

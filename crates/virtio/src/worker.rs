@@ -1,0 +1,55 @@
+//! The handle of a device's host-side worker thread: a wake-up eventfd the device kicks when
+//! the guest adds buffers, and a stop flag. Dropping the handle stops and joins the thread.
+//! Each device supplies the loop itself (what it polls and when it sleeps).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
+
+/// A running worker; stopped and joined on drop.
+pub(crate) struct Worker {
+    wake: Arc<EventFd>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts thread `name` running `body(wake, stop)`; the body must return soon after `stop`
+    /// is set and `wake` becomes readable.
+    pub(crate) fn start<F>(name: &str, body: F) -> io::Result<Worker>
+    where
+        F: FnOnce(&EventFd, &AtomicBool) + Send + 'static,
+    {
+        let wake = Arc::new(EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (wake, stop) = (wake.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || body(&wake, &stop))?
+        };
+        Ok(Worker {
+            wake,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Makes the worker look at its queues and host descriptors again.
+    pub(crate) fn kick(&self) {
+        let _ = self.wake.write(1);
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.kick();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
