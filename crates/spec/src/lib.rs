@@ -98,28 +98,21 @@ impl FromStr for MemSize {
     fn from_str(s: &str) -> Result<Self, SpecError> {
         let err = || SpecError::MemSize(s.to_string());
         let t = s.trim();
-        let (digits, shift) = match t.char_indices().last() {
-            Some((i, c)) if c.is_ascii_alphabetic() => {
-                let shift = match c.to_ascii_uppercase() {
-                    'K' => 10,
-                    'M' => 20,
-                    'G' => 30,
-                    _ => return Err(err()),
-                };
-                (&t[..i], shift)
-            }
-            _ => (t, 0),
+        // Accept K, M, G with an optional B or iB after them (512M, 512MB, 512MiB).
+        let upper = t.to_ascii_uppercase();
+        let unit = upper
+            .strip_suffix("IB")
+            .or_else(|| upper.strip_suffix('B'))
+            .unwrap_or(&upper);
+        let (digits, shift) = match unit.chars().last() {
+            Some('K') => (&unit[..unit.len() - 1], 10),
+            Some('M') => (&unit[..unit.len() - 1], 20),
+            Some('G') => (&unit[..unit.len() - 1], 30),
+            // A bare number is MiB, as with QEMU's -m.
+            Some(c) if c.is_ascii_digit() && unit.len() == upper.len() => (unit, 20),
+            _ => return Err(err()),
         };
-        // A bare number is MiB, as with QEMU's -m.
-        let shift = if shift == 0 && !digits.is_empty() {
-            20
-        } else {
-            shift
-        };
-        let n: u64 = digits
-            .trim_end_matches(['i', 'B'])
-            .parse()
-            .map_err(|_| err())?;
+        let n: u64 = digits.parse().map_err(|_| err())?;
         n.checked_shl(shift)
             .filter(|v| v >> shift == n)
             .map(MemSize)
@@ -321,7 +314,11 @@ mod tests {
         assert_eq!("64k".parse::<MemSize>().unwrap().0, 64 << 10);
         assert_eq!("256".parse::<MemSize>().unwrap().0, 256 << 20);
         assert_eq!("2GiB".parse::<MemSize>().unwrap().0, 2 << 30);
+        assert_eq!("512MB".parse::<MemSize>().unwrap().0, 512 << 20);
         assert!("12X".parse::<MemSize>().is_err());
+        assert!("12B".parse::<MemSize>().is_err());
+        assert!("G".parse::<MemSize>().is_err());
+        assert!("-1M".parse::<MemSize>().is_err());
         assert!("".parse::<MemSize>().is_err());
         assert!("99999999999999999999G".parse::<MemSize>().is_err());
         assert_eq!(MemSize(512 << 20).to_string(), "512M");
