@@ -537,17 +537,6 @@ impl Hart {
         self.brk = true;
     }
 
-    /// Reads guest-virtual memory as the hart would (for SBI calls that take buffers).
-    pub fn read_phys_bytes(&mut self, sys: &mut Sys, pa: u64, out: &mut [u8]) -> bool {
-        for (i, b) in out.iter_mut().enumerate() {
-            match self.phys_read(sys, pa.wrapping_add(i as u64), 1) {
-                Some(v) => *b = v as u8,
-                None => return false,
-            }
-        }
-        true
-    }
-
     // ---------------------------------------------------------- fetching
 
     #[inline(always)]

@@ -104,15 +104,19 @@ pub fn call(h: &mut Hart, sys: &mut Sys) {
             _ => (ERR_INVALID_PARAM, 0),
         },
         EXT_DBCN => match fid {
+            // console_write(len, base_lo, base_hi): the buffer must be RAM (never device
+            // registers, whose reads have side effects); on RV64 base_hi must be zero. At most
+            // 4 KiB per call, which the spec allows (the caller retries the rest).
             0 => {
-                // console_write(len, base_lo, base_hi): physical buffer.
-                let len = a[0].min(4096) as usize;
-                let mut buf = vec![0u8; len];
-                if h.read_phys_bytes(sys, a[1], &mut buf) {
-                    let _ = sys.console.write_all(&buf);
-                    (SUCCESS, len as u64)
-                } else {
-                    (ERR_INVALID_PARAM, 0)
+                let len = a[0].min(4096);
+                let off = (a[2] == 0).then(|| sys.ram.offset(a[1], len)).flatten();
+                let mut buf = vec![0u8; len as usize];
+                match off {
+                    Some(off) if sys.ram.read_bytes(off, &mut buf) => {
+                        let _ = sys.console.write_all(&buf);
+                        (SUCCESS, len)
+                    }
+                    _ => (ERR_INVALID_PARAM, 0),
                 }
             }
             1 => (SUCCESS, 0),
@@ -188,5 +192,100 @@ fn hsm(h: &mut Hart, sys: &mut Sys, fid: u64, a: &[u64; 6]) -> (i64, u64) {
         3 if a[0] as u32 == 0 => (SUCCESS, 0),
         3 => (ERR_NOT_SUPPORTED, 0),
         _ => (ERR_NOT_SUPPORTED, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use vireo_devices::ConsoleOutput;
+    use vireo_machine::{Bus, BusDevice, ExitSignal, GuestRam};
+
+    use crate::sys::{Clint, Clock, CodeCache, IrqOutputs, Mailbox};
+
+    const RAM: u64 = 0x8000_0000;
+    const DEV: u64 = 0x1000_0000;
+
+    /// Counts reads: a device whose registers the SBI must never read for a buffer.
+    struct Reads(Arc<AtomicUsize>);
+    impl BusDevice for Reads {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            data.fill(b'!');
+        }
+        fn write(&mut self, _offset: u64, _data: &[u8]) {}
+    }
+
+    /// Calls DBCN console_write(len, lo, hi) and returns (error, value, console output).
+    fn console_write(len: u64, lo: u64, hi: u64, reads: &Arc<AtomicUsize>) -> (i64, u64, Vec<u8>) {
+        let ram = GuestRam::new(&[(RAM, 0x10000)]).unwrap();
+        ram.write(RAM + 0x100, b"hello, sbi").unwrap();
+        let mut bus = Bus::new();
+        bus.insert(DEV, 0x100, Arc::new(Mutex::new(Reads(reads.clone()))))
+            .unwrap();
+        let view = ram.view_at(RAM).unwrap();
+        let console = ConsoleOutput::new();
+        let mut sys = Sys {
+            ram: view,
+            bus: &bus,
+            code: CodeCache::new(RAM, view.len()),
+            clint: Clint {
+                msip: vec![false],
+                mtimecmp: vec![u64::MAX],
+            },
+            clint_base: 0x200_0000,
+            irq: Arc::new(IrqOutputs::new(2)),
+            exit: Arc::new(ExitSignal::new()),
+            console: console.clone(),
+            builtin_sbi: true,
+            mail: vec![Mailbox {
+                ipi: false,
+                flush_tlb: false,
+                start: None,
+                hsm: HsmState::Started,
+            }],
+            clock: Clock::new(),
+            fault: None,
+        };
+        let mut h = Hart::new(0);
+        h.x[17] = EXT_DBCN;
+        h.x[16] = 0;
+        h.x[10] = len;
+        h.x[11] = lo;
+        h.x[12] = hi;
+        call(&mut h, &mut sys);
+        (h.x[10] as i64, h.x[11], console.take())
+    }
+
+    #[test]
+    fn console_write_reads_ram_only() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        assert_eq!(
+            console_write(10, RAM + 0x100, 0, &reads),
+            (SUCCESS, 10, b"hello, sbi".to_vec())
+        );
+        // Device registers, a high half on RV64, and a buffer running off the end of RAM are
+        // refused without printing anything or touching the device.
+        for (len, lo, hi) in [
+            (4, DEV, 0),
+            (10, RAM + 0x100, 1),
+            (16, RAM + 0x10000 - 8, 0),
+            (4, u64::MAX - 1, 0),
+        ] {
+            let (err, _, out) = console_write(len, lo, hi, &reads);
+            assert_eq!(err, ERR_INVALID_PARAM, "{len} {lo:#x} {hi}");
+            assert!(out.is_empty());
+        }
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            0,
+            "the SBI read device registers"
+        );
+        // A huge length is capped, not allocated: the first 4 KiB are written.
+        let (err, n, out) = console_write(u64::MAX, RAM, 0, &reads);
+        assert_eq!((err, n, out.len()), (SUCCESS, 4096, 4096));
     }
 }

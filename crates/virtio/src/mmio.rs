@@ -254,8 +254,11 @@ impl BusDevice for MmioTransport {
             REG_QUEUE_NUM => {
                 if let Some(q) = self.selected() {
                     // An invalid size (zero, not a power of two, above the maximum) is refused
-                    // by virtio-queue and leaves the old one.
-                    let _ = q.try_set_size(v as u16).ok().filter(|_| v <= 0xffff);
+                    // by virtio-queue and leaves the old one; so is one that does not fit in
+                    // 16 bits (checked before narrowing, or 0x10010 would pass as 16).
+                    if let Ok(size) = u16::try_from(v) {
+                        let _ = q.try_set_size(size);
+                    }
                 }
             }
             REG_QUEUE_READY => {
@@ -496,6 +499,13 @@ mod tests {
         wr(&mut t, REG_QUEUE_SEL, 0);
         wr(&mut t, REG_QUEUE_NUM, 12);
         wr(&mut t, REG_QUEUE_NUM, 1 << 20);
+        assert_eq!(t.queues[0].size(), 16);
+        // A value whose low 16 bits are a valid size is still out of range.
+        wr(&mut t, REG_QUEUE_NUM, 0x1_0008);
+        assert_eq!(t.queues[0].size(), 16, "0x10008 must not pass as 8");
+        wr(&mut t, REG_QUEUE_NUM, 8);
+        assert_eq!(t.queues[0].size(), 8);
+        wr(&mut t, REG_QUEUE_NUM, 16);
         // Rings outside guest memory (64 KiB here).
         setup_queue(&mut t, 0, 0xffff_fff0_0000, 0x2000, 0x3000, 16);
         wr(
