@@ -24,6 +24,8 @@ pub mod console;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+#[cfg(test)]
+mod test_util;
 pub mod vsock;
 mod worker;
 

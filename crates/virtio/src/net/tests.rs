@@ -3,146 +3,18 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vireo_machine::IrqLine;
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
+use crate::test_util::{CountIrq, Driver};
 use crate::{Activation, Interrupt, VirtioDevice};
 
 const MEM_SIZE: usize = 16 << 20;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-
-/// Counts rising edges of the device's interrupt line.
-#[derive(Default)]
-struct CountIrq(AtomicU32);
-
-impl IrqLine for CountIrq {
-    fn set_level(&self, high: bool) {
-        if high {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-/// The driver side of one split queue.
-struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
-    q: MockSplitQueue<'a, GuestMemoryMmap>,
-    next_desc: u16,
-    used_seen: u16,
-}
-
-impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap, base: u64) -> Self {
-        Driver {
-            mem,
-            q: MockSplitQueue::create(mem, GuestAddress(base), QUEUE_SIZE),
-            next_desc: 0,
-            used_seen: 0,
-        }
-    }
-
-    fn queue(&self) -> Queue {
-        let mut q: Queue = self.q.create_queue().unwrap();
-        let used = self.used_addr().0;
-        q.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
-        q
-    }
-
-    /// The used ring, placed by hand: the mock puts it right after the first half of the
-    /// available ring (it sizes that ring in elements, not bytes), so with more than
-    /// `size / 2` entries in flight the two would overlap.
-    fn used_addr(&self) -> GuestAddress {
-        self.q.desc_table_addr().unchecked_add(0x2000)
-    }
-
-    /// Publishes a chain of (address, length, device-writable) buffers; returns its head.
-    fn add(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
-        let n = bufs.len() as u16;
-        let head = self.next_desc;
-        for (i, &(addr, len, w)) in bufs.iter().enumerate() {
-            let idx = (head + i as u16) % QUEUE_SIZE;
-            let last = i as u16 == n - 1;
-            let flags = if w { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
-            let next = (idx + 1) % QUEUE_SIZE;
-            self.store(idx, addr, len, flags, next);
-        }
-        self.next_desc = (head + n) % QUEUE_SIZE;
-        self.publish(head);
-        head
-    }
-
-    fn store(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        self.q
-            .desc_table()
-            .store(
-                idx,
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)),
-            )
-            .unwrap();
-    }
-
-    /// Publishes two descriptors that point at each other.
-    fn add_loop(&mut self, addr: u64, writable: bool) -> u16 {
-        let a = self.next_desc;
-        let b = (a + 1) % QUEUE_SIZE;
-        let w = if writable { F_WRITE } else { 0 };
-        self.store(a, addr, 64, F_NEXT | w, b);
-        self.store(b, addr + 64, 64, F_NEXT | w, a);
-        self.next_desc = (a + 2) % QUEUE_SIZE;
-        self.publish(a);
-        a
-    }
-
-    fn publish(&self, head: u16) {
-        let avail = self.q.avail_addr();
-        let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
-        let slot = 4 + u64::from(idx % QUEUE_SIZE) * 2;
-        self.mem.write_obj(head, avail.unchecked_add(slot)).unwrap();
-        self.mem
-            .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
-            .unwrap();
-    }
-
-    /// Used entries (head, length) returned since the last call.
-    fn used(&mut self) -> Vec<(u16, u32)> {
-        let used = self.used_addr();
-        let idx: u16 = self.mem.read_obj(used.unchecked_add(2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let slot = 4 + u64::from(self.used_seen % QUEUE_SIZE) * 8;
-            let id: u32 = self.mem.read_obj(used.unchecked_add(slot)).unwrap();
-            let len: u32 = self.mem.read_obj(used.unchecked_add(slot + 4)).unwrap();
-            out.push((id as u16, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
-
-    /// Waits until `n` more used entries appear (the worker fills them asynchronously).
-    fn wait_used(&mut self, n: usize) -> Vec<(u16, u32)> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut got = Vec::new();
-        while got.len() < n {
-            got.extend(self.used());
-            assert!(
-                Instant::now() < deadline,
-                "waited 10 s for {n} used buffers, got {got:?}"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        got
-    }
-}
 
 fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
@@ -156,8 +28,8 @@ const TXQ: u64 = 0x4000;
 fn setup(mem: &GuestMemoryMmap) -> (Net, UnixStream, Driver<'_>, Driver<'_>, Arc<CountIrq>) {
     let (a, b) = UnixStream::pair().unwrap();
     let mut net = Net::with_stream(a, MAC);
-    let rx = Driver::new(mem, RXQ);
-    let tx = Driver::new(mem, TXQ);
+    let rx = Driver::new(mem, RXQ, QUEUE_SIZE);
+    let tx = Driver::new(mem, TXQ, QUEUE_SIZE);
     let irq = Arc::new(CountIrq::default());
     net.activate(Activation {
         mem: mem.clone(),
@@ -409,8 +281,8 @@ fn reset_stops_the_worker_and_reactivation_serves_again() {
     std::thread::sleep(Duration::from_millis(50));
     assert!(rx.used().is_empty());
     // A fresh activation on fresh queues delivers it.
-    let mut rx = Driver::new(&mem, 0x8000);
-    let tx = Driver::new(&mem, 0xc000);
+    let mut rx = Driver::new(&mem, 0x8000, QUEUE_SIZE);
+    let tx = Driver::new(&mem, 0xc000, QUEUE_SIZE);
     let h = rx.add(&[(0x22_0000, 1526, true)]);
     net.activate(Activation {
         mem: mem.clone(),
@@ -427,7 +299,7 @@ fn activation_needs_both_queues() {
     let mem = memory();
     let (a, _b) = UnixStream::pair().unwrap();
     let mut net = Net::with_stream(a, MAC);
-    let rx = Driver::new(&mem, RXQ);
+    let rx = Driver::new(&mem, RXQ, QUEUE_SIZE);
     let e = net
         .activate(Activation {
             mem: mem.clone(),
@@ -552,8 +424,8 @@ fn real_passt_answers_dhcp_and_forwards_a_host_port() {
     let pid = net.passt_pid().unwrap();
 
     let mem = memory();
-    let mut rx = Driver::new(&mem, RXQ);
-    let mut tx = Driver::new(&mem, TXQ);
+    let mut rx = Driver::new(&mem, RXQ, QUEUE_SIZE);
+    let mut tx = Driver::new(&mem, TXQ, QUEUE_SIZE);
     // One-descriptor buffers get heads 0, 1, 2...: buffer `head` is at rx_addr(head).
     let rx_addr = |head: u16| 0x50_0000 + u64::from(head) * 0x1000;
     for i in 0..64 {
@@ -732,8 +604,8 @@ fn tap_backend_carries_frames_in_a_private_network_namespace() {
         )
         .unwrap();
         let mem = memory();
-        let mut rx = Driver::new(&mem, RXQ);
-        let mut tx = Driver::new(&mem, TXQ);
+        let mut rx = Driver::new(&mem, RXQ, QUEUE_SIZE);
+        let mut tx = Driver::new(&mem, TXQ, QUEUE_SIZE);
         let rx_addr = |head: u16| 0x50_0000 + u64::from(head) * 0x1000;
         for i in 0..64 {
             rx.add(&[(rx_addr(i), 1526, true)]);

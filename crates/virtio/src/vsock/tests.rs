@@ -8,102 +8,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vireo_machine::IrqLine;
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::packet::*;
 use super::*;
+use crate::test_util::{CountIrq, Driver};
 use crate::{Activation, Interrupt, VirtioDevice};
 
 const MEM_SIZE: usize = 16 << 20;
 const GUEST_CID: u64 = 3;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 const RX_BUF: u32 = (HDR_LEN + 4096) as u32;
-
-#[derive(Default)]
-struct CountIrq(AtomicU32);
-
-impl IrqLine for CountIrq {
-    fn set_level(&self, high: bool) {
-        if high {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-/// The driver side of one split queue.
-struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
-    q: MockSplitQueue<'a, GuestMemoryMmap>,
-    next_desc: u16,
-    used_seen: u16,
-}
-
-impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap, base: u64) -> Self {
-        Driver {
-            mem,
-            q: MockSplitQueue::create(mem, GuestAddress(base), QUEUE_SIZE),
-            next_desc: 0,
-            used_seen: 0,
-        }
-    }
-
-    fn queue(&self) -> Queue {
-        let mut q: Queue = self.q.create_queue().unwrap();
-        let used = self.used_addr().0;
-        q.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
-        q
-    }
-
-    /// The used ring, placed by hand: the mock puts it right after the first half of the
-    /// available ring (it sizes that ring in elements, not bytes), so with more than
-    /// `size / 2` entries in flight the two would overlap.
-    fn used_addr(&self) -> GuestAddress {
-        self.q.desc_table_addr().unchecked_add(0x2000)
-    }
-
-    fn add(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
-        let n = bufs.len() as u16;
-        let head = self.next_desc;
-        for (i, &(addr, len, w)) in bufs.iter().enumerate() {
-            let idx = (head + i as u16) % QUEUE_SIZE;
-            let flags = if w { F_WRITE } else { 0 } | if i as u16 == n - 1 { 0 } else { F_NEXT };
-            let d = SplitDescriptor::new(addr, len, flags, (idx + 1) % QUEUE_SIZE);
-            self.q
-                .desc_table()
-                .store(idx, RawDescriptor::from(d))
-                .unwrap();
-        }
-        self.next_desc = (head + n) % QUEUE_SIZE;
-        let avail = self.q.avail_addr();
-        let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
-        let slot = 4 + u64::from(idx % QUEUE_SIZE) * 2;
-        self.mem.write_obj(head, avail.unchecked_add(slot)).unwrap();
-        self.mem
-            .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
-            .unwrap();
-        head
-    }
-
-    fn used(&mut self) -> Vec<(u16, u32)> {
-        let used = self.used_addr();
-        let idx: u16 = self.mem.read_obj(used.unchecked_add(2)).unwrap();
-        let mut out = Vec::new();
-        while self.used_seen != idx {
-            let slot = 4 + u64::from(self.used_seen % QUEUE_SIZE) * 8;
-            let id: u32 = self.mem.read_obj(used.unchecked_add(slot)).unwrap();
-            let len: u32 = self.mem.read_obj(used.unchecked_add(slot + 4)).unwrap();
-            out.push((id as u16, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
-}
 
 /// A guest: the device, its queues, and the buffers it has posted.
 struct Guest<'a> {
@@ -149,9 +63,9 @@ impl<'a> Guest<'a> {
         let dir = temp_dir();
         let uds = dir.0.join("v.sock");
         let mut dev = Vsock::new(GUEST_CID, uds.clone()).unwrap();
-        let rx = Driver::new(mem, 0x0);
-        let tx = Driver::new(mem, 0x4000);
-        let ev = Driver::new(mem, 0x8000);
+        let rx = Driver::new(mem, 0x0, QUEUE_SIZE);
+        let tx = Driver::new(mem, 0x4000, QUEUE_SIZE);
+        let ev = Driver::new(mem, 0x8000, QUEUE_SIZE);
         dev.activate(Activation {
             mem: mem.clone(),
             queues: vec![Some(rx.queue()), Some(tx.queue()), Some(ev.queue())],
@@ -542,13 +456,7 @@ fn hostile_headers_get_rst_or_are_dropped() {
     g.send(h, &[]);
     g.tx.add(&[(0x10_0000, 20, false)]);
     g.tx.add(&[(MEM_SIZE as u64 - 8, 44, false)]);
-    let a = g.tx.next_desc;
-    g.tx.add(&[(0x10_0000, 44, false), (0x10_0000, 44, false)]);
-    let d = SplitDescriptor::new(0x10_0000, 44, F_NEXT, a);
-    g.tx.q
-        .desc_table()
-        .store(a + 1, RawDescriptor::from(d))
-        .unwrap();
+    g.tx.add_loop(0x10_0000, false);
     g.dev.queue_notify(TX_QUEUE as u16);
     assert!(g.try_recv(Duration::from_millis(100)).is_none());
     assert_eq!(g.dev.stats().tx_dropped, 4);
