@@ -11,9 +11,11 @@
 //!
 //! Usage: `bench/run.sh [RUNS]` (default 5 runs per system and workload).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
+
+use vireo_bench::{command_initrd, die, which};
 
 const CPU_WORK: &str = "dd if=/dev/zero bs=1M count=8 2>/dev/null | sha256sum";
 
@@ -54,7 +56,7 @@ fn main() {
     println!("cmdline: {cmdline}");
     for (name, cmd) in [("boot", "true"), ("cpu", CPU_WORK)] {
         let initrd = dir.join(format!("{name}.img"));
-        write_initrd(&image.initrd, cmd, &initrd);
+        command_initrd(&image.initrd, &format!("{cmd}\n"), &initrd);
         let vireo_args = |fw: Option<&Path>| {
             let mut a = vec![
                 "run".to_string(),
@@ -137,27 +139,6 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The image's initramfs plus an archive carrying the command, exactly as `vireo run -- CMD`
-/// builds it, so both systems boot byte-identical files.
-fn write_initrd(base: &Path, cmd: &str, out: &Path) {
-    let mut data = std::fs::read(base).unwrap_or_else(|e| die(&format!("{}: {e}", base.display())));
-    while !data.len().is_multiple_of(4) {
-        data.push(0);
-    }
-    let mut w = vireo_image::cpio::Writer::new();
-    w.dir("vireo", 0o755)
-        .and_then(|w| {
-            w.file(
-                vireo_image::COMMAND_FILE,
-                0o644,
-                format!("{cmd}\n").as_bytes(),
-            )
-        })
-        .unwrap_or_else(|e| die(&e.to_string()));
-    data.extend_from_slice(&w.finish());
-    std::fs::write(out, data).unwrap_or_else(|e| die(&e.to_string()));
-}
-
 /// Runs a command to completion; wall time and the child's peak RSS.
 // The child is reaped with wait4, which std's wait cannot do: it also returns the rusage.
 #[allow(clippy::zombie_processes)]
@@ -200,17 +181,4 @@ fn medians(s: &[Sample]) -> (f64, f64) {
     w.sort_by(f64::total_cmp);
     r.sort_by(f64::total_cmp);
     (w[w.len() / 2], r[r.len() / 2])
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
-}
-
-fn die(msg: &str) -> ! {
-    eprintln!("emu_boot: {msg}");
-    std::process::exit(1);
 }

@@ -7,9 +7,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use vireo_bench::{command_initrd, die, which};
 
 const MIB: u64 = 32;
 
@@ -93,14 +95,13 @@ fn main() {
         MIB << 4
     );
     let initrd = dir.join("io.img");
-    write_initrd(&image.initrd, &script, &initrd);
+    command_initrd(&image.initrd, &script, &initrd);
     let cmdline = format!("{} vireo.exit=0x100000", image.default_cmdline);
 
     println!("vireo emu vs QEMU TCG, virtio-blk + virtio-net(passt), {MIB} MiB per test, {runs} runs, medians");
     let mut results: Vec<(&str, Vec<Run>)> = vec![("vireo", vec![]), ("qemu", vec![])];
-    for i in 0..runs {
-        for (k, (name, samples)) in results.iter_mut().enumerate() {
-            let _ = (i, k);
+    for _ in 0..runs {
+        for (name, samples) in results.iter_mut() {
             let disk = dir.join("disk.img");
             make_disk(&disk);
             let out = if *name == "vireo" {
@@ -270,30 +271,4 @@ fn output(mut c: Command) -> String {
         .output()
         .unwrap_or_else(|e| die(&e.to_string()));
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn write_initrd(base: &Path, cmd: &str, out: &Path) {
-    let mut data = std::fs::read(base).unwrap_or_else(|e| die(&format!("{}: {e}", base.display())));
-    while !data.len().is_multiple_of(4) {
-        data.push(0);
-    }
-    let mut w = vireo_image::cpio::Writer::new();
-    w.dir("vireo", 0o755)
-        .and_then(|w| w.file(vireo_image::COMMAND_FILE, 0o644, cmd.as_bytes()))
-        .unwrap_or_else(|e| die(&e.to_string()));
-    data.extend_from_slice(&w.finish());
-    std::fs::write(out, data).unwrap_or_else(|e| die(&e.to_string()));
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
-}
-
-fn die(msg: &str) -> ! {
-    eprintln!("io: {msg}");
-    std::process::exit(1);
 }

@@ -1,0 +1,44 @@
+//! What the bench binaries share: finding tools, failing loudly, and building the initramfs a
+//! guest command travels in.
+
+use std::path::{Path, PathBuf};
+
+/// Prints `msg` prefixed with the binary's name and exits 1.
+pub fn die(msg: &str) -> ! {
+    let me = std::env::args()
+        .next()
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "bench".into());
+    eprintln!("{me}: {msg}");
+    std::process::exit(1);
+}
+
+/// The first `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+}
+
+/// Writes to `out` the image's initramfs plus an archive carrying `script` as the guest
+/// command, exactly as `vireo run -- CMD` builds it, so vireo and QEMU boot byte-identical
+/// files.
+pub fn command_initrd(base: &Path, script: &str, out: &Path) {
+    let mut data = std::fs::read(base).unwrap_or_else(|e| die(&format!("{}: {e}", base.display())));
+    // The kernel finds an appended archive only on a 4-byte boundary.
+    while !data.len().is_multiple_of(4) {
+        data.push(0);
+    }
+    let mut w = vireo_image::cpio::Writer::new();
+    w.dir("vireo", 0o755)
+        .and_then(|w| w.file(vireo_image::COMMAND_FILE, 0o644, script.as_bytes()))
+        .unwrap_or_else(|e| die(&e.to_string()));
+    data.extend_from_slice(&w.finish());
+    std::fs::write(out, data).unwrap_or_else(|e| die(&format!("{}: {e}", out.display())));
+}
