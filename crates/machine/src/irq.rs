@@ -19,3 +19,11 @@ pub struct NoIrq;
 impl IrqLine for NoIrq {
     fn set_level(&self, _high: bool) {}
 }
+
+/// Where a device's message-signalled interrupts (MSI, MSI-X) go: a write of `data` to
+/// `address`, which the platform's interrupt controller decodes (on x86 the local APIC's
+/// 0xfee0_0000 window). Accelerators without an MSI controller have no sink, and devices then
+/// offer no MSI capability.
+pub trait MsiSink: Send + Sync {
+    fn send(&self, address: u64, data: u32);
+}

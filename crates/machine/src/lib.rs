@@ -21,5 +21,5 @@ pub mod memory;
 pub use boot::BootConfig;
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 pub use exit::{ExitSignal, GuestExit};
-pub use irq::{IrqLine, NoIrq};
+pub use irq::{IrqLine, MsiSink, NoIrq};
 pub use memory::{GuestRam, MemoryError};

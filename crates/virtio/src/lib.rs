@@ -12,20 +12,23 @@
 //! Each device is a folder: `device.rs` (what the guest sees), and a backend where it talks to
 //! the host.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use vireo_machine::IrqLine;
-use virtio_queue::Queue;
+use vireo_pci::MsixTable;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 pub mod block;
 pub mod console;
 pub mod mmio;
 pub mod net;
+pub mod pci;
 pub mod rng;
 #[cfg(test)]
 mod test_util;
+mod transport;
 pub mod vsock;
 mod worker;
 
@@ -55,12 +58,88 @@ pub enum ActivateError {
     Backend(String),
 }
 
-/// The interrupt state of one device: the virtio-mmio InterruptStatus bits and the line behind
-/// them. Cloned into device worker threads.
+/// The interrupt state of one device: the InterruptStatus (virtio-mmio) / ISR (virtio-pci) bits
+/// and the line behind them, or, once a virtio-pci driver enabled MSI-X, the vector each queue
+/// was given. Cloned into device worker threads.
 #[derive(Clone)]
 pub struct Interrupt {
     status: Arc<AtomicU32>,
     line: Arc<dyn IrqLine>,
+    msix: Option<Arc<MsixRoute>>,
+}
+
+/// The driver's choice of MSI-X vector for each queue and for configuration changes
+/// (virtio 1.2 §4.1.5.1.2), and the table they index.
+pub struct MsixRoute {
+    table: Mutex<MsixTable>,
+    config_vector: AtomicU16,
+    queue_vectors: Vec<AtomicU16>,
+}
+
+/// "No vector": the driver wants no interrupt for this event.
+pub const NO_VECTOR: u16 = 0xffff;
+
+impl MsixRoute {
+    pub fn new(table: MsixTable, queues: usize) -> Self {
+        MsixRoute {
+            table: Mutex::new(table),
+            config_vector: AtomicU16::new(NO_VECTOR),
+            queue_vectors: (0..queues).map(|_| AtomicU16::new(NO_VECTOR)).collect(),
+        }
+    }
+
+    pub fn table(&self) -> MutexGuard<'_, MsixTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn config_vector(&self) -> u16 {
+        self.config_vector.load(Ordering::Acquire)
+    }
+
+    /// Records the driver's vector for config changes; one past the table reads back as
+    /// NO_VECTOR, which is how the driver learns the device refused it.
+    pub fn set_config_vector(&self, v: u16) {
+        self.config_vector.store(self.checked(v), Ordering::Release);
+    }
+
+    pub fn queue_vector(&self, queue: usize) -> u16 {
+        self.queue_vectors
+            .get(queue)
+            .map_or(NO_VECTOR, |v| v.load(Ordering::Acquire))
+    }
+
+    pub fn set_queue_vector(&self, queue: usize, v: u16) {
+        if let Some(slot) = self.queue_vectors.get(queue) {
+            slot.store(self.checked(v), Ordering::Release);
+        }
+    }
+
+    fn checked(&self, v: u16) -> u16 {
+        if usize::from(v) < self.table().vectors() {
+            v
+        } else {
+            NO_VECTOR
+        }
+    }
+
+    pub fn reset(&self) {
+        self.config_vector.store(NO_VECTOR, Ordering::Release);
+        for v in &self.queue_vectors {
+            v.store(NO_VECTOR, Ordering::Release);
+        }
+    }
+
+    /// Sends `vector` if MSI-X is on; false when the event should take the INTx path.
+    fn send(&self, vector: u16) -> bool {
+        let mut t = self.table();
+        if !t.enabled() {
+            return false;
+        }
+        if vector != NO_VECTOR {
+            t.notify(vector);
+        }
+        true
+    }
 }
 
 /// InterruptStatus bit: a used buffer was returned.
@@ -73,17 +152,45 @@ impl Interrupt {
         Interrupt {
             status: Arc::new(AtomicU32::new(0)),
             line,
+            msix: None,
         }
     }
 
-    /// Tells the driver used buffers are waiting.
-    pub fn signal_used(&self) {
+    /// An interrupt that uses MSI-X vectors when the driver enables them and `line` (INTx)
+    /// otherwise.
+    pub fn with_msix(line: Arc<dyn IrqLine>, msix: Arc<MsixRoute>) -> Self {
+        Interrupt {
+            msix: Some(msix),
+            ..Self::new(line)
+        }
+    }
+
+    /// Tells the driver used buffers are waiting on `queue`.
+    pub fn signal_used(&self, queue: u16) {
+        if let Some(m) = &self.msix {
+            if m.send(m.queue_vector(usize::from(queue))) {
+                return;
+            }
+        }
         self.status.fetch_or(INT_USED, Ordering::AcqRel);
         self.line.set_level(true);
     }
 
+    /// Signals used buffers on `queue` unless the driver suppressed notifications
+    /// (VIRTIO_F_EVENT_IDX or the NO_INTERRUPT flag); a ring it cannot read counts as "notify".
+    pub fn notify_used(&self, queue: u16, q: &mut Queue, mem: &GuestMemoryMmap) {
+        if q.needs_notification(mem).unwrap_or(true) {
+            self.signal_used(queue);
+        }
+    }
+
     /// Tells the driver the configuration space changed.
     pub fn signal_config(&self) {
+        if let Some(m) = &self.msix {
+            if m.send(m.config_vector()) {
+                return;
+            }
+        }
         self.status.fetch_or(INT_CONFIG, Ordering::AcqRel);
         self.line.set_level(true);
     }
@@ -103,6 +210,9 @@ impl Interrupt {
     fn clear(&self) {
         self.status.store(0, Ordering::Release);
         self.line.set_level(false);
+        if let Some(m) = &self.msix {
+            m.reset();
+        }
     }
 }
 

@@ -5,10 +5,15 @@ use std::sync::Arc;
 
 use vireo_machine::bus::{le_value, set_le_value};
 use vireo_machine::{BusDevice, IrqLine};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
-use crate::{Activation, Interrupt, VirtioDevice};
+use crate::transport::DeviceCore;
+pub use crate::transport::{
+    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK,
+    STATUS_NEEDS_RESET,
+};
+use crate::{Interrupt, VirtioDevice};
 
 pub const MMIO_WINDOW: u64 = 0x200;
 
@@ -42,153 +47,29 @@ const REG_SHM_LEN_HIGH: u64 = 0x0b4;
 const REG_CONFIG_GENERATION: u64 = 0x0fc;
 const CONFIG: u64 = 0x100;
 
-/// Device status bits (virtio 1.2 §2.1).
-pub const STATUS_ACKNOWLEDGE: u32 = 1;
-pub const STATUS_DRIVER: u32 = 2;
-pub const STATUS_DRIVER_OK: u32 = 4;
-pub const STATUS_FEATURES_OK: u32 = 8;
-pub const STATUS_NEEDS_RESET: u32 = 64;
-pub const STATUS_FAILED: u32 = 128;
-
 /// One virtio device behind a virtio-mmio register window.
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
-    mem: GuestMemoryMmap,
-    interrupt: Interrupt,
-    queues: Vec<Queue>,
-    queue_sel: u32,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    driver_features: u64,
-    status: u32,
-    config_generation: u32,
-    active: bool,
+    core: DeviceCore,
 }
 
 impl MmioTransport {
     pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap, irq: Arc<dyn IrqLine>) -> Self {
-        let queues = Self::fresh_queues(device.as_ref());
         MmioTransport {
-            device,
-            mem,
-            interrupt: Interrupt::new(irq),
-            queues,
-            queue_sel: 0,
-            device_features_sel: 0,
-            driver_features_sel: 0,
-            driver_features: 0,
-            status: 0,
-            config_generation: 0,
-            active: false,
+            core: DeviceCore::new(device, mem, Interrupt::new(irq)),
         }
-    }
-
-    fn fresh_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
-        device
-            .queue_max_sizes()
-            .iter()
-            // Sizes come from our own devices (powers of two ≤ 32768), never from the guest.
-            .filter_map(|&max| Queue::new(max).ok())
-            .collect()
     }
 
     /// The device's type, for the device tree and messages.
     pub fn device_type(&self) -> u32 {
-        self.device.device_type()
-    }
-
-    fn selected(&mut self) -> Option<&mut Queue> {
-        // Queue registers only mean something before DRIVER_OK and for an existing queue.
-        if self.active {
-            return None;
-        }
-        self.queues.get_mut(self.queue_sel as usize)
-    }
-
-    fn reset(&mut self) {
-        if self.active {
-            self.device.reset();
-        }
-        self.active = false;
-        self.queues = Self::fresh_queues(self.device.as_ref());
-        self.queue_sel = 0;
-        self.device_features_sel = 0;
-        self.driver_features_sel = 0;
-        self.driver_features = 0;
-        self.status = 0;
-        self.interrupt.clear();
-    }
-
-    fn set_status(&mut self, v: u32) {
-        if v == 0 {
-            self.reset();
-            return;
-        }
-        // The driver may only add bits (§2.1.2); anything else is ignored.
-        if v & self.status != self.status {
-            return;
-        }
-        let new = v & !self.status;
-        if new & STATUS_FEATURES_OK != 0 {
-            let offered = self.device.features();
-            if self.driver_features & !offered != 0
-                || self.driver_features & crate::F_VERSION_1 == 0
-            {
-                // Leave FEATURES_OK clear: the driver reads it back and gives up.
-                self.status = v & !STATUS_FEATURES_OK;
-                return;
-            }
-        }
-        self.status = v;
-        if new & STATUS_DRIVER_OK != 0 && !self.active {
-            self.activate();
-        }
-    }
-
-    fn activate(&mut self) {
-        if self.status & STATUS_FEATURES_OK == 0 {
-            self.status |= STATUS_NEEDS_RESET;
-            return;
-        }
-        let mut queues: Vec<Option<Queue>> = Vec::with_capacity(self.queues.len());
-        for q in &self.queues {
-            if !q.ready() {
-                queues.push(None);
-                continue;
-            }
-            // Rings must lie in guest RAM, aligned, and the size must be a power of two.
-            if !q.is_valid(&self.mem) {
-                self.status |= STATUS_NEEDS_RESET;
-                self.interrupt.signal_config();
-                return;
-            }
-            let Ok(mut q) = Queue::try_from(q.state()) else {
-                self.status |= STATUS_NEEDS_RESET;
-                return;
-            };
-            q.set_event_idx(self.driver_features & (1 << 29) != 0);
-            queues.push(Some(q));
-        }
-        let act = Activation {
-            mem: self.mem.clone(),
-            queues,
-            interrupt: self.interrupt.clone(),
-            features: self.driver_features,
-        };
-        match self.device.activate(act) {
-            Ok(()) => self.active = true,
-            Err(_) => {
-                self.status |= STATUS_NEEDS_RESET;
-                self.interrupt.signal_config();
-            }
-        }
+        self.core.device.device_type()
     }
 }
 
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let c = &self.core;
         if offset >= CONFIG {
-            self.device.read_config(offset - CONFIG, data);
+            c.device.read_config(offset - CONFIG, data);
             return;
         }
         // Registers are 32-bit and must be read as such (§4.2.2.2).
@@ -199,36 +80,25 @@ impl BusDevice for MmioTransport {
         let v: u32 = match offset {
             REG_MAGIC => MAGIC,
             REG_VERSION => 2,
-            REG_DEVICE_ID => self.device.device_type(),
+            REG_DEVICE_ID => c.device.device_type(),
             REG_VENDOR_ID => VENDOR,
-            REG_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device.features() as u32,
-                1 => (self.device.features() >> 32) as u32,
-                _ => 0,
-            },
-            REG_QUEUE_NUM_MAX => self
-                .queues
-                .get(self.queue_sel as usize)
-                .map_or(0, |q| u32::from(q.max_size())),
-            REG_QUEUE_READY => self
-                .queues
-                .get(self.queue_sel as usize)
-                .map_or(0, |q| u32::from(q.ready())),
-            REG_INTERRUPT_STATUS => self.interrupt.status(),
-            REG_STATUS => self.status,
+            REG_DEVICE_FEATURES => c.device_features_word(),
+            REG_QUEUE_NUM_MAX => c.selected().map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => c.selected().map_or(0, |q| u32::from(q.ready())),
+            REG_INTERRUPT_STATUS => c.interrupt.status(),
+            REG_STATUS => c.status,
             // No shared memory regions: length all ones means "none".
             REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => u32::MAX,
-            REG_CONFIG_GENERATION => self.config_generation,
+            REG_CONFIG_GENERATION => c.config_generation,
             _ => 0,
         };
         set_le_value(data, u64::from(v));
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        let c = &mut self.core;
         if offset >= CONFIG {
-            if !self.active || self.status & STATUS_DRIVER_OK != 0 {
-                self.device.write_config(offset - CONFIG, data);
-            }
+            c.write_config(offset - CONFIG, data);
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
@@ -236,84 +106,55 @@ impl BusDevice for MmioTransport {
         }
         let v = le_value(data) as u32;
         match offset {
-            REG_DEVICE_FEATURES_SEL => self.device_features_sel = v,
-            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
-            REG_DRIVER_FEATURES if self.status & STATUS_FEATURES_OK == 0 => {
-                match self.driver_features_sel {
-                    0 => {
-                        self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
-                    }
-                    1 => {
-                        self.driver_features =
-                            (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
-                    }
-                    _ => {}
-                }
-            }
-            REG_QUEUE_SEL => self.queue_sel = v,
-            REG_QUEUE_NUM => {
-                if let Some(q) = self.selected() {
-                    // An invalid size (zero, not a power of two, above the maximum) is refused
-                    // by virtio-queue and leaves the old one; so is one that does not fit in
-                    // 16 bits (checked before narrowing, or 0x10010 would pass as 16).
-                    if let Ok(size) = u16::try_from(v) {
-                        let _ = q.try_set_size(size);
-                    }
-                }
-            }
+            REG_DEVICE_FEATURES_SEL => c.device_features_sel = v,
+            REG_DRIVER_FEATURES_SEL => c.driver_features_sel = v,
+            REG_DRIVER_FEATURES => c.set_driver_features_word(v),
+            REG_QUEUE_SEL => c.queue_sel = v,
+            REG_QUEUE_NUM => c.set_queue_size(v),
             REG_QUEUE_READY => {
-                if let Some(q) = self.selected() {
+                if let Some(q) = c.selected_mut() {
                     q.set_ready(v == 1);
                 }
             }
-            REG_QUEUE_DESC_LOW => {
-                if let Some(q) = self.selected() {
-                    q.set_desc_table_address(Some(v), None);
+            REG_QUEUE_DESC_LOW | REG_QUEUE_DESC_HIGH => {
+                if let Some(q) = c.selected_mut() {
+                    let (lo, hi) = halves(offset == REG_QUEUE_DESC_LOW, v);
+                    q.set_desc_table_address(lo, hi);
                 }
             }
-            REG_QUEUE_DESC_HIGH => {
-                if let Some(q) = self.selected() {
-                    q.set_desc_table_address(None, Some(v));
+            REG_QUEUE_DRIVER_LOW | REG_QUEUE_DRIVER_HIGH => {
+                if let Some(q) = c.selected_mut() {
+                    let (lo, hi) = halves(offset == REG_QUEUE_DRIVER_LOW, v);
+                    q.set_avail_ring_address(lo, hi);
                 }
             }
-            REG_QUEUE_DRIVER_LOW => {
-                if let Some(q) = self.selected() {
-                    q.set_avail_ring_address(Some(v), None);
+            REG_QUEUE_DEVICE_LOW | REG_QUEUE_DEVICE_HIGH => {
+                if let Some(q) = c.selected_mut() {
+                    let (lo, hi) = halves(offset == REG_QUEUE_DEVICE_LOW, v);
+                    q.set_used_ring_address(lo, hi);
                 }
             }
-            REG_QUEUE_DRIVER_HIGH => {
-                if let Some(q) = self.selected() {
-                    q.set_avail_ring_address(None, Some(v));
-                }
-            }
-            REG_QUEUE_DEVICE_LOW => {
-                if let Some(q) = self.selected() {
-                    q.set_used_ring_address(Some(v), None);
-                }
-            }
-            REG_QUEUE_DEVICE_HIGH => {
-                if let Some(q) = self.selected() {
-                    q.set_used_ring_address(None, Some(v));
-                }
-            }
-            REG_QUEUE_NOTIFY if self.active && (v as usize) < self.queues.len() => {
-                self.device.queue_notify(v as u16);
-                if self.device.needs_reset() && self.status & STATUS_NEEDS_RESET == 0 {
-                    self.status |= STATUS_NEEDS_RESET;
-                    self.interrupt.signal_config();
-                }
-            }
-            REG_INTERRUPT_ACK => self.interrupt.ack(v),
-            REG_STATUS => self.set_status(v),
+            REG_QUEUE_NOTIFY => c.notify(v),
+            REG_INTERRUPT_ACK => c.interrupt.ack(v),
+            REG_STATUS => c.set_status(v),
             _ => {}
         }
+    }
+}
+
+/// A 32-bit half of a 64-bit ring address, as virtio-queue's setters take it.
+pub(crate) fn halves(low: bool, v: u32) -> (Option<u32>, Option<u32>) {
+    if low {
+        (Some(v), None)
+    } else {
+        (None, Some(v))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ActivateError, F_VERSION_1};
+    use crate::{ActivateError, Activation, F_VERSION_1};
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::sync::Mutex;
     use vm_memory::GuestAddress;
@@ -499,12 +340,12 @@ mod tests {
         wr(&mut t, REG_QUEUE_SEL, 0);
         wr(&mut t, REG_QUEUE_NUM, 12);
         wr(&mut t, REG_QUEUE_NUM, 1 << 20);
-        assert_eq!(t.queues[0].size(), 16);
+        assert_eq!(t.core.queues[0].size(), 16);
         // A value whose low 16 bits are a valid size is still out of range.
         wr(&mut t, REG_QUEUE_NUM, 0x1_0008);
-        assert_eq!(t.queues[0].size(), 16, "0x10008 must not pass as 8");
+        assert_eq!(t.core.queues[0].size(), 16, "0x10008 must not pass as 8");
         wr(&mut t, REG_QUEUE_NUM, 8);
-        assert_eq!(t.queues[0].size(), 8);
+        assert_eq!(t.core.queues[0].size(), 8);
         wr(&mut t, REG_QUEUE_NUM, 16);
         // Rings outside guest memory (64 KiB here).
         setup_queue(&mut t, 0, 0xffff_fff0_0000, 0x2000, 0x3000, 16);
@@ -543,7 +384,7 @@ mod tests {
             REG_STATUS,
             STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
         );
-        t.interrupt.signal_used();
+        t.core.interrupt.signal_used(0);
         assert!(line.0.load(Ordering::SeqCst));
         assert_eq!(rd(&mut t, REG_INTERRUPT_STATUS), 1);
         wr(&mut t, REG_INTERRUPT_ACK, 1);

@@ -181,8 +181,8 @@ impl Block {
             }
             used_any = true;
         }
-        if used_any && queue.needs_notification(mem).unwrap_or(true) {
-            interrupt.signal_used();
+        if used_any {
+            interrupt.notify_used(0, queue, mem);
         }
     }
 }

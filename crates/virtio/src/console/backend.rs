@@ -86,8 +86,8 @@ impl Receive {
                 used_any = true;
             }
         }
-        if used_any && queue.needs_notification(mem).unwrap_or(true) {
-            interrupt.signal_used();
+        if used_any {
+            interrupt.notify_used(super::RECEIVEQ as u16, queue, mem);
         }
     }
 }

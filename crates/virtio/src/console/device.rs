@@ -83,8 +83,8 @@ impl Console {
             }
         }
         let _ = self.output.flush();
-        if used_any && queue.needs_notification(mem).unwrap_or(true) {
-            interrupt.signal_used();
+        if used_any {
+            interrupt.notify_used(TRANSMITQ as u16, queue, mem);
         }
     }
 }

@@ -324,7 +324,8 @@ impl NetState {
             used = true;
         }
         if used {
-            notify(&mut act.tx, &act.mem, &act.interrupt);
+            act.interrupt
+                .notify_used(TX_QUEUE as u16, &mut act.tx, &act.mem);
         }
     }
 
@@ -400,7 +401,8 @@ impl NetState {
             used = true;
         }
         if used {
-            notify(&mut act.rx, &act.mem, &act.interrupt);
+            act.interrupt
+                .notify_used(RX_QUEUE as u16, &mut act.rx, &act.mem);
         }
     }
 }
@@ -449,11 +451,5 @@ fn backend_failed(error: &mut Option<String>, interrupt: &Interrupt, e: std::io:
         *error = Some(e.to_string());
         // The link status in the configuration space just went down.
         interrupt.signal_config();
-    }
-}
-
-fn notify(q: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
-    if q.needs_notification(mem).unwrap_or(true) {
-        interrupt.signal_used();
     }
 }

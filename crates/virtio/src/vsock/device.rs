@@ -351,7 +351,8 @@ impl VsockState {
             }
         }
         if used {
-            notify(&mut act.tx, &act.mem, &act.interrupt);
+            act.interrupt
+                .notify_used(TX_QUEUE as u16, &mut act.tx, &act.mem);
         }
         self.active = Some(act);
     }
@@ -632,7 +633,8 @@ impl VsockState {
             }
         }
         if used {
-            notify(&mut act.rx, &act.mem, &act.interrupt);
+            act.interrupt
+                .notify_used(RX_QUEUE as u16, &mut act.rx, &act.mem);
         }
         self.active = Some(act);
     }
@@ -816,12 +818,6 @@ fn read_packet(
 /// Whether the chain ends where the driver said (see the virtio-net device for why).
 fn is_whole(chain: &DescriptorChain<&GuestMemoryMmap>) -> bool {
     !matches!(chain.clone().last(), Some(d) if d.has_next())
-}
-
-fn notify(q: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
-    if q.needs_notification(mem).unwrap_or(true) {
-        interrupt.signal_used();
-    }
 }
 
 #[cfg(test)]

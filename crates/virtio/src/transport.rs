@@ -1,0 +1,211 @@
+//! What every virtio transport does the same way (virtio 1.2 §2, §3.1): feature negotiation,
+//! the device status state machine, queue setup before DRIVER_OK, activation with checked
+//! rings, notification and reset. virtio-mmio and virtio-pci only differ in how the guest's
+//! register accesses reach these.
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use crate::{Activation, Interrupt, VirtioDevice, F_VERSION_1};
+
+/// Device status bits (virtio 1.2 §2.1).
+pub const STATUS_ACKNOWLEDGE: u32 = 1;
+pub const STATUS_DRIVER: u32 = 2;
+pub const STATUS_DRIVER_OK: u32 = 4;
+pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_NEEDS_RESET: u32 = 64;
+pub const STATUS_FAILED: u32 = 128;
+
+const F_EVENT_IDX: u64 = 1 << 29;
+
+/// One device and the transport-independent state the driver builds up around it.
+pub(crate) struct DeviceCore {
+    pub device: Box<dyn VirtioDevice>,
+    pub mem: GuestMemoryMmap,
+    pub interrupt: Interrupt,
+    pub queues: Vec<Queue>,
+    pub queue_sel: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub status: u32,
+    pub config_generation: u32,
+    pub active: bool,
+}
+
+impl DeviceCore {
+    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap, interrupt: Interrupt) -> Self {
+        let queues = Self::fresh_queues(device.as_ref());
+        DeviceCore {
+            device,
+            mem,
+            interrupt,
+            queues,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+            active: false,
+        }
+    }
+
+    fn fresh_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
+        device
+            .queue_max_sizes()
+            .iter()
+            // Sizes come from our own devices (powers of two ≤ 32768), never from the guest.
+            .filter_map(|&max| Queue::new(max).ok())
+            .collect()
+    }
+
+    /// The selected queue, for reading its registers.
+    pub fn selected(&self) -> Option<&Queue> {
+        self.queues.get(self.queue_sel as usize)
+    }
+
+    /// The selected queue, for setting it up: queue registers only mean something before
+    /// DRIVER_OK and for an existing queue.
+    pub fn selected_mut(&mut self) -> Option<&mut Queue> {
+        if self.active {
+            return None;
+        }
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// The 32 device feature bits selected by `device_features_sel`.
+    pub fn device_features_word(&self) -> u32 {
+        match self.device_features_sel {
+            0 => self.device.features() as u32,
+            1 => (self.device.features() >> 32) as u32,
+            _ => 0,
+        }
+    }
+
+    /// The 32 accepted feature bits selected by `driver_features_sel`.
+    pub fn driver_features_word(&self) -> u32 {
+        match self.driver_features_sel {
+            0 => self.driver_features as u32,
+            1 => (self.driver_features >> 32) as u32,
+            _ => 0,
+        }
+    }
+
+    /// The driver writes accepted features until it sets FEATURES_OK; later writes are ignored.
+    pub fn set_driver_features_word(&mut self, v: u32) {
+        if self.status & STATUS_FEATURES_OK != 0 {
+            return;
+        }
+        match self.driver_features_sel {
+            0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+            1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
+            _ => {}
+        }
+    }
+
+    /// Sets the selected queue's size; an invalid size (zero, not a power of two, above the
+    /// maximum, wider than 16 bits) is refused and leaves the old one.
+    pub fn set_queue_size(&mut self, v: u32) {
+        if let (Some(q), Ok(size)) = (self.selected_mut(), u16::try_from(v)) {
+            let _ = q.try_set_size(size);
+        }
+    }
+
+    pub fn reset(&mut self) {
+        if self.active {
+            self.device.reset();
+        }
+        self.active = false;
+        self.queues = Self::fresh_queues(self.device.as_ref());
+        self.queue_sel = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.status = 0;
+        self.interrupt.clear();
+    }
+
+    pub fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        // The driver may only add bits (§2.1.2); anything else is ignored.
+        if v & self.status != self.status {
+            return;
+        }
+        let new = v & !self.status;
+        if new & STATUS_FEATURES_OK != 0 {
+            let offered = self.device.features();
+            if self.driver_features & !offered != 0 || self.driver_features & F_VERSION_1 == 0 {
+                // Leave FEATURES_OK clear: the driver reads it back and gives up.
+                self.status = v & !STATUS_FEATURES_OK;
+                return;
+            }
+        }
+        self.status = v;
+        if new & STATUS_DRIVER_OK != 0 && !self.active {
+            self.activate();
+        }
+    }
+
+    fn needs_reset(&mut self) {
+        self.status |= STATUS_NEEDS_RESET;
+        self.interrupt.signal_config();
+    }
+
+    fn activate(&mut self) {
+        if self.status & STATUS_FEATURES_OK == 0 {
+            self.status |= STATUS_NEEDS_RESET;
+            return;
+        }
+        let mut queues: Vec<Option<Queue>> = Vec::with_capacity(self.queues.len());
+        for q in &self.queues {
+            if !q.ready() {
+                queues.push(None);
+                continue;
+            }
+            // Rings must lie in guest RAM, aligned, and the size must be a power of two.
+            if !q.is_valid(&self.mem) {
+                self.needs_reset();
+                return;
+            }
+            let Ok(mut q) = Queue::try_from(q.state()) else {
+                self.status |= STATUS_NEEDS_RESET;
+                return;
+            };
+            q.set_event_idx(self.driver_features & F_EVENT_IDX != 0);
+            queues.push(Some(q));
+        }
+        let act = Activation {
+            mem: self.mem.clone(),
+            queues,
+            interrupt: self.interrupt.clone(),
+            features: self.driver_features,
+        };
+        match self.device.activate(act) {
+            Ok(()) => self.active = true,
+            Err(_) => self.needs_reset(),
+        }
+    }
+
+    /// The driver kicked queue `index`.
+    pub fn notify(&mut self, index: u32) {
+        if !self.active || index as usize >= self.queues.len() {
+            return;
+        }
+        self.device.queue_notify(index as u16);
+        if self.device.needs_reset() && self.status & STATUS_NEEDS_RESET == 0 {
+            self.needs_reset();
+        }
+    }
+
+    /// The driver writes the device's configuration space only before activation or while
+    /// the device is live.
+    pub fn write_config(&mut self, offset: u64, data: &[u8]) {
+        if !self.active || self.status & STATUS_DRIVER_OK != 0 {
+            self.device.write_config(offset, data);
+        }
+    }
+}
