@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use vireo_devices::ConsoleOutput;
-use vireo_machine::{BootConfig, GuestExit};
+use vireo_machine::{BootConfig, GuestExit, VirtioTransport};
 use vireo_spec::{Accel, MemSize, SpecError, VmSpec};
 
 use crate::console::{self, Console};
@@ -93,6 +93,9 @@ pub fn build_spec(args: &RunArgs) -> Result<VmSpec, Failure> {
     }
     if let Some(c) = &args.console {
         spec.console = c.clone();
+    }
+    if let Some(t) = &args.virtio_transport {
+        spec.virtio_transport = t.clone();
     }
     spec.validate().map_err(usage)?;
     Ok(spec)
@@ -237,6 +240,10 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         cpus: spec.cpus,
         memory: spec.memory.bytes(),
         firmware: payload.firmware,
+        virtio_transport: match spec.virtio_transport.as_str() {
+            "pci" => VirtioTransport::Pci,
+            _ => VirtioTransport::Mmio,
+        },
     };
     let command_mode = !spec.command.is_empty();
     let out = ConsoleOutput::new();

@@ -103,7 +103,13 @@ if [ -f /vireo/cmd ]; then
 	stty -opost -echo <&3
 	printf '\033]vireo;run\007' >&3
 	sh /vireo/cmd <&3 >&3 2>&3
-	vireo_exit $?
+	status=$?
+	# Setting the modes again waits for the console to drain (busybox stty applies them
+	# with TCSADRAIN): the serial port starts transmitting asynchronously (runtime PM), so
+	# without this a command that exits at once can power the machine off before its
+	# output, or even the start marker, has left the UART.
+	stty -opost -echo <&3
+	vireo_exit $status
 fi
 
 export PS1='\u@\h:\w\$ '

@@ -67,6 +67,7 @@ fn full_debian_x86_64_prints_its_machine_name() {
         cpus: 2,
         memory: 512 << 20,
         firmware: None,
+        virtio_transport: Default::default(),
     };
     let out = ConsoleOutput::new();
     let mut vm = KvmVm::new(&cfg, out.clone()).expect("build the VM");

@@ -122,6 +122,7 @@ fn boot(kernel: PathBuf, cmdline: &str) -> (Result<GuestExit, KvmError>, String)
         cpus: 2,
         memory: 64 << 20,
         firmware: None,
+        virtio_transport: Default::default(),
     };
     let out = ConsoleOutput::new();
     let mut vm = KvmVm::new(&cfg, out.clone()).expect("build VM");

@@ -30,4 +30,18 @@ pub struct BootConfig {
     pub memory: u64,
     /// Optional firmware run before the kernel (OpenSBI on RISC-V).
     pub firmware: Option<PathBuf>,
+    /// How virtio devices are attached.
+    pub virtio_transport: VirtioTransport,
+}
+
+/// The bus virtio devices sit on. Both are virtio 1.x; the device models are the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VirtioTransport {
+    /// virtio-mmio v2 windows described in the device tree (or ACPI): the smallest, fastest
+    /// to probe.
+    #[default]
+    Mmio,
+    /// virtio-pci functions on a PCI root bus (ECAM, and CF8/CFC on x86), with MSI-X where
+    /// the accelerator has an MSI controller and INTx otherwise.
+    Pci,
 }

@@ -18,7 +18,7 @@ pub mod exit;
 pub mod irq;
 pub mod memory;
 
-pub use boot::BootConfig;
+pub use boot::{BootConfig, VirtioTransport};
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 pub use exit::{ExitSignal, GuestExit};
 pub use irq::{IrqLine, MsiSink, NoIrq};

@@ -105,6 +105,11 @@ impl PciRoot {
         Ok(root)
     }
 
+    /// The device number the next [`PciRoot::add`] will use.
+    pub fn next_free_slot(&self) -> Option<u8> {
+        self.slots.iter().position(Option::is_none).map(|s| s as u8)
+    }
+
     /// Puts `dev` in the first free slot, assigns its BARs in the window (as firmware would;
     /// the guest may move them), and returns its device number.
     pub fn add(&mut self, mut dev: Box<dyn PciDevice>) -> Result<u8, PciError> {

@@ -17,8 +17,12 @@ use std::time::Duration;
 use vireo_devices::finisher::FINISHER_WINDOW;
 use vireo_devices::rtc::RTC_WINDOW;
 use vireo_devices::{ConsoleOutput, GoldfishRtc, TestFinisher, Uart};
-use vireo_machine::{BootConfig, Bus, ExitSignal, GuestExit, GuestRam, SharedDevice};
+use vireo_machine::{
+    BootConfig, Bus, ExitSignal, GuestExit, GuestRam, IrqLine, SharedDevice, VirtioTransport,
+};
+use vireo_pci::{Ecam, MmioWindow, PciError, PciRoot, ECAM_BUS_SIZE};
 use vireo_virtio::mmio::MmioTransport;
+use vireo_virtio::pci::VirtioPci;
 use vireo_virtio::VirtioDevice;
 use vm_fdt::FdtWriter;
 
@@ -39,6 +43,14 @@ pub const VIRTIO_BASE: u64 = 0x1000_1000;
 pub const VIRTIO_STRIDE: u64 = 0x1000;
 pub const VIRTIO_SLOTS: usize = 8;
 const VIRTIO_IRQ: usize = 1;
+/// The PCI root (with `--virtio-transport pci`): ECAM for bus 0 where QEMU's `virt` has its
+/// ECAM, and a 1 GiB memory window for BARs below RAM.
+pub const PCI_ECAM_BASE: u64 = 0x3000_0000;
+pub const PCI_MMIO_BASE: u64 = 0x4000_0000;
+pub const PCI_MMIO_SIZE: u64 = 0x4000_0000;
+/// INTA# of PCI slot n goes to PLIC source PCI_IRQ_BASE + n: one source per slot, so no two
+/// devices share a level-triggered line (slots 1..31 use sources 33..63).
+const PCI_IRQ_BASE: usize = 32;
 const UART_IRQ: usize = 10;
 const RTC_IRQ: usize = 11;
 /// Where a kernel Image goes when its header gives no offset, and where OpenSBI's fw_jump jumps.
@@ -74,8 +86,12 @@ pub enum EmuError {
     #[error("emulator fault: {0}")]
     Fault(String),
     /// More devices than the board has slots for.
-    #[error("{count} virtio devices requested; the board has {VIRTIO_SLOTS} slots")]
-    TooManyDevices { count: usize },
+    #[error("{count} virtio devices requested; the board has {slots} slots for the {transport} transport")]
+    TooManyDevices {
+        count: usize,
+        slots: usize,
+        transport: &'static str,
+    },
 }
 
 /// Where the payload went.
@@ -115,9 +131,15 @@ impl EmuVm {
         console: ConsoleOutput,
         devices: Vec<Box<dyn VirtioDevice>>,
     ) -> Result<Self, EmuError> {
-        if devices.len() > VIRTIO_SLOTS {
+        let (slots, transport) = match cfg.virtio_transport {
+            VirtioTransport::Mmio => (VIRTIO_SLOTS, "mmio"),
+            VirtioTransport::Pci => (vireo_pci::root::SLOTS - 1, "pci"),
+        };
+        if devices.len() > slots {
             return Err(EmuError::TooManyDevices {
                 count: devices.len(),
+                slots,
+                transport,
             });
         }
         let harts = cfg.cpus.max(1) as usize;
@@ -152,33 +174,66 @@ impl EmuVm {
             Arc::new(Mutex::new(GoldfishRtc::new())),
         )?;
 
-        let mut virtio_slots = Vec::new();
-        for (i, dev) in devices.into_iter().enumerate() {
-            let base = VIRTIO_BASE + i as u64 * VIRTIO_STRIDE;
-            let irq = VIRTIO_IRQ + i;
-            let transport = MmioTransport::new(
-                dev,
-                ram.memory().clone(),
-                Arc::new(PlicIrq {
-                    plic: plic.clone(),
-                    source: irq,
-                }),
-            );
-            // The device tree gives each slot a page; the transport answers beyond its registers
-            // (zero config bytes) so a driver reading the whole page cannot fault.
-            place(
-                &mut bus,
-                base,
-                VIRTIO_STRIDE,
-                Arc::new(Mutex::new(transport)),
-            )?;
-            virtio_slots.push((base, irq));
+        let plic_line = |source: usize| -> Arc<dyn IrqLine> {
+            Arc::new(PlicIrq {
+                plic: plic.clone(),
+                source,
+            })
+        };
+        let mut virtio = VirtioLayout::default();
+        match cfg.virtio_transport {
+            VirtioTransport::Mmio => {
+                for (i, dev) in devices.into_iter().enumerate() {
+                    let base = VIRTIO_BASE + i as u64 * VIRTIO_STRIDE;
+                    let irq = VIRTIO_IRQ + i;
+                    let transport =
+                        MmioTransport::new(dev, ram.memory().clone(), plic_line(irq));
+                    // The device tree gives each slot a page; the transport answers beyond its
+                    // registers (zero config bytes) so a driver reading the whole page cannot
+                    // fault.
+                    place(
+                        &mut bus,
+                        base,
+                        VIRTIO_STRIDE,
+                        Arc::new(Mutex::new(transport)),
+                    )?;
+                    virtio.mmio.push((base, irq));
+                }
+            }
+            VirtioTransport::Pci => {
+                let fault = |e: &dyn std::fmt::Display| EmuError::Fault(e.to_string());
+                let mut root = PciRoot::new(PCI_MMIO_BASE, PCI_MMIO_SIZE).map_err(|e| fault(&e))?;
+                for dev in devices {
+                    // No MSI controller on this board (no AIA/IMSIC): INTx only, and no MSI-X
+                    // capability for the driver to try.
+                    let slot = root.next_free_slot().ok_or_else(|| fault(&PciError::BusFull))?;
+                    let irq = PCI_IRQ_BASE + usize::from(slot);
+                    let mut f = VirtioPci::new(dev, ram.memory().clone(), plic_line(irq), None)
+                        .map_err(|e| fault(&e))?;
+                    f.set_interrupt_line(irq as u8);
+                    let got = root.add(Box::new(f)).map_err(|e| fault(&e))?;
+                    virtio.pci.push((got, PCI_IRQ_BASE + usize::from(got)));
+                }
+                let root = Arc::new(Mutex::new(root));
+                place(
+                    &mut bus,
+                    PCI_ECAM_BASE,
+                    ECAM_BUS_SIZE,
+                    Arc::new(Mutex::new(Ecam(root.clone()))),
+                )?;
+                place(
+                    &mut bus,
+                    PCI_MMIO_BASE,
+                    PCI_MMIO_SIZE,
+                    Arc::new(Mutex::new(MmioWindow::new(root))),
+                )?;
+            }
         }
         let builtin_sbi = cfg.firmware.is_none();
         let cmdline = format!("{} vireo.exit={FINISHER_BASE:#x}", cfg.cmdline)
             .trim()
             .to_string();
-        let layout = load_payload(&ram, cfg, &cmdline, harts, &virtio_slots)?;
+        let layout = load_payload(&ram, cfg, &cmdline, harts, &virtio)?;
 
         let mut hs: Vec<Hart> = (0..harts as u64).map(Hart::new).collect();
         for h in hs.iter_mut() {
@@ -499,7 +554,7 @@ fn load_payload(
     cfg: &BootConfig,
     cmdline: &str,
     harts: usize,
-    virtio: &[(u64, usize)],
+    virtio: &VirtioLayout,
 ) -> Result<Layout, EmuError> {
     let ram_end = RAM_BASE + ram.size();
     let bare = cfg.kernel.as_os_str().is_empty();
@@ -593,7 +648,7 @@ pub fn build_fdt(
     cmdline: &str,
     initrd: Option<(u64, u64)>,
     harts: usize,
-    virtio: &[(u64, usize)],
+    virtio: &VirtioLayout,
 ) -> Result<Vec<u8>, EmuError> {
     build_fdt_inner(ram_size, cmdline, initrd, harts, virtio)
         .map_err(|e| EmuError::Fdt(e.to_string()))
@@ -604,7 +659,7 @@ fn build_fdt_inner(
     cmdline: &str,
     initrd: Option<(u64, u64)>,
     harts: usize,
-    virtio: &[(u64, usize)],
+    virtio: &VirtioLayout,
 ) -> Result<Vec<u8>, vm_fdt::Error> {
     const PH_PLIC: u32 = 1;
     const PH_TEST: u32 = 2;
@@ -726,13 +781,17 @@ fn build_fdt_inner(
     f.property_u32("interrupt-parent", PH_PLIC)?;
     f.end_node(rtc)?;
 
-    for &(base, irq) in virtio {
+    for &(base, irq) in &virtio.mmio {
         let v = f.begin_node(&format!("virtio_mmio@{base:x}"))?;
         f.property_string("compatible", "virtio,mmio")?;
         f.property_array_u64("reg", &[base, VIRTIO_STRIDE])?;
         f.property_u32("interrupts", irq as u32)?;
         f.property_u32("interrupt-parent", PH_PLIC)?;
         f.end_node(v)?;
+    }
+
+    if !virtio.pci.is_empty() {
+        pci_host_node(&mut f, &virtio.pci, PH_PLIC)?;
     }
 
     let test = f.begin_node(&format!("test@{FINISHER_BASE:x}"))?;
@@ -764,6 +823,54 @@ fn build_fdt_inner(
 
     f.end_node(root)?;
     f.finish()
+}
+
+/// Where the virtio devices went, for the device tree: virtio-mmio (base, PLIC source) and
+/// PCI (device number, PLIC source of its INTA#).
+#[derive(Debug, Default)]
+pub struct VirtioLayout {
+    pub mmio: Vec<(u64, usize)>,
+    pub pci: Vec<(u8, usize)>,
+}
+
+/// A generic ECAM host bridge (Linux's pci-host-generic): bus 0, one non-prefetchable 32-bit
+/// memory window mapped 1:1, and an interrupt map sending each slot's INTA# to its own PLIC
+/// source.
+fn pci_host_node(f: &mut FdtWriter, slots: &[(u8, usize)], plic: u32) -> Result<(), vm_fdt::Error> {
+    let n = f.begin_node(&format!("pci@{PCI_ECAM_BASE:x}"))?;
+    f.property_string("compatible", "pci-host-ecam-generic")?;
+    f.property_string("device_type", "pci")?;
+    f.property_u32("#address-cells", 3)?;
+    f.property_u32("#size-cells", 2)?;
+    f.property_u32("#interrupt-cells", 1)?;
+    f.property_array_u64("reg", &[PCI_ECAM_BASE, ECAM_BUS_SIZE])?;
+    f.property_array_u32("bus-range", &[0, 0])?;
+    f.property_u32("linux,pci-domain", 0)?;
+    f.property_null("dma-coherent")?;
+    // PCI address (space code 0x0200_0000 = 32-bit memory, then 64-bit address), CPU address,
+    // size.
+    let hi = |v: u64| (v >> 32) as u32;
+    let lo = |v: u64| v as u32;
+    f.property_array_u32(
+        "ranges",
+        &[
+            0x0200_0000,
+            hi(PCI_MMIO_BASE),
+            lo(PCI_MMIO_BASE),
+            hi(PCI_MMIO_BASE),
+            lo(PCI_MMIO_BASE),
+            hi(PCI_MMIO_SIZE),
+            lo(PCI_MMIO_SIZE),
+        ],
+    )?;
+    // Match on device number and pin; child unit address is (devfn << 8) in the high cell.
+    f.property_array_u32("interrupt-map-mask", &[0xf800, 0, 0, 7])?;
+    let mut map = Vec::new();
+    for &(slot, irq) in slots {
+        map.extend_from_slice(&[u32::from(slot) << 11, 0, 0, 1, plic, irq as u32]);
+    }
+    f.property_array_u32("interrupt-map", &map)?;
+    f.end_node(n)
 }
 
 fn getrandom(buf: &mut [u8]) {

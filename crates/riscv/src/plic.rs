@@ -20,6 +20,10 @@ pub struct Plic {
     level: [bool; NUM_SOURCES],
     pending: [bool; NUM_SOURCES],
     claimed: [bool; NUM_SOURCES],
+    /// A rising level seen while the source was claimed. Devices that signal events pulse
+    /// their line (the 16550 model raises and lowers it at once); a pulse that lands while the
+    /// handler runs must come back at completion instead of being lost with the level.
+    rose_while_claimed: [bool; NUM_SOURCES],
     enable: Vec<[u32; WORDS]>,
     threshold: Vec<u32>,
     out: Arc<IrqOutputs>,
@@ -32,6 +36,7 @@ impl Plic {
             level: [false; NUM_SOURCES],
             pending: [false; NUM_SOURCES],
             claimed: [false; NUM_SOURCES],
+            rose_while_claimed: [false; NUM_SOURCES],
             enable: vec![[0; WORDS]; 2 * harts],
             threshold: vec![0; 2 * harts],
             out,
@@ -65,9 +70,12 @@ impl Plic {
         if src == 0 || src >= NUM_SOURCES {
             return;
         }
+        let rose = high && !self.level[src];
         self.level[src] = high;
         if high && !self.claimed[src] {
             self.pending[src] = true;
+        } else if rose {
+            self.rose_while_claimed[src] = true;
         }
         self.update();
     }
@@ -87,9 +95,10 @@ impl Plic {
             return;
         }
         self.claimed[src] = false;
-        if self.level[src] {
+        if self.level[src] || self.rose_while_claimed[src] {
             self.pending[src] = true;
         }
+        self.rose_while_claimed[src] = false;
         self.update();
     }
 }
@@ -225,5 +234,25 @@ mod tests {
         assert_eq!(rd(&mut p, 0x3f_0004), 0);
         p.set_level(0, true);
         p.set_level(4096, true);
+    }
+
+    #[test]
+    fn pulse_while_claimed_comes_back_at_completion() {
+        let out = Arc::new(IrqOutputs::new(2));
+        let mut p = Plic::new(1, out.clone());
+        p.write(10 * 4, &1u32.to_le_bytes());
+        p.write(0x2080, &(1u32 << 10).to_le_bytes());
+        p.set_level(10, true);
+        p.set_level(10, false);
+        assert_eq!(rd(&mut p, 0x20_1004), 10);
+        // The handler runs; the device signals a new event meanwhile.
+        p.set_level(10, true);
+        p.set_level(10, false);
+        assert!(!out.get(1), "held while claimed");
+        p.write(0x20_1004, &10u32.to_le_bytes());
+        assert!(out.get(1), "the event is not lost");
+        assert_eq!(rd(&mut p, 0x20_1004), 10);
+        p.write(0x20_1004, &10u32.to_le_bytes());
+        assert!(!out.get(1), "and delivered once");
     }
 }

@@ -194,6 +194,8 @@ pub struct VmSpec {
     pub vsock: Option<String>,
     /// The guest console: `serial` (16550 UART, ttyS0) or `virtio` (virtio-console, hvc0).
     pub console: String,
+    /// How virtio devices attach: `mmio` (virtio-mmio) or `pci` (virtio-pci).
+    pub virtio_transport: String,
 }
 
 /// Most vCPUs a guest may have; bounded by what the generated device tree and PLIC describe.
@@ -222,6 +224,7 @@ impl Default for VmSpec {
             rng: false,
             vsock: None,
             console: "serial".into(),
+            virtio_transport: "mmio".into(),
         }
     }
 }
@@ -288,6 +291,15 @@ impl VmSpec {
                 message: format!(
                     "'{}' is not a console: expected serial or virtio",
                     self.console
+                ),
+            });
+        }
+        if !matches!(self.virtio_transport.as_str(), "mmio" | "pci") {
+            return Err(SpecError::Invalid {
+                key: "virtio_transport",
+                message: format!(
+                    "'{}' is not a virtio transport: expected mmio or pci",
+                    self.virtio_transport
                 ),
             });
         }

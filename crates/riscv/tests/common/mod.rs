@@ -92,5 +92,6 @@ fn config(firmware: &Path, cpus: u32) -> BootConfig {
         cmdline: String::new(),
         cpus,
         memory: 64 << 20,
+        virtio_transport: Default::default(),
     }
 }
