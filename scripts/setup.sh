@@ -9,9 +9,10 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 # Build tools (cmake/make for the SoftFloat build), the riscv64 cross toolchain for the ISA tests,
 # dpkg-deb/apt for image pulls, cpio to cross-check our archives, QEMU as the bench yardstick,
-# passt for user-mode networking, e2fsprogs to make test disks.
+# passt for user-mode networking, e2fsprogs to make test disks, acpica-tools (iasl) to check the
+# ACPI tables vireo generates.
 PKGS=(build-essential cmake make pkg-config cpio apt dpkg gcc-riscv64-linux-gnu e2fsprogs passt
-      binutils-riscv64-linux-gnu qemu-system-misc qemu-utils ca-certificates)
+      binutils-riscv64-linux-gnu qemu-system-misc qemu-utils ca-certificates acpica-tools)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -105,7 +105,8 @@ pub struct RunArgs {
     /// The guest console: serial (16550, ttyS0) or virtio (virtio-console, hvc0).
     #[arg(long, value_name = "KIND")]
     pub console: Option<String>,
-    /// How virtio devices attach: mmio (virtio-mmio, the default) or pci (virtio-pci).
+    /// How virtio devices attach: mmio (virtio-mmio), pci (virtio-pci), or auto (the
+    /// default: mmio on emu, pci on kvm).
     #[arg(long, value_name = "KIND")]
     pub virtio_transport: Option<String>,
     /// Command to run in the guest; vireo exits with its status.

@@ -240,8 +240,13 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         cpus: spec.cpus,
         memory: spec.memory.bytes(),
         firmware: payload.firmware,
-        virtio_transport: match spec.virtio_transport.as_str() {
-            "pci" => VirtioTransport::Pci,
+        virtio_transport: match (spec.virtio_transport.as_str(), accel) {
+            ("pci", _) | ("auto", Accel::Kvm) => VirtioTransport::Pci,
+            ("mmio", Accel::Kvm) => return Err(usage(
+                "--virtio-transport mmio: the kvm accelerator's PC offers virtio over PCI only \
+                     (x86 kernels find virtio-mmio devices only through ACPI or the command line); \
+                     use pci or auto",
+            )),
             _ => VirtioTransport::Mmio,
         },
     };
@@ -261,11 +266,6 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
             )?,
         ),
         _ => {
-            if !devices.list.is_empty() {
-                return Err(usage(
-                    "virtio devices are not on the kvm accelerator yet: --disk, --net, --rng and --vsock need --accel emu",
-                ));
-            }
             vireo_kvm::KvmVm::probe().map_err(|e| {
                 failed(format!(
                     "{e} (the emu accelerator runs RISC-V guests only, so this x86-64 kernel needs KVM)"
@@ -288,10 +288,12 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
                 }
             }
             Vm::Kvm(
-                vireo_kvm::KvmVm::new(&cfg, out.clone()).map_err(|e| match e {
-                    vireo_kvm::KvmError::Load(_) | vireo_kvm::KvmError::Config(_) => usage(e),
-                    _ => failed(e),
-                })?,
+                vireo_kvm::KvmVm::with_devices(&cfg, out.clone(), devices.list).map_err(
+                    |e| match e {
+                        vireo_kvm::KvmError::Load(_) | vireo_kvm::KvmError::Config(_) => usage(e),
+                        _ => failed(e),
+                    },
+                )?,
             )
         }
     };

@@ -766,9 +766,12 @@ fn pci_transport_carries_disk_net_and_rng() {
     assert_eq!(sources, vec![33, 34, 35], "{out}");
     let sums = sha256_lines(&out);
     assert_eq!(sums.get("/mnt/host.bin"), Some(&sha256(&host_bin)), "{out}");
-    let guest_sum = sums.get("/mnt/guest.bin").unwrap_or_else(|| panic!("{out}"));
+    let guest_sum = sums
+        .get("/mnt/guest.bin")
+        .unwrap_or_else(|| panic!("{out}"));
     assert!(
-        out.lines().any(|l| l.starts_with("addr ") && l.contains("inet ")),
+        out.lines()
+            .any(|l| l.starts_with("addr ") && l.contains("inet ")),
         "no DHCP lease on eth0:\n{out}"
     );
     let hex = out.lines().last().unwrap_or_default();

@@ -1,6 +1,7 @@
 //! ACPI tables for kernels that find CPUs only through ACPI (Debian's cloud kernel is built
-//! without MP-table parsing): RSDP → XSDT → FADT (hardware-reduced, pointing at an empty DSDT)
-//! and MADT (one local APIC per vCPU, the IOAPIC, IRQ 0 → GSI 2, LINT1 = NMI). Layouts and
+//! without MP-table parsing): RSDP → XSDT → FADT (hardware-reduced, pointing at a DSDT that
+//! holds the PCI host bridge), MADT (one local APIC per vCPU, the IOAPIC, IRQ 0 → GSI 2, LINT1 =
+//! NMI) and MCFG (the PCI ECAM window). The DSDT's AML comes from rust-vmm's acpi_tables. Layouts and
 //! offsets per the ACPI 6.0 specification, sections 5.2.5 to 5.2.12.
 //!
 //! A hardware-reduced FADT needs no PM timer, SCI or GPE blocks; its reset register is the
@@ -9,8 +10,8 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{
-    ACPI_DSDT_ADDR, ACPI_FADT_ADDR, ACPI_MADT_ADDR, ACPI_RSDP_ADDR, ACPI_XSDT_ADDR, HIMEM_START,
-    IOAPIC_ADDR, LAPIC_ADDR,
+    ACPI_DSDT_ADDR, ACPI_FADT_ADDR, ACPI_MADT_ADDR, ACPI_MCFG_ADDR, ACPI_RSDP_ADDR, ACPI_XSDT_ADDR,
+    HIMEM_START, IOAPIC_ADDR, LAPIC_ADDR, PCI_ECAM_BASE, PCI_GSIS, PCI_MMIO_BASE, PCI_MMIO_SIZE,
 };
 
 /// Errors while writing the ACPI tables.
@@ -102,9 +103,68 @@ pub fn fadt(dsdt: u64) -> Vec<u8> {
     sdt(b"FACP", 6, &b)
 }
 
-/// An empty DSDT (no AML): the devices vireo has are found without ACPI.
+/// The DSDT: the PCI host bridge \\_SB.PCI0 (PCI Express root, so Linux uses the MCFG's ECAM;
+/// CF8/CFC also work), with its bus, I/O and memory windows and the routing of each slot's
+/// INTA# straight to an IOAPIC pin (`_PRT` entries with a GSI, no link devices). Other
+/// devices are legacy (COM1, i8042, RTC) and found without ACPI.
 pub fn dsdt() -> Vec<u8> {
-    sdt(b"DSDT", 2, &[])
+    use acpi_tables::aml::{
+        AddressSpace, AddressSpaceCacheable, Device, EISAName, Name, Package, ResourceTemplate, IO,
+    };
+    use acpi_tables::Aml;
+
+    let bus = AddressSpace::<u16>::new_bus_number(0, 0);
+    let cf8 = IO::new(0xcf8, 0xcf8, 1, 8);
+    let io_low = AddressSpace::<u16>::new_io(0, 0xcf7, None);
+    let io_high = AddressSpace::<u16>::new_io(0xd00, 0xffff, None);
+    let mem = AddressSpace::<u32>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO_BASE as u32,
+        (PCI_MMIO_BASE + PCI_MMIO_SIZE - 1) as u32,
+        None,
+    );
+    let crs = ResourceTemplate::new(vec![&bus, &cf8, &io_low, &io_high, &mem]);
+    // _PRT entry: (address 0xSSSS_FFFF = any function of slot S, pin 0 = INTA#, source 0 =
+    // the last field is a GSI).
+    let routes: Vec<(u32, u32)> = (1u32..)
+        .zip(PCI_GSIS.iter())
+        .map(|(slot, &gsi)| ((slot << 16) | 0xffff, gsi))
+        .collect();
+    let zero = 0u8;
+    let entries: Vec<Package> = routes
+        .iter()
+        .map(|(addr, gsi)| Package::new(vec![addr, &zero, &zero, gsi]))
+        .collect();
+    let prt = Package::new(entries.iter().map(|e| e as &dyn Aml).collect());
+    let hid = EISAName::new("PNP0A08");
+    let cid = EISAName::new("PNP0A03");
+    let names = [
+        Name::new("_HID".into(), &hid),
+        Name::new("_CID".into(), &cid),
+        Name::new("_ADR".into(), &zero),
+        Name::new("_SEG".into(), &zero),
+        Name::new("_UID".into(), &zero),
+        Name::new("_BBN".into(), &zero),
+        Name::new("_CRS".into(), &crs),
+        Name::new("_PRT".into(), &prt),
+    ];
+    let pci0 = Device::new(
+        "\\_SB_.PCI0".into(),
+        names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+    let mut aml = Vec::new();
+    pci0.to_aml_bytes(&mut aml);
+    sdt(b"DSDT", 2, &aml)
+}
+
+/// The MCFG: ECAM for PCI segment 0, bus 0.
+pub fn mcfg() -> Vec<u8> {
+    let mut b = vec![0u8; 8]; // reserved
+    b.extend_from_slice(&PCI_ECAM_BASE.to_le_bytes());
+    b.extend_from_slice(&0u16.to_le_bytes()); // segment
+    b.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // start bus, end bus, reserved
+    sdt(b"MCFG", 1, &b)
 }
 
 /// MADT revision 5: local APICs 0..cpus, the IOAPIC (id `cpus`) with GSI base 0, the PIT's
@@ -130,14 +190,18 @@ pub fn madt(cpus: u32) -> Vec<u8> {
 /// Writes every table; returns the RSDP's address.
 pub fn write(mem: &GuestMemoryMmap, cpus: u32) -> Result<u64, AcpiError> {
     let madt = madt(cpus);
-    if ACPI_MADT_ADDR + madt.len() as u64 > HIMEM_START {
+    if ACPI_MADT_ADDR + madt.len() as u64 > ACPI_DSDT_ADDR {
         return Err(AcpiError::TooManyCpus(cpus));
     }
-    let tables: [(u64, Vec<u8>); 5] = [
+    let tables: [(u64, Vec<u8>); 6] = [
         (ACPI_DSDT_ADDR, dsdt()),
         (ACPI_FADT_ADDR, fadt(ACPI_DSDT_ADDR)),
         (ACPI_MADT_ADDR, madt),
-        (ACPI_XSDT_ADDR, xsdt(&[ACPI_FADT_ADDR, ACPI_MADT_ADDR])),
+        (ACPI_MCFG_ADDR, mcfg()),
+        (
+            ACPI_XSDT_ADDR,
+            xsdt(&[ACPI_FADT_ADDR, ACPI_MADT_ADDR, ACPI_MCFG_ADDR]),
+        ),
         (ACPI_RSDP_ADDR, rsdp(ACPI_XSDT_ADDR)),
     ];
     for (addr, bytes) in tables {
@@ -162,7 +226,7 @@ mod tests {
         assert_eq!(sum(&r), 0);
         for (t, sig, len) in [
             (fadt(0x1234), b"FACP", FADT_LEN),
-            (dsdt(), b"DSDT", 36),
+            (mcfg(), b"MCFG", 60),
             (madt(4), b"APIC", 44 + 4 * 8 + 12 + 10 + 6),
             (xsdt(&[1, 2]), b"XSDT", 52),
         ] {
@@ -173,6 +237,51 @@ mod tests {
                 len
             );
             assert_eq!(sum(&t), 0, "{}", String::from_utf8_lossy(sig));
+        }
+    }
+
+    #[test]
+    fn dsdt_is_valid_aml_for_the_pci_root() {
+        let d = dsdt();
+        assert_eq!(sum(&d), 0);
+        assert_eq!(
+            u32::from_le_bytes(d[4..8].try_into().unwrap()) as usize,
+            d.len()
+        );
+        assert!(ACPI_DSDT_ADDR + d.len() as u64 <= HIMEM_START);
+        // ACPICA's disassembler is the judge of the AML; what it prints must describe the
+        // host bridge, its windows and every slot's interrupt route.
+        let dir = std::env::temp_dir().join(format!("vireo-dsdt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("dsdt.dat");
+        std::fs::write(&bin, &d).unwrap();
+        let out = std::process::Command::new("iasl")
+            .arg("-d")
+            .arg(&bin)
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("iasl: {e}; apt-get install acpica-tools (scripts/setup.sh does)")
+            });
+        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(out.status.success(), "{out:?}");
+        for want in [
+            "Device (\\_SB.PCI0)",
+            "EisaId (\"PNP0A08\")",
+            "EisaId (\"PNP0A03\")",
+            "WordBusNumber",
+            "0x0CF8",
+            "0xC0000000",
+            "0xDFFFFFFF",
+            "Name (_PRT, Package",
+            "0x0001FFFF",
+            "0x0008FFFF",
+        ] {
+            assert!(dsl.contains(want), "{want} missing from:\n{dsl}");
+        }
+        for gsi in PCI_GSIS {
+            assert!(dsl.contains(&format!("0x{gsi:02X}")), "GSI {gsi}:\n{dsl}");
         }
     }
 

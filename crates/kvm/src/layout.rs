@@ -10,10 +10,13 @@
 //! 0x0001_0000  first address a micro-guest may load code at
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  MP floating pointer and MP configuration table (e820-reserved up to 1 MiB)
-//! 0x000e_0000  ACPI: RSDP, then XSDT 0xe0040, FADT 0xe0100, DSDT 0xe0300, MADT 0xe0400
+//! 0x000e_0000  ACPI: RSDP, then XSDT 0xe0040, FADT 0xe0100, MCFG 0xe0300, MADT 0xe0400,
+//!              DSDT 0xe8000
 //! 0x0010_0000  kernel (bzImage protected-mode part, or the ELF's own physical addresses)
 //!   ...        initrd at the top of RAM below 4 GiB (and below the kernel's initrd_addr_max)
-//! 0xc000_0000  start of the 32-bit MMIO gap when RAM is larger than 3 GiB
+//! 0xc000_0000  start of the 32-bit MMIO gap when RAM is larger than 3 GiB; PCI BARs
+//!              (0xc000_0000..0xe000_0000)
+//! 0xe000_0000  PCI ECAM for bus 0 (1 MiB, e820-reserved, in ACPI MCFG)
 //! 0xfeb0_0000  vireo exit register (sifive,test0-compatible TestFinisher, 4 KiB window)
 //! 0xfec0_0000  IOAPIC (in-kernel)
 //! 0xfee0_0000  local APICs (in-kernel)
@@ -49,7 +52,8 @@ pub const MPTABLE_ADDR: u64 = 0x9_fc00;
 pub const ACPI_RSDP_ADDR: u64 = 0xe_0000;
 pub const ACPI_XSDT_ADDR: u64 = 0xe_0040;
 pub const ACPI_FADT_ADDR: u64 = 0xe_0100;
-pub const ACPI_DSDT_ADDR: u64 = 0xe_0300;
+pub const ACPI_MCFG_ADDR: u64 = 0xe_0300;
+pub const ACPI_DSDT_ADDR: u64 = 0xe_8000;
 pub const ACPI_MADT_ADDR: u64 = 0xe_0400;
 /// Start of RAM the kernel may use above the legacy hole.
 pub const HIMEM_START: u64 = 0x10_0000;
@@ -57,6 +61,14 @@ pub const HIMEM_START: u64 = 0x10_0000;
 /// The 32-bit MMIO gap: RAM never overlaps it.
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+
+/// Where PCI BARs are placed (the guest may move them within the gap).
+pub const PCI_MMIO_BASE: u64 = 0xc000_0000;
+pub const PCI_MMIO_SIZE: u64 = 0x2000_0000;
+pub const PCI_ECAM_BASE: u64 = 0xe000_0000;
+/// IOAPIC pins for INTA# of PCI slots 1..=8, one pin each (16..23, the pins above the ISA
+/// range), so no two functions share a level-triggered line.
+pub const PCI_GSIS: [u32; 8] = [16, 17, 18, 19, 20, 21, 22, 23];
 
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
@@ -103,7 +115,8 @@ pub struct MemEntry {
 }
 
 /// The memory map a kernel is told about: usable RAM below 640 KiB (less the MP table), the
-/// legacy hole reserved, RAM from 1 MiB, the exit register reserved, and RAM above 4 GiB.
+/// legacy hole reserved, RAM from 1 MiB, PCI ECAM and the exit register reserved, and RAM
+/// above 4 GiB.
 pub fn memory_map(memory: u64) -> Vec<MemEntry> {
     let low_end = low_ram_end(memory);
     let mut map = vec![
@@ -125,6 +138,11 @@ pub fn memory_map(memory: u64) -> Vec<MemEntry> {
             kind: MemKind::Ram,
         });
     }
+    map.push(MemEntry {
+        addr: PCI_ECAM_BASE,
+        size: vireo_pci::ECAM_BUS_SIZE,
+        kind: MemKind::Reserved,
+    });
     map.push(MemEntry {
         addr: EXIT_REGISTER_ADDR,
         size: vireo_devices::finisher::FINISHER_WINDOW,
@@ -152,7 +170,7 @@ mod tests {
         assert_eq!(map[0].size, MPTABLE_ADDR);
         assert_eq!(map[2].addr, HIMEM_START);
         assert_eq!(map[2].addr + map[2].size, 256 << 20);
-        assert_eq!(map.len(), 4);
+        assert_eq!(map.len(), 5);
     }
 
     #[test]
@@ -179,6 +197,8 @@ mod tests {
     fn fixed_addresses_sit_in_the_gap() {
         for a in [
             EXIT_REGISTER_ADDR,
+            PCI_ECAM_BASE,
+            PCI_MMIO_BASE + PCI_MMIO_SIZE - 1,
             u64::from(IOAPIC_ADDR),
             u64::from(LAPIC_ADDR),
             KVM_TSS_ADDR,

@@ -1,12 +1,13 @@
 //! The Intel MultiProcessor Specification 1.4 tables that tell a kernel without ACPI how many
 //! CPUs there are and how ISA interrupts reach the IOAPIC: a floating pointer structure in the
 //! last KiB of base memory, then a configuration table with one processor entry per vCPU, an
-//! ISA bus, the IOAPIC, and the interrupt routing KVM's in-kernel irqchip implements (ISA IRQ n
-//! on IOAPIC pin n, except the PIT's IRQ 0 on pin 2).
+//! ISA bus and PCI bus 0, the IOAPIC, and the interrupt routing KVM's in-kernel irqchip
+//! implements (ISA IRQ n on IOAPIC pin n, except the PIT's IRQ 0 on pin 2; INTA# of PCI slots
+//! 1..8 on pins 16..23).
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{HIMEM_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_ADDR};
+use crate::layout::{HIMEM_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_ADDR, PCI_GSIS};
 
 /// Errors while building the MP table.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,11 @@ const ENTRY_LOCAL_INTERRUPT: u8 = 4;
 const INT_TYPE_INT: u8 = 0;
 const INT_TYPE_NMI: u8 = 1;
 const INT_TYPE_EXTINT: u8 = 3;
+const ISA_BUS: u8 = 0;
+/// MP bus ID of PCI bus 0.
+const PCI_BUS: u8 = 1;
+/// Interrupt entry flags: polarity active-low (bits 1:0 = 3), trigger level (bits 3:2 = 3).
+const PCI_LEVEL_LOW: u8 = 0x0f;
 
 fn checksum(bytes: &[u8]) -> u8 {
     0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))
@@ -59,8 +65,10 @@ pub fn build(cpus: u32, base: u32) -> Result<Vec<u8>, MpTableError> {
         t.extend_from_slice(&0x201u32.to_le_bytes()); // features: FPU, APIC
         t.extend_from_slice(&[0; 8]);
     }
-    t.extend_from_slice(&[ENTRY_BUS, 0]);
+    t.extend_from_slice(&[ENTRY_BUS, ISA_BUS]);
     t.extend_from_slice(b"ISA   ");
+    t.extend_from_slice(&[ENTRY_BUS, PCI_BUS]);
+    t.extend_from_slice(b"PCI   ");
     t.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     t.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
     // Pin 0 is the 8259's ExtINT output; the PIT (IRQ 0) is on pin 2; the rest are 1:1.
@@ -69,10 +77,16 @@ pub fn build(cpus: u32, base: u32) -> Result<Vec<u8>, MpTableError> {
     for irq in (1..16u8).filter(|&i| i != 2) {
         io_interrupt(&mut t, INT_TYPE_INT, irq, ioapic_id, irq);
     }
+    // INTA# of PCI slot n (bus irq = device << 2 | pin - 1) on its own pin, level-triggered
+    // and active-low as PCI interrupts are.
+    for (slot, &gsi) in (1u8..).zip(PCI_GSIS.iter()) {
+        t.extend_from_slice(&[ENTRY_IO_INTERRUPT, INT_TYPE_INT, PCI_LEVEL_LOW, 0, PCI_BUS]);
+        t.extend_from_slice(&[slot << 2, ioapic_id, gsi as u8]);
+    }
     // Every local APIC: LINT0 = ExtINT, LINT1 = NMI.
     t.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, INT_TYPE_EXTINT, 0, 0, 0, 0, 0xff, 0]);
     t.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, INT_TYPE_NMI, 0, 0, 0, 0, 0xff, 1]);
-    let entries = cpus as u16 + 1 + 1 + 16 + 2;
+    let entries = cpus as u16 + 2 + 1 + 16 + PCI_GSIS.len() as u16 + 2;
 
     let mut header = Vec::with_capacity(44);
     header.extend_from_slice(b"PCMP");
@@ -125,7 +139,14 @@ mod tests {
         assert_eq!(len, cfg.len());
         assert_eq!(sum(cfg), 0);
         let count = u16::from_le_bytes([cfg[34], cfg[35]]);
-        assert_eq!(count, 4 + 1 + 1 + 16 + 2);
+        assert_eq!(count, 4 + 2 + 1 + 16 + 8 + 2);
+        // The PCI bus and slot 1's INTA# on pin 16, level and active-low.
+        assert!(cfg
+            .windows(8)
+            .any(|e| e == [1, 1, b'P', b'C', b'I', b' ', b' ', b' ']));
+        assert!(cfg
+            .windows(8)
+            .any(|e| e == [3, 0, 0x0f, 0, 1, 1 << 2, 4, 16]));
         // Four enabled processors, the first one the BSP.
         let procs: Vec<&[u8]> = cfg[44..44 + 80].chunks(20).collect();
         for (i, p) in procs.iter().enumerate() {

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kvm_ioctls::VmFd;
 use vireo_machine::bus::{le_value, set_le_value};
-use vireo_machine::{BusDevice, ExitSignal, GuestExit, IrqLine};
+use vireo_machine::{BusDevice, ExitSignal, GuestExit, IrqLine, MsiSink};
 use vm_superio::{I8042Device, Trigger};
 
 /// An ISA interrupt line driven through KVM_IRQ_LINE (the in-kernel PIC and IOAPIC both see it).
@@ -26,6 +26,23 @@ impl IrqLine for KvmIrqLine {
     fn set_level(&self, high: bool) {
         // Fails only if the irqchip is gone, when nobody is listening anyway.
         let _ = self.vm.set_irq_line(self.gsi, high);
+    }
+}
+
+/// Message-signalled interrupts from PCI functions, injected with KVM_SIGNAL_MSI into the
+/// in-kernel local APICs (which decode the 0xfee0_0000 address and the vector in the data).
+pub struct KvmMsi(pub Arc<VmFd>);
+
+impl MsiSink for KvmMsi {
+    fn send(&self, address: u64, data: u32) {
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        // Fails only if the irqchip is gone, when nobody is listening anyway.
+        let _ = self.0.signal_msi(msi);
     }
 }
 

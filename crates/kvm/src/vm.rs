@@ -25,13 +25,21 @@ use crate::layout::{
     self, BOOT_STACK_TOP, CMOS_PORT, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, EXIT_REGISTER_ADDR,
     I8042_PORT, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MICRO_LOAD_MIN, MIN_MEMORY,
 };
+use crate::layout::{PCI_ECAM_BASE, PCI_GSIS, PCI_MMIO_BASE, PCI_MMIO_SIZE};
 use crate::mptable::{self, MpTableError};
+use crate::pc::KvmMsi;
 use crate::pc::{Cmos, DebugExit, KvmIrqLine, CMOS_WINDOW, DEBUG_EXIT_WINDOW, I8042, I8042_WINDOW};
 use crate::regs::{self, RegsError};
 use crate::vcpu::{
     kick_handler, kick_signal, thread_asleep, ExitCounters, ExitCounts, RegisterDump, Vcpu,
     VcpuError, VcpuEvent, VcpuOutcome, VcpuResponse,
 };
+use vireo_machine::MsiSink;
+use vireo_pci::{
+    Ecam, MmioWindow, PciRoot, PioConfig, ECAM_BUS_SIZE, PIO_CONFIG_LEN, PIO_CONFIG_PORT,
+};
+use vireo_virtio::pci::VirtioPci;
+use vireo_virtio::VirtioDevice;
 
 /// The device node KVM is reached through.
 pub const KVM_PATH: &str = "/dev/kvm";
@@ -383,12 +391,35 @@ impl KvmVm {
                 "the kvm accelerator boots kernels directly and takes no firmware".into(),
             ));
         }
-        Self::build(Payload::Linux(cfg), console)
+        Self::build(Payload::Linux(cfg), console, Vec::new())
+    }
+
+    /// Like [`KvmVm::new`], with virtio devices as PCI functions on slots 1, 2, ... in order.
+    pub fn with_devices(
+        cfg: &BootConfig,
+        console: ConsoleOutput,
+        devices: Vec<Box<dyn VirtioDevice>>,
+    ) -> Result<Self, KvmError> {
+        if cfg.firmware.is_some() {
+            return Err(KvmError::Config(
+                "the kvm accelerator boots kernels directly and takes no firmware".into(),
+            ));
+        }
+        Self::build(Payload::Linux(cfg), console, devices)
     }
 
     /// Builds the PC around raw machine code.
     pub fn new_micro(guest: &MicroGuest, console: ConsoleOutput) -> Result<Self, KvmError> {
-        Self::build(Payload::Micro(guest), console)
+        Self::build(Payload::Micro(guest), console, Vec::new())
+    }
+
+    /// A micro-guest with virtio devices as PCI functions (slots 1, 2, ... in order).
+    pub fn new_micro_with_devices(
+        guest: &MicroGuest,
+        console: ConsoleOutput,
+        devices: Vec<Box<dyn VirtioDevice>>,
+    ) -> Result<Self, KvmError> {
+        Self::build(Payload::Micro(guest), console, devices)
     }
 
     /// COM1, for the host console thread to feed input.
@@ -510,7 +541,18 @@ impl KvmVm {
         }
     }
 
-    fn build(payload: Payload<'_>, console: ConsoleOutput) -> Result<Self, KvmError> {
+    fn build(
+        payload: Payload<'_>,
+        console: ConsoleOutput,
+        devices: Vec<Box<dyn VirtioDevice>>,
+    ) -> Result<Self, KvmError> {
+        if devices.len() > PCI_GSIS.len() {
+            return Err(KvmError::Config(format!(
+                "{} virtio devices requested; the kvm board has {} PCI slots",
+                devices.len(),
+                PCI_GSIS.len()
+            )));
+        }
         let (cpus, memory, irqchip) = match payload {
             Payload::Linux(cfg) => (cfg.cpus, cfg.memory, true),
             Payload::Micro(g) => (g.cpus, g.memory, g.irqchip),
@@ -608,6 +650,35 @@ impl KvmVm {
             FINISHER_WINDOW,
             Arc::new(Mutex::new(TestFinisher::new(exit.clone()))),
         )?;
+        if !devices.is_empty() {
+            let pci = |e: &dyn std::fmt::Display| KvmError::Config(format!("PCI: {e}"));
+            let mut root = PciRoot::new(PCI_MMIO_BASE, PCI_MMIO_SIZE).map_err(|e| pci(&e))?;
+            // MSIs are writes to the local APICs' window, which KVM_SIGNAL_MSI injects.
+            let msi: Option<Arc<dyn MsiSink>> =
+                irqchip.then(|| Arc::new(KvmMsi(vm.clone())) as Arc<dyn MsiSink>);
+            for (dev, &gsi) in devices.into_iter().zip(PCI_GSIS.iter()) {
+                let mut f = VirtioPci::new(dev, ram.memory().clone(), irq(gsi), msi.clone())
+                    .map_err(|e| pci(&e))?;
+                f.set_interrupt_line(gsi as u8);
+                root.add(Box::new(f)).map_err(|e| pci(&e))?;
+            }
+            let root = Arc::new(Mutex::new(root));
+            pio.insert(
+                PIO_CONFIG_PORT,
+                PIO_CONFIG_LEN,
+                Arc::new(Mutex::new(PioConfig::new(root.clone()))),
+            )?;
+            mmio.insert(
+                PCI_ECAM_BASE,
+                ECAM_BUS_SIZE,
+                Arc::new(Mutex::new(Ecam(root.clone()))),
+            )?;
+            mmio.insert(
+                PCI_MMIO_BASE,
+                PCI_MMIO_SIZE,
+                Arc::new(Mutex::new(MmioWindow::new(root))),
+            )?;
+        }
 
         // What to run.
         let start = match payload {

@@ -186,8 +186,7 @@ impl EmuVm {
                 for (i, dev) in devices.into_iter().enumerate() {
                     let base = VIRTIO_BASE + i as u64 * VIRTIO_STRIDE;
                     let irq = VIRTIO_IRQ + i;
-                    let transport =
-                        MmioTransport::new(dev, ram.memory().clone(), plic_line(irq));
+                    let transport = MmioTransport::new(dev, ram.memory().clone(), plic_line(irq));
                     // The device tree gives each slot a page; the transport answers beyond its
                     // registers (zero config bytes) so a driver reading the whole page cannot
                     // fault.
@@ -206,7 +205,9 @@ impl EmuVm {
                 for dev in devices {
                     // No MSI controller on this board (no AIA/IMSIC): INTx only, and no MSI-X
                     // capability for the driver to try.
-                    let slot = root.next_free_slot().ok_or_else(|| fault(&PciError::BusFull))?;
+                    let slot = root
+                        .next_free_slot()
+                        .ok_or_else(|| fault(&PciError::BusFull))?;
                     let irq = PCI_IRQ_BASE + usize::from(slot);
                     let mut f = VirtioPci::new(dev, ram.memory().clone(), plic_line(irq), None)
                         .map_err(|e| fault(&e))?;

@@ -194,7 +194,8 @@ pub struct VmSpec {
     pub vsock: Option<String>,
     /// The guest console: `serial` (16550 UART, ttyS0) or `virtio` (virtio-console, hvc0).
     pub console: String,
-    /// How virtio devices attach: `mmio` (virtio-mmio) or `pci` (virtio-pci).
+    /// How virtio devices attach: `mmio` (virtio-mmio), `pci` (virtio-pci), or `auto` (mmio on
+    /// the emu board, pci on the kvm PC).
     pub virtio_transport: String,
 }
 
@@ -224,7 +225,7 @@ impl Default for VmSpec {
             rng: false,
             vsock: None,
             console: "serial".into(),
-            virtio_transport: "mmio".into(),
+            virtio_transport: "auto".into(),
         }
     }
 }
@@ -294,11 +295,11 @@ impl VmSpec {
                 ),
             });
         }
-        if !matches!(self.virtio_transport.as_str(), "mmio" | "pci") {
+        if !matches!(self.virtio_transport.as_str(), "auto" | "mmio" | "pci") {
             return Err(SpecError::Invalid {
                 key: "virtio_transport",
                 message: format!(
-                    "'{}' is not a virtio transport: expected mmio or pci",
+                    "'{}' is not a virtio transport: expected auto, mmio or pci",
                     self.virtio_transport
                 ),
             });
