@@ -11,7 +11,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{
     ACPI_DSDT_ADDR, ACPI_FADT_ADDR, ACPI_MADT_ADDR, ACPI_MCFG_ADDR, ACPI_RSDP_ADDR, ACPI_XSDT_ADDR,
-    HIMEM_START, IOAPIC_ADDR, LAPIC_ADDR, PCI_ECAM_BASE, PCI_GSIS, PCI_MMIO_BASE, PCI_MMIO_SIZE,
+    IOAPIC_ADDR, LAPIC_ADDR, PCI_ECAM_BASE, PCI_GSIS, PCI_MMIO_BASE, PCI_MMIO_SIZE,
 };
 
 /// Errors while writing the ACPI tables.
@@ -213,6 +213,7 @@ pub fn write(mem: &GuestMemoryMmap, cpus: u32) -> Result<u64, AcpiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::HIMEM_START;
 
     fn sum(b: &[u8]) -> u8 {
         b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
