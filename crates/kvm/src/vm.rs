@@ -386,12 +386,7 @@ impl KvmVm {
     /// Builds the PC for a Linux kernel per the [`BootConfig`] contract: COM1 as the console,
     /// the exit register at [`EXIT_REGISTER_ADDR`] named on the command line.
     pub fn new(cfg: &BootConfig, console: ConsoleOutput) -> Result<Self, KvmError> {
-        if cfg.firmware.is_some() {
-            return Err(KvmError::Config(
-                "the kvm accelerator boots kernels directly and takes no firmware".into(),
-            ));
-        }
-        Self::build(Payload::Linux(cfg), console, Vec::new())
+        Self::with_devices(cfg, console, Vec::new())
     }
 
     /// Like [`KvmVm::new`], with virtio devices as PCI functions on slots 1, 2, ... in order.

@@ -4,7 +4,6 @@
 //! errors that name the file and the defect.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use vireo_devices::ConsoleOutput;
@@ -13,17 +12,8 @@ use vireo_kvm::{KvmError, KvmVm, LoadError, EXIT_REGISTER_ADDR};
 use vireo_machine::{BootConfig, GuestExit};
 
 const COM1: u16 = 0x3f8;
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn kvm() -> Option<std::sync::MutexGuard<'static, ()>> {
-    match KvmVm::probe() {
-        Ok(()) => Some(SERIAL.lock().unwrap_or_else(|p| p.into_inner())),
-        Err(e) => {
-            println!("skipped: {e}");
-            None
-        }
-    }
-}
+mod common;
+use common::kvm;
 
 fn write_file(name: &str, bytes: &[u8]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vireo-kvm-kernels-{}", std::process::id()));

@@ -17,18 +17,8 @@ const LONG_BASE: u64 = 0x10_0000;
 const REAL_BASE: u64 = 0x1_0000;
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// KVM tests share the two host cores; running them one at a time keeps timings honest.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn kvm() -> Option<std::sync::MutexGuard<'static, ()>> {
-    match KvmVm::probe() {
-        Ok(()) => Some(SERIAL.lock().unwrap_or_else(|p| p.into_inner())),
-        Err(e) => {
-            println!("skipped: {e}");
-            None
-        }
-    }
-}
+mod common;
+use common::kvm;
 
 /// `mov ebx, EXIT; mov dword [rbx], value; jmp $`
 fn exit_with(a: &mut Asm, value: u32) {

@@ -10,7 +10,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use vireo_devices::ConsoleOutput;
@@ -50,18 +49,8 @@ const GUEST_CFLAGS: &[&str] = &[
     "-Wl,--build-id=none",
 ];
 
-/// KVM tests share the two host cores; running them one at a time keeps timings honest.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn kvm() -> Option<std::sync::MutexGuard<'static, ()>> {
-    match KvmVm::probe() {
-        Ok(()) => Some(SERIAL.lock().unwrap_or_else(|p| p.into_inner())),
-        Err(e) => {
-            println!("skipped: {e}");
-            None
-        }
-    }
-}
+mod common;
+use common::kvm;
 
 /// A scratch directory for one test's build and disk, removed when the test passes (kept for
 /// inspection when it fails).
