@@ -136,3 +136,35 @@ impl<'a> Driver<'a> {
         got
     }
 }
+
+/// Publishes one chain of (address, length, device-writable) buffers at descriptor `first` on
+/// a virtio-queue mock of `size` entries (for tests that build rings with the mock directly).
+pub(crate) fn add_chain(
+    vq: &MockSplitQueue<GuestMemoryMmap>,
+    size: u16,
+    first: u16,
+    bufs: &[(u64, u32, bool)],
+) {
+    for (i, &(addr, len, writable)) in bufs.iter().enumerate() {
+        let index = first + i as u16;
+        let last = i + 1 == bufs.len();
+        let flags = if writable { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
+        let d = SplitDescriptor::new(addr, len, flags, if last { 0 } else { index + 1 });
+        vq.desc_table()
+            .store(index, RawDescriptor::from(d))
+            .unwrap();
+    }
+    let idx = vq.avail().idx().load();
+    vq.avail()
+        .ring()
+        .ref_at(usize::from(idx % size))
+        .unwrap()
+        .store(first);
+    vq.avail().idx().store(idx.wrapping_add(1));
+}
+
+/// Used-ring entry `i` of a mock queue: (descriptor id, length written).
+pub(crate) fn used(vq: &MockSplitQueue<GuestMemoryMmap>, i: u16) -> (u32, u32) {
+    let e = vq.used().ring().ref_at(usize::from(i)).unwrap().load();
+    (e.id(), e.len())
+}

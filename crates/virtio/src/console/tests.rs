@@ -4,13 +4,11 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
 use vireo_machine::NoIrq;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::split::Descriptor as SplitDescriptor;
-use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
+use crate::test_util::{add_chain, used};
 use crate::{Activation, Interrupt, VirtioDevice, INT_USED};
 
 const QSIZE: u16 = 16;
@@ -33,31 +31,6 @@ impl Write for Sink {
     }
 }
 
-/// Publishes one chain of (address, length, device-writable) buffers at descriptor `first`.
-fn add_chain(vq: &MockSplitQueue<GuestMemoryMmap>, first: u16, bufs: &[(u64, u32, bool)]) {
-    for (i, &(addr, len, writable)) in bufs.iter().enumerate() {
-        let index = first + i as u16;
-        let last = i + 1 == bufs.len();
-        let flags = if writable { VRING_DESC_F_WRITE } else { 0 }
-            | if last { 0 } else { VRING_DESC_F_NEXT };
-        let d = SplitDescriptor::new(addr, len, flags as u16, if last { 0 } else { index + 1 });
-        vq.desc_table()
-            .store(index, RawDescriptor::from(d))
-            .unwrap();
-    }
-    let idx = vq.avail().idx().load();
-    vq.avail()
-        .ring()
-        .ref_at(usize::from(idx % QSIZE))
-        .unwrap()
-        .store(first);
-    vq.avail().idx().store(idx.wrapping_add(1));
-}
-
-fn used(vq: &MockSplitQueue<GuestMemoryMmap>, i: u16) -> (u32, u32) {
-    let e = vq.used().ring().ref_at(usize::from(i)).unwrap().load();
-    (e.id(), e.len())
-}
 
 struct Rig<'a> {
     console: Console,
@@ -111,9 +84,9 @@ fn transmit_reaches_the_sink() {
     r.activate(&mem);
     mem.write_slice(b"hello, ", GuestAddress(0x1_0000)).unwrap();
     mem.write_slice(b"world\n", GuestAddress(0x1_1000)).unwrap();
-    add_chain(&r.tx, 0, &[(0x1_0000, 7, false), (0x1_1000, 6, false)]);
+    add_chain(&r.tx, QSIZE, 0, &[(0x1_0000, 7, false), (0x1_1000, 6, false)]);
     mem.write_slice(b"second", GuestAddress(0x1_2000)).unwrap();
-    add_chain(&r.tx, 2, &[(0x1_2000, 6, false)]);
+    add_chain(&r.tx, QSIZE, 2, &[(0x1_2000, 6, false)]);
     r.console.queue_notify(TRANSMITQ as u16);
     assert_eq!(&*r.sink.0.lock().unwrap(), b"hello, world\nsecond");
     assert_eq!(r.tx.used().idx().load(), 2);
@@ -128,11 +101,11 @@ fn hostile_transmit_chains_are_returned_unread() {
     let mut r = rig(&mem);
     r.activate(&mem);
     // Outside guest memory; device-writable only; a huge (in-memory) buffer is truncated.
-    add_chain(&r.tx, 0, &[(MEM_SIZE as u64 - 4, 64, false)]);
-    add_chain(&r.tx, 1, &[(0x1_0000, 64, true)]);
+    add_chain(&r.tx, QSIZE, 0, &[(MEM_SIZE as u64 - 4, 64, false)]);
+    add_chain(&r.tx, QSIZE, 1, &[(0x1_0000, 64, true)]);
     mem.write_slice(&vec![b'x'; 3 * 1024 * 1024], GuestAddress(0x10_0000))
         .unwrap();
-    add_chain(&r.tx, 2, &[(0x10_0000, 3 * 1024 * 1024, false)]);
+    add_chain(&r.tx, QSIZE, 2, &[(0x10_0000, 3 * 1024 * 1024, false)]);
     r.console.queue_notify(TRANSMITQ as u16);
     assert_eq!(r.tx.used().idx().load(), 3);
     assert_eq!(r.sink.0.lock().unwrap().len(), MAX_TRANSMIT_PER_CHAIN);
@@ -143,7 +116,7 @@ fn input_reaches_a_receive_buffer() {
     let mem = memory();
     let mut r = rig(&mem);
     r.activate(&mem);
-    add_chain(&r.rx, 0, &[(0x2_0000, 64, true)]);
+    add_chain(&r.rx, QSIZE, 0, &[(0x2_0000, 64, true)]);
     r.console.queue_notify(RECEIVEQ as u16);
     assert_eq!(r.rx.used().idx().load(), 0, "nothing to deliver yet");
 
@@ -171,16 +144,16 @@ fn input_before_buffers_waits_for_them() {
     assert_eq!(r.rx.used().idx().load(), 0);
 
     // Two small buffers: the input is split across them in order, the rest waits.
-    add_chain(&r.rx, 0, &[(0x2_0000, 4, true)]);
-    add_chain(&r.rx, 1, &[(0x2_1000, 4, true)]);
+    add_chain(&r.rx, QSIZE, 0, &[(0x2_0000, 4, true)]);
+    add_chain(&r.rx, QSIZE, 1, &[(0x2_1000, 4, true)]);
     r.console.queue_notify(RECEIVEQ as u16);
     assert_eq!(r.rx.used().idx().load(), 2);
     assert_eq!(read(&mem, 0x2_0000, 4), b"earl");
     assert_eq!(read(&mem, 0x2_1000, 4), b"y by");
     assert_eq!(input.pending(), 3);
     // A device-readable buffer takes nothing; the next writable one gets the rest.
-    add_chain(&r.rx, 2, &[(0x2_2000, 16, false)]);
-    add_chain(&r.rx, 3, &[(0x2_3000, 16, true)]);
+    add_chain(&r.rx, QSIZE, 2, &[(0x2_2000, 16, false)]);
+    add_chain(&r.rx, QSIZE, 3, &[(0x2_3000, 16, true)]);
     r.console.queue_notify(RECEIVEQ as u16);
     assert_eq!(used(&r.rx, 2), (2, 0));
     assert_eq!(used(&r.rx, 3), (3, 3));

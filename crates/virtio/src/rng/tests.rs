@@ -3,43 +3,16 @@
 use std::sync::Arc;
 
 use vireo_machine::NoIrq;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::split::Descriptor as SplitDescriptor;
-use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
+use crate::test_util::{add_chain, used};
 use crate::{Activation, Interrupt, VirtioDevice, INT_USED};
 
 const QSIZE: u16 = 16;
 const MEM_SIZE: usize = 0x20_0000;
 
-/// Publishes one chain of (address, length, device-writable) buffers at descriptor `first`.
-fn add_chain(vq: &MockSplitQueue<GuestMemoryMmap>, first: u16, bufs: &[(u64, u32, bool)]) {
-    for (i, &(addr, len, writable)) in bufs.iter().enumerate() {
-        let index = first + i as u16;
-        let last = i + 1 == bufs.len();
-        let flags = if writable { VRING_DESC_F_WRITE } else { 0 }
-            | if last { 0 } else { VRING_DESC_F_NEXT };
-        let d = SplitDescriptor::new(addr, len, flags as u16, if last { 0 } else { index + 1 });
-        vq.desc_table()
-            .store(index, RawDescriptor::from(d))
-            .unwrap();
-    }
-    let idx = vq.avail().idx().load();
-    vq.avail()
-        .ring()
-        .ref_at(usize::from(idx % QSIZE))
-        .unwrap()
-        .store(first);
-    vq.avail().idx().store(idx.wrapping_add(1));
-}
-
-fn used(vq: &MockSplitQueue<GuestMemoryMmap>, i: u16) -> (u32, u32) {
-    let e = vq.used().ring().ref_at(usize::from(i)).unwrap().load();
-    (e.id(), e.len())
-}
 
 fn activated(mem: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>) -> (Rng, Interrupt) {
     let mut rng = Rng::new();
@@ -60,8 +33,8 @@ fn writable_buffers_are_filled() {
     let vq = MockSplitQueue::new(&mem, QSIZE);
     let (mut rng, interrupt) = activated(&mem, &vq);
     // Two buffers in one chain, and a second chain.
-    add_chain(&vq, 0, &[(0x1_0000, 64, true), (0x1_1000, 100, true)]);
-    add_chain(&vq, 2, &[(0x2_0000, 4096, true)]);
+    add_chain(&vq, QSIZE, 0, &[(0x1_0000, 64, true), (0x1_1000, 100, true)]);
+    add_chain(&vq, QSIZE, 2, &[(0x2_0000, 4096, true)]);
     rng.queue_notify(0);
     assert_eq!(vq.used().idx().load(), 2);
     assert_eq!(used(&vq, 0), (0, 164));
@@ -87,14 +60,14 @@ fn readable_buffers_are_skipped_and_requests_bounded() {
     let canary = [0x5au8; 256];
     mem.write_slice(&canary, GuestAddress(0x1_0000)).unwrap();
     // Only a device-readable buffer: nothing written, returned empty.
-    add_chain(&vq, 0, &[(0x1_0000, 256, false)]);
+    add_chain(&vq, QSIZE, 0, &[(0x1_0000, 256, false)]);
     // A readable buffer before a writable one: only the writable one is filled.
     mem.write_slice(&canary, GuestAddress(0x3_0000)).unwrap();
-    add_chain(&vq, 1, &[(0x3_0000, 256, false), (0x4_0000, 32, true)]);
+    add_chain(&vq, QSIZE, 1, &[(0x3_0000, 256, false), (0x4_0000, 32, true)]);
     // A buffer larger than the per-request bound.
-    add_chain(&vq, 3, &[(0x5_0000, 1024 * 1024, true)]);
+    add_chain(&vq, QSIZE, 3, &[(0x5_0000, 1024 * 1024, true)]);
     // A buffer outside guest memory.
-    add_chain(&vq, 4, &[(MEM_SIZE as u64 - 16, 64, true)]);
+    add_chain(&vq, QSIZE, 4, &[(MEM_SIZE as u64 - 16, 64, true)]);
     rng.queue_notify(0);
     assert_eq!(vq.used().idx().load(), 4);
     assert_eq!(used(&vq, 0), (0, 0));
