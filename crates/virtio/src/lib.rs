@@ -226,6 +226,20 @@ pub struct Activation {
     pub features: u64,
 }
 
+impl Activation {
+    /// Takes queue `index` (called `name` in the device's section of the spec) for the device;
+    /// a queue the driver did not enable is an error naming it.
+    pub fn take_queue(&mut self, index: usize, name: &str) -> Result<Queue, ActivateError> {
+        self.queues
+            .get_mut(index)
+            .and_then(Option::take)
+            .ok_or_else(|| ActivateError::BadQueue {
+                index,
+                reason: format!("{name} is not enabled; expected it ready"),
+            })
+    }
+}
+
 /// A virtio device, independent of transport and accelerator.
 pub trait VirtioDevice: Send {
     /// The virtio device ID ([`types`]).

@@ -107,20 +107,9 @@ impl VirtioDevice for Console {
         crate::read_config_bytes(&[0u8; CONFIG_LEN], offset, data);
     }
 
-    fn activate(&mut self, act: Activation) -> Result<(), ActivateError> {
-        let mut queues = act.queues.into_iter();
-        let not_enabled = |index, name| ActivateError::BadQueue {
-            index,
-            reason: format!("{name} is not enabled; expected it ready"),
-        };
-        let rx = queues
-            .next()
-            .flatten()
-            .ok_or_else(|| not_enabled(RECEIVEQ, "receiveq"))?;
-        let tx = queues
-            .next()
-            .flatten()
-            .ok_or_else(|| not_enabled(TRANSMITQ, "transmitq"))?;
+    fn activate(&mut self, mut act: Activation) -> Result<(), ActivateError> {
+        let rx = act.take_queue(RECEIVEQ, "receiveq")?;
+        let tx = act.take_queue(TRANSMITQ, "transmitq")?;
         self.transmit = Some(TransmitQueue {
             mem: act.mem.clone(),
             queue: tx,

@@ -144,20 +144,10 @@ impl VirtioDevice for Net {
         crate::read_config_bytes(&self.config(), offset, data);
     }
 
-    fn activate(&mut self, act: Activation) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut act: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let mut queues = act.queues.into_iter();
-        let mut take = |index: usize| {
-            queues
-                .next()
-                .flatten()
-                .ok_or_else(|| ActivateError::BadQueue {
-                    index,
-                    reason: "virtio-net needs its receive and transmit queues enabled".into(),
-                })
-        };
-        let rx = take(RX_QUEUE)?;
-        let tx = take(TX_QUEUE)?;
+        let rx = act.take_queue(RX_QUEUE, "receiveq")?;
+        let tx = act.take_queue(TX_QUEUE, "transmitq")?;
         lock(&self.state).active = Some(Active {
             mem: act.mem,
             rx,

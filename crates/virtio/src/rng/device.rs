@@ -98,13 +98,8 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn activate(&mut self, act: Activation) -> Result<(), ActivateError> {
-        let Some(Some(queue)) = act.queues.into_iter().next() else {
-            return Err(ActivateError::BadQueue {
-                index: 0,
-                reason: "the request queue is not enabled; expected it ready".to_string(),
-            });
-        };
+    fn activate(&mut self, mut act: Activation) -> Result<(), ActivateError> {
+        let queue = act.take_queue(0, "requestq")?;
         self.active = Some(Active {
             mem: act.mem,
             queue,

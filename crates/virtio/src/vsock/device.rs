@@ -146,21 +146,11 @@ impl VirtioDevice for Vsock {
         crate::read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
-    fn activate(&mut self, act: Activation) -> Result<(), ActivateError> {
+    fn activate(&mut self, mut act: Activation) -> Result<(), ActivateError> {
         self.reset();
-        let mut queues = act.queues.into_iter();
-        let mut take = |index: usize| {
-            queues
-                .next()
-                .flatten()
-                .ok_or_else(|| ActivateError::BadQueue {
-                    index,
-                    reason: "virtio-vsock needs its rx and tx queues enabled".into(),
-                })
-        };
-        let rx = take(RX_QUEUE)?;
-        let tx = take(TX_QUEUE)?;
-        let event = take(EVENT_QUEUE).ok();
+        let rx = act.take_queue(RX_QUEUE, "rx")?;
+        let tx = act.take_queue(TX_QUEUE, "tx")?;
+        let event = act.take_queue(EVENT_QUEUE, "event").ok();
         {
             let mut st = lock(&self.state);
             st.active = Some(Active {
