@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vireo_machine::IrqLine;
 use vireo_pci::MsixTable;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 pub mod block;
@@ -265,6 +265,31 @@ pub trait VirtioDevice: Send {
     /// tells the driver.
     fn needs_reset(&self) -> bool {
         false
+    }
+}
+
+/// Serves the chains the driver made available on queue `index`: at most one ring's worth per
+/// call, so a driver that keeps adding buffers cannot hold the caller. Each chain goes back
+/// with the byte count `serve` reports written (a head outside the ring cannot go back and is
+/// dropped), and the driver is notified if it asked to be.
+pub(crate) fn serve_ring(
+    index: u16,
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &Interrupt,
+    mut serve: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+) {
+    let mut used_any = false;
+    for _ in 0..queue.size() {
+        let Ok(Some(chain)) = queue.iter(mem).map(|mut chains| chains.next()) else {
+            break;
+        };
+        let head = chain.head_index();
+        let written = serve(chain);
+        used_any |= queue.add_used(mem, head, written).is_ok();
+    }
+    if used_any {
+        interrupt.notify_used(index, queue, mem);
     }
 }
 

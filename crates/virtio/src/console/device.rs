@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader};
+use virtio_queue::{Queue, Reader};
 use vm_memory::GuestMemoryMmap;
 
 use super::backend::{lock, ConsoleInput, ReceiveQueue, SharedReceive};
@@ -56,13 +56,8 @@ impl Console {
         };
         let mem: &GuestMemoryMmap = mem;
         let mut chunk = [0u8; CHUNK];
-        let mut used_any = false;
-        // Each chain comes with its own kick: one ring's worth per kick bounds the time here.
-        for _ in 0..queue.size() {
-            let Ok(Some(chain)) = queue.iter(mem).map(|mut chains| chains.next()) else {
-                break;
-            };
-            let head = chain.head_index();
+        let output = &mut self.output;
+        crate::serve_ring(TRANSMITQ as u16, queue, mem, interrupt, |chain| {
             // Only device-readable buffers carry output; a chain outside guest memory is
             // returned without being read.
             if let Ok(mut reader) = Reader::new(mem, chain) {
@@ -73,19 +68,14 @@ impl Console {
                         break;
                     }
                     // A sink that fails loses the output; the guest must not stall on it.
-                    let _ = self.output.write_all(&chunk[..n]);
+                    let _ = output.write_all(&chunk[..n]);
                     left -= n;
                 }
             }
             // The device writes nothing into transmit buffers.
-            if queue.add_used(mem, head, 0).is_ok() {
-                used_any = true;
-            }
-        }
+            0
+        });
         let _ = self.output.flush();
-        if used_any {
-            interrupt.notify_used(TRANSMITQ as u16, queue, mem);
-        }
     }
 }
 

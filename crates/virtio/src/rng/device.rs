@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
+use virtio_queue::{Queue, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::{backend, MAX_BYTES_PER_REQUEST, QUEUE_SIZE};
@@ -40,28 +40,14 @@ impl Rng {
         };
         let mem: &GuestMemoryMmap = mem;
         let mut chunk = [0u8; CHUNK];
-        let mut used_any = false;
-        // Each chain the driver adds comes with its own kick: one ring's worth per kick bounds
-        // the time spent here.
-        for _ in 0..queue.size() {
-            let Ok(Some(chain)) = queue.iter(mem).map(|mut chains| chains.next()) else {
-                break;
-            };
-            let head = chain.head_index();
+        crate::serve_ring(0, queue, mem, interrupt, |chain| {
             // Only the device-writable buffers are filled; device-readable ones are skipped, and
             // a chain that points outside guest memory comes back empty.
-            let written = match Writer::new(mem, chain) {
+            match Writer::new(mem, chain) {
                 Ok(mut writer) => fill(&mut writer, &mut chunk),
                 Err(_) => 0,
-            };
-            if queue.add_used(mem, head, written).is_err() {
-                continue;
             }
-            used_any = true;
-        }
-        if used_any {
-            interrupt.notify_used(0, queue, mem);
-        }
+        });
     }
 }
 
