@@ -72,6 +72,8 @@ pub struct Interrupt {
 /// (virtio 1.2 §4.1.5.1.2), and the table they index.
 pub struct MsixRoute {
     table: Mutex<MsixTable>,
+    /// The table's size, fixed at creation (kept here so checking a vector takes no lock).
+    vectors: usize,
     config_vector: AtomicU16,
     queue_vectors: Vec<AtomicU16>,
 }
@@ -82,6 +84,7 @@ pub const NO_VECTOR: u16 = 0xffff;
 impl MsixRoute {
     pub fn new(table: MsixTable, queues: usize) -> Self {
         MsixRoute {
+            vectors: table.vectors(),
             table: Mutex::new(table),
             config_vector: AtomicU16::new(NO_VECTOR),
             queue_vectors: (0..queues).map(|_| AtomicU16::new(NO_VECTOR)).collect(),
@@ -115,7 +118,7 @@ impl MsixRoute {
     }
 
     fn checked(&self, v: u16) -> u16 {
-        if usize::from(v) < self.table().vectors() {
+        if usize::from(v) < self.vectors {
             v
         } else {
             NO_VECTOR

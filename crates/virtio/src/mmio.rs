@@ -8,7 +8,7 @@ use vireo_machine::{BusDevice, IrqLine};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
-use crate::transport::DeviceCore;
+use crate::transport::{DeviceCore, Ring};
 pub use crate::transport::{
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK,
     STATUS_NEEDS_RESET,
@@ -116,38 +116,17 @@ impl BusDevice for MmioTransport {
                     q.set_ready(v == 1);
                 }
             }
-            REG_QUEUE_DESC_LOW | REG_QUEUE_DESC_HIGH => {
-                if let Some(q) = c.selected_mut() {
-                    let (lo, hi) = halves(offset == REG_QUEUE_DESC_LOW, v);
-                    q.set_desc_table_address(lo, hi);
-                }
-            }
-            REG_QUEUE_DRIVER_LOW | REG_QUEUE_DRIVER_HIGH => {
-                if let Some(q) = c.selected_mut() {
-                    let (lo, hi) = halves(offset == REG_QUEUE_DRIVER_LOW, v);
-                    q.set_avail_ring_address(lo, hi);
-                }
-            }
-            REG_QUEUE_DEVICE_LOW | REG_QUEUE_DEVICE_HIGH => {
-                if let Some(q) = c.selected_mut() {
-                    let (lo, hi) = halves(offset == REG_QUEUE_DEVICE_LOW, v);
-                    q.set_used_ring_address(lo, hi);
-                }
-            }
+            REG_QUEUE_DESC_LOW => c.set_ring_address(Ring::Desc, Some(v), None),
+            REG_QUEUE_DESC_HIGH => c.set_ring_address(Ring::Desc, None, Some(v)),
+            REG_QUEUE_DRIVER_LOW => c.set_ring_address(Ring::Driver, Some(v), None),
+            REG_QUEUE_DRIVER_HIGH => c.set_ring_address(Ring::Driver, None, Some(v)),
+            REG_QUEUE_DEVICE_LOW => c.set_ring_address(Ring::Device, Some(v), None),
+            REG_QUEUE_DEVICE_HIGH => c.set_ring_address(Ring::Device, None, Some(v)),
             REG_QUEUE_NOTIFY => c.notify(v),
             REG_INTERRUPT_ACK => c.interrupt.ack(v),
             REG_STATUS => c.set_status(v),
             _ => {}
         }
-    }
-}
-
-/// A 32-bit half of a 64-bit ring address, as virtio-queue's setters take it.
-pub(crate) fn halves(low: bool, v: u32) -> (Option<u32>, Option<u32>) {
-    if low {
-        (Some(v), None)
-    } else {
-        (None, Some(v))
     }
 }
 

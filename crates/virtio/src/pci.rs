@@ -13,8 +13,7 @@ use vireo_pci::{msix, MsixTable, PciDevice};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
-use crate::mmio::halves;
-use crate::transport::DeviceCore;
+use crate::transport::{DeviceCore, Ring};
 use crate::{types, Interrupt, MsixRoute, VirtioDevice, NO_VECTOR};
 
 /// The virtio vendor ID; modern device IDs are 0x1040 + the virtio device type.
@@ -217,19 +216,17 @@ impl VirtioPci {
                 }
             }
             (0x20 | 0x28 | 0x30, 8) | (0x20 | 0x24 | 0x28 | 0x2c | 0x30 | 0x34, 4) => {
-                let Some(q) = c.selected_mut() else { return };
-                let parts: Vec<(Option<u32>, Option<u32>)> = if data.len() == 8 {
-                    vec![(Some(v as u32), Some((v >> 32) as u32))]
-                } else {
-                    vec![halves(off.is_multiple_of(8), v as u32)]
+                let ring = match off & !7 {
+                    0x20 => Ring::Desc,
+                    0x28 => Ring::Driver,
+                    _ => Ring::Device,
                 };
-                for (lo, hi) in parts {
-                    match off & !7 {
-                        0x20 => q.set_desc_table_address(lo, hi),
-                        0x28 => q.set_avail_ring_address(lo, hi),
-                        _ => q.set_used_ring_address(lo, hi),
-                    }
-                }
+                let (lo, hi) = match (data.len(), off % 8) {
+                    (8, _) => (Some(v as u32), Some((v >> 32) as u32)),
+                    (_, 0) => (Some(v as u32), None),
+                    _ => (None, Some(v as u32)),
+                };
+                c.set_ring_address(ring, lo, hi);
             }
             _ => {}
         }

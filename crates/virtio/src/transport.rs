@@ -18,6 +18,16 @@ pub const STATUS_FAILED: u32 = 128;
 
 const F_EVENT_IDX: u64 = 1 << 29;
 
+/// The three areas of a split virtqueue (§2.7), as the transports name them.
+#[derive(Debug, Clone, Copy)]
+pub enum Ring {
+    Desc,
+    /// The available ring.
+    Driver,
+    /// The used ring.
+    Device,
+}
+
 /// One device and the transport-independent state the driver builds up around it.
 pub(crate) struct DeviceCore {
     pub device: Box<dyn VirtioDevice>,
@@ -89,6 +99,17 @@ impl DeviceCore {
             0 => self.driver_features as u32,
             1 => (self.driver_features >> 32) as u32,
             _ => 0,
+        }
+    }
+
+    /// Sets the low and/or high half of the selected queue's `ring` address (setup only).
+    pub fn set_ring_address(&mut self, ring: Ring, lo: Option<u32>, hi: Option<u32>) {
+        if let Some(q) = self.selected_mut() {
+            match ring {
+                Ring::Desc => q.set_desc_table_address(lo, hi),
+                Ring::Driver => q.set_avail_ring_address(lo, hi),
+                Ring::Device => q.set_used_ring_address(lo, hi),
+            }
         }
     }
 

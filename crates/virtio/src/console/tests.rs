@@ -31,7 +31,6 @@ impl Write for Sink {
     }
 }
 
-
 struct Rig<'a> {
     console: Console,
     sink: Sink,
@@ -84,7 +83,12 @@ fn transmit_reaches_the_sink() {
     r.activate(&mem);
     mem.write_slice(b"hello, ", GuestAddress(0x1_0000)).unwrap();
     mem.write_slice(b"world\n", GuestAddress(0x1_1000)).unwrap();
-    add_chain(&r.tx, QSIZE, 0, &[(0x1_0000, 7, false), (0x1_1000, 6, false)]);
+    add_chain(
+        &r.tx,
+        QSIZE,
+        0,
+        &[(0x1_0000, 7, false), (0x1_1000, 6, false)],
+    );
     mem.write_slice(b"second", GuestAddress(0x1_2000)).unwrap();
     add_chain(&r.tx, QSIZE, 2, &[(0x1_2000, 6, false)]);
     r.console.queue_notify(TRANSMITQ as u16);

@@ -13,7 +13,6 @@ use crate::{Activation, Interrupt, VirtioDevice, INT_USED};
 const QSIZE: u16 = 16;
 const MEM_SIZE: usize = 0x20_0000;
 
-
 fn activated(mem: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>) -> (Rng, Interrupt) {
     let mut rng = Rng::new();
     let interrupt = Interrupt::new(Arc::new(NoIrq));
@@ -33,7 +32,12 @@ fn writable_buffers_are_filled() {
     let vq = MockSplitQueue::new(&mem, QSIZE);
     let (mut rng, interrupt) = activated(&mem, &vq);
     // Two buffers in one chain, and a second chain.
-    add_chain(&vq, QSIZE, 0, &[(0x1_0000, 64, true), (0x1_1000, 100, true)]);
+    add_chain(
+        &vq,
+        QSIZE,
+        0,
+        &[(0x1_0000, 64, true), (0x1_1000, 100, true)],
+    );
     add_chain(&vq, QSIZE, 2, &[(0x2_0000, 4096, true)]);
     rng.queue_notify(0);
     assert_eq!(vq.used().idx().load(), 2);
@@ -63,7 +67,12 @@ fn readable_buffers_are_skipped_and_requests_bounded() {
     add_chain(&vq, QSIZE, 0, &[(0x1_0000, 256, false)]);
     // A readable buffer before a writable one: only the writable one is filled.
     mem.write_slice(&canary, GuestAddress(0x3_0000)).unwrap();
-    add_chain(&vq, QSIZE, 1, &[(0x3_0000, 256, false), (0x4_0000, 32, true)]);
+    add_chain(
+        &vq,
+        QSIZE,
+        1,
+        &[(0x3_0000, 256, false), (0x4_0000, 32, true)],
+    );
     // A buffer larger than the per-request bound.
     add_chain(&vq, QSIZE, 3, &[(0x5_0000, 1024 * 1024, true)]);
     // A buffer outside guest memory.
