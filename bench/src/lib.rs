@@ -42,3 +42,24 @@ pub fn command_initrd(base: &Path, script: &str, out: &Path) {
     data.extend_from_slice(&w.finish());
     std::fs::write(out, data).unwrap_or_else(|e| die(&format!("{}: {e}", out.display())));
 }
+
+/// The run count from the first argument, or `default`; anything else ends the bench.
+pub fn run_count(default: usize) -> usize {
+    std::env::args()
+        .nth(1)
+        .map(|a| {
+            a.parse()
+                .unwrap_or_else(|_| die(&format!("bad run count '{a}'")))
+        })
+        .unwrap_or(default)
+}
+
+/// The vireo binary built next to this bench binary (bench/run.sh builds both).
+pub fn vireo_binary() -> PathBuf {
+    let here = std::env::current_exe().unwrap_or_else(|e| die(&e.to_string()));
+    let vireo = here.with_file_name("vireo");
+    if !vireo.exists() {
+        die("target/release/vireo is missing: run bench/run.sh, which builds it");
+    }
+    vireo
+}

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use vireo_bench::{command_initrd, die, which};
+use vireo_bench::{command_initrd, die, run_count, vireo_binary, which};
 
 const CPU_WORK: &str = "dd if=/dev/zero bs=1M count=8 2>/dev/null | sha256sum";
 
@@ -25,18 +25,8 @@ struct Sample {
 }
 
 fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|a| {
-            a.parse()
-                .unwrap_or_else(|_| die(&format!("bad run count '{a}'")))
-        })
-        .unwrap_or(5);
-    let here = std::env::current_exe().unwrap_or_else(|e| die(&e.to_string()));
-    let vireo = here.with_file_name("vireo");
-    if !vireo.exists() {
-        die("target/release/vireo is missing: run bench/run.sh, which builds it");
-    }
+    let runs = run_count(5);
+    let vireo = vireo_binary();
     let qemu = which("qemu-system-riscv64")
         .unwrap_or_else(|| die("qemu-system-riscv64 is missing: apt-get install qemu-system-misc"));
     let image = vireo_image::open("debian-riscv64").unwrap_or_else(|e| die(&e.to_string()));

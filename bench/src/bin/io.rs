@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use vireo_bench::{command_initrd, die, which};
+use vireo_bench::{command_initrd, die, run_count, vireo_binary, which};
 
 const MIB: u64 = 32;
 
@@ -19,15 +19,8 @@ const MIB: u64 = 32;
 type Run = Vec<(String, f64)>;
 
 fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|a| {
-            a.parse()
-                .unwrap_or_else(|_| die(&format!("bad run count '{a}'")))
-        })
-        .unwrap_or(3);
-    let here = std::env::current_exe().unwrap_or_else(|e| die(&e.to_string()));
-    let vireo = here.with_file_name("vireo");
+    let runs = run_count(3);
+    let vireo = vireo_binary();
     let qemu = which("qemu-system-riscv64")
         .unwrap_or_else(|| die("qemu-system-riscv64 is missing: apt-get install qemu-system-misc"));
     let passt = which("passt").unwrap_or_else(|| die("passt is missing: apt-get install passt"));
