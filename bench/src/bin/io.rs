@@ -234,16 +234,9 @@ fn make_disk(p: &Path) {
 }
 
 fn spawn_passt(passt: &Path, sock: &Path) -> Child {
+    // The same passt options vireo's own backend uses, so both guests get the same network.
     let c = Command::new(passt)
-        .args([
-            "--foreground",
-            "--quiet",
-            "--one-off",
-            "--mtu",
-            "1500",
-            "--socket",
-        ])
-        .arg(sock)
+        .args(vireo_virtio::net::passt_args(sock, &[]))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

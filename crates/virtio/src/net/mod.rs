@@ -46,6 +46,7 @@ use std::process::ExitStatus;
 pub use backend::NetBackendConfig;
 pub use device::{Net, NetStats};
 pub use hostfwd::{HostFwd, HostFwdError};
+pub use passt::command_args as passt_args;
 
 /// Receive queue index.
 pub const RX_QUEUE: usize = 0;

@@ -105,8 +105,8 @@ impl Drop for Passt {
     }
 }
 
-/// passt's arguments, in order.
-pub(crate) fn command_args(socket: &Path, hostfwd: &[HostFwd]) -> Vec<OsString> {
+/// passt's arguments, in order (the bench starts QEMU's passt with the same ones).
+pub fn command_args(socket: &Path, hostfwd: &[HostFwd]) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--foreground",
         "--quiet",
