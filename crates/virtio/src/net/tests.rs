@@ -28,8 +28,28 @@ const TXQ: u64 = 0x4000;
 fn setup(mem: &GuestMemoryMmap) -> (Net, UnixStream, Driver<'_>, Driver<'_>, Arc<CountIrq>) {
     let (a, b) = UnixStream::pair().unwrap();
     let mut net = Net::with_stream(a, MAC);
-    let rx = Driver::new(mem, RXQ, QUEUE_SIZE);
+    let (rx, tx, irq) = activate(&mut net, mem, 0);
+    b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    (net, b, rx, tx, irq)
+}
+
+/// Where one-descriptor receive buffer `head` lives when `activate` posts buffers.
+fn rx_addr(head: u16) -> u64 {
+    0x50_0000 + u64::from(head) * 0x1000
+}
+
+/// Activates `net` with both queues, `rx_buffers` full-frame receive buffers posted first
+/// (heads 0, 1, 2... at `rx_addr(head)`). Returns the driver sides and the interrupt counter.
+fn activate<'m>(
+    net: &mut Net,
+    mem: &'m GuestMemoryMmap,
+    rx_buffers: u16,
+) -> (Driver<'m>, Driver<'m>, Arc<CountIrq>) {
+    let mut rx = Driver::new(mem, RXQ, QUEUE_SIZE);
     let tx = Driver::new(mem, TXQ, QUEUE_SIZE);
+    for i in 0..rx_buffers {
+        rx.add(&[(rx_addr(i), 1526, true)]);
+    }
     let irq = Arc::new(CountIrq::default());
     net.activate(Activation {
         mem: mem.clone(),
@@ -38,8 +58,7 @@ fn setup(mem: &GuestMemoryMmap) -> (Net, UnixStream, Driver<'_>, Driver<'_>, Arc
         features: net.features(),
     })
     .unwrap();
-    b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    (net, b, rx, tx, irq)
+    (rx, tx, irq)
 }
 
 fn read_framed(peer: &mut UnixStream) -> Vec<u8> {
@@ -424,20 +443,7 @@ fn real_passt_answers_dhcp_and_forwards_a_host_port() {
     let pid = net.passt_pid().unwrap();
 
     let mem = memory();
-    let mut rx = Driver::new(&mem, RXQ, QUEUE_SIZE);
-    let mut tx = Driver::new(&mem, TXQ, QUEUE_SIZE);
-    // One-descriptor buffers get heads 0, 1, 2...: buffer `head` is at rx_addr(head).
-    let rx_addr = |head: u16| 0x50_0000 + u64::from(head) * 0x1000;
-    for i in 0..64 {
-        rx.add(&[(rx_addr(i), 1526, true)]);
-    }
-    net.activate(Activation {
-        mem: mem.clone(),
-        queues: vec![Some(rx.queue()), Some(tx.queue())],
-        interrupt: Interrupt::new(Arc::new(CountIrq::default())),
-        features: net.features(),
-    })
-    .unwrap();
+    let (mut rx, mut tx, _) = activate(&mut net, &mem, 64);
 
     let xid = 0x5652_4545;
     let discover = dhcp_discover(MAC, xid);
@@ -604,19 +610,7 @@ fn tap_backend_carries_frames_in_a_private_network_namespace() {
         )
         .unwrap();
         let mem = memory();
-        let mut rx = Driver::new(&mem, RXQ, QUEUE_SIZE);
-        let mut tx = Driver::new(&mem, TXQ, QUEUE_SIZE);
-        let rx_addr = |head: u16| 0x50_0000 + u64::from(head) * 0x1000;
-        for i in 0..64 {
-            rx.add(&[(rx_addr(i), 1526, true)]);
-        }
-        net.activate(Activation {
-            mem: mem.clone(),
-            queues: vec![Some(rx.queue()), Some(tx.queue())],
-            interrupt: Interrupt::new(Arc::new(CountIrq::default())),
-            features: net.features(),
-        })
-        .unwrap();
+        let (mut rx, mut tx, _) = activate(&mut net, &mem, 64);
 
         // Namespace stack to guest.
         let sock = std::net::UdpSocket::bind("10.99.0.1:0").unwrap();
