@@ -80,6 +80,11 @@ fi
 # (STATUS << 16) | 0x3333 a failure with that code.
 vireo_exit() {
 	status=$(($1 & 255))
+	# Let the console drain first: setting its modes again (unchanged) waits for that, as
+	# busybox stty applies them with TCSADRAIN. The serial port starts transmitting
+	# asynchronously (runtime PM), so otherwise a command that exits at once can power the
+	# machine off before its output, or even the start marker, has left the UART.
+	stty "$(stty -g </dev/console)" </dev/console 2>/dev/null
 	sync
 	if [ -n "$EXIT_ADDR" ]; then
 		if [ "$status" -eq 0 ]; then
@@ -103,13 +108,7 @@ if [ -f /vireo/cmd ]; then
 	stty -opost -echo <&3
 	printf '\033]vireo;run\007' >&3
 	sh /vireo/cmd <&3 >&3 2>&3
-	status=$?
-	# Setting the modes again waits for the console to drain (busybox stty applies them
-	# with TCSADRAIN): the serial port starts transmitting asynchronously (runtime PM), so
-	# without this a command that exits at once can power the machine off before its
-	# output, or even the start marker, has left the UART.
-	stty -opost -echo <&3
-	vireo_exit $status
+	vireo_exit $?
 fi
 
 export PS1='\u@\h:\w\$ '
