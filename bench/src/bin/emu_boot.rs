@@ -13,11 +13,14 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vireo_bench::{command_initrd, die, run_count, vireo_binary, which};
 
 const CPU_WORK: &str = "dd if=/dev/zero bs=1M count=8 2>/dev/null | sha256sum";
+
+/// Longest one measured run may take (a boot is seconds).
+const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
 struct Sample {
     wall: f64,
@@ -142,12 +145,37 @@ fn measure(prog: &Path, args: &[String]) -> Sample {
         .spawn()
         .unwrap_or_else(|e| die(&format!("{}: {e}", prog.display())));
     let pid = child.id() as libc::pid_t;
+    // A guest that stalls must end the bench with a message, not hang it.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + RUN_DEADLINE;
+            while Instant::now() < deadline {
+                if done.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // SAFETY: signals our own child, which has not been reaped (done is unset).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        })
+    };
     let mut status = 0;
     // SAFETY: rusage is plain data that wait4 fills for the child we spawned.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: waits for our own child; pointers are to live locals.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     let wall = start.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let _ = watchdog.join();
+    if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL {
+        die(&format!(
+            "{} {} did not finish within {RUN_DEADLINE:?}",
+            prog.display(),
+            args.join(" ")
+        ));
+    }
     if r != pid {
         die(&format!("wait4 failed for {}", prog.display()));
     }

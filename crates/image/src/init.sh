@@ -83,8 +83,9 @@ vireo_exit() {
 	# Let the console drain first: setting its modes again (unchanged) waits for that, as
 	# busybox stty applies them with TCSADRAIN. The serial port starts transmitting
 	# asynchronously (runtime PM), so otherwise a command that exits at once can power the
-	# machine off before its output, or even the start marker, has left the UART.
-	stty "$(stty -g </dev/console)" </dev/console 2>/dev/null
+	# machine off before its output, or even the start marker, has left the UART. Bounded:
+	# a console that never drains must not keep the machine from stopping.
+	timeout 2 stty "$(stty -g </dev/console)" </dev/console 2>/dev/null
 	sync
 	if [ -n "$EXIT_ADDR" ]; then
 		if [ "$status" -eq 0 ]; then

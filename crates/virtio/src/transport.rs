@@ -171,7 +171,8 @@ impl DeviceCore {
         }
     }
 
-    fn needs_reset(&mut self) {
+    /// Sets DEVICE_NEEDS_RESET and tells the driver (a configuration-change interrupt).
+    fn request_reset(&mut self) {
         self.status |= STATUS_NEEDS_RESET;
         self.interrupt.signal_config();
     }
@@ -189,7 +190,7 @@ impl DeviceCore {
             }
             // Rings must lie in guest RAM, aligned, and the size must be a power of two.
             if !q.is_valid(&self.mem) {
-                self.needs_reset();
+                self.request_reset();
                 return;
             }
             let Ok(mut q) = Queue::try_from(q.state()) else {
@@ -207,7 +208,7 @@ impl DeviceCore {
         };
         match self.device.activate(act) {
             Ok(()) => self.active = true,
-            Err(_) => self.needs_reset(),
+            Err(_) => self.request_reset(),
         }
     }
 
@@ -218,7 +219,7 @@ impl DeviceCore {
         }
         self.device.queue_notify(index as u16);
         if self.device.needs_reset() && self.status & STATUS_NEEDS_RESET == 0 {
-            self.needs_reset();
+            self.request_reset();
         }
     }
 
