@@ -5,14 +5,7 @@ use std::path::PathBuf;
 use vireo_spec::VmSpec;
 use vireo_virtio::VirtioDevice;
 
-use crate::run::Failure;
-
-fn usage(msg: String) -> Failure {
-    Failure {
-        status: 2,
-        message: msg,
-    }
-}
+use crate::run::{usage, Failure};
 
 /// The devices of a VM and, with a virtio console, where its input goes.
 pub struct Devices {

@@ -1,8 +1,8 @@
 //! `vireo`: the command-line front end.
 //!
-//! Exit status: a guest command's own status (0–255) with `vireo run ... -- CMD`; 0 when an
-//! interactive guest powers off; 1 when vireo or the guest fails (the message says which); 2 for
-//! usage errors (bad flags, bad config keys or values).
+//! Exit status (README.md has the table): a guest command's own status (0–255) with
+//! `vireo run ... -- CMD`; 0 when an interactive guest powers off; 125 for vireo's own errors,
+//! usage errors included, in every subcommand.
 
 mod console;
 mod devices;
@@ -134,9 +134,9 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            // clap prints help/version to stdout with status 0 and usage errors with 2.
+            // clap prints help/version to stdout (status 0); a usage error is vireo's own.
             let _ = e.print();
-            return ExitCode::from(e.exit_code() as u8);
+            return ExitCode::from(if e.use_stderr() { run::VIREO_ERROR } else { 0 });
         }
     };
     let code = match cli.cmd {
@@ -167,11 +167,7 @@ fn image_pull(name: &str, force: bool) -> u8 {
         }
         Err(e) => {
             eprintln!("vireo: {e}");
-            if matches!(e, vireo_image::ImageError::UnknownImage { .. }) {
-                2
-            } else {
-                1
-            }
+            run::VIREO_ERROR
         }
     }
 }
@@ -203,7 +199,7 @@ fn image_list(known: bool) -> u8 {
         }
         Err(e) => {
             eprintln!("vireo: {e}");
-            1
+            run::VIREO_ERROR
         }
     }
 }

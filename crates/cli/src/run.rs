@@ -10,22 +10,28 @@ use vireo_spec::{Accel, MemSize, SpecError, VmSpec};
 use crate::console::{self, Console};
 use crate::RunArgs;
 
+/// vireo's own failures, usage errors included, exit with this status (as `docker run` does),
+/// so a script can tell them from the guest command's own status.
+pub const VIREO_ERROR: u8 = 125;
+
 /// A failure with the exit status it maps to.
 pub struct Failure {
     pub status: u8,
     pub message: String,
 }
 
-fn usage(msg: impl std::fmt::Display) -> Failure {
+/// The request is wrong: a flag, a config key, a file that is missing or not what it claims.
+pub fn usage(msg: impl std::fmt::Display) -> Failure {
     Failure {
-        status: 2,
+        status: VIREO_ERROR,
         message: msg.to_string(),
     }
 }
 
-fn failed(msg: impl std::fmt::Display) -> Failure {
+/// Something failed while running (host resource, guest panic, emulator fault).
+pub fn failed(msg: impl std::fmt::Display) -> Failure {
     Failure {
-        status: 1,
+        status: VIREO_ERROR,
         message: msg.to_string(),
     }
 }

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{require_image, run, vireo, Run, BOOT_TIMEOUT, IMAGE};
+use common::{require_image, run, vireo, Run, BOOT_TIMEOUT, IMAGE, VIREO_ERROR};
 
 #[test]
 fn uname_prints_riscv64() {
@@ -152,7 +152,7 @@ fn ctrl_a_x_quits() {
 #[test]
 fn missing_kernel_names_the_path() {
     let r = run(&["run", "--kernel", "/nonexistent/vmlinux", "--", "true"]);
-    assert_eq!(r.status, 2);
+    assert_eq!(r.status, VIREO_ERROR);
     assert!(r.stderr.contains("/nonexistent/vmlinux"), "{}", r.stderr);
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
 }
@@ -163,7 +163,7 @@ fn non_kernel_file_is_rejected() {
     let f = dir.join("notes.txt");
     std::fs::write(&f, vec![b'x'; 4096]).unwrap();
     let r = run(&["run", "--kernel", f.to_str().unwrap()]);
-    assert_eq!(r.status, 2);
+    assert_eq!(r.status, VIREO_ERROR);
     assert!(
         r.stderr.contains("notes.txt") && r.stderr.contains("not a kernel"),
         "{}",
@@ -175,7 +175,7 @@ fn non_kernel_file_is_rejected() {
 fn too_little_memory_says_how_much() {
     require_image();
     let r = run(&["run", "--image", IMAGE, "--memory", "32M", "--", "true"]);
-    assert_eq!(r.status, 2, "{}", r.stderr);
+    assert_eq!(r.status, VIREO_ERROR, "{}", r.stderr);
     assert!(
         r.stderr.contains("need at least") && r.stderr.contains("MiB"),
         "{}",
@@ -189,11 +189,11 @@ fn bad_config_key_is_named() {
     let cfg = dir.join("vm.toml");
     std::fs::write(&cfg, "cpus = 2\nmemroy = \"1G\"\n").unwrap();
     let r = run(&["run", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(r.status, 2);
+    assert_eq!(r.status, VIREO_ERROR);
     assert!(r.stderr.contains("memroy"), "{}", r.stderr);
     std::fs::write(&cfg, "cpus = 0\nkernel = \"/k\"\n").unwrap();
     let r = run(&["run", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(r.status, 2);
+    assert_eq!(r.status, VIREO_ERROR);
     assert!(r.stderr.contains("cpus"), "{}", r.stderr);
 }
 
@@ -226,7 +226,7 @@ fn image_not_pulled_gives_the_command() {
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
     };
-    assert_eq!(r.status, 2, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.status, VIREO_ERROR, "{}{}", r.stdout, r.stderr);
     assert!(
         r.stderr.contains("vireo image pull debian-riscv64"),
         "{}",
@@ -244,7 +244,7 @@ fn bad_flags_are_usage_errors() {
         &["run"],
     ] {
         let r = run(args);
-        assert_eq!(r.status, 2, "{args:?}: {}", r.stderr);
+        assert_eq!(r.status, VIREO_ERROR, "{args:?}: {}", r.stderr);
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     }
 }
@@ -358,7 +358,11 @@ fn x86_64_image_on_kvm() {
                 "skipped: host KVM cannot deliver exceptions to the guest (nested PVM); full Linux can't boot here"
             );
             // vireo itself must say so and fail, not hang or pretend.
-            assert_eq!(r.status, 1, "stdout: {} stderr: {}", r.stdout, r.stderr);
+            assert_eq!(
+                r.status, VIREO_ERROR,
+                "stdout: {} stderr: {}",
+                r.stdout, r.stderr
+            );
             assert!(
                 r.stderr.contains("cannot deliver exceptions"),
                 "{}",

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{require_image, run, IMAGE};
+use common::{require_image, run, IMAGE, VIREO_ERROR};
 /// How long host-side helpers (servers, clients) keep trying before they give up.
 const HOST_DEADLINE: Duration = Duration::from_secs(150);
 const MIB: u64 = 1024 * 1024;
@@ -840,7 +840,7 @@ fn bad_device_options_are_usage_errors() {
         args.extend_from_slice(&["--", "true"]);
         let start = Instant::now();
         let r = run(&args);
-        assert_eq!(r.status, 2, "{opts:?}: {}{}", r.stdout, r.stderr);
+        assert_eq!(r.status, VIREO_ERROR, "{opts:?}: {}{}", r.stdout, r.stderr);
         for w in *words {
             assert!(r.stderr.contains(w), "{opts:?}: no {w:?} in: {}", r.stderr);
         }

@@ -6,6 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const IMAGE: &str = "debian-riscv64";
+/// vireo's own errors (usage included) exit with this, as `docker run`'s do.
+pub const VIREO_ERROR: i32 = 125;
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub fn vireo() -> Command {
