@@ -26,6 +26,7 @@ pub mod mmio;
 pub mod net;
 pub mod pci;
 pub mod rng;
+pub mod serial;
 #[cfg(test)]
 mod test_util;
 mod transport;

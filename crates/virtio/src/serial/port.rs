@@ -1,0 +1,386 @@
+//! The state the device and the host handles share, and the handle itself.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use vm_memory::GuestMemoryMmap;
+
+use super::{
+    event, port_queues, CONTROL_PENDING_MAX, CONTROL_RX, MAX_TRANSMIT_PER_CHAIN, PORT_INPUT_MAX,
+    PORT_OUTPUT_MAX,
+};
+use crate::Interrupt;
+
+/// One port's host-side state.
+pub(crate) struct Port {
+    pub(crate) name: String,
+    pub(crate) rx: Option<Queue>,
+    pub(crate) tx: Option<Queue>,
+    /// The driver announced the port ready (PORT_READY 1).
+    pub(crate) ready: bool,
+    /// A guest program has the port open.
+    pub(crate) guest_open: bool,
+    /// What the driver was last told about the host end (PORT_OPEN).
+    pub(crate) host_open_sent: bool,
+    /// Host bytes not yet in a guest buffer.
+    input: VecDeque<u8>,
+    /// The host closed its input: once `input` is empty, the guest reads end of file.
+    input_closed: bool,
+    /// Guest bytes not yet taken by the host.
+    output: VecDeque<u8>,
+    /// The host reader is gone: guest output is taken and dropped.
+    output_closed: bool,
+}
+
+impl Port {
+    pub(crate) fn new(name: String) -> Self {
+        Port {
+            name,
+            rx: None,
+            tx: None,
+            ready: false,
+            guest_open: false,
+            host_open_sent: false,
+            input: VecDeque::new(),
+            input_closed: false,
+            output: VecDeque::new(),
+            output_closed: false,
+        }
+    }
+
+    /// Whether the host end counts as connected for the driver.
+    pub(crate) fn host_open(&self) -> bool {
+        !(self.input_closed && self.input.is_empty())
+    }
+}
+
+/// Guest memory, the interrupt and the control queues, from activation to reset.
+pub(crate) struct Active {
+    pub(crate) mem: GuestMemoryMmap,
+    pub(crate) interrupt: Interrupt,
+    pub(crate) control_rx: Option<Queue>,
+    pub(crate) control_tx: Option<Queue>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) active: Option<Active>,
+    pub(crate) ports: Vec<Port>,
+    /// Encoded control messages for the driver, oldest first.
+    pub(crate) control: VecDeque<Vec<u8>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    /// Woken whenever input was delivered or output arrived.
+    pub(crate) changed: Condvar,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+pub(crate) fn control_message(id: u32, event: u16, value: u16, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(8 + payload.len());
+    m.extend_from_slice(&id.to_le_bytes());
+    m.extend_from_slice(&event.to_le_bytes());
+    m.extend_from_slice(&value.to_le_bytes());
+    m.extend_from_slice(payload);
+    m
+}
+
+impl State {
+    pub(crate) fn queue_control(&mut self, msg: Vec<u8>) {
+        if self.control.len() < CONTROL_PENDING_MAX {
+            self.control.push_back(msg);
+        }
+    }
+
+    /// Moves every byte that can move: input into guest buffers, guest output into host
+    /// buffers, pending control messages to the driver, and end-of-input notices.
+    pub(crate) fn pump(&mut self) {
+        for p in 0..self.ports.len() {
+            self.deliver_input(p);
+            self.take_output(p);
+            let port = &mut self.ports[p];
+            if port.ready && port.host_open_sent && !port.host_open() {
+                port.host_open_sent = false;
+                let msg = control_message(p as u32, event::PORT_OPEN, 0, &[]);
+                self.queue_control(msg);
+            }
+        }
+        self.flush_control();
+    }
+
+    fn deliver_input(&mut self, p: usize) {
+        let Some(active) = self.active.as_ref() else {
+            return;
+        };
+        let port = &mut self.ports[p];
+        if !port.guest_open || port.input.is_empty() {
+            return;
+        }
+        let Some(queue) = port.rx.as_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let mut used_any = false;
+        for _ in 0..queue.size() {
+            if port.input.is_empty() {
+                break;
+            }
+            let Ok(Some(chain)) = queue.iter(mem).map(|mut chains| chains.next()) else {
+                break;
+            };
+            let head = chain.head_index();
+            let written = match Writer::new(mem, chain) {
+                Ok(mut w) => {
+                    let n = w.available_bytes().min(port.input.len());
+                    let (front, back) = port.input.as_slices();
+                    let from_front = n.min(front.len());
+                    if w.write_all(&front[..from_front]).is_ok()
+                        && w.write_all(&back[..n - from_front]).is_ok()
+                    {
+                        port.input.drain(..n);
+                        n
+                    } else {
+                        0
+                    }
+                }
+                Err(_) => 0,
+            };
+            // n ≤ PORT_INPUT_MAX, which fits in u32.
+            used_any |= queue.add_used(mem, head, written as u32).is_ok();
+        }
+        if used_any {
+            active
+                .interrupt
+                .notify_used(port_queues(p).0 as u16, queue, mem);
+        }
+    }
+
+    fn take_output(&mut self, p: usize) {
+        let Some(active) = self.active.as_ref() else {
+            return;
+        };
+        let port = &mut self.ports[p];
+        let Some(queue) = port.tx.as_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let mut used_any = false;
+        for _ in 0..queue.size() {
+            if !port.output_closed && port.output.len() >= PORT_OUTPUT_MAX {
+                break;
+            }
+            let Ok(Some(chain)) = queue.iter(mem).map(|mut chains| chains.next()) else {
+                break;
+            };
+            let head = chain.head_index();
+            if let Ok(mut r) = Reader::new(mem, chain) {
+                let n = r.available_bytes().min(MAX_TRANSMIT_PER_CHAIN);
+                let mut buf = vec![0u8; n];
+                if r.read_exact(&mut buf).is_ok() && !port.output_closed {
+                    port.output.extend(buf);
+                }
+            }
+            used_any |= queue.add_used(mem, head, 0).is_ok();
+        }
+        if used_any {
+            active
+                .interrupt
+                .notify_used(port_queues(p).1 as u16, queue, mem);
+        }
+    }
+
+    pub(crate) fn flush_control(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let Some(queue) = active.control_rx.as_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let mut used_any = false;
+        while let Some(msg) = self.control.front() {
+            let Ok(Some(chain)) = queue.iter(mem).map(|mut chains| chains.next()) else {
+                break;
+            };
+            let head = chain.head_index();
+            // A buffer too small for the message gets nothing: the driver would misread a
+            // truncated one.
+            let written = match Writer::new(mem, chain) {
+                Ok(mut w) if w.available_bytes() >= msg.len() => {
+                    if w.write_all(msg).is_ok() {
+                        msg.len()
+                    } else {
+                        0
+                    }
+                }
+                _ => 0,
+            };
+            self.control.pop_front();
+            used_any |= queue.add_used(mem, head, written as u32).is_ok();
+        }
+        if used_any {
+            active.interrupt.notify_used(CONTROL_RX as u16, queue, mem);
+        }
+    }
+
+    /// Whether guest output is waiting anywhere for port `p`: in the host buffer or as
+    /// chains the guest made available.
+    fn output_waiting(&self, p: usize) -> bool {
+        let port = &self.ports[p];
+        if !port.output.is_empty() {
+            return true;
+        }
+        match (&self.active, &port.tx) {
+            (Some(a), Some(q)) => q
+                .avail_idx(&a.mem, Ordering::Acquire)
+                .map(|idx| idx != Wrapping(q.next_avail()))
+                .unwrap_or(false),
+            _ => false,
+        }
+    }
+}
+
+/// What [`SerialPort::read`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// This many bytes were copied.
+    Data(usize),
+    /// Nothing arrived before the deadline.
+    Timeout,
+}
+
+/// The host end of one port. Cloneable; usable from any thread.
+#[derive(Clone)]
+pub struct SerialPort {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) index: usize,
+}
+
+impl SerialPort {
+    /// The port's name, as the guest sees it.
+    pub fn name(&self) -> String {
+        self.shared.lock().ports[self.index].name.clone()
+    }
+
+    /// Queues host bytes for the guest; returns how many were taken (fewer than offered when
+    /// [`PORT_INPUT_MAX`] bytes already wait). Bytes after [`close_input`](Self::close_input)
+    /// are refused.
+    pub fn write(&self, bytes: &[u8]) -> usize {
+        let mut st = self.shared.lock();
+        let port = &mut st.ports[self.index];
+        if port.input_closed {
+            return 0;
+        }
+        let n = PORT_INPUT_MAX.saturating_sub(port.input.len()).min(bytes.len());
+        port.input.extend(&bytes[..n]);
+        st.pump();
+        n
+    }
+
+    /// Writes all of `bytes`, waiting while the guest is not reading; gives up at `deadline`
+    /// (if any) and returns how many bytes were taken.
+    pub fn write_all(&self, mut bytes: &[u8], deadline: Option<Instant>) -> usize {
+        let total = bytes.len();
+        let mut st = self.shared.lock();
+        while !bytes.is_empty() {
+            let port = &mut st.ports[self.index];
+            if port.input_closed {
+                break;
+            }
+            let n = PORT_INPUT_MAX.saturating_sub(port.input.len()).min(bytes.len());
+            port.input.extend(&bytes[..n]);
+            bytes = &bytes[n..];
+            st.pump();
+            if bytes.is_empty() {
+                break;
+            }
+            let wait = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) => left.min(Duration::from_millis(100)),
+                    None => break,
+                },
+                None => Duration::from_millis(100),
+            };
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, wait)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        total - bytes.len()
+    }
+
+    /// Ends the host's input: once every queued byte reached the guest, its reads return end
+    /// of file.
+    pub fn close_input(&self) {
+        let mut st = self.shared.lock();
+        st.ports[self.index].input_closed = true;
+        st.pump();
+    }
+
+    /// Host input not yet delivered to the guest.
+    pub fn input_pending(&self) -> usize {
+        self.shared.lock().ports[self.index].input.len()
+    }
+
+    /// Copies guest output into `buf`, waiting at most `timeout` for some to arrive.
+    pub fn read(&self, buf: &mut [u8], timeout: Duration) -> ReadOutcome {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            st.pump();
+            let port = &mut st.ports[self.index];
+            if !port.output.is_empty() && !buf.is_empty() {
+                let n = buf.len().min(port.output.len());
+                for (dst, src) in buf.iter_mut().zip(port.output.drain(..n)) {
+                    *dst = src;
+                }
+                // Room again: take chains the guest is waiting on.
+                st.pump();
+                return ReadOutcome::Data(n);
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return ReadOutcome::Timeout;
+            };
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Whether guest output is still waiting to be read (buffered, or in the ring).
+    pub fn output_waiting(&self) -> bool {
+        self.shared.lock().output_waiting(self.index)
+    }
+
+    /// The host will read no more: guest output is taken and dropped from now on, so a guest
+    /// writing to the port never blocks on it.
+    pub fn close_output(&self) {
+        let mut st = self.shared.lock();
+        let port = &mut st.ports[self.index];
+        port.output_closed = true;
+        port.output.clear();
+        st.pump();
+    }
+
+    /// Whether a guest program has the port open.
+    pub fn guest_connected(&self) -> bool {
+        self.shared.lock().ports[self.index].guest_open
+    }
+}
