@@ -1,9 +1,11 @@
-//! The host side of the guest console: raw terminal input fed to the guest UART (`Ctrl-A x`
-//! quits, `Ctrl-A Ctrl-A` sends a literal Ctrl-A, as in QEMU), and guest output copied to the
-//! log file and, filtered, to stdout.
+//! The host side of the guest console and the terminal: raw terminal input fed to the guest
+//! (`Ctrl-A x` quits, `Ctrl-A h` lists the keys, `Ctrl-A Ctrl-A` sends a literal Ctrl-A, as in
+//! QEMU), and console output copied to the log file and, filtered, to the terminal.
 //!
-//! In command mode stdout shows only what follows vireo's /init start marker, so a command's
-//! output is not mixed with boot messages; `--verbose` shows everything.
+//! An interactive guest's console is the user's terminal from vireo's /init start marker on
+//! (boot messages before it are hidden unless `--verbose`). A command's own streams travel on
+//! virtio-serial ports (`crate::stdio`); its console only goes to the log, and with
+//! `--verbose` to stderr.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -14,6 +16,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vireo_devices::{ConsoleOutput, Uart};
+
+use crate::supervise::Supervisor;
 
 /// Where typed input goes: takes what fits, returns how many bytes it took.
 pub type InputSink = Box<dyn FnMut(&[u8]) -> usize + Send>;
@@ -27,36 +31,62 @@ pub fn uart_sink(uart: Arc<Mutex<Uart>>) -> InputSink {
     })
 }
 
+/// Where the guest console's output goes on the host.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// The console is the user's terminal (an interactive guest).
+    Stdout,
+    /// Kernel and /init messages beside a command's own output (`--verbose`).
+    Stderr,
+    /// Only to the log file, if any.
+    Nothing,
+}
+
 pub struct Options {
-    pub show_all: bool,
+    pub show: Show,
+    /// Hide what comes before vireo's /init start marker (boot messages).
     pub gate_on_marker: bool,
     pub log: Option<PathBuf>,
-    pub command_mode: bool,
 }
 
 /// What the console saw, for the exit message.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Report {
-    pub user_quit: bool,
     pub marker_seen: bool,
     pub panic: Option<String>,
     /// The last few KiB of guest output.
     pub tail: String,
 }
 
+/// The host side of the guest console, for the life of the run (across reboots).
 pub struct Console {
     stop: Arc<AtomicBool>,
-    quit: Arc<AtomicBool>,
-    panicked: Arc<AtomicBool>,
-    out_thread: Option<JoinHandle<Report>>,
-    _term: Option<TermGuard>,
+    report: Arc<Mutex<Report>>,
+    input: SharedSink,
+    out_thread: Option<JoinHandle<()>>,
 }
+
+/// Where input from the terminal goes now; swapped when the guest reboots.
+pub type SharedSink = Arc<Mutex<Option<InputSink>>>;
 
 const CTRL_A: u8 = 0x01;
 const TAIL: usize = 4096;
 
+/// The escape keys, for Ctrl-A h.
+pub const ESCAPE_HELP: &str = "\r\nC-a x    quit: stop the VM at once (vireo exits 130)\r\n\
+    C-a h    this help\r\n\
+    C-a C-a  send C-a to the guest\r\n";
+
+/// The status vireo exits with when the user quits with Ctrl-A x (as an interrupted command).
+pub const QUIT_STATUS: u8 = 130;
+
 impl Console {
-    pub fn start(out: ConsoleOutput, input: InputSink, opts: Options) -> Result<Console, String> {
+    /// Starts copying console output; `sup` hears of kernel panics.
+    pub fn start(
+        out: ConsoleOutput,
+        opts: Options,
+        sup: Arc<Supervisor>,
+    ) -> Result<Console, String> {
         let log = match &opts.log {
             Some(p) => Some(
                 File::create(p)
@@ -65,85 +95,105 @@ impl Console {
             None => None,
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let quit = Arc::new(AtomicBool::new(false));
-        let panicked = Arc::new(AtomicBool::new(false));
-        // SAFETY: isatty only inspects the descriptor.
-        let tty = unsafe { libc::isatty(0) } == 1;
-        let term = if tty {
-            TermGuard::raw(opts.command_mode)
-        } else {
-            None
-        };
-        {
-            let quit = quit.clone();
-            std::thread::Builder::new()
-                .name("console-in".into())
-                .spawn(move || input_loop(input, quit, tty))
-                .map_err(|e| format!("cannot start the console thread: {e}"))?;
-        }
+        let report = Arc::new(Mutex::new(Report::default()));
         let out_thread = {
             let stop = stop.clone();
-            let panicked = panicked.clone();
+            let report = report.clone();
             std::thread::Builder::new()
                 .name("console-out".into())
-                .spawn(move || output_loop(out, stop, panicked, opts, log))
+                .spawn(move || output_loop(out, stop, report, sup, opts, log))
                 .map_err(|e| format!("cannot start the console thread: {e}"))?
         };
         Ok(Console {
             stop,
-            quit,
-            panicked,
+            report,
+            input: Arc::new(Mutex::new(None)),
             out_thread: Some(out_thread),
-            _term: term,
         })
     }
 
-    /// Set when the user typed Ctrl-A x.
-    pub fn quit_flag(&self) -> Arc<AtomicBool> {
-        self.quit.clone()
+    /// The sink terminal input goes to (see [`spawn_input`]).
+    pub fn input(&self) -> SharedSink {
+        self.input.clone()
     }
 
-    /// Set when the guest kernel finished printing a panic: a kernel without `panic=-1` would
-    /// spin forever, so the VMM stops it.
-    pub fn panic_flag(&self) -> Arc<AtomicBool> {
-        self.panicked.clone()
+    /// A new boot: hide its boot messages again and forget the last one's panic.
+    pub fn rearm(&self) {
+        let mut r = lock(&self.report);
+        r.marker_seen = false;
+        r.panic = None;
     }
 
-    /// Flushes the remaining output, restores the terminal and reports.
+    /// What the console saw so far.
+    pub fn report(&self) -> Report {
+        lock(&self.report).clone()
+    }
+
+    /// Flushes the remaining output and reports.
     pub fn finish(mut self) -> Report {
         self.stop.store(true, Ordering::Release);
-        let mut r = self
-            .out_thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default();
-        r.user_quit = self.quit.load(Ordering::Acquire);
-        r
+        if let Some(t) = self.out_thread.take() {
+            let _ = t.join();
+        }
+        self.report()
     }
 }
 
-fn input_loop(mut input: InputSink, quit: Arc<AtomicBool>, tty: bool) {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reads standard input on its own thread into `sink` until end of input (then runs `eof`).
+/// With `escapes` (a raw terminal), Ctrl-A x quits through `sup`, Ctrl-A h shows the keys and
+/// Ctrl-A Ctrl-A sends one Ctrl-A. The thread is never joined: it may sit in a read of a
+/// terminal nobody types on.
+pub fn spawn_input(
+    sink: SharedSink,
+    escapes: bool,
+    sup: Arc<Supervisor>,
+    eof: Option<Box<dyn FnOnce() + Send>>,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            input_loop(&sink, escapes, &sup);
+            if let Some(f) = eof {
+                f();
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the input thread: {e}"))
+}
+
+fn input_loop(sink: &SharedSink, escapes: bool, sup: &Supervisor) {
     let mut stdin = std::io::stdin().lock();
-    let mut buf = [0u8; 256];
+    let mut buf = [0u8; 64 * 1024];
     let mut escape = false;
     loop {
         let n = match stdin.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
         };
         let mut bytes = Vec::with_capacity(n);
         for &b in &buf[..n] {
-            if tty && escape {
+            if escapes && escape {
                 escape = false;
                 match b {
                     b'x' | b'X' => {
-                        quit.store(true, Ordering::Release);
+                        sup.abort(QUIT_STATUS);
                         return;
+                    }
+                    b'h' | b'H' | b'?' => {
+                        let mut o = std::io::stdout().lock();
+                        let _ = o.write_all(ESCAPE_HELP.as_bytes());
+                        let _ = o.flush();
                     }
                     CTRL_A => bytes.push(CTRL_A),
                     _ => {}
                 }
-            } else if tty && b == CTRL_A {
+            } else if escapes && b == CTRL_A {
                 escape = true;
             } else {
                 bytes.push(b);
@@ -151,10 +201,13 @@ fn input_loop(mut input: InputSink, quit: Arc<AtomicBool>, tty: bool) {
         }
         let mut rest = &bytes[..];
         while !rest.is_empty() {
-            let took = input(rest);
+            let took = match lock(sink).as_mut() {
+                Some(input) => input(rest),
+                None => 0,
+            };
             rest = &rest[took..];
             if !rest.is_empty() {
-                // The guest's receive buffer is full: let it drain.
+                // The guest's receive buffer is full (or it is rebooting): let it drain.
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
@@ -164,16 +217,33 @@ fn input_loop(mut input: InputSink, quit: Arc<AtomicBool>, tty: bool) {
 fn output_loop(
     out: ConsoleOutput,
     stop: Arc<AtomicBool>,
-    panicked: Arc<AtomicBool>,
+    shared: Arc<Mutex<Report>>,
+    sup: Arc<Supervisor>,
     opts: Options,
     mut log: Option<File>,
-) -> Report {
+) {
     let marker = vireo_image::START_MARKER;
-    let mut report = Report::default();
     let mut pending: Vec<u8> = Vec::new();
     let mut tail: Vec<u8> = Vec::new();
     let mut line: Vec<u8> = Vec::new();
-    let stdout = std::io::stdout();
+    let write = |bytes: &[u8]| {
+        if bytes.is_empty() {
+            return;
+        }
+        match opts.show {
+            Show::Stdout => {
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(bytes);
+                let _ = o.flush();
+            }
+            Show::Stderr => {
+                let mut o = std::io::stderr().lock();
+                let _ = o.write_all(bytes);
+            }
+            Show::Nothing => {}
+        }
+    };
+    let show_all = opts.show == Show::Stderr || !opts.gate_on_marker;
     loop {
         let finishing = stop.load(Ordering::Acquire);
         let chunk = out.take();
@@ -181,6 +251,7 @@ fn output_loop(
             if let Some(f) = log.as_mut() {
                 let _ = f.write_all(&chunk);
             }
+            let mut report = lock(&shared);
             for &b in &chunk {
                 if b == b'\n' {
                     let s = String::from_utf8_lossy(&line);
@@ -188,7 +259,7 @@ fn output_loop(
                         report.panic = Some(s.trim().to_string());
                     }
                     if s.contains("---[ end Kernel panic") {
-                        panicked.store(true, Ordering::Release);
+                        sup.guest_panicked();
                     }
                     line.clear();
                 } else if line.len() < 512 {
@@ -199,35 +270,28 @@ fn output_loop(
             if tail.len() > TAIL {
                 tail.drain(..tail.len() - TAIL);
             }
+            report.tail = String::from_utf8_lossy(&tail).into_owned();
             pending.extend_from_slice(&chunk);
-            let mut emit: Vec<u8> = Vec::new();
             if let Some(pos) = find(&pending, marker) {
-                if !report.marker_seen && opts.show_all {
-                    emit.extend_from_slice(&pending[..pos]);
+                if !report.marker_seen && show_all {
+                    write(&pending[..pos]);
                 }
                 report.marker_seen = true;
-                emit.extend_from_slice(&pending[pos + marker.len()..]);
+                write(&pending[pos + marker.len()..]);
                 pending.clear();
-            } else if report.marker_seen || !opts.gate_on_marker || opts.show_all {
+            } else {
                 // Hold back a possible marker prefix at the end of the chunk.
                 let keep = partial_suffix(&pending, marker);
                 let cut = pending.len() - keep;
-                emit.extend(pending.drain(..cut));
-            } else {
-                let keep = partial_suffix(&pending, marker);
-                pending.drain(..pending.len() - keep);
-            }
-            if !emit.is_empty() {
-                let mut o = stdout.lock();
-                let _ = o.write_all(&emit);
-                let _ = o.flush();
+                if report.marker_seen || show_all {
+                    write(&pending[..cut]);
+                }
+                pending.drain(..cut);
             }
         }
         if finishing && out.is_empty() {
-            if report.marker_seen || !opts.gate_on_marker || opts.show_all {
-                let mut o = stdout.lock();
-                let _ = o.write_all(&pending);
-                let _ = o.flush();
+            if lock(&shared).marker_seen || show_all {
+                write(&pending);
             }
             break;
         }
@@ -238,8 +302,6 @@ fn output_loop(
     if let Some(f) = log.as_mut() {
         let _ = f.flush();
     }
-    report.tail = String::from_utf8_lossy(&tail).into_owned();
-    report
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -265,13 +327,45 @@ pub fn restore_terminal() {
     }
 }
 
+/// What vireo's standard streams are.
+#[derive(Clone, Copy, Debug)]
+pub struct Terminal {
+    pub stdin_tty: bool,
+    pub stdout_tty: bool,
+    /// vireo is in the terminal's foreground process group (not started with `&`).
+    pub foreground: bool,
+}
+
+impl Terminal {
+    pub fn inspect() -> Terminal {
+        // SAFETY: isatty, tcgetpgrp and getpgrp only inspect descriptors and the process.
+        unsafe {
+            let stdin_tty = libc::isatty(0) == 1;
+            Terminal {
+                stdin_tty,
+                stdout_tty: libc::isatty(1) == 1,
+                foreground: stdin_tty && libc::tcgetpgrp(0) == libc::getpgrp(),
+            }
+        }
+    }
+
+    /// The terminal's size on stdin as (rows, cols), if it has one.
+    pub fn size() -> Option<(u16, u16)> {
+        // SAFETY: winsize is plain data; TIOCGWINSZ fills it for descriptor 0.
+        let mut w: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: valid descriptor and a valid pointer to a winsize.
+        let r = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut w) };
+        (r == 0 && w.ws_row > 0 && w.ws_col > 0).then_some((w.ws_row, w.ws_col))
+    }
+}
+
 /// Puts the terminal in raw mode and restores it when dropped.
-struct TermGuard {
+pub struct TermGuard {
     saved: libc::termios,
 }
 
 impl TermGuard {
-    fn raw(keep_output_processing: bool) -> Option<TermGuard> {
+    pub fn raw(keep_output_processing: bool) -> Option<TermGuard> {
         // SAFETY: termios is plain data; tcgetattr fills it for descriptor 0.
         let mut t: libc::termios = unsafe { std::mem::zeroed() };
         // SAFETY: valid descriptor and a valid pointer to a termios.

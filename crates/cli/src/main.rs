@@ -7,6 +7,9 @@
 mod console;
 mod devices;
 mod run;
+mod signals;
+mod stdio;
+mod supervise;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -109,6 +112,10 @@ pub struct RunArgs {
     /// default: mmio on emu, pci on kvm).
     #[arg(long, value_name = "KIND")]
     pub virtio_transport: Option<String>,
+    /// What a guest reboot does: restart (boot the VM again, the default) or exit (vireo
+    /// exits 0, as a power-off). A command's run always ends.
+    #[arg(long, value_name = "ACTION")]
+    pub reboot: Option<String>,
     /// Command to run in the guest; vireo exits with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -7,7 +7,11 @@ use vireo_devices::ConsoleOutput;
 use vireo_machine::{BootConfig, GuestExit, VirtioTransport};
 use vireo_spec::{Accel, MemSize, SpecError, VmSpec};
 
-use crate::console::{self, Console};
+use std::sync::Arc;
+
+use crate::console::{self, Console, Show, TermGuard, Terminal};
+use crate::stdio;
+use crate::supervise::{Stopper, Supervisor};
 use crate::RunArgs;
 
 /// vireo's own failures, usage errors included, exit with this status (as `docker run` does),
@@ -103,6 +107,9 @@ pub fn build_spec(args: &RunArgs) -> Result<VmSpec, Failure> {
     if let Some(t) = &args.virtio_transport {
         spec.virtio_transport = t.clone();
     }
+    if let Some(r) = &args.reboot {
+        spec.reboot = r.clone();
+    }
     spec.validate().map_err(usage)?;
     Ok(spec)
 }
@@ -156,7 +163,14 @@ fn kernel_arch(p: &Path) -> Result<Arch, Failure> {
     )))
 }
 
-fn resolve(spec: &VmSpec) -> Result<Payload, Failure> {
+/// The command's pseudo-terminal in the guest: rows, columns and `TERM`.
+struct GuestTty {
+    rows: u16,
+    cols: u16,
+    term: String,
+}
+
+fn resolve(spec: &VmSpec, tty: Option<&GuestTty>) -> Result<Payload, Failure> {
     let image = match &spec.image {
         Some(name) => Some(vireo_image::open(name).map_err(|e| match e {
             vireo_image::ImageError::UnknownImage { .. }
@@ -187,6 +201,22 @@ fn resolve(spec: &VmSpec) -> Result<Payload, Failure> {
         w.dir("vireo", 0o755)
             .and_then(|w| w.file(vireo_image::COMMAND_FILE, 0o644, body.as_bytes()))
             .map_err(failed)?;
+        if let Some(t) = tty {
+            // TERM is the host's, reduced to what a shell word can hold safely.
+            let term: String = t
+                .term
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "-_.+".contains(*c))
+                .collect();
+            let term = if term.is_empty() {
+                "vt100".into()
+            } else {
+                term
+            };
+            let line = format!("{} {} {term}\n", t.rows, t.cols);
+            w.file(vireo_image::TTY_FILE, 0o644, line.as_bytes())
+                .map_err(failed)?;
+        }
         let extra = w.finish();
         let mut data = initrd.unwrap_or_default();
         while data.len() % 4 != 0 {
@@ -224,7 +254,21 @@ fn resolve(spec: &VmSpec) -> Result<Payload, Failure> {
 
 fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     let spec = build_spec(&args)?;
-    let payload = resolve(&spec)?;
+    let term = Terminal::inspect();
+    let command_mode = !spec.command.is_empty();
+    // A command gets a pseudo-terminal when vireo is used from one, in the foreground, as a
+    // shell does it; with a redirected stdin or stdout it gets plain pipes, so its output is
+    // byte-exact (no \r\n) for files and pipelines.
+    let pty = command_mode && term.stdin_tty && term.stdout_tty && term.foreground;
+    let guest_tty = pty.then(|| {
+        let (rows, cols) = Terminal::size().unwrap_or((24, 80));
+        GuestTty {
+            rows,
+            cols,
+            term: std::env::var("TERM").unwrap_or_default(),
+        }
+    });
+    let payload = resolve(&spec, guest_tty.as_ref())?;
     let accel = match (spec.accel, payload.arch) {
         (Accel::Auto | Accel::Emu, Arch::Riscv64) => Accel::Emu,
         (Accel::Kvm, Arch::Riscv64) => {
@@ -256,130 +300,195 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
             _ => VirtioTransport::Mmio,
         },
     };
-    let command_mode = !spec.command.is_empty();
+    if accel == Accel::Kvm {
+        check_kvm()?;
+    }
+    // vireo's /init serves a command channel; a custom initramfs may not, but a command
+    // needs one all the same.
+    let vireo_init = command_mode || (spec.image.is_some() && spec.initrd.is_none());
+    let sup = Arc::new(Supervisor::default());
+    let _signals = crate::signals::start(sup.clone(), pty).map_err(failed)?;
     let out = ConsoleOutput::new();
-    let devices = crate::devices::build(&spec, &out)?;
-    let console_input = devices.console_input;
-    let mut vm = match accel {
-        Accel::Emu => Vm::Emu(
-            vireo_riscv::EmuVm::with_devices(&cfg, out.clone(), devices.list).map_err(
-                |e| match e {
-                    vireo_riscv::EmuError::Read { .. }
-                    | vireo_riscv::EmuError::NotRiscv { .. }
-                    | vireo_riscv::EmuError::TooLittleMemory { .. } => usage(e),
-                    _ => failed(e),
-                },
-            )?,
-        ),
-        _ => {
-            vireo_kvm::KvmVm::probe().map_err(|e| {
-                failed(format!(
-                    "{e} (the emu accelerator runs RISC-V guests only, so this x86-64 kernel needs KVM)"
-                ))
-            })?;
-            // A Linux kernel takes exceptions from its first instructions on. Some hosts' KVM
-            // (nested PVM) cannot deliver them; say so now instead of letting the guest crawl
-            // and die. VIREO_SKIP_KVM_PROBE=1 boots anyway.
-            if std::env::var_os("VIREO_SKIP_KVM_PROBE").is_none() {
-                match vireo_kvm::exceptions_work() {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(failed(
-                            "this host's KVM cannot deliver exceptions to a guest (a probe guest's \
-                             int3 ended in a KVM internal error, as on nested PVM hosts), so an \
-                             x86-64 Linux kernel cannot boot here; RISC-V guests run with --accel emu",
-                        ))
-                    }
-                    Err(e) => return Err(failed(format!("KVM probe failed: {e}"))),
-                }
-            }
-            Vm::Kvm(
-                vireo_kvm::KvmVm::with_devices(&cfg, out.clone(), devices.list).map_err(
-                    |e| match e {
-                        vireo_kvm::KvmError::Load(_) | vireo_kvm::KvmError::Config(_) => usage(e),
-                        _ => failed(e),
-                    },
-                )?,
-            )
-        }
-    };
-    let input = match console_input {
-        Some(c) => Box::new(move |b: &[u8]| c.push(b)) as console::InputSink,
-        None => console::uart_sink(vm.uart()),
-    };
     let console = Console::start(
-        out,
-        input,
+        out.clone(),
         console::Options {
-            show_all: spec.verbose,
-            // vireo's own /init marks where the guest's output starts; a custom initramfs
-            // may not, so then everything is shown.
-            gate_on_marker: command_mode || (spec.image.is_some() && spec.initrd.is_none()),
+            show: match (command_mode, spec.verbose) {
+                (false, _) => Show::Stdout,
+                (true, true) => Show::Stderr,
+                (true, false) => Show::Nothing,
+            },
+            // vireo's own /init marks where an interactive guest's console starts; a custom
+            // initramfs may not, so then everything is shown.
+            gate_on_marker: spec.image.is_some() && spec.initrd.is_none() && !spec.verbose,
             log: spec.console_log.clone(),
-            command_mode,
         },
+        sup.clone(),
     )
     .map_err(failed)?;
-    let quit = console.quit_flag();
-    let panicked = console.panic_flag();
-    let stopper = vm.stopper();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            use std::sync::atomic::Ordering::Acquire;
-            // Ctrl-A x, or a guest that panicked and would otherwise spin, stops the guest.
-            while !done.load(Acquire) {
-                if quit.load(Acquire) {
-                    stopper.stop(GuestExit::PowerOff);
-                    return;
-                }
-                if panicked.load(Acquire) {
-                    stopper.stop(GuestExit::Reset);
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        })
+    // The terminal is the guest's (raw) for an interactive guest or a command on a
+    // pseudo-terminal, and only when vireo owns it (foreground); otherwise signals from it
+    // (Ctrl-C) reach vireo, which stops the guest gracefully.
+    let _raw = if (!command_mode || pty) && term.stdin_tty && term.foreground {
+        TermGuard::raw(false)
+    } else {
+        None
     };
+    let mut stdin_started = false;
     let started = std::time::Instant::now();
-    let result = vm.run();
-    done.store(true, std::sync::atomic::Ordering::Release);
-    if std::env::var_os("VIREO_STATS").is_some() {
-        vm.print_stats(started.elapsed().as_secs_f64());
-    }
-    let report = console.finish();
-    let _ = watcher.join();
-    let result = match result {
-        // The watcher stopped a KVM guest on the user's or the panic's behalf.
-        Err(RunError::Stopped) if report.user_quit => Ok(GuestExit::PowerOff),
-        Err(RunError::Stopped) if report.panic.is_some() => Ok(GuestExit::Reset),
-        r => r,
-    };
-    let exit = result.map_err(|e| failed(with_tail(e.to_string(), &report)))?;
-    if report.user_quit {
-        return Ok(0);
-    }
-    match exit {
-        GuestExit::PowerOff => {
-            if command_mode && !report.marker_seen {
-                return Err(failed(with_tail(
-                    "the guest powered off without running the command (no vireo /init?)".into(),
-                    &report,
-                )));
+    loop {
+        let mut devices = crate::devices::build(&spec, &out)?;
+        let channel = vireo_init.then(|| {
+            let (dev, ch) = stdio::channel();
+            devices.list.push(Box::new(dev));
+            ch
+        });
+        let console_input = devices.console_input.take();
+        let mut vm = create_vm(accel, &cfg, &out, devices.list)?;
+        sup.attach(
+            vm.stopper(),
+            channel.as_ref().map(|c| c.ctl.clone()),
+            channel.as_ref().filter(|_| pty).map(|c| c.stdin.clone()),
+        );
+        // Where the terminal's keys go: the command's stdin with a pseudo-terminal, else the
+        // guest console.
+        let sink: console::InputSink = match (&channel, pty, console_input) {
+            (Some(ch), true, _) => {
+                let port = ch.stdin.clone();
+                Box::new(move |b: &[u8]| {
+                    port.write_all(&stdio::telnet_encode(b), None);
+                    b.len()
+                })
             }
-            Ok(0)
+            (_, _, Some(c)) => Box::new(move |b: &[u8]| c.push(b)),
+            _ => console::uart_sink(vm.uart()),
+        };
+        *console.input().lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+        if !stdin_started {
+            stdin_started = true;
+            match (&channel, command_mode && !pty) {
+                // Pipes: stdin goes to the command and its end reaches it. In the
+                // background, the terminal is not ours to read (it would stop vireo).
+                (Some(ch), true) if term.stdin_tty && !term.foreground => ch.stdin.close_input(),
+                (Some(ch), true) => stdio::spawn_stdin(ch.stdin.clone()),
+                _ if term.stdin_tty && !term.foreground => {}
+                _ => console::spawn_input(console.input(), term.stdin_tty, sup.clone(), None)
+                    .map_err(failed)?,
+            }
         }
-        GuestExit::Failure(code) => Ok((code & 0xff) as u8),
-        GuestExit::Reset => match &report.panic {
-            Some(line) => Err(failed(format!("guest kernel panicked: {line}"))),
-            None if command_mode => Err(failed(with_tail(
-                "the guest reset before the command finished".into(),
+        let pumps = match &channel {
+            Some(ch) => Some(stdio::Pumps::start(ch, sup.clone(), pty).map_err(failed)?),
+            None => None,
+        };
+        let result = vm.run();
+        // The guest has stopped: what it wrote is still being copied out.
+        let cmd_started = pumps.map(stdio::Pumps::finish).unwrap_or(false);
+        if std::env::var_os("VIREO_STATS").is_some() {
+            vm.print_stats(started.elapsed().as_secs_f64());
+        }
+        // Devices (disk files, sockets) close before a restart takes them again.
+        drop(vm);
+        if let Some(status) = sup.status() {
+            let _ = console.finish();
+            return Ok(status);
+        }
+        let report = console.report();
+        let exit = match result {
+            // The supervisor stopped a KVM guest for a panic.
+            Err(RunError::Stopped) if report.panic.is_some() => GuestExit::Reset,
+            Ok(e) => e,
+            Err(e) => {
+                let report = console.finish();
+                return Err(failed(with_tail(e.to_string(), &report)));
+            }
+        };
+        match exit {
+            GuestExit::Reset
+                if report.panic.is_none() && !command_mode && spec.reboot_restarts() =>
+            {
+                // The guest rebooted: boot it again, with fresh devices.
+                console.rearm();
+                continue;
+            }
+            _ => {}
+        }
+        let report = console.finish();
+        return match exit {
+            GuestExit::PowerOff if command_mode && !cmd_started => Err(failed(with_tail(
+                "the guest powered off without running the command (no vireo /init?)".into(),
                 &report,
             ))),
-            None => Ok(0),
-        },
+            GuestExit::PowerOff => Ok(0),
+            GuestExit::Failure(code) if command_mode && !cmd_started => Err(failed(with_tail(
+                format!(
+                    "the guest stopped with status {} before running the command",
+                    code & 0xff
+                ),
+                &report,
+            ))),
+            GuestExit::Failure(code) => Ok((code & 0xff) as u8),
+            GuestExit::Reset => match &report.panic {
+                Some(line) => Err(failed(with_tail(
+                    format!("guest kernel panicked: {line}"),
+                    &report,
+                ))),
+                None if command_mode => Err(failed(with_tail(
+                    "the guest reset before the command finished".into(),
+                    &report,
+                ))),
+                None => Ok(0),
+            },
+        };
     }
+}
+
+/// Refuses KVM hosts that cannot run an x86-64 Linux guest, with the reason.
+fn check_kvm() -> Result<(), Failure> {
+    vireo_kvm::KvmVm::probe().map_err(|e| {
+        failed(format!(
+            "{e} (the emu accelerator runs RISC-V guests only, so this x86-64 kernel needs KVM)"
+        ))
+    })?;
+    // A Linux kernel takes exceptions from its first instructions on. Some hosts' KVM
+    // (nested PVM) cannot deliver them; say so now instead of letting the guest crawl and
+    // die. VIREO_SKIP_KVM_PROBE=1 boots anyway.
+    if std::env::var_os("VIREO_SKIP_KVM_PROBE").is_none() {
+        match vireo_kvm::exceptions_work() {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(failed(
+                    "this host's KVM cannot deliver exceptions to a guest (a probe guest's \
+                     int3 ended in a KVM internal error, as on nested PVM hosts), so an \
+                     x86-64 Linux kernel cannot boot here; RISC-V guests run with --accel emu",
+                ))
+            }
+            Err(e) => return Err(failed(format!("KVM probe failed: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+fn create_vm(
+    accel: Accel,
+    cfg: &BootConfig,
+    out: &ConsoleOutput,
+    devices: Vec<Box<dyn vireo_virtio::VirtioDevice>>,
+) -> Result<Vm, Failure> {
+    Ok(match accel {
+        Accel::Emu => Vm::Emu(
+            vireo_riscv::EmuVm::with_devices(cfg, out.clone(), devices).map_err(|e| match e {
+                vireo_riscv::EmuError::Read { .. }
+                | vireo_riscv::EmuError::NotRiscv { .. }
+                | vireo_riscv::EmuError::TooLittleMemory { .. } => usage(e),
+                _ => failed(e),
+            })?,
+        ),
+        _ => Vm::Kvm(
+            vireo_kvm::KvmVm::with_devices(cfg, out.clone(), devices).map_err(|e| match e {
+                vireo_kvm::KvmError::Load(_) | vireo_kvm::KvmError::Config(_) => usage(e),
+                _ => failed(e),
+            })?,
+        ),
+    })
 }
 
 fn with_tail(msg: String, report: &console::Report) -> String {
@@ -411,21 +520,6 @@ pub fn format_age(t: u64) -> String {
 enum Vm {
     Emu(vireo_riscv::EmuVm),
     Kvm(vireo_kvm::KvmVm),
-}
-
-/// Stops a running guest from another thread.
-enum Stopper {
-    Emu(std::sync::Arc<vireo_machine::ExitSignal>),
-    Kvm(vireo_kvm::VmController),
-}
-
-impl Stopper {
-    fn stop(&self, why: GuestExit) {
-        match self {
-            Stopper::Emu(s) => s.raise(why),
-            Stopper::Kvm(c) => c.stop(),
-        }
-    }
 }
 
 enum RunError {

@@ -2,10 +2,20 @@
 # vireo's /init: a busybox sh script, the same for every architecture.
 #
 # The vireo CLI depends on this protocol:
-# - a guest with the file /vireo/cmd runs `sh /vireo/cmd` on the console after printing
-#   the start marker ESC ] v i r e o ; r u n BEL, then reports the exit status through
-#   the register named by `vireo.exit=0xADDR` on the kernel command line;
-# - otherwise it runs an interactive shell and reports status 0 when that shell exits.
+# - With the file /vireo/cmd (a shell-quoted command line), /init finds the virtio-serial ports
+#   named vireo.stdin, vireo.stdout, vireo.stderr and vireo.ctl (in
+#   /sys/class/virtio-ports/*/name) and runs `sh /vireo/cmd` with its standard streams on the
+#   first three. With /vireo/tty too ("ROWS COLS TERM"), the command runs on a pseudo-terminal
+#   of that size instead, relayed by busybox telnetd over vireo.stdin and vireo.stdout (telnet
+#   framing: 0xff doubled, IAC negotiations, NAWS for window sizes). It then reports the
+#   command's status through the register named by `vireo.exit=0xADDR` on the kernel command
+#   line. If the ports do not appear, it prints why on the console and reports 125.
+# - Without /vireo/cmd it runs an interactive shell on the console, after printing the start
+#   marker ESC ] v i r e o ; r u n BEL, and reports that shell's exit status.
+# - vireo.ctl carries lines from the host: `poweroff` (sync and power off now). /init writes
+#   `started` on it just before it runs the command.
+# - poweroff, halt and reboot are vireo's own (below): they sync, then power off or reset the
+#   machine, so the host sees the request; `-f` skips nothing that matters here.
 # Nothing else is printed unless the command line has `vireo.debug`, so the CLI can pass
 # the guest's output through unchanged.
 
@@ -76,48 +86,125 @@ if [ -e /sys/class/net/eth0 ]; then
 	udhcpc -i eth0 -q -n -t 5 -s /etc/vireo/udhcpc.script
 fi
 
-# Reports STATUS to the host: 0x5555 means success to a sifive,test0-style finisher,
-# (STATUS << 16) | 0x3333 a failure with that code.
-vireo_exit() {
-	status=$(($1 & 255))
-	# Let the console drain first: setting its modes again (unchanged) waits for that, as
-	# busybox stty applies them with TCSADRAIN. The serial port starts transmitting
-	# asynchronously (runtime PM), so otherwise a command that exits at once can power the
-	# machine off before its output, or even the start marker, has left the UART. Bounded:
-	# a console that never drains must not keep the machine from stopping.
-	timeout 2 stty "$(stty -g </dev/console)" </dev/console 2>/dev/null
-	sync
-	if [ -n "$EXIT_ADDR" ]; then
-		if [ "$status" -eq 0 ]; then
-			devmem "$EXIT_ADDR" 32 0x5555
-		else
-			devmem "$EXIT_ADDR" 32 $(((status << 16) | 0x3333))
-		fi
+# /run/vireo-exit STATUS EXIT_ADDR reports STATUS to the host: 0x5555 means success to a
+# sifive,test0-style finisher, (STATUS << 16) | 0x3333 a failure with that code. A script of
+# its own, so that processes other than this one (the control loop, the interactive session
+# under busybox init) can end the VM too.
+cat >/run/vireo-exit <<'EOF'
+#!/bin/sh
+status=$(($1 & 255))
+EXIT_ADDR=$2
+# Let the console drain first: setting its modes again (unchanged) waits for that, as
+# busybox stty applies them with TCSADRAIN. The serial port starts transmitting
+# asynchronously (runtime PM), so otherwise a shell that exits at once can power the
+# machine off before its output has left the UART. Bounded: a console that never drains
+# must not keep the machine from stopping.
+timeout 2 stty "$(stty -g </dev/console)" </dev/console 2>/dev/null
+sync
+if [ -n "$EXIT_ADDR" ]; then
+	if [ "$status" -eq 0 ]; then
+		devmem "$EXIT_ADDR" 32 0x5555
+	else
+		devmem "$EXIT_ADDR" 32 $(((status << 16) | 0x3333))
 	fi
-	poweroff -f
-	# Only reached when neither the register nor poweroff stopped the machine; PID 1
-	# must not exit.
-	while :; do sleep 3600; done
+fi
+/bin/busybox poweroff -f
+# Only reached when neither the register nor poweroff stopped the machine; PID 1
+# must not exit.
+while :; do sleep 3600; done
+EOF
+chmod 755 /run/vireo-exit
+vireo_exit() {
+	/run/vireo-exit "$1" "$EXIT_ADDR"
+}
+
+# The device of the virtio-serial port named $1.
+find_port() {
+	for d in /sys/class/virtio-ports/*; do
+		[ "$(cat "$d/name" 2>/dev/null)" = "$1" ] && echo "/dev/${d##*/}" && return 0
+	done
+	return 1
+}
+
+# Waits (at most 10 s) for vireo's ports: names arrive from the host after the driver binds.
+find_ports() {
+	i=0
+	while [ $i -lt 200 ]; do
+		CIN=$(find_port vireo.stdin) && COUT=$(find_port vireo.stdout) &&
+			CERR=$(find_port vireo.stderr) && CCTL=$(find_port vireo.ctl) &&
+			[ -e "$CIN" ] && [ -e "$COUT" ] && [ -e "$CERR" ] && [ -e "$CCTL" ] && return 0
+		usleep 50000
+		i=$((i + 1))
+	done
+	return 1
+}
+
+# Serves the host's requests on fd 4 (vireo.ctl), in the background.
+ctl_loop() {
+	while read -r verb a b <&4; do
+		case "$verb" in
+		poweroff) vireo_exit 0 ;;
+		esac
+	done
 }
 
 cd /root
 
 if [ -f /vireo/cmd ]; then
-	# Raw output: the command's bytes reach the host exactly as written. The console stays
-	# open on fd 3 throughout: some consoles (hvc) reset their settings on last close.
-	exec 3<>/dev/console
-	stty -opost -echo <&3
-	printf '\033]vireo;run\007' >&3
-	sh /vireo/cmd <&3 >&3 2>&3
+	if ! find_ports; then
+		echo "vireo: /init: the command channel (virtio-serial ports vireo.*) did not appear" >/dev/console
+		vireo_exit 125
+	fi
+	exec 4<>"$CCTL"
+	ctl_loop &
+	echo started >&4
+	if [ -f /vireo/tty ]; then
+		read -r ROWS COLS TERM </vireo/tty
+		# busybox telnetd in inetd mode puts the command on a new pseudo-terminal (its
+		# controlling tty, so Ctrl-C from the host is SIGINT here) and relays it over
+		# vireo.stdin/vireo.stdout with the telnet framing the host undoes (IAC escapes,
+		# NAWS window sizes). It does not return the command's status: the command leaves
+		# it in a file. The wrapper outlives signals to its process group (a handler, not
+		# SIG_IGN, so the command keeps the default dispositions) to write that status.
+		cat >/run/vireo-tty <<-EOF
+			#!/bin/sh
+			trap : INT QUIT TERM HUP
+			stty rows $ROWS cols $COLS 2>/dev/null
+			export TERM=$TERM
+			sh /vireo/cmd
+			echo \$? >/run/vireo.status
+		EOF
+		chmod 755 /run/vireo-tty
+		telnetd -i -l /run/vireo-tty -f /nonexistent <"$CIN" >"$COUT" 2>"$CERR" 4>&-
+		status=$(cat /run/vireo.status 2>/dev/null)
+		vireo_exit "${status:-125}"
+	fi
+	sh /vireo/cmd <"$CIN" >"$COUT" 2>"$CERR" 4>&-
 	vireo_exit $?
+fi
+
+# Interactive: the host may still ask for a power-off.
+if find_ports; then
+	exec 4<>"$CCTL"
+	ctl_loop &
 fi
 
 export PS1='\u@\h:\w\$ '
 # The host shows the console from here on (boot messages before are hidden unless --verbose).
 printf '\033]vireo;run\007' >/dev/console
-if command -v cttyhack >/dev/null; then
-	setsid cttyhack sh -l </dev/console >/dev/console 2>&1
-else
-	setsid sh -c 'exec sh -l </dev/console >/dev/console 2>&1' </dev/console >/dev/console 2>&1
-fi
-vireo_exit 0
+# busybox init becomes PID 1 for the interactive shell, so that poweroff, halt and reboot (which
+# signal PID 1) work as on a real machine; a shell script cannot take those signals while it
+# waits for the shell. The session ends the VM with the shell's exit status.
+cat >/run/vireo-session <<-EOF
+	#!/bin/sh
+	cd /root
+	sh -l 4>&-
+	exec /run/vireo-exit \$? "$EXIT_ADDR"
+EOF
+chmod 755 /run/vireo-session
+# The console's own device (the last one listed is /dev/console's): opened by init for the
+# session, it becomes the shell's controlling terminal, so Ctrl-C and job control work.
+set -- $(cat /sys/class/tty/console/active 2>/dev/null)
+eval "CONSOLE_TTY=\${$#}"
+printf '%s::once:/run/vireo-session\n::shutdown:/bin/sync\n' "$CONSOLE_TTY" >/etc/inittab
+exec /bin/busybox init

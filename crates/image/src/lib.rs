@@ -5,10 +5,12 @@
 //! mirror, into a private apt state, and kept in the cache directory (see
 //! [`cache_root`]).
 //!
-//! The guest's `/init` speaks a small protocol with the CLI: if the initramfs holds
-//! [`COMMAND_FILE`], it prints [`START_MARKER`], runs that file with `sh` on the console
-//! and reports the exit status through the register given as `vireo.exit=0xADDR` on the
-//! kernel command line; otherwise it starts an interactive shell.
+//! The guest's `/init` speaks a small protocol with the CLI (its header in `init.sh` has the
+//! whole of it): if the initramfs holds [`COMMAND_FILE`], it runs that file with `sh`, its
+//! standard streams on virtio-serial ports (on a pseudo-terminal when [`TTY_FILE`] is there
+//! too), and reports the exit status through the register given as `vireo.exit=0xADDR` on the
+//! kernel command line; otherwise it prints [`START_MARKER`] and starts an interactive shell
+//! on the console.
 
 pub mod cpio;
 mod error;
@@ -27,12 +29,16 @@ use serde::{Deserialize, Serialize};
 pub use error::ImageError;
 pub use pull::{pull, PullOptions, PullOutcome};
 
-/// Printed by the guest's `/init` right before the command's first output byte.
+/// Printed by the guest's `/init` on the console right before the interactive shell starts.
 pub const START_MARKER: &[u8] = b"\x1b]vireo;run\x07";
 
 /// Path, inside an initramfs archive, of the command line `/init` runs. The CLI adds it
 /// in a second archive appended to the image's initrd.
 pub const COMMAND_FILE: &str = "vireo/cmd";
+
+/// Path, beside [`COMMAND_FILE`], of `ROWS COLS TERM`: run the command on a pseudo-terminal
+/// of that size.
+pub const TTY_FILE: &str = "vireo/tty";
 
 /// Environment variable whose value replaces the cache base directory (see
 /// [`cache_root`]).

@@ -197,6 +197,9 @@ pub struct VmSpec {
     /// How virtio devices attach: `mmio` (virtio-mmio), `pci` (virtio-pci), or `auto` (mmio on
     /// the emu board, pci on the kvm PC).
     pub virtio_transport: String,
+    /// What a guest reboot does: `restart` (boot the VM again) or `exit` (end the run as a
+    /// power-off does). A command's run always ends.
+    pub reboot: String,
 }
 
 /// Most vCPUs a guest may have; bounded by what the generated device tree and PLIC describe.
@@ -226,11 +229,17 @@ impl Default for VmSpec {
             vsock: None,
             console: "serial".into(),
             virtio_transport: "auto".into(),
+            reboot: "restart".into(),
         }
     }
 }
 
 impl VmSpec {
+    /// Whether a guest reboot boots the VM again.
+    pub fn reboot_restarts(&self) -> bool {
+        self.reboot == "restart"
+    }
+
     /// Parses a TOML specification; unknown keys and bad values are errors naming the key.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, SpecError> {
         toml::from_str(text).map_err(|e| SpecError::ParseConfig {
@@ -301,6 +310,15 @@ impl VmSpec {
                 message: format!(
                     "'{}' is not a virtio transport: expected auto, mmio or pci",
                     self.virtio_transport
+                ),
+            });
+        }
+        if !matches!(self.reboot.as_str(), "restart" | "exit") {
+            return Err(SpecError::Invalid {
+                key: "reboot",
+                message: format!(
+                    "'{}' is not a reboot action: expected restart or exit",
+                    self.reboot
                 ),
             });
         }

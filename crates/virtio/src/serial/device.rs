@@ -51,7 +51,12 @@ impl Serial {
 
     /// The host end of port `name`.
     pub fn port(&self, name: &str) -> Option<SerialPort> {
-        let index = self.shared.lock().ports.iter().position(|p| p.name == name)?;
+        let index = self
+            .shared
+            .lock()
+            .ports
+            .iter()
+            .position(|p| p.name == name)?;
         Some(SerialPort {
             shared: self.shared.clone(),
             index,

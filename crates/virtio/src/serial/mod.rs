@@ -47,7 +47,7 @@ mod port;
 mod tests;
 
 pub use device::Serial;
-pub use port::SerialPort;
+pub use port::{ReadOutcome, SerialPort};
 
 /// Entries in each queue.
 pub const QUEUE_SIZE: u16 = 128;

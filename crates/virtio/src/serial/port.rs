@@ -217,16 +217,11 @@ impl State {
             let head = chain.head_index();
             // A buffer too small for the message gets nothing: the driver would misread a
             // truncated one.
-            let written = match Writer::new(mem, chain) {
-                Ok(mut w) if w.available_bytes() >= msg.len() => {
-                    if w.write_all(msg).is_ok() {
-                        msg.len()
-                    } else {
-                        0
-                    }
-                }
-                _ => 0,
-            };
+            let written = Writer::new(mem, chain)
+                .ok()
+                .filter(|w| w.available_bytes() >= msg.len())
+                .and_then(|mut w| w.write_all(msg).ok())
+                .map_or(0, |()| msg.len());
             self.control.pop_front();
             used_any |= queue.add_used(mem, head, written as u32).is_ok();
         }
@@ -283,7 +278,9 @@ impl SerialPort {
         if port.input_closed {
             return 0;
         }
-        let n = PORT_INPUT_MAX.saturating_sub(port.input.len()).min(bytes.len());
+        let n = PORT_INPUT_MAX
+            .saturating_sub(port.input.len())
+            .min(bytes.len());
         port.input.extend(&bytes[..n]);
         st.pump();
         n
@@ -299,7 +296,9 @@ impl SerialPort {
             if port.input_closed {
                 break;
             }
-            let n = PORT_INPUT_MAX.saturating_sub(port.input.len()).min(bytes.len());
+            let n = PORT_INPUT_MAX
+                .saturating_sub(port.input.len())
+                .min(bytes.len());
             port.input.extend(&bytes[..n]);
             bytes = &bytes[n..];
             st.pump();
