@@ -341,10 +341,13 @@ impl Terminal {
         // SAFETY: isatty, tcgetpgrp and getpgrp only inspect descriptors and the process.
         unsafe {
             let stdin_tty = libc::isatty(0) == 1;
+            // A terminal that is not our controlling one has no foreground group to lose:
+            // reading it cannot stop vireo (SIGTTIN), so it counts as ours.
+            let fg = libc::tcgetpgrp(0);
             Terminal {
                 stdin_tty,
                 stdout_tty: libc::isatty(1) == 1,
-                foreground: stdin_tty && libc::tcgetpgrp(0) == libc::getpgrp(),
+                foreground: stdin_tty && (fg < 0 || fg == libc::getpgrp()),
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Helpers shared by the end-to-end test files (each file uses a subset).
 #![allow(dead_code)]
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -66,5 +66,68 @@ pub fn run(args: &[&str]) -> Run {
         status: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&t_out.join().unwrap()).into_owned(),
         stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
+    }
+}
+
+pub fn openpty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the given integers; the rest may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty failed");
+    // SAFETY: both descriptors were just opened and are owned by nobody else.
+    unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) }
+}
+
+pub struct Term {
+    pub master: std::fs::File,
+    pub seen: String,
+}
+
+impl Term {
+    pub fn new(master: std::fs::File) -> Self {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            let fl = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(master.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+        Term {
+            master,
+            seen: String::new(),
+        }
+    }
+
+    pub fn pump(&mut self, wait: Duration) {
+        let mut buf = [0u8; 4096];
+        match self.master.read(&mut buf) {
+            Ok(n) if n > 0 => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => std::thread::sleep(wait),
+        }
+    }
+
+    pub fn expect(&mut self, what: &str, timeout: Duration) {
+        let start = Instant::now();
+        let from = self.seen.len();
+        while !self.seen[from..].contains(what) {
+            assert!(
+                start.elapsed() < timeout,
+                "did not see {what:?} within {timeout:?}; terminal so far:\n{}",
+                self.seen
+            );
+            self.pump(Duration::from_millis(20));
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).unwrap();
     }
 }
