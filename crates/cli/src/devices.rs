@@ -22,8 +22,8 @@ pub fn build(spec: &VmSpec, output: &vireo_devices::ConsoleOutput) -> Result<Dev
         console_input = Some(c.input_handle());
         out.push(Box::new(c));
     }
-    for d in &spec.disk {
-        out.push(Box::new(disk(d)?));
+    for d in disks(spec)? {
+        out.push(Box::new(d));
     }
     for (i, n) in spec.net.iter().enumerate() {
         out.push(Box::new(net(n, i)?));
@@ -40,18 +40,53 @@ pub fn build(spec: &VmSpec, output: &vireo_devices::ConsoleOutput) -> Result<Dev
     })
 }
 
-/// `PATH[,readonly][,serial=ID]`
-fn disk(s: &str) -> Result<vireo_virtio::block::Block, Failure> {
+/// Opens the spec's disks in order, refusing a file given twice (whatever paths name it: two
+/// devices on one image would corrupt it, and the second would only find the first's lock).
+fn disks(spec: &VmSpec) -> Result<Vec<vireo_virtio::block::Block>, Failure> {
+    use vireo_virtio::block::{Block, FileId};
+    let mut opened: Vec<(FileId, &str, Block)> = Vec::new();
+    for d in &spec.disk {
+        let cfg = disk_config(d)?;
+        let twice = |id: FileId, opened: &[(FileId, &str, Block)]| {
+            opened.iter().find(|(i, ..)| *i == id).map(|(_, first, _)| {
+                usage(format!(
+                    "--disk {d}: {} is the same file as --disk {first}; a disk can be attached once",
+                    cfg.path.display()
+                ))
+            })
+        };
+        if let Ok(meta) = std::fs::metadata(&cfg.path) {
+            if let Some(e) = twice(FileId::of(&meta), &opened) {
+                return Err(e);
+            }
+        }
+        let block = Block::open(&cfg).map_err(|e| usage(format!("--disk {d}: {e}")))?;
+        // The path may have changed between the look and the open.
+        if let Some(e) = twice(block.file_id(), &opened) {
+            return Err(e);
+        }
+        for w in block.warnings() {
+            eprintln!("vireo: warning: --disk {d}: {w}");
+        }
+        opened.push((block.file_id(), d, block));
+    }
+    Ok(opened.into_iter().map(|(.., b)| b).collect())
+}
+
+/// `PATH[,readonly][,serial=ID][,format=raw]`
+fn disk_config(s: &str) -> Result<vireo_virtio::block::BlockConfig, Failure> {
+    use vireo_virtio::block::DiskFormat;
+    let expected = "expected PATH[,readonly][,serial=ID][,format=raw]";
     let mut parts = s.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
-        usage(format!(
-            "invalid --disk '{s}': expected PATH[,readonly][,serial=ID]"
-        ))
-    })?;
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| usage(format!("invalid --disk '{s}': {expected}")))?;
     let mut cfg = vireo_virtio::block::BlockConfig {
         path: PathBuf::from(path),
         readonly: false,
         serial: None,
+        format: None,
     };
     for p in parts {
         match p.split_once('=') {
@@ -62,19 +97,26 @@ fn disk(s: &str) -> Result<vireo_virtio::block::Block, Failure> {
                     "invalid --disk '{s}': serial '{id}' is longer than 20 bytes"
                 )))
             }
+            Some(("format", "raw")) => cfg.format = Some(DiskFormat::Raw),
+            Some(("format", "qcow2")) => {
+                return Err(usage(format!(
+                    "invalid --disk '{s}': format=qcow2 is not supported yet; vireo uses raw \
+                     images only for now, convert it with `qemu-img convert -O raw`"
+                )))
+            }
+            Some(("format", f)) => {
+                return Err(usage(format!(
+                    "invalid --disk '{s}': unknown format '{f}' (expected raw)"
+                )))
+            }
             _ => {
                 return Err(usage(format!(
-                    "invalid --disk '{s}': unknown option '{p}' (expected readonly or serial=ID)"
+                    "invalid --disk '{s}': unknown option '{p}' (expected readonly, serial=ID or format=raw)"
                 )))
             }
         }
     }
-    let block =
-        vireo_virtio::block::Block::open(&cfg).map_err(|e| usage(format!("--disk {s}: {e}")))?;
-    if let Some(w) = block.warning() {
-        eprintln!("vireo: warning: --disk {s}: {w}");
-    }
-    Ok(block)
+    Ok(cfg)
 }
 
 /// `user[,hostfwd=tcp:H-:G]...` or `tap=NAME`
