@@ -292,6 +292,145 @@ fn disk_size_serial_and_readonly() {
     );
 }
 
+/// A qcow2 image given to --disk (under a raw-looking name: detection is by content) is
+/// refused before booting, and neither it nor its directory changes.
+#[test]
+fn qcow2_image_is_refused_and_left_unchanged() {
+    require_image();
+    let dir = TempDir::new();
+    let img = dir.join("disk.img");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("16M")
+        .output()
+        .expect("qemu-img is needed: apt-get install qemu-utils");
+    assert!(out.status.success(), "{out:?}");
+    let before = std::fs::read(&img).unwrap();
+    let listing = |d: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let files = listing(&dir);
+    for extra in [&[][..], &[",readonly"][..]] {
+        let spec = format!("{}{}", img.display(), extra.concat());
+        let start = Instant::now();
+        let r = run(&["run", "--image", IMAGE, "--disk", &spec, "--", "true"]);
+        assert_eq!(r.status, VIREO_ERROR, "{spec}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("disk image {} is a qcow2 image", img.display()))
+                && r.stderr.contains("qemu-img convert -O raw"),
+            "{}",
+            r.stderr
+        );
+        assert!(start.elapsed() < Duration::from_secs(3), "{spec} booted");
+    }
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "the qcow2 image changed"
+    );
+    assert_eq!(listing(&dir), files, "vireo left files behind");
+}
+
+/// While one vireo runs with a read-write disk and a vsock socket, a second vireo given the
+/// same disk, or the same socket path, is refused and the first keeps both.
+#[test]
+fn a_running_vms_disk_and_socket_are_refused_to_a_second_vm() {
+    require_image();
+    let dir = TempDir::new();
+    let img = dir.join("shared.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
+    let uds = dir.join("vm1.sock");
+    let mut first = common::Background::start(&[
+        "run",
+        "--image",
+        IMAGE,
+        "--disk",
+        img.to_str().unwrap(),
+        "--vsock",
+        &format!("cid=3,uds={}", uds.display()),
+        "--",
+        "sleep",
+        "20",
+    ]);
+    // The disk is locked and the socket bound when the devices are built, before the boot.
+    assert!(
+        common::wait_for_lock(&img, Duration::from_secs(20)),
+        "the first vireo never locked {}",
+        img.display()
+    );
+    let start = Instant::now();
+    while !uds.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no {}",
+            uds.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = std::fs::read(&img).unwrap();
+
+    for extra in ["", ",readonly"] {
+        let r = run(&[
+            "run",
+            "--image",
+            IMAGE,
+            "--disk",
+            &format!("{}{extra}", img.display()),
+            "--",
+            "true",
+        ]);
+        assert_eq!(r.status, VIREO_ERROR, "{extra}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains(&format!(
+                "disk image {} is in use by another process (locked for writing)",
+                img.display()
+            )),
+            "{}",
+            r.stderr
+        );
+    }
+    let other = dir.join("other.img");
+    std::fs::File::create(&other).unwrap().set_len(MIB).unwrap();
+    let r = run(&[
+        "run",
+        "--image",
+        IMAGE,
+        "--disk",
+        other.to_str().unwrap(),
+        "--vsock",
+        &format!("cid=4,uds={}", uds.display()),
+        "--",
+        "true",
+    ]);
+    assert_eq!(r.status, VIREO_ERROR, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&uds.display().to_string()) && r.stderr.contains("listening"),
+        "{}",
+        r.stderr
+    );
+    // The refused VMs changed nothing: the first still runs, owns its socket (a client is
+    // accepted, so it was not replaced) and its disk.
+    assert!(first.running(), "the first vireo died");
+    assert!(
+        UnixStream::connect(&uds).is_ok(),
+        "{} was taken over",
+        uds.display()
+    );
+    assert!(std::fs::read(&img).unwrap() == before);
+    // The lock went with the refused vireo that had opened the other disk before its vsock
+    // was refused.
+    assert!(!common::wait_for_lock(&other, Duration::from_millis(200)));
+}
+
 // ---------------------------------------------------------------- net
 
 /// `--net user`: the guest gets an address by DHCP, fetches from a host HTTP server through the
@@ -803,6 +942,11 @@ fn bad_device_options_are_usage_errors() {
     let port = held.local_addr().unwrap().port().to_string();
     let uds = format!("{}/v.sock", dir.display());
     let long_serial = format!("{disk},serial=ABCDEFGHIJKLMNOPQRSTU");
+    // The same file by another name: a symbolic link, and a path with a `.` in it.
+    let link = dir.join("link.img");
+    std::os::unix::fs::symlink(&disk, &link).unwrap();
+    let link = link.to_str().unwrap().to_string();
+    let dotted = format!("{}/./d.img", dir.display());
     let cases: &[(&[&str], &[&str])] = &[
         (
             &["--disk", "/nonexistent/disk.img"],
@@ -811,6 +955,22 @@ fn bad_device_options_are_usage_errors() {
         (&["--disk", dir.to_str().unwrap()], &["directory"]),
         (&["--disk", &format!("{disk},bogus")], &["bogus"]),
         (&["--disk", &long_serial], &["20 bytes"]),
+        (
+            &["--disk", &format!("{disk},format=qcow2")],
+            &["format=qcow2", "not supported yet"],
+        ),
+        (
+            &["--disk", &format!("{disk},format=vdi")],
+            &["'vdi'", "raw"],
+        ),
+        (
+            &["--disk", &disk, "--disk", &format!("{link},readonly")],
+            &["same file", &link],
+        ),
+        (
+            &["--disk", &format!("{disk},readonly"), "--disk", &dotted],
+            &["same file", &dotted],
+        ),
         (
             &["--net", &format!("user,hostfwd=tcp:{port}-:80")],
             &[&port, "in use"],

@@ -68,3 +68,54 @@ pub fn run(args: &[&str]) -> Run {
         stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
     }
 }
+
+/// A vireo left running in the background (the first of two VMs), killed and reaped when
+/// dropped: the test never waits for it, so it cannot hang the test, and a failing test's
+/// unwinding stops it too.
+pub struct Background {
+    child: std::process::Child,
+}
+
+impl Background {
+    pub fn start(args: &[&str]) -> Background {
+        let child = vireo()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Background { child }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until some process holds a lock on the file `path` (as /proc/locks lists it).
+pub fn wait_for_lock(path: &std::path::Path, timeout: Duration) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    let (dev, ino) = (m.dev(), m.ino());
+    // /proc/locks names the file MAJOR:MINOR:INODE, the numbers in hex, hex, decimal.
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let needle = format!("{major:02x}:{minor:02x}:{ino} ");
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        if locks.lines().any(|l| l.contains(&needle)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
