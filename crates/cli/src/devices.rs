@@ -119,7 +119,7 @@ fn disk_config(s: &str) -> Result<vireo_virtio::block::BlockConfig, Failure> {
     Ok(cfg)
 }
 
-/// `user[,hostfwd=tcp:H-:G]...` or `tap=NAME`
+/// `user[,hostfwd=tcp|udp:[ADDR]:H-:G]...` or `tap=NAME`
 fn net(s: &str, index: usize) -> Result<vireo_virtio::net::Net, Failure> {
     use vireo_virtio::net::{HostFwd, Net, NetBackendConfig};
     let mut parts = s.split(',');
@@ -134,7 +134,7 @@ fn net(s: &str, index: usize) -> Result<vireo_virtio::net::Net, Failure> {
                     ),
                     _ => {
                         return Err(usage(format!(
-                            "invalid --net '{s}': unknown option '{p}' (expected hostfwd=tcp:HOSTPORT-:GUESTPORT)"
+                            "invalid --net '{s}': unknown option '{p}' (expected hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT)"
                         )))
                     }
                 }
@@ -153,7 +153,7 @@ fn net(s: &str, index: usize) -> Result<vireo_virtio::net::Net, Failure> {
         }
         _ => {
             return Err(usage(format!(
-            "invalid --net '{s}': expected user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... or tap=NAME"
+            "invalid --net '{s}': expected user[,hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT]... or tap=NAME"
         )))
         }
     };
