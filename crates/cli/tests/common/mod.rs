@@ -92,6 +92,16 @@ impl Background {
     pub fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no destructor, no cleanup of vireo's own.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Background {
