@@ -31,7 +31,16 @@ pub struct Run {
 
 /// Runs vireo with a deadline; a hang is a failure, not a stuck test.
 pub fn run(args: &[&str]) -> Run {
-    let mut child = vireo()
+    run_in(None, args)
+}
+
+/// [`run`] in the directory `cwd` (the test's own when `None`).
+pub fn run_in(cwd: Option<&std::path::Path>, args: &[&str]) -> Run {
+    let mut cmd = vireo();
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
