@@ -288,6 +288,13 @@ fn bad_disk_option_in_a_config_names_the_file_and_the_key() {
 }
 
 #[test]
+fn run_help_points_at_the_config_reference() {
+    let r = run(&["run", "--help"]);
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("docs/config.md"), "{}", r.stdout);
+}
+
+#[test]
 fn missing_config_file_is_a_usage_error() {
     let dir = tempdir();
     let cfg = dir.join("no-such-vm.toml");
