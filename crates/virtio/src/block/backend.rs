@@ -313,6 +313,12 @@ impl DiskFile {
     }
 }
 
+impl Drop for DiskFile {
+    fn drop(&mut self) {
+        lock::unlock(&self.file);
+    }
+}
+
 /// Reads the first and last sectors of an image and looks for a foreign format's signature.
 fn probe(file: &File, size: u64) -> io::Result<Option<ForeignFormat>> {
     let mut head = vec![0u8; (size.min(format::HEAD_LEN as u64)) as usize];

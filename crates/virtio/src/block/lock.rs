@@ -105,13 +105,20 @@ pub(crate) fn lock(file: &File, readonly: bool) -> Result<(), LockError> {
     let r = try_lock(file, readonly);
     if r.is_err() {
         // A failed attempt must not keep others out while the file stays open.
-        for base in [PERM_BASE, SHARED_BASE] {
-            let mut fl = flock(libc::F_UNLCK, base);
-            fl.l_len = 4;
-            let _ = fcntl(file, FcntlArg::F_OFD_SETLK(&fl));
-        }
+        unlock(file);
     }
     r
+}
+
+/// Releases every lock byte. Closing the file does too, but only once no descriptor refers
+/// to its open file description any more, and a child forked meanwhile (passt, say) holds
+/// copies of every descriptor until it execs: unlocking is immediate.
+pub(crate) fn unlock(file: &File) {
+    for base in [PERM_BASE, SHARED_BASE] {
+        let mut fl = flock(libc::F_UNLCK, base);
+        fl.l_len = 4;
+        let _ = fcntl(file, FcntlArg::F_OFD_SETLK(&fl));
+    }
 }
 
 fn try_lock(file: &File, readonly: bool) -> Result<(), LockError> {
@@ -173,17 +180,20 @@ mod tests {
         let (r1, r2) = (open(&t.0), open(&t.0));
         lock(&r1, true).unwrap();
         lock(&r2, true).unwrap();
-        let w = open(&t.0);
-        assert_eq!(conflict(lock(&w, false)), Holder::Reader);
-        drop((r1, r2));
-        // The readers' locks went with their files: the writer may now have it.
+        let refused = open(&t.0);
+        assert_eq!(conflict(lock(&refused, false)), Holder::Reader);
+        // (Released explicitly, as DiskFile's drop does: a test in another thread may be
+        // forking, and its child holds a copy of every descriptor until it execs.)
+        unlock(&r1);
+        unlock(&r2);
+        // The refused writer holds nothing although its file is still open.
         let w = open(&t.0);
         lock(&w, false).unwrap();
         assert_eq!(conflict(lock(&open(&t.0), false)), Holder::Writer);
         assert_eq!(conflict(lock(&open(&t.0), true)), Holder::Writer);
-        // A failed attempt leaves no lock behind once its file is closed.
-        drop(w);
+        unlock(&w);
         lock(&open(&t.0), false).unwrap();
+        drop(refused);
     }
 
     #[test]
@@ -219,7 +229,7 @@ mod tests {
         assert!(!o.status.success() && err.contains("lock"), "{err}");
         // A failed attempt changes nothing: the lock is still there.
         assert!(!qemu_io(p, false).status.success());
-        drop(w);
+        unlock(&w);
         let o = qemu_io(p, false);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
