@@ -242,4 +242,77 @@ mod tests {
         // qemu-io -r shares everything, so it may read beside either.
         assert!(qemu_io(p, true).status.success());
     }
+
+    /// A paused QEMU VM with the image as a virtio disk, locking it the way a running guest's
+    /// `-drive` does.
+    fn qemu_vm(p: &str, readonly: bool) -> std::process::Child {
+        let ro = if readonly { ",readonly=on" } else { "" };
+        Command::new("qemu-system-riscv64")
+            .args(["-M", "virt", "-S", "-display", "none", "-monitor", "none"])
+            .args(["-serial", "none", "-bios", "none", "-drive"])
+            .arg(format!("file={p},format=raw,if=none,id=d0{ro}"))
+            .args(["-device", "virtio-blk-device,drive=d0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("qemu-system-riscv64 is needed: apt-get install qemu-system-misc")
+    }
+
+    /// The VM's stderr if it exits within 2 s (QEMU checks locks as it opens its drives, in
+    /// well under that), `None` (and killed) if it runs on.
+    fn refused(mut vm: std::process::Child) -> Option<String> {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            if vm.try_wait().unwrap().is_some() {
+                let mut err = String::new();
+                let _ = vm.stderr.take().unwrap().read_to_string(&mut err);
+                return Some(err);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = vm.kill();
+        let _ = vm.wait();
+        None
+    }
+
+    /// Whether anyone holds the "write" permission byte (QEMU has opened the image).
+    fn someone_writes(p: &Path) -> bool {
+        let f = File::open(p).unwrap();
+        held_elsewhere(&f, PERM_BASE + WRITE).unwrap()
+    }
+
+    #[test]
+    fn a_qemu_vm_and_vireo_keep_each_other_out() {
+        let t = temp("vm");
+        let p = t.0.to_str().unwrap();
+        // vireo first, read-write: QEMU does not start.
+        let w = open(&t.0);
+        lock(&w, false).unwrap();
+        let err = refused(qemu_vm(p, false)).expect("QEMU started on an image vireo writes");
+        assert!(err.contains("lock"), "{err}");
+        unlock(&w);
+        // vireo read-only: a QEMU writer does not start, a QEMU reader does.
+        let r = open(&t.0);
+        lock(&r, true).unwrap();
+        let err = refused(qemu_vm(p, false)).expect("QEMU wrote beside a read-only vireo");
+        assert!(err.contains("lock"), "{err}");
+        assert_eq!(
+            refused(qemu_vm(p, true)),
+            None,
+            "a QEMU reader was kept out"
+        );
+        unlock(&r);
+        // QEMU first: vireo is refused either way.
+        let vm = qemu_vm(p, false);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !someone_writes(&t.0) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let rw = lock(&open(&t.0), false);
+        let ro = lock(&open(&t.0), true);
+        assert_eq!(refused(vm), None, "QEMU exited");
+        assert_eq!(conflict(rw), Holder::Writer);
+        assert_eq!(conflict(ro), Holder::Writer);
+    }
 }
