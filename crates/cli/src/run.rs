@@ -104,6 +104,13 @@ pub fn build_spec(args: &RunArgs) -> Result<VmSpec, Failure> {
     if let Some(t) = &args.virtio_transport {
         spec.virtio_transport = t.clone();
     }
+    let flagged = [
+        ("kernel", args.kernel.is_some()),
+        ("initrd", args.initrd.is_some()),
+        ("firmware", args.firmware.is_some()),
+    ];
+    let flagged: Vec<&str> = flagged.iter().filter(|f| f.1).map(|f| f.0).collect();
+    spec.check_file_paths(&flagged).map_err(usage)?;
     spec.validate().map_err(usage)?;
     Ok(spec)
 }

@@ -309,7 +309,18 @@ fn missing_config_file_is_a_usage_error() {
         r.stderr
     );
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
-    let _ = std::fs::remove_dir(&dir);
+    // A file the config names that is not there: the config, the key, the resolved path.
+    let cfg = dir.join("vm.toml");
+    std::fs::write(&cfg, "kernel = \"vmlinux\"\n").unwrap();
+    let r = run(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(r.status, VIREO_ERROR, "{}{}", r.stdout, r.stderr);
+    let want = format!(
+        "{}: kernel: {}: no such file",
+        cfg.display(),
+        dir.join("vmlinux").display()
+    );
+    assert!(r.stderr.contains(&want), "no {want:?} in: {}", r.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -366,6 +366,32 @@ impl VmSpec {
         Ok(spec)
     }
 
+    /// Checks that the file's `kernel`, `initrd` and `firmware` exist, except those a flag
+    /// replaced (`from_flags`), so a wrong path is reported with the file and the key.
+    pub fn check_file_paths(&self, from_flags: &[&str]) -> Result<(), SpecError> {
+        let Some(src) = &self.source else {
+            return Ok(());
+        };
+        let keys = [
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+            ("firmware", &self.firmware),
+        ];
+        for (key, value) in keys {
+            let Some(p) = value.as_ref().filter(|_| !from_flags.contains(&key)) else {
+                continue;
+            };
+            if let Err(e) = std::fs::metadata(p) {
+                return Err(SpecError::InConfig {
+                    path: src.path.clone(),
+                    key,
+                    message: format!("{}: {}", p.display(), read_reason(&e)),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Replaces the vsock option with one given on the command line.
     pub fn set_vsock_flag(&mut self, v: String) {
         self.vsock = Some(v);
@@ -654,6 +680,21 @@ mod tests {
         // Nothing to boot is not the file's fault: a flag may give the kernel.
         std::fs::write(&file, "cpus = 2\n").unwrap();
         VmSpec::from_file(&file).unwrap();
+
+        // A path the file names that is not there: the file, the key, the resolved path.
+        std::fs::write(&file, "kernel = \"vmlinux\"\ninitrd = \"/\"\n").unwrap();
+        let s = VmSpec::from_file(&file).unwrap();
+        let e = s.check_file_paths(&[]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: kernel: {}: no such file",
+                file.display(),
+                dir.0.join("vmlinux").display()
+            )
+        );
+        // Unless a flag replaced it.
+        s.check_file_paths(&["kernel"]).unwrap();
 
         let missing = dir.0.join("nope.toml");
         let e = VmSpec::from_file(&missing).unwrap_err();
