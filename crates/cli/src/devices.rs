@@ -1,8 +1,12 @@
 //! `--disk`, `--net`, `--rng`, `--vsock`: option strings to virtio devices.
+//!
+//! Every message names the entry the way the user wrote it: `--disk 'x.img,foo'` for a flag,
+//! `vm.toml: disk[1] 'x.img,foo'` for a config file's key ([`Entry::label`]), and paths in a
+//! file's entries are relative to the file's directory ([`Entry::resolve`]).
 
-use std::path::PathBuf;
+use std::path::Path;
 
-use vireo_spec::VmSpec;
+use vireo_spec::{Entry, VmSpec};
 use vireo_virtio::VirtioDevice;
 
 use crate::run::{usage, Failure};
@@ -22,17 +26,17 @@ pub fn build(spec: &VmSpec, output: &vireo_devices::ConsoleOutput) -> Result<Dev
         console_input = Some(c.input_handle());
         out.push(Box::new(c));
     }
-    for d in &spec.disk {
-        out.push(Box::new(disk(d)?));
+    for d in disks(spec)? {
+        out.push(Box::new(d));
     }
-    for (i, n) in spec.net.iter().enumerate() {
+    for (i, n) in spec.net_entries().iter().enumerate() {
         out.push(Box::new(net(n, i)?));
     }
     if spec.rng {
         out.push(Box::new(vireo_virtio::rng::Rng::new()));
     }
-    if let Some(v) = &spec.vsock {
-        out.push(Box::new(vsock(v)?));
+    if let Some(v) = spec.vsock_entry() {
+        out.push(Box::new(vsock(&v)?));
     }
     Ok(Devices {
         list: out,
@@ -40,59 +44,97 @@ pub fn build(spec: &VmSpec, output: &vireo_devices::ConsoleOutput) -> Result<Dev
     })
 }
 
-/// `PATH[,readonly][,serial=ID]`
-fn disk(s: &str) -> Result<vireo_virtio::block::Block, Failure> {
-    let mut parts = s.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
-        usage(format!(
-            "invalid --disk '{s}': expected PATH[,readonly][,serial=ID]"
-        ))
-    })?;
+/// Opens the spec's disks in order, refusing a file given twice (whatever paths name it: two
+/// devices on one image would corrupt it, and the second would only find the first's lock).
+fn disks(spec: &VmSpec) -> Result<Vec<vireo_virtio::block::Block>, Failure> {
+    use vireo_virtio::block::{Block, FileId};
+    let mut opened: Vec<(FileId, String, Block)> = Vec::new();
+    for d in spec.disk_entries() {
+        let label = d.label();
+        let cfg = disk_config(&d)?;
+        let twice = |id: FileId, opened: &[(FileId, String, Block)]| {
+            opened.iter().find(|(i, ..)| *i == id).map(|(_, first, _)| {
+                usage(format!(
+                    "{label}: {} is the same file as {first}; a disk can be attached once",
+                    cfg.path.display()
+                ))
+            })
+        };
+        if let Ok(meta) = std::fs::metadata(&cfg.path) {
+            if let Some(e) = twice(FileId::of(&meta), &opened) {
+                return Err(e);
+            }
+        }
+        let block = Block::open(&cfg).map_err(|e| usage(format!("{label}: {e}")))?;
+        // The path may have changed between the look and the open.
+        if let Some(e) = twice(block.file_id(), &opened) {
+            return Err(e);
+        }
+        for w in block.warnings() {
+            eprintln!("vireo: warning: {label}: {w}");
+        }
+        opened.push((block.file_id(), label, block));
+    }
+    Ok(opened.into_iter().map(|(.., b)| b).collect())
+}
+
+/// `PATH[,readonly][,serial=ID][,format=raw]`
+fn disk_config(entry: &Entry) -> Result<vireo_virtio::block::BlockConfig, Failure> {
+    use vireo_virtio::block::DiskFormat;
+    let bad = |why: String| usage(format!("{}: {why}", entry.label()));
+    let mut parts = entry.text.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| bad("expected PATH[,readonly][,serial=ID][,format=raw]".into()))?;
     let mut cfg = vireo_virtio::block::BlockConfig {
-        path: PathBuf::from(path),
+        path: entry.resolve(Path::new(path)),
         readonly: false,
         serial: None,
+        format: None,
     };
     for p in parts {
         match p.split_once('=') {
             None if p == "readonly" || p == "ro" => cfg.readonly = true,
             Some(("serial", id)) if id.len() <= 20 => cfg.serial = Some(id.to_string()),
             Some(("serial", id)) => {
-                return Err(usage(format!(
-                    "invalid --disk '{s}': serial '{id}' is longer than 20 bytes"
-                )))
+                return Err(bad(format!("serial '{id}' is longer than 20 bytes")))
             }
+            Some(("format", "raw")) => cfg.format = Some(DiskFormat::Raw),
+            Some(("format", "qcow2")) => {
+                return Err(bad(
+                    "format=qcow2 is not supported yet; vireo uses raw images only for now, \
+                     convert it with `qemu-img convert -O raw`"
+                        .into(),
+                ))
+            }
+            Some(("format", f)) => return Err(bad(format!("unknown format '{f}' (expected raw)"))),
             _ => {
-                return Err(usage(format!(
-                    "invalid --disk '{s}': unknown option '{p}' (expected readonly or serial=ID)"
+                return Err(bad(format!(
+                    "unknown option '{p}' (expected readonly, serial=ID or format=raw)"
                 )))
             }
         }
     }
-    let block =
-        vireo_virtio::block::Block::open(&cfg).map_err(|e| usage(format!("--disk {s}: {e}")))?;
-    if let Some(w) = block.warning() {
-        eprintln!("vireo: warning: --disk {s}: {w}");
-    }
-    Ok(block)
+    Ok(cfg)
 }
 
-/// `user[,hostfwd=tcp:H-:G]...` or `tap=NAME`
-fn net(s: &str, index: usize) -> Result<vireo_virtio::net::Net, Failure> {
+/// `user[,hostfwd=tcp|udp:[ADDR]:H-:G]...` or `tap=NAME`
+fn net(entry: &Entry, index: usize) -> Result<vireo_virtio::net::Net, Failure> {
     use vireo_virtio::net::{HostFwd, Net, NetBackendConfig};
-    let mut parts = s.split(',');
+    let bad = |why: String| usage(format!("{}: {why}", entry.label()));
+    let mut parts = entry.text.split(',');
     let backend = match parts.next() {
         Some("user") => {
             let mut hostfwd = Vec::new();
             for p in parts.by_ref() {
                 match p.split_once('=') {
-                    Some(("hostfwd", f)) => hostfwd.push(
-                        f.parse::<HostFwd>()
-                            .map_err(|e| usage(format!("invalid --net '{s}': {e}")))?,
-                    ),
+                    Some(("hostfwd", f)) => {
+                        hostfwd.push(f.parse::<HostFwd>().map_err(|e| bad(e.to_string()))?)
+                    }
                     _ => {
-                        return Err(usage(format!(
-                            "invalid --net '{s}': unknown option '{p}' (expected hostfwd=tcp:HOSTPORT-:GUESTPORT)"
+                        return Err(bad(format!(
+                            "unknown option '{p}' (expected hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT)"
                         )))
                     }
                 }
@@ -101,34 +143,33 @@ fn net(s: &str, index: usize) -> Result<vireo_virtio::net::Net, Failure> {
         }
         Some(t) if t.starts_with("tap=") && t.len() > 4 => {
             if let Some(extra) = parts.next() {
-                return Err(usage(format!(
-                    "invalid --net '{s}': unknown option '{extra}' after tap=NAME"
-                )));
+                return Err(bad(format!("unknown option '{extra}' after tap=NAME")));
             }
             NetBackendConfig::Tap {
                 name: t[4..].to_string(),
             }
         }
         _ => {
-            return Err(usage(format!(
-            "invalid --net '{s}': expected user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... or tap=NAME"
-        )))
+            return Err(bad(
+                "expected user[,hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT]... or tap=NAME".into(),
+            ))
         }
     };
     // A locally administered, stable address per NIC index.
     let mac = [0x52, 0x54, 0x00, 0x76, 0x69, index as u8];
-    Net::new(backend, mac).map_err(|e| usage(format!("--net {s}: {e}")))
+    Net::new(backend, mac).map_err(|e| bad(e.to_string()))
 }
 
 /// `cid=N,uds=PATH`
-fn vsock(s: &str) -> Result<vireo_virtio::vsock::Vsock, Failure> {
+fn vsock(entry: &Entry) -> Result<vireo_virtio::vsock::Vsock, Failure> {
     let bad = |why: &str| {
         usage(format!(
-            "invalid --vsock '{s}': {why} (expected cid=N,uds=PATH)"
+            "{}: {why} (expected cid=N,uds=PATH)",
+            entry.label()
         ))
     };
     let (mut cid, mut uds) = (None, None);
-    for p in s.split(',') {
+    for p in entry.text.split(',') {
         match p.split_once('=') {
             Some(("cid", n)) => {
                 let n: u64 = n.parse().map_err(|_| bad("cid is not a number"))?;
@@ -138,12 +179,12 @@ fn vsock(s: &str) -> Result<vireo_virtio::vsock::Vsock, Failure> {
                 }
                 cid = Some(n);
             }
-            Some(("uds", path)) if !path.is_empty() => uds = Some(PathBuf::from(path)),
+            Some(("uds", path)) if !path.is_empty() => uds = Some(entry.resolve(Path::new(path))),
             _ => return Err(bad(&format!("unknown option '{p}'"))),
         }
     }
     let (Some(cid), Some(uds)) = (cid, uds) else {
         return Err(bad("both cid and uds are needed"));
     };
-    vireo_virtio::vsock::Vsock::new(cid, uds).map_err(|e| usage(format!("--vsock {s}: {e}")))
+    vireo_virtio::vsock::Vsock::new(cid, uds).map_err(|e| usage(format!("{}: {e}", entry.label())))
 }

@@ -60,7 +60,7 @@ enum ImageCmd {
 /// Every flag here has a config-file key of the same name (with `-` written `_`).
 #[derive(Args, Debug, Default)]
 pub struct RunArgs {
-    /// A TOML file with the VM's settings; flags given here override it.
+    /// A TOML file with the VM's settings (keys and defaults: docs/config.md; its relative paths are relative to it); flags given here override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Accelerator: auto, kvm or emu.

@@ -52,11 +52,12 @@ pub fn run(args: RunArgs) -> u8 {
 
 /// Merges the config file (if any) with flags; flags win.
 pub fn build_spec(args: &RunArgs) -> Result<VmSpec, Failure> {
+    // Every config file problem is the request's, a missing file included: usage, 125.
     let mut spec = match &args.config {
-        Some(p) => VmSpec::from_file(p).map_err(|e| match e {
-            SpecError::ReadConfig { .. } => failed(e),
-            _ => usage(e),
-        })?,
+        Some(p) => {
+            let loaded: Result<VmSpec, SpecError> = VmSpec::from_file(p);
+            loaded.map_err(usage)?
+        }
         None => VmSpec::default(),
     };
     if let Some(a) = &args.accel {
@@ -99,7 +100,7 @@ pub fn build_spec(args: &RunArgs) -> Result<VmSpec, Failure> {
     spec.net.extend(args.net.iter().cloned());
     spec.rng |= args.rng;
     if let Some(v) = &args.vsock {
-        spec.vsock = Some(v.clone());
+        spec.set_vsock_flag(v.clone());
     }
     if let Some(c) = &args.console {
         spec.console = c.clone();
@@ -110,6 +111,13 @@ pub fn build_spec(args: &RunArgs) -> Result<VmSpec, Failure> {
     if let Some(r) = &args.reboot {
         spec.reboot = r.clone();
     }
+    let flagged = [
+        ("kernel", args.kernel.is_some()),
+        ("initrd", args.initrd.is_some()),
+        ("firmware", args.firmware.is_some()),
+    ];
+    let flagged: Vec<&str> = flagged.iter().filter(|f| f.1).map(|f| f.0).collect();
+    spec.check_file_paths(&flagged).map_err(usage)?;
     spec.validate().map_err(usage)?;
     Ok(spec)
 }

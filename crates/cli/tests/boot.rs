@@ -3,13 +3,14 @@
 //! They need `vireo image pull debian-riscv64` (scripts/setup.sh runs it); without the image
 //! they fail with that instruction rather than skip, so a missing setup step cannot hide.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{openpty, require_image, run, vireo, Run, Term, BOOT_TIMEOUT, IMAGE, VIREO_ERROR};
+use common::{
+    openpty, require_image, run, run_in, vireo, Run, Term, BOOT_TIMEOUT, IMAGE, VIREO_ERROR,
+};
 
 #[test]
 fn uname_prints_riscv64() {
@@ -213,6 +214,117 @@ fn config_file_drives_a_boot() {
     let r = run(&["run", "--config", cfg.to_str().unwrap()]);
     assert_eq!(r.status, 0, "{}", r.stderr);
     assert_eq!(r.stdout.trim(), "2");
+}
+
+/// A config file's relative paths are its directory's: run from another directory (which has
+/// a decoy disk of the same name), with the file named relatively, the guest gets the file's
+/// disk and the console log lands beside the file.
+#[test]
+fn config_paths_are_relative_to_the_file() {
+    require_image();
+    let root = tempdir();
+    let (vm, elsewhere) = (root.join("vm"), root.join("elsewhere"));
+    std::fs::create_dir_all(&vm).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let disk = |dir: &std::path::Path, mark: &[u8]| {
+        let mut bytes = vec![0u8; 1 << 20];
+        bytes[..mark.len()].copy_from_slice(mark);
+        std::fs::write(dir.join("data.img"), bytes).unwrap();
+    };
+    disk(&vm, b"FILE-DIR-DISK");
+    disk(&elsewhere, b"CWD-DECOY-DSK");
+    std::fs::write(
+        vm.join("vm.toml"),
+        format!(
+            "image = \"{IMAGE}\"\ndisk = [\"data.img,serial=cfg0\"]\nconsole_log = \"console.log\"\n\
+             command = [\"sh\", \"-c\", \"head -c 13 /dev/vda; echo; cat /sys/block/vda/serial; echo\"]\n"
+        ),
+    )
+    .unwrap();
+    let r = run_in(Some(&elsewhere), &["run", "--config", "../vm/vm.toml"]);
+    assert_eq!(r.status, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout, "FILE-DIR-DISK\ncfg0\n", "{}", r.stderr);
+    assert!(
+        vm.join("console.log").is_file(),
+        "no console.log beside the file"
+    );
+    assert!(
+        !elsewhere.join("console.log").exists(),
+        "console.log in the cwd"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn bad_disk_option_in_a_config_names_the_file_and_the_key() {
+    require_image();
+    let dir = tempdir();
+    std::fs::File::create(dir.join("ok.img"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let cfg = dir.join("vm.toml");
+    std::fs::write(
+        &cfg,
+        format!("image = \"{IMAGE}\"\ndisk = [\"ok.img\", \"x.img,foo\"]\ncommand = [\"true\"]\n"),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let r = run(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(r.status, VIREO_ERROR, "{}{}", r.stdout, r.stderr);
+    let want = format!(
+        "{}: disk[1] 'x.img,foo': unknown option 'foo'",
+        cfg.display()
+    );
+    assert!(r.stderr.contains(&want), "no {want:?} in: {}", r.stderr);
+    assert!(!r.stderr.contains("--disk"), "{}", r.stderr);
+    assert!(start.elapsed() < Duration::from_secs(3), "it booted");
+    // The same option as a flag is named as the flag.
+    let r = run(&["run", "--image", IMAGE, "--disk", "x.img,foo", "--", "true"]);
+    assert_eq!(r.status, VIREO_ERROR);
+    assert!(
+        r.stderr
+            .contains("--disk 'x.img,foo': unknown option 'foo'"),
+        "{}",
+        r.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn run_help_points_at_the_config_reference() {
+    let r = run(&["run", "--help"]);
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("docs/config.md"), "{}", r.stdout);
+}
+
+#[test]
+fn missing_config_file_is_a_usage_error() {
+    let dir = tempdir();
+    let cfg = dir.join("no-such-vm.toml");
+    let r = run(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(r.status, VIREO_ERROR, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "cannot read config file {}: no such file",
+            cfg.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    // A file the config names that is not there: the config, the key, the resolved path.
+    let cfg = dir.join("vm.toml");
+    std::fs::write(&cfg, "kernel = \"vmlinux\"\n").unwrap();
+    let r = run(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(r.status, VIREO_ERROR, "{}{}", r.stdout, r.stderr);
+    let want = format!(
+        "{}: kernel: {}: no such file",
+        cfg.display(),
+        dir.join("vmlinux").display()
+    );
+    assert!(r.stderr.contains(&want), "no {want:?} in: {}", r.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

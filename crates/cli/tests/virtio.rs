@@ -292,6 +292,145 @@ fn disk_size_serial_and_readonly() {
     );
 }
 
+/// A qcow2 image given to --disk (under a raw-looking name: detection is by content) is
+/// refused before booting, and neither it nor its directory changes.
+#[test]
+fn qcow2_image_is_refused_and_left_unchanged() {
+    require_image();
+    let dir = TempDir::new();
+    let img = dir.join("disk.img");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("16M")
+        .output()
+        .expect("qemu-img is needed: apt-get install qemu-utils");
+    assert!(out.status.success(), "{out:?}");
+    let before = std::fs::read(&img).unwrap();
+    let listing = |d: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let files = listing(&dir);
+    for extra in [&[][..], &[",readonly"][..]] {
+        let spec = format!("{}{}", img.display(), extra.concat());
+        let start = Instant::now();
+        let r = run(&["run", "--image", IMAGE, "--disk", &spec, "--", "true"]);
+        assert_eq!(r.status, VIREO_ERROR, "{spec}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("disk image {} is a qcow2 image", img.display()))
+                && r.stderr.contains("qemu-img convert -O raw"),
+            "{}",
+            r.stderr
+        );
+        assert!(start.elapsed() < Duration::from_secs(3), "{spec} booted");
+    }
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "the qcow2 image changed"
+    );
+    assert_eq!(listing(&dir), files, "vireo left files behind");
+}
+
+/// While one vireo runs with a read-write disk and a vsock socket, a second vireo given the
+/// same disk, or the same socket path, is refused and the first keeps both.
+#[test]
+fn a_running_vms_disk_and_socket_are_refused_to_a_second_vm() {
+    require_image();
+    let dir = TempDir::new();
+    let img = dir.join("shared.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
+    let uds = dir.join("vm1.sock");
+    let mut first = common::Background::start(&[
+        "run",
+        "--image",
+        IMAGE,
+        "--disk",
+        img.to_str().unwrap(),
+        "--vsock",
+        &format!("cid=3,uds={}", uds.display()),
+        "--",
+        "sleep",
+        "20",
+    ]);
+    // The disk is locked and the socket bound when the devices are built, before the boot.
+    assert!(
+        common::wait_for_lock(&img, Duration::from_secs(20)),
+        "the first vireo never locked {}",
+        img.display()
+    );
+    let start = Instant::now();
+    while !uds.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no {}",
+            uds.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = std::fs::read(&img).unwrap();
+
+    for extra in ["", ",readonly"] {
+        let r = run(&[
+            "run",
+            "--image",
+            IMAGE,
+            "--disk",
+            &format!("{}{extra}", img.display()),
+            "--",
+            "true",
+        ]);
+        assert_eq!(r.status, VIREO_ERROR, "{extra}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains(&format!(
+                "disk image {} is in use by another process (locked for writing)",
+                img.display()
+            )),
+            "{}",
+            r.stderr
+        );
+    }
+    let other = dir.join("other.img");
+    std::fs::File::create(&other).unwrap().set_len(MIB).unwrap();
+    let r = run(&[
+        "run",
+        "--image",
+        IMAGE,
+        "--disk",
+        other.to_str().unwrap(),
+        "--vsock",
+        &format!("cid=4,uds={}", uds.display()),
+        "--",
+        "true",
+    ]);
+    assert_eq!(r.status, VIREO_ERROR, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&uds.display().to_string()) && r.stderr.contains("listening"),
+        "{}",
+        r.stderr
+    );
+    // The refused VMs changed nothing: the first still runs, owns its socket (a client is
+    // accepted, so it was not replaced) and its disk.
+    assert!(first.running(), "the first vireo died");
+    assert!(
+        UnixStream::connect(&uds).is_ok(),
+        "{} was taken over",
+        uds.display()
+    );
+    assert!(std::fs::read(&img).unwrap() == before);
+    // The lock went with the refused vireo that had opened the other disk before its vsock
+    // was refused.
+    assert!(!common::wait_for_lock(&other, Duration::from_millis(200)));
+}
+
 // ---------------------------------------------------------------- net
 
 /// `--net user`: the guest gets an address by DHCP, fetches from a host HTTP server through the
@@ -434,6 +573,159 @@ fn net_user_wget_and_hostfwd() {
         format!("guest-reply-{token}\n"),
         "host client on port {fwd_port} after {attempts} attempts"
     );
+}
+
+/// A hostfwd without an address answers on 127.0.0.1 and not on another address of this
+/// host; one given that address answers there. Only this machine's own addresses are used.
+#[test]
+fn hostfwd_without_an_address_is_loopback_only() {
+    require_image();
+    let other = other_local_address();
+    let token = format!("{:x}", seed());
+    let (default_port, wide_port) = (free_port(), free_port());
+    let other_spec = match other {
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => format!("[{a}]"),
+    };
+    // Each host connection gets a fresh guest listener; "done" ends the loop. Bounded (5 x
+    // 30 s) so a forward that never delivers fails the test instead of hanging it.
+    let script = format!(
+        "i=0
+         while [ $i -lt 5 ]; do
+           echo guest-reply-{token} | timeout 30 nc -l -p 8080 > /tmp/got
+           grep -q done /tmp/got && break
+           i=$((i+1))
+         done
+         echo served"
+    );
+    let client = std::thread::spawn(move || {
+        // Connects (the error if refused), sends `line`, returns the guest's answer (empty when
+        // nothing answered).
+        let ask = |addr: std::net::SocketAddr, line: &str| -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let _ = s.write_all(line.as_bytes());
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut got = String::new();
+            let _ = s.read_to_string(&mut got);
+            Ok(got)
+        };
+        let lo = std::net::SocketAddr::from(([127, 0, 0, 1], default_port));
+        // Wait for the guest: the forward answers on the loopback.
+        let start = Instant::now();
+        let first = loop {
+            match ask(lo, "ping\n") {
+                Ok(got) if !got.is_empty() => break got,
+                _ if start.elapsed() > HOST_DEADLINE => break String::new(),
+                _ => std::thread::sleep(Duration::from_millis(250)),
+            }
+        };
+        // The same forward on the other address: nothing listens there.
+        let elsewhere = ask(std::net::SocketAddr::new(other, default_port), "ping\n");
+        // The forward given that address listens there. (What passt makes of a connection
+        // from the host's own address, which it also gives the guest, is its business: only
+        // the listening socket is checked.)
+        let wide = TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(other, wide_port),
+            Duration::from_secs(5),
+        )
+        .map(drop);
+        // Until the guest has heard it: its listener may be between two connections.
+        let start = Instant::now();
+        while start.elapsed() < HOST_DEADLINE
+            && ask(lo, "done\n").map_or(true, |got| got.is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        (first, elsewhere, wide)
+    });
+    let r = run(&[
+        "run",
+        "--image",
+        IMAGE,
+        "--net",
+        &format!(
+            "user,hostfwd=tcp::{default_port}-:8080,hostfwd=tcp:{other_spec}:{wide_port}-:8080"
+        ),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let (first, elsewhere, wide) = client.join().unwrap();
+    assert_eq!(
+        first,
+        format!("guest-reply-{token}\n"),
+        "127.0.0.1:{default_port}; vireo: {}{}",
+        r.stdout,
+        r.stderr
+    );
+    match elsewhere {
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{other}:{default_port}: {e}"
+        ),
+        Ok(got) => panic!("the default forward answered on {other}:{default_port}: {got:?}"),
+    }
+    assert!(wide.is_ok(), "{other_spec}:{wide_port}: {wide:?}");
+    assert_eq!(r.status, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("served"), "{}", r.stdout);
+}
+
+/// passt's socket is gone from the temporary directory as soon as vireo is connected, so even
+/// a SIGKILLed vireo leaves none; its passt (--one-off) exits with it.
+#[test]
+fn passt_socket_is_gone_even_after_sigkill() {
+    require_image();
+    let dir = TempDir::new();
+    let log = dir.join("console.log");
+    let mut vm = common::Background::start(&[
+        "run",
+        "--image",
+        IMAGE,
+        "--net",
+        "user",
+        "--console-log",
+        log.to_str().unwrap(),
+        "--",
+        "sleep",
+        "30",
+    ]);
+    let pid = vm.pid();
+    // Devices (passt included) are built before the console starts: console output means
+    // vireo is connected to passt.
+    let start = Instant::now();
+    while std::fs::metadata(&log).map_or(0, |m| m.len()) == 0 {
+        assert!(vm.running(), "vireo exited early");
+        assert!(start.elapsed() < HOST_DEADLINE, "no console output");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let passt = children_of(pid);
+    assert_eq!(passt.len(), 1, "vireo's children: {passt:?}");
+    let sockets = || -> Vec<PathBuf> {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("vireo-passt-{pid}-")))
+            })
+            .collect()
+    };
+    assert_eq!(sockets(), Vec::<PathBuf>::new(), "while running");
+    vm.kill();
+    let start = Instant::now();
+    while is_alive(passt[0]) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "passt {} outlived the SIGKILLed vireo",
+            passt[0]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sockets(), Vec::<PathBuf>::new(), "after SIGKILL");
 }
 
 // ---------------------------------------------------------------- vsock
@@ -803,6 +1095,11 @@ fn bad_device_options_are_usage_errors() {
     let port = held.local_addr().unwrap().port().to_string();
     let uds = format!("{}/v.sock", dir.display());
     let long_serial = format!("{disk},serial=ABCDEFGHIJKLMNOPQRSTU");
+    // The same file by another name: a symbolic link, and a path with a `.` in it.
+    let link = dir.join("link.img");
+    std::os::unix::fs::symlink(&disk, &link).unwrap();
+    let link = link.to_str().unwrap().to_string();
+    let dotted = format!("{}/./d.img", dir.display());
     let cases: &[(&[&str], &[&str])] = &[
         (
             &["--disk", "/nonexistent/disk.img"],
@@ -812,11 +1109,38 @@ fn bad_device_options_are_usage_errors() {
         (&["--disk", &format!("{disk},bogus")], &["bogus"]),
         (&["--disk", &long_serial], &["20 bytes"]),
         (
+            &["--disk", &format!("{disk},format=qcow2")],
+            &["format=qcow2", "not supported yet"],
+        ),
+        (
+            &["--disk", &format!("{disk},format=vdi")],
+            &["'vdi'", "raw"],
+        ),
+        (
+            &["--disk", &disk, "--disk", &format!("{link},readonly")],
+            &["same file", &link],
+        ),
+        (
+            &["--disk", &format!("{disk},readonly"), "--disk", &dotted],
+            &["same file", &dotted],
+        ),
+        (
             &["--net", &format!("user,hostfwd=tcp:{port}-:80")],
             &[&port, "in use"],
         ),
         (&["--net", "bogus"], &["bogus"]),
-        (&["--net", "user,hostfwd=udp:1-:2"], &["tcp"]),
+        (
+            &["--net", "user,hostfwd=sctp:1-:2"],
+            &["\"sctp\"", "tcp or udp"],
+        ),
+        (
+            &["--net", "user,hostfwd=tcp:localhost:8080-:80"],
+            &["\"localhost\"", "IP address"],
+        ),
+        (
+            &["--net", "user,hostfwd=tcp:203.0.113.7:8080-:80"],
+            &["203.0.113.7 is not an address of this host"],
+        ),
         (&["--vsock", "cid=1,uds=/tmp/x"], &["cid"]),
         (
             &[
@@ -987,6 +1311,60 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     }
     v.truncate(len);
     v
+}
+
+/// An address of this host other than 127.0.0.1: a non-loopback one from `ip -o addr` if
+/// there is one (IPv4 first), else 127.0.0.2 (all of 127/8 is this host's, so a forward that
+/// listened on every address would answer there too).
+fn other_local_address() -> std::net::IpAddr {
+    let out = Command::new("ip")
+        .args(["-o", "addr", "show", "scope", "global"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let addrs: Vec<std::net::IpAddr> = out
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|t| *t == "inet" || *t == "inet6")?;
+            w.next()?.split('/').next()?.parse().ok()
+        })
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .unwrap_or_else(|| {
+            eprintln!("no non-loopback address on this host: using 127.0.0.2");
+            std::net::IpAddr::from([127, 0, 0, 2])
+        })
+}
+
+/// Process ids whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // The command name may hold spaces: fields start after the last ')'.
+                    let rest = &s[s.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Whether `pid` is a live process (a zombie no longer counts).
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s[s.rfind(')')? + 2..].chars().next())
+        .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 /// A TCP port on 127.0.0.1 nobody listens on right now.

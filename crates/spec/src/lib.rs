@@ -1,8 +1,14 @@
 //! The VM specification: what a user asks for, independent of how it is run.
 //!
 //! A [`VmSpec`] is built from a TOML file (`--config vm.toml`) and/or command-line flags; every
-//! flag has a key of the same name. Unknown keys are errors, and [`VmSpec::validate`] checks the
-//! values that parsing alone cannot (counts, sizes, combinations).
+//! flag has a key of the same name (docs/config.md lists them with their defaults). Unknown
+//! keys are errors, and [`VmSpec::validate`] checks the values that parsing alone cannot
+//! (counts, sizes, combinations).
+//!
+//! A file is read as written for its own place: relative paths in it (`kernel`, `initrd`,
+//! `firmware`, `console_log`, a `disk` entry's path, `vsock`'s `uds=`) are relative to the
+//! file's directory, not to wherever vireo happens to be started, and errors about its values
+//! name the file and the key ([`Entry::label`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,13 +20,20 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     /// The config file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}: {}", path.display(), read_reason(source))]
     ReadConfig {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A value in the config file is out of range.
+    #[error("{}: {key}: {message}", path.display())]
+    InConfig {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
     /// The config file is not valid TOML or has an unknown key or a bad value.
-    #[error("invalid config file {path}: {message}")]
+    #[error("invalid config file {}: {message}", path.display())]
     ParseConfig { path: PathBuf, message: String },
     /// A memory size could not be parsed.
     #[error(
@@ -33,6 +46,13 @@ pub enum SpecError {
     /// A value is outside what vireo supports.
     #[error("invalid {key}: {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+fn read_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        _ => e.to_string(),
+    }
 }
 
 /// Which engine runs the guest's instructions.
@@ -183,10 +203,10 @@ pub struct VmSpec {
     pub console_log: Option<PathBuf>,
     /// A command to run in the guest instead of a shell; vireo exits with its status.
     pub command: Vec<String>,
-    /// virtio-blk disks, one per entry: `PATH[,readonly][,serial=ID]`.
+    /// virtio-blk disks, one per entry: `PATH[,readonly][,serial=ID][,format=raw]`.
     pub disk: Vec<String>,
-    /// virtio-net NICs, one per entry: `user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]...` or
-    /// `tap=NAME`.
+    /// virtio-net NICs, one per entry: `user[,hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT]...`
+    /// or `tap=NAME`.
     pub net: Vec<String>,
     /// A virtio-rng device fed from the host's random source.
     pub rng: bool,
@@ -200,6 +220,68 @@ pub struct VmSpec {
     /// What a guest reboot does: `restart` (boot the VM again) or `exit` (end the run as a
     /// power-off does). A command's run always ends.
     pub reboot: String,
+    /// The config file this spec was read from, if any (not a key).
+    #[serde(skip)]
+    pub source: Option<ConfigSource>,
+}
+
+/// Where a spec's file-given values came from, for resolving their paths and naming them in
+/// errors. The file's `disk` and `net` entries come first; flags append theirs after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSource {
+    /// The file, as the user named it.
+    pub path: PathBuf,
+    /// Its directory, which relative paths in it are relative to.
+    pub dir: PathBuf,
+    /// How many of `disk` the file gave.
+    pub disks: usize,
+    /// How many of `net` the file gave.
+    pub nets: usize,
+    /// Whether `vsock` is the file's (a flag replaces it).
+    pub vsock: bool,
+}
+
+/// One device option string (`disk`, `net`, `vsock`) and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// The key or flag name.
+    pub key: &'static str,
+    /// Position among the key's entries (`None` for a single-valued key).
+    pub index: Option<usize>,
+    /// The option string as written.
+    pub text: &'a str,
+    /// The config file, when the entry came from one.
+    pub file: Option<&'a ConfigSource>,
+}
+
+impl Entry<'_> {
+    /// How messages name the entry: `--disk 'x.img,foo'` or `vm.toml: disk[1] 'x.img,foo'`.
+    pub fn label(&self) -> String {
+        match (self.file, self.index) {
+            (Some(f), Some(i)) => {
+                format!("{}: {}[{i}] '{}'", f.path.display(), self.key, self.text)
+            }
+            (Some(f), None) => format!("{}: {} '{}'", f.path.display(), self.key, self.text),
+            (None, _) => format!("--{} '{}'", self.key.replace('_', "-"), self.text),
+        }
+    }
+
+    /// A path written in the entry, made relative to the config file's directory when the
+    /// entry came from a file (flags' paths stay relative to the current directory).
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        match self.file {
+            Some(f) => resolve_in(&f.dir, path),
+            None => path.to_path_buf(),
+        }
+    }
+}
+
+fn resolve_in(dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        dir.join(path)
+    }
 }
 
 /// Most vCPUs a guest may have; bounded by what the generated device tree and PLIC describe.
@@ -230,6 +312,7 @@ impl Default for VmSpec {
             console: "serial".into(),
             virtio_transport: "auto".into(),
             reboot: "restart".into(),
+            source: None,
         }
     }
 }
@@ -254,17 +337,135 @@ impl VmSpec {
         })
     }
 
-    /// Reads and parses a TOML specification file.
+    /// Reads and parses a TOML specification file, checks its values, and makes its relative
+    /// paths relative to the file's directory.
     pub fn from_file(path: &Path) -> Result<Self, SpecError> {
         let text = std::fs::read_to_string(path).map_err(|source| SpecError::ReadConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml(&text, path)
+        let mut spec = Self::from_toml(&text, path)?;
+        spec.check_values().map_err(|e| match e {
+            SpecError::Invalid { key, message } => SpecError::InConfig {
+                path: path.to_path_buf(),
+                key,
+                message,
+            },
+            e => e,
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        for p in [
+            &mut spec.kernel,
+            &mut spec.initrd,
+            &mut spec.firmware,
+            &mut spec.console_log,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = resolve_in(&dir, p);
+        }
+        spec.source = Some(ConfigSource {
+            path: path.to_path_buf(),
+            dir,
+            disks: spec.disk.len(),
+            nets: spec.net.len(),
+            vsock: spec.vsock.is_some(),
+        });
+        Ok(spec)
+    }
+
+    /// Checks that the file's `kernel`, `initrd` and `firmware` exist, except those a flag
+    /// replaced (`from_flags`), so a wrong path is reported with the file and the key.
+    pub fn check_file_paths(&self, from_flags: &[&str]) -> Result<(), SpecError> {
+        let Some(src) = &self.source else {
+            return Ok(());
+        };
+        let keys = [
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+            ("firmware", &self.firmware),
+        ];
+        for (key, value) in keys {
+            let Some(p) = value.as_ref().filter(|_| !from_flags.contains(&key)) else {
+                continue;
+            };
+            if let Err(e) = std::fs::metadata(p) {
+                return Err(SpecError::InConfig {
+                    path: src.path.clone(),
+                    key,
+                    message: format!("{}: {}", p.display(), read_reason(&e)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the vsock option with one given on the command line.
+    pub fn set_vsock_flag(&mut self, v: String) {
+        self.vsock = Some(v);
+        if let Some(s) = &mut self.source {
+            s.vsock = false;
+        }
+    }
+
+    fn entries<'a>(
+        &'a self,
+        key: &'static str,
+        list: &'a [String],
+        from_file: usize,
+    ) -> Vec<Entry<'a>> {
+        list.iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let file = self.source.as_ref().filter(|_| i < from_file);
+                Entry {
+                    key,
+                    index: file.map(|_| i),
+                    text,
+                    file,
+                }
+            })
+            .collect()
+    }
+
+    /// The `disk` entries, in order.
+    pub fn disk_entries(&self) -> Vec<Entry<'_>> {
+        let n = self.source.as_ref().map_or(0, |s| s.disks);
+        self.entries("disk", &self.disk, n)
+    }
+
+    /// The `net` entries, in order.
+    pub fn net_entries(&self) -> Vec<Entry<'_>> {
+        let n = self.source.as_ref().map_or(0, |s| s.nets);
+        self.entries("net", &self.net, n)
+    }
+
+    /// The `vsock` entry, if any.
+    pub fn vsock_entry(&self) -> Option<Entry<'_>> {
+        let text = self.vsock.as_deref()?;
+        Some(Entry {
+            key: "vsock",
+            index: None,
+            text,
+            file: self.source.as_ref().filter(|s| s.vsock),
+        })
     }
 
     /// Checks values that parse but cannot be run.
     pub fn validate(&self) -> Result<(), SpecError> {
+        self.check_values()?;
+        if self.image.is_none() && self.kernel.is_none() {
+            return Err(SpecError::Invalid {
+                key: "kernel",
+                message: "nothing to boot: give --image NAME or --kernel PATH".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The checks of one value each, which a config file must pass on its own.
+    fn check_values(&self) -> Result<(), SpecError> {
         if self.cpus == 0 || self.cpus > MAX_CPUS {
             return Err(SpecError::Invalid {
                 key: "cpus",
@@ -287,12 +488,6 @@ impl VmSpec {
             return Err(SpecError::Invalid {
                 key: "memory",
                 message: format!("{} is not a multiple of 4K", self.memory),
-            });
-        }
-        if self.image.is_none() && self.kernel.is_none() {
-            return Err(SpecError::Invalid {
-                key: "kernel",
-                message: "nothing to boot: give --image NAME or --kernel PATH".into(),
             });
         }
         if !matches!(self.console.as_str(), "serial" | "virtio") {
@@ -387,5 +582,178 @@ mod tests {
         s.memory = MemSize(512 << 20);
         s.kernel = None;
         assert!(s.validate().unwrap_err().to_string().contains("--image"));
+    }
+
+    /// A config file in a directory of its own, removed on drop.
+    struct ConfigDir(PathBuf);
+
+    impl ConfigDir {
+        fn new(name: &str, text: &str) -> (ConfigDir, PathBuf) {
+            let d = std::env::temp_dir().join(format!("vireo-spec-{}-{name}", std::process::id()));
+            std::fs::create_dir_all(&d).unwrap();
+            let f = d.join("vm.toml");
+            std::fs::write(&f, text).unwrap();
+            (ConfigDir(d), f)
+        }
+    }
+
+    impl Drop for ConfigDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_file() {
+        let (dir, file) = ConfigDir::new(
+            "paths",
+            "kernel = \"k/Image\"\ninitrd = \"/abs/initrd\"\nfirmware = \"fw.bin\"\n\
+             console_log = \"logs/console.txt\"\ndisk = [\"a.img\", \"/abs/b.img,readonly\"]\n\
+             vsock = \"cid=3,uds=v.sock\"\n",
+        );
+        let s = VmSpec::from_file(&file).unwrap();
+        assert_eq!(s.kernel, Some(dir.0.join("k/Image")));
+        assert_eq!(s.initrd, Some(PathBuf::from("/abs/initrd")));
+        assert_eq!(s.firmware, Some(dir.0.join("fw.bin")));
+        assert_eq!(s.console_log, Some(dir.0.join("logs/console.txt")));
+        // Device strings are kept as written (messages quote them) and resolved on use.
+        let disks = s.disk_entries();
+        assert_eq!(disks[0].text, "a.img");
+        assert_eq!(disks[0].resolve(Path::new("a.img")), dir.0.join("a.img"));
+        assert_eq!(
+            disks[1].resolve(Path::new("/abs/b.img")),
+            PathBuf::from("/abs/b.img")
+        );
+        let v = s.vsock_entry().unwrap();
+        assert_eq!(v.resolve(Path::new("v.sock")), dir.0.join("v.sock"));
+
+        // A config named without a directory: its directory is the current one.
+        let s = VmSpec::from_toml("disk = [\"a.img\"]\n", Path::new("vm.toml")).unwrap();
+        assert_eq!(
+            s.disk_entries()[0].resolve(Path::new("a.img")),
+            Path::new("a.img")
+        );
+    }
+
+    #[test]
+    fn entries_say_where_they_came_from() {
+        let (_dir, file) = ConfigDir::new(
+            "labels",
+            "disk = [\"x.img\", \"y.img,foo\"]\nnet = [\"user\"]\nvsock = \"cid=3,uds=v.sock\"\n",
+        );
+        let mut s = VmSpec::from_file(&file).unwrap();
+        // What build_spec does with flags: append disks and nets, replace vsock.
+        s.disk.push("z.img".into());
+        s.net.push("tap=t0".into());
+        let f = file.display();
+        let labels: Vec<String> = s.disk_entries().iter().map(Entry::label).collect();
+        assert_eq!(
+            labels,
+            [
+                format!("{f}: disk[0] 'x.img'"),
+                format!("{f}: disk[1] 'y.img,foo'"),
+                "--disk 'z.img'".to_string(),
+            ]
+        );
+        // A flag's path stays relative to the current directory.
+        assert_eq!(
+            s.disk_entries()[2].resolve(Path::new("z.img")),
+            Path::new("z.img")
+        );
+        assert_eq!(s.net_entries()[0].label(), format!("{f}: net[0] 'user'"));
+        assert_eq!(s.net_entries()[1].label(), "--net 'tap=t0'");
+        assert_eq!(
+            s.vsock_entry().unwrap().label(),
+            format!("{f}: vsock 'cid=3,uds=v.sock'")
+        );
+        s.set_vsock_flag("cid=4,uds=w.sock".into());
+        let v = s.vsock_entry().unwrap();
+        assert_eq!(v.label(), "--vsock 'cid=4,uds=w.sock'");
+        assert_eq!(v.resolve(Path::new("w.sock")), Path::new("w.sock"));
+        // Without a file, everything is a flag.
+        let s = VmSpec {
+            disk: vec!["a".into()],
+            ..Default::default()
+        };
+        assert_eq!(s.disk_entries()[0].label(), "--disk 'a'");
+    }
+
+    #[test]
+    fn file_errors_name_the_file_and_the_key() {
+        let (dir, file) = ConfigDir::new("bad", "cpus = 0\n");
+        let e = VmSpec::from_file(&file).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: cpus: ", file.display())) && e.contains("out of range"),
+            "{e}"
+        );
+        std::fs::write(&file, "memory = \"3M\"\n").unwrap();
+        let e = VmSpec::from_file(&file).unwrap_err().to_string();
+        assert!(e.contains("vm.toml: memory: "), "{e}");
+        std::fs::write(&file, "console = \"tty\"\n").unwrap();
+        let e = VmSpec::from_file(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("vm.toml: console: ") && e.contains("'tty'"),
+            "{e}"
+        );
+        // Nothing to boot is not the file's fault: a flag may give the kernel.
+        std::fs::write(&file, "cpus = 2\n").unwrap();
+        VmSpec::from_file(&file).unwrap();
+
+        // A path the file names that is not there: the file, the key, the resolved path.
+        std::fs::write(&file, "kernel = \"vmlinux\"\ninitrd = \"/\"\n").unwrap();
+        let s = VmSpec::from_file(&file).unwrap();
+        let e = s.check_file_paths(&[]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: kernel: {}: no such file",
+                file.display(),
+                dir.0.join("vmlinux").display()
+            )
+        );
+        // Unless a flag replaced it.
+        s.check_file_paths(&["kernel"]).unwrap();
+
+        let missing = dir.0.join("nope.toml");
+        let e = VmSpec::from_file(&missing).unwrap_err();
+        assert!(matches!(e, SpecError::ReadConfig { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot read config file {}: no such file",
+                missing.display()
+            )
+        );
+    }
+
+    /// docs/config.md documents every key (a key added without its line fails here).
+    #[test]
+    fn every_key_is_documented() {
+        let doc = include_str!("../../../docs/config.md");
+        let full = VmSpec {
+            image: Some("i".into()),
+            kernel: Some("k".into()),
+            initrd: Some("i".into()),
+            cmdline: Some("c".into()),
+            firmware: Some("f".into()),
+            console_log: Some("l".into()),
+            command: vec!["c".into()],
+            disk: vec!["d".into()],
+            net: vec!["n".into()],
+            vsock: Some("v".into()),
+            ..Default::default()
+        };
+        let text = toml::to_string(&full).unwrap();
+        let keys: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+            .collect();
+        assert_eq!(keys.len(), 18, "{text}");
+        for k in keys {
+            assert!(
+                doc.contains(&format!("| `{k}` |")),
+                "docs/config.md lacks `{k}`"
+            );
+        }
     }
 }

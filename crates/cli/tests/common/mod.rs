@@ -31,7 +31,16 @@ pub struct Run {
 
 /// Runs vireo with a deadline; a hang is a failure, not a stuck test.
 pub fn run(args: &[&str]) -> Run {
-    let mut child = vireo()
+    run_in(None, args)
+}
+
+/// [`run`] in the directory `cwd` (the test's own when `None`).
+pub fn run_in(cwd: Option<&std::path::Path>, args: &[&str]) -> Run {
+    let mut cmd = vireo();
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -130,4 +139,65 @@ impl Term {
     pub fn send(&mut self, bytes: &[u8]) {
         self.master.write_all(bytes).unwrap();
     }
+}
+
+/// A vireo left running in the background (the first of two VMs), killed and reaped when
+/// dropped: the test never waits for it, so it cannot hang the test, and a failing test's
+/// unwinding stops it too.
+pub struct Background {
+    child: std::process::Child,
+}
+
+impl Background {
+    pub fn start(args: &[&str]) -> Background {
+        let child = vireo()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Background { child }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no destructor, no cleanup of vireo's own.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until some process holds a lock on the file `path` (as /proc/locks lists it).
+pub fn wait_for_lock(path: &std::path::Path, timeout: Duration) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    let (dev, ino) = (m.dev(), m.ino());
+    // /proc/locks names the file MAJOR:MINOR:INODE, the numbers in hex, hex, decimal.
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let needle = format!("{major:02x}:{minor:02x}:{ino} ");
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        if locks.lines().any(|l| l.contains(&needle)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }

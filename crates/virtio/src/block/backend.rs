@@ -1,11 +1,17 @@
 //! The host side of virtio-blk: a raw disk image (a regular file, sparse or not) or a host block
 //! device, accessed only by positioned reads and writes so no file offset is shared state.
+//!
+//! Opening refuses what would destroy an image by accident: a container format attached as
+//! raw (`format.rs`), and an image another process (a vireo, a QEMU) is using (`lock.rs`).
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use super::format::{self, DiskFormat, ForeignFormat};
+use super::lock::{self, Holder, LockError};
 
 /// Errors opening a disk image.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +38,54 @@ pub enum BlockError {
     /// The serial is not a plain ASCII string (virtio 1.2 §5.2.6: the ID is NUL-padded ASCII).
     #[error("disk serial {serial:?}: expected ASCII characters without NUL")]
     SerialNotAscii { serial: String },
+    /// The image carries another format's signature; attached raw, the guest would overwrite
+    /// the container's metadata.
+    #[error("disk image {} is a {format} image; {advice}", path.display())]
+    Foreign {
+        path: PathBuf,
+        format: ForeignFormat,
+        advice: String,
+    },
+    /// Another open file description (another vireo, a QEMU) holds a conflicting lock.
+    #[error("disk image {} is in use by another process ({}); {}", path.display(), holder.describe(), in_use_advice(*holder, *readonly))]
+    InUse {
+        path: PathBuf,
+        holder: Holder,
+        readonly: bool,
+    },
+}
+
+fn in_use_advice(holder: Holder, readonly: bool) -> &'static str {
+    match (holder, readonly) {
+        (Holder::Reader, _) => {
+            "stop it first, or attach the image with the readonly option here too"
+        }
+        (_, false) => "two writers would corrupt it: stop the other VM or tool first",
+        (_, true) => "the guest would see it change underneath: stop the other VM or tool first",
+    }
+}
+
+/// Which file an image is, whatever path names it: two paths with the same id are one disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileId {
+    /// A regular file: its device and inode.
+    File { dev: u64, ino: u64 },
+    /// A block device: the device it is, so two device nodes for one disk compare equal.
+    BlockDevice { rdev: u64 },
+}
+
+impl FileId {
+    /// The id of what `meta` (from `stat`, which follows symbolic links) describes.
+    pub fn of(meta: &Metadata) -> FileId {
+        if meta.file_type().is_block_device() {
+            FileId::BlockDevice { rdev: meta.rdev() }
+        } else {
+            FileId::File {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            }
+        }
+    }
 }
 
 /// An open disk image.
@@ -39,6 +93,9 @@ pub(crate) struct DiskFile {
     file: File,
     path: PathBuf,
     size: u64,
+    id: FileId,
+    /// Set when the image could not be locked (a file system without OFD locks).
+    lock_warning: Option<String>,
 }
 
 fn type_name(ft: std::fs::FileType) -> &'static str {
@@ -69,8 +126,13 @@ fn check_type(path: &Path, ft: std::fs::FileType) -> Result<(), BlockError> {
 }
 
 impl DiskFile {
-    /// Opens `path` read-only or read-write.
-    pub(crate) fn open(path: &Path, readonly: bool) -> Result<Self, BlockError> {
+    /// Opens `path` read-only or read-write, probes its content unless `format` says what it
+    /// is, and locks it for as long as the `DiskFile` lives.
+    pub(crate) fn open(
+        path: &Path,
+        readonly: bool,
+        format: Option<DiskFormat>,
+    ) -> Result<Self, BlockError> {
         let io_err = |action, source| BlockError::Io {
             path: path.to_path_buf(),
             action,
@@ -117,11 +179,46 @@ impl DiskFile {
         } else {
             meta.len()
         };
+        if format.is_none() {
+            if let Some(found) = probe(&file, size).map_err(|e| io_err("read its header", e))? {
+                return Err(BlockError::Foreign {
+                    path: path.to_path_buf(),
+                    format: found,
+                    advice: found.advice(path),
+                });
+            }
+        }
+        let lock_warning = match lock::lock(&file, readonly) {
+            Ok(()) => None,
+            Err(LockError::Conflict(holder)) => {
+                return Err(BlockError::InUse {
+                    path: path.to_path_buf(),
+                    holder,
+                    readonly,
+                })
+            }
+            Err(LockError::Unsupported(e)) => Some(format!(
+                "disk image {}: cannot lock it ({e}); nothing stops another process from \
+                 writing it at the same time",
+                path.display()
+            )),
+            Err(LockError::Io(e)) => return Err(io_err("lock it", e)),
+        };
         Ok(DiskFile {
             file,
             path: path.to_path_buf(),
             size,
+            id: FileId::of(&meta),
+            lock_warning,
         })
+    }
+
+    pub(crate) fn id(&self) -> FileId {
+        self.id
+    }
+
+    pub(crate) fn lock_warning(&self) -> Option<&str> {
+        self.lock_warning.as_deref()
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -214,6 +311,26 @@ impl DiskFile {
         }
         Ok(())
     }
+}
+
+impl Drop for DiskFile {
+    fn drop(&mut self) {
+        lock::unlock(&self.file);
+    }
+}
+
+/// Reads the first and last sectors of an image and looks for a foreign format's signature.
+fn probe(file: &File, size: u64) -> io::Result<Option<ForeignFormat>> {
+    let mut head = vec![0u8; (size.min(format::HEAD_LEN as u64)) as usize];
+    file.read_exact_at(&mut head, 0)?;
+    let tail = if size >= format::TAIL_LEN as u64 {
+        let mut t = vec![0u8; format::TAIL_LEN];
+        file.read_exact_at(&mut t, size - format::TAIL_LEN as u64)?;
+        Some(t)
+    } else {
+        None
+    };
+    Ok(format::probe(&head, tail.as_deref()))
 }
 
 /// The host file system or device cannot do this fallocate mode.

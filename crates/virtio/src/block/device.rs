@@ -13,7 +13,8 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
-use super::backend::{is_unsupported, BlockError, DiskFile};
+use super::backend::{is_unsupported, BlockError, DiskFile, FileId};
+use super::format::DiskFormat;
 use super::{
     CONFIG_LEN, DISCARD_SECTOR_ALIGNMENT, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
     MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, QUEUE_SIZE, SECTOR_SHIFT, SECTOR_SIZE,
@@ -29,6 +30,8 @@ pub struct BlockConfig {
     pub readonly: bool,
     /// The device ID string the guest reads with GET_ID (at most 20 ASCII bytes).
     pub serial: Option<String>,
+    /// What the image is; `None` probes it and refuses any known container format.
+    pub format: Option<DiskFormat>,
 }
 
 /// Bytes moved through the host per read/write system call.
@@ -47,7 +50,7 @@ pub struct Block {
     /// Capacity in 512-byte sectors.
     capacity: u64,
     config: [u8; CONFIG_LEN],
-    warning: Option<String>,
+    warnings: Vec<String>,
     bounce: Vec<u8>,
     active: Option<Active>,
     needs_reset: bool,
@@ -95,17 +98,19 @@ impl Block {
     /// Opens the image named by `cfg`.
     pub fn open(cfg: &BlockConfig) -> Result<Block, BlockError> {
         let id = serial_id(cfg.serial.as_deref())?;
-        let disk = DiskFile::open(&cfg.path, cfg.readonly)?;
+        let disk = DiskFile::open(&cfg.path, cfg.readonly, cfg.format)?;
         let size = disk.size();
         let capacity = size >> SECTOR_SHIFT;
         let tail = size % SECTOR_SIZE;
-        let warning = (tail != 0).then(|| {
-            format!(
+        let mut warnings: Vec<String> =
+            disk.lock_warning().map(str::to_owned).into_iter().collect();
+        if tail != 0 {
+            warnings.push(format!(
                 "disk image {}: size {size} bytes is not a multiple of {SECTOR_SIZE}; \
                  the last {tail} bytes are not visible to the guest",
                 disk.path().display()
-            )
-        });
+            ));
+        }
         let mut config = [0u8; CONFIG_LEN];
         build_config(&mut config, capacity);
         Ok(Block {
@@ -114,7 +119,7 @@ impl Block {
             id,
             capacity,
             config,
-            warning,
+            warnings,
             bounce: vec![0; BOUNCE_LEN],
             active: None,
             needs_reset: false,
@@ -126,10 +131,15 @@ impl Block {
         self.capacity
     }
 
-    /// Something about the image the user should know (a size that is not a whole number of
-    /// sectors).
-    pub fn warning(&self) -> Option<&str> {
-        self.warning.as_deref()
+    /// What the user should know about the image: a size that is not a whole number of
+    /// sectors, a file system that cannot lock it.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Which file the image is (the same for every path that names it).
+    pub fn file_id(&self) -> FileId {
+        self.disk.id()
     }
 
     fn process_queue(&mut self) {

@@ -1,6 +1,13 @@
 //! virtio-blk (virtio 1.2 §5.2): one disk, a raw image file (sparse or not) or a host block
 //! device, behind one request queue of [`QUEUE_SIZE`] entries.
 //!
+//! # What the host is protected from
+//!
+//! An image is probed by content and refused when it is a container format (qcow2, QED, VMDK,
+//! VDI, VHDX, VHD) or a LUKS volume, unless [`BlockConfig::format`] says it is raw; and it is
+//! locked with QEMU's byte-range OFD locks while the device lives, so a second writer (or a
+//! writer and a reader), vireo or QEMU, is refused. See `format.rs` and `lock.rs`.
+//!
 //! # What the guest is offered
 //!
 //! VIRTIO_F_VERSION_1, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH,
@@ -54,11 +61,15 @@
 
 mod backend;
 mod device;
+mod format;
+mod lock;
 #[cfg(test)]
 mod tests;
 
-pub use backend::BlockError;
+pub use backend::{BlockError, FileId};
 pub use device::{Block, BlockConfig};
+pub use format::{DiskFormat, ForeignFormat};
+pub use lock::Holder;
 
 /// Entries in the request queue.
 pub const QUEUE_SIZE: u16 = 256;

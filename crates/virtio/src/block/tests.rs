@@ -228,6 +228,7 @@ fn open(image: &TempImage, readonly: bool, serial: Option<&str>) -> Block {
         path: image.path().to_path_buf(),
         readonly,
         serial: serial.map(str::to_string),
+        format: None,
     })
     .unwrap()
 }
@@ -303,10 +304,11 @@ fn config_space_matches_the_spec_layout() {
     let mut cap = [0u8; 8];
     block.read_config(0, &mut cap);
     assert_eq!(u64::from_le_bytes(cap), 16384);
-    let w = block
-        .warning()
-        .expect("a size off by 100 bytes is warned about");
-    assert!(w.contains("100"), "{w}");
+    let w = block.warnings();
+    assert!(
+        w.len() == 1 && w[0].contains("100"),
+        "a size off by 100 bytes is warned about: {w:?}"
+    );
     let mut v = [0u8; 4];
     block.read_config(20, &mut v);
     assert_eq!(u32::from_le_bytes(v), 512);
@@ -325,7 +327,7 @@ fn config_space_matches_the_spec_layout() {
     assert_ne!(f & F_VERSION_1, 0);
     assert_eq!(f & (1 << VIRTIO_BLK_F_RO), 0);
     let exact = TempImage::new(4096);
-    assert!(open(&exact, true, None).warning().is_none());
+    assert!(open(&exact, true, None).warnings().is_empty());
     assert_ne!(
         open(&exact, true, None).features() & (1 << VIRTIO_BLK_F_RO),
         0
@@ -339,6 +341,7 @@ fn open_errors_name_the_path_and_the_reason() {
         path: missing.clone(),
         readonly: false,
         serial: None,
+        format: None,
     })
     .err()
     .unwrap();
@@ -349,6 +352,7 @@ fn open_errors_name_the_path_and_the_reason() {
         path: std::env::temp_dir(),
         readonly: true,
         serial: None,
+        format: None,
     })
     .err()
     .unwrap();
@@ -358,6 +362,7 @@ fn open_errors_name_the_path_and_the_reason() {
         path: "/dev/null".into(),
         readonly: true,
         serial: None,
+        format: None,
     })
     .err()
     .unwrap();
@@ -368,6 +373,7 @@ fn open_errors_name_the_path_and_the_reason() {
         path: image.path().to_path_buf(),
         readonly: true,
         serial: Some("x".repeat(21)),
+        format: None,
     })
     .err()
     .unwrap();
@@ -389,6 +395,7 @@ fn open_errors_name_the_path_and_the_reason() {
             path: image.path().to_path_buf(),
             readonly: false,
             serial: None,
+            format: None,
         })
         .err()
         .unwrap();
@@ -401,8 +408,177 @@ fn open_errors_name_the_path_and_the_reason() {
         path: image.path().to_path_buf(),
         readonly: true,
         serial: None,
+        format: None,
     })
     .is_ok());
+}
+
+fn config(path: &Path, readonly: bool, format: Option<DiskFormat>) -> BlockConfig {
+    BlockConfig {
+        path: path.to_path_buf(),
+        readonly,
+        serial: None,
+        format,
+    }
+}
+
+/// A qcow2 image made by qemu-img itself.
+fn qcow2(dir_name: &str) -> TempImage {
+    let image = TempImage::new(0);
+    let path = image.path().with_extension(dir_name);
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&path)
+        .arg("16M")
+        .output()
+        .expect("qemu-img is needed: apt-get install qemu-utils");
+    assert!(out.status.success(), "{out:?}");
+    TempImage(path)
+}
+
+#[test]
+fn a_qcow2_image_is_refused_by_content_and_left_alone() {
+    // Named like a raw image: the name plays no part.
+    let image = qcow2("img");
+    let before = std::fs::read(image.path()).unwrap();
+    for readonly in [false, true] {
+        let e = Block::open(&config(image.path(), readonly, None))
+            .err()
+            .expect("a qcow2 image must be refused");
+        assert!(
+            matches!(
+                e,
+                BlockError::Foreign {
+                    format: ForeignFormat::Qcow2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let msg = e.to_string();
+        let p = image.path().display().to_string();
+        assert!(
+            msg.contains(&format!("disk image {p} is a qcow2 image"))
+                && msg.contains("qemu-img convert -O raw")
+                && msg.contains("format=raw"),
+            "{msg}"
+        );
+    }
+    assert!(std::fs::read(image.path()).unwrap() == before);
+    // format=raw trusts the user, as QEMU's does.
+    let b = Block::open(&config(image.path(), true, Some(DiskFormat::Raw))).unwrap();
+    assert_eq!(b.capacity(), before.len() as u64 / 512);
+}
+
+#[test]
+fn a_fixed_vhd_footer_is_found_at_the_end() {
+    let image = TempImage::new(64 * 1024);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(image.path())
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"conectix", 64 * 1024 - 512).unwrap();
+    let e = Block::open(&config(image.path(), false, None))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("is a VHD image"), "{e}");
+    // A tiny raw file (shorter than a sector) is fine.
+    let small = TempImage::new(100);
+    Block::open(&config(small.path(), false, None)).unwrap();
+}
+
+#[test]
+fn a_second_writer_is_refused_and_the_lock_goes_with_the_device() {
+    let image = TempImage::new(1 << 20);
+    let first = Block::open(&config(image.path(), false, None)).unwrap();
+    for readonly in [false, true] {
+        let e = Block::open(&config(image.path(), readonly, None))
+            .err()
+            .expect("the image is in use");
+        assert!(
+            matches!(
+                e,
+                BlockError::InUse {
+                    holder: Holder::Writer,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!(
+                "disk image {} is in use by another process (locked for writing)",
+                image.path().display()
+            )),
+            "{msg}"
+        );
+    }
+    drop(first);
+    let r1 = Block::open(&config(image.path(), true, None)).unwrap();
+    let _r2 = Block::open(&config(image.path(), true, None)).unwrap();
+    let e = Block::open(&config(image.path(), false, None))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("keeps writers out"), "{e}");
+    assert!(e.to_string().contains("readonly"), "{e}");
+    drop(r1);
+}
+
+/// A QEMU process writing an image keeps vireo out; qemu-io stands in for a running QEMU.
+#[test]
+fn an_image_qemu_writes_is_refused() {
+    let image = TempImage::new(1 << 20);
+    let mut qemu = std::process::Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "sleep 20000"])
+        .arg(image.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-io is needed: apt-get install qemu-utils");
+    // Wait for qemu-io's locks to show (opening the image meanwhile would keep qemu-io out).
+    let ino = std::fs::metadata(image.path()).unwrap().ino();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(&format!(":{ino} ")))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "qemu-io did not lock the image"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let refused = Block::open(&config(image.path(), true, None)).err();
+    let writer = Block::open(&config(image.path(), false, None)).err();
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let e = refused.expect("a vireo reader was let in beside qemu-io writing");
+    assert!(
+        matches!(
+            e,
+            BlockError::InUse {
+                holder: Holder::Writer,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(writer.is_some(), "a vireo writer was let in beside qemu-io");
+}
+
+#[test]
+fn one_file_has_one_id_whatever_the_path() {
+    let image = TempImage::new(4096);
+    let link = image.path().with_extension("link");
+    std::os::unix::fs::symlink(image.path(), &link).unwrap();
+    let id = |p: &Path| FileId::of(&std::fs::metadata(p).unwrap());
+    let b = Block::open(&config(image.path(), true, None)).unwrap();
+    assert_eq!(b.file_id(), id(&link));
+    let other = TempImage::new(4096);
+    assert_ne!(b.file_id(), id(other.path()));
+    let _ = std::fs::remove_file(&link);
 }
 
 #[test]
@@ -469,7 +645,9 @@ fn flush_and_get_id() {
     assert_eq!(d.used(1).1, 21);
     assert_eq!(&d.data(&id), b"vireo-disk-0\0\0\0\0\0\0\0\0");
 
-    // A 20-byte serial has no terminator.
+    // A 20-byte serial has no terminator. (The first device must let the image go first: it
+    // holds the write lock.)
+    drop(rig);
     let block = open(&image, true, Some("abcdefghijklmnopqrst"));
     let mut d2 = Driver::new(&mem);
     let features = all_features(&block);

@@ -25,7 +25,8 @@
 //! - [`NetBackendConfig::User`]: a `passt` child (see `passt.rs` for the exact command line)
 //!   reached over a Unix stream socket, frames prefixed by a 32-bit big-endian length. passt
 //!   gives the guest DHCP, DNS, outbound TCP/UDP and the host's loopback at the gateway address,
-//!   and forwards [`HostFwd`] ports; it runs until the device is dropped.
+//!   and forwards [`HostFwd`] ports (TCP or UDP, on the host's loopback unless an address is
+//!   given); it runs until the device is dropped.
 //! - [`NetBackendConfig::Tap`]: a pre-created tap device, one frame per read/write.
 //!
 //! Files: `device.rs` (the device and its queues), `worker.rs` (the receive thread),
@@ -40,12 +41,13 @@ mod tap;
 mod tests;
 mod worker;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
 pub use backend::NetBackendConfig;
 pub use device::{Net, NetStats};
-pub use hostfwd::{HostFwd, HostFwdError};
+pub use hostfwd::{HostFwd, HostFwdError, Protocol, DEFAULT_HOST_ADDR};
 pub use passt::command_args as passt_args;
 
 /// Receive queue index.
@@ -73,17 +75,32 @@ pub enum NetError {
     )]
     PasstMissing,
     /// A forwarded host port is taken by another socket.
-    #[error("hostfwd {fwd}: host port {port} is already in use")]
-    HostPortInUse { fwd: HostFwd, port: u16 },
-    /// A forwarded host port may not be bound by this user.
-    #[error("hostfwd {fwd}: host port {port} cannot be bound: {source}")]
+    #[error(
+        "hostfwd {fwd}: host port {port} is already in use (on {})",
+        passt::host_and_port(addr, port)
+    )]
+    HostPortInUse {
+        fwd: HostFwd,
+        addr: IpAddr,
+        port: u16,
+    },
+    /// The forward's host address is not one of this host's.
+    #[error("hostfwd {fwd}: host address {addr} is not an address of this host")]
+    HostAddrNotLocal { fwd: HostFwd, addr: IpAddr },
+    /// A forwarded host port may not be bound by this user (or at all).
+    #[error(
+        "hostfwd {fwd}: host port {port} cannot be bound (on {}): {source}",
+        passt::host_and_port(addr, port)
+    )]
     HostPortDenied {
         fwd: HostFwd,
+        addr: IpAddr,
         port: u16,
         source: std::io::Error,
     },
-    /// Two forwards name the same host port.
-    #[error("host port {port} is forwarded twice ({first} and {second})")]
+    /// Two forwards name the same host port for one protocol (passt takes one address per
+    /// port and protocol).
+    #[error("host port {port} is forwarded twice ({first} and {second}); passt forwards a port once per protocol, whatever the address")]
     HostPortTwice {
         port: u16,
         first: HostFwd,

@@ -4,19 +4,28 @@
 //!
 //! ```text
 //! passt --foreground --quiet --one-off --mtu 1500 --socket <tmp>/vireo-passt-<pid>-<n>.sock \
-//!       [-t HOSTPORT:GUESTPORT]...
+//!       [-t ADDR/HOSTPORT:GUESTPORT]... [-u ADDR/HOSTPORT:GUESTPORT]...
 //! ```
 //!
-//! and connects to the socket. `--one-off` makes passt exit when vireo's end of the socket
-//! closes, so a vireo that dies without running destructors does not leave passt behind;
-//! `--mtu 1500` keeps the MTU that passt's DHCP hands out within what a receive buffer of a
-//! driver without mergeable buffers holds (1526 bytes, virtio 1.2 §5.1.6.3.1), since this
-//! device offers no offloads. The passt version Debian ships binds forwarded ports lazily and
-//! silently skips a busy one, so vireo checks each host port itself before starting it.
+//! and connects to the socket, then unlinks it: passt takes one connection only, so the path
+//! has no further use, and a vireo killed without running destructors (SIGKILL) leaves no
+//! socket file in the temporary directory. `--one-off` makes passt exit when vireo's end of
+//! the socket closes, so such a vireo does not leave passt behind either; `--mtu 1500` keeps
+//! the MTU that passt's DHCP hands out within what a receive buffer of a driver without
+//! mergeable buffers holds (1526 bytes, virtio 1.2 §5.1.6.3.1), since this device offers no
+//! offloads.
+//!
+//! Every forward is given an address: without one passt listens on every interface, and a
+//! forward the user wrote without an address listens on [`DEFAULT_HOST_ADDR`] only. The passt
+//! Debian 12 ships (0.0~git20230309) takes one address per host port and protocol (a second
+//! `-t ::1/8080:80` beside `-t 127.0.0.1/8080:80` is "Overlapping port specifier"), so the
+//! default is the IPv4 loopback alone. `::` means IPv6 only there. Before passt starts, vireo
+//! binds each host address and port itself and lets go, so a busy port or an address that is
+//! not the host's is reported by name rather than left to passt's log.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
-use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
+use std::net::{IpAddr, TcpListener, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +33,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::hostfwd::Protocol;
+#[cfg(doc)]
+use super::hostfwd::DEFAULT_HOST_ADDR;
 use super::{HostFwd, NetError};
 
 /// How long passt may take to open its socket.
@@ -56,6 +68,9 @@ impl Passt {
         let tail = drain_stderr(&mut child);
         let mut passt = Passt { child, socket };
         let stream = passt.connect(&tail)?;
+        // Connected: the path is no longer needed (passt accepts one client). Removing it now
+        // rather than on drop covers the ways out of vireo that run no destructors.
+        let _ = std::fs::remove_file(&passt.socket);
         Ok((passt, stream))
     }
 
@@ -120,8 +135,15 @@ pub fn command_args(socket: &Path, hostfwd: &[HostFwd]) -> Vec<OsString> {
     .collect();
     args.push(socket.as_os_str().to_owned());
     for f in hostfwd {
-        args.push("-t".into());
-        args.push(format!("{}:{}", f.host_port, f.guest_port).into());
+        args.push(
+            match f.protocol {
+                Protocol::Tcp => "-t",
+                Protocol::Udp => "-u",
+            }
+            .into(),
+        );
+        // passt writes IPv6 addresses bare before the '/'.
+        args.push(format!("{}/{}:{}", f.listen_addr(), f.host_port, f.guest_port).into());
     }
     args
 }
@@ -140,41 +162,56 @@ pub(crate) fn find_passt(path: Option<&OsStr>) -> Result<PathBuf, NetError> {
         .ok_or(NetError::PasstMissing)
 }
 
-/// Refuses forwards whose host port is taken (or listed twice): passt would skip them quietly.
+/// Refuses forwards passt cannot set up, naming them: a host port listed twice for one
+/// protocol, an address that is not this host's, a port taken or not ours to bind.
 pub(crate) fn check_host_ports(hostfwd: &[HostFwd]) -> Result<(), NetError> {
     for (i, f) in hostfwd.iter().enumerate() {
-        if let Some(first) = hostfwd[..i].iter().find(|g| g.host_port == f.host_port) {
+        let same = |g: &&HostFwd| g.protocol == f.protocol && g.host_port == f.host_port;
+        if let Some(first) = hostfwd[..i].iter().find(same) {
             return Err(NetError::HostPortTwice {
                 port: f.host_port,
                 first: *first,
                 second: *f,
             });
         }
-        // Bind and release at once, IPv4 then IPv6 (passt binds both). An IPv6-less host
-        // refuses the second with something other than "in use", which is fine.
-        let v4 = TcpListener::bind((Ipv4Addr::UNSPECIFIED, f.host_port)).map(drop);
-        let v6 = TcpListener::bind((Ipv6Addr::UNSPECIFIED, f.host_port)).map(drop);
-        for r in [v4, v6] {
-            match r {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                    return Err(NetError::HostPortInUse {
-                        fwd: *f,
-                        port: f.host_port,
-                    })
-                }
-                Err(source) if source.kind() == std::io::ErrorKind::PermissionDenied => {
-                    return Err(NetError::HostPortDenied {
-                        fwd: *f,
-                        port: f.host_port,
-                        source,
-                    })
-                }
-                Err(_) => {}
+        // Bind and release at once. (For `::` this binds IPv4 too, where passt's socket is
+        // IPv6-only: a port busy on IPv4 alone is refused that passt could have used.)
+        let addr = (f.listen_addr(), f.host_port);
+        let r = match f.protocol {
+            Protocol::Tcp => TcpListener::bind(addr).map(drop),
+            Protocol::Udp => UdpSocket::bind(addr).map(drop),
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(NetError::HostPortInUse {
+                    fwd: *f,
+                    addr: f.listen_addr(),
+                    port: f.host_port,
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                return Err(NetError::HostAddrNotLocal {
+                    fwd: *f,
+                    addr: f.listen_addr(),
+                })
+            }
+            Err(source) => {
+                return Err(NetError::HostPortDenied {
+                    fwd: *f,
+                    addr: f.listen_addr(),
+                    port: f.host_port,
+                    source,
+                })
             }
         }
     }
     Ok(())
+}
+
+/// `addr:port` as a socket address is written (IPv6 in brackets).
+pub(crate) fn host_and_port(addr: &IpAddr, port: &u16) -> String {
+    std::net::SocketAddr::new(*addr, *port).to_string()
 }
 
 fn socket_path() -> PathBuf {
@@ -232,19 +269,20 @@ fn stderr_text(tail: &Mutex<Vec<u8>>) -> String {
 mod tests {
     use super::*;
 
+    fn fwd(s: &str) -> HostFwd {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn command_line() {
-        let fwd = [
-            HostFwd {
-                host_port: 8080,
-                guest_port: 80,
-            },
-            HostFwd {
-                host_port: 2222,
-                guest_port: 22,
-            },
+        let fwds = [
+            fwd("tcp:8080-:80"),
+            fwd("tcp:0.0.0.0:2222-:22"),
+            fwd("udp:[::1]:5353-:53"),
+            fwd("udp::5353-:53"),
+            fwd("tcp:[::]:8443-:443"),
         ];
-        let args = command_args(Path::new("/tmp/x.sock"), &fwd);
+        let args = command_args(Path::new("/tmp/x.sock"), &fwds);
         let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
             args,
@@ -256,10 +294,17 @@ mod tests {
                 "1500",
                 "--socket",
                 "/tmp/x.sock",
+                // No address given: the loopback, never passt's every-interface default.
                 "-t",
-                "8080:80",
+                "127.0.0.1/8080:80",
                 "-t",
-                "2222:22"
+                "0.0.0.0/2222:22",
+                "-u",
+                "::1/5353:53",
+                "-u",
+                "127.0.0.1/5353:53",
+                "-t",
+                "::/8443:443",
             ]
         );
     }
@@ -276,19 +321,111 @@ mod tests {
 
     #[test]
     fn busy_host_port_is_reported_by_number() {
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let l = TcpListener::bind(("127.0.0.1", 0)).unwrap();
         let port = l.local_addr().unwrap().port();
-        let fwd = HostFwd {
-            host_port: port,
-            guest_port: 80,
-        };
-        let e = check_host_ports(&[fwd]).unwrap_err();
+        let f = HostFwd::tcp(port, 80);
+        let e = check_host_ports(&[f]).unwrap_err();
         assert!(matches!(e, NetError::HostPortInUse { .. }), "{e}");
-        assert!(e.to_string().contains(&format!("port {port}")), "{e}");
+        assert!(
+            e.to_string().contains(&format!(
+                "port {port} is already in use (on 127.0.0.1:{port})"
+            )),
+            "{e}"
+        );
         drop(l);
-        check_host_ports(&[fwd]).unwrap();
-        let e = check_host_ports(&[fwd, fwd]).unwrap_err();
+        check_host_ports(&[f]).unwrap();
+        let e = check_host_ports(&[f, f]).unwrap_err();
         assert!(e.to_string().contains(&port.to_string()), "{e}");
+        // One port per protocol, whatever the addresses (passt's limit) ...
+        let other = fwd(&format!("tcp:127.0.0.2:{port}-:81"));
+        assert!(matches!(
+            check_host_ports(&[f, other]),
+            Err(NetError::HostPortTwice { .. })
+        ));
+        // ... but TCP and UDP are separate.
+        let udp = fwd(&format!("udp::{port}-:80"));
+        check_host_ports(&[f, udp]).unwrap();
+        let u = UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        let e = check_host_ports(&[udp]).unwrap_err();
+        assert!(e.to_string().contains("udp::"), "{e}");
+        drop(u);
+    }
+
+    #[test]
+    fn an_address_that_is_not_the_hosts_is_named() {
+        // TEST-NET-3 (RFC 5737): never assigned to a real host.
+        let f = fwd("tcp:203.0.113.7:8080-:80");
+        let e = check_host_ports(&[f]).unwrap_err();
+        assert!(matches!(e, NetError::HostAddrNotLocal { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("203.0.113.7 is not an address of this host"),
+            "{e}"
+        );
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind(("127.0.0.1", 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn reachable(addr: impl Into<IpAddr>, port: u16) -> bool {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(addr.into(), port),
+            Duration::from_secs(2),
+        )
+        .is_ok()
+    }
+
+    /// The real passt listens where vireo asked, and only there. 127.0.0.2 is this host's
+    /// too (all of 127/8 is), so a forward that listened on every address would answer there.
+    #[test]
+    fn real_passt_listens_on_the_loopback_unless_told_otherwise() {
+        if find_passt(std::env::var_os("PATH").as_deref()).is_err() {
+            panic!("passt is not installed: apt-get install passt");
+        }
+        let (tcp, wide, udp) = (free_port(), free_port(), free_port());
+        let fwds = [
+            HostFwd::tcp(tcp, 80),
+            fwd(&format!("tcp:0.0.0.0:{wide}-:81")),
+            fwd(&format!("udp::{udp}-:53")),
+        ];
+        let (passt, _stream) = Passt::start(&fwds).unwrap();
+        assert!(
+            reachable([127, 0, 0, 1], tcp),
+            "default forward not on 127.0.0.1"
+        );
+        assert!(
+            !reachable([127, 0, 0, 2], tcp),
+            "default forward on 127.0.0.2"
+        );
+        assert!(
+            !reachable(std::net::Ipv6Addr::LOCALHOST, tcp),
+            "default forward on ::1"
+        );
+        assert!(
+            reachable([127, 0, 0, 2], wide),
+            "0.0.0.0 forward not on 127.0.0.2"
+        );
+        // UDP: passt holds 127.0.0.1:udp and nothing wider.
+        let taken = UdpSocket::bind(("127.0.0.1", udp)).unwrap_err();
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+        UdpSocket::bind(("127.0.0.2", udp))
+            .expect("passt's UDP forward listens wider than 127.0.0.1");
+        // The socket path went as soon as vireo was connected.
+        assert!(
+            !passt.socket().exists(),
+            "{} is left",
+            passt.socket().display()
+        );
+        drop(passt);
+        assert!(
+            !reachable([127, 0, 0, 1], tcp),
+            "the forward outlived passt"
+        );
     }
 
     #[test]

@@ -435,10 +435,7 @@ fn real_passt_answers_dhcp_and_forwards_a_host_port() {
         .local_addr()
         .unwrap()
         .port();
-    let fwd = HostFwd {
-        host_port,
-        guest_port: 80,
-    };
+    let fwd = HostFwd::tcp(host_port, 80);
     let mut net = Net::new(NetBackendConfig::User { hostfwd: vec![fwd] }, MAC).unwrap();
     let pid = net.passt_pid().unwrap();
 
@@ -501,10 +498,7 @@ fn user_backend_reports_a_busy_host_port() {
     let port = l.local_addr().unwrap().port();
     let e = Net::new(
         NetBackendConfig::User {
-            hostfwd: vec![HostFwd {
-                host_port: port,
-                guest_port: 22,
-            }],
+            hostfwd: vec![HostFwd::tcp(port, 22)],
         },
         MAC,
     )

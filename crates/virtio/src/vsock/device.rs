@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::ops::Bound;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,29 +44,54 @@ pub struct VsockStats {
 pub struct Vsock {
     guest_cid: u64,
     uds_path: PathBuf,
+    /// The socket file's device and inode, so drop removes this socket and no later one.
+    socket_id: (u64, u64),
     state: Arc<Mutex<VsockState>>,
     worker: Option<Worker>,
 }
 
 impl Vsock {
-    /// Creates the device and listens on `uds_path` for host clients. A stale socket file at
-    /// that path is replaced; anything else there is an error.
+    /// Creates the device and listens on `uds_path` for host clients. A socket that a live
+    /// process listens on (another VM's) is refused, never replaced; a stale one (nobody
+    /// listening: its VM died without cleaning up) is replaced; anything else there is an error.
     pub fn new(guest_cid: u64, uds_path: PathBuf) -> Result<Vsock, VsockError> {
         if guest_cid <= HOST_CID || guest_cid >= u64::from(u32::MAX) {
             return Err(VsockError::ReservedCid { cid: guest_cid });
-        }
-        if let Ok(meta) = std::fs::symlink_metadata(&uds_path) {
-            if !meta.file_type().is_socket() {
-                return Err(VsockError::PathTaken { path: uds_path });
-            }
-            let _ = std::fs::remove_file(&uds_path);
         }
         let bind_err = |source| VsockError::Bind {
             path: uds_path.clone(),
             source,
         };
+        // Two vireos finding the same stale socket must not both replace it (the second would
+        // unlink the first one's live listener): the look, the unlink and the bind happen
+        // under an exclusive lock on the directory, which only vireo takes, for a moment.
+        let _dir_lock = lock_parent(&uds_path).map_err(bind_err)?;
+        if let Ok(meta) = std::fs::symlink_metadata(&uds_path) {
+            if !meta.file_type().is_socket() {
+                return Err(VsockError::PathTaken { path: uds_path });
+            }
+            match connect_nonblocking(&uds_path) {
+                // EAGAIN: a listener with a full backlog is just as alive.
+                Ok(_) => return Err(VsockError::InUse { path: uds_path }),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(VsockError::InUse { path: uds_path })
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(&uds_path).map_err(bind_err)?;
+                }
+                Err(source) => {
+                    return Err(VsockError::Probe {
+                        path: uds_path,
+                        source,
+                    })
+                }
+            }
+        }
         let listener = UnixListener::bind(&uds_path).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
+        let socket_id = std::fs::symlink_metadata(&uds_path)
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(bind_err)?;
         let state = VsockState {
             guest_cid,
             uds_path: uds_path.clone(),
@@ -88,6 +113,7 @@ impl Vsock {
         Ok(Vsock {
             guest_cid,
             uds_path,
+            socket_id,
             state: Arc::new(Mutex::new(state)),
             worker: None,
         })
@@ -125,8 +151,23 @@ impl Vsock {
 impl Drop for Vsock {
     fn drop(&mut self) {
         self.worker = None;
-        let _ = std::fs::remove_file(&self.uds_path);
+        // Someone may have removed ours and listened there since; theirs stays.
+        let ours = std::fs::symlink_metadata(&self.uds_path)
+            .is_ok_and(|m| (m.dev(), m.ino()) == self.socket_id);
+        if ours {
+            let _ = std::fs::remove_file(&self.uds_path);
+        }
     }
+}
+
+/// Takes an exclusive `flock` on the directory holding `path`, released when dropped.
+fn lock_parent(path: &Path) -> io::Result<nix::fcntl::Flock<std::fs::File>> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let f = std::fs::File::open(dir)?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e.into())
 }
 
 impl VirtioDevice for Vsock {

@@ -87,9 +87,18 @@ pub enum VsockError {
     /// The CID is one of the reserved values.
     #[error("guest CID {cid} is reserved: expected a CID from 3 to 4294967294")]
     ReservedCid { cid: u64 },
-    /// Something other than a stale socket is in the way of the listener.
+    /// Something other than a socket is in the way of the listener.
     #[error("cannot listen on {path}: the path exists and is not a socket")]
     PathTaken { path: PathBuf },
+    /// A live process (another VM) listens on the socket.
+    #[error("cannot listen on {path}: another process (a running VM?) is listening there; give this VM its own uds= path or stop that one")]
+    InUse { path: PathBuf },
+    /// Whether the socket is live could not be told.
+    #[error("cannot listen on {path}: a socket is there and connecting to it to see whether it is in use failed: {source}")]
+    Probe {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The host listener could not be bound.
     #[error("cannot listen on Unix socket {path}: {source}")]
     Bind {

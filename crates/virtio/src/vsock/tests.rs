@@ -235,6 +235,49 @@ fn constructor_errors_name_the_problem() {
 }
 
 #[test]
+fn a_live_listener_is_refused_and_left_alone() {
+    let dir = temp_dir();
+    // Another program listening there.
+    let path = dir.0.join("live.sock");
+    let theirs = UnixListener::bind(&path).unwrap();
+    let e = Vsock::new(3, path.clone())
+        .err()
+        .expect("a live socket is taken");
+    assert!(matches!(e, VsockError::InUse { .. }), "{e}");
+    assert!(e.to_string().contains(&*path.to_string_lossy()), "{e}");
+    // Still theirs: a client reaches their listener.
+    let _c = UnixStream::connect(&path).unwrap();
+    theirs.set_nonblocking(true).unwrap();
+    assert!(
+        theirs.accept().is_ok(),
+        "the client did not reach the original listener"
+    );
+
+    // Another VM's device on the same path: the second is refused, the first keeps serving.
+    let vm = dir.0.join("vm.sock");
+    let first = Vsock::new(3, vm.clone()).unwrap();
+    let e = Vsock::new(4, vm.clone()).err().expect("the path is in use");
+    assert!(matches!(e, VsockError::InUse { .. }), "{e}");
+    assert!(UnixStream::connect(&vm).is_ok());
+    drop(first);
+    assert!(!vm.exists());
+}
+
+#[test]
+fn drop_leaves_a_socket_that_replaced_ours() {
+    let dir = temp_dir();
+    let path = dir.0.join("v.sock");
+    let v = Vsock::new(3, path.clone()).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let _theirs = UnixListener::bind(&path).unwrap();
+    drop(v);
+    assert!(
+        UnixStream::connect(&path).is_ok(),
+        "drop removed someone else's socket"
+    );
+}
+
+#[test]
 fn guest_connects_and_data_flows_both_ways_with_credit() {
     let mem = memory();
     let mut g = Guest::new(&mem);
