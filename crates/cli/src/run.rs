@@ -248,6 +248,11 @@ fn resolve(spec: &VmSpec, tty: Option<&GuestTty>) -> Result<Payload, Failure> {
             .filter(|w| *w != "quiet" && !w.starts_with("loglevel="))
             .collect::<Vec<_>>()
             .join(" ");
+        // The SBI console prints from the kernel's first instructions, so a boot that dies
+        // before the serial driver is up still says why.
+        if arch == Arch::Riscv64 {
+            cmdline.push_str(" earlycon=sbi");
+        }
     }
     // The image's OpenSBI is there for --firmware; the built-in SBI is the default.
     let firmware = spec.firmware.clone();

@@ -187,6 +187,33 @@ fn too_little_memory_says_how_much() {
     );
 }
 
+/// The floor vireo names is real: a boot with exactly that much memory runs the command.
+#[test]
+fn the_memory_floor_it_names_boots() {
+    require_image();
+    let r = run(&["run", "--image", IMAGE, "--memory", "64M", "--", "true"]);
+    assert_eq!(r.status, VIREO_ERROR, "{}", r.stderr);
+    let floor: u64 = r
+        .stderr
+        .split("--memory ")
+        .nth(1)
+        .and_then(|s| s.split('M').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no --memory suggestion in: {}", r.stderr));
+    assert!(floor > 64, "{}", r.stderr);
+    let at = format!("{floor}M");
+    let r = run(&["run", "--image", IMAGE, "--memory", &at, "--", "echo", "ok"]);
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (0, "ok\n"),
+        "at {at}: {}",
+        r.stderr
+    );
+    let below = format!("{}M", floor - 1);
+    let r = run(&["run", "--image", IMAGE, "--memory", &below, "--", "true"]);
+    assert_eq!(r.status, VIREO_ERROR, "{below}: {}", r.stderr);
+}
+
 #[test]
 fn bad_config_key_is_named() {
     let dir = tempdir();
