@@ -93,10 +93,12 @@ pub struct RunArgs {
     /// Copy everything the guest console prints to FILE.
     #[arg(long, value_name = "FILE")]
     pub console_log: Option<PathBuf>,
-    /// A virtio disk: PATH[,readonly][,serial=ID]. Repeat for more disks.
+    /// A virtio disk: PATH[,readonly][,serial=ID][,format=raw] (raw images; others are refused,
+    /// and a disk is locked while in use). Repeat for more disks.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
-    /// A virtio NIC: user[,hostfwd=tcp:HOSTPORT-:GUESTPORT]... (through passt) or tap=NAME.
+    /// A virtio NIC: user[,hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT]... (through passt;
+    /// ADDR defaults to 127.0.0.1) or tap=NAME.
     #[arg(long, value_name = "SPEC")]
     pub net: Vec<String>,
     /// A virtio-rng device fed from the host's random source.

@@ -207,6 +207,12 @@ mod tests {
         assert!(INIT_SCRIPT.contains("vireo.exit=*"));
         assert!(INIT_SCRIPT.contains("devmem \"$EXIT_ADDR\" 32 0x5555"));
         assert!(INIT_SCRIPT.contains("(status << 16) | 0x3333"));
-        assert!(INIT_SCRIPT.contains("stty -opost -echo"));
+        // The command channel: the ports the CLI offers, found by name; a pty by telnetd.
+        for port in ["vireo.stdin", "vireo.stdout", "vireo.stderr", "vireo.ctl"] {
+            assert!(INIT_SCRIPT.contains(port), "{port}");
+        }
+        assert!(INIT_SCRIPT.contains("/sys/class/virtio-ports/"));
+        assert!(INIT_SCRIPT.contains(&format!("/{}", crate::TTY_FILE)));
+        assert!(INIT_SCRIPT.contains("telnetd -i"));
     }
 }
