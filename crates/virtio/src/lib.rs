@@ -297,6 +297,48 @@ pub(crate) fn serve_ring(
     }
 }
 
+/// Moves `pending` host bytes into the driver's device-writable buffers on `queue`, oldest
+/// first, as far as they go: at most a ring's worth of chains per call (a driver feeding empty
+/// buffers from another vCPU cannot keep the caller here), and no chain is taken once nothing
+/// is pending. A chain outside guest memory, or with nothing device-writable, comes back empty.
+/// Returns whether any chain went back (the caller then notifies the driver).
+pub(crate) fn fill_ring(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    pending: &mut std::collections::VecDeque<u8>,
+) -> bool {
+    let mut used_any = false;
+    for _ in 0..queue.size() {
+        if pending.is_empty() {
+            break;
+        }
+        let Ok(Some(chain)) = queue.iter(mem).map(|mut chains| chains.next()) else {
+            break;
+        };
+        let head = chain.head_index();
+        let written = match virtio_queue::Writer::new(mem, chain) {
+            Ok(mut w) => {
+                use std::io::Write;
+                let n = w.available_bytes().min(pending.len());
+                let (front, back) = pending.as_slices();
+                let from_front = n.min(front.len());
+                if w.write_all(&front[..from_front]).is_ok()
+                    && w.write_all(&back[..n - from_front]).is_ok()
+                {
+                    pending.drain(..n);
+                    n
+                } else {
+                    0
+                }
+            }
+            Err(_) => 0,
+        };
+        // A chain's writable bytes are a u32 sum, so `written` fits.
+        used_any |= queue.add_used(mem, head, written as u32).is_ok();
+    }
+    used_any
+}
+
 /// Reads little-endian bytes of a config structure at `offset` into `data` (zero past its end).
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     for (i, b) in data.iter_mut().enumerate() {

@@ -2,10 +2,9 @@
 //! bounded buffer for bytes the guest has no room for yet, and their delivery into receiveq.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Writer};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::PENDING_INPUT_MAX;
@@ -52,41 +51,7 @@ impl Receive {
         else {
             return;
         };
-        let mem: &GuestMemoryMmap = mem;
-        let mut used_any = false;
-        // At most a ring's worth of chains per call: a driver feeding empty buffers from
-        // another vCPU cannot keep the pushing thread here.
-        for _ in 0..queue.size() {
-            if self.pending.is_empty() {
-                break;
-            }
-            let Ok(Some(chain)) = queue.iter(mem).map(|mut chains| chains.next()) else {
-                break;
-            };
-            let head = chain.head_index();
-            // A chain outside guest memory, or with nothing device-writable, comes back empty.
-            let written = match Writer::new(mem, chain) {
-                Ok(mut writer) => {
-                    let n = writer.available_bytes().min(self.pending.len());
-                    let (front, back) = self.pending.as_slices();
-                    let from_front = n.min(front.len());
-                    let ok = writer.write_all(&front[..from_front]).is_ok()
-                        && writer.write_all(&back[..n - from_front]).is_ok();
-                    if ok {
-                        self.pending.drain(..n);
-                        n
-                    } else {
-                        0
-                    }
-                }
-                Err(_) => 0,
-            };
-            // Bounded by PENDING_INPUT_MAX.
-            if queue.add_used(mem, head, written as u32).is_ok() {
-                used_any = true;
-            }
-        }
-        if used_any {
+        if crate::fill_ring(queue, mem, &mut self.pending) {
             interrupt.notify_used(super::RECEIVEQ as u16, queue, mem);
         }
     }

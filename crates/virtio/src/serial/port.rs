@@ -131,39 +131,10 @@ impl State {
         let Some(queue) = port.rx.as_mut() else {
             return;
         };
-        let mem = &active.mem;
-        let mut used_any = false;
-        for _ in 0..queue.size() {
-            if port.input.is_empty() {
-                break;
-            }
-            let Ok(Some(chain)) = queue.iter(mem).map(|mut chains| chains.next()) else {
-                break;
-            };
-            let head = chain.head_index();
-            let written = match Writer::new(mem, chain) {
-                Ok(mut w) => {
-                    let n = w.available_bytes().min(port.input.len());
-                    let (front, back) = port.input.as_slices();
-                    let from_front = n.min(front.len());
-                    if w.write_all(&front[..from_front]).is_ok()
-                        && w.write_all(&back[..n - from_front]).is_ok()
-                    {
-                        port.input.drain(..n);
-                        n
-                    } else {
-                        0
-                    }
-                }
-                Err(_) => 0,
-            };
-            // n ≤ PORT_INPUT_MAX, which fits in u32.
-            used_any |= queue.add_used(mem, head, written as u32).is_ok();
-        }
-        if used_any {
+        if crate::fill_ring(queue, &active.mem, &mut port.input) {
             active
                 .interrupt
-                .notify_used(port_queues(p).0 as u16, queue, mem);
+                .notify_used(port_queues(p).0 as u16, queue, &active.mem);
         }
     }
 
