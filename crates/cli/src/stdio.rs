@@ -21,7 +21,6 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use vireo_virtio::serial::{ReadOutcome, Serial, SerialPort};
 
@@ -58,7 +57,8 @@ pub fn channel() -> (Serial, Channel) {
 
 /// The threads copying a command's output out; see [`Pumps::finish`].
 pub struct Pumps {
-    finishing: Arc<AtomicBool>,
+    /// Any of the ports: ending one ends the device's reads.
+    port: SerialPort,
     started: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -67,54 +67,42 @@ impl Pumps {
     /// Starts copying stdout and stderr to vireo's, and reading the control port.
     /// With `pty`, stdout carries telnet framing (see the module doc) and is decoded.
     pub fn start(ch: &Channel, sup: Arc<Supervisor>, pty: bool) -> Result<Pumps, String> {
-        let finishing = Arc::new(AtomicBool::new(false));
         let started = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         {
-            let sup = sup.clone();
             let port = ch.stdout.clone();
             let mut telnet = pty.then(TelnetDecoder::default);
             let mut plain = Vec::new();
-            threads.push(pump(
-                "stdout",
-                ch.stdout.clone(),
-                finishing.clone(),
-                move |b| {
-                    let b = match telnet.as_mut() {
-                        Some(t) => {
-                            plain.clear();
-                            t.decode(b, &mut plain);
-                            &plain[..]
-                        }
-                        None => b,
-                    };
-                    let mut o = std::io::stdout().lock();
-                    if o.write_all(b).and_then(|()| o.flush()).is_err() {
-                        // Nobody reads our stdout any more: let the guest write on unblocked,
-                        // and end the run as SIGPIPE would.
-                        port.close_output();
-                        sup.shutdown(PIPE_STATUS);
+            threads.push(pump("stdout", ch.stdout.clone(), move |b| {
+                let b = match telnet.as_mut() {
+                    Some(t) => {
+                        plain.clear();
+                        t.decode(b, &mut plain);
+                        &plain[..]
                     }
-                },
-            )?);
+                    None => b,
+                };
+                let mut o = std::io::stdout().lock();
+                if o.write_all(b).and_then(|()| o.flush()).is_err() {
+                    // Nobody reads our stdout any more: let the guest write on unblocked,
+                    // and end the run as SIGPIPE would.
+                    port.close_output();
+                    sup.shutdown(PIPE_STATUS);
+                }
+            })?);
         }
         {
             let port = ch.stderr.clone();
-            threads.push(pump(
-                "stderr",
-                ch.stderr.clone(),
-                finishing.clone(),
-                move |b| {
-                    if std::io::stderr().lock().write_all(b).is_err() {
-                        port.close_output();
-                    }
-                },
-            )?);
+            threads.push(pump("stderr", ch.stderr.clone(), move |b| {
+                if std::io::stderr().lock().write_all(b).is_err() {
+                    port.close_output();
+                }
+            })?);
         }
         {
             let started = started.clone();
             let mut line = Vec::new();
-            threads.push(pump("ctl", ch.ctl.clone(), finishing.clone(), move |b| {
+            threads.push(pump("ctl", ch.ctl.clone(), move |b| {
                 for &c in b {
                     if c == b'\n' {
                         if line == b"started" {
@@ -128,7 +116,7 @@ impl Pumps {
             })?);
         }
         Ok(Pumps {
-            finishing,
+            port: ch.ctl.clone(),
             started,
             threads,
         })
@@ -137,7 +125,7 @@ impl Pumps {
     /// Waits until every byte the guest wrote is out (the guest has stopped, so nothing
     /// more comes), and says whether /init reported starting the command.
     pub fn finish(self) -> bool {
-        self.finishing.store(true, Ordering::Release);
+        self.port.end();
         for t in self.threads {
             let _ = t.join();
         }
@@ -145,23 +133,16 @@ impl Pumps {
     }
 }
 
+/// Copies what the guest writes to `port` into `sink` until the device is ended and drained.
 fn pump(
     name: &str,
     port: SerialPort,
-    finishing: Arc<AtomicBool>,
     mut sink: impl FnMut(&[u8]) + Send + 'static,
 ) -> Result<JoinHandle<()>, String> {
     let body = move || {
         let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match port.read(&mut buf, Duration::from_millis(20)) {
-                ReadOutcome::Data(n) => sink(&buf[..n]),
-                ReadOutcome::Timeout => {
-                    if finishing.load(Ordering::Acquire) && !port.output_waiting() {
-                        return;
-                    }
-                }
-            }
+        while let ReadOutcome::Data(n) = port.read(&mut buf, None) {
+            sink(&buf[..n]);
         }
     };
     std::thread::Builder::new()

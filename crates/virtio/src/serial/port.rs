@@ -73,6 +73,8 @@ pub(crate) struct State {
     pub(crate) ports: Vec<Port>,
     /// Encoded control messages for the driver, oldest first.
     pub(crate) control: VecDeque<Vec<u8>>,
+    /// The guest has stopped for good: reads return [`ReadOutcome::Ended`] once drained.
+    ended: bool,
 }
 
 #[derive(Default)]
@@ -156,11 +158,14 @@ impl State {
                 break;
             };
             let head = chain.head_index();
-            if let Ok(mut r) = Reader::new(mem, chain) {
-                let n = r.available_bytes().min(MAX_TRANSMIT_PER_CHAIN);
-                let mut buf = vec![0u8; n];
-                if r.read_exact(&mut buf).is_ok() && !port.output_closed {
-                    port.output.extend(buf);
+            if !port.output_closed {
+                if let Ok(r) = Reader::new(mem, chain) {
+                    // Straight into the buffer; a chain that cannot be read whole adds nothing.
+                    let before = port.output.len();
+                    let mut r = r.take(MAX_TRANSMIT_PER_CHAIN as u64);
+                    if std::io::copy(&mut r, &mut port.output).is_err() {
+                        port.output.truncate(before);
+                    }
                 }
             }
             used_any |= queue.add_used(mem, head, 0).is_ok();
@@ -225,6 +230,8 @@ pub enum ReadOutcome {
     Data(usize),
     /// Nothing arrived before the deadline.
     Timeout,
+    /// Nothing is left and nothing more will come ([`SerialPort::end`]).
+    Ended,
 }
 
 /// The host end of one port. Cloneable; usable from any thread.
@@ -244,7 +251,10 @@ impl SerialPort {
     /// [`PORT_INPUT_MAX`] bytes already wait). Bytes after [`close_input`](Self::close_input)
     /// are refused.
     pub fn write(&self, bytes: &[u8]) -> usize {
-        let mut st = self.shared.lock();
+        self.push(&mut self.shared.lock(), bytes)
+    }
+
+    fn push(&self, st: &mut State, bytes: &[u8]) -> usize {
         let port = &mut st.ports[self.index];
         if port.input_closed {
             return 0;
@@ -257,38 +267,42 @@ impl SerialPort {
         n
     }
 
+    /// Waits for the device or another handle to change something, until `deadline` if any;
+    /// `None` once the deadline has passed.
+    fn wait<'a>(
+        &'a self,
+        st: MutexGuard<'a, State>,
+        deadline: Option<Instant>,
+    ) -> Option<MutexGuard<'a, State>> {
+        let changed = &self.shared.changed;
+        Some(match deadline {
+            None => changed.wait(st).unwrap_or_else(PoisonError::into_inner),
+            Some(d) => {
+                let left = d.checked_duration_since(Instant::now())?;
+                changed
+                    .wait_timeout(st, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+        })
+    }
+
     /// Writes all of `bytes`, waiting while the guest is not reading; gives up at `deadline`
-    /// (if any) and returns how many bytes were taken.
+    /// (if any), when the input is closed, or when the guest has stopped ([`end`](Self::end)),
+    /// and returns how many bytes were taken.
     pub fn write_all(&self, mut bytes: &[u8], deadline: Option<Instant>) -> usize {
         let total = bytes.len();
         let mut st = self.shared.lock();
-        while !bytes.is_empty() {
-            let port = &mut st.ports[self.index];
-            if port.input_closed {
-                break;
-            }
-            let n = PORT_INPUT_MAX
-                .saturating_sub(port.input.len())
-                .min(bytes.len());
-            port.input.extend(&bytes[..n]);
+        loop {
+            let n = self.push(&mut st, bytes);
             bytes = &bytes[n..];
-            st.pump();
-            if bytes.is_empty() {
+            if bytes.is_empty() || st.ended || st.ports[self.index].input_closed {
                 break;
             }
-            let wait = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) => left.min(Duration::from_millis(100)),
-                    None => break,
-                },
-                None => Duration::from_millis(100),
-            };
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, wait)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            match self.wait(st, deadline) {
+                Some(g) => st = g,
+                None => break,
+            }
         }
         total - bytes.len()
     }
@@ -299,6 +313,8 @@ impl SerialPort {
         let mut st = self.shared.lock();
         st.ports[self.index].input_closed = true;
         st.pump();
+        drop(st);
+        self.shared.changed.notify_all();
     }
 
     /// Host input not yet delivered to the guest.
@@ -306,9 +322,10 @@ impl SerialPort {
         self.shared.lock().ports[self.index].input.len()
     }
 
-    /// Copies guest output into `buf`, waiting at most `timeout` for some to arrive.
-    pub fn read(&self, buf: &mut [u8], timeout: Duration) -> ReadOutcome {
-        let deadline = Instant::now() + timeout;
+    /// Copies guest output into `buf`, waiting for some to arrive: at most `timeout` if given,
+    /// else until the device is [`end`](Self::end)ed with nothing left to read.
+    pub fn read(&self, buf: &mut [u8], timeout: Option<Duration>) -> ReadOutcome {
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = self.shared.lock();
         loop {
             st.pump();
@@ -322,16 +339,21 @@ impl SerialPort {
                 st.pump();
                 return ReadOutcome::Data(n);
             }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return ReadOutcome::Timeout;
-            };
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            if st.ended && !st.output_waiting(self.index) {
+                return ReadOutcome::Ended;
+            }
+            match self.wait(st, deadline) {
+                Some(g) => st = g,
+                None => return ReadOutcome::Timeout,
+            }
         }
+    }
+
+    /// The guest has stopped and will run no more (its memory stays readable): every port's
+    /// reads end once what it wrote is read, and writes stop waiting for it.
+    pub fn end(&self) {
+        self.shared.lock().ended = true;
+        self.shared.changed.notify_all();
     }
 
     /// Whether guest output is still waiting to be read (buffered, or in the ring).

@@ -135,7 +135,7 @@ impl<'a> Rig<'a> {
     fn read_all(&self, port: &SerialPort) -> Vec<u8> {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
-        while let ReadOutcome::Data(n) = port.read(&mut buf, Duration::from_millis(20)) {
+        while let ReadOutcome::Data(n) = port.read(&mut buf, Some(Duration::from_millis(20))) {
             out.extend_from_slice(&buf[..n]);
         }
         out
@@ -352,4 +352,35 @@ fn reset_forgets_the_driver_but_keeps_host_input() {
     assert!(!port.guest_connected());
     assert_eq!(port.write(b"kept"), 4);
     assert_eq!(port.input_pending(), 4);
+}
+
+#[test]
+fn after_the_end_reads_drain_then_end_and_writes_stop_waiting() {
+    let mem = memory();
+    let mut rig = Rig::new(&mem, &["out", "in"]);
+    rig.bring_up(2);
+    let out = rig.dev.port("out").unwrap();
+    let input = rig.dev.port("in").unwrap();
+    rig.transmit(0, b"last words");
+    // A reader blocked without a deadline is woken by the end, after the bytes.
+    let reader = {
+        let out = out.clone();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4];
+            loop {
+                match out.read(&mut buf, None) {
+                    ReadOutcome::Data(n) => got.extend_from_slice(&buf[..n]),
+                    ReadOutcome::Ended => return got,
+                    ReadOutcome::Timeout => panic!("no deadline was given"),
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    out.end();
+    assert_eq!(reader.join().unwrap(), b"last words");
+    // The guest never opened "in": a writer with no deadline returns instead of waiting.
+    let data = vec![7u8; PORT_INPUT_MAX + 10];
+    assert_eq!(input.write_all(&data, None), PORT_INPUT_MAX);
 }
