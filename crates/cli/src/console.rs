@@ -117,6 +117,11 @@ impl Console {
         self.input.clone()
     }
 
+    /// Sends terminal input to `sink` from now on (a new boot has new devices).
+    pub fn set_input(&self, sink: InputSink) {
+        *lock(&self.input) = Some(sink);
+    }
+
     /// A new boot: hide its boot messages again and forget the last one's panic.
     pub fn rearm(&self) {
         let mut r = lock(&self.report);

@@ -365,24 +365,29 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         // Where the terminal's keys go: the command's stdin with a pseudo-terminal, else the
         // guest console.
         let sink: console::InputSink = match (&channel, pty, console_input) {
-            (Some(ch), true, _) => {
-                let port = ch.stdin.clone();
-                Box::new(move |b: &[u8]| {
-                    port.write_all(&stdio::telnet_encode(b), None);
-                    b.len()
-                })
-            }
+            (Some(ch), true, _) => stdio::tty_sink(ch.stdin.clone()),
             (_, _, Some(c)) => Box::new(move |b: &[u8]| c.push(b)),
             _ => console::uart_sink(vm.uart()),
         };
-        *console.input().lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+        console.set_input(sink);
         if !stdin_started {
             stdin_started = true;
             match (&channel, command_mode && !pty) {
-                // Pipes: stdin goes to the command and its end reaches it. In the
+                // Pipes: stdin goes to the command as it is, and its end reaches it. In the
                 // background, the terminal is not ours to read (it would stop vireo).
                 (Some(ch), true) if term.stdin_tty && !term.foreground => ch.stdin.close_input(),
-                (Some(ch), true) => stdio::spawn_stdin(ch.stdin.clone()),
+                (Some(ch), true) => {
+                    let port = ch.stdin.clone();
+                    let sink =
+                        Arc::new(std::sync::Mutex::new(Some(stdio::stdin_sink(port.clone()))));
+                    console::spawn_input(
+                        sink,
+                        false,
+                        sup.clone(),
+                        Some(Box::new(move || port.close_input())),
+                    )
+                    .map_err(failed)?
+                }
                 _ if term.stdin_tty && !term.foreground => {}
                 _ => console::spawn_input(console.input(), term.stdin_tty, sup.clone(), None)
                     .map_err(failed)?,

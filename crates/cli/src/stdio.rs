@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 
 use vireo_virtio::serial::{ReadOutcome, Serial, SerialPort};
 
+use crate::console::InputSink;
 use crate::supervise::Supervisor;
 
 /// Port names, in port-id order.
@@ -151,36 +152,23 @@ fn pump(
         .map_err(|e| format!("cannot start the guest {name} thread: {e}"))
 }
 
-/// Copies vireo's stdin to the guest's until end of input, then closes it (pipes mode).
-pub fn spawn_stdin(port: SerialPort) {
-    let fallback = port.clone();
-    let body = move || {
-        use std::io::Read;
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if port.write_all(&buf[..n], None) < n {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        port.close_input();
-    };
-    if std::thread::Builder::new()
-        .name("guest-stdin".into())
-        .spawn(body)
-        .is_err()
-    {
-        // No thread to feed it: the command reads end of file rather than waiting forever.
-        eprintln!("vireo: warning: cannot start the stdin thread; the command gets no input");
-        fallback.close_input();
-    }
+/// Where vireo's stdin goes in pipes mode: the command's stdin, as it is.
+pub fn stdin_sink(port: SerialPort) -> InputSink {
+    Box::new(move |b: &[u8]| {
+        // Fewer bytes taken means the guest has stopped or closed its input: they are
+        // dropped, there is no one left to read them.
+        port.write_all(b, None);
+        b.len()
+    })
+}
+
+/// Where the terminal's keys go on a guest pseudo-terminal: telnet-framed, to the command's
+/// stdin.
+pub fn tty_sink(port: SerialPort) -> InputSink {
+    Box::new(move |b: &[u8]| {
+        port.write_all(&telnet_encode(b), None);
+        b.len()
+    })
 }
 
 /// Host bytes for a guest telnetd: IAC (0xff) doubled.
