@@ -44,24 +44,31 @@ pub enum Show {
 
 pub struct Options {
     pub show: Show,
-    /// Hide what comes before vireo's /init start marker (boot messages).
+    /// Hide what comes before vireo's /init start marker (boot messages); off shows the
+    /// whole console (`--verbose`, a custom initramfs).
     pub gate_on_marker: bool,
     pub log: Option<PathBuf>,
 }
 
 /// What the console saw, for the exit message.
-#[derive(Default, Clone)]
 pub struct Report {
-    pub marker_seen: bool,
     pub panic: Option<String>,
     /// The last few KiB of guest output.
     pub tail: String,
 }
 
+/// What the output thread has seen so far; the tail stays bytes until someone asks.
+#[derive(Default)]
+struct Seen {
+    marker_seen: bool,
+    panic: Option<String>,
+    tail: Vec<u8>,
+}
+
 /// The host side of the guest console, for the life of the run (across reboots).
 pub struct Console {
     stop: Arc<AtomicBool>,
-    report: Arc<Mutex<Report>>,
+    seen: Arc<Mutex<Seen>>,
     input: SharedSink,
     out_thread: Option<JoinHandle<()>>,
 }
@@ -95,18 +102,18 @@ impl Console {
             None => None,
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let report = Arc::new(Mutex::new(Report::default()));
+        let seen = Arc::new(Mutex::new(Seen::default()));
         let out_thread = {
             let stop = stop.clone();
-            let report = report.clone();
+            let seen = seen.clone();
             std::thread::Builder::new()
                 .name("console-out".into())
-                .spawn(move || output_loop(out, stop, report, sup, opts, log))
+                .spawn(move || output_loop(out, stop, seen, sup, opts, log))
                 .map_err(|e| format!("cannot start the console thread: {e}"))?
         };
         Ok(Console {
             stop,
-            report,
+            seen,
             input: Arc::new(Mutex::new(None)),
             out_thread: Some(out_thread),
         })
@@ -124,14 +131,18 @@ impl Console {
 
     /// A new boot: hide its boot messages again and forget the last one's panic.
     pub fn rearm(&self) {
-        let mut r = lock(&self.report);
-        r.marker_seen = false;
-        r.panic = None;
+        let mut s = lock(&self.seen);
+        s.marker_seen = false;
+        s.panic = None;
     }
 
     /// What the console saw so far.
     pub fn report(&self) -> Report {
-        lock(&self.report).clone()
+        let s = lock(&self.seen);
+        Report {
+            panic: s.panic.clone(),
+            tail: String::from_utf8_lossy(&s.tail).into_owned(),
+        }
     }
 
     /// Flushes the remaining output and reports.
@@ -222,14 +233,13 @@ fn input_loop(sink: &SharedSink, escapes: bool, sup: &Supervisor) {
 fn output_loop(
     out: ConsoleOutput,
     stop: Arc<AtomicBool>,
-    shared: Arc<Mutex<Report>>,
+    shared: Arc<Mutex<Seen>>,
     sup: Arc<Supervisor>,
     opts: Options,
     mut log: Option<File>,
 ) {
     let marker = vireo_image::START_MARKER;
     let mut pending: Vec<u8> = Vec::new();
-    let mut tail: Vec<u8> = Vec::new();
     let mut line: Vec<u8> = Vec::new();
     let write = |bytes: &[u8]| {
         if bytes.is_empty() {
@@ -248,7 +258,7 @@ fn output_loop(
             Show::Nothing => {}
         }
     };
-    let show_all = opts.show == Show::Stderr || !opts.gate_on_marker;
+    let show_all = !opts.gate_on_marker;
     loop {
         let finishing = stop.load(Ordering::Acquire);
         let chunk = out.take();
@@ -271,11 +281,9 @@ fn output_loop(
                     line.push(b);
                 }
             }
-            tail.extend_from_slice(&chunk);
-            if tail.len() > TAIL {
-                tail.drain(..tail.len() - TAIL);
-            }
-            report.tail = String::from_utf8_lossy(&tail).into_owned();
+            report.tail.extend_from_slice(&chunk);
+            let excess = report.tail.len().saturating_sub(TAIL);
+            report.tail.drain(..excess);
             pending.extend_from_slice(&chunk);
             if let Some(pos) = find(&pending, marker) {
                 if !report.marker_seen && show_all {
