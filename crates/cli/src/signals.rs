@@ -13,7 +13,8 @@ use signal_hook::iterator::{Handle, Signals};
 use crate::console::Terminal;
 use crate::supervise::Supervisor;
 
-/// The signal thread; dropping it restores the default dispositions' effect (the thread ends).
+/// The signal thread; dropping it ends the thread (the handlers stay installed and only
+/// record signals, which nothing reads any more: vireo is on its way out).
 pub struct SignalThread {
     handle: Handle,
     thread: Option<JoinHandle<()>>,

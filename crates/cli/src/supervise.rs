@@ -38,7 +38,6 @@ struct Inner {
     status: Option<u8>,
     /// A power-off request went to the guest already.
     asked: bool,
-    panicked: bool,
 }
 
 /// Shared by every thread that may end the run.
@@ -62,7 +61,6 @@ impl Supervisor {
         i.ctl = ctl;
         i.tty = tty;
         i.asked = false;
-        i.panicked = false;
         // A stop that came while no guest was attached (between boots) applies now.
         if i.status.is_some() {
             if let Some(s) = &i.stopper {
@@ -111,9 +109,7 @@ impl Supervisor {
 
     /// The guest kernel panicked and, without `panic=-1`, would spin: stop it.
     pub fn guest_panicked(&self) {
-        let mut i = self.lock();
-        i.panicked = true;
-        if let Some(s) = &i.stopper {
+        if let Some(s) = &self.lock().stopper {
             s.stop(GuestExit::Reset);
         }
     }
