@@ -9,7 +9,7 @@ use std::path::Path;
 use vireo_spec::{Entry, VmSpec};
 use vireo_virtio::VirtioDevice;
 
-use crate::run::{usage, Failure};
+use crate::run::{fail, Failure};
 
 /// The devices of a VM and, with a virtio console, where its input goes.
 pub struct Devices {
@@ -54,7 +54,7 @@ fn disks(spec: &VmSpec) -> Result<Vec<vireo_virtio::block::Block>, Failure> {
         let cfg = disk_config(&d)?;
         let twice = |id: FileId, opened: &[(FileId, String, Block)]| {
             opened.iter().find(|(i, ..)| *i == id).map(|(_, first, _)| {
-                usage(format!(
+                fail(format!(
                     "{label}: {} is the same file as {first}; a disk can be attached once",
                     cfg.path.display()
                 ))
@@ -65,7 +65,7 @@ fn disks(spec: &VmSpec) -> Result<Vec<vireo_virtio::block::Block>, Failure> {
                 return Err(e);
             }
         }
-        let block = Block::open(&cfg).map_err(|e| usage(format!("{label}: {e}")))?;
+        let block = Block::open(&cfg).map_err(|e| fail(format!("{label}: {e}")))?;
         // The path may have changed between the look and the open.
         if let Some(e) = twice(block.file_id(), &opened) {
             return Err(e);
@@ -81,7 +81,7 @@ fn disks(spec: &VmSpec) -> Result<Vec<vireo_virtio::block::Block>, Failure> {
 /// `PATH[,readonly][,serial=ID][,format=raw]`
 fn disk_config(entry: &Entry) -> Result<vireo_virtio::block::BlockConfig, Failure> {
     use vireo_virtio::block::DiskFormat;
-    let bad = |why: String| usage(format!("{}: {why}", entry.label()));
+    let bad = |why: String| fail(format!("{}: {why}", entry.label()));
     let mut parts = entry.text.split(',');
     let path = parts
         .next()
@@ -122,7 +122,7 @@ fn disk_config(entry: &Entry) -> Result<vireo_virtio::block::BlockConfig, Failur
 /// `user[,hostfwd=tcp|udp:[ADDR]:H-:G]...` or `tap=NAME`
 fn net(entry: &Entry, index: usize) -> Result<vireo_virtio::net::Net, Failure> {
     use vireo_virtio::net::{HostFwd, Net, NetBackendConfig};
-    let bad = |why: String| usage(format!("{}: {why}", entry.label()));
+    let bad = |why: String| fail(format!("{}: {why}", entry.label()));
     let mut parts = entry.text.split(',');
     let backend = match parts.next() {
         Some("user") => {
@@ -163,7 +163,7 @@ fn net(entry: &Entry, index: usize) -> Result<vireo_virtio::net::Net, Failure> {
 /// `cid=N,uds=PATH`
 fn vsock(entry: &Entry) -> Result<vireo_virtio::vsock::Vsock, Failure> {
     let bad = |why: &str| {
-        usage(format!(
+        fail(format!(
             "{}: {why} (expected cid=N,uds=PATH)",
             entry.label()
         ))
@@ -186,5 +186,5 @@ fn vsock(entry: &Entry) -> Result<vireo_virtio::vsock::Vsock, Failure> {
     let (Some(cid), Some(uds)) = (cid, uds) else {
         return Err(bad("both cid and uds are needed"));
     };
-    vireo_virtio::vsock::Vsock::new(cid, uds).map_err(|e| usage(format!("{}: {e}", entry.label())))
+    vireo_virtio::vsock::Vsock::new(cid, uds).map_err(|e| fail(format!("{}: {e}", entry.label())))
 }

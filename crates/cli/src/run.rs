@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use vireo_devices::ConsoleOutput;
 use vireo_machine::{BootConfig, GuestExit, VirtioTransport};
-use vireo_spec::{Accel, MemSize, SpecError, VmSpec};
+use vireo_spec::{Accel, MemSize, VmSpec};
 
 use std::sync::Arc;
 
@@ -18,50 +18,32 @@ use crate::RunArgs;
 /// so a script can tell them from the guest command's own status.
 pub const VIREO_ERROR: u8 = 125;
 
-/// A failure with the exit status it maps to.
-pub struct Failure {
-    pub status: u8,
-    pub message: String,
-}
+/// Why vireo itself could not do what was asked (the request is wrong, or something failed
+/// while running); every such failure exits [`VIREO_ERROR`].
+pub struct Failure(pub String);
 
-/// The request is wrong: a flag, a config key, a file that is missing or not what it claims.
-pub fn usage(msg: impl std::fmt::Display) -> Failure {
-    Failure {
-        status: VIREO_ERROR,
-        message: msg.to_string(),
-    }
-}
-
-/// Something failed while running (host resource, guest panic, emulator fault).
-pub fn failed(msg: impl std::fmt::Display) -> Failure {
-    Failure {
-        status: VIREO_ERROR,
-        message: msg.to_string(),
-    }
+pub fn fail(msg: impl std::fmt::Display) -> Failure {
+    Failure(msg.to_string())
 }
 
 pub fn run(args: RunArgs) -> u8 {
     match run_inner(args) {
         Ok(status) => status,
-        Err(f) => {
-            eprintln!("vireo: {}", f.message);
-            f.status
+        Err(Failure(message)) => {
+            eprintln!("vireo: {message}");
+            VIREO_ERROR
         }
     }
 }
 
 /// Merges the config file (if any) with flags; flags win.
 pub fn build_spec(args: &RunArgs) -> Result<VmSpec, Failure> {
-    // Every config file problem is the request's, a missing file included: usage, 125.
     let mut spec = match &args.config {
-        Some(p) => {
-            let loaded: Result<VmSpec, SpecError> = VmSpec::from_file(p);
-            loaded.map_err(usage)?
-        }
+        Some(p) => VmSpec::from_file(p).map_err(fail)?,
         None => VmSpec::default(),
     };
     if let Some(a) = &args.accel {
-        spec.accel = a.parse().map_err(usage)?;
+        spec.accel = a.parse().map_err(fail)?;
     }
     if let Some(i) = &args.image {
         spec.image = Some(i.clone());
@@ -80,14 +62,14 @@ pub fn build_spec(args: &RunArgs) -> Result<VmSpec, Failure> {
     }
     if let Some(c) = &args.cpus {
         spec.cpus = c.parse().map_err(|_| {
-            usage(format!(
+            fail(format!(
                 "invalid --cpus '{c}': expected a whole number from 1 to {}",
                 vireo_spec::MAX_CPUS
             ))
         })?;
     }
     if let Some(m) = &args.memory {
-        spec.memory = m.parse::<MemSize>().map_err(usage)?;
+        spec.memory = m.parse::<MemSize>().map_err(fail)?;
     }
     spec.verbose |= args.verbose;
     if let Some(l) = &args.console_log {
@@ -111,14 +93,16 @@ pub fn build_spec(args: &RunArgs) -> Result<VmSpec, Failure> {
     if let Some(r) = &args.reboot {
         spec.reboot = r.clone();
     }
-    let flagged = [
+    let flagged: Vec<&str> = [
         ("kernel", args.kernel.is_some()),
         ("initrd", args.initrd.is_some()),
         ("firmware", args.firmware.is_some()),
-    ];
-    let flagged: Vec<&str> = flagged.iter().filter(|f| f.1).map(|f| f.0).collect();
-    spec.check_file_paths(&flagged).map_err(usage)?;
-    spec.validate().map_err(usage)?;
+    ]
+    .into_iter()
+    .filter_map(|(key, given)| given.then_some(key))
+    .collect();
+    spec.check_file_paths(&flagged).map_err(fail)?;
+    spec.validate().map_err(fail)?;
     Ok(spec)
 }
 
@@ -138,7 +122,7 @@ enum Arch {
 }
 
 fn read(what: &str, p: &Path) -> Result<Vec<u8>, Failure> {
-    std::fs::read(p).map_err(|e| usage(format!("cannot read {what} {}: {e}", p.display())))
+    std::fs::read(p).map_err(|e| fail(format!("cannot read {what} {}: {e}", p.display())))
 }
 
 /// Guesses a kernel's architecture from its headers.
@@ -147,13 +131,13 @@ fn kernel_arch(p: &Path) -> Result<Arch, Failure> {
     let mut head = [0u8; 0x240];
     let n = std::fs::File::open(p)
         .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| usage(format!("cannot read kernel {}: {e}", p.display())))?;
+        .map_err(|e| fail(format!("cannot read kernel {}: {e}", p.display())))?;
     let h = &head[..n];
     if h.len() >= 20 && h.starts_with(b"\x7fELF") {
         return match u16::from_le_bytes([h[18], h[19]]) {
             243 => Ok(Arch::Riscv64),
             62 => Ok(Arch::X86_64),
-            m => Err(usage(format!(
+            m => Err(fail(format!(
                 "{} is an ELF file for machine {m}: expected RISC-V (243) or x86-64 (62)",
                 p.display()
             ))),
@@ -165,7 +149,7 @@ fn kernel_arch(p: &Path) -> Result<Arch, Failure> {
     if h.len() >= 0x206 && &h[0x202..0x206] == b"HdrS" {
         return Ok(Arch::X86_64);
     }
-    Err(usage(format!(
+    Err(fail(format!(
         "{} is not a kernel vireo can boot: expected a RISC-V Image, an x86 bzImage or an ELF vmlinux",
         p.display()
     )))
@@ -180,17 +164,13 @@ struct GuestTty {
 
 fn resolve(spec: &VmSpec, tty: Option<&GuestTty>) -> Result<Payload, Failure> {
     let image = match &spec.image {
-        Some(name) => Some(vireo_image::open(name).map_err(|e| match e {
-            vireo_image::ImageError::UnknownImage { .. }
-            | vireo_image::ImageError::NotPulled { .. } => usage(e),
-            _ => failed(e),
-        })?),
+        Some(name) => Some(vireo_image::open(name).map_err(fail)?),
         None => None,
     };
     let kernel = match (&spec.kernel, &image) {
         (Some(k), _) => k.clone(),
         (None, Some(i)) => i.kernel.clone(),
-        (None, None) => return Err(usage("nothing to boot: give --image NAME or --kernel PATH")),
+        (None, None) => return Err(fail("nothing to boot: give --image NAME or --kernel PATH")),
     };
     let arch = kernel_arch(&kernel)?;
     let initrd_path = spec
@@ -208,7 +188,7 @@ fn resolve(spec: &VmSpec, tty: Option<&GuestTty>) -> Result<Payload, Failure> {
         let mut w = vireo_image::cpio::Writer::new();
         w.dir("vireo", 0o755)
             .and_then(|w| w.file(vireo_image::COMMAND_FILE, 0o644, body.as_bytes()))
-            .map_err(failed)?;
+            .map_err(fail)?;
         if let Some(t) = tty {
             // TERM is the host's, reduced to what a shell word can hold safely.
             let term: String = t
@@ -223,7 +203,7 @@ fn resolve(spec: &VmSpec, tty: Option<&GuestTty>) -> Result<Payload, Failure> {
             };
             let line = format!("{} {} {term}\n", t.rows, t.cols);
             w.file(vireo_image::TTY_FILE, 0o644, line.as_bytes())
-                .map_err(failed)?;
+                .map_err(fail)?;
         }
         let extra = w.finish();
         let mut data = initrd.unwrap_or_default();
@@ -285,12 +265,12 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     let accel = match (spec.accel, payload.arch) {
         (Accel::Auto | Accel::Emu, Arch::Riscv64) => Accel::Emu,
         (Accel::Kvm, Arch::Riscv64) => {
-            return Err(usage(
+            return Err(fail(
                 "--accel kvm runs x86-64 guests; this kernel is RISC-V: use --accel emu",
             ))
         }
         (Accel::Emu, Arch::X86_64) => {
-            return Err(usage(
+            return Err(fail(
                 "--accel emu emulates RISC-V; this kernel is x86-64: use --accel kvm",
             ))
         }
@@ -305,7 +285,7 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         firmware: payload.firmware,
         virtio_transport: match (spec.virtio_transport.as_str(), accel) {
             ("pci", _) | ("auto", Accel::Kvm) => VirtioTransport::Pci,
-            ("mmio", Accel::Kvm) => return Err(usage(
+            ("mmio", Accel::Kvm) => return Err(fail(
                 "--virtio-transport mmio: the kvm accelerator's PC offers virtio over PCI only \
                      (x86 kernels find virtio-mmio devices only through ACPI or the command line); \
                      use pci or auto",
@@ -320,7 +300,7 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     // needs one all the same.
     let vireo_init = command_mode || (spec.image.is_some() && spec.initrd.is_none());
     let sup = Arc::new(Supervisor::default());
-    let _signals = crate::signals::start(sup.clone(), pty).map_err(failed)?;
+    let _signals = crate::signals::start(sup.clone(), pty).map_err(fail)?;
     let out = ConsoleOutput::new();
     let console = Console::start(
         out.clone(),
@@ -337,7 +317,7 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         },
         sup.clone(),
     )
-    .map_err(failed)?;
+    .map_err(fail)?;
     // The terminal is the guest's (raw) for an interactive guest or a command on a
     // pseudo-terminal, and only when vireo owns it (foreground); otherwise signals from it
     // (Ctrl-C) reach vireo, which stops the guest gracefully.
@@ -386,15 +366,15 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
                         sup.clone(),
                         Some(Box::new(move || port.close_input())),
                     )
-                    .map_err(failed)?
+                    .map_err(fail)?
                 }
                 _ if term.stdin_tty && !term.foreground => {}
                 _ => console::spawn_input(console.input(), term.stdin_tty, sup.clone(), None)
-                    .map_err(failed)?,
+                    .map_err(fail)?,
             }
         }
         let pumps = match &channel {
-            Some(ch) => Some(stdio::Pumps::start(ch, sup.clone(), pty).map_err(failed)?),
+            Some(ch) => Some(stdio::Pumps::start(ch, sup.clone(), pty).map_err(fail)?),
             None => None,
         };
         let result = vm.run();
@@ -416,7 +396,7 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
             Ok(e) => e,
             Err(e) => {
                 let report = console.finish();
-                return Err(failed(with_tail(e.to_string(), &report)));
+                return Err(fail(with_tail(e.to_string(), &report)));
             }
         };
         match exit {
@@ -431,12 +411,12 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         }
         let report = console.finish();
         return match exit {
-            GuestExit::PowerOff if command_mode && !cmd_started => Err(failed(with_tail(
+            GuestExit::PowerOff if command_mode && !cmd_started => Err(fail(with_tail(
                 "the guest powered off without running the command (no vireo /init?)".into(),
                 &report,
             ))),
             GuestExit::PowerOff => Ok(0),
-            GuestExit::Failure(code) if command_mode && !cmd_started => Err(failed(with_tail(
+            GuestExit::Failure(code) if command_mode && !cmd_started => Err(fail(with_tail(
                 format!(
                     "the guest stopped with status {} before running the command",
                     code & 0xff
@@ -445,11 +425,11 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
             ))),
             GuestExit::Failure(code) => Ok((code & 0xff) as u8),
             GuestExit::Reset => match &report.panic {
-                Some(line) => Err(failed(with_tail(
+                Some(line) => Err(fail(with_tail(
                     format!("guest kernel panicked: {line}"),
                     &report,
                 ))),
-                None if command_mode => Err(failed(with_tail(
+                None if command_mode => Err(fail(with_tail(
                     "the guest reset before the command finished".into(),
                     &report,
                 ))),
@@ -462,7 +442,7 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
 /// Refuses KVM hosts that cannot run an x86-64 Linux guest, with the reason.
 fn check_kvm() -> Result<(), Failure> {
     vireo_kvm::KvmVm::probe().map_err(|e| {
-        failed(format!(
+        fail(format!(
             "{e} (the emu accelerator runs RISC-V guests only, so this x86-64 kernel needs KVM)"
         ))
     })?;
@@ -473,13 +453,13 @@ fn check_kvm() -> Result<(), Failure> {
         match vireo_kvm::exceptions_work() {
             Ok(true) => {}
             Ok(false) => {
-                return Err(failed(
+                return Err(fail(
                     "this host's KVM cannot deliver exceptions to a guest (a probe guest's \
                      int3 ended in a KVM internal error, as on nested PVM hosts), so an \
                      x86-64 Linux kernel cannot boot here; RISC-V guests run with --accel emu",
                 ))
             }
-            Err(e) => return Err(failed(format!("KVM probe failed: {e}"))),
+            Err(e) => return Err(fail(format!("KVM probe failed: {e}"))),
         }
     }
     Ok(())
@@ -492,20 +472,10 @@ fn create_vm(
     devices: Vec<Box<dyn vireo_virtio::VirtioDevice>>,
 ) -> Result<Vm, Failure> {
     Ok(match accel {
-        Accel::Emu => Vm::Emu(
-            vireo_riscv::EmuVm::with_devices(cfg, out.clone(), devices).map_err(|e| match e {
-                vireo_riscv::EmuError::Read { .. }
-                | vireo_riscv::EmuError::NotRiscv { .. }
-                | vireo_riscv::EmuError::TooLittleMemory { .. } => usage(e),
-                _ => failed(e),
-            })?,
-        ),
-        _ => Vm::Kvm(
-            vireo_kvm::KvmVm::with_devices(cfg, out.clone(), devices).map_err(|e| match e {
-                vireo_kvm::KvmError::Load(_) | vireo_kvm::KvmError::Config(_) => usage(e),
-                _ => failed(e),
-            })?,
-        ),
+        Accel::Emu => {
+            Vm::Emu(vireo_riscv::EmuVm::with_devices(cfg, out.clone(), devices).map_err(fail)?)
+        }
+        _ => Vm::Kvm(vireo_kvm::KvmVm::with_devices(cfg, out.clone(), devices).map_err(fail)?),
     })
 }
 
