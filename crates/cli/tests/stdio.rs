@@ -3,80 +3,27 @@
 //! reboots like a machine. They boot the pulled Debian riscv64 image on the emulator; every
 //! wait has a deadline, so a regression fails instead of hanging.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{openpty, require_image, vireo, Term, BOOT_TIMEOUT, IMAGE};
+use common::{
+    openpty, pseudo_random, require_image, run_raw, vireo, wait, Term, BOOT_TIMEOUT, IMAGE,
+};
 
 /// Runs `vireo run --image IMAGE ARGS...` with `input` on its stdin; returns (status, stdout,
 /// stderr).
 fn run_with_input(args: &[&str], input: &[u8]) -> (i32, Vec<u8>, String) {
-    let mut child = vireo()
-        .args(["run", "--image", IMAGE])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let (out, err) = collect(&mut child);
-    let status = wait(&mut child, BOOT_TIMEOUT);
-    feeder.join().unwrap();
-    (status, out.join().unwrap(), err.join().unwrap())
-}
-
-type Reader<T> = std::thread::JoinHandle<T>;
-
-fn collect(child: &mut Child) -> (Reader<Vec<u8>>, Reader<String>) {
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
+    let mut cmd = vireo();
+    cmd.args(["run", "--image", IMAGE]).args(args);
+    let r = run_raw(cmd, Some(input.to_vec()));
     (
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = out.read_to_end(&mut v);
-            v
-        }),
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        }),
+        r.status,
+        r.stdout,
+        String::from_utf8_lossy(&r.stderr).into_owned(),
     )
-}
-
-fn wait(child: &mut Child, limit: Duration) -> i32 {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code().unwrap_or(-1);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("vireo did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn pseudo_random(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------- pipes
@@ -101,7 +48,7 @@ fn a_script_on_stdin_runs_with_sh_s() {
 #[test]
 fn binary_data_round_trips_through_the_command() {
     require_image();
-    let data = pseudo_random(3 << 20);
+    let data = pseudo_random(3 << 20, 5);
     let (status, out, err) = run_with_input(&["--", "cat"], &data);
     assert_eq!(status, 0, "{err}");
     assert_eq!(out.len(), data.len(), "{err}");
@@ -148,7 +95,7 @@ fn a_closed_stdout_ends_the_run_like_sigpipe() {
     out.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"y\ny\n");
     drop(out);
-    assert_eq!(wait(&mut child, Duration::from_secs(30)), 141);
+    assert_eq!(wait(&mut child, Duration::from_secs(30), "vireo"), 141);
 }
 
 #[test]
@@ -194,7 +141,7 @@ fn sigterm_stops_the_guest_and_exits_143() {
     // SAFETY: kill on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let start = Instant::now();
-    assert_eq!(wait(&mut child, Duration::from_secs(20)), 143);
+    assert_eq!(wait(&mut child, Duration::from_secs(20), "vireo"), 143);
     // The guest was asked to power off, well within the grace period.
     assert!(start.elapsed() < Duration::from_secs(10));
 }

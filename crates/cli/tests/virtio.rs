@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{require_image, run, IMAGE, VIREO_ERROR};
+use common::{pseudo_random, require_image, run, IMAGE, VIREO_ERROR};
 /// How long host-side helpers (servers, clients) keep trying before they give up.
 const HOST_DEADLINE: Duration = Duration::from_secs(150);
 const MIB: u64 = 1024 * 1024;
@@ -1304,19 +1304,6 @@ fn seed() -> u64 {
 }
 
 /// Deterministic bytes from a seed (xorshift64*), different from any simple pattern.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.max(1);
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 /// An address of this host other than 127.0.0.1: a non-loopback one from `ip -o addr` if
 /// there is one (IPv4 first), else 127.0.0.2 (all of 127/8 is this host's, so a forward that
 /// listened on every address would answer there too).

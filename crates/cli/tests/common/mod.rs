@@ -40,42 +40,88 @@ pub fn run_in(cwd: Option<&std::path::Path>, args: &[&str]) -> Run {
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }
+    cmd.args(args);
+    let r = run_raw(cmd, None);
+    Run {
+        status: r.status,
+        stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+    }
+}
+
+/// What a process printed, as bytes.
+pub struct RawRun {
+    pub status: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `cmd` to its end within [`BOOT_TIMEOUT`], with `input` on its stdin (none: /dev/null).
+pub fn run_raw(mut cmd: Command, input: Option<Vec<u8>>) -> RawRun {
+    let what = format!("{cmd:?}");
     let mut child = cmd
-        .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        s
+    let feeder = input.map(|data| {
+        let mut stdin = child.stdin.take().unwrap();
+        // A command that stops reading early closes the pipe: that is its business.
+        std::thread::spawn(move || drop(stdin.write_all(&data)))
     });
-    let t_err = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        s
-    });
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let status = wait(&mut child, BOOT_TIMEOUT, &what);
+    if let Some(f) = feeder {
+        f.join().unwrap();
+    }
+    RawRun {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Waits for `child` to exit within `limit`; a hang kills it and fails the test.
+pub fn wait(child: &mut std::process::Child, limit: Duration, what: &str) -> i32 {
     let start = Instant::now();
-    let status = loop {
+    loop {
         if let Some(s) = child.try_wait().unwrap() {
-            break s;
+            return s.code().unwrap_or(-1);
         }
-        if start.elapsed() > BOOT_TIMEOUT {
+        if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("vireo {args:?} did not finish within {BOOT_TIMEOUT:?}");
+            panic!("{what} did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        status: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&t_out.join().unwrap()).into_owned(),
-        stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
     }
+}
+
+/// Deterministic bytes that no compressor or pattern check mistakes for structure.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.max(1);
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    v.truncate(len);
+    v
 }
 
 pub fn openpty() -> (std::fs::File, std::fs::File) {
