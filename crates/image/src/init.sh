@@ -118,21 +118,23 @@ vireo_exit() {
 	/run/vireo-exit "$1" "$EXIT_ADDR"
 }
 
-# The device of the virtio-serial port named $1.
-find_port() {
-	for d in /sys/class/virtio-ports/*; do
-		[ "$(cat "$d/name" 2>/dev/null)" = "$1" ] && echo "/dev/${d##*/}" && return 0
-	done
-	return 1
-}
-
-# Waits (at most 10 s) for vireo's ports: names arrive from the host after the driver binds.
+# Waits (at most 10 s) for vireo's ports and sets CIN, COUT, CERR, CCTL to their devices: the
+# names arrive from the host after the driver binds. One pass over the ports per try, with
+# the shell's own read: every fork costs on an emulated CPU.
 find_ports() {
 	i=0
 	while [ $i -lt 200 ]; do
-		CIN=$(find_port vireo.stdin) && COUT=$(find_port vireo.stdout) &&
-			CERR=$(find_port vireo.stderr) && CCTL=$(find_port vireo.ctl) &&
-			[ -e "$CIN" ] && [ -e "$COUT" ] && [ -e "$CERR" ] && [ -e "$CCTL" ] && return 0
+		CIN= COUT= CERR= CCTL=
+		for d in /sys/class/virtio-ports/*; do
+			read -r name 2>/dev/null <"$d/name" || continue
+			case "$name" in
+			vireo.stdin) CIN=/dev/${d##*/} ;;
+			vireo.stdout) COUT=/dev/${d##*/} ;;
+			vireo.stderr) CERR=/dev/${d##*/} ;;
+			vireo.ctl) CCTL=/dev/${d##*/} ;;
+			esac
+		done
+		[ -e "$CIN" ] && [ -e "$COUT" ] && [ -e "$CERR" ] && [ -e "$CCTL" ] && return 0
 		usleep 50000
 		i=$((i + 1))
 	done
@@ -141,7 +143,7 @@ find_ports() {
 
 # Serves the host's requests on fd 4 (vireo.ctl), in the background.
 ctl_loop() {
-	while read -r verb a b <&4; do
+	while read -r verb <&4; do
 		case "$verb" in
 		poweroff) vireo_exit 0 ;;
 		esac
