@@ -255,6 +255,156 @@ fn classify<T: Bits>(a: T) -> u64 {
     1 << bit
 }
 
+/// fminm/fmaxm (Zfa): like fmin/fmax, but any NaN operand gives the canonical NaN.
+#[inline(always)]
+fn min_max_m<T: Bits>(a: T, b: T, want_max: bool) -> (T, Flags) {
+    if a.is_nan() || b.is_nan() {
+        (T::CANON, snan_flag(a, b))
+    } else {
+        min_max(a, b, want_max)
+    }
+}
+
+/// fleq/fltq (Zfa): quiet comparisons, NV only for signaling NaNs.
+#[inline(always)]
+fn fcmp_quiet<T: Bits>(a: T, b: T, or_equal: bool) -> (bool, Flags) {
+    if a.is_nan() || b.is_nan() {
+        return (false, snan_flag(a, b));
+    }
+    let (x, y) = (a.value(), b.value());
+    (if or_equal { x <= y } else { x < y }, 0)
+}
+
+/// FLI's table (Zfa), as values; entry 1 is the format's smallest normal, 30 is +inf and 31
+/// the canonical NaN, which the callers supply per format.
+const FLI: [f64; 32] = [
+    -1.0,
+    0.0, // minimum normal
+    1.0 / 65536.0,
+    1.0 / 32768.0,
+    1.0 / 256.0,
+    1.0 / 128.0,
+    0.0625,
+    0.125,
+    0.25,
+    0.3125,
+    0.375,
+    0.4375,
+    0.5,
+    0.625,
+    0.75,
+    0.875,
+    1.0,
+    1.25,
+    1.5,
+    1.75,
+    2.0,
+    2.5,
+    3.0,
+    4.0,
+    8.0,
+    16.0,
+    128.0,
+    256.0,
+    32768.0,
+    65536.0,
+    f64::INFINITY,
+    0.0, // canonical NaN
+];
+
+/// fli.s rd, `index`
+pub fn fli_f32(index: u8) -> u32 {
+    match index & 31 {
+        1 => 0x0080_0000,
+        31 => F32_CANONICAL_NAN,
+        i => (FLI[i as usize] as f32).to_bits(),
+    }
+}
+
+/// fli.d rd, `index`
+pub fn fli_f64(index: u8) -> u64 {
+    match index & 31 {
+        1 => 0x0010_0000_0000_0000,
+        31 => F64_CANONICAL_NAN,
+        i => FLI[i as usize].to_bits(),
+    }
+}
+
+/// fminm.s / fmaxm.s
+pub fn f32_minmax_m(a: u32, b: u32, want_max: bool) -> (u32, Flags) {
+    min_max_m(a, b, want_max)
+}
+
+/// fminm.d / fmaxm.d
+pub fn f64_minmax_m(a: u64, b: u64, want_max: bool) -> (u64, Flags) {
+    min_max_m(a, b, want_max)
+}
+
+/// fround.s (`exact` false) / froundnx.s (`exact` true, raising NX when inexact).
+pub fn f32_round_int(a: u32, rm: Rm, exact: bool) -> (u32, Flags) {
+    let (v, f) = sf::f32_round_int(a, rm, exact);
+    (if a.is_nan() { F32_CANONICAL_NAN } else { v }, f)
+}
+
+/// fround.d / froundnx.d
+pub fn f64_round_int(a: u64, rm: Rm, exact: bool) -> (u64, Flags) {
+    let (v, f) = sf::f64_round_int(a, rm, exact);
+    (if a.is_nan() { F64_CANONICAL_NAN } else { v }, f)
+}
+
+/// fleq.s
+pub fn f32_le_quiet(a: u32, b: u32) -> (bool, Flags) {
+    fcmp_quiet(a, b, true)
+}
+
+/// fltq.s
+pub fn f32_lt_quiet(a: u32, b: u32) -> (bool, Flags) {
+    fcmp_quiet(a, b, false)
+}
+
+/// fleq.d
+pub fn f64_le_quiet(a: u64, b: u64) -> (bool, Flags) {
+    fcmp_quiet(a, b, true)
+}
+
+/// fltq.d
+pub fn f64_lt_quiet(a: u64, b: u64) -> (bool, Flags) {
+    fcmp_quiet(a, b, false)
+}
+
+/// fcvtmod.w.d (Zfa): the double truncated to an integer, modulo 2^32, as a signed 32-bit
+/// value; infinities and NaNs give 0. The flags are those of fcvt.w.d with RTZ: NV when the
+/// integer does not fit in 32 bits signed (or for NaN/inf), else NX when inexact.
+pub fn f64_to_i32_mod(a: u64) -> (i32, Flags) {
+    let (_, flags) = f64_to_i32(a, Rm::Rtz);
+    let exp = ((a >> 52) & 0x7ff) as i64;
+    if exp == 0x7ff {
+        return (0, flags);
+    }
+    let mant = if exp == 0 {
+        a & 0x000f_ffff_ffff_ffff
+    } else {
+        (a & 0x000f_ffff_ffff_ffff) | (1 << 52)
+    };
+    // value = mant * 2^(exp - 1075)
+    let shift = exp.max(1) - 1075;
+    let low32: u32 = if shift >= 32 {
+        0
+    } else if shift >= 0 {
+        (mant << shift) as u32
+    } else if shift > -64 {
+        (mant >> (-shift)) as u32
+    } else {
+        0
+    };
+    let v = if a >> 63 != 0 {
+        low32.wrapping_neg()
+    } else {
+        low32
+    };
+    (v as i32, flags)
+}
+
 /// Sign-extends a 32-bit result into a 64-bit register value, as fcvt.w[u] and the RV64
 /// `*w` instructions write it.
 #[inline(always)]

@@ -275,3 +275,31 @@ pub(crate) fn f64_to_f32(a: u64, rm: Rm) -> (u32, Flags) {
     let r = unsafe { s::f64_to_f32(f64v(a)) }.v;
     (r, end())
 }
+
+/// roundToInt in the format; `exact` raises NX for inexact results (froundnx).
+pub(crate) fn f32_round_int(a: u32, rm: Rm, exact: bool) -> (u32, Flags) {
+    begin(rm);
+    // SAFETY: by-value operands, thread-local state only (see `bin32`).
+    let v = unsafe { s::f32_roundToInt(f32v(a), rm.softfloat_mode(), exact) }.v;
+    (v, end())
+}
+pub(crate) fn f64_round_int(a: u64, rm: Rm, exact: bool) -> (u64, Flags) {
+    begin(rm);
+    // SAFETY: by-value operands, thread-local state only (see `bin32`).
+    let v = unsafe { s::f64_roundToInt(f64v(a), rm.softfloat_mode(), exact) }.v;
+    (v, end())
+}
+#[cfg(test)]
+pub(crate) fn f32_le_quiet(a: u32, b: u32) -> (bool, Flags) {
+    begin(Rm::Rne);
+    // SAFETY: by-value operands, thread-local state only (see `bin32`).
+    let v = unsafe { s::f32_le_quiet(f32v(a), f32v(b)) };
+    (v, end())
+}
+#[cfg(test)]
+pub(crate) fn f64_lt_quiet(a: u64, b: u64) -> (bool, Flags) {
+    begin(Rm::Rne);
+    // SAFETY: by-value operands, thread-local state only (see `bin32`).
+    let v = unsafe { s::f64_lt_quiet(f64v(a), f64v(b)) };
+    (v, end())
+}

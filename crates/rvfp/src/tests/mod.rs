@@ -1,6 +1,7 @@
 mod bench;
 mod edge;
 mod random;
+mod zfa;
 
 /// Named bit patterns used by the tables (written out by hand, not computed).
 pub(crate) mod consts {
