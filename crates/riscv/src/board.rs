@@ -27,6 +27,7 @@ use vireo_virtio::VirtioDevice;
 use vm_fdt::FdtWriter;
 
 use crate::hart::{Hart, Stop};
+use crate::isa::{Ext, Isa, CACHE_BLOCK};
 use crate::plic::{Plic, PlicIrq, NUM_SOURCES, PLIC_SIZE};
 use crate::sys::{
     Clint, Clock, CodeCache, HsmState, IrqOutputs, Mailbox, Sys, CLINT_SIZE, TIMEBASE_HZ,
@@ -131,6 +132,16 @@ impl EmuVm {
         console: ConsoleOutput,
         devices: Vec<Box<dyn VirtioDevice>>,
     ) -> Result<Self, EmuError> {
+        Self::build(cfg, console, devices, Isa::max())
+    }
+
+    /// Like [`EmuVm::with_devices`], with harts implementing `isa`.
+    pub fn build(
+        cfg: &BootConfig,
+        console: ConsoleOutput,
+        devices: Vec<Box<dyn VirtioDevice>>,
+        isa: Isa,
+    ) -> Result<Self, EmuError> {
         let (slots, transport) = match cfg.virtio_transport {
             VirtioTransport::Mmio => (VIRTIO_SLOTS, "mmio"),
             VirtioTransport::Pci => (vireo_pci::root::SLOTS - 1, "pci"),
@@ -234,10 +245,11 @@ impl EmuVm {
         let cmdline = format!("{} vireo.exit={FINISHER_BASE:#x}", cfg.cmdline)
             .trim()
             .to_string();
-        let layout = load_payload(&ram, cfg, &cmdline, harts, &virtio)?;
+        let layout = load_payload(&ram, cfg, &cmdline, harts, &virtio, isa)?;
 
         let mut hs: Vec<Hart> = (0..harts as u64).map(Hart::new).collect();
         for h in hs.iter_mut() {
+            h.set_isa(isa);
             if builtin_sbi {
                 if h.id == 0 {
                     h.enter_supervisor(layout.entry, 0, layout.fdt);
@@ -379,8 +391,8 @@ impl EmuVm {
                     .iter()
                     .map(|h| {
                         let m = sys.clint.mtimecmp[h.id as usize];
-                        if sys.builtin_sbi {
-                            m.min(h.sbi_timecmp)
+                        if sys.builtin_sbi || h.menvcfg & crate::csr::ENVCFG_STCE != 0 {
+                            m.min(h.stimecmp)
                         } else {
                             m
                         }
@@ -479,6 +491,46 @@ enum ElfError {
     TooBig(u64),
 }
 
+/// Why `data` cannot be a raw program for this board (it starts executing at its first byte),
+/// if it cannot: empty, compressed, text, or a first instruction that does not decode.
+pub fn plausible_raw_program(data: &[u8]) -> Result<(), String> {
+    if data.len() < 2 {
+        return Err("it is empty".into());
+    }
+    if data.starts_with(&[0x1f, 0x8b]) {
+        return Err("it is gzip-compressed".into());
+    }
+    let head = &data[..data.len().min(64)];
+    if head
+        .iter()
+        .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
+        return Err("it looks like text, not a program".into());
+    }
+    let lo = u16::from_le_bytes([data[0], data[1]]);
+    let op = if crate::decode::insn_len(lo) == 2 {
+        crate::decode::decode16(lo)
+    } else if data.len() >= 4 {
+        crate::decode::decode32(
+            u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
+            Isa::max(),
+        )
+    } else {
+        return Err("it is too short for its first instruction".into());
+    };
+    if op.kind == crate::decode::Kind::Illegal {
+        return Err(format!(
+            "its first bytes ({}) are not a RISC-V instruction",
+            head[..4.min(head.len())]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    Ok(())
+}
+
 fn load_elf(ram: &GuestRam, d: &[u8], ram_end: u64) -> Result<Loaded, ElfError> {
     let bad = |s: &str| ElfError::Bad(s.to_string());
     let u16at = |o: usize| d.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
@@ -527,9 +579,10 @@ fn load_elf(ram: &GuestRam, d: &[u8], ram_end: u64) -> Result<Loaded, ElfError> 
         let seg_end = paddr
             .checked_add(memsz.max(filesz as u64))
             .ok_or_else(|| bad("segment wraps the address space"))?;
-        if paddr < RAM_BASE {
+        if paddr < RAM_BASE || paddr >= ram_end {
             return Err(ElfError::Bad(format!(
-                "segment at {paddr:#x} is below RAM ({RAM_BASE:#x})"
+                "program header {i} (a loadable segment at {paddr:#x}..{seg_end:#x}) is \
+                 outside RAM ({RAM_BASE:#x}..{ram_end:#x})"
             )));
         }
         if seg_end > ram_end {
@@ -556,6 +609,7 @@ fn load_payload(
     cmdline: &str,
     harts: usize,
     virtio: &VirtioLayout,
+    isa: Isa,
 ) -> Result<Layout, EmuError> {
     let ram_end = RAM_BASE + ram.size();
     let bare = cfg.kernel.as_os_str().is_empty();
@@ -571,6 +625,12 @@ fn load_payload(
         let l = if data.starts_with(b"\x7fELF") {
             load_image(ram, fw, &data, RAM_BASE)?
         } else {
+            if let Err(reason) = plausible_raw_program(&data) {
+                return Err(EmuError::NotRiscv {
+                    path: fw.clone(),
+                    reason: format!("{reason}; firmware is an ELF or a raw RISC-V binary loaded at {RAM_BASE:#x}"),
+                });
+            }
             if RAM_BASE + data.len() as u64 > ram_end {
                 return Err(EmuError::TooLittleMemory {
                     have_mib: ram.size() >> 20,
@@ -584,7 +644,7 @@ fn load_payload(
                 entry: RAM_BASE,
             }
         };
-        if l.end > RAM_BASE + KERNEL_OFFSET {
+        if !bare && l.end > RAM_BASE + KERNEL_OFFSET {
             return Err(EmuError::NotRiscv {
                 path: fw.clone(),
                 reason: format!(
@@ -636,7 +696,7 @@ fn load_payload(
         }
         None => None,
     };
-    let fdt = build_fdt(ram.size(), cmdline, initrd, harts, virtio)?;
+    let fdt = build_fdt(ram.size(), cmdline, initrd, harts, virtio, isa)?;
     if fdt.len() as u64 > FDT_MAX {
         return Err(EmuError::Fdt(format!("device tree is {} bytes", fdt.len())));
     }
@@ -656,8 +716,9 @@ pub fn build_fdt(
     initrd: Option<(u64, u64)>,
     harts: usize,
     virtio: &VirtioLayout,
+    isa: Isa,
 ) -> Result<Vec<u8>, EmuError> {
-    build_fdt_inner(ram_size, cmdline, initrd, harts, virtio)
+    build_fdt_inner(ram_size, cmdline, initrd, harts, virtio, isa)
         .map_err(|e| EmuError::Fdt(e.to_string()))
 }
 
@@ -667,6 +728,7 @@ fn build_fdt_inner(
     initrd: Option<(u64, u64)>,
     harts: usize,
     virtio: &VirtioLayout,
+    isa: Isa,
 ) -> Result<Vec<u8>, vm_fdt::Error> {
     const PH_PLIC: u32 = 1;
     const PH_TEST: u32 = 2;
@@ -706,15 +768,18 @@ fn build_fdt_inner(
         f.property_u32("reg", h as u32)?;
         f.property_string("status", "okay")?;
         f.property_string("compatible", "riscv")?;
-        f.property_string("riscv,isa", "rv64imafdc_zicntr_zicsr_zifencei")?;
+        f.property_string("riscv,isa", &isa.to_string())?;
         f.property_string("riscv,isa-base", "rv64i")?;
-        f.property_string_list(
-            "riscv,isa-extensions",
-            ["i", "m", "a", "f", "d", "c", "zicntr", "zicsr", "zifencei"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        )?;
+        f.property_string_list("riscv,isa-extensions", isa.dt_extensions())?;
+        if isa.has(Ext::Zicbom) {
+            f.property_u32("riscv,cbom-block-size", CACHE_BLOCK as u32)?;
+        }
+        if isa.has(Ext::Zicboz) {
+            f.property_u32("riscv,cboz-block-size", CACHE_BLOCK as u32)?;
+        }
+        if isa.has(Ext::Zicbop) {
+            f.property_u32("riscv,cbop-block-size", CACHE_BLOCK as u32)?;
+        }
         f.property_string("mmu-type", "riscv,sv48")?;
         f.property_u32("phandle", 0x80 + h as u32)?;
         let ic = f.begin_node("interrupt-controller")?;
@@ -880,7 +945,7 @@ fn pci_host_node(f: &mut FdtWriter, slots: &[(u8, usize)], plic: u32) -> Result<
     f.end_node(n)
 }
 
-fn getrandom(buf: &mut [u8]) {
+pub(crate) fn getrandom(buf: &mut [u8]) {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: the pointer and length describe the unfilled tail of `buf`, which we own.

@@ -3,6 +3,8 @@
 pub const FFLAGS: u16 = 0x001;
 pub const FRM: u16 = 0x002;
 pub const FCSR: u16 = 0x003;
+/// Zkr's entropy source.
+pub const SEED: u16 = 0x015;
 pub const CYCLE: u16 = 0xc00;
 pub const TIME: u16 = 0xc01;
 pub const INSTRET: u16 = 0xc02;
@@ -16,6 +18,8 @@ pub const SEPC: u16 = 0x141;
 pub const SCAUSE: u16 = 0x142;
 pub const STVAL: u16 = 0x143;
 pub const SIP: u16 = 0x144;
+/// Sstc's supervisor timer comparator.
+pub const STIMECMP: u16 = 0x14d;
 pub const SATP: u16 = 0x180;
 pub const MVENDORID: u16 = 0xf11;
 pub const MARCHID: u16 = 0xf12;
@@ -36,6 +40,14 @@ pub const MEPC: u16 = 0x341;
 pub const MCAUSE: u16 = 0x342;
 pub const MTVAL: u16 = 0x343;
 pub const MIP: u16 = 0x344;
+pub const MSECCFG: u16 = 0x747;
+pub const PMPCFG0: u16 = 0x3a0;
+pub const PMPADDR0: u16 = 0x3b0;
+pub const TSELECT: u16 = 0x7a0;
+pub const TDATA1: u16 = 0x7a1;
+pub const TDATA2: u16 = 0x7a2;
+pub const TDATA3: u16 = 0x7a3;
+pub const TINFO: u16 = 0x7a4;
 pub const MCYCLE: u16 = 0xb00;
 pub const MINSTRET: u16 = 0xb02;
 
@@ -76,6 +88,19 @@ pub const MSTATUS_WMASK: u64 = MS_SIE
 /// The sstatus view of mstatus.
 pub const SSTATUS_MASK: u64 = MS_SIE | MS_SPIE | MS_SPP | MS_FS | MS_SUM | MS_MXR | MS_UXL | MS_SD;
 pub const SSTATUS_WMASK: u64 = MS_SIE | MS_SPIE | MS_SPP | MS_FS | MS_SUM | MS_MXR;
+
+// menvcfg / senvcfg fields (senvcfg has the low byte's fields only).
+pub const ENVCFG_FIOM: u64 = 1 << 0;
+pub const ENVCFG_CBIE: u64 = 3 << 4;
+pub const ENVCFG_CBCFE: u64 = 1 << 6;
+pub const ENVCFG_CBZE: u64 = 1 << 7;
+pub const ENVCFG_ADUE: u64 = 1 << 61;
+pub const ENVCFG_PBMTE: u64 = 1 << 62;
+pub const ENVCFG_STCE: u64 = 1 << 63;
+
+// mseccfg fields (Zkr's seed access for U and S; no Smepmp).
+pub const MSECCFG_USEED: u64 = 1 << 8;
+pub const MSECCFG_SSEED: u64 = 1 << 9;
 
 // Interrupt bits (mip/mie).
 pub const IRQ_SSI: u64 = 1 << 1;

@@ -1,7 +1,11 @@
-//! Instruction decoding: raw RV64GC encodings to [`Op`], once per instruction address.
+//! Instruction decoding: raw RV64GC encodings, and those of the optional extensions the
+//! machine's [`Isa`] enables, to [`Op`], once per instruction address. An encoding of an
+//! extension that is not enabled decodes as [`Kind::Illegal`], as on hardware without it.
 //!
 //! Compressed instructions expand to the same [`Kind`]s as their 32-bit forms, so the executor
 //! has one implementation of each operation; `len` says how far the pc advances.
+
+use crate::isa::{Ext, Isa};
 
 /// What an instruction does. Operand meaning per kind is noted where it is not the obvious
 /// rd/rs1/rs2/imm.
@@ -149,6 +153,77 @@ pub enum Kind {
     /// Int-to-float conversions: `rs2` selects w/wu/l/lu as 0..3.
     FcvtSInt,
     FcvtDInt,
+    // Zba
+    AddUw,
+    Sh1add,
+    Sh2add,
+    Sh3add,
+    Sh1addUw,
+    Sh2addUw,
+    Sh3addUw,
+    SlliUw,
+    // Zbb
+    Andn,
+    Orn,
+    Xnor,
+    Clz,
+    Clzw,
+    Ctz,
+    Ctzw,
+    Cpop,
+    Cpopw,
+    Max,
+    Maxu,
+    Min,
+    Minu,
+    SextB,
+    SextH,
+    ZextH,
+    Rol,
+    Rolw,
+    Ror,
+    Rori,
+    Roriw,
+    Rorw,
+    OrcB,
+    Rev8,
+    // Zbc
+    Clmul,
+    Clmulh,
+    Clmulr,
+    // Zbs
+    Bclr,
+    Bclri,
+    Bext,
+    Bexti,
+    Binv,
+    Binvi,
+    Bset,
+    Bseti,
+    // Zicond
+    CzeroEqz,
+    CzeroNez,
+    /// Zihintpause's PAUSE (a FENCE hint): ends the hart's slice so other harts run.
+    Pause,
+    /// Zicbom/Zicboz: `imm` = funct12 (0 inval, 1 clean, 2 flush, 4 zero), base in rs1.
+    Cbo,
+    /// Svinval: SINVAL.VMA (rs1/rs2 as SFENCE.VMA), and SFENCE.W.INVAL / SFENCE.INVAL.IR.
+    SinvalVma,
+    SfenceInval,
+    // Zfa: FLI's rs1 is the table index; FROUND's rs2 is 4 (fround) or 5 (froundnx).
+    FliS,
+    FliD,
+    FminmS,
+    FmaxmS,
+    FminmD,
+    FmaxmD,
+    FroundS,
+    FroundD,
+    FcvtmodWD,
+    FleqS,
+    FltqS,
+    FleqD,
+    FltqD,
 }
 
 /// One decoded instruction, 8 bytes so the executor gets it in one register.
@@ -247,8 +322,8 @@ fn sext(v: u32, n: u32) -> i32 {
     ((v << (32 - n)) as i32) >> (32 - n)
 }
 
-/// Decodes a 32-bit instruction.
-pub fn decode32(w: u32) -> Op {
+/// Decodes a 32-bit instruction for a hart implementing `isa`.
+pub fn decode32(w: u32, isa: Isa) -> Op {
     use Kind::*;
     let rd = bits(w, 11, 7);
     let rs1 = bits(w, 19, 15);
@@ -275,6 +350,9 @@ pub fn decode32(w: u32) -> Op {
     let ill = Op::illegal(w, 4);
     let r = |k| Op::new(k, rd, rs1, rs2, 0);
     let i = |k| Op::new(k, rd, rs1, 0, i_imm);
+    let has = |e| isa.has(e);
+    let imm12 = bits(w, 31, 20);
+    let f6 = bits(w, 31, 26);
     match w & 0x7f {
         0x37 => Op::new(Lui, rd, 0, 0, u_imm),
         0x17 => Op::new(Auipc, rd, 0, 0, u_imm),
@@ -324,9 +402,23 @@ pub fn decode32(w: u32) -> Op {
                 4 => i(Xori),
                 6 => i(Ori),
                 7 => i(Andi),
-                1 if bits(w, 31, 26) == 0 => Op::new(Slli, rd, rs1, 0, shamt),
-                5 if bits(w, 31, 26) == 0 => Op::new(Srli, rd, rs1, 0, shamt),
-                5 if bits(w, 31, 26) == 0x10 => Op::new(Srai, rd, rs1, 0, shamt),
+                1 if f6 == 0 => Op::new(Slli, rd, rs1, 0, shamt),
+                5 if f6 == 0 => Op::new(Srli, rd, rs1, 0, shamt),
+                5 if f6 == 0x10 => Op::new(Srai, rd, rs1, 0, shamt),
+                1 if has(Ext::Zbb) && matches!(imm12, 0x600..=0x602 | 0x604 | 0x605) => Op::new(
+                    [Clz, Ctz, Cpop, Illegal, SextB, SextH][(imm12 - 0x600) as usize],
+                    rd,
+                    rs1,
+                    0,
+                    0,
+                ),
+                5 if has(Ext::Zbb) && f6 == 0x18 => Op::new(Rori, rd, rs1, 0, shamt),
+                5 if has(Ext::Zbb) && imm12 == 0x287 => Op::new(OrcB, rd, rs1, 0, 0),
+                5 if has(Ext::Zbb) && imm12 == 0x6b8 => Op::new(Rev8, rd, rs1, 0, 0),
+                1 if has(Ext::Zbs) && f6 == 0x12 => Op::new(Bclri, rd, rs1, 0, shamt),
+                5 if has(Ext::Zbs) && f6 == 0x12 => Op::new(Bexti, rd, rs1, 0, shamt),
+                1 if has(Ext::Zbs) && f6 == 0x1a => Op::new(Binvi, rd, rs1, 0, shamt),
+                1 if has(Ext::Zbs) && f6 == 0x0a => Op::new(Bseti, rd, rs1, 0, shamt),
                 _ => ill,
             }
         }
@@ -337,6 +429,13 @@ pub fn decode32(w: u32) -> Op {
                 (1, 0) => Op::new(Slliw, rd, rs1, 0, shamt),
                 (5, 0) => Op::new(Srliw, rd, rs1, 0, shamt),
                 (5, 0x20) => Op::new(Sraiw, rd, rs1, 0, shamt),
+                (1, _) if has(Ext::Zba) && f6 == 0x02 => {
+                    Op::new(SlliUw, rd, rs1, 0, bits(w, 25, 20) as i32)
+                }
+                (1, 0x30) if has(Ext::Zbb) && rs2 <= 2 => {
+                    Op::new([Clzw, Ctzw, Cpopw][rs2 as usize], rd, rs1, 0, 0)
+                }
+                (5, 0x30) if has(Ext::Zbb) => Op::new(Roriw, rd, rs1, 0, shamt),
                 _ => ill,
             }
         }
@@ -359,6 +458,27 @@ pub fn decode32(w: u32) -> Op {
             (1, 5) => Divu,
             (1, 6) => Rem,
             (1, 7) => Remu,
+            (0x10, 2) if has(Ext::Zba) => Sh1add,
+            (0x10, 4) if has(Ext::Zba) => Sh2add,
+            (0x10, 6) if has(Ext::Zba) => Sh3add,
+            (0x20, 7) if has(Ext::Zbb) => Andn,
+            (0x20, 6) if has(Ext::Zbb) => Orn,
+            (0x20, 4) if has(Ext::Zbb) => Xnor,
+            (0x05, 4) if has(Ext::Zbb) => Min,
+            (0x05, 5) if has(Ext::Zbb) => Minu,
+            (0x05, 6) if has(Ext::Zbb) => Max,
+            (0x05, 7) if has(Ext::Zbb) => Maxu,
+            (0x30, 1) if has(Ext::Zbb) => Rol,
+            (0x30, 5) if has(Ext::Zbb) => Ror,
+            (0x05, 1) if has(Ext::Zbc) => Clmul,
+            (0x05, 2) if has(Ext::Zbc) => Clmulr,
+            (0x05, 3) if has(Ext::Zbc) => Clmulh,
+            (0x24, 1) if has(Ext::Zbs) => Bclr,
+            (0x24, 5) if has(Ext::Zbs) => Bext,
+            (0x34, 1) if has(Ext::Zbs) => Binv,
+            (0x14, 1) if has(Ext::Zbs) => Bset,
+            (0x07, 5) if has(Ext::Zicond) => CzeroEqz,
+            (0x07, 7) if has(Ext::Zicond) => CzeroNez,
             _ => return ill,
         }),
         0x3b => r(match (f7, f3) {
@@ -372,11 +492,24 @@ pub fn decode32(w: u32) -> Op {
             (1, 5) => Divuw,
             (1, 6) => Remw,
             (1, 7) => Remuw,
+            (0x04, 0) if has(Ext::Zba) => AddUw,
+            (0x10, 2) if has(Ext::Zba) => Sh1addUw,
+            (0x10, 4) if has(Ext::Zba) => Sh2addUw,
+            (0x10, 6) if has(Ext::Zba) => Sh3addUw,
+            (0x04, 4) if has(Ext::Zbb) && rs2 == 0 => ZextH,
+            (0x30, 1) if has(Ext::Zbb) => Rolw,
+            (0x30, 5) if has(Ext::Zbb) => Rorw,
             _ => return ill,
         }),
         0x0f => match f3 {
+            // PAUSE is FENCE with pred = W, succ = 0 and no registers.
+            0 if w == 0x0100_000f && has(Ext::Zihintpause) => Op::new(Pause, 0, 0, 0, 0),
             0 => Op::new(Fence, 0, 0, 0, 0),
             1 => Op::new(FenceI, 0, 0, 0, 0),
+            2 if rd == 0 && matches!(imm12, 0..=2) && has(Ext::Zicbom) => {
+                Op::new(Cbo, 0, rs1, 0, imm12 as i32)
+            }
+            2 if rd == 0 && imm12 == 4 && has(Ext::Zicboz) => Op::new(Cbo, 0, rs1, 0, 4),
             _ => ill,
         },
         0x73 => {
@@ -389,6 +522,13 @@ pub fn decode32(w: u32) -> Op {
                     0x1020_0073 => Op::new(Sret, 0, 0, 0, 0),
                     0x1050_0073 => Op::new(Wfi, 0, 0, 0, 0),
                     _ if f7 == 0x09 && rd == 0 => Op::new(SfenceVma, 0, rs1, rs2, 0),
+                    _ if f7 == 0x0b && rd == 0 && has(Ext::Svinval) => {
+                        Op::new(SinvalVma, 0, rs1, rs2, 0)
+                    }
+                    // SFENCE.W.INVAL and SFENCE.INVAL.IR.
+                    0x1800_0073 | 0x1810_0073 if has(Ext::Svinval) => {
+                        Op::new(SfenceInval, 0, 0, 0, 0)
+                    }
                     _ => ill,
                 },
                 1 => Op::new(Csrrw, rd, rs1, 0, csr),
@@ -443,7 +583,15 @@ pub fn decode32(w: u32) -> Op {
             };
             Op::new(k, rd, rs1, rs2, (f3 | (bits(w, 31, 27) << 8)) as i32)
         }
-        0x53 => decode_fp(w, rd, rs1, rs2, f3, f7).unwrap_or(ill),
+        0x53 => decode_fp(w, rd, rs1, rs2, f3, f7)
+            .or_else(|| {
+                if has(Ext::Zfa) {
+                    decode_zfa(rd, rs1, rs2, f3, f7)
+                } else {
+                    None
+                }
+            })
+            .unwrap_or(ill),
         _ => ill,
     }
 }
@@ -483,6 +631,30 @@ fn decode_fp(w: u32, rd: u32, rs1: u32, rs2: u32, f3: u32, f7: u32) -> Option<Op
         _ => return None,
     };
     let _ = w;
+    Some(Op::new(k, rd, rs1, rs2, f3 as i32))
+}
+
+/// Zfa's additions to OP-FP (the S and D forms; the H and Q forms need Zfh and Q, and
+/// FMVH.X.D / FMVP.D.X exist on RV32 only).
+fn decode_zfa(rd: u32, rs1: u32, rs2: u32, f3: u32, f7: u32) -> Option<Op> {
+    use Kind::*;
+    let k = match (f7, rs2, f3) {
+        (0x78, 1, 0) => FliS,
+        (0x79, 1, 0) => FliD,
+        (0x14, _, 2) => FminmS,
+        (0x14, _, 3) => FmaxmS,
+        (0x15, _, 2) => FminmD,
+        (0x15, _, 3) => FmaxmD,
+        (0x20, 4 | 5, _) => FroundS,
+        (0x21, 4 | 5, _) => FroundD,
+        // Only RTZ is defined for FCVTMOD.W.D.
+        (0x61, 8, 1) => FcvtmodWD,
+        (0x50, _, 4) => FleqS,
+        (0x50, _, 5) => FltqS,
+        (0x51, _, 4) => FleqD,
+        (0x51, _, 5) => FltqD,
+        _ => return None,
+    };
     Some(Op::new(k, rd, rs1, rs2, f3 as i32))
 }
 
@@ -721,6 +893,10 @@ pub fn decode16(h: u16) -> Op {
 mod tests {
     use super::*;
     use Kind::*;
+
+    fn decode32(w: u32) -> Op {
+        super::decode32(w, Isa::max())
+    }
 
     #[test]
     fn op_is_one_word() {

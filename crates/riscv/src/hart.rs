@@ -12,14 +12,21 @@ use vireo_rvfp as fp;
 
 use crate::csr::*;
 use crate::decode::{decode16, decode32, insn_len, Kind, Op};
+use crate::isa::{Ext, Isa, CACHE_BLOCK};
+use crate::pmp::{Perm, Pmp};
 use crate::sbi;
 use crate::sys::{Sys, CLINT_MSIP, CLINT_MTIME, CLINT_MTIMECMP, CLINT_SIZE};
 
 const TLB_SIZE: usize = 512;
 const TLB_MASK: usize = TLB_SIZE - 1;
 const NO_TAG: u64 = u64::MAX;
-/// Mode key of untranslated accesses (M-mode, or satp off).
+/// Mode key of untranslated accesses (M-mode, or satp off), ORed with the privilege, which
+/// PMP's verdict depends on.
 const BARE: u64 = 0x10;
+/// ASIDs whose TLB entries a hart keeps live at once (per TLB); more are evicted, oldest first.
+const LIVE_ASIDS: usize = 8;
+/// Tag ids per TLB before it is cleared and they are reused (6 bits of the key).
+const TAG_IDS: u8 = 64;
 
 /// A trap about to be taken: cause (interrupt bit included) and the value for xtval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +49,13 @@ enum Access {
 }
 
 impl Access {
+    fn perm(self) -> Perm {
+        match self {
+            Access::Read => Perm::Read,
+            Access::Write => Perm::Write,
+            Access::Exec => Perm::Exec,
+        }
+    }
     fn page_fault(self, va: u64) -> Trap {
         Trap::new(
             match self {
@@ -79,6 +93,72 @@ const EMPTY: TlbEntry = TlbEntry {
     off: 0,
     slot: 0,
 };
+
+/// Which ASIDs have live entries in one TLB, under which tag id (the id is bits 6..11 of the
+/// key folded into every tag). Switching `satp` to another ASID switches ids, so the entries
+/// of up to [`LIVE_ASIDS`] address spaces survive context switches; flushing an ASID forgets
+/// its id; ids are never reused until they run out, and then the TLB is cleared.
+#[derive(Clone, Copy)]
+struct AsidTags {
+    /// (ASID, id), most recently used first.
+    live: [(u16, u8); LIVE_ASIDS],
+    n: usize,
+    next: u8,
+}
+
+impl AsidTags {
+    const NEW: AsidTags = AsidTags {
+        live: [(0, 0); LIVE_ASIDS],
+        n: 0,
+        next: 0,
+    };
+
+    /// The id of `asid`, allocating one if needed; true in the second value when the TLB must
+    /// be cleared first because the ids ran out.
+    #[inline]
+    fn id(&mut self, asid: u16) -> (u8, bool) {
+        if self.n > 0 && self.live[0].0 == asid {
+            return (self.live[0].1, false);
+        }
+        if let Some(i) = self.live[..self.n].iter().position(|e| e.0 == asid) {
+            let e = self.live[i];
+            self.live.copy_within(0..i, 1);
+            self.live[0] = e;
+            return (e.1, false);
+        }
+        let mut clear = false;
+        if self.next == TAG_IDS {
+            self.next = 0;
+            self.n = 0;
+            clear = true;
+        }
+        let id = self.next;
+        self.next += 1;
+        self.live.copy_within(0..LIVE_ASIDS - 1, 1);
+        self.live[0] = (asid, id);
+        self.n = (self.n + 1).min(LIVE_ASIDS);
+        (id, clear)
+    }
+
+    fn forget(&mut self, asid: u16) {
+        if let Some(i) = self.live[..self.n].iter().position(|e| e.0 == asid) {
+            self.live.copy_within(i + 1..self.n, i);
+            self.n -= 1;
+        }
+    }
+
+    fn forget_all(&mut self) {
+        self.n = 0;
+    }
+}
+
+/// A performance counter (cycle or instret) as the hart sees it: the retired-instruction count
+/// plus an offset the CSR writes set, frozen while mcountinhibit says so.
+#[derive(Clone, Copy, Default)]
+struct Counter {
+    off: u64,
+    frozen: Option<u64>,
+}
 
 /// Why a slice of execution ended early.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,12 +199,25 @@ pub struct Hart {
     pub scounteren: u64,
     pub satp: u64,
     pub fcsr: u64,
+    pub menvcfg: u64,
+    pub senvcfg: u64,
+    pub mseccfg: u64,
+    pub pmp: Pmp,
+    /// The extensions this hart implements.
+    pub isa: Isa,
+    /// Instructions retired before the current slice (never written by software: the
+    /// counters the guest sees are [`Counter`]s over it).
     pub instret: u64,
+    /// mcycle and minstret (cycles are counted as instructions: one per instruction).
+    counters: [Counter; 2],
+    /// SBI PMU counters handed out by config_matching (bit = counter index).
+    pub pmu_used: u64,
     /// Instructions retired in the current slice before the executing one (counters read
     /// `instret + retired`; `instret` itself advances once per slice).
     retired: u64,
-    /// Built-in SBI's timer comparator (drives STIP).
-    pub sbi_timecmp: u64,
+    /// The supervisor timer comparator: Sstc's stimecmp, and what the built-in SBI's
+    /// set_timer writes (it drives STIP when menvcfg.STCE is set or the built-in SBI runs).
+    pub stimecmp: u64,
     reservation: Option<u64>,
     tlb_r: Box<[TlbEntry; TLB_SIZE]>,
     tlb_w: Box<[TlbEntry; TLB_SIZE]>,
@@ -134,7 +227,12 @@ pub struct Hart {
     rkey: u64,
     wkey: u64,
     ikey: u64,
-    gen: [u64; 3],
+    tags: [AsidTags; 3],
+    /// Virtual range holding every TLB entry filled from a superpage or NAPOT mapping: an
+    /// SFENCE.VMA of one address in it must drop the whole mapping, which the 4 KiB entries
+    /// of the direct-mapped TLBs may hold at other indexes.
+    big_lo: u64,
+    big_hi: u64,
     fetch_vpn: u64,
     fetch_slot: u32,
     fetch_off: u64,
@@ -142,6 +240,8 @@ pub struct Hart {
     fetch_epoch: u64,
     /// Ends the current slice after this instruction.
     brk: bool,
+    /// With `brk`: end the slice even though the hart could go on (PAUSE).
+    yield_now: bool,
     stop: Stop,
 }
 
@@ -206,9 +306,16 @@ impl Hart {
             scounteren: 0,
             satp: 0,
             fcsr: 0,
+            menvcfg: 0,
+            senvcfg: 0,
+            mseccfg: 0,
+            pmp: Pmp::default(),
+            isa: Isa::max(),
             instret: 0,
+            counters: [Counter::default(); 2],
+            pmu_used: 0,
             retired: 0,
-            sbi_timecmp: u64::MAX,
+            stimecmp: u64::MAX,
             reservation: None,
             tlb_r: Box::new([EMPTY; TLB_SIZE]),
             tlb_w: Box::new([EMPTY; TLB_SIZE]),
@@ -216,17 +323,28 @@ impl Hart {
             rkey: 0,
             wkey: 0,
             ikey: 0,
-            gen: [0; 3],
+            tags: [AsidTags::NEW; 3],
+            big_lo: u64::MAX,
+            big_hi: 0,
             fetch_vpn: u64::MAX,
             fetch_slot: 0,
             fetch_off: 0,
             write_epoch: 0,
             fetch_epoch: 0,
             brk: false,
+            yield_now: false,
             stop: Stop::Yield,
         };
         h.update_keys();
         h
+    }
+
+    /// Sets the extensions this hart implements, with their reset state (hardware updating of
+    /// A/D bits on, as before Svadu made it switchable).
+    pub fn set_isa(&mut self, isa: Isa) {
+        self.isa = isa;
+        self.menvcfg = if isa.has(Ext::Svadu) { ENVCFG_ADUE } else { 0 };
+        self.update_keys();
     }
 
     /// Puts the hart where the built-in SBI hands over to a supervisor: S-mode at `pc` with the
@@ -243,6 +361,21 @@ impl Hart {
         // scounteren from its SBI PMU driver; with no SBI PMU it keeps its legacy driver and
         // relies on this (architecturally unspecified) reset value.
         self.scounteren = 0x7;
+        // What OpenSBI enables for its supervisor when the hart has the extension: the
+        // supervisor timer, page-based memory types, and the seed CSR.
+        let isa = self.isa;
+        self.menvcfg = [
+            (Ext::Sstc, ENVCFG_STCE),
+            (Ext::Svpbmt, ENVCFG_PBMTE),
+            (Ext::Svadu, ENVCFG_ADUE),
+            (Ext::Zicbom, ENVCFG_CBIE | ENVCFG_CBCFE),
+            (Ext::Zicboz, ENVCFG_CBZE),
+        ]
+        .iter()
+        .filter(|(e, _)| isa.has(*e))
+        .fold(0, |v, (_, b)| v | b);
+        self.mseccfg = if isa.has(Ext::Zkr) { MSECCFG_SSEED } else { 0 };
+        self.pmp.allow_all();
         self.mstatus &= !(MS_SIE | MS_SPIE | MS_SPP);
         self.satp = 0;
         self.flush_tlb();
@@ -262,39 +395,83 @@ impl Hart {
         let flags = (u64::from(self.mstatus & MS_SUM != 0) << 2)
             | (u64::from(self.mstatus & MS_MXR != 0) << 3);
         let dmode = if dprv == 3 || !paging {
-            BARE
+            BARE | dprv
         } else {
             dprv | flags | 0x20
         };
         let imode = if self.prv == 3 || !paging {
-            BARE
+            BARE | self.prv
         } else {
             self.prv | 0x20
         };
-        self.rkey = dmode | (self.gen[0] << 6);
-        self.wkey = dmode | (self.gen[1] << 6);
-        self.ikey = imode | (self.gen[2] << 6);
+        let asid = self.asid();
+        let mut ids = [0u64; 3];
+        for (t, id) in ids.iter_mut().enumerate() {
+            let (v, clear) = self.tags[t].id(asid);
+            if clear {
+                self.clear_tlb(t);
+            }
+            *id = u64::from(v);
+        }
+        self.rkey = dmode | (ids[0] << 6);
+        self.wkey = dmode | (ids[1] << 6);
+        self.ikey = imode | (ids[2] << 6);
         self.fetch_vpn = u64::MAX;
     }
 
-    /// Invalidates one TLB (0 read, 1 write, 2 fetch) by moving to its next generation; the
-    /// entries are cleared only when the 6-bit generation wraps.
+    fn asid(&self) -> u16 {
+        (self.satp >> 44) as u16
+    }
+
+    fn clear_tlb(&mut self, which: usize) {
+        match which {
+            0 => self.tlb_r.fill(EMPTY),
+            1 => self.tlb_w.fill(EMPTY),
+            _ => self.tlb_x.fill(EMPTY),
+        }
+    }
+
+    /// Invalidates one TLB (0 read, 1 write, 2 fetch) for every ASID: its live ids are
+    /// forgotten, so no entry tagged with them matches again.
     fn bump_tlb(&mut self, which: usize) {
-        self.gen[which] = (self.gen[which] + 1) & 63;
-        if self.gen[which] == 0 {
-            match which {
-                0 => self.tlb_r.fill(EMPTY),
-                1 => self.tlb_w.fill(EMPTY),
-                _ => self.tlb_x.fill(EMPTY),
-            }
+        self.tags[which].forget_all();
+        self.update_keys();
+    }
+
+    /// Invalidates every translation of every ASID.
+    pub fn flush_tlb(&mut self) {
+        for t in &mut self.tags {
+            t.forget_all();
+        }
+        self.big_lo = u64::MAX;
+        self.big_hi = 0;
+        self.update_keys();
+    }
+
+    /// Invalidates the translations of one ASID.
+    fn flush_asid(&mut self, asid: u16) {
+        for t in &mut self.tags {
+            t.forget(asid);
         }
         self.update_keys();
     }
 
-    pub fn flush_tlb(&mut self) {
-        for t in 0..3 {
-            self.bump_tlb(t);
+    /// Invalidates the translations of virtual address `va`, in one ASID or all.
+    fn flush_va(&mut self, va: u64, asid: Option<u16>) {
+        if (self.big_lo..self.big_hi).contains(&va) {
+            // It may be part of a larger mapping cached at other indexes.
+            match asid {
+                Some(a) => self.flush_asid(a),
+                None => self.flush_tlb(),
+            }
+            return;
         }
+        // Direct-mapped: an entry for `va`, of any ASID, can only be at this index.
+        let idx = ((va >> 12) as usize) & TLB_MASK;
+        self.tlb_r[idx] = EMPTY;
+        self.tlb_w[idx] = EMPTY;
+        self.tlb_x[idx] = EMPTY;
+        self.fetch_vpn = u64::MAX;
     }
 
     /// Drops what other harts' code-cache changes made stale.
@@ -309,15 +486,16 @@ impl Hart {
         }
     }
 
-    /// Translates `va` for `acc`, setting A/D bits as hardware does (Svadu behaviour), and fills
-    /// the matching TLB when the target is RAM.
-    fn translate(&mut self, sys: &mut Sys, va: u64, acc: Access) -> Result<u64, Trap> {
+    /// Translates `va` for an access of `w` bytes (within one page), setting A/D bits as
+    /// hardware does when Svadu's updating is on, checks PMP, and fills the matching TLB when
+    /// the target is RAM and PMP allows the whole page.
+    fn translate(&mut self, sys: &mut Sys, va: u64, w: u64, acc: Access) -> Result<u64, Trap> {
         let key = match acc {
             Access::Read => self.rkey,
             Access::Write => self.wkey,
             Access::Exec => self.ikey,
         };
-        let pa = if key & 0x3f == BARE {
+        let pa = if key & 0x30 == BARE {
             va
         } else {
             self.walk(sys, va, acc, key)?
@@ -325,6 +503,15 @@ impl Hart {
         // Physical addresses are 56 bits.
         if pa >> 56 != 0 {
             return Err(acc.access_fault(va));
+        }
+        let prv = key & 3;
+        if !self.pmp.check(pa & !0xfff, 4096, acc.perm(), prv) {
+            if !self.pmp.check(pa, w, acc.perm(), prv) {
+                return Err(acc.access_fault(va));
+            }
+            // Allowed, but not for the whole page: nothing may cache it.
+            self.fetch_vpn = u64::MAX;
+            return Ok(pa);
         }
         if let Some(off) = sys.ram.offset(pa & !0xfff, 4096) {
             let idx = ((va >> 12) as usize) & TLB_MASK;
@@ -360,6 +547,10 @@ impl Hart {
         for level in (0..levels).rev() {
             let idx = (va >> (12 + 9 * level)) & 0x1ff;
             let pte_addr = table + idx * 8;
+            // The walk's own accesses are S-mode accesses for PMP.
+            if !self.pmp.check(pte_addr, 8, Perm::Read, 1) {
+                return Err(acc.access_fault(va));
+            }
             let pte_off = sys
                 .ram
                 .offset(pte_addr, 8)
@@ -377,13 +568,24 @@ impl Hart {
                 pte & 64 != 0,
                 pte & 128 != 0,
             );
-            // Reserved bits, and Svpbmt/Svnapot bits we do not advertise, must be zero.
-            if !v || (!r && w) || pte >> 54 != 0 {
+            // Bits 60..54 are reserved; PBMT (62..61) needs Svpbmt with menvcfg.PBMTE, and
+            // its value 3 is reserved; N (63) needs Svnapot.
+            let pbmt = (pte >> 61) & 3;
+            let napot = pte >> 63 != 0;
+            let pbmt_on = self.isa.has(Ext::Svpbmt) && self.menvcfg & ENVCFG_PBMTE != 0;
+            if !v
+                || (!r && w)
+                || (pte >> 54) & 0x7f != 0
+                || (pbmt != 0 && !pbmt_on)
+                || pbmt == 3
+                || (napot && !self.isa.has(Ext::Svnapot))
+            {
                 return Err(acc.page_fault(va));
             }
             let ppn = (pte >> 10) & ((1 << 44) - 1);
             if !r && !x {
-                if a || d || u {
+                // N and PBMT are reserved in pointers to the next level.
+                if a || d || u || napot || pbmt != 0 {
                     return Err(acc.page_fault(va));
                 }
                 table = ppn << 12;
@@ -402,21 +604,42 @@ impl Hart {
             if !ok || !priv_ok {
                 return Err(acc.page_fault(va));
             }
-            // Superpages must be aligned.
-            let low = (1u64 << (9 * level)) - 1;
-            if ppn & low != 0 {
-                return Err(acc.page_fault(va));
-            }
+            // Superpages must be aligned; Svnapot defines only 64 KiB (ppn[3:0] = 1000) at
+            // the 4 KiB level.
+            let low = if napot {
+                if level != 0 || ppn & 0xf != 0b1000 {
+                    return Err(acc.page_fault(va));
+                }
+                0xf
+            } else {
+                let low = (1u64 << (9 * level)) - 1;
+                if ppn & low != 0 {
+                    return Err(acc.page_fault(va));
+                }
+                low
+            };
             let need = 64 | if acc == Access::Write { 128 } else { 0 };
             if pte & need != need {
+                // Svade (Svadu with menvcfg.ADUE clear): software manages A and D.
+                if self.isa.has(Ext::Svadu) && self.menvcfg & ENVCFG_ADUE == 0 {
+                    return Err(acc.page_fault(va));
+                }
+                if !self.pmp.check(pte_addr, 8, Perm::Write, 1) {
+                    return Err(acc.access_fault(va));
+                }
                 pte |= need;
                 sys.ram.store_u64(pte_off, pte);
                 if sys.code.is_code(pte_addr) {
                     sys.code.invalidate(pte_addr);
                 }
             }
-            let page_off = va & ((1u64 << (12 + 9 * level)) - 1);
-            return Ok(((ppn & !low) << 12) | page_off);
+            let size = 1u64 << (12 + if napot { 4 } else { 9 * level });
+            if size > 4096 {
+                let base = va & !(size - 1);
+                self.big_lo = self.big_lo.min(base);
+                self.big_hi = self.big_hi.max(base.saturating_add(size));
+            }
+            return Ok(((ppn & !low) << 12) | (va & (size - 1)));
         }
         Err(acc.page_fault(va))
     }
@@ -432,7 +655,7 @@ impl Hart {
             }
             return Ok(v);
         }
-        let pa = self.translate(sys, va, Access::Read)?;
+        let pa = self.translate(sys, va, w, Access::Read)?;
         self.phys_read(sys, pa, w)
             .ok_or(Trap::new(EXC_LOAD_ACCESS, va))
     }
@@ -460,14 +683,14 @@ impl Hart {
         self.sync_epochs(sys);
         if (va & 0xfff) + w > 4096 {
             // Check both pages before writing either, so a fault leaves memory untouched.
-            self.translate(sys, va, Access::Write)?;
-            self.translate(sys, (va | 0xfff) + 1, Access::Write)?;
+            self.translate(sys, va, 1, Access::Write)?;
+            self.translate(sys, (va | 0xfff).wrapping_add(1), 1, Access::Write)?;
             for i in 0..w {
                 self.store_slow(sys, va.wrapping_add(i), 1, v >> (8 * i))?;
             }
             return Ok(());
         }
-        let pa = self.translate(sys, va, Access::Write)?;
+        let pa = self.translate(sys, va, w, Access::Write)?;
         if sys.code.is_code(pa) {
             sys.code.invalidate(pa);
             self.sync_epochs(sys);
@@ -558,7 +781,7 @@ impl Hart {
         let (off, slot) = if e.tag == tag {
             (e.off, e.slot)
         } else {
-            let pa = self.translate(sys, pc, Access::Exec)?;
+            let pa = self.translate(sys, pc, 2, Access::Exec)?;
             let off = sys
                 .ram
                 .offset(pa & !0xfff, 4096)
@@ -566,6 +789,20 @@ impl Hart {
             let slot = sys.code.slot_for(pa);
             // A page that just became code must leave this hart's write TLB.
             self.sync_epochs(sys);
+            if !self.pmp.check(pa & !0xfff, 4096, Perm::Exec, self.ikey & 3) {
+                // PMP allows this instruction's first parcel but not all of the page: check
+                // the whole instruction, and every fetch after it.
+                let po = pc & 0xfff;
+                let lo = sys.ram.load_u16(off + po).unwrap_or(0);
+                let len = u64::from(insn_len(lo)).min(4096 - po);
+                if !self.pmp.check(pa, len, Perm::Exec, self.ikey & 3) {
+                    return Err(Trap::new(EXC_INSN_ACCESS, pc));
+                }
+                self.fetch_slot = slot;
+                self.fetch_off = off;
+                self.fetch_vpn = u64::MAX;
+                return Ok(());
+            }
             self.tlb_x[idx] = TlbEntry { tag, off, slot };
             (off, slot)
         };
@@ -591,20 +828,20 @@ impl Hart {
                 .ram
                 .load_u32(self.fetch_off + po)
                 .ok_or(Trap::new(EXC_INSN_ACCESS, pc))?;
-            let op = decode32(w);
+            let op = decode32(w, self.isa);
             sys.code.pages[self.fetch_slot as usize][(po >> 1) as usize] = op;
             return Ok(op);
         }
         // The instruction straddles two pages: decode it every time, never cache it.
         let next = pc.wrapping_add(2);
-        let pa = self.translate(sys, next, Access::Exec)?;
+        let pa = self.translate(sys, next, 2, Access::Exec)?;
         let hi = self
             .phys_read(sys, pa, 2)
             .filter(|_| sys.ram.offset(pa, 2).is_some())
             .ok_or(Trap::new(EXC_INSN_ACCESS, next))?;
         // The translation may have changed the fetch page; re-establish it.
         self.fetch_vpn = u64::MAX;
-        Ok(decode32(u32::from(lo) | ((hi as u32) << 16)))
+        Ok(decode32(u32::from(lo) | ((hi as u32) << 16), self.isa))
     }
 
     /// The raw bits of the instruction at pc, for xtval on illegal-instruction traps.
@@ -612,7 +849,7 @@ impl Hart {
         let pc = self.pc;
         let mut bits = 0u64;
         for i in 0..2 {
-            let Ok(pa) = self.translate(sys, pc.wrapping_add(2 * i), Access::Exec) else {
+            let Ok(pa) = self.translate(sys, pc.wrapping_add(2 * i), 2, Access::Exec) else {
                 break;
             };
             let Some(h) = self.phys_read(sys, pa, 2) else {
@@ -640,7 +877,13 @@ impl Hart {
         if now >= sys.clint.mtimecmp[id] {
             v |= IRQ_MTI;
         }
-        if sys.builtin_sbi && now >= self.sbi_timecmp {
+        if self.menvcfg & ENVCFG_STCE != 0 {
+            // Sstc: STIP is stimecmp's, and software cannot set it.
+            v &= !IRQ_STI;
+            if now >= self.stimecmp {
+                v |= IRQ_STI;
+            }
+        } else if sys.builtin_sbi && now >= self.stimecmp {
             v |= IRQ_STI;
         }
         if sys.irq.get(2 * id) {
@@ -778,14 +1021,15 @@ impl Hart {
             FFLAGS if self.fs_on() => self.fcsr & 0x1f,
             FRM if self.fs_on() => (self.fcsr >> 5) & 7,
             FCSR if self.fs_on() => self.fcsr & 0xff,
-            CYCLE | INSTRET if self.counter_ok(csr) => self.instret.wrapping_add(self.retired),
+            CYCLE | INSTRET if self.counter_ok(csr) => self.counter((csr == INSTRET) as usize),
             TIME if self.counter_ok(csr) => sys.clock.now(),
             0xc03..=0xc1f if self.counter_ok(csr) => 0,
             SSTATUS => self.read_mstatus() & SSTATUS_MASK,
             SIE => self.mie & self.mideleg,
             STVEC => self.stvec,
             SCOUNTEREN => self.scounteren,
-            SENVCFG => 0,
+            SENVCFG => self.senvcfg,
+            STIMECMP if self.stimecmp_ok() => self.stimecmp,
             SSCRATCH => self.sscratch,
             SEPC => self.sepc,
             SCAUSE => self.scause,
@@ -801,18 +1045,22 @@ impl Hart {
             MIE => self.mie,
             MTVEC => self.mtvec,
             MCOUNTEREN => self.mcounteren,
-            MENVCFG => 0,
+            MENVCFG => self.menvcfg,
+            MSECCFG if self.isa.has(Ext::Zkr) => self.mseccfg,
             MCOUNTINHIBIT => self.mcountinhibit,
             MSCRATCH => self.mscratch,
             MEPC => self.mepc,
             MCAUSE => self.mcause,
             MTVAL => self.mtval,
             MIP => self.mip(sys),
-            // No PMP entries are implemented: the CSRs exist and read as zero (the spec's
-            // WARL choice for zero entries), so firmware sees none and enforces nothing.
-            0x3a0..=0x3af if csr.is_multiple_of(2) => 0,
-            0x3b0..=0x3ef => 0,
-            MCYCLE | MINSTRET => self.instret.wrapping_add(self.retired),
+            // pmpcfg1/3/... do not exist on RV64; entries past 15 read as zero.
+            0x3a0..=0x3af if csr.is_multiple_of(2) => self.pmp.read_cfg((csr - PMPCFG0) as usize),
+            0x3b0..=0x3ef => self.pmp.read_addr((csr - PMPADDR0) as usize),
+            // Sdtrig with no triggers: tselect holds only 0, where tdata1's type 0 says "no
+            // trigger" and tinfo (version 1, Sdtrig 1.0) lists only that type.
+            TSELECT | TDATA1 | TDATA2 | TDATA3 => 0,
+            TINFO => (1 << 24) | 1,
+            MCYCLE | MINSTRET => self.counter((csr == MINSTRET) as usize),
             0xb03..=0xb1f | 0x323..=0x33f => 0,
             _ => return None,
         })
@@ -854,7 +1102,14 @@ impl Hart {
             }
             STVEC => self.stvec = v & !2,
             SCOUNTEREN => self.scounteren = v & 0xffff_ffff,
-            SENVCFG => {}
+            SENVCFG => {
+                let mask = ENVCFG_FIOM | self.cbo_env_bits();
+                self.senvcfg = envcfg_write(self.senvcfg, v, mask);
+            }
+            STIMECMP if self.stimecmp_ok() => {
+                self.stimecmp = v;
+                self.brk = true;
+            }
             SSCRATCH => self.sscratch = v,
             SEPC => self.sepc = v & !1,
             SCAUSE => self.scause = v,
@@ -868,9 +1123,17 @@ impl Hart {
                 let mode = v >> 60;
                 // Writes selecting a mode we lack have no effect (that is how Linux probes).
                 if matches!(mode, SATP_BARE | SATP_SV39 | SATP_SV48) {
-                    self.satp = v & ((0xf << 60) | ((1 << 44) - 1));
-                    self.flush_tlb();
-                    self.update_keys();
+                    // All 16 ASID bits are implemented. Another ASID keeps its own cached
+                    // translations (what ASIDs are for); the same ASID with another root is
+                    // flushed, though the spec asks software to fence, since an ASID-unaware
+                    // kernel switches roots that way.
+                    let old = self.satp;
+                    self.satp = v;
+                    if self.satp >> 44 == old >> 44 && self.satp != old {
+                        self.flush_asid(self.asid());
+                    } else {
+                        self.update_keys();
+                    }
                 }
             }
             MSTATUS => {
@@ -894,25 +1157,127 @@ impl Hart {
             }
             MTVEC => self.mtvec = v & !2,
             MCOUNTEREN => self.mcounteren = v & 0xffff_ffff,
-            MENVCFG => {}
-            MCOUNTINHIBIT => self.mcountinhibit = v & 0xffff_fffd,
+            MENVCFG => {
+                let mut mask = ENVCFG_FIOM | self.cbo_env_bits();
+                for (e, b) in [
+                    (Ext::Svadu, ENVCFG_ADUE),
+                    (Ext::Svpbmt, ENVCFG_PBMTE),
+                    (Ext::Sstc, ENVCFG_STCE),
+                ] {
+                    if self.isa.has(e) {
+                        mask |= b;
+                    }
+                }
+                let old = self.menvcfg;
+                self.menvcfg = envcfg_write(old, v, mask);
+                if (old ^ self.menvcfg) & (ENVCFG_ADUE | ENVCFG_PBMTE) != 0 {
+                    self.flush_tlb();
+                }
+                self.brk = true;
+            }
+            MSECCFG if self.isa.has(Ext::Zkr) => {
+                self.mseccfg = v & (MSECCFG_USEED | MSECCFG_SSEED);
+            }
+            MCOUNTINHIBIT => self.set_inhibit(v & 0xffff_fffd),
             MSCRATCH => self.mscratch = v,
             MEPC => self.mepc = v & !1,
             MCAUSE => self.mcause = v,
             MTVAL => self.mtval = v,
             MIP => {
-                self.mip_sw = (self.mip_sw & !MIP_WMASK) | (v & MIP_WMASK);
+                let mut m = MIP_WMASK;
+                if self.menvcfg & ENVCFG_STCE != 0 {
+                    m &= !IRQ_STI;
+                }
+                self.mip_sw = (self.mip_sw & !m) | (v & m);
                 self.brk = true;
             }
-            0x3a0..=0x3af if csr.is_multiple_of(2) => {}
-            0x3b0..=0x3ef => {}
-            // The next instruction must read `v`; the slice's count is added at its end.
-            MCYCLE | MINSTRET => self.instret = v.wrapping_sub(self.retired + 1),
+            0x3a0..=0x3af if csr.is_multiple_of(2) => {
+                self.pmp.write_cfg((csr - PMPCFG0) as usize, v);
+                self.flush_tlb();
+            }
+            0x3b0..=0x3ef => {
+                self.pmp.write_addr((csr - PMPADDR0) as usize, v);
+                self.flush_tlb();
+            }
+            TSELECT | TDATA1 | TDATA2 | TDATA3 | TINFO => {}
+            MCYCLE | MINSTRET => self.counter_write((csr == MINSTRET) as usize, v),
             0xb03..=0xb1f | 0x323..=0x33f => {}
             _ => return None,
         }
         let _ = sys;
         Some(())
+    }
+
+    /// Whether the current privilege may access stimecmp (Sstc: S needs mcounteren.TM and
+    /// menvcfg.STCE; U never can, by the CSR's number).
+    fn stimecmp_ok(&self) -> bool {
+        self.isa.has(Ext::Sstc)
+            && (self.prv == 3 || (self.mcounteren & 2 != 0 && self.menvcfg & ENVCFG_STCE != 0))
+    }
+
+    /// The envcfg fields of the cache-block extensions this hart has.
+    fn cbo_env_bits(&self) -> u64 {
+        let mut m = 0;
+        if self.isa.has(Ext::Zicbom) {
+            m |= ENVCFG_CBIE | ENVCFG_CBCFE;
+        }
+        if self.isa.has(Ext::Zicboz) {
+            m |= ENVCFG_CBZE;
+        }
+        m
+    }
+
+    /// The value of counter `i` (0 mcycle, 1 minstret) as the current instruction sees it.
+    pub fn counter(&self, i: usize) -> u64 {
+        let c = self.counters[i];
+        c.frozen
+            .unwrap_or_else(|| self.instret.wrapping_add(self.retired).wrapping_add(c.off))
+    }
+
+    /// Sets counter `i` so that the next instruction reads `v`.
+    pub fn counter_write(&mut self, i: usize, v: u64) {
+        let raw = self.instret.wrapping_add(self.retired);
+        let c = &mut self.counters[i];
+        match c.frozen {
+            Some(_) => c.frozen = Some(v),
+            None => c.off = v.wrapping_sub(raw.wrapping_add(1)),
+        }
+    }
+
+    /// Writes mcountinhibit: CY (bit 0) and IR (bit 2) freeze mcycle and minstret.
+    pub fn set_inhibit(&mut self, v: u64) {
+        for (i, bit) in [(0usize, 1u64), (1, 4)] {
+            let now = self.counter(i);
+            let raw = self.instret.wrapping_add(self.retired);
+            let c = &mut self.counters[i];
+            match (v & bit != 0, c.frozen) {
+                (true, None) => c.frozen = Some(now),
+                (false, Some(f)) => {
+                    c.frozen = None;
+                    c.off = f.wrapping_sub(raw.wrapping_add(1));
+                }
+                _ => {}
+            }
+        }
+        self.mcountinhibit = v;
+    }
+
+    /// Zkr's seed: only read-write accesses (a read-only one is illegal), from M, or from S/U
+    /// when mseccfg.SSEED/USEED allows. Entropy comes from the host's random source, 16 bits
+    /// per read with status ES16.
+    fn seed(&mut self, sys: &mut Sys, op: Op, write: bool) -> Result<(), Trap> {
+        let allowed = match self.prv {
+            3 => true,
+            1 => self.mseccfg & MSECCFG_SSEED != 0,
+            _ => self.mseccfg & MSECCFG_USEED != 0,
+        };
+        if !write || !allowed {
+            return Err(self.illegal(sys));
+        }
+        let mut b = [0u8; 2];
+        crate::board::getrandom(&mut b);
+        self.set_x(op.rd, (0b10 << 30) | u64::from(u16::from_le_bytes(b)));
+        Ok(())
     }
 
     fn csr_op(&mut self, sys: &mut Sys, op: Op) -> Result<(), Trap> {
@@ -925,6 +1290,9 @@ impl Hart {
             Kind::Csrrw | Kind::Csrrwi => (op.rd != 0, true),
             _ => (true, op.rs1 != 0),
         };
+        if csr == SEED && self.isa.has(Ext::Zkr) {
+            return self.seed(sys, op, write);
+        }
         let old = if read || write {
             match self.csr_read(sys, csr) {
                 Some(v) => v,
@@ -988,7 +1356,11 @@ impl Hart {
             }
             if self.brk {
                 self.brk = false;
-                if self.stop != Stop::Yield || sys.fault.is_some() || sys.exit.is_raised() {
+                if self.stop != Stop::Yield
+                    || sys.fault.is_some()
+                    || sys.exit.is_raised()
+                    || std::mem::take(&mut self.yield_now)
+                {
                     break;
                 }
                 self.sync_epochs(sys);
@@ -1251,6 +1623,105 @@ impl Hart {
                 let v = if b == 0 { a } else { a % b };
                 self.set_x(op.rd, sext32(u64::from(v)));
             }
+            AddUw => self.set_x(
+                op.rd,
+                self.rs2(&op).wrapping_add(self.rs1(&op) as u32 as u64),
+            ),
+            Sh1add | Sh2add | Sh3add => {
+                let n = match op.kind {
+                    Sh1add => 1,
+                    Sh2add => 2,
+                    _ => 3,
+                };
+                self.set_x(op.rd, self.rs2(&op).wrapping_add(self.rs1(&op) << n));
+            }
+            Sh1addUw | Sh2addUw | Sh3addUw => {
+                let n = match op.kind {
+                    Sh1addUw => 1,
+                    Sh2addUw => 2,
+                    _ => 3,
+                };
+                let a = u64::from(self.rs1(&op) as u32) << n;
+                self.set_x(op.rd, self.rs2(&op).wrapping_add(a));
+            }
+            SlliUw => self.set_x(op.rd, u64::from(self.rs1(&op) as u32) << (imm & 63)),
+            Andn => self.set_x(op.rd, self.rs1(&op) & !self.rs2(&op)),
+            Orn => self.set_x(op.rd, self.rs1(&op) | !self.rs2(&op)),
+            Xnor => self.set_x(op.rd, !(self.rs1(&op) ^ self.rs2(&op))),
+            Clz => self.set_x(op.rd, u64::from(self.rs1(&op).leading_zeros())),
+            Clzw => self.set_x(op.rd, u64::from((self.rs1(&op) as u32).leading_zeros())),
+            Ctz => self.set_x(op.rd, u64::from(self.rs1(&op).trailing_zeros())),
+            Ctzw => self.set_x(op.rd, u64::from((self.rs1(&op) as u32).trailing_zeros())),
+            Cpop => self.set_x(op.rd, u64::from(self.rs1(&op).count_ones())),
+            Cpopw => self.set_x(op.rd, u64::from((self.rs1(&op) as u32).count_ones())),
+            Max => self.set_x(
+                op.rd,
+                (self.rs1(&op) as i64).max(self.rs2(&op) as i64) as u64,
+            ),
+            Maxu => self.set_x(op.rd, self.rs1(&op).max(self.rs2(&op))),
+            Min => self.set_x(
+                op.rd,
+                (self.rs1(&op) as i64).min(self.rs2(&op) as i64) as u64,
+            ),
+            Minu => self.set_x(op.rd, self.rs1(&op).min(self.rs2(&op))),
+            SextB => self.set_x(op.rd, self.rs1(&op) as i8 as i64 as u64),
+            SextH => self.set_x(op.rd, self.rs1(&op) as i16 as i64 as u64),
+            ZextH => self.set_x(op.rd, u64::from(self.rs1(&op) as u16)),
+            Rol => self.set_x(
+                op.rd,
+                self.rs1(&op).rotate_left((self.rs2(&op) & 63) as u32),
+            ),
+            Ror => self.set_x(
+                op.rd,
+                self.rs1(&op).rotate_right((self.rs2(&op) & 63) as u32),
+            ),
+            Rori => self.set_x(op.rd, self.rs1(&op).rotate_right((imm & 63) as u32)),
+            Rolw => {
+                let v = (self.rs1(&op) as u32).rotate_left((self.rs2(&op) & 31) as u32);
+                self.set_x(op.rd, sext32(u64::from(v)));
+            }
+            Rorw => {
+                let v = (self.rs1(&op) as u32).rotate_right((self.rs2(&op) & 31) as u32);
+                self.set_x(op.rd, sext32(u64::from(v)));
+            }
+            Roriw => {
+                let v = (self.rs1(&op) as u32).rotate_right((imm & 31) as u32);
+                self.set_x(op.rd, sext32(u64::from(v)));
+            }
+            OrcB => {
+                let a = self.rs1(&op);
+                let v = (0..8).fold(0u64, |v, i| {
+                    if (a >> (8 * i)) & 0xff != 0 {
+                        v | (0xff << (8 * i))
+                    } else {
+                        v
+                    }
+                });
+                self.set_x(op.rd, v);
+            }
+            Rev8 => self.set_x(op.rd, self.rs1(&op).swap_bytes()),
+            Clmul => self.set_x(op.rd, clmul(self.rs1(&op), self.rs2(&op)).1),
+            Clmulh => self.set_x(op.rd, clmul(self.rs1(&op), self.rs2(&op)).0),
+            Clmulr => {
+                let (hi, lo) = clmul(self.rs1(&op), self.rs2(&op));
+                self.set_x(op.rd, (hi << 1) | (lo >> 63));
+            }
+            Bclr => self.set_x(op.rd, self.rs1(&op) & !(1 << (self.rs2(&op) & 63))),
+            Bclri => self.set_x(op.rd, self.rs1(&op) & !(1 << (imm & 63))),
+            Bext => self.set_x(op.rd, (self.rs1(&op) >> (self.rs2(&op) & 63)) & 1),
+            Bexti => self.set_x(op.rd, (self.rs1(&op) >> (imm & 63)) & 1),
+            Binv => self.set_x(op.rd, self.rs1(&op) ^ (1 << (self.rs2(&op) & 63))),
+            Binvi => self.set_x(op.rd, self.rs1(&op) ^ (1 << (imm & 63))),
+            Bset => self.set_x(op.rd, self.rs1(&op) | (1 << (self.rs2(&op) & 63))),
+            Bseti => self.set_x(op.rd, self.rs1(&op) | (1 << (imm & 63))),
+            CzeroEqz => {
+                let v = if self.rs2(&op) == 0 { 0 } else { self.rs1(&op) };
+                self.set_x(op.rd, v);
+            }
+            CzeroNez => {
+                let v = if self.rs2(&op) != 0 { 0 } else { self.rs1(&op) };
+                self.set_x(op.rd, v);
+            }
             Fence => {}
             FenceI => {
                 sys.code.flush();
@@ -1315,11 +1786,16 @@ impl Hart {
                 }
                 return Ok(());
             }
-            SfenceVma => {
+            SfenceVma | SinvalVma => {
                 if self.prv == 0 || (self.prv == 1 && self.mstatus & MS_TVM != 0) {
                     return Err(self.illegal(sys));
                 }
-                self.flush_tlb();
+                let asid = (op.rs2 & 31 != 0).then(|| self.rs2(&op) as u16);
+                match (op.rs1 & 31 != 0, asid) {
+                    (false, None) => self.flush_tlb(),
+                    (false, Some(a)) => self.flush_asid(a),
+                    (true, a) => self.flush_va(self.rs1(&op), a),
+                }
             }
             Csrrw | Csrrs | Csrrc | Csrrwi | Csrrsi | Csrrci => self.csr_op(sys, op)?,
             LrW | LrD => {
@@ -1352,7 +1828,7 @@ impl Hart {
                     return Err(Trap::new(EXC_STORE_ACCESS - 1, va));
                 }
                 // Translate for writing first: an AMO faults as a store.
-                let pa = self.translate(sys, va, Access::Write)?;
+                let pa = self.translate(sys, va, w, Access::Write)?;
                 if sys.ram.offset(pa, w).is_none() {
                     return Err(Trap::new(EXC_STORE_ACCESS, va));
                 }
@@ -1667,10 +2143,163 @@ impl Hart {
                 };
                 self.set_fd(op.rd, v, fl);
             }
+            _ => return self.exec_ext(sys, op),
+        }
+        Ok(())
+    }
+
+    /// The rarer extension instructions: Zfa, cache-block operations, PAUSE, Svinval's fences.
+    fn exec_ext(&mut self, sys: &mut Sys, op: Op) -> Result<(), Trap> {
+        use Kind::*;
+        match op.kind {
+            Pause => {
+                // A spinning hart gives the others (which run on this same host thread)
+                // their turn now rather than at the end of its slice.
+                if sys.mail.len() > 1 {
+                    self.yield_now = true;
+                    self.brk = true;
+                }
+            }
+            SfenceInval => {
+                if self.prv == 0 {
+                    return Err(self.illegal(sys));
+                }
+            }
+            Cbo => self.cbo(sys, op)?,
+            FliS => {
+                self.fp_on(sys)?;
+                self.set_fs(op.rd, fp::fli_f32(op.rs1 & 31), 0);
+            }
+            FliD => {
+                self.fp_on(sys)?;
+                self.set_fd(op.rd, fp::fli_f64(op.rs1 & 31), 0);
+            }
+            FminmS | FmaxmS => {
+                self.fp_on(sys)?;
+                let (a, b) = (self.fs(op.rs1), self.fs(op.rs2));
+                let (v, fl) = fp::f32_minmax_m(a, b, op.kind == FmaxmS);
+                self.set_fs(op.rd, v, fl);
+            }
+            FminmD | FmaxmD => {
+                self.fp_on(sys)?;
+                let (a, b) = (self.fd(op.rs1), self.fd(op.rs2));
+                let (v, fl) = fp::f64_minmax_m(a, b, op.kind == FmaxmD);
+                self.set_fd(op.rd, v, fl);
+            }
+            FroundS => {
+                let rm = self.rm(sys, &op)?;
+                let (v, fl) = fp::f32_round_int(self.fs(op.rs1), rm, op.rs2 == 5);
+                self.set_fs(op.rd, v, fl);
+            }
+            FroundD => {
+                let rm = self.rm(sys, &op)?;
+                let (v, fl) = fp::f64_round_int(self.fd(op.rs1), rm, op.rs2 == 5);
+                self.set_fd(op.rd, v, fl);
+            }
+            FcvtmodWD => {
+                self.fp_on(sys)?;
+                let (v, fl) = fp::f64_to_i32_mod(self.fd(op.rs1));
+                self.fcsr |= u64::from(fl);
+                self.mstatus |= MS_FS;
+                self.set_x(op.rd, v as i64 as u64);
+            }
+            FleqS | FltqS => {
+                self.fp_on(sys)?;
+                let (a, b) = (self.fs(op.rs1), self.fs(op.rs2));
+                let (v, fl) = if op.kind == FleqS {
+                    fp::f32_le_quiet(a, b)
+                } else {
+                    fp::f32_lt_quiet(a, b)
+                };
+                self.fcsr |= u64::from(fl);
+                self.mstatus |= MS_FS;
+                self.set_x(op.rd, u64::from(v));
+            }
+            FleqD | FltqD => {
+                self.fp_on(sys)?;
+                let (a, b) = (self.fd(op.rs1), self.fd(op.rs2));
+                let (v, fl) = if op.kind == FleqD {
+                    fp::f64_le_quiet(a, b)
+                } else {
+                    fp::f64_lt_quiet(a, b)
+                };
+                self.fcsr |= u64::from(fl);
+                self.mstatus |= MS_FS;
+                self.set_x(op.rd, u64::from(v));
+            }
             _ => return Err(self.illegal(sys)),
         }
         Ok(())
     }
+
+    /// CBO.INVAL/CLEAN/FLUSH/ZERO on the cache block holding the address in rs1.
+    ///
+    /// Below M, menvcfg (and for U also senvcfg) must enable the operation: CBIE for INVAL
+    /// (00 illegal; 01 and 11, flush or invalidate, are the same here, with no cache), CBCFE
+    /// for CLEAN/FLUSH, CBZE for ZERO. CLEAN/FLUSH/INVAL need load or store permission,
+    /// ZERO store permission; their faults are store faults with the rs1 address in xtval.
+    fn cbo(&mut self, sys: &mut Sys, op: Op) -> Result<(), Trap> {
+        let f = op.imm as u64;
+        let enabled = |env: u64| match f {
+            0 => env & ENVCFG_CBIE != 0,
+            1 | 2 => env & ENVCFG_CBCFE != 0,
+            _ => env & ENVCFG_CBZE != 0,
+        };
+        if (self.prv != 3 && !enabled(self.menvcfg)) || (self.prv == 0 && !enabled(self.senvcfg)) {
+            return Err(self.illegal(sys));
+        }
+        let va = self.rs1(&op);
+        let block = va & !(CACHE_BLOCK - 1);
+        self.sync_epochs(sys);
+        if f == 4 {
+            let pa = self
+                .translate(sys, block, CACHE_BLOCK, Access::Write)
+                .map_err(|t| Trap::new(t.cause, va))?;
+            if sys.code.is_code(pa) {
+                sys.code.invalidate(pa);
+                self.sync_epochs(sys);
+            }
+            for i in 0..CACHE_BLOCK / 8 {
+                if !self.phys_write(sys, pa + 8 * i, 8, 0) {
+                    return Err(Trap::new(EXC_STORE_ACCESS, va));
+                }
+            }
+            return Ok(());
+        }
+        // Load permission, or else store permission; a fault is reported as a store's.
+        if self
+            .translate(sys, block, CACHE_BLOCK, Access::Read)
+            .is_err()
+        {
+            self.translate(sys, block, CACHE_BLOCK, Access::Write)
+                .map_err(|t| Trap::new(t.cause, va))?;
+        }
+        Ok(())
+    }
+}
+
+/// A write to menvcfg/senvcfg: the bits in `mask`, except that CBIE's reserved value 10
+/// leaves the field as it was (WARL).
+fn envcfg_write(old: u64, v: u64, mask: u64) -> u64 {
+    let mut nv = (old & !mask) | (v & mask);
+    if mask & ENVCFG_CBIE != 0 && (v & ENVCFG_CBIE) >> 4 == 0b10 {
+        nv = (nv & !ENVCFG_CBIE) | (old & ENVCFG_CBIE);
+    }
+    nv
+}
+
+/// Carry-less product of `a` and `b`: (high, low) 64-bit halves.
+fn clmul(a: u64, b: u64) -> (u64, u64) {
+    let (mut hi, mut lo) = (0u64, 0u64);
+    for i in 0..64 {
+        if (b >> i) & 1 != 0 {
+            lo ^= a << i;
+            if i != 0 {
+                hi ^= a >> (64 - i);
+            }
+        }
+    }
+    (hi, lo)
 }
 
 #[inline(always)]

@@ -1,6 +1,12 @@
 //! The built-in SBI (Supervisor Binary Interface, spec v2.0): what OpenSBI would do in M-mode,
 //! done by the emulator when a supervisor executes `ecall`. Extensions: BASE, TIME, IPI, RFENCE,
-//! HSM, SRST, DBCN and the legacy console calls.
+//! HSM, SRST, PMU, DBCN and the legacy console calls.
+//!
+//! PMU offers the three fixed counters, as OpenSBI numbers them: 0 is `cycle` (0xc00), 1 is
+//! `time` (0xc01, never configurable), 2 is `instret` (0xc02), each 64 bits wide. Only the
+//! generic hardware events CPU_CYCLES (counter 0) and INSTRUCTIONS (counter 2) match; there
+//! are no firmware counters, no sampling (no Sscofpmf) and no snapshot area. Starting and
+//! stopping a counter clears and sets its mcountinhibit bit.
 
 use std::io::Write;
 
@@ -16,6 +22,7 @@ const EXT_RFENCE: u64 = 0x5246_4e43;
 const EXT_HSM: u64 = 0x48_534d;
 const EXT_SRST: u64 = 0x5352_5354;
 const EXT_DBCN: u64 = 0x4442_434e;
+const EXT_PMU: u64 = 0x50_4d55;
 const LEGACY_SET_TIMER: u64 = 0x00;
 const LEGACY_PUTCHAR: u64 = 0x01;
 const LEGACY_GETCHAR: u64 = 0x02;
@@ -25,6 +32,8 @@ const ERR_FAILED: i64 = -1;
 const ERR_NOT_SUPPORTED: i64 = -2;
 const ERR_INVALID_PARAM: i64 = -3;
 const ERR_ALREADY_AVAILABLE: i64 = -6;
+const ERR_ALREADY_STARTED: i64 = -7;
+const ERR_ALREADY_STOPPED: i64 = -8;
 
 /// SBI implementation ID reported by BASE: not one of the registered IDs.
 const IMPL_ID: u64 = 0x7669_7265;
@@ -49,6 +58,7 @@ pub fn call(h: &mut Hart, sys: &mut Sys) {
                         | EXT_HSM
                         | EXT_SRST
                         | EXT_DBCN
+                        | EXT_PMU
                         | LEGACY_SET_TIMER
                         | LEGACY_PUTCHAR
                         | LEGACY_GETCHAR
@@ -58,7 +68,7 @@ pub fn call(h: &mut Hart, sys: &mut Sys) {
             _ => (ERR_NOT_SUPPORTED, 0),
         },
         EXT_TIME | LEGACY_SET_TIMER if fid == 0 || eid == LEGACY_SET_TIMER => {
-            h.sbi_timecmp = a[0];
+            h.stimecmp = a[0];
             (SUCCESS, 0)
         }
         EXT_IPI if fid == 0 => match harts(sys, a[0], a[1]) {
@@ -88,6 +98,7 @@ pub fn call(h: &mut Hart, sys: &mut Sys) {
             None => (ERR_INVALID_PARAM, 0),
         },
         EXT_HSM => hsm(h, sys, fid, &a),
+        EXT_PMU => pmu(h, fid, &a),
         EXT_SRST if fid == 0 => match (a[0], a[1]) {
             (0, 0) => {
                 sys.exit.raise(GuestExit::PowerOff);
@@ -140,6 +151,113 @@ pub fn call(h: &mut Hart, sys: &mut Sys) {
     h.x[10] = err as u64;
     if eid > 0xf {
         h.x[11] = val;
+    }
+}
+
+const PMU_COUNTERS: u64 = 3;
+const PMU_TIME: u64 = 1;
+
+/// The counters an SBI (base, mask) pair names, or None if it names one that does not exist.
+fn pmu_set(base: u64, mask: u64) -> Option<Vec<u64>> {
+    let mut v = Vec::new();
+    for bit in 0..64 {
+        if mask & (1 << bit) != 0 {
+            let i = base.checked_add(bit)?;
+            if i >= PMU_COUNTERS {
+                return None;
+            }
+            v.push(i);
+        }
+    }
+    Some(v)
+}
+
+/// mcountinhibit's bit for counter `i` (its CSR's index).
+fn inhibit_bit(i: u64) -> u64 {
+    1 << i
+}
+
+fn pmu(h: &mut Hart, fid: u64, a: &[u64; 6]) -> (i64, u64) {
+    match fid {
+        // num_counters
+        0 => (SUCCESS, PMU_COUNTERS),
+        // counter_get_info(idx): hardware counter, CSR number, width - 1.
+        1 if a[0] < PMU_COUNTERS => (SUCCESS, (63 << 12) | (0xc00 + a[0])),
+        1 => (ERR_INVALID_PARAM, 0),
+        // counter_config_matching(base, mask, flags, event_idx, event_data)
+        2 => {
+            let Some(set) = pmu_set(a[0], a[1]) else {
+                return (ERR_INVALID_PARAM, 0);
+            };
+            let flags = a[2];
+            let idx = if flags & 1 != 0 {
+                // SKIP_MATCH: the caller names the counter it already has.
+                a[0]
+            } else {
+                let want = match (a[3] >> 16 & 0xf, a[3] & 0xffff) {
+                    (0, 1) => 0,
+                    (0, 2) => 2,
+                    _ => return (ERR_NOT_SUPPORTED, 0),
+                };
+                if !set.contains(&want) || h.pmu_used & (1 << want) != 0 {
+                    return (ERR_NOT_SUPPORTED, 0);
+                }
+                want
+            };
+            if idx == PMU_TIME || idx >= PMU_COUNTERS {
+                return (ERR_INVALID_PARAM, 0);
+            }
+            h.pmu_used |= 1 << idx;
+            let i = (idx == 2) as usize;
+            if flags & 2 != 0 {
+                h.counter_write(i, 0);
+            }
+            if flags & 4 != 0 {
+                h.set_inhibit(h.mcountinhibit & !inhibit_bit(idx));
+            }
+            (SUCCESS, idx)
+        }
+        // counter_start(base, mask, flags, initial_value)
+        3 => {
+            let Some(set) = pmu_set(a[0], a[1]) else {
+                return (ERR_INVALID_PARAM, 0);
+            };
+            if set.contains(&PMU_TIME) {
+                return (ERR_INVALID_PARAM, 0);
+            }
+            if set.iter().any(|&i| h.mcountinhibit & inhibit_bit(i) == 0) {
+                return (ERR_ALREADY_STARTED, 0);
+            }
+            for &i in &set {
+                if a[2] & 1 != 0 {
+                    h.counter_write((i == 2) as usize, a[3]);
+                }
+                h.set_inhibit(h.mcountinhibit & !inhibit_bit(i));
+            }
+            (SUCCESS, 0)
+        }
+        // counter_stop(base, mask, flags)
+        4 => {
+            let Some(set) = pmu_set(a[0], a[1]) else {
+                return (ERR_INVALID_PARAM, 0);
+            };
+            if set.contains(&PMU_TIME) {
+                return (ERR_INVALID_PARAM, 0);
+            }
+            if set.iter().any(|&i| h.mcountinhibit & inhibit_bit(i) != 0) {
+                return (ERR_ALREADY_STOPPED, 0);
+            }
+            for &i in &set {
+                h.set_inhibit(h.mcountinhibit | inhibit_bit(i));
+                if a[2] & 1 != 0 {
+                    h.pmu_used &= !(1 << i);
+                }
+            }
+            (SUCCESS, 0)
+        }
+        // counter_fw_read / _hi: there are no firmware counters.
+        5 | 6 => (ERR_INVALID_PARAM, 0),
+        _ => (ERR_NOT_SUPPORTED, 0),
     }
 }
 

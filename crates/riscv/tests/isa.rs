@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{run_guarded, Outcome};
+use common::{run_guarded_isa, Outcome};
 use vireo_machine::GuestExit;
+use vireo_riscv::Isa;
 
 const GCC: &str = "riscv64-linux-gnu-gcc";
 const OBJDUMP: &str = "riscv64-linux-gnu-objdump";
@@ -60,7 +61,7 @@ fn build(name: &str, out: &Path) -> PathBuf {
     let elf = out.join(format!("{name}.elf"));
     let res = Command::new(GCC)
         .args([
-            "-march=rv64gc",
+            "-march=rv64gc_zba_zbb_zbc_zbs_zicbom_zicboz_zicbop_zihintpause",
             "-mabi=lp64d",
             "-nostdlib",
             "-nostartfiles",
@@ -89,13 +90,22 @@ fn build(name: &str, out: &Path) -> PathBuf {
 
 /// Builds and runs one program, asserting that it passes.
 fn run_program(name: &str, cpus: u32) {
+    run_program_isa(name, cpus, Isa::max());
+}
+
+/// Builds and runs one program on harts implementing `isa`.
+fn run_program_isa(name: &str, cpus: u32, isa: Isa) {
     let scratch = Scratch::new(name);
     let elf = build(name, &scratch.0);
-    check_run(name, &elf, cpus);
+    check_run_isa(name, &elf, cpus, isa);
 }
 
 fn check_run(name: &str, elf: &Path, cpus: u32) {
-    let run = run_guarded(elf, cpus, GUARD);
+    check_run_isa(name, elf, cpus, Isa::max())
+}
+
+fn check_run_isa(name: &str, elf: &Path, cpus: u32, isa: Isa) {
+    let run = run_guarded_isa(elf, cpus, GUARD, isa);
     let console = run.console;
     match run.outcome {
         Outcome::Exited(Ok(GuestExit::PowerOff)) => {}
@@ -265,4 +275,40 @@ fn pmp() {
 #[test]
 fn fp_edge() {
     run_program("fp_edge", 1);
+}
+
+#[test]
+fn bitmanip() {
+    run_program("bitmanip", 1);
+}
+
+#[test]
+fn zfa() {
+    run_program("zfa", 1);
+}
+
+#[test]
+fn cbo() {
+    run_program("cbo", 1);
+}
+
+#[test]
+fn sstc() {
+    run_program("sstc", 1);
+}
+
+#[test]
+fn sysext() {
+    run_program("sysext", 1);
+}
+
+#[test]
+fn mmu_ext() {
+    run_program("mmu_ext", 1);
+}
+
+/// The rv64gc model: no optional extension decodes or shows its CSRs.
+#[test]
+fn extensions_off() {
+    run_program_isa("ext_off", 1, Isa::BASE);
 }

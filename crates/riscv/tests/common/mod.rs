@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use vireo_devices::ConsoleOutput;
 use vireo_machine::{BootConfig, GuestExit};
-use vireo_riscv::EmuVm;
+use vireo_riscv::{EmuVm, Isa};
 
 /// How a guarded run ended.
 #[derive(Debug)]
@@ -37,13 +37,18 @@ pub struct Run {
 /// harts and runs it on its own thread. If it has not finished after `guard`, it is stopped
 /// through the board's exit signal (as a host would on Ctrl-C) and given 5 s to do so.
 pub fn run_guarded(firmware: &Path, cpus: u32, guard: Duration) -> Run {
+    run_guarded_isa(firmware, cpus, guard, Isa::max())
+}
+
+/// [`run_guarded`] with harts implementing `isa`.
+pub fn run_guarded_isa(firmware: &Path, cpus: u32, guard: Duration, isa: Isa) -> Run {
     let cfg = config(firmware, cpus);
     let console = ConsoleOutput::new();
     let vm_console = console.clone();
     let (sig_tx, sig_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     let worker = std::thread::spawn(move || {
-        let mut vm = match EmuVm::new(&cfg, vm_console) {
+        let mut vm = match EmuVm::build(&cfg, vm_console, Vec::new(), isa) {
             Ok(vm) => vm,
             Err(e) => {
                 let _ = done_tx.send((Err(format!("cannot build the VM: {e}")), 0));
