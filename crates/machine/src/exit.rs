@@ -8,8 +8,8 @@ use std::sync::Mutex;
 pub enum GuestExit {
     /// The guest powered off normally (status 0).
     PowerOff,
-    /// The guest powered off reporting a failure status (1..=65535; vireo exits with its low
-    /// byte, as a shell does).
+    /// The guest powered off reporting a failure status (0..=65535). vireo exits with its low
+    /// byte, as a shell does, or 1 when that byte is 0: a failure never reads as success.
     Failure(u16),
     /// The guest asked for a reset (reboot, or a kernel panic with panic=-1).
     Reset,
@@ -20,7 +20,10 @@ impl GuestExit {
     pub fn status(self) -> i32 {
         match self {
             GuestExit::PowerOff => 0,
-            GuestExit::Failure(c) => i32::from(c & 0xff),
+            GuestExit::Failure(c) => match c & 0xff {
+                0 => 1,
+                low => i32::from(low),
+            },
             GuestExit::Reset => 1,
         }
     }
@@ -71,5 +74,8 @@ mod tests {
         assert!(s.is_raised());
         assert_eq!(s.get(), Some(GuestExit::Failure(0x107)));
         assert_eq!(GuestExit::Failure(0x107).status(), 7);
+        // A failure whose low byte is zero (a finisher code of 256, or 0) is still a failure.
+        assert_eq!(GuestExit::Failure(0x100).status(), 1);
+        assert_eq!(GuestExit::Failure(0).status(), 1);
     }
 }
