@@ -217,6 +217,9 @@ pub struct VmSpec {
     /// How virtio devices attach: `mmio` (virtio-mmio), `pci` (virtio-pci), or `auto` (mmio on
     /// the emu board, pci on the kvm PC).
     pub virtio_transport: String,
+    /// The emulated RISC-V CPU (emu only): `max` (every extension vireo implements) or
+    /// `rv64gc`, then `,+EXT` / `,-EXT` edits, e.g. `max,-sstc`.
+    pub cpu: String,
     /// What a guest reboot does: `restart` (boot the VM again) or `exit` (end the run as a
     /// power-off does). A command's run always ends.
     pub reboot: String,
@@ -311,6 +314,7 @@ impl Default for VmSpec {
             vsock: None,
             console: "serial".into(),
             virtio_transport: "auto".into(),
+            cpu: "max".into(),
             reboot: "restart".into(),
             source: None,
         }
@@ -455,10 +459,12 @@ impl VmSpec {
     /// Checks values that parse but cannot be run.
     pub fn validate(&self) -> Result<(), SpecError> {
         self.check_values()?;
-        if self.image.is_none() && self.kernel.is_none() {
+        // A firmware alone is a bare-metal program (QEMU's -bios without -kernel).
+        if self.image.is_none() && self.kernel.is_none() && self.firmware.is_none() {
             return Err(SpecError::Invalid {
                 key: "kernel",
-                message: "nothing to boot: give --image NAME or --kernel PATH".into(),
+                message: "nothing to boot: give --image NAME, --kernel PATH or --firmware PROG"
+                    .into(),
             });
         }
         Ok(())
@@ -748,7 +754,7 @@ mod tests {
             .lines()
             .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
             .collect();
-        assert_eq!(keys.len(), 18, "{text}");
+        assert_eq!(keys.len(), 19, "{text}");
         for k in keys {
             assert!(
                 doc.contains(&format!("| `{k}` |")),
