@@ -200,12 +200,14 @@ fn init_sipi_starts_application_processors() {
     let counter = (TRAMPOLINE + 0x100) as u32;
     let mut bsp = Asm::new(Mode::Long, REAL_BASE);
     let wait = bsp.label();
-    bsp.mov_ebx(0xfee0_0300)
-        .store32_at_rbx(0x000c_4500) // ICR: INIT, level assert, all excluding self
-        .store32_at_rbx(0x000c_4611) // ICR: start-up, vector 0x11, all excluding self
-        .mov_dx(COM1)
+    // 'B' goes out before the start-up IPI: after it, an AP may print first (its vCPU thread
+    // can run while the BSP's is preempted).
+    bsp.mov_dx(COM1)
         .mov_al(b'B')
-        .out_dx_al();
+        .out_dx_al()
+        .mov_ebx(0xfee0_0300)
+        .store32_at_rbx(0x000c_4500) // ICR: INIT, level assert, all excluding self
+        .store32_at_rbx(0x000c_4611); // ICR: start-up, vector 0x11, all excluding self
     bsp.bind(wait);
     bsp.pause().cmp_mem32_imm8(counter, 3).jnz(wait);
     exit_with(&mut bsp, 0x5555);
@@ -227,21 +229,15 @@ fn init_sipi_starts_application_processors() {
     g.ap_start = ApStart::WaitForSipi;
     let out = ConsoleOutput::new();
     let mut vm = KvmVm::new_micro(&g, out.clone()).unwrap();
-    let r = vm.run_timeout(Duration::from_secs(5));
+    // A passing run ends when the BSP powers off; the limit only bounds a failing one, so it
+    // is the generous common one (a loaded host delays the AP threads).
+    let r = vm.run_timeout(LIMIT);
     let text = String::from_utf8_lossy(&out.take()).into_owned();
-    assert!(text.starts_with('B'), "the BSP ran: {text:?}");
-    match r {
-        Ok(exit) => {
-            assert_eq!(exit, GuestExit::PowerOff);
-            assert_eq!(text.matches('A').count(), 3, "{text:?}");
-            println!("INIT/SIPI through the in-kernel LAPIC works: {text:?}");
-        }
-        Err(e) => {
-            // Documented host limit, not a vireo failure: the VMM-set entry above is what
-            // micro-guests use where the host cannot start APs.
-            println!("INIT/SIPI did not start the APs on this host: {e}");
-        }
-    }
+    assert_eq!(
+        r.unwrap_or_else(|e| panic!("INIT/SIPI did not start the APs: {e}; console {text:?}")),
+        GuestExit::PowerOff
+    );
+    assert_eq!(text, "BAAA", "the BSP first, then each AP once");
 }
 
 #[test]
