@@ -89,6 +89,17 @@ const DEFAULT_CMDLINE_MAX: usize = 2048;
 const EM_X86_64: u16 = 62;
 const ET_EXEC: u16 = 2;
 const PT_LOAD: u32 = 1;
+const PT_NOTE: u32 = 4;
+/// Linux's own ELF notes (owner "Linux", `include/uapi/linux/elf.h`): the build salt every
+/// vmlinux since 4.18 carries.
+pub const LINUX_ELFNOTE_BUILD_SALT: u32 = 0x100;
+/// Xen's note naming the guest OS (`xen/include/public/elfnote.h`); Linux's says "linux".
+pub const XEN_ELFNOTE_GUEST_OS: u32 = 6;
+/// Xen's note giving the PVH 32-bit entry point.
+pub const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+/// At most this many bytes of each PT_NOTE segment are read when telling kernels apart
+/// (a vmlinux has about 0x200).
+const NOTES_MAX: u64 = 64 << 10;
 const E820_MAX: usize = 128;
 const PAGE: u64 = 4096;
 
@@ -108,6 +119,96 @@ pub fn detect(head: &[u8]) -> Option<KernelFormat> {
     } else {
         None
     }
+}
+
+/// Whether a kernel is Linux, as far as its headers tell: what a host that cannot deliver
+/// exceptions to a guest must know, since Linux takes them from its first instructions on
+/// while a unikernel or a test kernel may never take one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelKind {
+    /// A bzImage: the x86 boot protocol is Linux's own.
+    LinuxBzImage,
+    /// An ELF vmlinux with Linux's notes: one owned by "Linux", or Xen's guest-OS note saying
+    /// "linux".
+    LinuxElf,
+    /// An ELF without them: a unikernel, a test kernel. A PVH entry note alone does not make a
+    /// kernel Linux (FreeBSD and unikernels have one too).
+    OtherElf,
+}
+
+impl KernelKind {
+    pub fn is_linux(self) -> bool {
+        self != KernelKind::OtherElf
+    }
+}
+
+/// Tells a Linux kernel from other kernels by the file's headers and, for an ELF, the notes in
+/// its PT_NOTE segments. A file the loader would refuse is refused here with the same error.
+pub fn kernel_kind(path: &Path) -> Result<KernelKind, LoadError> {
+    let mut k = KernelFile::open(path)?;
+    match detect(&k.head) {
+        Some(KernelFormat::BzImage) => Ok(KernelKind::LinuxBzImage),
+        Some(KernelFormat::Elf) => {
+            let phdrs = k.program_headers()?;
+            check_elf(&k.head, &phdrs, k.len).map_err(|what| LoadError::BadElf {
+                path: k.path.clone(),
+                what,
+            })?;
+            for ph in phdrs.chunks_exact(56) {
+                if u32_at(ph, 0) != PT_NOTE {
+                    continue;
+                }
+                let (offset, filesz) = (u64_at(ph, 8), u64_at(ph, 32));
+                // check_elf vouched only for PT_LOAD segments.
+                if offset.checked_add(filesz).is_none_or(|e| e > k.len) {
+                    continue;
+                }
+                let notes = k.read_at(offset, filesz.min(NOTES_MAX) as usize)?;
+                if has_linux_note(&notes) {
+                    return Ok(KernelKind::LinuxElf);
+                }
+            }
+            Ok(KernelKind::OtherElf)
+        }
+        None => Err(LoadError::UnknownFormat { path: k.path }),
+    }
+}
+
+/// Whether an ELF note area (`Elf64_Nhdr` records: name size, descriptor size, type, then the
+/// name and the descriptor, each padded to 4 bytes) holds one of Linux's notes. A truncated
+/// record ends the walk.
+pub fn has_linux_note(mut area: &[u8]) -> bool {
+    let pad4 = |n: usize| n.checked_next_multiple_of(4);
+    while area.len() >= 12 {
+        let (namesz, descsz) = (u32_at(area, 0) as usize, u32_at(area, 4) as usize);
+        let kind = u32_at(area, 8);
+        let Some(desc_at) = pad4(namesz).and_then(|n| n.checked_add(12)) else {
+            return false;
+        };
+        let Some(next) = pad4(descsz).and_then(|d| d.checked_add(desc_at)) else {
+            return false;
+        };
+        if desc_at
+            .checked_add(descsz)
+            .is_none_or(|end| end > area.len())
+        {
+            return false;
+        }
+        let name = area[12..12 + namesz].split(|&b| b == 0).next();
+        let desc = &area[desc_at..desc_at + descsz];
+        match name {
+            Some(b"Linux") => return true,
+            Some(b"Xen")
+                if kind == XEN_ELFNOTE_GUEST_OS
+                    && desc.split(|&b| b == 0).next() == Some(b"linux") =>
+            {
+                return true
+            }
+            _ => {}
+        }
+        area = &area[next.min(area.len())..];
+    }
+    false
 }
 
 /// What the ELF checks learned.
@@ -355,6 +456,21 @@ impl KernelFile {
         })
     }
 
+    /// The ELF program header table, or nothing when the header places it outside the file
+    /// ([`check_elf`] then says what is wrong).
+    fn program_headers(&mut self) -> Result<Vec<u8>, LoadError> {
+        if self.head.len() < 64 {
+            return Ok(Vec::new());
+        }
+        let phoff = u64_at(&self.head, 32);
+        let table = u64::from(u16_at(&self.head, 56)) * 56;
+        if phoff.checked_add(table).is_some_and(|e| e <= self.len) && u16_at(&self.head, 54) == 56 {
+            self.read_at(phoff, table as usize)
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
     fn read_at(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, LoadError> {
         let io = |source| LoadError::Io {
             path: self.path.clone(),
@@ -403,15 +519,7 @@ fn load_elf(
             format!("file is {} bytes, shorter than an ELF header", k.len),
         ));
     }
-    let phoff = u64_at(&k.head, 32);
-    let phnum = u16_at(&k.head, 56);
-    let table = u64::from(phnum) * 56;
-    let phdrs = if phoff.checked_add(table).is_some_and(|e| e <= k.len) && u16_at(&k.head, 54) == 56
-    {
-        k.read_at(phoff, table as usize)?
-    } else {
-        Vec::new()
-    };
+    let phdrs = k.program_headers()?;
     let info = check_elf(&k.head, &phdrs, k.len).map_err(|w| bad(&k.path, w))?;
     if info.end > ram_end {
         return Err(LoadError::TooBig {
@@ -588,70 +696,16 @@ fn write_pvh(
 mod tests {
     use super::*;
 
-    /// A minimal x86-64 ELF executable: one PT_LOAD of `code` at 16 MiB, optionally a PVH note.
-    pub(crate) fn tiny_elf(code: &[u8], pvh_entry: Option<u32>) -> Vec<u8> {
-        let phnum: u16 = if pvh_entry.is_some() { 2 } else { 1 };
-        let data_off = 64 + 56 * u64::from(phnum);
-        let note: Vec<u8> = match pvh_entry {
-            Some(e) => {
-                let mut n = Vec::new();
-                n.extend_from_slice(&4u32.to_le_bytes()); // namesz
-                n.extend_from_slice(&4u32.to_le_bytes()); // descsz
-                n.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
-                n.extend_from_slice(b"Xen\0");
-                n.extend_from_slice(&e.to_le_bytes());
-                n
-            }
-            None => Vec::new(),
-        };
-        let code_off = data_off + note.len() as u64;
-        let mut f = Vec::new();
-        f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
-        f.extend_from_slice(&ET_EXEC.to_le_bytes());
-        f.extend_from_slice(&EM_X86_64.to_le_bytes());
-        f.extend_from_slice(&1u32.to_le_bytes());
-        f.extend_from_slice(&0x100_0000u64.to_le_bytes()); // entry
-        f.extend_from_slice(&64u64.to_le_bytes()); // phoff
-        f.extend_from_slice(&0u64.to_le_bytes()); // shoff
-        f.extend_from_slice(&0u32.to_le_bytes()); // flags
-        f.extend_from_slice(&64u16.to_le_bytes()); // ehsize
-        f.extend_from_slice(&56u16.to_le_bytes());
-        f.extend_from_slice(&phnum.to_le_bytes());
-        f.extend_from_slice(&[0; 6]); // shentsize, shnum, shstrndx
-        let ph = |f: &mut Vec<u8>, ty: u32, off: u64, addr: u64, sz: u64| {
-            f.extend_from_slice(&ty.to_le_bytes());
-            f.extend_from_slice(&5u32.to_le_bytes());
-            f.extend_from_slice(&off.to_le_bytes());
-            f.extend_from_slice(&addr.to_le_bytes());
-            f.extend_from_slice(&addr.to_le_bytes());
-            f.extend_from_slice(&sz.to_le_bytes());
-            f.extend_from_slice(&sz.to_le_bytes());
-            f.extend_from_slice(&4u64.to_le_bytes());
-        };
-        ph(&mut f, PT_LOAD, code_off, 0x100_0000, code.len() as u64);
-        if pvh_entry.is_some() {
-            ph(&mut f, 4, data_off, 0, note.len() as u64);
-        }
-        f.extend_from_slice(&note);
-        f.extend_from_slice(code);
-        f
+    use crate::testkernel::{self, ElfNote};
+
+    /// An ELF with one PT_LOAD of `code` at 16 MiB, and a PVH note when `pvh_entry` is given.
+    fn tiny_elf(code: &[u8], pvh_entry: Option<u32>) -> Vec<u8> {
+        let notes: Vec<ElfNote> = pvh_entry.into_iter().map(ElfNote::pvh_entry).collect();
+        testkernel::elf(code, 0x100_0000, &notes)
     }
 
-    /// A minimal bzImage: boot sector + 1 setup sector, then `payload`.
-    pub(crate) fn tiny_bzimage(payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![0u8; 1024];
-        f[0x1f1] = 1; // setup_sects
-        f[0x1fe..0x200].copy_from_slice(&BOOT_FLAG.to_le_bytes());
-        f[0x202..0x206].copy_from_slice(&HDRS_MAGIC.to_le_bytes());
-        f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-        f[0x211] = LOADFLAGS_LOADED_HIGH;
-        f[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
-        f[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
-        f[0x236..0x238].copy_from_slice(&XLF_KERNEL_64.to_le_bytes());
-        f[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes()); // cmdline_size
-        f[0x260..0x264].copy_from_slice(&0x10_0000u32.to_le_bytes()); // init_size
-        f.extend_from_slice(payload);
-        f
+    fn tiny_bzimage(payload: &[u8]) -> Vec<u8> {
+        testkernel::bzimage(payload)
     }
 
     fn ram(size: u64) -> GuestMemoryMmap {
@@ -672,6 +726,85 @@ mod tests {
         assert_eq!(detect(&tiny_bzimage(&[])), Some(KernelFormat::BzImage));
         assert_eq!(detect(&[0u8; 1000]), None);
         assert_eq!(detect(b"MZ"), None);
+    }
+
+    #[test]
+    fn tells_linux_from_other_kernels() {
+        let code = [0xf4; 16];
+        let kind = |name: &str, bytes: &[u8]| kernel_kind(&file(name, bytes));
+        assert_eq!(
+            kind("k.bzImage", &tiny_bzimage(&code)).unwrap(),
+            KernelKind::LinuxBzImage
+        );
+        for (name, notes, want) in [
+            ("plain.elf", vec![], KernelKind::OtherElf),
+            // A PVH entry alone: FreeBSD and unikernels have one too.
+            (
+                "pvh.elf",
+                vec![ElfNote::pvh_entry(0x100_0000)],
+                KernelKind::OtherElf,
+            ),
+            (
+                "gnu.elf",
+                vec![ElfNote {
+                    owner: "GNU",
+                    kind: 3,
+                    desc: vec![0xab; 20],
+                }],
+                KernelKind::OtherElf,
+            ),
+            (
+                "other-os.elf",
+                vec![ElfNote {
+                    owner: "Xen",
+                    kind: XEN_ELFNOTE_GUEST_OS,
+                    desc: b"Nanos\0".to_vec(),
+                }],
+                KernelKind::OtherElf,
+            ),
+            ("linux.elf", vec![ElfNote::linux()], KernelKind::LinuxElf),
+            (
+                "xen-linux.elf",
+                vec![
+                    ElfNote::pvh_entry(0x100_0000),
+                    ElfNote::xen_guest_os_linux(),
+                ],
+                KernelKind::LinuxElf,
+            ),
+        ] {
+            let elf = testkernel::elf(&code, 0x100_0000, &notes);
+            assert_eq!(kind(name, &elf).unwrap(), want, "{name}");
+            assert_eq!(want.is_linux(), want != KernelKind::OtherElf);
+        }
+        // What the loader refuses is refused by name here too.
+        let err = kind("garbage.img", &[0x42; 4096]).unwrap_err();
+        assert!(matches!(err, LoadError::UnknownFormat { .. }), "{err}");
+        let mut riscv = testkernel::elf(&code, 0x100_0000, &[ElfNote::linux()]);
+        riscv[18] = 243;
+        let err = kind("riscv.elf", &riscv).unwrap_err();
+        assert!(err.to_string().contains("riscv.elf"), "{err}");
+    }
+
+    #[test]
+    fn note_walk_survives_hostile_sizes() {
+        let record = |namesz: u32, descsz: u32, rest: &[u8]| -> Vec<u8> {
+            let mut v = Vec::new();
+            for x in [namesz, descsz, XEN_ELFNOTE_GUEST_OS] {
+                v.extend_from_slice(&x.to_le_bytes());
+            }
+            v.extend_from_slice(rest);
+            v
+        };
+        assert!(!has_linux_note(&[]));
+        assert!(!has_linux_note(&record(u32::MAX, 0, b"Linux\0\0\0")));
+        assert!(!has_linux_note(&record(6, u32::MAX, b"Linux\0\0\0")));
+        assert!(!has_linux_note(&record(6, 0, b"Linu")), "truncated name");
+        assert!(has_linux_note(&record(6, 0, b"Linux\0\0\0")));
+        // Xen's guest-OS note counts only when it says "linux"; a later record is still found.
+        let mut two = record(4, 8, b"Xen\0NetBSD\0\0");
+        two.extend(record(4, 6, b"Xen\0linux\0\0\0"));
+        assert!(has_linux_note(&two));
+        assert!(!has_linux_note(&two[..two.len() - 4]));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! [`exceptions_work`] runs a probe guest that takes an `int3` through its IDT: on nested hosts
 //! that cannot deliver guest exceptions (such as PVM) it returns false, and a full Linux guest
-//! cannot boot there.
+//! cannot boot there; [`kernel_kind`] tells a Linux kernel from one (a unikernel, a test kernel)
+//! that may never take an exception.
 
 pub mod acpi;
 pub mod asm;
@@ -19,13 +20,14 @@ pub mod layout;
 pub mod mptable;
 pub mod pc;
 pub mod regs;
+pub mod testkernel;
 pub mod vcpu;
 pub mod vm;
 
 use std::time::Duration;
 
 use asm::{Asm, Mode};
-pub use boot::{BootEntry, LoadError};
+pub use boot::{kernel_kind, BootEntry, KernelKind, LoadError};
 pub use layout::EXIT_REGISTER_ADDR;
 pub use vcpu::{ExitCounts, RegisterDump, VcpuError};
 use vireo_devices::ConsoleOutput;

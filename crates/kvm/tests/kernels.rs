@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use vireo_devices::ConsoleOutput;
 use vireo_kvm::asm::{Asm, Base, Mode};
+use vireo_kvm::testkernel::{self, bzimage, ElfNote};
 use vireo_kvm::{KvmError, KvmVm, LoadError, EXIT_REGISTER_ADDR};
 use vireo_machine::{BootConfig, GuestExit};
 
@@ -23,65 +24,11 @@ fn write_file(name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
-/// An x86-64 ELF executable with one PT_LOAD of `code` at `addr` (entry = `addr`) and, when
-/// `pvh_entry` is given, a PT_NOTE holding the Xen PVH entry note (type 18, name "Xen").
+/// An ELF with one PT_LOAD of `code` at `addr` (the entry) and, when `pvh_entry` is given, the
+/// Xen PVH entry note.
 fn elf(code: &[u8], addr: u64, pvh_entry: Option<u32>) -> Vec<u8> {
-    let phnum: u16 = if pvh_entry.is_some() { 2 } else { 1 };
-    let note: Vec<u8> = pvh_entry
-        .map(|e| {
-            [4u32, 4, 18]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .chain(*b"Xen\0")
-                .chain(e.to_le_bytes())
-                .collect()
-        })
-        .unwrap_or_default();
-    let note_off = 64 + 56 * u64::from(phnum);
-    let code_off = note_off + note.len() as u64;
-    let mut f = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0".to_vec();
-    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&addr.to_le_bytes()); // e_entry
-    f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
-    f.extend_from_slice(&[0; 12]); // e_shoff, e_flags
-    f.extend_from_slice(&64u16.to_le_bytes());
-    f.extend_from_slice(&56u16.to_le_bytes());
-    f.extend_from_slice(&phnum.to_le_bytes());
-    f.extend_from_slice(&[0; 6]);
-    let mut ph = |ty: u32, off: u64, paddr: u64, size: u64| {
-        for v in [ty, 7] {
-            f.extend_from_slice(&v.to_le_bytes());
-        }
-        for v in [off, paddr, paddr, size, size, 16] {
-            f.extend_from_slice(&v.to_le_bytes());
-        }
-    };
-    ph(1, code_off, addr, code.len() as u64);
-    if pvh_entry.is_some() {
-        ph(4, note_off, 0, note.len() as u64);
-    }
-    f.extend_from_slice(&note);
-    f.extend_from_slice(code);
-    f
-}
-
-/// A bzImage (boot protocol 2.15, 64-bit entry) whose protected-mode part is `kernel`.
-fn bzimage(kernel: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 1024]; // boot sector + 1 setup sector
-    f[0x1f1] = 1; // setup_sects
-    f[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
-    f[0x202..0x206].copy_from_slice(b"HdrS");
-    f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-    f[0x211] = 1; // LOADED_HIGH
-    f[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
-    f[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
-    f[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
-    f[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes()); // cmdline_size
-    f[0x260..0x264].copy_from_slice(&0x10_0000u32.to_le_bytes()); // init_size
-    f.extend_from_slice(kernel);
-    f
+    let notes: Vec<ElfNote> = pvh_entry.into_iter().map(ElfNote::pvh_entry).collect();
+    testkernel::elf(code, addr, &notes)
 }
 
 /// Code that prints the string at `[base + cmdline_at]`, a newline, the initrd (a
