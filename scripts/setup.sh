@@ -26,8 +26,8 @@ command -v cargo >/dev/null || { echo "setup: cargo is missing: install Rust (ru
 
 cargo build --release -p vireo
 ./target/release/vireo image pull debian-riscv64
-# The x86-64 image feeds the kvm accelerator's full-Linux test (which skips, saying why, on hosts
-# whose KVM cannot deliver guest exceptions).
+# The x86-64 image feeds the kvm accelerator's full-Linux tests (ignored by default; run them
+# with `cargo test -- --ignored` on a host whose KVM delivers guest exceptions).
 ./target/release/vireo image pull debian-x86_64
 echo "setup: booting a fresh VM:"
 ./target/release/vireo run --image debian-riscv64 -- uname -a

@@ -71,7 +71,7 @@ const EXPECTED: &str = "console=ttyS0 vireo.exit=0xfeb00000\ninitrd-bytes";
 
 #[test]
 fn pvh_elf_gets_start_info_in_ebx() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     // 32-bit protected mode; hvm_start_info: modlist_paddr at 0x10, cmdline_paddr at 0x18;
     // a module entry starts with its paddr.
     let mut a = Asm::new(Mode::Long, 0x100_0000);
@@ -90,7 +90,7 @@ fn pvh_elf_gets_start_info_in_ebx() {
 
 #[test]
 fn elf_without_pvh_note_gets_the_zero_page_in_rsi() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     // 64-bit mode; boot_params: hdr.cmd_line_ptr at 0x228, hdr.ramdisk_image at 0x218.
     let mut a = Asm::new(Mode::Long, 0x100_0000);
     report_boot_info(&mut a, Base::Esi, 0x228, &[(Base::Ebx, 0x218)]);
@@ -103,7 +103,7 @@ fn elf_without_pvh_note_gets_the_zero_page_in_rsi() {
 
 #[test]
 fn bzimage_enters_startup_64_with_the_zero_page() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     // The 64-bit entry point is 0x200 into the protected-mode kernel loaded at 1 MiB.
     let mut a = Asm::new(Mode::Long, 0x10_0000);
     a.pad_to(0x200);
@@ -133,7 +133,7 @@ fn refused(name: &str, bytes: &[u8]) -> String {
 
 #[test]
 fn malformed_elf_files_are_refused_by_name() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let good = elf(&[0xf4; 64], 0x100_0000, Some(0x100_0000));
     let mut riscv = good.clone();
     riscv[18] = 243; // EM_RISCV
@@ -157,7 +157,7 @@ fn malformed_elf_files_are_refused_by_name() {
 
 #[test]
 fn malformed_bzimages_are_refused_by_name() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let good = bzimage(&[0xf4; 0x400]);
     let mut old = good.clone();
     old[0x206..0x208].copy_from_slice(&0x0204u16.to_le_bytes());
@@ -193,7 +193,7 @@ fn malformed_bzimages_are_refused_by_name() {
 
 #[test]
 fn missing_kernel_and_firmware_are_refused() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let cfg = BootConfig {
         kernel: "/nonexistent/bzImage".into(),
         cpus: 1,

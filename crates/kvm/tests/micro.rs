@@ -1,6 +1,6 @@
 //! Micro-guests on the real /dev/kvm: machine code built at test time with `vireo_kvm::asm`
-//! (each instruction's encoding is documented there). Every test prints why and returns when
-//! KVM is not usable here.
+//! (each instruction's encoding is documented there). Every test fails, saying why, when KVM is
+//! not usable here (`common::kvm`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,7 +64,7 @@ fn run(g: &MicroGuest) -> (Result<GuestExit, KvmError>, String) {
 
 #[test]
 fn real_mode_prints_on_com1_and_resets_through_i8042() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let g = real_guest(|a| {
         let msg = a.label();
         a.print(COM1, msg);
@@ -79,7 +79,7 @@ fn real_mode_prints_on_com1_and_resets_through_i8042() {
 
 #[test]
 fn long_mode_prints_on_com1_and_powers_off() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let g = long_guest(|a| {
         let msg = a.label();
         a.print(COM1, msg);
@@ -94,7 +94,7 @@ fn long_mode_prints_on_com1_and_powers_off() {
 
 #[test]
 fn exit_register_carries_the_status() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let g = long_guest(|a| exit_with(a, (42 << 16) | 0x3333));
     let (r, _) = run(&g);
     let exit = r.unwrap();
@@ -104,7 +104,7 @@ fn exit_register_carries_the_status() {
 
 #[test]
 fn isa_debug_exit_port() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let g = real_guest(|a| {
         a.mov_al(0x10).out_imm_al(0xf4).hlt();
     });
@@ -114,7 +114,7 @@ fn isa_debug_exit_port() {
 
 #[test]
 fn unassigned_pio_and_mmio_are_harmless() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let g = long_guest(|a| {
         let pio_bad = a.label();
         let mmio_bad = a.label();
@@ -183,7 +183,7 @@ fn smp_guest(cpus: u32) -> MicroGuest {
 
 #[test]
 fn four_vcpus_each_report_their_apic_id() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let (r, out) = run(&smp_guest(4));
     assert_eq!(r.unwrap(), GuestExit::PowerOff);
     let mut ids: Vec<char> = out.chars().collect();
@@ -193,7 +193,7 @@ fn four_vcpus_each_report_their_apic_id() {
 
 #[test]
 fn init_sipi_starts_application_processors() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     // BSP code at 0x10000 (long mode); the AP trampoline at 0x11000 (SIPI vector 0x11) in real
     // mode, with its counter at 0x11100.
     const TRAMPOLINE: u64 = 0x1_1000;
@@ -242,7 +242,7 @@ fn init_sipi_starts_application_processors() {
 
 #[test]
 fn hlt_without_irqchip_is_reported_not_hung() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let mut g = real_guest(|a| {
         a.mov_dx(COM1).mov_al(b'z').out_dx_al().hlt();
     });
@@ -258,7 +258,7 @@ fn hlt_without_irqchip_is_reported_not_hung() {
 
 #[test]
 fn halted_forever_with_interrupts_off_is_reported() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let mut g = long_guest(|a| {
         let again = a.label();
         a.mov_dx(COM1).mov_al(b'h').out_dx_al();
@@ -277,7 +277,7 @@ fn halted_forever_with_interrupts_off_is_reported() {
 
 #[test]
 fn guest_exception_stops_with_a_register_dump() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     // int3 with an empty IDT: a triple fault on a plain KVM host, an internal error on a
     // nested PVM host. Either way vireo stops with the registers, never hangs.
     let g = long_guest(|a| {
@@ -311,7 +311,7 @@ fn guest_exception_stops_with_a_register_dump() {
 
 #[test]
 fn exception_probe_answers() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let works = vireo_kvm::exceptions_work().expect("probe guest ran");
     println!("host KVM delivers guest exceptions: {works}");
 }
@@ -323,7 +323,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[test]
 fn pause_and_resume_take_effect_within_10ms() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     // vCPU 0 loops on port I/O (an exit per iteration); vCPU 1 spins without exits.
     let mut g = long_guest(|a| {
         let spin = a.label();
@@ -391,7 +391,7 @@ fn pause_and_resume_take_effect_within_10ms() {
 
 #[test]
 fn run_twice_is_refused() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let g = long_guest(|a| exit_with(a, 0x5555));
     let mut vm = KvmVm::new_micro(&g, ConsoleOutput::new()).unwrap();
     assert_eq!(vm.run().unwrap(), GuestExit::PowerOff);
@@ -400,7 +400,7 @@ fn run_twice_is_refused() {
 
 #[test]
 fn bad_machine_configs_are_refused() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     let g = long_guest(|a| exit_with(a, 0x5555));
     for (cpus, memory) in [(0, 16 << 20), (1000, 16 << 20), (1, 4095), (1, 1 << 20)] {
         let mut bad = g.clone();
@@ -425,7 +425,7 @@ fn run_with_watchdog(g: &MicroGuest, limit: Duration) -> Result<GuestExit, KvmEr
 
 #[test]
 fn timeout_ends_every_vcpu_thread() {
-    let Some(_k) = kvm() else { return };
+    let _kvm = kvm();
     // APs that never get a SIPI, and a BSP that never exits.
     let mut spinning = long_guest(|a| {
         a.spin();
