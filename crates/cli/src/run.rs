@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use vireo_devices::ConsoleOutput;
+use vireo_kvm::KernelKind;
 use vireo_machine::{BootConfig, GuestExit, VirtioTransport};
 use vireo_spec::{Accel, MemSize, VmSpec};
 
@@ -294,7 +295,7 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
         },
     };
     if accel == Accel::Kvm {
-        check_kvm()?;
+        check_kvm(&cfg.kernel, skip_kvm_probe(&args))?;
     }
     // vireo's /init serves a command channel; a custom initramfs may not, but a command
     // needs one all the same.
@@ -439,30 +440,64 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     }
 }
 
-/// Refuses KVM hosts that cannot run an x86-64 Linux guest, with the reason.
-fn check_kvm() -> Result<(), Failure> {
+/// Whether the exception probe is skipped: `--skip-kvm-probe`, or `VIREO_SKIP_KVM_PROBE` (any
+/// value), its deprecated spelling, which says so.
+fn skip_kvm_probe(args: &RunArgs) -> bool {
+    // Becomes `args.skip_kvm_probe || deprecated` once RunArgs has the flag.
+    let _ = args;
+    let deprecated = std::env::var_os("VIREO_SKIP_KVM_PROBE").is_some();
+    if deprecated {
+        eprintln!("vireo: warning: VIREO_SKIP_KVM_PROBE is deprecated: use --skip-kvm-probe");
+    }
+    deprecated
+}
+
+/// What the exception probe found on hosts like nested PVM.
+const NO_EXCEPTIONS: &str = "this host's KVM cannot deliver exceptions to a guest (a probe \
+     guest's int3 ended in a KVM internal error, as on nested PVM hosts)";
+
+/// Checks that this host's KVM can run `kernel`, an x86-64 kernel. Without a usable /dev/kvm
+/// nothing runs. A Linux kernel takes exceptions from its first instructions on, so where KVM
+/// cannot deliver them (nested PVM) it is refused at once, with the reason, instead of
+/// crawling and dying; any other kernel (a unikernel, a test kernel) may never take one, so it
+/// runs after a warning. `skip_probe` boots without asking.
+fn check_kvm(kernel: &Path, skip_probe: bool) -> Result<(), Failure> {
     vireo_kvm::KvmVm::probe().map_err(|e| {
         fail(format!(
             "{e} (the emu accelerator runs RISC-V guests only, so this x86-64 kernel needs KVM)"
         ))
     })?;
-    // A Linux kernel takes exceptions from its first instructions on. Some hosts' KVM
-    // (nested PVM) cannot deliver them; say so now instead of letting the guest crawl and
-    // die. VIREO_SKIP_KVM_PROBE=1 boots anyway.
-    if std::env::var_os("VIREO_SKIP_KVM_PROBE").is_none() {
-        match vireo_kvm::exceptions_work() {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(fail(
-                    "this host's KVM cannot deliver exceptions to a guest (a probe guest's \
-                     int3 ended in a KVM internal error, as on nested PVM hosts), so an \
-                     x86-64 Linux kernel cannot boot here; RISC-V guests run with --accel emu",
-                ))
-            }
-            Err(e) => return Err(fail(format!("KVM probe failed: {e}"))),
-        }
+    if skip_probe {
+        return Ok(());
     }
-    Ok(())
+    match vireo_kvm::exceptions_work() {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            let kernel_name = kernel.display();
+            match vireo_kvm::kernel_kind(kernel).map_err(fail)? {
+                KernelKind::OtherElf => {
+                    eprintln!(
+                        "vireo: warning: {NO_EXCEPTIONS}; {kernel_name} is not Linux (an ELF \
+                         without Linux's notes), so it runs, but it may fail: it stops with a \
+                         KVM internal error at its first exception (an int instruction, a fault)"
+                    );
+                    Ok(())
+                }
+                kind => Err(fail(format!(
+                    "{NO_EXCEPTIONS}, so {kernel_name}, {}, cannot boot here (Linux takes \
+                     exceptions from its first instructions on); --skip-kvm-probe boots it \
+                     anyway; RISC-V guests run with --accel emu",
+                    match kind {
+                        KernelKind::LinuxBzImage => "a Linux bzImage",
+                        _ => "an ELF with Linux's notes",
+                    }
+                ))),
+            }
+        }
+        Err(e) => Err(fail(format!(
+            "KVM probe failed: {e} (--skip-kvm-probe boots without it)"
+        ))),
+    }
 }
 
 fn create_vm(
