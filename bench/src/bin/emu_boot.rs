@@ -7,7 +7,9 @@
 //!
 //! Prints, per workload and system, the median wall time and peak RSS, and the ratio
 //! vireo/QEMU. QEMU runs OpenSBI fw_jump.bin; vireo runs its built-in SBI (its default) and,
-//! as a third line, the same OpenSBI.
+//! as a third line, the same OpenSBI; a fourth line is vireo with Sstc and Zbb taken out of its
+//! CPU (`--cpu max,-sstc,-zbb`: the kernel then programs its timer through SBI calls and uses
+//! its generic string routines), to show what advertising them is worth.
 //!
 //! Usage: `bench/run.sh [RUNS]` (default 5 runs per system and workload).
 
@@ -16,6 +18,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vireo_bench::{command_initrd, die, run_count, vireo_binary, which};
+
+/// The CPU model of the comparison line.
+const NO_SSTC_ZBB: &str = "max,-sstc,-zbb";
 
 const CPU_WORK: &str = "dd if=/dev/zero bs=1M count=8 2>/dev/null | sha256sum";
 
@@ -50,7 +55,7 @@ fn main() {
     for (name, cmd) in [("boot", "true"), ("cpu", CPU_WORK)] {
         let initrd = dir.join(format!("{name}.img"));
         command_initrd(&image.initrd, &format!("{cmd}\n"), &initrd);
-        let vireo_args = |fw: Option<&Path>| {
+        let vireo_args = |fw: Option<&Path>, cpu: &str| {
             let mut a = vec![
                 "run".to_string(),
                 "--kernel".into(),
@@ -61,6 +66,8 @@ fn main() {
                 image.default_cmdline.clone(),
                 "--memory".into(),
                 "512M".into(),
+                "--cpu".into(),
+                cpu.into(),
             ];
             if let Some(f) = fw {
                 a.push("--firmware".into());
@@ -86,20 +93,24 @@ fn main() {
         ];
         let mut v = Vec::new();
         let mut vf = Vec::new();
+        let mut vn = Vec::new();
         let mut q = Vec::new();
         for i in 0..runs {
             // Alternate which system goes first.
             if i % 2 == 0 {
-                v.push(measure(&vireo, &vireo_args(None)));
+                v.push(measure(&vireo, &vireo_args(None, "max")));
                 q.push(measure(&qemu, &qemu_args));
+                vn.push(measure(&vireo, &vireo_args(None, NO_SSTC_ZBB)));
             } else {
+                vn.push(measure(&vireo, &vireo_args(None, NO_SSTC_ZBB)));
                 q.push(measure(&qemu, &qemu_args));
-                v.push(measure(&vireo, &vireo_args(None)));
+                v.push(measure(&vireo, &vireo_args(None, "max")));
             }
-            vf.push(measure(&vireo, &vireo_args(Some(&fw))));
+            vf.push(measure(&vireo, &vireo_args(Some(&fw), "max")));
         }
         let (vw, vr) = medians(&v);
         let (fw_w, fw_r) = medians(&vf);
+        let (nw, nr) = medians(&vn);
         let (qw, qr) = medians(&q);
         println!(
             "\n[{name}] {}",
@@ -120,6 +131,10 @@ fn main() {
         );
         println!(
             "  {:<26} {:>9.3} {:>12.1}",
+            "vireo --cpu max,-sstc,-zbb", nw, nr
+        );
+        println!(
+            "  {:<26} {:>9.3} {:>12.1}",
             "qemu-system-riscv64 TCG", qw, qr
         );
         println!(
@@ -128,6 +143,10 @@ fn main() {
             vr / qr
         );
         println!("  ratio vireo+OpenSBI/QEMU: wall {:.2}", fw_w / qw);
+        println!(
+            "  ratio vireo/vireo without Sstc and Zbb: wall {:.3}",
+            vw / nw
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

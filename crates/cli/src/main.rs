@@ -114,6 +114,15 @@ pub struct RunArgs {
     /// default: mmio on emu, pci on kvm).
     #[arg(long, value_name = "KIND")]
     pub virtio_transport: Option<String>,
+    /// Boot on kvm without first checking that the host's KVM can deliver exceptions to a guest
+    /// (nested PVM hosts cannot; vireo then refuses a Linux kernel, which would crash, and warns
+    /// before running any other kernel).
+    #[arg(long)]
+    pub skip_kvm_probe: bool,
+    /// The emulated RISC-V CPU (emu only): max (every extension vireo implements, the
+    /// default) or rv64gc, then ,+EXT / ,-EXT edits (e.g. max,-sstc,-zbb).
+    #[arg(long, value_name = "MODEL")]
+    pub cpu: Option<String>,
     /// What a guest reboot does: restart (boot the VM again, the default) or exit (vireo
     /// exits 0, as a power-off). A command's run always ends.
     #[arg(long, value_name = "ACTION")]

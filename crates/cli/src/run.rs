@@ -94,6 +94,9 @@ pub fn build_spec(args: &RunArgs) -> Result<VmSpec, Failure> {
     if let Some(r) = &args.reboot {
         spec.reboot = r.clone();
     }
+    if let Some(c) = &args.cpu {
+        spec.cpu = c.clone();
+    }
     let flagged: Vec<&str> = [
         ("kernel", args.kernel.is_some()),
         ("initrd", args.initrd.is_some()),
@@ -168,11 +171,37 @@ fn resolve(spec: &VmSpec, tty: Option<&GuestTty>) -> Result<Payload, Failure> {
         Some(name) => Some(vireo_image::open(name).map_err(fail)?),
         None => None,
     };
-    let kernel = match (&spec.kernel, &image) {
-        (Some(k), _) => k.clone(),
-        (None, Some(i)) => i.kernel.clone(),
-        (None, None) => return Err(fail("nothing to boot: give --image NAME or --kernel PATH")),
+    let kernel = match (&spec.kernel, &image, &spec.firmware) {
+        (Some(k), _, _) => k.clone(),
+        (None, Some(i), _) => i.kernel.clone(),
+        // A bare-metal program alone, as QEMU's -bios without -kernel: it runs in M-mode
+        // from its ELF entry point or, raw, from the start of RAM.
+        (None, None, Some(_)) => PathBuf::new(),
+        (None, None, None) => {
+            return Err(fail(
+                "nothing to boot: give --image NAME, --kernel PATH or --firmware PROG",
+            ))
+        }
     };
+    if kernel.as_os_str().is_empty() {
+        if !spec.command.is_empty() {
+            return Err(fail(
+                "a command needs a Linux guest: give --image or --kernel with --firmware",
+            ));
+        }
+        if spec.initrd.is_some() {
+            return Err(fail(
+                "--initrd needs a kernel to unpack it (--kernel or --image)",
+            ));
+        }
+        return Ok(Payload {
+            kernel,
+            initrd: None,
+            firmware: spec.firmware.clone(),
+            cmdline: spec.cmdline.clone().unwrap_or_default(),
+            arch: Arch::Riscv64,
+        });
+    }
     let arch = kernel_arch(&kernel)?;
     let initrd_path = spec
         .initrd
@@ -297,6 +326,7 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     if accel == Accel::Kvm {
         check_kvm(&cfg.kernel, skip_kvm_probe(&args))?;
     }
+    let isa = cpu_model(&spec, accel)?;
     // vireo's /init serves a command channel; a custom initramfs may not, but a command
     // needs one all the same.
     let vireo_init = command_mode || (spec.image.is_some() && spec.initrd.is_none());
@@ -337,7 +367,7 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
             ch
         });
         let console_input = devices.console_input.take();
-        let mut vm = create_vm(accel, &cfg, &out, devices.list)?;
+        let mut vm = create_vm(accel, &cfg, &out, devices.list, isa)?;
         sup.attach(
             vm.stopper(),
             channel.as_ref().map(|c| c.ctl.clone()),
@@ -424,7 +454,7 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
                 ),
                 &report,
             ))),
-            GuestExit::Failure(code) => Ok((code & 0xff) as u8),
+            GuestExit::Failure(_) => Ok(exit.status() as u8),
             GuestExit::Reset => match &report.panic {
                 Some(line) => Err(fail(with_tail(
                     format!("guest kernel panicked: {line}"),
@@ -443,13 +473,11 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
 /// Whether the exception probe is skipped: `--skip-kvm-probe`, or `VIREO_SKIP_KVM_PROBE` (any
 /// value), its deprecated spelling, which says so.
 fn skip_kvm_probe(args: &RunArgs) -> bool {
-    // Becomes `args.skip_kvm_probe || deprecated` once RunArgs has the flag.
-    let _ = args;
     let deprecated = std::env::var_os("VIREO_SKIP_KVM_PROBE").is_some();
     if deprecated {
         eprintln!("vireo: warning: VIREO_SKIP_KVM_PROBE is deprecated: use --skip-kvm-probe");
     }
-    deprecated
+    args.skip_kvm_probe || deprecated
 }
 
 /// What the exception probe found on hosts like nested PVM.
@@ -500,15 +528,32 @@ fn check_kvm(kernel: &Path, skip_probe: bool) -> Result<(), Failure> {
     }
 }
 
+/// The emulated CPU `--cpu` asks for; kvm guests run on the host's CPU, so there only the
+/// default is accepted.
+fn cpu_model(spec: &VmSpec, accel: Accel) -> Result<vireo_riscv::Isa, Failure> {
+    if accel == Accel::Kvm {
+        if spec.cpu != "max" {
+            return Err(fail(format!(
+                "--cpu '{}': the CPU model applies to the emu accelerator; kvm guests get the \
+                 host's CPU",
+                spec.cpu
+            )));
+        }
+        return Ok(vireo_riscv::Isa::max());
+    }
+    vireo_riscv::Isa::parse(&spec.cpu).map_err(|e| fail(format!("--cpu '{}': {e}", spec.cpu)))
+}
+
 fn create_vm(
     accel: Accel,
     cfg: &BootConfig,
     out: &ConsoleOutput,
     devices: Vec<Box<dyn vireo_virtio::VirtioDevice>>,
+    isa: vireo_riscv::Isa,
 ) -> Result<Vm, Failure> {
     Ok(match accel {
         Accel::Emu => {
-            Vm::Emu(vireo_riscv::EmuVm::with_devices(cfg, out.clone(), devices).map_err(fail)?)
+            Vm::Emu(vireo_riscv::EmuVm::build(cfg, out.clone(), devices, isa).map_err(fail)?)
         }
         _ => Vm::Kvm(vireo_kvm::KvmVm::with_devices(cfg, out.clone(), devices).map_err(fail)?),
     })

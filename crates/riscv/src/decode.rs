@@ -949,6 +949,39 @@ mod tests {
     }
 
     #[test]
+    fn extensions_decode_only_when_enabled() {
+        // sh1add a0, a1, a2; clz a0, a1; czero.eqz a0, a1, a2; cbo.zero (a0); pause;
+        // fli.s fa0, 1.0; sinval.vma a0, a1
+        let cases = [
+            (0x20c5_a533, Sh1add),
+            (0x6005_9513, Clz),
+            (0x0ec5_d533, CzeroEqz),
+            (0x0045_200f, Cbo),
+            (0x0100_000f, Pause),
+            (0xf018_0553, FliS),
+            (0x16b5_0073, SinvalVma),
+        ];
+        for (w, k) in cases {
+            assert_eq!(super::decode32(w, Isa::max()).kind, k, "{w:#x}");
+            let off = super::decode32(w, Isa::BASE).kind;
+            // PAUSE is a FENCE hint without Zihintpause; the rest are illegal.
+            let want = if k == Pause { Fence } else { Illegal };
+            assert_eq!(off, want, "{w:#x} with rv64gc");
+        }
+        // Reserved neighbours stay illegal with everything on: clz's funct12 0x603, cbo with
+        // funct12 3, fcvtmod.w.d with rm = rne, packw (Zbkb), fmvh.x.d (RV32 only).
+        for w in [
+            0x6035_9513u32,
+            0x0035_200f,
+            0xc285_0553,
+            0x08c5_c53b,
+            0xe215_0553,
+        ] {
+            assert_eq!(decode32(w).kind, Illegal, "{w:#x}");
+        }
+    }
+
+    #[test]
     fn compressed_forms() {
         // c.li a0, -1 = 0x557d
         let op = decode16(0x557d);

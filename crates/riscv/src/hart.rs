@@ -210,8 +210,6 @@ pub struct Hart {
     pub instret: u64,
     /// mcycle and minstret (cycles are counted as instructions: one per instruction).
     counters: [Counter; 2],
-    /// SBI PMU counters handed out by config_matching (bit = counter index).
-    pub pmu_used: u64,
     /// Instructions retired in the current slice before the executing one (counters read
     /// `instret + retired`; `instret` itself advances once per slice).
     retired: u64,
@@ -313,7 +311,6 @@ impl Hart {
             isa: Isa::max(),
             instret: 0,
             counters: [Counter::default(); 2],
-            pmu_used: 0,
             retired: 0,
             stimecmp: u64::MAX,
             reservation: None,
@@ -1057,9 +1054,10 @@ impl Hart {
             0x3a0..=0x3af if csr.is_multiple_of(2) => self.pmp.read_cfg((csr - PMPCFG0) as usize),
             0x3b0..=0x3ef => self.pmp.read_addr((csr - PMPADDR0) as usize),
             // Sdtrig with no triggers: tselect holds only 0, where tdata1's type 0 says "no
-            // trigger" and tinfo (version 1, Sdtrig 1.0) lists only that type.
+            // trigger" and tinfo lists only that type. tinfo's version field stays 0: OpenSBI
+            // counts a trigger unless tinfo reads exactly 1.
             TSELECT | TDATA1 | TDATA2 | TDATA3 => 0,
-            TINFO => (1 << 24) | 1,
+            TINFO => 1,
             MCYCLE | MINSTRET => self.counter((csr == MINSTRET) as usize),
             0xb03..=0xb1f | 0x323..=0x33f => 0,
             _ => return None,

@@ -199,7 +199,9 @@ fn pmu(h: &mut Hart, fid: u64, a: &[u64; 6]) -> (i64, u64) {
                     (0, 2) => 2,
                     _ => return (ERR_NOT_SUPPORTED, 0),
                 };
-                if !set.contains(&want) || h.pmu_used & (1 << want) != 0 {
+                // The fixed counters are not handed out exclusively (as in OpenSBI): every
+                // cycles event shares counter 0, every instructions event counter 2.
+                if !set.contains(&want) {
                     return (ERR_NOT_SUPPORTED, 0);
                 }
                 want
@@ -207,7 +209,6 @@ fn pmu(h: &mut Hart, fid: u64, a: &[u64; 6]) -> (i64, u64) {
             if idx == PMU_TIME || idx >= PMU_COUNTERS {
                 return (ERR_INVALID_PARAM, 0);
             }
-            h.pmu_used |= 1 << idx;
             let i = (idx == 2) as usize;
             if flags & 2 != 0 {
                 h.counter_write(i, 0);
@@ -236,7 +237,8 @@ fn pmu(h: &mut Hart, fid: u64, a: &[u64; 6]) -> (i64, u64) {
             }
             (SUCCESS, 0)
         }
-        // counter_stop(base, mask, flags)
+        // counter_stop(base, mask, flags): RESET (flag 1) releases nothing, as the fixed
+        // counters are shared.
         4 => {
             let Some(set) = pmu_set(a[0], a[1]) else {
                 return (ERR_INVALID_PARAM, 0);
@@ -249,9 +251,6 @@ fn pmu(h: &mut Hart, fid: u64, a: &[u64; 6]) -> (i64, u64) {
             }
             for &i in &set {
                 h.set_inhibit(h.mcountinhibit | inhibit_bit(i));
-                if a[2] & 1 != 0 {
-                    h.pmu_used &= !(1 << i);
-                }
             }
             (SUCCESS, 0)
         }

@@ -173,6 +173,31 @@ fn the_old_skip_probe_variable_still_works_and_names_the_flag() {
 }
 
 #[test]
+fn skip_kvm_probe_flag_boots_without_the_probe() {
+    require_kvm();
+    let dir = tempdir();
+    let kernel = write(&dir, "tiny.bzImage", &bzimage());
+    let r = run(&[
+        "run",
+        "--skip-kvm-probe",
+        "--kernel",
+        kernel.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (STATUS, GREETING),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("cannot deliver") && !r.stderr.contains("deprecated"),
+        "{}",
+        r.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 #[ignore = "boots x86-64 Linux: needs a host KVM that delivers exceptions to guests (not nested PVM) and the debian-x86_64 image; run with --ignored there"]
 fn x86_64_image_on_kvm() {
     require_kvm();

@@ -62,7 +62,7 @@ TEST_BEGIN
     csrr a0, tdata1                 /* type 0: no trigger here */
     CHECK 9, a0, 0
     csrr a0, tinfo
-    CHECK 10, a0, 0x01000001        /* version 1, supports only type 0 */
+    CHECK 10, a0, 1                 /* supports only type 0 */
     li t0, 1
     csrw tselect, t0
     csrr a0, tselect                /* index 1 does not stick: fewer than two triggers */
@@ -85,6 +85,7 @@ s_mode:
     .insn r 0x73, 0, 0x0b, x0, x0, x0    /* sinval.vma zero, zero */
     .insn r 0x73, 0, 0x0b, x0, a0, a1    /* sinval.vma a0, a1 */
     .insn r 0x73, 0, 0x0c, x0, x0, x1    /* sfence.inval.ir */
+    .insn i 0x0f, 0, x0, x0, 0x010       /* pause */
     CHECK 13, s2, 0
     EXPECT_TRAP 1f
     csrrw a0, 0x015, zero
