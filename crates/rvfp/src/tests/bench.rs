@@ -18,7 +18,7 @@ fn time(name: &str, n: u64, mut f: impl FnMut(u64) -> u64) {
 }
 
 #[test]
-#[ignore]
+#[ignore = "a timing comparison, not a check: run with --ignored --nocapture"]
 fn bench_fast_vs_softfloat() {
     const N: u64 = 20_000_000;
     // Normal operands around 1 with varying low bits: the common case.
