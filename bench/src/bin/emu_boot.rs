@@ -53,6 +53,11 @@ fn main() {
     );
     println!("cmdline: {cmdline}");
     for (name, cmd) in [("boot", "true"), ("cpu", CPU_WORK)] {
+        // /init runs a command on virtio-serial ports named vireo.*: vireo adds them (and the
+        // command, appended to the same initramfs) for `-- CMD`; QEMU gets the command in an
+        // appended archive and four ports of its own, so both guests do the same work. QEMU's
+        // ports are file chardevs: a null one never reports its host side open, and the
+        // guest's writes to it block.
         let initrd = dir.join(format!("{name}.img"));
         command_initrd(&image.initrd, &format!("{cmd}\n"), &initrd);
         let vireo_args = |fw: Option<&Path>, cpu: &str| {
@@ -61,7 +66,7 @@ fn main() {
                 "--kernel".into(),
                 image.kernel.display().to_string(),
                 "--initrd".into(),
-                initrd.display().to_string(),
+                image.initrd.display().to_string(),
                 "--cmdline".into(),
                 image.default_cmdline.clone(),
                 "--memory".into(),
@@ -73,6 +78,7 @@ fn main() {
                 a.push("--firmware".into());
                 a.push(f.display().to_string());
             }
+            a.extend(["--".into(), "sh".into(), "-c".into(), cmd.into()]);
             a
         };
         let qemu_args = vec![
@@ -90,7 +96,18 @@ fn main() {
             initrd.display().to_string(),
             "-append".into(),
             cmdline.clone(),
+            "-device".into(),
+            "virtio-serial-device".into(),
         ];
+        let mut qemu_args = qemu_args;
+        for (i, port) in ["stdin", "stdout", "stderr", "ctl"].iter().enumerate() {
+            qemu_args.extend([
+                "-chardev".into(),
+                format!("file,id=p{i},path=/dev/null"),
+                "-device".into(),
+                format!("virtserialport,chardev=p{i},name=vireo.{port}"),
+            ]);
+        }
         let mut v = Vec::new();
         let mut vf = Vec::new();
         let mut vn = Vec::new();
@@ -155,12 +172,15 @@ fn main() {
 // The child is reaped with wait4, which std's wait cannot do: it also returns the rusage.
 #[allow(clippy::zombie_processes)]
 fn measure(prog: &Path, args: &[String]) -> Sample {
+    // stderr goes to a file, so a failing run can say why.
+    let err_path = std::env::temp_dir().join(format!("vireo-bench-stderr-{}", std::process::id()));
+    let err_file = std::fs::File::create(&err_path).unwrap_or_else(|e| die(&e.to_string()));
     let start = Instant::now();
     let child = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(err_file)
         .spawn()
         .unwrap_or_else(|e| die(&format!("{}: {e}", prog.display())));
     let pid = child.id() as libc::pid_t;
@@ -199,11 +219,14 @@ fn measure(prog: &Path, args: &[String]) -> Sample {
         die(&format!("wait4 failed for {}", prog.display()));
     }
     let code = libc::WEXITSTATUS(status);
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&err_path);
     if !libc::WIFEXITED(status) || code != 0 {
         die(&format!(
-            "{} {} exited with status {code}",
+            "{} {} exited with status {code}: {}",
             prog.display(),
-            args.join(" ")
+            args.join(" "),
+            stderr.trim_end()
         ));
     }
     Sample {
