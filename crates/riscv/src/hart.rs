@@ -2250,6 +2250,15 @@ impl Hart {
         let block = va & !(CACHE_BLOCK - 1);
         self.sync_epochs(sys);
         if f == 4 {
+            // Linux clears every page this way: take the write TLB when it maps the block.
+            let e = self.tlb_w[((block >> 12) as usize) & TLB_MASK];
+            if e.tag == (block & !0xfff) | self.wkey
+                && sys
+                    .ram
+                    .write_bytes(e.off + (block & 0xfff), &[0u8; CACHE_BLOCK as usize])
+            {
+                return Ok(());
+            }
             let pa = self
                 .translate(sys, block, CACHE_BLOCK, Access::Write)
                 .map_err(|t| Trap::new(t.cause, va))?;
