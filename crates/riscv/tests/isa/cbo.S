@@ -59,13 +59,7 @@ TEST_BEGIN
     csrw pmpcfg0, t0
 
     csrw menvcfg, zero
-    li t0, MSTATUS_MPP
-    csrc mstatus, t0
-    li t0, 1 << 11
-    csrs mstatus, t0
-    la t0, s_mode
-    csrw mepc, t0
-    mret
+    ENTER_S s_mode
 
 s_mode:
     li a0, SCRATCH + 0x8

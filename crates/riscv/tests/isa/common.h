@@ -103,6 +103,17 @@
     la s9, \resume
 .endm
 
+/* Drop from M to S-mode at `label` (mret with MPP = S). */
+.macro ENTER_S label
+    li t0, MSTATUS_MPP
+    csrc mstatus, t0
+    li t0, 1 << 11
+    csrs mstatus, t0
+    la t0, \label
+    csrw mepc, t0
+    mret
+.endm
+
 .macro PASS
     li t0, FINISHER
     li t1, 0x5555

@@ -275,13 +275,7 @@ u_spin:
     CHECK 46, a0, MIP_SSIP          /* visible in sip */
     li t0, MSTATUS_SIE              /* to S with SIE = 0: still not taken */
     csrc mstatus, t0
-    li t0, MSTATUS_MPP
-    csrc mstatus, t0
-    li t0, 1 << 11
-    csrs mstatus, t0
-    la t0, s_code
-    csrw mepc, t0
-    mret
+    ENTER_S s_code
 s_code:
     li t0, 10000
 1:  addi t0, t0, -1

@@ -27,36 +27,11 @@
 #define DATA4  0x81105000
 #define DATA5  0x81106000
 #define NAPOT  0x81110000
-#define PTE_V 0x01
-#define PTE_R 0x02
-#define PTE_W 0x04
-#define PTE_X 0x08
-#define PTE_A 0x40
-#define PTE_D 0x80
+#include "pte.h"
 #define PBMT(n) ((n) << 61)
 #define PTE_N  (1 << 63)
 #define PBMTE  (1 << 62)
 #define ADUE   (1 << 61)
-#define VA(i) (0x40000000 + (i) * 0x1000)
-
-.macro PTE table, index, pa, flags
-    li t0, (((\pa) >> 12) << 10) | (\flags)
-    li t1, (\table) + 8 * (\index)
-    sd t0, 0(t1)
-.endm
-.macro POKE addr, val
-    li t0, \val
-    li t1, \addr
-    sd t0, 0(t1)
-.endm
-.macro FAULT
-    li s2, -1
-    la s9, 1f
-.endm
-.macro FAULTED n, cause, tval
-1:  CHECK \n, s2, \cause
-    CHECK (\n + 1), s4, \tval
-.endm
 
 TEST_BEGIN
     li t0, ROOT
@@ -108,13 +83,7 @@ TEST_BEGIN
     csrw menvcfg, t0
     li t0, (8 << 60) | (1 << 44) | (ROOT >> 12)    /* Sv39, ASID 1 */
     csrw satp, t0
-    li t0, MSTATUS_MPP
-    csrc mstatus, t0
-    li t0, 1 << 11
-    csrs mstatus, t0
-    la t0, s_main
-    csrw mepc, t0
-    mret
+    ENTER_S s_main
 
 s_main:
     /* ---- Svpbmt ---- */

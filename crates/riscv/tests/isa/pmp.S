@@ -68,13 +68,7 @@ TEST_BEGIN
 
     la t0, m_handler
     csrw mtvec, t0
-    li t0, MSTATUS_MPP
-    csrc mstatus, t0
-    li t0, 1 << 11
-    csrs mstatus, t0
-    la t0, s_mode
-    csrw mepc, t0
-    mret
+    ENTER_S s_mode
 
 s_mode:
     li s0, PAGE

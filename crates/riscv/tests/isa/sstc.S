@@ -54,13 +54,7 @@ TEST_BEGIN
     csrw menvcfg, zero
     li t0, STIP
     csrw mideleg, t0
-    li t0, MSTATUS_MPP
-    csrc mstatus, t0
-    li t0, 1 << 11
-    csrs mstatus, t0
-    la t0, s_mode
-    csrw mepc, t0
-    mret
+    ENTER_S s_mode
 s_mode:
     EXPECT_TRAP 1f
     csrr a0, stimecmp               /* TM = 0: illegal */

@@ -72,13 +72,7 @@ TEST_BEGIN
     /* ---- S: svinval; seed only with SSEED ---- */
     la t0, m_service
     csrw mtvec, t0
-    li t0, MSTATUS_MPP
-    csrc mstatus, t0
-    li t0, 1 << 11
-    csrs mstatus, t0
-    la t0, s_mode
-    csrw mepc, t0
-    mret
+    ENTER_S s_mode
 s_mode:
     li s2, 0
     .insn r 0x73, 0, 0x0c, x0, x0, x0    /* sfence.w.inval */
