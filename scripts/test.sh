@@ -49,6 +49,10 @@ else
     left_out=""
 fi
 
+# A short run of every fuzz target (seconds each) from its seeds: a parser that crashes on
+# them, or within a few thousand mutations, fails the suite. scripts/fuzz.sh runs them long.
+scripts/fuzz.sh 3
+
 echo
 echo "Not run on this host:"
 ignored=$(list_ignored)
