@@ -11,7 +11,7 @@ use vireo_devices::{ConsoleOutput, TestFinisher, Uart};
 use vireo_machine::{Bus, ExitSignal, GuestRam, NoIrq};
 use vireo_riscv::hart::Hart;
 use vireo_riscv::plic::{Plic, PLIC_SIZE};
-use vireo_riscv::sys::{Clint, Clock, CodeCache, HsmState, IrqOutputs, Mailbox, Sys};
+use vireo_riscv::sys::{IrqOutputs, Sys, SysConfig};
 use vireo_riscv::Isa;
 
 const RAM: u64 = 0x8000_0000;
@@ -50,28 +50,19 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let builtin_sbi = mode & 1 != 0;
-    let mut sys = Sys {
-        ram: view,
-        bus: &bus,
-        code: CodeCache::new(RAM, view.len()),
-        clint: Clint {
-            msip: vec![false],
-            mtimecmp: vec![u64::MAX],
+    let mut sys = Sys::new(
+        view,
+        &bus,
+        SysConfig {
+            ram_base: RAM,
+            clint_base: 0x200_0000,
+            harts: 1,
+            builtin_sbi,
+            irq,
+            exit,
+            console: console.clone(),
         },
-        clint_base: 0x200_0000,
-        irq,
-        exit,
-        console: console.clone(),
-        builtin_sbi,
-        mail: vec![Mailbox {
-            ipi: false,
-            flush_tlb: false,
-            start: None,
-            hsm: HsmState::Started,
-        }],
-        clock: Clock::new(),
-        fault: None,
-    };
+    );
     let mut h = Hart::new(0);
     h.set_isa(if mode & 2 != 0 { Isa::BASE } else { Isa::max() });
     if builtin_sbi {

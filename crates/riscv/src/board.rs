@@ -29,9 +29,7 @@ use vm_fdt::FdtWriter;
 use crate::hart::{Hart, Stop};
 use crate::isa::{Ext, Isa, CACHE_BLOCK};
 use crate::plic::{Plic, PlicIrq, NUM_SOURCES, PLIC_SIZE};
-use crate::sys::{
-    Clint, Clock, CodeCache, HsmState, IrqOutputs, Mailbox, Sys, CLINT_SIZE, TIMEBASE_HZ,
-};
+use crate::sys::{HsmState, IrqOutputs, Sys, SysConfig, CLINT_SIZE, TIMEBASE_HZ};
 
 pub const FINISHER_BASE: u64 = 0x10_0000;
 pub const RTC_BASE: u64 = 0x10_1000;
@@ -313,34 +311,19 @@ impl EmuVm {
             .view_at(RAM_BASE)
             .ok_or_else(|| EmuError::Fault("guest RAM is not mapped".into()))?;
         let n = self.harts.len();
-        let mut sys = Sys {
-            ram: view,
-            bus: &self.bus,
-            code: CodeCache::new(RAM_BASE, view.len()),
-            clint: Clint {
-                msip: vec![false; n],
-                mtimecmp: vec![u64::MAX; n],
+        let mut sys = Sys::new(
+            view,
+            &self.bus,
+            SysConfig {
+                ram_base: RAM_BASE,
+                clint_base: CLINT_BASE,
+                harts: n,
+                builtin_sbi: self.builtin_sbi,
+                irq: self.irq.clone(),
+                exit: self.exit.clone(),
+                console: self.console.clone(),
             },
-            clint_base: CLINT_BASE,
-            irq: self.irq.clone(),
-            exit: self.exit.clone(),
-            console: self.console.clone(),
-            builtin_sbi: self.builtin_sbi,
-            mail: (0..n)
-                .map(|i| Mailbox {
-                    ipi: false,
-                    flush_tlb: false,
-                    start: None,
-                    hsm: if !self.builtin_sbi || i == 0 {
-                        HsmState::Started
-                    } else {
-                        HsmState::Stopped
-                    },
-                })
-                .collect(),
-            clock: Clock::new(),
-            fault: None,
-        };
+        );
         let mut waiting = vec![false; n];
         loop {
             let mut busy = false;

@@ -321,7 +321,7 @@ mod tests {
     use vireo_devices::ConsoleOutput;
     use vireo_machine::{Bus, BusDevice, ExitSignal, GuestRam};
 
-    use crate::sys::{Clint, Clock, CodeCache, IrqOutputs, Mailbox};
+    use crate::sys::{IrqOutputs, SysConfig};
 
     const RAM: u64 = 0x8000_0000;
     const DEV: u64 = 0x1000_0000;
@@ -345,28 +345,19 @@ mod tests {
             .unwrap();
         let view = ram.view_at(RAM).unwrap();
         let console = ConsoleOutput::new();
-        let mut sys = Sys {
-            ram: view,
-            bus: &bus,
-            code: CodeCache::new(RAM, view.len()),
-            clint: Clint {
-                msip: vec![false],
-                mtimecmp: vec![u64::MAX],
+        let mut sys = Sys::new(
+            view,
+            &bus,
+            SysConfig {
+                ram_base: RAM,
+                clint_base: 0x200_0000,
+                harts: 1,
+                builtin_sbi: true,
+                irq: Arc::new(IrqOutputs::new(2)),
+                exit: Arc::new(ExitSignal::new()),
+                console: console.clone(),
             },
-            clint_base: 0x200_0000,
-            irq: Arc::new(IrqOutputs::new(2)),
-            exit: Arc::new(ExitSignal::new()),
-            console: console.clone(),
-            builtin_sbi: true,
-            mail: vec![Mailbox {
-                ipi: false,
-                flush_tlb: false,
-                start: None,
-                hsm: HsmState::Started,
-            }],
-            clock: Clock::new(),
-            fault: None,
-        };
+        );
         let mut h = Hart::new(0);
         h.x[17] = EXT_DBCN;
         h.x[16] = 0;

@@ -249,3 +249,51 @@ pub struct Sys<'a> {
     /// Set when the emulator meets something it cannot continue from.
     pub fault: Option<String>,
 }
+
+/// How a [`Sys`] is wired: everything but RAM and the bus, which it borrows.
+pub struct SysConfig {
+    /// Guest-physical address of the start of RAM (the decoded-code cache's base).
+    pub ram_base: u64,
+    pub clint_base: u64,
+    pub harts: usize,
+    /// The emulator serves SBI calls itself; only hart 0 starts (the rest wait for HSM).
+    pub builtin_sbi: bool,
+    pub irq: Arc<IrqOutputs>,
+    pub exit: Arc<ExitSignal>,
+    pub console: ConsoleOutput,
+}
+
+impl<'a> Sys<'a> {
+    /// A machine at power-on: timers off, no interrupt pending, every hart started (with an
+    /// M-mode firmware) or hart 0 only (with the built-in SBI).
+    pub fn new(ram: RamView<'a>, bus: &'a Bus, c: SysConfig) -> Self {
+        Sys {
+            ram,
+            bus,
+            code: CodeCache::new(c.ram_base, ram.len()),
+            clint: Clint {
+                msip: vec![false; c.harts],
+                mtimecmp: vec![u64::MAX; c.harts],
+            },
+            clint_base: c.clint_base,
+            irq: c.irq,
+            exit: c.exit,
+            console: c.console,
+            builtin_sbi: c.builtin_sbi,
+            mail: (0..c.harts)
+                .map(|i| Mailbox {
+                    ipi: false,
+                    flush_tlb: false,
+                    start: None,
+                    hsm: if !c.builtin_sbi || i == 0 {
+                        HsmState::Started
+                    } else {
+                        HsmState::Stopped
+                    },
+                })
+                .collect(),
+            clock: Clock::new(),
+            fault: None,
+        }
+    }
+}
