@@ -634,9 +634,11 @@ impl Vm {
             Vm::Emu(vm) => {
                 let idle = vm.idle_time().as_secs_f64();
                 let n = vm.instructions();
+                let (pages, evictions) = vm.code_cache_stats();
                 eprintln!(
-                    "vireo: stats: {n} instructions in {secs:.3} s, {idle:.3} s idle ({:.0} MIPS while running)",
-                    n as f64 / (secs - idle).max(1e-9) / 1e6
+                    "vireo: stats: {n} instructions in {secs:.3} s, {idle:.3} s idle ({:.0} MIPS while running); decoded code: {pages} pages ({} MiB), dropped {evictions} times when full",
+                    n as f64 / (secs - idle).max(1e-9) / 1e6,
+                    pages * 16 / 1024
                 );
                 if let Some(p) = vm.profile() {
                     let mut v: Vec<_> = p.iter().collect();

@@ -114,6 +114,9 @@ pub struct EmuVm {
     builtin_sbi: bool,
     layout: Layout,
     instructions: u64,
+    /// Most decoded-code pages allocated, and how often the full cache was dropped.
+    code_pages: usize,
+    code_evictions: u64,
     idle: Duration,
     profile: Option<std::collections::HashMap<u64, u64>>,
 }
@@ -269,6 +272,8 @@ impl EmuVm {
             builtin_sbi,
             layout,
             instructions: 0,
+            code_pages: 0,
+            code_evictions: 0,
             idle: Duration::ZERO,
             profile: std::env::var_os("VIREO_PROFILE").map(|_| Default::default()),
         })
@@ -297,6 +302,12 @@ impl EmuVm {
     /// With VIREO_PROFILE set: how often each guest pc was seen at a slice boundary.
     pub fn profile(&self) -> Option<&std::collections::HashMap<u64, u64>> {
         self.profile.as_ref()
+    }
+
+    /// The decoded-code cache: most pages allocated (16 KiB each) and times it was dropped
+    /// for being full.
+    pub fn code_cache_stats(&self) -> (usize, u64) {
+        (self.code_pages, self.code_evictions)
     }
 
     /// Instructions retired so far, all harts.
@@ -349,6 +360,8 @@ impl EmuVm {
                     *p.entry(h.pc).or_default() += 1;
                 }
                 self.instructions += ran;
+                self.code_pages = self.code_pages.max(sys.code.allocated());
+                self.code_evictions = sys.code.evictions;
                 match stop {
                     Stop::Wait => waiting[i] = true,
                     Stop::Stopped | Stop::Yield => {}

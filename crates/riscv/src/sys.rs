@@ -19,6 +19,10 @@ use crate::decode::Op;
 /// Slots per decoded page: one per possible 2-byte instruction start.
 pub const SLOTS: usize = 2048;
 
+/// Most decoded pages a machine keeps: 8192 × 16 KiB = 128 MiB, for 32 MiB of guest code. A
+/// Debian boot to a shell and a CPU-bound command decode under 1000 of them (15 MiB).
+pub const CODE_PAGES_MAX: usize = 8192;
+
 /// Decoded instructions, keyed by guest-physical page, shared by all harts.
 ///
 /// A page enters when a hart first fetches from it. Harts never cache a code page in their write
@@ -35,6 +39,10 @@ pub struct CodeCache {
     pub write_epoch: u64,
     /// Bumped when a page's decoded code is dropped: harts must drop fetch translations.
     pub fetch_epoch: u64,
+    /// Most decoded pages held at once; at the limit the whole cache is dropped and refilled.
+    limit: usize,
+    /// Times the cache was dropped for being full.
+    pub evictions: u64,
 }
 
 impl CodeCache {
@@ -48,7 +56,24 @@ impl CodeCache {
             ram_base,
             write_epoch: 0,
             fetch_epoch: 0,
+            limit: CODE_PAGES_MAX,
+            evictions: 0,
         }
+    }
+
+    /// Sets the most pages held at once (at least one).
+    pub fn set_limit(&mut self, pages: usize) {
+        self.limit = pages.max(1);
+    }
+
+    /// Decoded pages held now (each [`SLOTS`] ops, 16 KiB).
+    pub fn resident(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Pages allocated so far (resident or free for reuse): what the cache costs in memory.
+    pub fn allocated(&self) -> usize {
+        self.pages.len()
     }
 
     #[inline]
@@ -68,6 +93,13 @@ impl CodeCache {
         let ppn = paddr >> 12;
         if let Some(&s) = self.map.get(&ppn) {
             return s;
+        }
+        if self.free.is_empty() && self.pages.len() >= self.limit {
+            // Full: a guest that executes from ever more pages must not make the host
+            // allocate without bound. Dropping everything (as QEMU flushes its translation
+            // buffer) is simple and correct; the working set refills it.
+            self.flush();
+            self.evictions += 1;
         }
         let s = match self.free.pop() {
             Some(s) => {
@@ -295,5 +327,41 @@ impl<'a> Sys<'a> {
             clock: Clock::new(),
             fault: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: u64 = 0x8000_0000;
+
+    #[test]
+    fn code_cache_is_bounded() {
+        let mut c = CodeCache::new(BASE, 64 << 12);
+        c.set_limit(3);
+        let epoch = c.fetch_epoch;
+        for p in 0..3 {
+            c.slot_for(BASE + (p << 12));
+        }
+        assert_eq!((c.resident(), c.allocated(), c.evictions), (3, 3, 0));
+        // A fourth page: everything goes, the new page takes a reused slot.
+        c.slot_for(BASE + (3 << 12));
+        assert_eq!((c.resident(), c.allocated(), c.evictions), (1, 3, 1));
+        assert!(!c.is_code(BASE) && c.is_code(BASE + (3 << 12)));
+        assert!(
+            c.fetch_epoch > epoch,
+            "harts must drop their fetch translations"
+        );
+        // A guest touching page after page never makes it grow past the limit.
+        for p in 0..64 {
+            c.slot_for(BASE + (p << 12));
+            assert!(c.allocated() <= 3);
+        }
+        // Invalidated pages are reused before the limit forces a drop.
+        let e = c.evictions;
+        c.invalidate(BASE + (63 << 12));
+        c.slot_for(BASE + (5 << 12));
+        assert_eq!(c.evictions, e);
     }
 }
