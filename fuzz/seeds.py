@@ -70,6 +70,19 @@ ctl = struct.pack("<IHH", 0, 0, 1) + struct.pack("<IHH", 0, 3, 1)
 ser = queue(3, [desc(0x2f00, 8, NEXT, 1), desc(0x2f08, 8)], [0], [(0x2f00, ctl)])
 put("virtio_serial", "control", device_input(notify(3), ser))
 
+# vsock: a stream REQUEST to host port 1234 on the transmit queue (1), and a receive buffer on
+# queue 0 for the reset that comes back; then the same connection's RW and SHUTDOWN
+def vsock_hdr(op, length=0):
+    return struct.pack("<QQIIIHHIII", 3, 2, 5000, 1234, length, 1, op, 0, 65536, 0)
+
+
+vs = bytearray(queue(1, [desc(0x1c00, 44), desc(0x1c40, 44 + 4), desc(0x1c90, 44)], [0, 1, 2],
+                     [(0x1c00, vsock_hdr(1)), (0x1c40, vsock_hdr(5, 4) + b"ping"),
+                      (0x1c90, vsock_hdr(4))]))
+vs[0:16] = desc(0x1400, 256, WRITE)
+vs[0x100:0x104] = struct.pack("<HH", 0, 1)
+put("virtio_vsock", "request-rw-shutdown", device_input(notify(0) + notify(1), bytes(vs)))
+
 # blk: IN sector 0 (header, 512-byte buffer, status), OUT sector 1, FLUSH, GET_ID
 def blk(req_type, sector, data_flags, data_len):
     hdr = struct.pack("<IIQ", req_type, 0, sector)
