@@ -20,6 +20,8 @@ if ! out=$(cargo +nightly fuzz build -O 2>&1); then
 fi
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
+# The targets' own scratch files (a disk image, a vsock socket) go with it.
+export TMPDIR="$scratch"
 total=0
 for t in "${targets[@]}"; do
     mkdir -p "$scratch/$t"
