@@ -487,6 +487,18 @@ impl Hart {
     /// hardware does when Svadu's updating is on, checks PMP, and fills the matching TLB when
     /// the target is RAM and PMP allows the whole page.
     fn translate(&mut self, sys: &mut Sys, va: u64, w: u64, acc: Access) -> Result<u64, Trap> {
+        self.translate_page(sys, va, w, acc).map(|(pa, _)| pa)
+    }
+
+    /// [`Hart::translate`], also saying whether PMP allows the whole page (so that its
+    /// translation may be cached); when not, only the `w` bytes at `va` were checked.
+    fn translate_page(
+        &mut self,
+        sys: &mut Sys,
+        va: u64,
+        w: u64,
+        acc: Access,
+    ) -> Result<(u64, bool), Trap> {
         let key = match acc {
             Access::Read => self.rkey,
             Access::Write => self.wkey,
@@ -507,8 +519,7 @@ impl Hart {
                 return Err(acc.access_fault(va));
             }
             // Allowed, but not for the whole page: nothing may cache it.
-            self.fetch_vpn = u64::MAX;
-            return Ok(pa);
+            return Ok((pa, false));
         }
         if let Some(off) = sys.ram.offset(pa & !0xfff, 4096) {
             let idx = ((va >> 12) as usize) & TLB_MASK;
@@ -523,7 +534,7 @@ impl Hart {
                 Access::Exec => {}
             }
         }
-        Ok(pa)
+        Ok((pa, true))
     }
 
     fn walk(&mut self, sys: &mut Sys, va: u64, acc: Access, key: u64) -> Result<u64, Trap> {
@@ -778,7 +789,7 @@ impl Hart {
         let (off, slot) = if e.tag == tag {
             (e.off, e.slot)
         } else {
-            let pa = self.translate(sys, pc, 2, Access::Exec)?;
+            let (pa, whole_page) = self.translate_page(sys, pc, 2, Access::Exec)?;
             let off = sys
                 .ram
                 .offset(pa & !0xfff, 4096)
@@ -786,7 +797,7 @@ impl Hart {
             let slot = sys.code.slot_for(pa);
             // A page that just became code must leave this hart's write TLB.
             self.sync_epochs(sys);
-            if !self.pmp.check(pa & !0xfff, 4096, Perm::Exec, self.ikey & 3) {
+            if !whole_page {
                 // PMP allows this instruction's first parcel but not all of the page: check
                 // the whole instruction, and every fetch after it.
                 let po = pc & 0xfff;
