@@ -69,6 +69,13 @@ fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
+/// Fails unless `stderr` (of the run of kernel `name`) contains every one of `wants`.
+fn assert_says(name: &str, stderr: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(stderr.contains(want), "{name}: no {want:?} in {stderr}");
+    }
+}
+
 #[test]
 fn linux_kernels_are_refused_where_kvm_cannot_deliver_exceptions() {
     require_kvm();
@@ -93,13 +100,11 @@ fn linux_kernels_are_refused_where_kvm_cannot_deliver_exceptions() {
             // Said at once, naming the kernel and the way out, rather than a slow death.
             assert_eq!(r.status, VIREO_ERROR, "{name}: {}{}", r.stdout, r.stderr);
             assert!(r.stdout.is_empty(), "{name} ran: {}", r.stdout);
-            for want in ["cannot deliver exceptions", name, "--skip-kvm-probe"] {
-                assert!(
-                    r.stderr.contains(want),
-                    "{name}: no {want:?} in {}",
-                    r.stderr
-                );
-            }
+            assert_says(
+                name,
+                &r.stderr,
+                &["cannot deliver exceptions", name, "--skip-kvm-probe"],
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -127,19 +132,17 @@ fn a_kernel_that_is_not_linux_runs_and_is_warned_about_where_kvm_cannot_deliver_
         if works {
             assert!(!r.stderr.contains("warning"), "{name}: {}", r.stderr);
         } else {
-            for want in [
-                "warning",
-                "cannot deliver exceptions",
+            assert_says(
                 name,
-                "not Linux",
-                "may fail",
-            ] {
-                assert!(
-                    r.stderr.contains(want),
-                    "{name}: no {want:?} in {}",
-                    r.stderr
-                );
-            }
+                &r.stderr,
+                &[
+                    "warning",
+                    "cannot deliver exceptions",
+                    name,
+                    "not Linux",
+                    "may fail",
+                ],
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
