@@ -11,7 +11,8 @@
 //! | 0x8000_0000 | RAM |
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use vireo_devices::finisher::FINISHER_WINDOW;
@@ -29,7 +30,9 @@ use vm_fdt::FdtWriter;
 use crate::hart::{Hart, Stop};
 use crate::isa::{Ext, Isa, CACHE_BLOCK};
 use crate::plic::{Plic, PlicIrq, NUM_SOURCES, PLIC_SIZE};
-use crate::sys::{HsmState, IrqOutputs, Sys, SysConfig, CLINT_SIZE, TIMEBASE_HZ};
+use crate::sys::{
+    Counters, HsmState, IrqOutputs, Sys, SysConfig, SysState, CLINT_SIZE, TIMEBASE_HZ,
+};
 
 pub const FINISHER_BASE: u64 = 0x10_0000;
 pub const RTC_BASE: u64 = 0x10_1000;
@@ -113,12 +116,99 @@ pub struct EmuVm {
     console: ConsoleOutput,
     builtin_sbi: bool,
     layout: Layout,
-    instructions: u64,
-    /// Most decoded-code pages allocated, and how often the full cache was dropped.
-    code_pages: usize,
-    code_evictions: u64,
-    idle: Duration,
+    stats: Arc<Mutex<EmuStats>>,
+    control: Arc<EmuControl>,
+    /// Timers, mailboxes and decoded code between two `run` calls.
+    saved: Option<SysState>,
     profile: Option<std::collections::HashMap<u64, u64>>,
+}
+
+/// What a running machine has done so far, readable from any thread (published by the run
+/// loop after every round of slices).
+#[derive(Clone, Debug, Default)]
+pub struct EmuStats {
+    /// Instructions retired, all harts.
+    pub instructions: u64,
+    /// Host time spent with every hart waiting for an interrupt.
+    pub idle: Duration,
+    /// Most decoded-code pages allocated (16 KiB each), and times the full cache was dropped.
+    pub code_pages: usize,
+    pub code_evictions: u64,
+    pub counters: Counters,
+}
+
+/// Pauses and resumes a machine from another thread. The run loop looks at the request
+/// between rounds of slices (at most a slice, or a 10 ms idle sleep, late) and parks there;
+/// the guest's clock does not advance while it is parked.
+pub struct EmuControl {
+    requested: AtomicBool,
+    parked: Mutex<bool>,
+    cv: Condvar,
+    exit: Arc<ExitSignal>,
+    irq: Arc<IrqOutputs>,
+}
+
+impl EmuControl {
+    /// Asks the machine to pause and waits (up to `wait`) until it has: true once it is
+    /// parked, false if it is not running (it will park when it runs) or has stopped.
+    pub fn pause(&self, wait: Duration) -> bool {
+        self.requested.store(true, Ordering::Release);
+        // Ends an idle sleep at once.
+        self.irq.wake().notify();
+        let deadline = std::time::Instant::now() + wait;
+        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        while !*parked && !self.exit.is_raised() {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            parked = self
+                .cv
+                .wait_timeout(parked, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *parked
+    }
+
+    /// Lets a paused machine run on.
+    pub fn resume(&self) {
+        self.requested.store(false, Ordering::Release);
+        let _g = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        self.cv.notify_all();
+    }
+
+    /// Whether a pause is asked for (the machine is parked or about to be).
+    pub fn is_paused(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    /// Stops the machine, paused or not: `run` returns `why`.
+    pub fn stop(&self, why: GuestExit) {
+        self.exit.raise(why);
+        self.irq.wake().notify();
+        let _g = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        self.cv.notify_all();
+    }
+
+    /// Called by the run loop: parks while a pause is asked for and the machine is not
+    /// stopped; returns how long it was parked.
+    fn park(&self) -> Duration {
+        let t0 = std::time::Instant::now();
+        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        *parked = true;
+        self.cv.notify_all();
+        while self.requested.load(Ordering::Acquire) && !self.exit.is_raised() {
+            parked = self
+                .cv
+                .wait_timeout(parked, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *parked = false;
+        self.cv.notify_all();
+        t0.elapsed()
+    }
 }
 
 impl EmuVm {
@@ -266,15 +356,20 @@ impl EmuVm {
             bus,
             harts: hs,
             uart,
-            irq,
-            exit,
+            irq: irq.clone(),
+            exit: exit.clone(),
             console,
             builtin_sbi,
             layout,
-            instructions: 0,
-            code_pages: 0,
-            code_evictions: 0,
-            idle: Duration::ZERO,
+            stats: Default::default(),
+            control: Arc::new(EmuControl {
+                requested: AtomicBool::new(false),
+                parked: Mutex::new(false),
+                cv: Condvar::new(),
+                exit: exit.clone(),
+                irq: irq.clone(),
+            }),
+            saved: None,
             profile: std::env::var_os("VIREO_PROFILE").map(|_| Default::default()),
         })
     }
@@ -296,7 +391,27 @@ impl EmuVm {
 
     /// Host time spent with every hart waiting for an interrupt.
     pub fn idle_time(&self) -> Duration {
-        self.idle
+        self.stats().idle
+    }
+
+    /// What the machine has done so far.
+    pub fn stats(&self) -> EmuStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The same, readable from another thread while [`EmuVm::run`] runs.
+    pub fn stats_handle(&self) -> Arc<Mutex<EmuStats>> {
+        self.stats.clone()
+    }
+
+    /// Pauses, resumes and stops the machine from another thread.
+    pub fn control(&self) -> Arc<EmuControl> {
+        self.control.clone()
+    }
+
+    /// Guest RAM, for a host that reads or saves it.
+    pub fn guest_memory(&self) -> &GuestRam {
+        &self.ram
     }
 
     /// With VIREO_PROFILE set: how often each guest pc was seen at a slice boundary.
@@ -307,100 +422,139 @@ impl EmuVm {
     /// The decoded-code cache: most pages allocated (16 KiB each) and times it was dropped
     /// for being full.
     pub fn code_cache_stats(&self) -> (usize, u64) {
-        (self.code_pages, self.code_evictions)
+        let s = self.stats();
+        (s.code_pages, s.code_evictions)
     }
 
     /// Instructions retired so far, all harts.
     pub fn instructions(&self) -> u64 {
-        self.instructions
+        self.stats().instructions
     }
 
-    /// Runs until the guest powers off, resets or faults.
+    /// Runs until the guest powers off, resets or faults, or another thread stops it
+    /// ([`EmuControl::stop`]). A later call continues the same machine: its timers, hart
+    /// mailboxes and decoded code are kept between calls.
     pub fn run(&mut self) -> Result<GuestExit, EmuError> {
         let view = self
             .ram
             .view_at(RAM_BASE)
             .ok_or_else(|| EmuError::Fault("guest RAM is not mapped".into()))?;
         let n = self.harts.len();
-        let mut sys = Sys::new(
-            view,
-            &self.bus,
-            SysConfig {
-                ram_base: RAM_BASE,
-                clint_base: CLINT_BASE,
-                harts: n,
-                builtin_sbi: self.builtin_sbi,
-                irq: self.irq.clone(),
-                exit: self.exit.clone(),
-                console: self.console.clone(),
-            },
+        let cfg = SysConfig {
+            ram_base: RAM_BASE,
+            clint_base: CLINT_BASE,
+            harts: n,
+            builtin_sbi: self.builtin_sbi,
+            irq: self.irq.clone(),
+            exit: self.exit.clone(),
+            console: self.console.clone(),
+        };
+        let mut sys = match self.saved.take() {
+            Some(state) => Sys::resume(view, &self.bus, cfg, state),
+            None => Sys::new(view, &self.bus, cfg),
+        };
+        let r = run_harts(
+            &mut self.harts,
+            &mut sys,
+            &self.stats,
+            &self.control,
+            &mut self.profile,
         );
-        let mut waiting = vec![false; n];
-        loop {
-            let mut busy = false;
-            for (i, h) in self.harts.iter_mut().enumerate() {
-                if let Some((pc, opaque)) = sys.mail[i].start.take() {
-                    h.enter_supervisor(pc, i as u64, opaque);
-                    sys.mail[i].hsm = HsmState::Started;
+        self.saved = Some(sys.into_state());
+        r
+    }
+}
+
+/// The run loop of [`EmuVm::run`]: the harts in turn, a slice each, until something stops the
+/// machine.
+fn run_harts(
+    harts: &mut [Hart],
+    sys: &mut Sys,
+    stats: &Mutex<EmuStats>,
+    control: &EmuControl,
+    profile: &mut Option<std::collections::HashMap<u64, u64>>,
+) -> Result<GuestExit, EmuError> {
+    let n = harts.len();
+    let mut waiting = vec![false; n];
+    let (mut instructions, mut idle) = {
+        let s = stats.lock().unwrap_or_else(|p| p.into_inner());
+        (s.instructions, s.idle)
+    };
+    let publish = |instructions: u64, idle: Duration, sys: &Sys| {
+        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+        s.instructions = instructions;
+        s.idle = idle;
+        s.code_pages = s.code_pages.max(sys.code.allocated());
+        s.code_evictions = sys.code.evictions;
+        s.counters.clone_from(&sys.counters);
+    };
+    loop {
+        let mut busy = false;
+        for (i, h) in harts.iter_mut().enumerate() {
+            if let Some((pc, opaque)) = sys.mail[i].start.take() {
+                h.enter_supervisor(pc, i as u64, opaque);
+                sys.mail[i].hsm = HsmState::Started;
+                waiting[i] = false;
+            }
+            if sys.mail[i].hsm != HsmState::Started {
+                continue;
+            }
+            if waiting[i] {
+                if sys.mail[i].ipi || h.wakeup_pending(sys) {
                     waiting[i] = false;
-                }
-                if sys.mail[i].hsm != HsmState::Started {
+                } else {
                     continue;
                 }
-                if waiting[i] {
-                    if sys.mail[i].ipi || h.wakeup_pending(&sys) {
-                        waiting[i] = false;
+            }
+            let budget = if profile.is_some() { 997 } else { SLICE };
+            let (stop, ran) = h.run(sys, budget);
+            if let Some(p) = profile.as_mut() {
+                *p.entry(h.pc).or_default() += 1;
+            }
+            instructions += ran;
+            match stop {
+                Stop::Wait => waiting[i] = true,
+                Stop::Stopped | Stop::Yield => {}
+            }
+            busy |= stop == Stop::Yield;
+            if sys.fault.is_some() || sys.exit.is_raised() {
+                break;
+            }
+        }
+        publish(instructions, idle, sys);
+        if let Some(f) = sys.fault.take() {
+            return Err(EmuError::Fault(f));
+        }
+        if let Some(e) = sys.exit.get() {
+            return Ok(e);
+        }
+        if control.requested.load(Ordering::Acquire) {
+            let parked = control.park();
+            sys.clock.skip(parked);
+            continue;
+        }
+        if !busy {
+            if sys.mail.iter().all(|m| m.hsm == HsmState::Stopped) {
+                return Err(EmuError::Fault("every hart has stopped".into()));
+            }
+            // Every hart waits for an interrupt: sleep until the nearest timer or a device.
+            let next = harts
+                .iter()
+                .map(|h| {
+                    let m = sys.clint.mtimecmp[h.id as usize];
+                    if sys.builtin_sbi || h.menvcfg & crate::csr::ENVCFG_STCE != 0 {
+                        m.min(h.stimecmp)
                     } else {
-                        continue;
+                        m
                     }
-                }
-                let budget = if self.profile.is_some() { 997 } else { SLICE };
-                let (stop, ran) = h.run(&mut sys, budget);
-                if let Some(p) = self.profile.as_mut() {
-                    *p.entry(h.pc).or_default() += 1;
-                }
-                self.instructions += ran;
-                self.code_pages = self.code_pages.max(sys.code.allocated());
-                self.code_evictions = sys.code.evictions;
-                match stop {
-                    Stop::Wait => waiting[i] = true,
-                    Stop::Stopped | Stop::Yield => {}
-                }
-                busy |= stop == Stop::Yield;
-                if sys.fault.is_some() || sys.exit.is_raised() {
-                    break;
-                }
-            }
-            if let Some(f) = sys.fault.take() {
-                return Err(EmuError::Fault(f));
-            }
-            if let Some(e) = sys.exit.get() {
-                return Ok(e);
-            }
-            if !busy {
-                if sys.mail.iter().all(|m| m.hsm == HsmState::Stopped) {
-                    return Err(EmuError::Fault("every hart has stopped".into()));
-                }
-                // Every hart waits for an interrupt: sleep until the nearest timer or a device.
-                let next = self
-                    .harts
-                    .iter()
-                    .map(|h| {
-                        let m = sys.clint.mtimecmp[h.id as usize];
-                        if sys.builtin_sbi || h.menvcfg & crate::csr::ENVCFG_STCE != 0 {
-                            m.min(h.stimecmp)
-                        } else {
-                            m
-                        }
-                    })
-                    .min()
-                    .unwrap_or(u64::MAX);
-                let d = sys.clock.until(next).min(Duration::from_millis(10));
-                if !d.is_zero() {
-                    let t0 = std::time::Instant::now();
-                    sys.irq.wake().wait(d);
-                    self.idle += t0.elapsed();
-                }
+                })
+                .min()
+                .unwrap_or(u64::MAX);
+            let d = sys.clock.until(next).min(Duration::from_millis(10));
+            if !d.is_zero() {
+                let t0 = std::time::Instant::now();
+                sys.irq.wake().wait(d);
+                idle += t0.elapsed();
             }
         }
     }
@@ -951,5 +1105,93 @@ pub(crate) fn getrandom(buf: &mut [u8]) {
             break;
         }
         filled += n as usize;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `addi x1, x1, 1; j .-4`: counts forever.
+    const SPIN: [u32; 2] = [0x0010_8093, 0xffdf_f06f];
+
+    fn spinning_vm() -> (EmuVm, tempdir::Dir) {
+        let dir = tempdir::Dir::new();
+        let prog = dir.0.join("spin.bin");
+        let bytes: Vec<u8> = SPIN.iter().flat_map(|w| w.to_le_bytes()).collect();
+        std::fs::write(&prog, bytes).unwrap();
+        let cfg = BootConfig {
+            kernel: PathBuf::new(),
+            firmware: Some(prog),
+            initrd: None,
+            cmdline: String::new(),
+            cpus: 1,
+            memory: 64 << 20,
+            virtio_transport: Default::default(),
+        };
+        let vm = EmuVm::build(&cfg, ConsoleOutput::new(), Vec::new(), Isa::max()).unwrap();
+        (vm, dir)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                let p = std::env::temp_dir().join(format!(
+                    "vireo-board-test-{}-{:?}",
+                    std::process::id(),
+                    std::thread::current().id()
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn pause_stops_the_harts_and_resume_continues() {
+        let (mut vm, _dir) = spinning_vm();
+        let control = vm.control();
+        let stats = vm.stats_handle();
+        let count = move || stats.lock().unwrap().instructions;
+        let t = std::thread::spawn(move || vm.run().map_err(|e| e.to_string()));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(control.pause(Duration::from_secs(5)), "the machine did not park");
+        assert!(control.is_paused());
+        let a = count();
+        assert!(a > 0, "the guest ran before the pause");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(count(), a, "instructions retired while paused");
+        control.resume();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(count() > a, "the guest did not continue after resume");
+        // Stopping works on a paused machine too.
+        assert!(control.pause(Duration::from_secs(5)));
+        control.stop(GuestExit::PowerOff);
+        assert_eq!(t.join().unwrap(), Ok(GuestExit::PowerOff));
+    }
+
+    #[test]
+    fn run_continues_the_same_machine() {
+        let (mut vm, _dir) = spinning_vm();
+        let control = vm.control();
+        // A pause asked for before `run` parks the machine at its first round.
+        assert!(!control.pause(Duration::from_millis(1)));
+        let c2 = control.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            c2.stop(GuestExit::Reset);
+        });
+        assert_eq!(vm.run().unwrap(), GuestExit::Reset);
+        t.join().unwrap();
+        let first = vm.instructions();
+        assert!(first <= 2 * SLICE, "it ran on while paused: {first}");
+        // The saved state is what the next run continues from.
+        assert!(vm.saved.is_some());
     }
 }

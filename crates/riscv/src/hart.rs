@@ -504,9 +504,11 @@ impl Hart {
             Access::Write => self.wkey,
             Access::Exec => self.ikey,
         };
+        sys.counters.tlb_misses += 1;
         let pa = if key & 0x30 == BARE {
             va
         } else {
+            sys.counters.page_walks += 1;
             self.walk(sys, va, acc, key)?
         };
         // Physical addresses are 56 bits.
@@ -681,6 +683,7 @@ impl Hart {
         if coff < CLINT_SIZE {
             return Some(self.clint_read(sys, coff, w));
         }
+        sys.counters.mmio_reads += 1;
         let mut b = [0u8; 8];
         sys.bus
             .read(pa, &mut b[..w as usize])
@@ -724,6 +727,7 @@ impl Hart {
             self.clint_write(sys, coff, w, v);
             return true;
         }
+        sys.counters.mmio_writes += 1;
         let ok = sys.bus.write(pa, &v.to_le_bytes()[..w as usize]);
         // A device write may have raised an interrupt or asked to stop the machine.
         self.brk = true;
@@ -952,6 +956,14 @@ impl Hart {
     pub fn trap(&mut self, sys: &mut Sys, t: Trap) {
         let irq = t.cause & INTERRUPT != 0;
         let code = t.cause & 63;
+        let counter = if irq {
+            sys.counters.interrupts.get_mut(code as usize)
+        } else {
+            sys.counters.exceptions.get_mut(code as usize)
+        };
+        if let Some(n) = counter {
+            *n += 1;
+        }
         if sys.builtin_sbi && t.cause == EXC_ECALL_S {
             sbi::call(self, sys);
             self.pc = self.pc.wrapping_add(4);

@@ -19,5 +19,6 @@ pub mod pmp;
 pub mod sbi;
 pub mod sys;
 
-pub use board::{EmuError, EmuVm, Layout};
+pub use board::{EmuControl, EmuError, EmuStats, EmuVm, Layout};
+pub use sys::Counters;
 pub use isa::Isa;

@@ -158,6 +158,10 @@ impl Clock {
             start: Instant::now(),
         }
     }
+    /// Moves the clock back by `d`: time the machine spent paused does not pass for the guest.
+    pub fn skip(&mut self, d: Duration) {
+        self.start += d;
+    }
     #[inline]
     pub fn now(&self) -> u64 {
         (self.start.elapsed().as_nanos() / (1_000_000_000 / TIMEBASE_HZ as u128)) as u64
@@ -264,6 +268,104 @@ pub struct Mailbox {
     pub hsm: HsmState,
 }
 
+/// What the emulator counts as it runs: the trap-and-emulate machinery made visible. Every
+/// counter sits on a slow path (a trap, an MMIO access, a translation the software TLB missed),
+/// so counting costs the fast path nothing.
+#[derive(Clone, Debug)]
+pub struct Counters {
+    /// Synchronous exceptions taken, by cause (`mcause` code; the built-in SBI's ecalls too).
+    pub exceptions: [u64; 32],
+    /// Interrupts taken, by cause.
+    pub interrupts: [u64; 16],
+    pub mmio_reads: u64,
+    pub mmio_writes: u64,
+    /// Translations done on the slow path: software-TLB misses, MMIO and uncached pages.
+    pub tlb_misses: u64,
+    /// Page-table walks (Sv39/Sv48/Sv57) among those.
+    pub page_walks: u64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            exceptions: [0; 32],
+            interrupts: [0; 16],
+            mmio_reads: 0,
+            mmio_writes: 0,
+            tlb_misses: 0,
+            page_walks: 0,
+        }
+    }
+}
+
+/// Names of exception causes, as the privileged spec's table (index = cause code).
+const EXCEPTION_NAMES: [&str; 16] = [
+    "insn_misaligned",
+    "insn_access_fault",
+    "illegal_insn",
+    "breakpoint",
+    "load_misaligned",
+    "load_access_fault",
+    "store_misaligned",
+    "store_access_fault",
+    "ecall_u",
+    "ecall_s",
+    "cause_10",
+    "ecall_m",
+    "insn_page_fault",
+    "load_page_fault",
+    "cause_14",
+    "store_page_fault",
+];
+
+/// Names of interrupt causes (index = cause code).
+const INTERRUPT_NAMES: [&str; 12] = [
+    "cause_0", "ssi", "cause_2", "msi", "cause_4", "sti", "cause_6", "mti", "cause_8", "sei",
+    "cause_10", "mei",
+];
+
+impl Counters {
+    /// The counters that are not zero, as (name, value): `traps.<cause>`,
+    /// `interrupts.<cause>`, `mmio_reads`, `mmio_writes`, `tlb_misses`, `page_walks`.
+    pub fn named(&self) -> Vec<(String, u64)> {
+        let mut v = Vec::new();
+        for (i, &n) in self.exceptions.iter().enumerate() {
+            if n != 0 {
+                let name = EXCEPTION_NAMES
+                    .get(i)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| format!("cause_{i}"));
+                v.push((format!("traps.{name}"), n));
+            }
+        }
+        for (i, &n) in self.interrupts.iter().enumerate() {
+            if n != 0 {
+                let name = INTERRUPT_NAMES
+                    .get(i)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| format!("cause_{i}"));
+                v.push((format!("interrupts.{name}"), n));
+            }
+        }
+        v.push(("mmio_reads".into(), self.mmio_reads));
+        v.push(("mmio_writes".into(), self.mmio_writes));
+        v.push(("tlb_misses".into(), self.tlb_misses));
+        v.push(("page_walks".into(), self.page_walks));
+        v
+    }
+}
+
+/// The part of a [`Sys`] that outlives one [`crate::EmuVm::run`] call: a machine paused (or
+/// stopped to be saved) keeps its timers, mailboxes and decoded code, and a later `run`
+/// continues from them.
+pub struct SysState {
+    pub code: CodeCache,
+    pub clint: Clint,
+    pub mail: Vec<Mailbox>,
+    pub clock: Clock,
+    pub counters: Counters,
+}
+
 /// Everything a hart touches besides its own registers.
 pub struct Sys<'a> {
     pub ram: RamView<'a>,
@@ -278,6 +380,7 @@ pub struct Sys<'a> {
     pub builtin_sbi: bool,
     pub mail: Vec<Mailbox>,
     pub clock: Clock,
+    pub counters: Counters,
     /// Set when the emulator meets something it cannot continue from.
     pub fault: Option<String>,
 }
@@ -325,7 +428,30 @@ impl<'a> Sys<'a> {
                 })
                 .collect(),
             clock: Clock::new(),
+            counters: Counters::default(),
             fault: None,
+        }
+    }
+
+    /// A machine continuing from `state` (an earlier run's [`Sys::into_state`]).
+    pub fn resume(ram: RamView<'a>, bus: &'a Bus, c: SysConfig, state: SysState) -> Self {
+        let mut s = Self::new(ram, bus, c);
+        s.code = state.code;
+        s.clint = state.clint;
+        s.mail = state.mail;
+        s.clock = state.clock;
+        s.counters = state.counters;
+        s
+    }
+
+    /// What a later run continues from.
+    pub fn into_state(self) -> SysState {
+        SysState {
+            code: self.code,
+            clint: self.clint,
+            mail: self.mail,
+            clock: self.clock,
+            counters: self.counters,
         }
     }
 }
