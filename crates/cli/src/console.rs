@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use vireo_devices::{ConsoleOutput, Uart};
 
-use crate::supervise::Supervisor;
+use vireo_vmm::supervise::Supervisor;
 
 /// Where typed input goes: takes what fits, returns how many bytes it took.
 pub type InputSink = Box<dyn FnMut(&[u8]) -> usize + Send>;

@@ -5,11 +5,9 @@
 //! usage errors included, in every subcommand.
 
 mod console;
-mod devices;
 mod run;
 mod signals;
 mod stdio;
-mod supervise;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +35,16 @@ enum Command {
     /// Manage guest images.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Internal: the process that runs one VM for the daemon (protocol: crates/vmm/src/server.rs).
+    #[command(hide = true)]
+    Vmm {
+        /// The VM's name.
+        #[arg(long)]
+        name: String,
+        /// Its run directory, holding spec.json.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,8 +169,37 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Image(ImageCmd::Pull { name, force }) => image_pull(&name, force),
         Command::Image(ImageCmd::List { known }) => image_list(known),
+        Command::Vmm { name, dir } => vmm(name, dir),
     };
     ExitCode::from(code)
+}
+
+/// `vireo vmm`: logs go to stderr (the daemon points it at the VM's vmm.log), and a bug ends
+/// this VM only, with its message in exit.json.
+fn vmm(name: String, dir: PathBuf) -> u8 {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VIREO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let panic_dir = dir.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = format!("internal error (a bug in vireo): {info}");
+        eprintln!("vireo vmm: {message}");
+        vireo_vmm::server::write_exit(
+            &panic_dir,
+            &vireo_vmm::server::ExitRecord {
+                reason: "panic".into(),
+                status: 101,
+                message,
+            },
+        );
+        std::process::exit(101);
+    }));
+    vireo_vmm::server::serve(vireo_vmm::server::Options { name, dir })
 }
 
 fn image_pull(name: &str, force: bool) -> u8 {

@@ -11,7 +11,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGWINCH};
 use signal_hook::iterator::{Handle, Signals};
 
 use crate::console::Terminal;
-use crate::supervise::Supervisor;
+use vireo_vmm::supervise::Supervisor;
 
 /// The signal thread; dropping it ends the thread (the handlers stay installed and only
 /// record signals, which nothing reads any more: vireo is on its way out).
@@ -40,7 +40,7 @@ pub fn start(sup: Arc<Supervisor>, pty: bool) -> Result<SignalThread, String> {
                 match sig {
                     SIGWINCH if pty => {
                         if let Some((rows, cols)) = Terminal::size() {
-                            sup.resize(rows, cols);
+                            sup.tty_write(&crate::stdio::telnet_naws(rows, cols));
                         }
                     }
                     SIGWINCH => {}

@@ -22,39 +22,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use vireo_virtio::serial::{ReadOutcome, Serial, SerialPort};
+use vireo_virtio::serial::{ReadOutcome, SerialPort};
 
 use crate::console::InputSink;
-use crate::supervise::Supervisor;
-
-/// Port names, in port-id order.
-pub const PORTS: [&str; 4] = ["vireo.stdin", "vireo.stdout", "vireo.stderr", "vireo.ctl"];
+use vireo_vmm::supervise::Supervisor;
 
 /// The status of a run whose stdout was closed: as a process killed by SIGPIPE.
 pub const PIPE_STATUS: u8 = 128 + libc::SIGPIPE as u8;
 
-/// The host ends of the four ports.
-#[derive(Clone)]
-pub struct Channel {
-    pub stdin: SerialPort,
-    pub stdout: SerialPort,
-    pub stderr: SerialPort,
-    pub ctl: SerialPort,
-}
-
-/// A virtio-serial device with vireo's ports, and their host ends.
-pub fn channel() -> (Serial, Channel) {
-    // The names are constants that satisfy Serial's rules.
-    let dev = Serial::new(&PORTS).expect("vireo's port names are valid");
-    let port = |n: &str| dev.port(n).expect("port exists");
-    let ch = Channel {
-        stdin: port(PORTS[0]),
-        stdout: port(PORTS[1]),
-        stderr: port(PORTS[2]),
-        ctl: port(PORTS[3]),
-    };
-    (dev, ch)
-}
+pub use vireo_vmm::channel::{channel, Channel};
 
 /// The threads copying a command's output out; see [`Pumps::finish`].
 pub struct Pumps {

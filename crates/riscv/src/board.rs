@@ -1161,7 +1161,10 @@ mod tests {
         let count = move || stats.lock().unwrap().instructions;
         let t = std::thread::spawn(move || vm.run().map_err(|e| e.to_string()));
         std::thread::sleep(Duration::from_millis(50));
-        assert!(control.pause(Duration::from_secs(5)), "the machine did not park");
+        assert!(
+            control.pause(Duration::from_secs(5)),
+            "the machine did not park"
+        );
         assert!(control.is_paused());
         let a = count();
         assert!(a > 0, "the guest ran before the pause");

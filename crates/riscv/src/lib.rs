@@ -20,5 +20,5 @@ pub mod sbi;
 pub mod sys;
 
 pub use board::{EmuControl, EmuError, EmuStats, EmuVm, Layout};
-pub use sys::Counters;
 pub use isa::Isa;
+pub use sys::Counters;

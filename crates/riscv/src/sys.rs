@@ -271,7 +271,7 @@ pub struct Mailbox {
 /// What the emulator counts as it runs: the trap-and-emulate machinery made visible. Every
 /// counter sits on a slow path (a trap, an MMIO access, a translation the software TLB missed),
 /// so counting costs the fast path nothing.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Counters {
     /// Synchronous exceptions taken, by cause (`mcause` code; the built-in SBI's ecalls too).
     pub exceptions: [u64; 32],
@@ -285,18 +285,6 @@ pub struct Counters {
     pub page_walks: u64,
 }
 
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            exceptions: [0; 32],
-            interrupts: [0; 16],
-            mmio_reads: 0,
-            mmio_writes: 0,
-            tlb_misses: 0,
-            page_walks: 0,
-        }
-    }
-}
 
 /// Names of exception causes, as the privileged spec's table (index = cause code).
 const EXCEPTION_NAMES: [&str; 16] = [

@@ -244,6 +244,42 @@ impl Activation {
     }
 }
 
+/// Counters a device keeps for the host (metrics), named once, updated lock-free from the
+/// vCPU or worker thread, read from any thread.
+pub struct DeviceCounters {
+    names: &'static [&'static str],
+    values: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+impl DeviceCounters {
+    pub fn new(names: &'static [&'static str]) -> Arc<Self> {
+        Arc::new(DeviceCounters {
+            names,
+            values: names
+                .iter()
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        })
+    }
+
+    /// Adds `n` to counter `index` (an index into the names; others are ignored).
+    #[inline]
+    pub fn add(&self, index: usize, n: u64) {
+        if let Some(v) = self.values.get(index) {
+            v.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Every counter with its name.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        self.names
+            .iter()
+            .zip(self.values.iter())
+            .map(|(n, v)| (*n, v.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
+    }
+}
+
 /// A virtio device, independent of transport and accelerator.
 pub trait VirtioDevice: Send {
     /// The virtio device ID ([`types`]).
@@ -269,6 +305,11 @@ pub trait VirtioDevice: Send {
     /// tells the driver.
     fn needs_reset(&self) -> bool {
         false
+    }
+    /// The device's counters, if it keeps any; the VMM takes the handle before the device goes
+    /// to its transport.
+    fn counters(&self) -> Option<Arc<DeviceCounters>> {
+        None
     }
 }
 

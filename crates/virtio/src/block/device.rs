@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
@@ -19,7 +20,9 @@ use super::{
     CONFIG_LEN, DISCARD_SECTOR_ALIGNMENT, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
     MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, QUEUE_SIZE, SECTOR_SHIFT, SECTOR_SIZE,
 };
-use crate::{types, ActivateError, Activation, Interrupt, VirtioDevice, F_VERSION_1};
+use crate::{
+    types, ActivateError, Activation, DeviceCounters, Interrupt, VirtioDevice, F_VERSION_1,
+};
 
 /// How a disk is attached.
 #[derive(Clone, Debug)]
@@ -54,7 +57,26 @@ pub struct Block {
     bounce: Vec<u8>,
     active: Option<Active>,
     needs_reset: bool,
+    counters: Arc<DeviceCounters>,
 }
+
+/// [`Block`]'s counters, by index into these names.
+pub const COUNTERS: &[&str] = &[
+    "read_requests",
+    "read_bytes",
+    "write_requests",
+    "write_bytes",
+    "flush_requests",
+    "discard_requests",
+    "failed_requests",
+];
+const C_READS: usize = 0;
+const C_READ_BYTES: usize = 1;
+const C_WRITES: usize = 2;
+const C_WRITE_BYTES: usize = 3;
+const C_FLUSHES: usize = 4;
+const C_DISCARDS: usize = 5;
+const C_FAILED: usize = 6;
 
 struct Active {
     mem: GuestMemoryMmap,
@@ -123,6 +145,7 @@ impl Block {
             bounce: vec![0; BOUNCE_LEN],
             active: None,
             needs_reset: false,
+            counters: DeviceCounters::new(COUNTERS),
         })
     }
 
@@ -154,6 +177,7 @@ impl Block {
         } = active;
         let mem: &GuestMemoryMmap = mem;
         let mut requests = Requests {
+            counters: &self.counters,
             disk: &self.disk,
             readonly: self.readonly,
             id: &self.id,
@@ -286,6 +310,7 @@ fn layout(mem: &GuestMemoryMmap, chain: &DescriptorChain<&GuestMemoryMmap>) -> O
 /// The request executor: the disk and what it needs, borrowed from [`Block`] while the queue
 /// is borrowed too.
 struct Requests<'a> {
+    counters: &'a DeviceCounters,
     disk: &'a DiskFile,
     readonly: bool,
     id: &'a [u8; ID_BYTES],
@@ -349,15 +374,41 @@ impl Requests<'_> {
         sector_bytes.copy_from_slice(&header[8..16]);
         let sector = u64::from_le_bytes(sector_bytes);
 
-        match kind {
-            VIRTIO_BLK_T_IN => self.read(sector, &mut writer),
-            VIRTIO_BLK_T_OUT => self.write(sector, &mut reader).map(|()| 0),
-            VIRTIO_BLK_T_FLUSH => self.flush().map(|()| 0),
+        let c = self.counters;
+        let r = match kind {
+            VIRTIO_BLK_T_IN => {
+                c.add(C_READS, 1);
+                let r = self.read(sector, &mut writer);
+                if let Ok(n) = r {
+                    c.add(C_READ_BYTES, u64::from(n));
+                }
+                r
+            }
+            VIRTIO_BLK_T_OUT => {
+                c.add(C_WRITES, 1);
+                let len = reader.available_bytes() as u64;
+                let r = self.write(sector, &mut reader).map(|()| 0);
+                if r.is_ok() {
+                    c.add(C_WRITE_BYTES, len);
+                }
+                r
+            }
+            VIRTIO_BLK_T_FLUSH => {
+                c.add(C_FLUSHES, 1);
+                self.flush().map(|()| 0)
+            }
             VIRTIO_BLK_T_GET_ID => self.get_id(&mut writer),
-            VIRTIO_BLK_T_DISCARD => self.discard_or_zero(&mut reader, false).map(|()| 0),
-            VIRTIO_BLK_T_WRITE_ZEROES => self.discard_or_zero(&mut reader, true).map(|()| 0),
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                c.add(C_DISCARDS, 1);
+                self.discard_or_zero(&mut reader, kind == VIRTIO_BLK_T_WRITE_ZEROES)
+                    .map(|()| 0)
+            }
             _ => Err((Failure::Unsupp, 0)),
+        };
+        if r.is_err() {
+            c.add(C_FAILED, 1);
         }
+        r
     }
 
     /// The byte range of `len` bytes at `sector`, if it is whole sectors inside the disk.
@@ -516,6 +567,10 @@ impl VirtioDevice for Block {
     /// broken chain, a bad ring index): the transport raises DEVICE_NEEDS_RESET.
     fn needs_reset(&self) -> bool {
         self.needs_reset
+    }
+
+    fn counters(&self) -> Option<Arc<DeviceCounters>> {
+        Some(self.counters.clone())
     }
 
     fn features(&self) -> u64 {

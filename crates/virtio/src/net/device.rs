@@ -13,7 +13,7 @@ use super::passt::Passt;
 use super::tap::Tap;
 use super::worker::Worker;
 use super::{NetError, MAX_FRAME_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
-use crate::{ActivateError, Activation, Interrupt, VirtioDevice, F_VERSION_1};
+use crate::{ActivateError, Activation, DeviceCounters, Interrupt, VirtioDevice, F_VERSION_1};
 
 const FEATURES: u64 = F_VERSION_1 | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_STATUS);
 
@@ -32,6 +32,13 @@ pub struct NetStats {
     /// Receive buffers returned unused: outside guest memory or too small for the header.
     pub rx_bad_buffers: u64,
 }
+
+/// [`Net`]'s counters for the host, by index into these names.
+pub const COUNTERS: &[&str] = &["tx_frames", "tx_bytes", "rx_frames", "rx_bytes"];
+const C_TX_FRAMES: usize = 0;
+const C_TX_BYTES: usize = 1;
+const C_RX_FRAMES: usize = 2;
+const C_RX_BYTES: usize = 3;
 
 /// A virtio-net device with its backend.
 pub struct Net {
@@ -82,6 +89,7 @@ impl Net {
                 tx_buf: Vec::new(),
                 tx_blocked: false,
                 stats: NetStats::default(),
+                counters: DeviceCounters::new(COUNTERS),
                 rounds: 0,
             })),
             worker: None,
@@ -130,6 +138,10 @@ impl Net {
 impl VirtioDevice for Net {
     fn device_type(&self) -> u32 {
         crate::types::NET
+    }
+
+    fn counters(&self) -> Option<Arc<DeviceCounters>> {
+        Some(lock(&self.state).counters.clone())
     }
 
     fn features(&self) -> u64 {
@@ -230,6 +242,7 @@ pub(crate) struct NetState {
     /// A transmit stopped because the backend's socket is full.
     tx_blocked: bool,
     stats: NetStats,
+    counters: Arc<DeviceCounters>,
     /// Worker rounds so far (tests check an idle device sleeps).
     pub(crate) rounds: u64,
 }
@@ -298,7 +311,11 @@ impl NetState {
             let head = chain.head_index();
             match read_frame(&act.mem, chain, &mut self.tx_buf) {
                 Ok(()) if self.backend_error.is_none() => match self.backend.send(&self.tx_buf) {
-                    Ok(()) => self.stats.tx_frames += 1,
+                    Ok(()) => {
+                        self.stats.tx_frames += 1;
+                        self.counters.add(C_TX_FRAMES, 1);
+                        self.counters.add(C_TX_BYTES, self.tx_buf.len() as u64);
+                    }
                     Err(e) => {
                         self.stats.tx_dropped += 1;
                         backend_failed(&mut self.backend_error, &act.interrupt, e);
@@ -376,6 +393,8 @@ impl NetState {
                 Some(n) => {
                     self.rx_held = None;
                     self.stats.rx_frames += 1;
+                    self.counters.add(C_RX_FRAMES, 1);
+                    self.counters.add(C_RX_BYTES, (n - VNET_HDR_LEN) as u64);
                     if act.rx.add_used(&act.mem, head, n as u32).is_err() {
                         break;
                     }

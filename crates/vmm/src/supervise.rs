@@ -10,27 +10,14 @@ use std::time::Duration;
 use vireo_machine::GuestExit;
 use vireo_virtio::serial::SerialPort;
 
+use crate::VmControl;
+
 /// How long a guest asked to power off may take before it is stopped.
 pub const GRACE: Duration = Duration::from_secs(5);
 
-/// Stops a running guest from another thread.
-pub enum Stopper {
-    Emu(Arc<vireo_machine::ExitSignal>),
-    Kvm(vireo_kvm::VmController),
-}
-
-impl Stopper {
-    fn stop(&self, why: GuestExit) {
-        match self {
-            Stopper::Emu(s) => s.raise(why),
-            Stopper::Kvm(c) => c.stop(),
-        }
-    }
-}
-
 #[derive(Default)]
 struct Inner {
-    stopper: Option<Stopper>,
+    stopper: Option<VmControl>,
     ctl: Option<SerialPort>,
     /// The command's pseudo-terminal input (telnet-framed), for window sizes.
     tty: Option<SerialPort>,
@@ -54,7 +41,7 @@ impl Supervisor {
     }
 
     /// A (re)booted guest: what stops it, and its control port if it has vireo's /init.
-    pub fn attach(&self, stopper: Stopper, ctl: Option<SerialPort>, tty: Option<SerialPort>) {
+    pub fn attach(&self, stopper: VmControl, ctl: Option<SerialPort>, tty: Option<SerialPort>) {
         let mut i = self.lock();
         self.boot.fetch_add(1, Ordering::AcqRel);
         i.stopper = Some(stopper);
@@ -81,6 +68,11 @@ impl Supervisor {
     /// Asks the guest to power off and ends the run with `status`; a guest that has not
     /// stopped after [`GRACE`], or a second request, is stopped at once.
     pub fn shutdown(self: &Arc<Self>, status: u8) {
+        self.shutdown_within(status, GRACE)
+    }
+
+    /// [`Supervisor::shutdown`] with `grace` for the guest to power off.
+    pub fn shutdown_within(self: &Arc<Self>, status: u8, grace: Duration) {
         let mut i = self.lock();
         i.status.get_or_insert(status);
         let ctl = match (&i.ctl, i.asked) {
@@ -100,7 +92,7 @@ impl Supervisor {
         let me = self.clone();
         let boot = self.boot.load(Ordering::Acquire);
         std::thread::spawn(move || {
-            std::thread::sleep(GRACE);
+            std::thread::sleep(grace);
             if me.boot.load(Ordering::Acquire) == boot {
                 me.abort(status);
             }
@@ -119,10 +111,16 @@ impl Supervisor {
         self.lock().status
     }
 
-    /// Tells the command's pseudo-terminal its new size, if it has one.
-    pub fn resize(&self, rows: u16, cols: u16) {
+    /// Writes `bytes` (a window-size message) to the command's pseudo-terminal input, if it
+    /// has one.
+    pub fn tty_write(&self, bytes: &[u8]) {
         if let Some(tty) = &self.lock().tty {
-            tty.write(&crate::stdio::telnet_naws(rows, cols));
+            tty.write(bytes);
         }
+    }
+
+    /// Whether a power-off request went to the guest since it booted.
+    pub fn asked(&self) -> bool {
+        self.lock().asked
     }
 }

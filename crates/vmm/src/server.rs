@@ -1,0 +1,917 @@
+//! The `vireo vmm` process: one VM, served on two Unix sockets in its run directory. The
+//! daemon (`vireo daemon`) starts one per VM, so a crash or a hostile guest takes down one VM,
+//! never the daemon or its neighbours.
+//!
+//! # The VMM process interface, version 1
+//!
+//! **Start.** The daemon creates a run directory DIR (mode 0700), writes `DIR/spec.json` — the
+//! definition, [`VmSpec`] as JSON with absolute paths — and runs `vireo vmm --name NAME --dir
+//! DIR` in a new session (so it outlives the daemon), stdin `/dev/null`, stdout and stderr
+//! appended to `DIR/vmm.log`. The VMM:
+//! 1. takes an exclusive `flock` on `DIR/lock` for its whole life (whoever can take that lock
+//!    knows the VMM is gone, whatever `DIR/pid` says) and writes its pid to `DIR/pid`;
+//! 2. builds the VM; on failure it writes `DIR/exit.json` (reason `error`) and exits 125;
+//! 3. binds `DIR/control.sock` and `DIR/console.sock` (mode 0600) and boots the guest.
+//!
+//! **Exit.** Before exiting for any reason it can see, the VMM writes `DIR/exit.json`
+//! atomically (temporary file, rename):
+//! `{"reason": "poweroff"|"failure"|"reset"|"killed"|"error"|"panic", "status": N, "message": "..."}`
+//! — poweroff: the guest powered off (status 0); failure: the guest reported a failure (its
+//! status); reset: a reboot with `reboot = "exit"`, or a kernel panic (the message is the
+//! panic line); killed: stopped by `kill`, or by `shutdown` when the guest did not power off
+//! in time; error: vireo failed; panic: a bug in vireo. The exit code is 0 for poweroff, else
+//! non-zero. A VMM killed by a signal leaves no exit.json. Files left in DIR: `console.log`
+//! (and `console.log.1`: the console output, rotated at 1 MiB), `vmm.log`, `exit.json`; the
+//! sockets are removed.
+//!
+//! **Control socket** (`DIR/control.sock`): line-delimited JSON; one request per line, one
+//! answer line each, in order; many clients at once. Requests `{"op": ...}`; answers
+//! `{"ok": true, ...}` or `{"ok": false, "error": CODE, "message": TEXT}`, CODE one of
+//! `conflict` (wrong state; the message names it), `bad_request`, `internal`.
+//! - `hello` → `{"protocol": 1, "name", "pid"}`
+//! - `state` → `{"state": "starting"|"running"|"paused"|"stopping", "guest_ready", "started_at"}`
+//!   (`guest_ready`: vireo's /init said it is up: `started` on `vireo.ctl`, or its console
+//!   marker for an interactive guest)
+//! - `pause`, `resume` → `{"state"}`; pausing a paused VM or resuming a running one: conflict
+//! - `shutdown` `{"timeout_secs": N}` (default 30) → asks the guest to power off (through
+//!   vireo's /init on `vireo.ctl`); it is stopped by force after N seconds
+//! - `kill` → stops the guest at once; the VMM exits
+//! - `stats` → `{"stats": {"accel", "state", "vcpus", "guest_ram_bytes", "vmm_rss_bytes",
+//!   "vcpu_seconds", "uptime_seconds", "console_bytes", "console_dropped_bytes",
+//!   "counters": {NAME: N}, "devices": [{"kind", "id", "counters": {NAME: N}}]}}`
+//! - `watch` → `{"ok": true}`, then `{"event": "state", "state"}` per change and
+//!   `{"event": "guest_ready"}` once, until the VMM exits (EOF: read exit.json).
+//!
+//! **Console socket** (`DIR/console.sock`): the client sends `rw\n` or `ro\n`; the VMM sends
+//! the last 64 KiB of console output, then live output. An `rw` client's bytes go to the
+//! guest console's input; one writer at a time (a second `rw` client is told so and is
+//! read-only). Closing the connection detaches; the VM runs on. A client that reads too slowly
+//! loses output (counted in `console_dropped_bytes`), never slows the guest.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use vireo_devices::ConsoleOutput;
+use vireo_machine::GuestExit;
+use vireo_spec::{Accel, VmSpec};
+
+use crate::{fail, Error, RunError, Vm, VmControl};
+
+/// The protocol version this VMM speaks.
+pub const PROTOCOL: u32 = 1;
+/// Console output a new console client gets first.
+const BACKLOG: usize = 64 << 10;
+/// `console.log` is rotated to `console.log.1` beyond this.
+const LOG_MAX: u64 = 1 << 20;
+/// Chunks queued for one slow console client before its output is dropped.
+const CLIENT_QUEUE: usize = 256;
+/// Longest request line on the control socket.
+const MAX_REQUEST: usize = 64 << 10;
+/// Shutdown's default time for the guest to power off.
+const DEFAULT_GRACE: u64 = 30;
+
+/// What `vireo vmm` is given.
+pub struct Options {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+/// `DIR/exit.json`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub reason: String,
+    pub status: i32,
+    pub message: String,
+}
+
+/// Runs the VM described in `DIR/spec.json` until it ends; returns the process exit code.
+pub fn serve(opts: Options) -> u8 {
+    let lock = match take_lock(&opts.dir) {
+        Ok(f) => f,
+        Err(e) => {
+            // Another VMM owns DIR: leave its files alone.
+            eprintln!("vireo vmm: {e}");
+            return 125;
+        }
+    };
+    let _ = std::fs::write(opts.dir.join("pid"), format!("{}\n", std::process::id()));
+    let record = match Server::start(&opts) {
+        Ok(server) => server.run(),
+        Err(e) => ExitRecord {
+            reason: "error".into(),
+            status: 125,
+            message: e.to_string(),
+        },
+    };
+    if record.reason == "error" {
+        eprintln!("vireo vmm: {}", record.message);
+    }
+    write_exit(&opts.dir, &record);
+    let _ = std::fs::remove_file(opts.dir.join("control.sock"));
+    let _ = std::fs::remove_file(opts.dir.join("console.sock"));
+    drop(lock);
+    match record.reason.as_str() {
+        "poweroff" => 0,
+        "error" => 125,
+        _ => record.status.clamp(1, 255) as u8,
+    }
+}
+
+/// Writes `DIR/exit.json` atomically; a bug's panic message goes there too.
+pub fn write_exit(dir: &Path, record: &ExitRecord) {
+    let tmp = dir.join("exit.json.tmp");
+    let body = serde_json::to_vec(record).unwrap_or_default();
+    if std::fs::write(&tmp, body).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join("exit.json"));
+    }
+}
+
+fn take_lock(dir: &Path) -> Result<File, Error> {
+    let path = dir.join("lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| fail(format!("cannot open {}: {e}", path.display())))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(fail(format!(
+            "{} is locked: another VMM runs from {}",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(f)
+}
+
+/// The VM's state as clients see it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    Starting,
+    Running,
+    Paused,
+    Stopping,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Stopping => "stopping",
+        }
+    }
+}
+
+/// Where console input goes.
+type Sink = Box<dyn FnMut(&[u8]) -> usize + Send>;
+
+struct Shared {
+    name: String,
+    accel: &'static str,
+    cpus: u32,
+    guest_ram: u64,
+    started_at: f64,
+    started: Instant,
+    state: Mutex<State>,
+    guest_ready: AtomicBool,
+    /// The running boot's control and command channel's ctl port.
+    vm: Mutex<Option<(VmControl, Option<vireo_virtio::serial::SerialPort>)>>,
+    devices: Mutex<Vec<crate::DeviceHandle>>,
+    /// Stopped by `kill`, or by a shutdown that ran out of time.
+    forced: AtomicBool,
+    /// A stop was asked for: a reboot must not boot again.
+    stopping: AtomicBool,
+    /// Counts boots, so a shutdown timer of one boot cannot stop the next.
+    boot: AtomicU64,
+    watchers: Mutex<Vec<SyncSender<String>>>,
+    console: Mutex<ConsoleState>,
+    sink: Mutex<Option<Sink>>,
+    writer_taken: AtomicBool,
+    panic: Mutex<Option<String>>,
+    ended: (Mutex<bool>, Condvar),
+}
+
+struct ConsoleState {
+    backlog: VecDeque<u8>,
+    clients: Vec<SyncSender<Arc<[u8]>>>,
+    total: u64,
+    dropped: u64,
+    log: Option<File>,
+    log_len: u64,
+    log_path: PathBuf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Server {
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    spec: VmSpec,
+    plan: crate::Plan,
+    configs: Vec<crate::DeviceConfig>,
+    out: ConsoleOutput,
+}
+
+impl Server {
+    fn start(opts: &Options) -> Result<Server, Error> {
+        let spec_path = opts.dir.join("spec.json");
+        let text = std::fs::read_to_string(&spec_path)
+            .map_err(|e| fail(format!("cannot read {}: {e}", spec_path.display())))?;
+        let spec: VmSpec = serde_json::from_str(&text)
+            .map_err(|e| fail(format!("{}: {e}", spec_path.display())))?;
+        spec.validate().map_err(fail)?;
+        let payload = crate::resolve(&spec, None)?;
+        let plan = crate::plan(&spec, payload)?;
+        if plan.accel == Accel::Kvm {
+            crate::check_kvm(&plan.boot.kernel, false)?;
+        }
+        let configs = crate::devices::parse(&spec)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let log_path = opts.dir.join("console.log");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
+        let log_len = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let shared = Arc::new(Shared {
+            name: opts.name.clone(),
+            accel: if plan.accel == Accel::Kvm {
+                "kvm"
+            } else {
+                "emu"
+            },
+            cpus: spec.cpus,
+            guest_ram: spec.memory.bytes(),
+            started_at: now,
+            started: Instant::now(),
+            state: Mutex::new(State::Starting),
+            guest_ready: AtomicBool::new(false),
+            vm: Mutex::new(None),
+            devices: Mutex::new(Vec::new()),
+            forced: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            boot: AtomicU64::new(0),
+            watchers: Mutex::new(Vec::new()),
+            console: Mutex::new(ConsoleState {
+                backlog: VecDeque::new(),
+                clients: Vec::new(),
+                total: 0,
+                dropped: 0,
+                log: Some(log),
+                log_len,
+                log_path,
+            }),
+            sink: Mutex::new(None),
+            writer_taken: AtomicBool::new(false),
+            panic: Mutex::new(None),
+            ended: (Mutex::new(false), Condvar::new()),
+        });
+        let server = Server {
+            dir: opts.dir.clone(),
+            shared,
+            spec,
+            plan,
+            configs,
+            out: ConsoleOutput::new(),
+        };
+        Ok(server)
+    }
+
+    fn run(self) -> ExitRecord {
+        let dir_of = |name: &str| self.dir.join(name);
+        // The first boot's devices are built before the sockets exist, so a bad disk
+        // or a missing backend is a start failure the daemon reports, not a crash.
+        let first = match self.boot() {
+            Ok(b) => b,
+            Err(e) => {
+                return ExitRecord {
+                    reason: "error".into(),
+                    status: 125,
+                    message: e.to_string(),
+                }
+            }
+        };
+        let control = match bind(&dir_of("control.sock")) {
+            Ok(l) => l,
+            Err(e) => return error_record(e),
+        };
+        let console = match bind(&dir_of("console.sock")) {
+            Ok(l) => l,
+            Err(e) => return error_record(e),
+        };
+        {
+            let s = self.shared.clone();
+            std::thread::spawn(move || accept_loop(control, s, serve_control));
+        }
+        {
+            let s = self.shared.clone();
+            std::thread::spawn(move || accept_loop(console, s, serve_console));
+        }
+        {
+            let s = self.shared.clone();
+            let out = self.out.clone();
+            std::thread::spawn(move || console_loop(out, s));
+        }
+        let mut vm = Some(first);
+        let record = loop {
+            let Some((mut machine, pumps)) = vm.take() else {
+                break error_record(fail("no machine to run"));
+            };
+            self.set_state(State::Running);
+            let result = machine.run();
+            drop(pumps);
+            // What the guest printed last is in the log before the record is written.
+            std::thread::sleep(Duration::from_millis(20));
+            drain_console(&self.out, &self.shared);
+            drop(machine);
+            let panic = lock(&self.shared.panic).clone();
+            let forced = self.shared.forced.load(Ordering::Acquire);
+            let exit = match result {
+                _ if forced => {
+                    break ExitRecord {
+                        reason: "killed".into(),
+                        status: 137,
+                        message: "stopped by force".into(),
+                    }
+                }
+                Ok(e) => e,
+                Err(RunError::Stopped) if panic.is_some() => GuestExit::Reset,
+                Err(e) => break error_record(fail(e)),
+            };
+            match exit {
+                GuestExit::PowerOff => {
+                    break ExitRecord {
+                        reason: "poweroff".into(),
+                        status: 0,
+                        message: "the guest powered off".into(),
+                    }
+                }
+                GuestExit::Failure(_) => {
+                    break ExitRecord {
+                        reason: "failure".into(),
+                        status: exit.status(),
+                        message: format!("the guest stopped with status {}", exit.status()),
+                    }
+                }
+                GuestExit::Reset => {
+                    if let Some(line) = panic {
+                        break ExitRecord {
+                            reason: "reset".into(),
+                            status: 1,
+                            message: format!("guest kernel panicked: {line}"),
+                        };
+                    }
+                    let again = self.spec.reboot_restarts()
+                        && self.spec.command.is_empty()
+                        && !self.shared.stopping.load(Ordering::Acquire);
+                    if !again {
+                        break ExitRecord {
+                            reason: "reset".into(),
+                            status: 1,
+                            message: "the guest rebooted".into(),
+                        };
+                    }
+                    tracing::info!("the guest rebooted: booting it again");
+                    self.set_state(State::Starting);
+                    self.shared.guest_ready.store(false, Ordering::Release);
+                    match self.boot() {
+                        Ok(b) => vm = Some(b),
+                        Err(e) => break error_record(e),
+                    }
+                }
+            }
+        };
+        *lock(&self.shared.vm) = None;
+        let (m, cv) = &self.shared.ended;
+        *lock(m) = true;
+        cv.notify_all();
+        // Watchers hear EOF when their threads see the end.
+        lock(&self.shared.watchers).clear();
+        record
+    }
+
+    /// Builds a fresh machine with fresh devices (the first boot, or after a reboot).
+    fn boot(&self) -> Result<(Vm, Option<CtlReader>), Error> {
+        let mut devices = crate::devices::build(&self.configs, &self.out)?;
+        let channel = self.plan.vireo_init.then(|| {
+            let (dev, ch) = crate::channel::channel();
+            devices.push("serial", "vireo", Box::new(dev));
+            ch
+        });
+        let console_input = devices.console_input.take();
+        let handles = devices.handles.clone();
+        let vm = Vm::create(
+            self.plan.accel,
+            &self.plan.boot,
+            &self.out,
+            devices.list,
+            self.plan.isa,
+        )?;
+        let sink: Sink = match console_input {
+            Some(c) => Box::new(move |b: &[u8]| c.push(b)),
+            None => {
+                let uart = vm.uart();
+                Box::new(move |b: &[u8]| lock(&uart).enqueue_input(b))
+            }
+        };
+        *lock(&self.shared.sink) = Some(sink);
+        *lock(&self.shared.devices) = handles;
+        *lock(&self.shared.panic) = None;
+        self.shared.boot.fetch_add(1, Ordering::AcqRel);
+        *lock(&self.shared.vm) = Some((vm.control(), channel.as_ref().map(|c| c.ctl.clone())));
+        // A stop asked for between boots applies to this one.
+        if self.shared.stopping.load(Ordering::Acquire) {
+            vm.control().stop(GuestExit::PowerOff);
+        }
+        let reader = channel.map(|ch| CtlReader::start(ch, self.shared.clone(), self.out.clone()));
+        Ok((vm, reader))
+    }
+
+    fn set_state(&self, st: State) {
+        set_state(&self.shared, st);
+    }
+}
+
+fn set_state(shared: &Shared, st: State) {
+    let mut s = lock(&shared.state);
+    // A stop in progress is not undone by the run loop's bookkeeping.
+    if *s == State::Stopping && st == State::Running {
+        return;
+    }
+    if *s != st {
+        *s = st;
+        drop(s);
+        notify(shared, json!({"event": "state", "state": st.name()}));
+    }
+}
+
+fn notify(shared: &Shared, event: Value) {
+    let line = event.to_string();
+    lock(&shared.watchers)
+        .retain(|w| !matches!(w.try_send(line.clone()), Err(TrySendError::Disconnected(_))));
+}
+
+fn error_record(e: Error) -> ExitRecord {
+    ExitRecord {
+        reason: "error".into(),
+        status: 125,
+        message: e.to_string(),
+    }
+}
+
+fn bind(path: &Path) -> Result<UnixListener, Error> {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)
+        .map_err(|e| fail(format!("cannot listen on {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail(format!("cannot set the mode of {}: {e}", path.display())))?;
+    Ok(l)
+}
+
+fn accept_loop(l: UnixListener, shared: Arc<Shared>, serve: fn(UnixStream, Arc<Shared>)) {
+    for conn in l.incoming() {
+        let Ok(conn) = conn else { continue };
+        let s = shared.clone();
+        std::thread::spawn(move || serve(conn, s));
+    }
+}
+
+/// Serves the command channel for one boot: reads `vireo.ctl` for /init's `started`, and
+/// copies a command's stdout and stderr into the console stream (so `logs` shows them and
+/// the guest never blocks on a port nobody reads). Ends the ports with the boot.
+struct CtlReader {
+    ch: crate::channel::Channel,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CtlReader {
+    fn start(ch: crate::channel::Channel, shared: Arc<Shared>, out: ConsoleOutput) -> CtlReader {
+        use vireo_virtio::serial::ReadOutcome;
+        let mut threads = Vec::new();
+        let ctl = ch.ctl.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut line = Vec::new();
+            let mut buf = [0u8; 256];
+            while let ReadOutcome::Data(n) = ctl.read(&mut buf, None) {
+                for &b in &buf[..n] {
+                    if b == b'\n' {
+                        if line == b"started" {
+                            guest_ready(&shared);
+                        }
+                        line.clear();
+                    } else if line.len() < 64 {
+                        line.push(b);
+                    }
+                }
+            }
+        }));
+        for port in [ch.stdout.clone(), ch.stderr.clone()] {
+            let mut out = out.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let ReadOutcome::Data(n) = port.read(&mut buf, None) {
+                    let _ = out.write_all(&buf[..n]);
+                }
+            }));
+        }
+        // Nothing feeds a command's stdin: it reads end of file, as under `nohup`.
+        ch.stdin.close_input();
+        CtlReader { ch, threads }
+    }
+}
+
+impl Drop for CtlReader {
+    fn drop(&mut self) {
+        // The guest has stopped: reads end once what it wrote is taken.
+        self.ch.ctl.end();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn guest_ready(shared: &Shared) {
+    if !shared.guest_ready.swap(true, Ordering::AcqRel) {
+        notify(shared, json!({"event": "guest_ready"}));
+    }
+}
+
+/// Copies the console's output to the log, the backlog and the attached clients; watches it
+/// for vireo's /init marker and kernel panics.
+fn console_loop(out: ConsoleOutput, shared: Arc<Shared>) {
+    loop {
+        if *lock(&shared.ended.0) {
+            drain_console(&out, &shared);
+            return;
+        }
+        if !drain_console(&out, &shared) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// One round of [`console_loop`]; false when there was nothing.
+fn drain_console(out: &ConsoleOutput, shared: &Shared) -> bool {
+    let chunk = out.take();
+    if chunk.is_empty() {
+        return false;
+    }
+    if find(&chunk, vireo_image::START_MARKER) {
+        guest_ready(shared);
+    }
+    // Panics are found in whole lines; a line split across chunks is rare enough that the
+    // backlog's tail is searched instead of keeping a line buffer.
+    let text = String::from_utf8_lossy(&chunk);
+    if let Some(pos) = text.find("Kernel panic - not syncing") {
+        let line: String = text[pos..].lines().next().unwrap_or("").trim().to_string();
+        lock(&shared.panic).get_or_insert(line);
+    }
+    if text.contains("---[ end Kernel panic") {
+        // Without panic=-1 the kernel would spin: stop it.
+        if let Some((c, _)) = lock(&shared.vm).as_ref() {
+            c.stop(GuestExit::Reset);
+        }
+    }
+    let mut c = lock(&shared.console);
+    c.total += chunk.len() as u64;
+    c.backlog.extend(chunk.iter().copied());
+    let excess = c.backlog.len().saturating_sub(BACKLOG);
+    c.backlog.drain(..excess);
+    if c.log_len + chunk.len() as u64 > LOG_MAX {
+        // Rotate: the log costs at most twice LOG_MAX on disk.
+        let rotated = c.log_path.with_extension("log.1");
+        let _ = std::fs::rename(&c.log_path, &rotated);
+        c.log = File::create(&c.log_path).ok();
+        c.log_len = 0;
+    }
+    if let Some(f) = c.log.as_mut() {
+        if f.write_all(&chunk).is_ok() {
+            c.log_len += chunk.len() as u64;
+        }
+    }
+    let data: Arc<[u8]> = chunk.into();
+    let mut dropped = 0;
+    c.clients.retain(|tx| match tx.try_send(data.clone()) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            dropped += data.len() as u64;
+            true
+        }
+        Err(TrySendError::Disconnected(_)) => false,
+    });
+    c.dropped += dropped;
+    true
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn serve_console(conn: UnixStream, shared: Arc<Shared>) {
+    let mut reader = match conn.try_clone() {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    let mut out = conn;
+    // The mode line, byte by byte so that input after it is not swallowed.
+    let mut mode = Vec::new();
+    let mut b = [0u8; 1];
+    while mode.len() < 8 {
+        match reader.read(&mut b) {
+            Ok(1) if b[0] == b'\n' => break,
+            Ok(1) => mode.push(b[0]),
+            _ => return,
+        }
+    }
+    let mut writer = match mode.as_slice() {
+        b"rw" => !shared.writer_taken.swap(true, Ordering::AcqRel),
+        b"ro" => false,
+        _ => {
+            let _ = out.write_all(b"vireo: expected \"rw\" or \"ro\" as the first line\r\n");
+            return;
+        }
+    };
+    if mode == b"rw" && !writer {
+        let _ = out
+            .write_all(b"vireo: another client holds the console input; this one is read-only\r\n");
+    }
+    let (tx, rx) = sync_channel::<Arc<[u8]>>(CLIENT_QUEUE);
+    {
+        let mut c = lock(&shared.console);
+        let backlog: Vec<u8> = c.backlog.iter().copied().collect();
+        if !backlog.is_empty() {
+            let _ = tx.try_send(backlog.into());
+        }
+        c.clients.push(tx);
+    }
+    let sender = std::thread::spawn(move || {
+        for chunk in rx {
+            if out.write_all(&chunk).is_err() {
+                let _ = out.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+        // The VMM is ending: the client sees EOF.
+        let _ = out.shutdown(std::net::Shutdown::Both);
+    });
+    let mut buf = [0u8; 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) if writer => {
+                let mut rest = &buf[..n];
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !rest.is_empty() && Instant::now() < deadline {
+                    let took = lock(&shared.sink).as_mut().map_or(0, |s| s(rest));
+                    rest = &rest[took..];
+                    if !rest.is_empty() {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    if writer {
+        shared.writer_taken.store(false, Ordering::Release);
+        writer = false;
+    }
+    let _ = writer;
+    let _ = reader.shutdown(std::net::Shutdown::Both);
+    drop(sender);
+}
+
+/// One request on the control socket.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Request {
+    op: String,
+    timeout_secs: Option<u64>,
+}
+
+fn serve_control(conn: UnixStream, shared: Arc<Shared>) {
+    let Ok(mut out) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(conn).take(u64::MAX);
+    loop {
+        let mut line = Vec::new();
+        reader.set_limit(MAX_REQUEST as u64 + 1);
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.len() > MAX_REQUEST {
+            let _ = writeln!(out, "{}", err("bad_request", "request line too long"));
+            return;
+        }
+        let answer = match serde_json::from_slice::<Request>(&line) {
+            Err(e) => err("bad_request", &format!("not a request: {e}")),
+            Ok(r) if r.op == "watch" => {
+                watch(&mut out, &shared);
+                return;
+            }
+            Ok(r) => handle(&r, &shared),
+        };
+        if writeln!(out, "{answer}").is_err() {
+            return;
+        }
+    }
+}
+
+fn err(code: &str, message: &str) -> Value {
+    json!({"ok": false, "error": code, "message": message})
+}
+
+fn handle(r: &Request, shared: &Arc<Shared>) -> Value {
+    let state = *lock(&shared.state);
+    let control = lock(&shared.vm).clone();
+    match r.op.as_str() {
+        "hello" => json!({"ok": true, "protocol": PROTOCOL, "name": shared.name, "pid": std::process::id()}),
+        "state" => json!({
+            "ok": true,
+            "state": state.name(),
+            "guest_ready": shared.guest_ready.load(Ordering::Acquire),
+            "started_at": shared.started_at,
+        }),
+        "pause" | "resume" => {
+            let want = if r.op == "pause" { State::Running } else { State::Paused };
+            if state != want {
+                return err("conflict", &format!("cannot {} a VM that is {}", r.op, state.name()));
+            }
+            let Some((c, _)) = control else {
+                return err("conflict", "the VM is between boots");
+            };
+            let done = if r.op == "pause" { c.pause() } else { c.resume() };
+            match done {
+                Ok(()) => {
+                    let st = if r.op == "pause" { State::Paused } else { State::Running };
+                    set_state(shared, st);
+                    json!({"ok": true, "state": st.name()})
+                }
+                Err(e) => err("internal", &e),
+            }
+        }
+        "shutdown" => {
+            if state == State::Stopping {
+                return err("conflict", "the VM is already stopping");
+            }
+            let grace = Duration::from_secs(r.timeout_secs.unwrap_or(DEFAULT_GRACE));
+            shared.stopping.store(true, Ordering::Release);
+            set_state(shared, State::Stopping);
+            match control {
+                Some((c, Some(ctl))) => {
+                    // A paused guest cannot power off.
+                    if state == State::Paused {
+                        let _ = c.resume();
+                    }
+                    ctl.write(b"poweroff\n");
+                    let boot = shared.boot.load(Ordering::Acquire);
+                    let s = shared.clone();
+                    std::thread::spawn(move || {
+                        let (m, cv) = &s.ended;
+                        let g = lock(m);
+                        let (g, _) = cv
+                            .wait_timeout_while(g, grace, |ended| !*ended)
+                            .unwrap_or_else(|p| p.into_inner());
+                        if !*g && s.boot.load(Ordering::Acquire) == boot {
+                            tracing::warn!("the guest did not power off in {grace:?}: stopping it");
+                            s.forced.store(true, Ordering::Release);
+                            c.stop(GuestExit::PowerOff);
+                        }
+                    });
+                }
+                Some((c, None)) => {
+                    // Without vireo's /init there is no one to ask: stop now.
+                    shared.forced.store(true, Ordering::Release);
+                    c.stop(GuestExit::PowerOff);
+                }
+                None => {}
+            }
+            json!({"ok": true, "state": "stopping"})
+        }
+        "kill" => {
+            shared.stopping.store(true, Ordering::Release);
+            shared.forced.store(true, Ordering::Release);
+            set_state(shared, State::Stopping);
+            if let Some((c, _)) = control {
+                c.stop(GuestExit::PowerOff);
+            }
+            json!({"ok": true, "state": "stopping"})
+        }
+        "stats" => json!({"ok": true, "stats": stats(shared, state, control.map(|c| c.0))}),
+        other => err(
+            "bad_request",
+            &format!("unknown op '{other}' (expected hello, state, pause, resume, shutdown, kill, stats or watch)"),
+        ),
+    }
+}
+
+fn stats(shared: &Shared, state: State, control: Option<VmControl>) -> Value {
+    let counters: serde_json::Map<String, Value> = control
+        .map(|c| c.counters())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, json!(v)))
+        .collect();
+    let devices: Vec<Value> = lock(&shared.devices)
+        .iter()
+        .map(|d| {
+            let c: serde_json::Map<String, Value> = d
+                .counters
+                .as_ref()
+                .map(|c| c.snapshot())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            json!({"kind": d.kind, "id": d.id, "counters": c})
+        })
+        .collect();
+    let (total, dropped) = {
+        let c = lock(&shared.console);
+        (c.total, c.dropped)
+    };
+    let (rss, cpu) = self_usage();
+    json!({
+        "accel": shared.accel,
+        "state": state.name(),
+        "vcpus": shared.cpus,
+        "guest_ram_bytes": shared.guest_ram,
+        "vmm_rss_bytes": rss,
+        "vcpu_seconds": cpu,
+        "uptime_seconds": shared.started.elapsed().as_secs_f64(),
+        "console_bytes": total,
+        "console_dropped_bytes": dropped,
+        "counters": counters,
+        "devices": devices,
+    })
+}
+
+/// This process's resident memory (bytes) and CPU time (seconds), from /proc.
+fn self_usage() -> (u64, f64) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) start past its ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / hz)
+        })
+        .unwrap_or(0.0);
+    (rss, cpu)
+}
+
+fn watch(out: &mut UnixStream, shared: &Arc<Shared>) {
+    let (tx, rx) = sync_channel::<String>(64);
+    {
+        let mut w = lock(&shared.watchers);
+        if *lock(&shared.ended.0) {
+            return;
+        }
+        w.push(tx);
+    }
+    if writeln!(out, "{}", json!({"ok": true})).is_err() {
+        return;
+    }
+    for line in rx {
+        if writeln!(out, "{line}").is_err() {
+            return;
+        }
+    }
+}
