@@ -43,7 +43,7 @@ pub struct DiskConfig {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum NetBackend {
     /// passt, with host-to-guest forwards (`tcp:127.0.0.1:8080-:80`).
     User {
@@ -59,7 +59,6 @@ pub enum NetBackend {
 pub struct NetConfig {
     /// `net0`, `net1`, ...
     pub id: String,
-    #[serde(flatten)]
     pub backend: NetBackend,
     pub mac: [u8; 6],
     pub label: String,
