@@ -285,7 +285,6 @@ pub struct Counters {
     pub page_walks: u64,
 }
 
-
 /// Names of exception causes, as the privileged spec's table (index = cause code).
 const EXCEPTION_NAMES: [&str; 16] = [
     "insn_misaligned",

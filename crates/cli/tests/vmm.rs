@@ -1,0 +1,291 @@
+//! End to end: `vireo vmm`, the per-VM process the daemon supervises, driven over its control
+//! and console sockets (protocol: crates/vmm/src/server.rs) with the pulled Debian image.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn new(tag: &str, spec: Value) -> RunDir {
+        let d = std::env::temp_dir().join(format!("vireo-vmm-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("spec.json"), spec.to_string()).unwrap();
+        RunDir(d)
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+    fn exit_record(&self) -> Value {
+        let t = std::fs::read_to_string(self.path("exit.json")).expect("exit.json written");
+        serde_json::from_str(&t).unwrap()
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Vmm {
+    child: Child,
+}
+
+impl Vmm {
+    fn spawn(dir: &RunDir) -> Vmm {
+        let log = std::fs::File::create(dir.path("vmm.log")).unwrap();
+        let child = vireo()
+            .args(["vmm", "--name", "t", "--dir"])
+            .arg(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Vmm { child }
+    }
+    /// The exit code, waiting at most `limit`.
+    fn wait(&mut self, limit: Duration) -> i32 {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "the VMM did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one request and reads its answer.
+fn req(dir: &RunDir, r: Value) -> Value {
+    let mut s = UnixStream::connect(dir.path("control.sock")).expect("control socket");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    writeln!(s, "{r}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_socket(dir: &RunDir, vmm: &mut Vmm) {
+    wait_for("control.sock", Duration::from_secs(30), || {
+        if let Some(s) = vmm.child.try_wait().unwrap() {
+            panic!(
+                "the VMM exited ({s}) before serving: {}",
+                std::fs::read_to_string(dir.path("vmm.log")).unwrap_or_default()
+            );
+        }
+        UnixStream::connect(dir.path("control.sock")).is_ok()
+    });
+}
+
+fn counter(stats: &Value, name: &str) -> u64 {
+    stats["stats"]["counters"][name].as_u64().unwrap_or(0)
+}
+
+/// Reads from `s` until `needle` has appeared (or fails after `limit`).
+fn read_until(s: &mut UnixStream, needle: &str, limit: Duration) -> String {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if String::from_utf8_lossy(&got).contains(needle) {
+            return String::from_utf8_lossy(&got).into_owned();
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "no {needle:?} on the console; got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        match s.read(&mut buf) {
+            Ok(0) => panic!("console closed; got {:?}", String::from_utf8_lossy(&got)),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+}
+
+#[test]
+fn a_vmm_serves_state_console_pause_stats_and_a_graceful_shutdown() {
+    require_image();
+    let dir = RunDir::new("life", json!({"image": IMAGE, "memory": "512M"}));
+    let mut vmm = Vmm::spawn(&dir);
+    wait_socket(&dir, &mut vmm);
+    let hello = req(&dir, json!({"op": "hello"}));
+    assert_eq!(hello["protocol"], 1, "{hello}");
+    assert_eq!(hello["pid"].as_u64(), Some(u64::from(vmm.child.id())));
+    // A watcher sees the state changes until the VMM is gone.
+    let mut watch = UnixStream::connect(dir.path("control.sock")).unwrap();
+    writeln!(watch, "{}", json!({"op": "watch"})).unwrap();
+    let watcher = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for l in BufReader::new(watch).lines() {
+            match l {
+                Ok(l) => lines.push(l),
+                Err(_) => break,
+            }
+        }
+        lines
+    });
+    wait_for("guest_ready", BOOT_TIMEOUT, || {
+        req(&dir, json!({"op": "state"}))["guest_ready"] == true
+    });
+    assert_eq!(req(&dir, json!({"op": "state"}))["state"], "running");
+
+    // A command through the console, with a second writer refused.
+    let mut con = UnixStream::connect(dir.path("console.sock")).unwrap();
+    con.write_all(b"rw\n").unwrap();
+    let mut other = UnixStream::connect(dir.path("console.sock")).unwrap();
+    other.write_all(b"rw\n").unwrap();
+    read_until(&mut other, "read-only", Duration::from_secs(10));
+    con.write_all(b"echo vmm-$((6*7))\n").unwrap();
+    read_until(&mut con, "vmm-42", Duration::from_secs(30));
+    // The read-only client saw it too, and its keys go nowhere.
+    read_until(&mut other, "vmm-42", Duration::from_secs(10));
+
+    // Paused: nothing retires, the console is silent; resumed: it runs on.
+    let p = req(&dir, json!({"op": "pause"}));
+    assert_eq!(p["state"], "paused", "{p}");
+    let again = req(&dir, json!({"op": "pause"}));
+    assert_eq!(again["error"], "conflict", "{again}");
+    assert!(again["message"].as_str().unwrap().contains("paused"));
+    let a = req(&dir, json!({"op": "stats"}));
+    con.write_all(b"echo still-$((2+3))\n").unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let b = req(&dir, json!({"op": "stats"}));
+    assert_eq!(
+        counter(&a, "instructions"),
+        counter(&b, "instructions"),
+        "instructions retired while paused"
+    );
+    assert_eq!(a["stats"]["console_bytes"], b["stats"]["console_bytes"]);
+    assert_eq!(req(&dir, json!({"op": "resume"}))["state"], "running");
+    read_until(&mut con, "still-5", Duration::from_secs(30));
+    let c = req(&dir, json!({"op": "stats"}));
+    assert!(counter(&c, "instructions") > counter(&b, "instructions"));
+    assert!(counter(&c, "traps.ecall_u") > 0, "{c}");
+    assert!(counter(&c, "mmio_writes") > 0, "{c}");
+    assert_eq!(c["stats"]["accel"], "emu");
+    assert!(c["stats"]["vmm_rss_bytes"].as_u64().unwrap() > 0);
+
+    // Bad requests are answered, not fatal.
+    let bad = req(&dir, json!({"op": "fly"}));
+    assert_eq!(bad["error"], "bad_request", "{bad}");
+    let bad = req(&dir, json!({"op": "state", "extra": 1}));
+    assert_eq!(bad["error"], "bad_request", "{bad}");
+
+    // Graceful: the guest's own shutdown runs and it powers off.
+    let s = req(&dir, json!({"op": "shutdown", "timeout_secs": 60}));
+    assert_eq!(s["state"], "stopping", "{s}");
+    assert_eq!(vmm.wait(Duration::from_secs(60)), 0);
+    let rec = dir.exit_record();
+    assert_eq!(rec["reason"], "poweroff", "{rec}");
+    assert!(!dir.path("control.sock").exists() && !dir.path("console.sock").exists());
+    let log = std::fs::read_to_string(dir.path("console.log")).unwrap();
+    assert!(log.contains("vmm-42"), "the console log has the session");
+    let events = watcher.join().unwrap();
+    let states: Vec<&str> = events
+        .iter()
+        .filter(|l| l.contains("\"state\""))
+        .map(|l| {
+            if l.contains("paused") {
+                "paused"
+            } else if l.contains("stopping") {
+                "stopping"
+            } else {
+                "running"
+            }
+        })
+        .collect();
+    assert_eq!(states, ["paused", "running", "stopping"], "{events:?}");
+    assert!(events.iter().any(|l| l.contains("guest_ready")) || events.len() >= 3);
+}
+
+#[test]
+fn a_command_vm_ends_with_its_status_and_its_output_in_the_log() {
+    require_image();
+    let dir = RunDir::new(
+        "cmd",
+        json!({"image": IMAGE, "command": ["sh", "-c", "echo out-$((40+2)); echo err >&2; exit 3"]}),
+    );
+    let mut vmm = Vmm::spawn(&dir);
+    assert_eq!(vmm.wait(BOOT_TIMEOUT), 3);
+    let rec = dir.exit_record();
+    assert_eq!(rec["reason"], "failure", "{rec}");
+    assert_eq!(rec["status"], 3);
+    let log = std::fs::read_to_string(dir.path("console.log")).unwrap();
+    assert!(log.contains("out-42") && log.contains("err"), "{log}");
+}
+
+#[test]
+fn kill_stops_at_once_and_a_second_vmm_cannot_take_the_directory() {
+    require_image();
+    let dir = RunDir::new("kill", json!({"image": IMAGE}));
+    let mut vmm = Vmm::spawn(&dir);
+    wait_socket(&dir, &mut vmm);
+    // The directory is the running VMM's: another one refuses it and leaves its files.
+    let second = run(&["vmm", "--name", "t", "--dir", dir.0.to_str().unwrap()]);
+    assert_eq!(second.status, VIREO_ERROR, "{}", second.stderr);
+    assert!(second.stderr.contains("another VMM"), "{}", second.stderr);
+    assert!(dir.path("control.sock").exists());
+    assert_eq!(req(&dir, json!({"op": "kill"}))["ok"], true);
+    let code = vmm.wait(Duration::from_secs(20));
+    assert_ne!(code, 0);
+    assert_eq!(dir.exit_record()["reason"], "killed");
+}
+
+#[test]
+fn a_vmm_that_cannot_start_says_why() {
+    let dir = RunDir::new(
+        "bad",
+        json!({"kernel": "/nonexistent/vmlinux", "memory": "256M"}),
+    );
+    let mut vmm = Vmm::spawn(&dir);
+    assert_eq!(vmm.wait(Duration::from_secs(20)), VIREO_ERROR);
+    let rec = dir.exit_record();
+    assert_eq!(rec["reason"], "error");
+    assert!(
+        rec["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/vmlinux"),
+        "{rec}"
+    );
+    assert!(!dir.path("control.sock").exists());
+
+    let dir = RunDir::new("badjson", json!({"image": IMAGE, "cpuz": 2}));
+    let mut vmm = Vmm::spawn(&dir);
+    assert_eq!(vmm.wait(Duration::from_secs(20)), VIREO_ERROR);
+    let msg = dir.exit_record()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("spec.json") && msg.contains("cpuz"), "{msg}");
+}
