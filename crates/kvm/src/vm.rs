@@ -38,7 +38,6 @@ use vireo_machine::MsiSink;
 use vireo_pci::{
     Ecam, MmioWindow, PciRoot, PioConfig, ECAM_BUS_SIZE, PIO_CONFIG_LEN, PIO_CONFIG_PORT,
 };
-use vireo_virtio::pci::VirtioPci;
 use vireo_virtio::VirtioDevice;
 
 /// The device node KVM is reached through.
@@ -651,12 +650,14 @@ impl KvmVm {
             // MSIs are writes to the local APICs' window, which KVM_SIGNAL_MSI injects.
             let msi: Option<Arc<dyn MsiSink>> =
                 irqchip.then(|| Arc::new(KvmMsi(vm.clone())) as Arc<dyn MsiSink>);
-            for (dev, &gsi) in devices.into_iter().zip(PCI_GSIS.iter()) {
-                let mut f = VirtioPci::new(dev, ram.memory().clone(), irq(gsi), msi.clone())
-                    .map_err(|e| pci(&e))?;
-                f.set_interrupt_line(gsi as u8);
-                root.add(Box::new(f)).map_err(|e| pci(&e))?;
-            }
+            vireo_virtio::pci::add_functions(
+                &mut root,
+                devices,
+                ram.memory(),
+                |i, _slot| PCI_GSIS.get(i).map(|&gsi| (irq(gsi), gsi as u8)),
+                msi,
+            )
+            .map_err(|e| pci(&e))?;
             let root = Arc::new(Mutex::new(root));
             pio.insert(
                 PIO_CONFIG_PORT,

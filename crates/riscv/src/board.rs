@@ -21,9 +21,8 @@ use vireo_devices::{ConsoleOutput, GoldfishRtc, TestFinisher, Uart};
 use vireo_machine::{
     BootConfig, Bus, ExitSignal, GuestExit, GuestRam, IrqLine, SharedDevice, VirtioTransport,
 };
-use vireo_pci::{Ecam, MmioWindow, PciError, PciRoot, ECAM_BUS_SIZE};
+use vireo_pci::{Ecam, MmioWindow, PciRoot, ECAM_BUS_SIZE};
 use vireo_virtio::mmio::MmioTransport;
-use vireo_virtio::pci::VirtioPci;
 use vireo_virtio::VirtioDevice;
 use vm_fdt::FdtWriter;
 
@@ -304,18 +303,21 @@ impl EmuVm {
             VirtioTransport::Pci => {
                 let fault = |e: &dyn std::fmt::Display| EmuError::Fault(e.to_string());
                 let mut root = PciRoot::new(PCI_MMIO_BASE, PCI_MMIO_SIZE).map_err(|e| fault(&e))?;
-                for dev in devices {
-                    // No MSI controller on this board (no AIA/IMSIC): INTx only, and no MSI-X
-                    // capability for the driver to try.
-                    let slot = root
-                        .next_free_slot()
-                        .ok_or_else(|| fault(&PciError::BusFull))?;
-                    let irq = PCI_IRQ_BASE + usize::from(slot);
-                    let mut f = VirtioPci::new(dev, ram.memory().clone(), plic_line(irq), None)
-                        .map_err(|e| fault(&e))?;
-                    f.set_interrupt_line(irq as u8);
-                    let got = root.add(Box::new(f)).map_err(|e| fault(&e))?;
-                    virtio.pci.push((got, PCI_IRQ_BASE + usize::from(got)));
+                // No MSI controller on this board (no AIA/IMSIC): INTx only, a PLIC source
+                // per slot.
+                let placed = vireo_virtio::pci::add_functions(
+                    &mut root,
+                    devices,
+                    ram.memory(),
+                    |_, slot| {
+                        let irq = PCI_IRQ_BASE + usize::from(slot);
+                        Some((plic_line(irq), irq as u8))
+                    },
+                    None,
+                )
+                .map_err(|e| fault(&e))?;
+                for (slot, irq) in placed {
+                    virtio.pci.push((slot, usize::from(irq)));
                 }
                 let root = Arc::new(Mutex::new(root));
                 place(

@@ -307,3 +307,32 @@ impl PciDevice for VirtioPci {
 
 #[cfg(test)]
 mod tests;
+
+/// Puts `devices` on `root` as virtio-pci functions, one slot each in order — the one place
+/// both boards do it. `line_for(index, slot)` gives the INTx line of the index-th device, placed
+/// in `slot`, and its number (the
+/// interrupt line register the driver reads); `msi` enables MSI-X where the board has an MSI
+/// controller (none: INTx only, and no MSI-X capability for the driver to try). Returns each
+/// device's (slot, line number).
+pub fn add_functions(
+    root: &mut vireo_pci::PciRoot,
+    devices: Vec<Box<dyn VirtioDevice>>,
+    mem: &GuestMemoryMmap,
+    mut line_for: impl FnMut(usize, u8) -> Option<(Arc<dyn IrqLine>, u8)>,
+    msi: Option<Arc<dyn MsiSink>>,
+) -> Result<Vec<(u8, u8)>, String> {
+    let mut placed = Vec::new();
+    for (index, dev) in devices.into_iter().enumerate() {
+        let slot = root
+            .next_free_slot()
+            .ok_or_else(|| vireo_pci::PciError::BusFull.to_string())?;
+        let (line, number) = line_for(index, slot)
+            .ok_or_else(|| format!("no interrupt line for PCI slot {slot}: too many devices"))?;
+        let mut f =
+            VirtioPci::new(dev, mem.clone(), line, msi.clone()).map_err(|e| e.to_string())?;
+        f.set_interrupt_line(number);
+        let got = root.add(Box::new(f)).map_err(|e| e.to_string())?;
+        placed.push((got, number));
+    }
+    Ok(placed)
+}
