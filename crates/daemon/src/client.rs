@@ -141,10 +141,17 @@ impl Client {
                 return Ok(());
             }
             if let Ok(Some(st)) = child.try_wait() {
+                // The daemon's last words say why (a lock held, a socket in use).
                 let log = a
                     .log
                     .as_ref()
-                    .map(|p| format!(" (see {})", p.display()))
+                    .map(|p| {
+                        let text = std::fs::read_to_string(p).unwrap_or_default();
+                        match text.lines().rev().find(|l| !l.trim().is_empty()) {
+                            Some(l) => format!(": {} (log: {})", l.trim(), p.display()),
+                            None => format!(" (log: {})", p.display()),
+                        }
+                    })
                     .unwrap_or_default();
                 return Err(spawn_err(format!("it exited with {st}{log}")));
             }
