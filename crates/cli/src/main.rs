@@ -6,6 +6,7 @@
 
 mod console;
 mod devices;
+mod manage;
 mod run;
 mod signals;
 mod stdio;
@@ -24,6 +25,10 @@ use clap::{Args, Parser, Subcommand};
     propagate_version = true
 )]
 struct Cli {
+    /// The vireo daemon's API socket (default: $VIREO_SOCKET, else
+    /// $XDG_RUNTIME_DIR/vireo/vireo.sock; /run/vireo/vireo.sock for root).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -37,6 +42,8 @@ enum Command {
     /// Manage guest images.
     #[command(subcommand)]
     Image(ImageCmd),
+    #[command(flatten)]
+    Manage(manage::ManageCmd),
 }
 
 #[derive(Subcommand)]
@@ -161,6 +168,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Image(ImageCmd::Pull { name, force }) => image_pull(&name, force),
         Command::Image(ImageCmd::List { known }) => image_list(known),
+        Command::Manage(cmd) => manage::dispatch(cmd, cli.socket),
     };
     ExitCode::from(code)
 }
