@@ -204,6 +204,19 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for
     }
 }
 
+/// The `{name}` path segment, with a JSON 400 when it is not UTF-8 after percent-decoding.
+pub struct VmName(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for VmName {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, s: &S) -> ApiResult<Self> {
+        Path::<String>::from_request_parts(parts, s)
+            .await
+            .map(|Path(n)| VmName(n))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+    }
+}
+
 fn json<T: Serialize>(status: StatusCode, v: T) -> Response {
     (status, axum::Json(v)).into_response()
 }
@@ -366,7 +379,7 @@ async fn create_vm(
 #[utoipa::path(get, path = "/vms/{name}", tag = "vms", params(("name" = String, Path, description = NAME)),
     responses((status = 200, description = "The VM.", body = VmInfo),
               (status = 404, description = "No such VM.", body = ErrorBody)))]
-async fn get_vm(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn get_vm(State(d): State<AppState>, VmName(name): VmName) -> ApiResult<Response> {
     Ok(json(StatusCode::OK, d.get(&name)?))
 }
 
@@ -377,7 +390,7 @@ async fn get_vm(State(d): State<AppState>, Path(name): Path<String>) -> ApiResul
               (status = 409, description = "It runs (use force).", body = ErrorBody)))]
 async fn delete_vm(
     State(d): State<AppState>,
-    Path(name): Path<String>,
+    VmName(name): VmName,
     Q(q): Q<DeleteQuery>,
 ) -> ApiResult<Response> {
     d.delete(&name, q.force).await?;
@@ -392,7 +405,7 @@ async fn delete_vm(
               (status = 422, description = "The VMM could not start it (its message); the VM is defined again.", body = ErrorBody)))]
 async fn start_vm(
     State(d): State<AppState>,
-    Path(name): Path<String>,
+    VmName(name): VmName,
     Q(q): Q<StartQuery>,
     OptBody(b): OptBody<StartBody>,
 ) -> ApiResult<Response> {
@@ -406,7 +419,7 @@ async fn start_vm(
     responses((status = 200, description = "Paused.", body = VmInfo),
               (status = 404, description = "No such VM.", body = ErrorBody),
               (status = 409, description = "It is not running.", body = ErrorBody)))]
-async fn pause_vm(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn pause_vm(State(d): State<AppState>, VmName(name): VmName) -> ApiResult<Response> {
     Ok(json(StatusCode::OK, d.pause(&name, false).await?))
 }
 
@@ -414,7 +427,7 @@ async fn pause_vm(State(d): State<AppState>, Path(name): Path<String>) -> ApiRes
     responses((status = 200, description = "Running.", body = VmInfo),
               (status = 404, description = "No such VM.", body = ErrorBody),
               (status = 409, description = "It is not paused.", body = ErrorBody)))]
-async fn resume_vm(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn resume_vm(State(d): State<AppState>, VmName(name): VmName) -> ApiResult<Response> {
     Ok(json(StatusCode::OK, d.pause(&name, true).await?))
 }
 
@@ -425,7 +438,7 @@ async fn resume_vm(State(d): State<AppState>, Path(name): Path<String>) -> ApiRe
               (status = 409, description = "It is not running or paused.", body = ErrorBody)))]
 async fn stop_vm(
     State(d): State<AppState>,
-    Path(name): Path<String>,
+    VmName(name): VmName,
     OptBody(b): OptBody<StopBody>,
 ) -> ApiResult<Response> {
     Ok(json(
@@ -438,7 +451,7 @@ async fn stop_vm(
     responses((status = 200, description = "Stopped at once.", body = VmInfo),
               (status = 404, description = "No such VM.", body = ErrorBody),
               (status = 409, description = "No VMM runs.", body = ErrorBody)))]
-async fn kill_vm(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn kill_vm(State(d): State<AppState>, VmName(name): VmName) -> ApiResult<Response> {
     Ok(json(StatusCode::OK, d.kill(&name).await?))
 }
 
@@ -450,7 +463,7 @@ async fn kill_vm(State(d): State<AppState>, Path(name): Path<String>) -> ApiResu
               (status = 422, description = "The new start failed.", body = ErrorBody)))]
 async fn restart_vm(
     State(d): State<AppState>,
-    Path(name): Path<String>,
+    VmName(name): VmName,
     OptBody(b): OptBody<StopBody>,
 ) -> ApiResult<Response> {
     Ok(json(
@@ -487,11 +500,10 @@ async fn read_from(path: &PathBuf, pos: u64) -> (Vec<u8>, u64) {
               (status = 404, description = "No such VM.", body = ErrorBody)))]
 async fn vm_logs(
     State(d): State<AppState>,
-    Path(name): Path<String>,
+    VmName(name): VmName,
     Q(q): Q<FollowQuery>,
 ) -> ApiResult<Response> {
-    let files = d.console_files(&name)?;
-    let (old, cur) = (files[0].clone(), files[1].clone());
+    let (old, cur) = d.console_files(&name)?;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         let (rotated, _) = read_from(&old, 0).await;
@@ -528,7 +540,7 @@ async fn vm_logs(
     responses((status = 200, description = "The VMM's counters.", body = StatsReport),
               (status = 404, description = "No such VM.", body = ErrorBody),
               (status = 409, description = "No VMM runs.", body = ErrorBody)))]
-async fn vm_stats(State(d): State<AppState>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn vm_stats(State(d): State<AppState>, VmName(name): VmName) -> ApiResult<Response> {
     let stats = d.stats(&name).await?;
     Ok(json(StatusCode::OK, StatsReport { name, stats }))
 }
@@ -541,7 +553,7 @@ async fn vm_stats(State(d): State<AppState>, Path(name): Path<String>) -> ApiRes
               (status = 409, description = "No VMM runs.", body = ErrorBody)))]
 async fn vm_console(
     State(d): State<AppState>,
-    Path(name): Path<String>,
+    VmName(name): VmName,
     Q(q): Q<ConsoleQuery>,
     mut req: Request,
 ) -> ApiResult<Response> {

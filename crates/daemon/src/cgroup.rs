@@ -48,7 +48,11 @@ impl Hierarchy {
 
     /// The directories VM `name` uses under `parent`.
     pub fn dirs(&self, parent: &str, name: &str) -> Vec<PathBuf> {
-        if self.is_v2() {
+        self.dirs_for(self.is_v2(), parent, name)
+    }
+
+    fn dirs_for(&self, v2: bool, parent: &str, name: &str) -> Vec<PathBuf> {
+        if v2 {
             vec![self.root.join(parent).join(name)]
         } else {
             vec![
@@ -70,13 +74,15 @@ impl Hierarchy {
     ) -> Result<Cgroup, String> {
         let memory = guest_ram.saturating_add(OVERHEAD_BYTES);
         let quota = PERIOD_US * vcpus.max(1) as u64;
+        // Decided once: the directories and the files written must be of one version.
+        let v2 = self.is_v2();
         let cg = Cgroup {
-            dirs: self.dirs(parent, name),
+            dirs: self.dirs_for(v2, parent, name),
         };
-        let r = if self.is_v2() {
-            self.place_v2(parent, &cg.dirs[0], pid, memory, quota)
-        } else {
-            self.place_v1(&cg.dirs, pid, memory, quota)
+        let r = match (v2, cg.dirs.as_slice()) {
+            (true, [dir]) => self.place_v2(parent, dir, pid, memory, quota),
+            (false, [mem, cpu]) => self.place_v1(mem, cpu, pid, memory, quota),
+            _ => Err("cgroup layout mismatch".into()),
         };
         match r {
             Ok(()) => Ok(cg),
@@ -106,8 +112,14 @@ impl Hierarchy {
         write(&dir.join("cgroup.procs"), &pid.to_string())
     }
 
-    fn place_v1(&self, dirs: &[PathBuf], pid: u32, memory: u64, quota: u64) -> Result<(), String> {
-        let (mem, cpu) = (&dirs[0], &dirs[1]);
+    fn place_v1(
+        &self,
+        mem: &Path,
+        cpu: &Path,
+        pid: u32,
+        memory: u64,
+        quota: u64,
+    ) -> Result<(), String> {
         if !self.root.join("memory").is_dir() || !self.root.join("cpu").is_dir() {
             return Err(format!(
                 "no cgroup v2 memory+cpu controllers and no v1 memory and cpu hierarchies under {}",

@@ -820,8 +820,8 @@ impl Daemon {
         Ok(r["stats"].take())
     }
 
-    /// The console log files of the current (or last) run, oldest first.
-    pub fn console_files(&self, name: &str) -> Result<Vec<PathBuf>> {
+    /// The console log files of the current (or last) run: the rotated one and the current.
+    pub fn console_files(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
         self.record(name)?;
         let run = self.run_dir(name);
         let dir = if run.join("console.log").exists() || self.live(name).is_some() {
@@ -829,7 +829,7 @@ impl Daemon {
         } else {
             self.vm_dir(name).join("last")
         };
-        Ok(vec![dir.join("console.log.1"), dir.join("console.log")])
+        Ok((dir.join("console.log.1"), dir.join("console.log")))
     }
 
     /// The console socket of a running VM.

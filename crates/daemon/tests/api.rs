@@ -313,6 +313,8 @@ fn bad_requests() {
     assert!(m.contains("'nope'"), "{m}");
     assert_eq!(raw("GET", "/nowhere", None, vec![]).0, 404);
     assert_eq!(raw("PUT", "/vms", None, vec![]).0, 405);
+    assert_eq!(raw("GET", "/vms/%FF", None, vec![]).0, 400);
+    assert_eq!(raw("GET", "/vms/a%2Fb", None, vec![]).0, 404);
 
     let (s, code, _) = raw("POST", "/vms", j, b"{\"name\": ".to_vec());
     assert_eq!((s, code.as_str()), (400, "bad_request"));
