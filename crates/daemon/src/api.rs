@@ -120,13 +120,25 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// malformed JSON, 422 for a well-formed body of the wrong shape. An empty body is `None`.
 async fn read_json<T: DeserializeOwned>(req: Request) -> ApiResult<Option<T>> {
     let json = is_json(req.headers());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is over {MAX_BODY} bytes"),
+        )
+    };
+    // Refused before reading any of it: the client learns at once, not after sending 1 MiB.
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
     let bytes = Bytes::from_request(req, &()).await.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the request body is over {MAX_BODY} bytes"),
-            )
+            too_large()
         } else {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
         }
