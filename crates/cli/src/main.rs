@@ -5,6 +5,7 @@
 //! usage errors included, in every subcommand.
 
 mod console;
+mod manage;
 mod run;
 mod signals;
 mod stdio;
@@ -22,6 +23,10 @@ use clap::{Args, Parser, Subcommand};
     propagate_version = true
 )]
 struct Cli {
+    /// The vireo daemon's API socket (default: $VIREO_SOCKET, else
+    /// $XDG_RUNTIME_DIR/vireo/vireo.sock; /run/vireo/vireo.sock for root).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -45,6 +50,8 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    #[command(flatten)]
+    Manage(manage::ManageCmd),
 }
 
 #[derive(Subcommand)]
@@ -170,6 +177,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCmd::Pull { name, force }) => image_pull(&name, force),
         Command::Image(ImageCmd::List { known }) => image_list(known),
         Command::Vmm { name, dir } => vmm(name, dir),
+        Command::Manage(cmd) => manage::dispatch(cmd, cli.socket),
     };
     ExitCode::from(code)
 }

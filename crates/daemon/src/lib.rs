@@ -1,0 +1,35 @@
+//! `vireo daemon`: keeps VM definitions in SQLite, runs each VM as its own `vireo vmm` process
+//! (the VMM protocol: [`vmm`]), and serves the REST API ([`api`]) on a Unix socket (and, with a
+//! token, on TCP); [`client`] is the other end, which the CLI's management verbs use.
+//!
+//! Layout of the state directory (`--state-dir`, [`config::default_state_dir`]):
+//! - `daemon.lock`: flock held by the one daemon using the directory (its pid inside);
+//! - `vireo.db`: the store ([`store`]): definitions, states, the event log;
+//! - `vms/NAME/run`: the running (or last) VMM's directory: spec.json, lock, pid, control.sock,
+//!   console.sock, console.log, vmm.log, exit.json. A start moves the previous one to
+//!   `vms/NAME/last`, so the last run's console log and exit stay readable.
+
+pub mod api;
+pub mod capacity;
+pub mod cgroup;
+pub mod client;
+pub mod config;
+pub mod metrics;
+pub mod names;
+pub mod state;
+pub mod store;
+pub mod supervisor;
+pub mod vmm;
+
+mod server;
+
+pub use config::{DaemonArgs, DaemonConfig};
+pub use server::{run, run_blocking, DaemonError};
+
+/// Seconds since the Unix epoch, as the store and the VMM protocol keep time.
+pub(crate) fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

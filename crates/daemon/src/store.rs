@@ -1,0 +1,446 @@
+//! The daemon's SQLite database (`<state-dir>/vireo.db`, WAL): VM definitions, their states,
+//! and the event log. The schema version is SQLite's `user_version`; [`MIGRATIONS`] are applied
+//! in order from the file's version up, each in its own transaction, so a database written by an
+//! older daemon is upgraded in place and one from a newer daemon is refused.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use vireo_spec::VmSpec;
+
+use crate::state::VmState;
+
+/// Schema migrations; migration `i` brings the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: definitions, states, events.
+    "CREATE TABLE vms (
+         name TEXT PRIMARY KEY NOT NULL,
+         spec TEXT NOT NULL,
+         created_at REAL NOT NULL
+     );
+     CREATE TABLE vm_state (
+         name TEXT PRIMARY KEY NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
+         state TEXT NOT NULL,
+         detail TEXT NOT NULL DEFAULT '',
+         started_at REAL
+     );
+     CREATE TABLE events (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         time REAL NOT NULL,
+         vm TEXT NOT NULL,
+         kind TEXT NOT NULL,
+         detail TEXT NOT NULL DEFAULT ''
+     );
+     CREATE INDEX events_vm ON events(vm, id);",
+    // 2: how the last run ended (exit.json, or the crash), kept for `inspect`.
+    "ALTER TABLE vm_state ADD COLUMN last_exit TEXT;",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A VM of that name is already defined.
+    #[error("a VM named '{0}' already exists")]
+    Exists(String),
+    /// The database is from a newer vireo.
+    #[error("database {path} has schema version {found}; this vireo knows up to {known}: use a newer vireo")]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    /// A stored definition no longer parses.
+    #[error("stored definition of '{name}' is unreadable: {message}")]
+    BadSpec { name: String, message: String },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// How a VMM's run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExitInfo {
+    /// exit.json's reason (poweroff, failure, reset, killed, error, panic), or "crashed".
+    pub reason: String,
+    /// exit.json's status; for a crash, the VMM's signal or exit code when known.
+    pub status: Option<i32>,
+    pub message: String,
+    /// Unix seconds.
+    pub at: f64,
+}
+
+/// One VM as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRecord {
+    pub name: String,
+    pub spec: VmSpec,
+    pub created_at: f64,
+    pub state: VmState,
+    pub detail: String,
+    pub started_at: Option<f64>,
+    pub last_exit: Option<ExitInfo>,
+}
+
+/// One row of the event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Increasing; `GET /events?since=ID` returns the ones after it.
+    pub id: i64,
+    /// Unix seconds.
+    pub time: f64,
+    pub vm: String,
+    /// created, deleted, starting, state, guest_ready, start_failed, exited, crashed, ...
+    pub kind: String,
+    pub detail: String,
+}
+
+/// A row of the VM query: name, spec, created_at, state, detail, started_at, last_exit.
+type RawRecord = (
+    String,
+    String,
+    f64,
+    String,
+    String,
+    Option<f64>,
+    Option<String>,
+);
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        // WAL: readers (a CLI's `ls`) never wait for the writer; NORMAL sync is durable enough
+        // for a state a restart reconciles anyway.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut store = Store { conn };
+        store.migrate(&path.display().to_string())?;
+        Ok(store)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        let mut store = Store { conn };
+        store.migrate(":memory:")?;
+        Ok(store)
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    fn migrate(&mut self, path: &str) -> Result<(), StoreError> {
+        let known = MIGRATIONS.len() as i64;
+        let found = self.schema_version()?;
+        if found > known {
+            return Err(StoreError::TooNew {
+                path: path.into(),
+                found,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Defines a VM (state `defined`).
+    pub fn insert_vm(&mut self, name: &str, spec: &VmSpec, now: f64) -> Result<(), StoreError> {
+        let json = serde_json::to_string(spec).map_err(|e| StoreError::BadSpec {
+            name: name.into(),
+            message: e.to_string(),
+        })?;
+        let tx = self.conn.transaction()?;
+        let r = tx.execute(
+            "INSERT INTO vms (name, spec, created_at) VALUES (?1, ?2, ?3)",
+            params![name, json, now],
+        );
+        match r {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(StoreError::Exists(name.into()))
+            }
+            r => r?,
+        };
+        tx.execute(
+            "INSERT INTO vm_state (name, state) VALUES (?1, ?2)",
+            params![name, VmState::Defined.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn delete_vm(&mut self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM vms WHERE name = ?1", [name])?
+            > 0)
+    }
+
+    fn record(row: &rusqlite::Row) -> rusqlite::Result<RawRecord> {
+        Ok((
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+            row.get(6)?,
+        ))
+    }
+
+    fn to_record(
+        (name, spec, created_at, state, detail, started_at, last_exit): RawRecord,
+    ) -> Result<VmRecord, StoreError> {
+        let spec = serde_json::from_str(&spec).map_err(|e| StoreError::BadSpec {
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(VmRecord {
+            // A state this daemon does not know (a newer one wrote it) reads as crashed, which
+            // can be started again.
+            state: VmState::parse(&state).unwrap_or(VmState::Crashed),
+            name,
+            spec,
+            created_at,
+            detail,
+            started_at,
+            last_exit: last_exit.and_then(|j| serde_json::from_str(&j).ok()),
+        })
+    }
+
+    const SELECT: &'static str =
+        "SELECT v.name, v.spec, v.created_at, s.state, s.detail, s.started_at, s.last_exit
+         FROM vms v JOIN vm_state s ON s.name = v.name";
+
+    pub fn get_vm(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                &format!("{} WHERE v.name = ?1", Self::SELECT),
+                [name],
+                Self::record,
+            )
+            .optional()?;
+        row.map(Self::to_record).transpose()
+    }
+
+    pub fn list_vms(&self) -> Result<Vec<VmRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("{} ORDER BY v.name", Self::SELECT))?;
+        let rows = stmt.query_map([], Self::record)?;
+        rows.map(|r| Self::to_record(r?)).collect()
+    }
+
+    /// Sets a VM's state and its detail; `started_at` is kept unless given.
+    pub fn set_state(
+        &mut self,
+        name: &str,
+        state: VmState,
+        detail: &str,
+        started_at: Option<Option<f64>>,
+    ) -> Result<(), StoreError> {
+        match started_at {
+            Some(t) => self.conn.execute(
+                "UPDATE vm_state SET state = ?2, detail = ?3, started_at = ?4 WHERE name = ?1",
+                params![name, state.as_str(), detail, t],
+            )?,
+            None => self.conn.execute(
+                "UPDATE vm_state SET state = ?2, detail = ?3 WHERE name = ?1",
+                params![name, state.as_str(), detail],
+            )?,
+        };
+        Ok(())
+    }
+
+    pub fn set_last_exit(&mut self, name: &str, exit: &ExitInfo) -> Result<(), StoreError> {
+        let json = serde_json::to_string(exit).unwrap_or_default();
+        self.conn.execute(
+            "UPDATE vm_state SET last_exit = ?2 WHERE name = ?1",
+            params![name, json],
+        )?;
+        Ok(())
+    }
+
+    pub fn add_event(
+        &mut self,
+        vm: &str,
+        kind: &str,
+        detail: &str,
+        time: f64,
+    ) -> Result<Event, StoreError> {
+        self.conn.execute(
+            "INSERT INTO events (time, vm, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![time, vm, kind, detail],
+        )?;
+        Ok(Event {
+            id: self.conn.last_insert_rowid(),
+            time,
+            vm: vm.into(),
+            kind: kind.into(),
+            detail: detail.into(),
+        })
+    }
+
+    /// Events after `since` (all when `None`), optionally of one VM, oldest first, at most
+    /// `limit` (the newest ones when there are more).
+    pub fn events(
+        &self,
+        since: Option<i64>,
+        vm: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, time, vm, kind, detail FROM events
+             WHERE id > ?1 AND (?2 IS NULL OR vm = ?2)
+             ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![since.unwrap_or(0), vm, limit], |r| {
+            Ok(Event {
+                id: r.get(0)?,
+                time: r.get(1)?,
+                vm: r.get(2)?,
+                kind: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?;
+        let mut v = rows.collect::<Result<Vec<_>, _>>()?;
+        v.reverse();
+        Ok(v)
+    }
+
+    /// The newest event id (0 when there are none).
+    pub fn last_event_id(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            kernel: Some("/k".into()),
+            cpus: 2,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn define_list_delete() {
+        let mut s = Store::in_memory().unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        s.insert_vm("b", &spec(), 1.0).unwrap();
+        s.insert_vm("a", &spec(), 2.0).unwrap();
+        assert!(matches!(
+            s.insert_vm("a", &spec(), 3.0),
+            Err(StoreError::Exists(n)) if n == "a"
+        ));
+        let all = s.list_vms().unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let a = s.get_vm("a").unwrap().unwrap();
+        assert_eq!(a.spec, spec());
+        assert_eq!(a.state, VmState::Defined);
+        assert_eq!(a.created_at, 2.0);
+        assert!(s.delete_vm("a").unwrap());
+        assert!(!s.delete_vm("a").unwrap());
+        assert!(s.get_vm("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn states_and_exits() {
+        let mut s = Store::in_memory().unwrap();
+        s.insert_vm("a", &spec(), 1.0).unwrap();
+        s.set_state("a", VmState::Running, "", Some(Some(5.0)))
+            .unwrap();
+        s.set_state("a", VmState::Paused, "by request", None)
+            .unwrap();
+        let r = s.get_vm("a").unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.detail.as_str(), r.started_at),
+            (VmState::Paused, "by request", Some(5.0))
+        );
+        let exit = ExitInfo {
+            reason: "poweroff".into(),
+            status: Some(0),
+            message: String::new(),
+            at: 9.0,
+        };
+        s.set_last_exit("a", &exit).unwrap();
+        assert_eq!(s.get_vm("a").unwrap().unwrap().last_exit, Some(exit));
+    }
+
+    #[test]
+    fn events_in_order_and_since() {
+        let mut s = Store::in_memory().unwrap();
+        let e1 = s.add_event("a", "created", "", 1.0).unwrap();
+        let e2 = s.add_event("b", "created", "", 2.0).unwrap();
+        let e3 = s.add_event("a", "state", "running", 3.0).unwrap();
+        assert_eq!(
+            s.events(None, None, 100).unwrap(),
+            [e1.clone(), e2.clone(), e3.clone()]
+        );
+        assert_eq!(
+            s.events(Some(e1.id), None, 100).unwrap(),
+            [e2.clone(), e3.clone()]
+        );
+        assert_eq!(s.events(None, Some("a"), 100).unwrap(), [e1, e3.clone()]);
+        // The limit keeps the newest.
+        assert_eq!(s.events(None, None, 1).unwrap(), std::slice::from_ref(&e3));
+        assert_eq!(s.last_event_id().unwrap(), e3.id);
+    }
+
+    #[test]
+    fn migrations_upgrade_and_refuse_newer() {
+        let dir = std::env::temp_dir().join(format!("vireo-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.db");
+        let _ = std::fs::remove_file(&path);
+        {
+            // A version-1 database, as an older daemon left it.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute("INSERT INTO vms VALUES ('old', '{}', 1.0)", [])
+                .unwrap();
+            c.execute(
+                "INSERT INTO vm_state (name, state) VALUES ('old', 'defined')",
+                [],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(s.get_vm("old").unwrap().unwrap().last_exit, None);
+        drop(s);
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let e = Store::open(&path).err().unwrap();
+        assert!(matches!(e, StoreError::TooNew { found: 99, .. }), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
