@@ -172,6 +172,17 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { run::VIREO_ERROR } else { 0 });
         }
     };
+    let server = matches!(
+        cli.cmd,
+        Command::Run(_) | Command::Vmm { .. } | Command::Manage(manage::ManageCmd::Daemon(_))
+    );
+    if !server {
+        // A listing piped into `head` ends as `cat` would (killed by SIGPIPE, status 141),
+        // not with a panic. `run` handles a closed stdout itself; the daemon and the VMM
+        // write to sockets whose peers may go at any time, and must not die of it.
+        // SAFETY: resets one signal's disposition before any thread exists; no memory involved.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let code = match cli.cmd {
         Command::Run(args) => run::run(args),
         Command::Image(ImageCmd::Pull { name, force }) => image_pull(&name, force),

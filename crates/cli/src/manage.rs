@@ -158,7 +158,8 @@ fn run(cmd: ManageCmd, socket: Option<PathBuf>) -> Result<(), Failure> {
                     vm["name"].as_str().unwrap_or(""),
                     vm["state"].as_str().unwrap_or(""),
                     vm["accel"].as_str().unwrap_or(""),
-                    vm["cpus"],
+                    // A JSON value's Display ignores the width.
+                    vm["cpus"].as_u64().unwrap_or(0),
                     MemSize(vm["memory_bytes"].as_u64().unwrap_or(0)).to_string(),
                     vm["uptime_seconds"]
                         .as_f64()

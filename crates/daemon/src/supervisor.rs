@@ -84,7 +84,8 @@ pub struct VmInfo {
     pub started_at: Option<f64>,
     /// Seconds since `started_at`, while a VMM runs.
     pub uptime_seconds: Option<f64>,
-    /// The spec's accelerator (auto, kvm, emu).
+    /// The accelerator: the one the VMM runs on while it runs, else the spec's (auto, kvm,
+    /// emu).
     pub accel: String,
     pub cpus: u32,
     pub memory_bytes: u64,
@@ -134,6 +135,8 @@ struct Live {
     note: Mutex<Option<String>>,
     cgroup: Option<Cgroup>,
     limits: String,
+    /// The accelerator the VMM chose (the spec may say auto).
+    accel: Mutex<Option<String>>,
 }
 
 impl Live {
@@ -154,6 +157,7 @@ impl Live {
             note: Mutex::new(None),
             cgroup: None,
             limits: String::new(),
+            accel: Mutex::new(None),
         }
     }
 
@@ -281,7 +285,10 @@ impl Daemon {
                 .started_at
                 .filter(|_| active)
                 .map(|t| (now() - t).max(0.0)),
-            accel: rec.spec.accel.to_string(),
+            accel: live
+                .as_ref()
+                .and_then(|l| lock(&l.accel).clone())
+                .unwrap_or_else(|| rec.spec.accel.to_string()),
             cpus: rec.spec.cpus,
             memory_bytes: rec.spec.memory.bytes(),
             pid: live.as_ref().and_then(|l| l.pid),
@@ -545,6 +552,9 @@ impl Daemon {
             }
             // The watch reports changes from now on; the state request says where it is.
             if let Ok(s) = vmm::request(&live.dir, "state", json!({})).await {
+                if let Some(a) = s["accel"].as_str() {
+                    *lock(&live.accel) = Some(a.to_string());
+                }
                 if s["guest_ready"].as_bool() == Some(true) {
                     self.guest_ready(&live);
                 }

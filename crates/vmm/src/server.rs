@@ -28,8 +28,9 @@
 //! answer line each, in order; many clients at once. Requests `{"op": ...}`; answers
 //! `{"ok": true, ...}` or `{"ok": false, "error": CODE, "message": TEXT}`, CODE one of
 //! `conflict` (wrong state; the message names it), `bad_request`, `internal`.
-//! - `hello` → `{"protocol": 1, "name", "pid"}`
-//! - `state` → `{"state": "starting"|"running"|"paused"|"stopping", "guest_ready", "started_at"}`
+//! - `hello` → `{"protocol": 1, "name", "pid", "accel"}`
+//! - `state` → `{"state": "starting"|"running"|"paused"|"stopping", "accel": "emu"|"kvm",
+//!   "guest_ready", "started_at"}`
 //!   (`guest_ready`: vireo's /init said it is up: `started` on `vireo.ctl`, or its console
 //!   marker for an interactive guest)
 //! - `pause`, `resume` → `{"state"}`; pausing a paused VM or resuming a running one: conflict
@@ -748,10 +749,11 @@ fn handle(r: &Request, shared: &Arc<Shared>) -> Value {
     let state = *lock(&shared.state);
     let control = lock(&shared.vm).clone();
     match r.op.as_str() {
-        "hello" => json!({"ok": true, "protocol": PROTOCOL, "name": shared.name, "pid": std::process::id()}),
+        "hello" => json!({"ok": true, "protocol": PROTOCOL, "name": shared.name, "pid": std::process::id(), "accel": shared.accel}),
         "state" => json!({
             "ok": true,
             "state": state.name(),
+            "accel": shared.accel,
             "guest_ready": shared.guest_ready.load(Ordering::Acquire),
             "started_at": shared.started_at,
         }),

@@ -245,7 +245,7 @@ fn control(s: UnixStream) {
             }
             "state" => {
                 let v = vm();
-                json!({"ok": true, "state": v.state, "guest_ready": v.guest_ready, "started_at": v.started_at})
+                json!({"ok": true, "state": v.state, "accel": "emu", "guest_ready": v.guest_ready, "started_at": v.started_at})
             }
             "pause" | "resume" => {
                 let (from, to) = if op == "pause" {

@@ -1,0 +1,475 @@
+//! End to end: `vireo daemon` with real `vireo vmm` processes booting the pulled Debian image,
+//! driven through the client verbs (and raw HTTP for /metrics).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// A daemon on its own state directory and socket, killed (with its VMs) when dropped.
+struct Daemon {
+    dir: PathBuf,
+    child: Option<Child>,
+    tag: String,
+}
+
+impl Daemon {
+    fn new(tag: &str) -> Daemon {
+        let tag = format!("{tag}{}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("vireo-daemon-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut d = Daemon {
+            dir,
+            child: None,
+            tag,
+        };
+        d.start(&[]);
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+
+    fn daemon_cmd(&self, extra: &[&str]) -> Command {
+        let mut c = vireo();
+        c.arg("daemon")
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["--cgroup-parent", &format!("vireo-test-{}", self.tag)])
+            .args(extra)
+            .env("VIREO_NO_AUTOSTART", "1");
+        c
+    }
+
+    /// Starts the daemon (again) and waits for its socket to answer.
+    fn start(&mut self, extra: &[&str]) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.out"))
+            .unwrap();
+        let child = self
+            .daemon_cmd(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while UnixStream::connect(self.socket()).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the daemon did not listen: {}",
+                std::fs::read_to_string(self.dir.join("daemon.out")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9` the daemon (its VMMs are in their own sessions and live on).
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn name(&self, n: &str) -> String {
+        format!("{n}-{}", self.tag)
+    }
+
+    /// A client verb against this daemon.
+    fn v(&self, args: &[&str]) -> Run {
+        let mut cmd = vireo();
+        cmd.env("VIREO_SOCKET", self.socket())
+            .env("VIREO_NO_AUTOSTART", "1")
+            .args(args);
+        let r = run_raw(cmd, None);
+        Run {
+            status: r.status,
+            stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+        }
+    }
+
+    /// A verb that must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let r = self.v(args);
+        assert_eq!(r.status, 0, "vireo {args:?}: {}{}", r.stdout, r.stderr);
+        r.stdout
+    }
+
+    fn inspect(&self, name: &str) -> Value {
+        serde_json::from_str(&self.ok(&["inspect", name])).unwrap()
+    }
+
+    fn state(&self, name: &str) -> String {
+        self.inspect(name)["state"].as_str().unwrap().to_string()
+    }
+
+    fn wait_state(&self, name: &str, want: &str, limit: Duration) {
+        let t0 = Instant::now();
+        loop {
+            let s = self.state(name);
+            if s == want {
+                return;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "{name} is {s}, not {want}: {}",
+                self.inspect(name)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// GET `path` over the API socket; (status, body).
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut s = UnixStream::connect(self.socket()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: vireo\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        let status: u16 = text[9..12].parse().unwrap();
+        let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        // Chunked bodies: good enough to search; the metrics parser skips chunk-size lines.
+        (status, body.to_string())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Whatever the test left running goes, with the daemon.
+        if let Ok(out) = Command::new(env!("CARGO_BIN_EXE_vireo"))
+            .env("VIREO_SOCKET", self.socket())
+            .env("VIREO_NO_AUTOSTART", "1")
+            .args(["ls", "--json"])
+            .output()
+        {
+            if let Ok(Value::Array(vms)) = serde_json::from_slice::<Value>(&out.stdout) {
+                for vm in vms {
+                    if let Some(pid) = vm["pid"].as_i64() {
+                        // SAFETY: kill(2) on a pid the daemon reported; no memory involved.
+                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    }
+                }
+            }
+        }
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends `input` to a VM's console (`vireo console`, piped stdin), returns what it printed.
+fn console(d: &Daemon, name: &str, input: &str, wait: Duration) -> String {
+    let mut child = vireo()
+        .env("VIREO_SOCKET", d.socket())
+        .env("VIREO_NO_AUTOSTART", "1")
+        .args(["console", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    std::thread::sleep(wait);
+    // End of input detaches.
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "console: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `cmd` in the guest's shell and returns its output (one line): waits for it on the
+/// console, up to a minute. The marker is built in the guest, so the terminal's echo of the
+/// typed line never matches it.
+fn guest_line(d: &Daemon, name: &str, cmd: &str) -> String {
+    // Unique per call: a new console client first gets the recent output again.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let marker = format!("M{}x{n}", std::process::id());
+    let mut child = vireo()
+        .env("VIREO_SOCKET", d.socket())
+        .env("VIREO_NO_AUTOSTART", "1")
+        .args(["console", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    write!(stdin, "m={marker}; echo \"$m-$({cmd})-END\"\n").unwrap();
+    let t0 = Instant::now();
+    let mut got = String::new();
+    let needle = format!("{marker}-");
+    let answer = loop {
+        if let Some(start) = got.find(&needle) {
+            if let Some(end) = got[start..].find("-END") {
+                break got[start + needle.len()..start + end].to_string();
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no answer to {cmd:?}: {got:?}"
+        );
+        if let Ok(b) = rx.recv_timeout(Duration::from_millis(200)) {
+            got.push_str(&String::from_utf8_lossy(&b));
+        }
+    };
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "vireo console: {status}");
+    answer
+}
+
+/// Every sample of a Prometheus text exposition, checked line by line.
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    let mut v = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        // A chunk-size line of a chunked body (hex digits only).
+        if line.chars().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "unterminated labels in {line:?}");
+        }
+        v.push((series.to_string(), value));
+    }
+    v
+}
+
+fn sample(m: &[(String, f64)], vm: &str, counter: &str) -> f64 {
+    m.iter()
+        .find(|(s, _)| {
+            s.starts_with("vireo_vm_counter{")
+                && s.contains(&format!("vm=\"{vm}\""))
+                && s.contains(&format!("name=\"{counter}\""))
+        })
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no counter {counter} for {vm}"))
+}
+
+#[test]
+fn three_vms_console_pause_stop_kill_metrics() {
+    require_image();
+    let d = Daemon::new("three");
+    let names: Vec<String> = ["a", "b", "c"].iter().map(|n| d.name(n)).collect();
+    for n in &names {
+        d.ok(&["create", n, "--image", IMAGE, "--memory", "256M"]);
+    }
+    for n in &names {
+        d.ok(&["start", n, "--wait-ready"]);
+    }
+    let ls: Value = serde_json::from_str(&d.ok(&["ls", "--json"])).unwrap();
+    for n in &names {
+        let vm = ls
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == n.as_str())
+            .unwrap_or_else(|| panic!("{n} not listed: {ls}"));
+        assert_eq!(vm["state"], "running", "{vm}");
+    }
+    let (a, b, c) = (&names[0], &names[1], &names[2]);
+
+    // A command through the console.
+    assert_eq!(guest_line(&d, a, "echo $((6*7))"), "42");
+
+    // /metrics is Prometheus text, and a working guest's trap counters grow.
+    let (status, text) = d.get("/metrics");
+    assert_eq!(status, 200);
+    let m1 = parse_metrics(&text);
+    let before = sample(&m1, a, "traps.ecall_u");
+    assert_eq!(
+        guest_line(
+            &d,
+            a,
+            "i=0; while [ $i -lt 300 ]; do i=$((i+1)); cat /proc/uptime >/dev/null; done; echo $i"
+        ),
+        "300"
+    );
+    let m2 = parse_metrics(&d.get("/metrics").1);
+    assert!(
+        sample(&m2, a, "traps.ecall_u") > before,
+        "ecall counter did not grow"
+    );
+
+    // Paused: the guest clock and console stop; resumed: they go on.
+    let t_before: f64 = guest_line(&d, b, "cut -d' ' -f1 /proc/uptime")
+        .parse()
+        .unwrap();
+    let wall = Instant::now();
+    d.ok(&["pause", b]);
+    assert_eq!(d.state(b), "paused");
+    let paused_log = d.ok(&["logs", b]).len();
+    let out = console(&d, b, "echo during-pause\n", Duration::from_secs(3));
+    assert!(!out.contains("during-pause\r\nduring-pause"), "{out}");
+    assert_eq!(
+        d.ok(&["logs", b]).len(),
+        paused_log,
+        "console output while paused"
+    );
+    let r = d.v(&["pause", b]);
+    assert_eq!(r.status, VIREO_ERROR);
+    assert!(r.stderr.contains("paused"), "{}", r.stderr);
+    d.ok(&["resume", b]);
+    let t_after: f64 = guest_line(&d, b, "cut -d' ' -f1 /proc/uptime")
+        .parse()
+        .unwrap();
+    let wall = wall.elapsed().as_secs_f64();
+    assert!(
+        t_after - t_before < wall - 2.0,
+        "the guest clock ran while paused: {t_before} -> {t_after} over {wall:.1} s of wall time"
+    );
+    // The line typed while paused reached the shell once it ran again.
+    assert!(d.ok(&["logs", b]).contains("during-pause"));
+
+    // Graceful stop: the guest powers off itself.
+    d.ok(&["stop", a, "--timeout", "60"]);
+    d.wait_state(a, "defined", Duration::from_secs(60));
+    let ia = d.inspect(a);
+    assert_eq!(ia["last_exit"]["reason"], "poweroff", "{ia}");
+    // Forced.
+    d.ok(&["kill", c]);
+    d.wait_state(c, "defined", Duration::from_secs(20));
+    assert_eq!(d.inspect(c)["last_exit"]["reason"], "killed");
+
+    // rm refuses a running VM without --force.
+    let r = d.v(&["rm", b]);
+    assert_eq!(r.status, VIREO_ERROR, "{}", r.stderr);
+    assert!(r.stderr.contains("running"), "{}", r.stderr);
+    d.ok(&["rm", "--force", b]);
+    d.ok(&["rm", a]);
+    let r = d.v(&["inspect", a]);
+    assert_eq!(r.status, VIREO_ERROR);
+    assert!(r.stderr.contains(a.as_str()), "{}", r.stderr);
+    let events = d.ok(&["events", "--json"]);
+    assert!(
+        events.contains("guest_ready") && events.contains("paused"),
+        "{events}"
+    );
+}
+
+#[test]
+fn vms_outlive_a_killed_daemon_and_a_killed_vmm_is_crashed() {
+    require_image();
+    let mut d = Daemon::new("restart");
+    let (x, y) = (d.name("x"), d.name("y"));
+    for n in [&x, &y] {
+        d.ok(&["create", n, "--image", IMAGE, "--memory", "256M"]);
+        d.ok(&["start", n, "--wait-ready"]);
+    }
+    let pid_x = d.inspect(&x)["pid"].as_i64().unwrap();
+    d.kill9();
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    assert_eq!(
+        unsafe { libc::kill(pid_x as i32, 0) },
+        0,
+        "the VMM died with the daemon"
+    );
+    d.start(&[]);
+    assert_eq!(d.state(&x), "running");
+    assert_eq!(d.state(&y), "running");
+    // Still controllable.
+    d.ok(&["pause", &x]);
+    d.ok(&["resume", &x]);
+    assert_eq!(guest_line(&d, &x, "echo $((20+3))"), "23");
+    // A VMM killed behind the daemon's back is crashed, with an event.
+    let pid_y = d.inspect(&y)["pid"].as_i64().unwrap();
+    // SAFETY: kill(2) on the VMM's pid; no memory involved.
+    unsafe { libc::kill(pid_y as i32, libc::SIGKILL) };
+    d.wait_state(&y, "crashed", Duration::from_secs(20));
+    let ev = d.ok(&["events", "--json"]);
+    assert!(
+        ev.lines()
+            .any(|l| l.contains(y.as_str()) && l.contains("crash")),
+        "{ev}"
+    );
+    d.ok(&["kill", &x]);
+    d.wait_state(&x, "defined", Duration::from_secs(20));
+}
+
+#[test]
+fn refusals_name_the_thing() {
+    let d = Daemon::new("bad");
+    let n = d.name("r");
+    let r = d.v(&["create", "bad/name", "--image", IMAGE]);
+    assert_eq!(r.status, VIREO_ERROR);
+    assert!(r.stderr.contains("bad/name"), "{}", r.stderr);
+    let r = d.v(&["create", &n, "--kernel", "/nonexistent/vmlinuz"]);
+    assert_eq!(r.status, VIREO_ERROR);
+    assert!(r.stderr.contains("/nonexistent/vmlinuz"), "{}", r.stderr);
+    let r = d.v(&["start", "nosuchvm"]);
+    assert_eq!(r.status, VIREO_ERROR);
+    assert!(r.stderr.contains("nosuchvm"), "{}", r.stderr);
+    // More vCPUs than the host may give (4 per host CPU by default).
+    let cpus = std::thread::available_parallelism().unwrap().get() * 4 + 1;
+    let cpus = cpus.min(32).to_string();
+    d.ok(&["create", &n, "--image", IMAGE, "--cpus", &cpus]);
+    let r = d.v(&["start", &n]);
+    assert_eq!(r.status, VIREO_ERROR, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("vCPU") || r.stderr.contains("cpu"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(d.state(&n), "defined");
+    // A second daemon on the same state directory refuses.
+    let out = vireo()
+        .arg("daemon")
+        .arg("--state-dir")
+        .arg(d.dir.join("state"))
+        .arg("--socket")
+        .arg(d.dir.join("other.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(VIREO_ERROR));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another vireo daemon"), "{err}");
+}
