@@ -638,6 +638,23 @@ impl Daemon {
                     Some(msg),
                 )
             }
+            // A bug in vireo (a panic) or a failure of the VMM while the guest ran (an
+            // emulator fault) ends this VM only, and it is crashed, not shut off.
+            Some(e) if matches!(e.reason.as_str(), "error" | "panic") => {
+                let msg = format!("the VMM failed ({}): {}", e.reason, e.message);
+                (
+                    VmState::Crashed,
+                    "crashed",
+                    msg,
+                    ExitInfo {
+                        reason: e.reason,
+                        status: Some(e.status),
+                        message: e.message,
+                        at: t,
+                    },
+                    None,
+                )
+            }
             Some(e) => {
                 let mut d = format!("{} (status {})", e.reason, e.status);
                 if !e.message.is_empty() {

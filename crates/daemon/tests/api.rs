@@ -585,6 +585,22 @@ fn vmm_killed_by_a_signal_is_crashed() {
 }
 
 #[test]
+fn a_vmm_panic_while_running_is_crashed_with_its_message() {
+    let mut env = Env::new("panic");
+    env.start(&[]);
+    let c = env.client();
+    env.create(&c, "p", "fake.panic_after=300");
+    c.call("POST", "/vms/p/start", None).unwrap();
+    wait_until("p to be crashed", 10, || state(&c, "p") == "crashed");
+    let v = c.call("GET", "/vms/p", None).unwrap();
+    assert!(v["detail"].as_str().unwrap().contains("fake panic"), "{v}");
+    assert_eq!(v["last_exit"]["reason"], "panic", "{v}");
+    assert!(events(&c, "p")
+        .iter()
+        .any(|(k, d)| k == "crashed" && d.contains("fake panic")));
+}
+
+#[test]
 fn shutdown_timeout_ends_killed() {
     let mut env = Env::new("timeout");
     env.start(&[]);

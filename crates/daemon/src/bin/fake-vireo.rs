@@ -6,7 +6,8 @@
 //!   watch, exit.json) without booting anything. Words in the spec's `cmdline` steer it:
 //!   `fake.fail_start` (exit.json reason "error" before the sockets exist), `fake.no_ready`
 //!   (never reports guest_ready), `fake.ignore_shutdown` (the guest ignores power-off, so a
-//!   shutdown ends as "killed" at its timeout), `fake.poweroff_after=MS`.
+//!   shutdown ends as "killed" at its timeout), `fake.poweroff_after=MS`, `fake.panic_after=MS`
+//!   (a bug in the VMM while the guest runs).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -221,6 +222,20 @@ fn vmm(name: String, dir: PathBuf) -> ExitCode {
     {
         std::thread::sleep(Duration::from_millis(ms));
         exit("poweroff", 0, "", 0);
+    }
+    if let Some(ms) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("fake.panic_after="))
+        .and_then(|m| m.parse().ok())
+    {
+        // As the real VMM's panic hook: the message in exit.json, status 101.
+        std::thread::sleep(Duration::from_millis(ms));
+        exit(
+            "panic",
+            101,
+            "internal error (a bug in vireo): fake panic",
+            101,
+        );
     }
     loop {
         std::thread::sleep(Duration::from_secs(3600));
