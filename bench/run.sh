@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds vireo and the bench harnesses optimised, then runs one.
-# Usage: bench/run.sh [boot|io|kvm] [RUNS]   (default: boot)
+# Usage: bench/run.sh [boot|io|kvm|loop] [RUNS]   (default: boot; loop: [VMS] [AT_ONCE])
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p vireo -p vireo-bench
@@ -8,6 +8,7 @@ case "${1:-boot}" in
   boot) shift || true; exec target/release/emu_boot "$@" ;;
   io) shift; exec target/release/io "$@" ;;
   kvm) shift; exec target/release/kvm_start "$@" ;;
+  loop) shift; exec target/release/daemon_loop "$@" ;;
   [0-9]*) exec target/release/emu_boot "$@" ;;
-  *) echo "usage: bench/run.sh [boot|io|kvm] [RUNS]" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh [boot|io|kvm|loop] [RUNS]" >&2; exit 2 ;;
 esac
