@@ -169,6 +169,8 @@ fn main() {
                 Ok(t) => times.push(t.as_secs_f64()),
                 Err(e) => {
                     eprintln!("daemon_loop: FAIL: {e}");
+                    // The daemon and its files go before the exit.
+                    drop(d);
                     std::process::exit(1);
                 }
             }
@@ -221,15 +223,8 @@ fn main() {
     }
     for ctl in ["memory", "cpu", "cpu,cpuacct", "unified", ""] {
         let p = Path::new("/sys/fs/cgroup").join(ctl).join(&d.parent);
-        let children: Vec<_> = std::fs::read_dir(&p)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.path())
-            .collect();
-        if !children.is_empty() {
-            failures.push(format!("cgroups left: {children:?}"));
+        if p.exists() {
+            failures.push(format!("cgroup left: {}", p.display()));
         }
     }
     // A leak grows with every VM; one in flight per concurrent VM is not one.
@@ -244,6 +239,7 @@ fn main() {
         for f in &failures {
             eprintln!("daemon_loop: FAIL: {f}");
         }
+        drop(d);
         std::process::exit(1);
     }
 }

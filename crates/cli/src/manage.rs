@@ -1,5 +1,5 @@
 //! `vireo daemon` and the verbs that manage VMs through it: create, start, ls, inspect, pause,
-//! resume, stop, kill, restart, rm, logs, console, events, stats. Each verb is one request to
+//! resume, stop, kill, restart, rm, logs, console, events, stats, exec. Each verb is one request to
 //! the daemon's REST API (crates/daemon/src/api.rs) over its Unix socket (`--socket`,
 //! `VIREO_SOCKET`, or the default); when no daemon answers, one is started in the background
 //! (`VIREO_NO_AUTOSTART` turns that off). Every failure prints one line naming the thing and
@@ -96,10 +96,27 @@ pub enum ManageCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run a command in a running interactive VM (vireo's /init): its stdin, stdout and stderr
+    /// are this command's, and vireo exits with its status.
+    Exec {
+        name: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
 }
 
 /// Runs one verb; the exit status.
 pub fn dispatch(cmd: ManageCmd, socket: Option<PathBuf>) -> u8 {
+    if let ManageCmd::Exec { name, command } = &cmd {
+        return match connect(socket).and_then(|c| exec(&c, name, command)) {
+            Ok(status) => status,
+            Err(Failure(m)) => {
+                eprintln!("vireo: {m}");
+                VIREO_ERROR
+            }
+        };
+    }
     match run(cmd, socket) {
         Ok(()) => 0,
         Err(Failure(m)) => {
@@ -121,7 +138,7 @@ fn run(cmd: ManageCmd, socket: Option<PathBuf>) -> Result<(), Failure> {
         c.call(method, &path, body.as_ref()).map_err(fail)
     };
     match cmd {
-        ManageCmd::Daemon(_) => Ok(()),
+        ManageCmd::Daemon(_) | ManageCmd::Exec { .. } => Ok(()),
         ManageCmd::Create { name, run } => {
             let spec = absolute_paths(crate::run::build_spec(&run)?)?;
             let spec = serde_json::to_value(&spec).map_err(fail)?;
@@ -491,6 +508,109 @@ fn console(c: &Client, name: &str) -> Result<(), Failure> {
         End::Closed => eprintln!("\r\nvireo: {name}'s console closed (the VM stopped)"),
     }
     Ok(())
+}
+
+/// Frame kinds of an exec stream (the VMM's side documents them: crates/vmm/src/server.rs).
+const EXEC_STDIN: u8 = 0;
+const EXEC_STDIN_END: u8 = 1;
+const EXEC_SIGNAL: u8 = 2;
+const EXEC_STDOUT: u8 = 1;
+const EXEC_STDERR: u8 = 2;
+const EXEC_EXIT: u8 = 3;
+const EXEC_ERROR: u8 = 4;
+
+fn write_frame(w: &mut impl Write, kind: u8, data: &[u8]) -> std::io::Result<()> {
+    let mut head = [0u8; 5];
+    head[0] = kind;
+    head[1..].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    w.write_all(&head)?;
+    w.write_all(data)
+}
+
+/// `vireo exec NAME -- CMD`: the command's streams are ours; SIGINT, SIGTERM and SIGHUP go to
+/// it; its status is ours.
+fn exec(c: &Client, name: &str, command: &[String]) -> Result<u8, Failure> {
+    let (sock, early) = c.exec(name, command).map_err(fail)?;
+    let mut writer = sock
+        .try_clone()
+        .map_err(|e| fail(format!("exec in {name}: {e}")))?;
+    let mut signals_writer = sock
+        .try_clone()
+        .map_err(|e| fail(format!("exec in {name}: {e}")))?;
+    // Signals to vireo are the command's.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| fail(format!("cannot handle signals: {e}")))?;
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if write_frame(&mut signals_writer, EXEC_SIGNAL, &[sig as u8]).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 32 << 10];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if write_frame(&mut writer, EXEC_STDIN, &buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = write_frame(&mut writer, EXEC_STDIN_END, &[]);
+    });
+    let mut reader = std::io::Read::chain(&early[..], sock);
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    loop {
+        let mut head = [0u8; 5];
+        if reader.read_exact(&mut head).is_err() {
+            return Err(fail(format!(
+                "exec in {name}: the VM's VMM hung up before the command ended"
+            )));
+        }
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len > 1 << 20 {
+            return Err(fail(format!("exec in {name}: a frame of {len} bytes")));
+        }
+        let mut data = vec![0u8; len];
+        reader
+            .read_exact(&mut data)
+            .map_err(|e| fail(format!("exec in {name}: {e}")))?;
+        match head[0] {
+            EXEC_STDOUT => {
+                if stdout
+                    .write_all(&data)
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
+                    // Our stdout is closed: as a pipe's writer would, the command ends.
+                    return Ok(crate::stdio::PIPE_STATUS);
+                }
+            }
+            EXEC_STDERR => {
+                let _ = stderr.write_all(&data);
+            }
+            EXEC_EXIT if data.len() == 4 => {
+                let status = i32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+                return Ok(status.clamp(0, 255) as u8);
+            }
+            EXEC_ERROR => {
+                return Err(fail(format!(
+                    "exec in {name}: {}",
+                    String::from_utf8_lossy(&data)
+                )))
+            }
+            k => return Err(fail(format!("exec in {name}: unknown frame kind {k}"))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -470,3 +470,98 @@ fn refusals_name_the_thing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another vireo daemon"), "{err}");
 }
+
+/// `vireo exec` with stdin from `input`: (status, stdout, stderr).
+fn exec(d: &Daemon, name: &str, cmd: &[&str], input: Option<Vec<u8>>) -> RawRun {
+    let mut c = vireo();
+    c.env("VIREO_SOCKET", d.socket())
+        .env("VIREO_NO_AUTOSTART", "1")
+        .args(["exec", name, "--"])
+        .args(cmd);
+    run_raw(c, input)
+}
+
+#[test]
+fn exec_runs_commands_with_their_streams_and_status() {
+    require_image();
+    let d = Daemon::new("exec");
+    let n = d.name("e");
+    d.ok(&["create", &n, "--image", IMAGE, "--memory", "256M"]);
+    d.ok(&["start", &n, "--wait-ready"]);
+    let r = exec(&d, &n, &["cat"], Some(b"hello exec\n".to_vec()));
+    assert_eq!(r.status, 0, "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(r.stdout, b"hello exec\n");
+    // Streams apart, the status the command's; arguments pass as they are.
+    let r = exec(
+        &d,
+        &n,
+        &[
+            "sh",
+            "-c",
+            "echo \"$1\"; echo err >&2; exit 7",
+            "sh",
+            "it's a 'quoted' $arg",
+        ],
+        None,
+    );
+    assert_eq!(r.status, 7);
+    assert_eq!(r.stdout, b"it's a 'quoted' $arg\n");
+    assert_eq!(r.stderr, b"err\n");
+    // Binary-safe and complete, both ways, one exec after another on the same ports.
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let r = exec(&d, &n, &["cat"], Some(data.clone()));
+    assert_eq!(r.status, 0, "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        r.stdout == data,
+        "{} bytes back of {}",
+        r.stdout.len(),
+        data.len()
+    );
+    let r = exec(&d, &n, &["sh", "-c", "exit 127"], None);
+    assert_eq!(r.status, 127);
+    // SIGINT to vireo reaches the command.
+    let mut child = vireo()
+        .env("VIREO_SOCKET", d.socket())
+        .env("VIREO_NO_AUTOSTART", "1")
+        .args(["exec", &n, "--", "sleep", "100"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: kill(2) on our own child; no memory involved.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "SIGINT did not end the command"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130), "{status}");
+    // The VM is still there and takes the next one.
+    let r = exec(&d, &n, &["echo", "after"], None);
+    assert_eq!(r.stdout, b"after\n");
+    // Refusals name the reason.
+    d.ok(&["pause", &n]);
+    let r = exec(&d, &n, &["true"], None);
+    assert_eq!(r.status, VIREO_ERROR);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("paused"));
+    d.ok(&["resume", &n]);
+    d.ok(&["kill", &n]);
+    d.wait_state(&n, "defined", Duration::from_secs(20));
+    let r = exec(&d, &n, &["true"], None);
+    assert_eq!(r.status, VIREO_ERROR);
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("defined"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}

@@ -12,7 +12,8 @@
 //!   30), `/kill`, `/restart`: each answers the VM after the change.
 //! - `GET /vms/{name}/logs?follow=true` (console.log as text/plain), `/stats` (the VMM's
 //!   stats), `/console` (an HTTP Upgrade to the VMM's console stream: the client's first line
-//!   is `rw` or `ro`, unless `?mode=` gave it).
+//!   is `rw` or `ro`, unless `?mode=` gave it); `POST /vms/{name}/exec?command=JSON` (an HTTP
+//!   Upgrade to a framed stream: the command's stdin, stdout, stderr and exit status).
 //! - `GET /events?since=ID&vm=NAME&follow=true` (a JSON array, or with follow JSON lines as they
 //!   happen), `GET /metrics` (Prometheus text), `GET /host`, `GET /openapi.json`.
 //!
@@ -329,6 +330,14 @@ pub struct ConsoleQuery {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+pub struct ExecQuery {
+    /// The command and its arguments, as a JSON array of strings (URL-encoded), e.g.
+    /// `["uname","-m"]`.
+    pub command: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only events with a larger id. With follow and no since, only new events.
     pub since: Option<i64>,
@@ -610,6 +619,58 @@ async fn vm_console(
     Ok(resp)
 }
 
+#[utoipa::path(post, path = "/vms/{name}/exec", tag = "vms",
+    params(("name" = String, Path, description = NAME), ExecQuery),
+    responses((status = 101, description = "Upgraded (`Upgrade: vireo-exec`): the command runs in the guest (an interactive VM with vireo's /init), one at a time. Frames both ways: a kind byte, a 4-byte little-endian length, the payload. Client: 0 stdin, 1 end of stdin, 2 a signal (one byte). Daemon: 1 stdout, 2 stderr, then 3 the exit status (i32 LE) or 4 an error (UTF-8) as the last frame."),
+              (status = 400, description = "No Upgrade header, or the command is not a non-empty JSON array of strings.", body = ErrorBody),
+              (status = 404, description = "No such VM.", body = ErrorBody),
+              (status = 409, description = "No VMM runs, the VM is not running, its guest has no command channel or is not up, or another exec runs.", body = ErrorBody)))]
+async fn vm_exec(
+    State(d): State<AppState>,
+    VmName(name): VmName,
+    Q(q): Q<ExecQuery>,
+    mut req: Request,
+) -> ApiResult<Response> {
+    let command: Vec<String> = match serde_json::from_str(&q.command) {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("command: expected a JSON array of strings ({e})"),
+            ))
+        }
+    };
+    if command.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "command: expected at least the program to run",
+        ));
+    }
+    if !req.headers().contains_key(header::UPGRADE) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "exec is a framed byte stream: send an HTTP Upgrade (Connection: upgrade, Upgrade: vireo-exec)",
+        ));
+    }
+    // The VMM is asked first, so that a refusal is an HTTP error and not a dead stream.
+    let mut vmm = d.exec_connection(&name, &command).await?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(up) = upgrade.await else { return };
+        let mut client = hyper_util::rt::TokioIo::new(up);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut vmm).await;
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("vireo-exec"));
+    Ok(resp)
+}
+
 #[utoipa::path(get, path = "/events", tag = "events", params(EventsQuery),
     responses((status = 200, description = "Past events (a JSON array), or with follow a stream of JSON lines (application/x-ndjson), one event each.", body = [Event])))]
 async fn events(State(d): State<AppState>, Q(q): Q<EventsQuery>) -> ApiResult<Response> {
@@ -733,6 +794,7 @@ async fn openapi() -> Response {
         vm_logs,
         vm_stats,
         vm_console,
+        vm_exec,
         events,
         metrics_text,
         host,
@@ -786,6 +848,7 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         r(Method::GET, "/vms/{name}/logs", vm_logs),
         r(Method::GET, "/vms/{name}/stats", vm_stats),
         r(Method::GET, "/vms/{name}/console", vm_console),
+        r(Method::POST, "/vms/{name}/exec", vm_exec),
         r(Method::GET, "/events", events),
         r(Method::GET, "/metrics", metrics_text),
         r(Method::GET, "/host", host),

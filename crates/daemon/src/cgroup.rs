@@ -35,7 +35,11 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
 }
 
 fn mkdir(path: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", path.display()))
+    // A VM stopping at the same time may remove the (empty) parent between its creation and
+    // the child's: once more then.
+    std::fs::create_dir_all(path)
+        .or_else(|_| std::fs::create_dir_all(path))
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))
 }
 
 impl Hierarchy {
@@ -154,6 +158,11 @@ impl Cgroup {
     pub fn remove(&self) {
         for d in &self.dirs {
             let _ = std::fs::remove_dir(d);
+            // The daemon's parent group goes with its last VM (rmdir refuses a group that
+            // still has children, another daemon's included), so nothing is left behind.
+            if let Some(parent) = d.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
         }
     }
 

@@ -166,7 +166,7 @@ impl Client {
         path: &str,
         content_type: Option<&str>,
         body: Bytes,
-        upgrade: bool,
+        upgrade: Option<&str>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let stream = UnixStream::connect(socket)
             .await
@@ -187,10 +187,10 @@ impl Client {
         if let Some(ct) = content_type {
             req = req.header(hyper::header::CONTENT_TYPE, ct);
         }
-        if upgrade {
+        if let Some(protocol) = upgrade {
             req = req
                 .header(hyper::header::CONNECTION, "upgrade")
-                .header(hyper::header::UPGRADE, "vireo-console");
+                .header(hyper::header::UPGRADE, protocol);
         }
         let req = req.body(Full::new(body)).map_err(proto)?;
         sender.send_request(req).await.map_err(proto)
@@ -207,7 +207,7 @@ impl Client {
         let method = Method::from_bytes(method.as_bytes()).map_err(proto)?;
         let body = body.into();
         self.rt.block_on(async {
-            let resp = Self::send(&self.socket, method, path, content_type, body, false).await?;
+            let resp = Self::send(&self.socket, method, path, content_type, body, None).await?;
             let status = resp.status();
             let content_type = resp
                 .headers()
@@ -253,7 +253,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         self.rt.block_on(async {
             let resp =
-                Self::send(&self.socket, Method::GET, path, None, Bytes::new(), false).await?;
+                Self::send(&self.socket, Method::GET, path, None, Bytes::new(), None).await?;
             let status = resp.status();
             let mut body = resp.into_body();
             if !status.is_success() {
@@ -284,9 +284,36 @@ impl Client {
         mode: &str,
     ) -> Result<(std::os::unix::net::UnixStream, Bytes), ClientError> {
         let path = format!("/vms/{name}/console?mode={mode}");
+        self.upgrade(Method::GET, &path, "vireo-console")
+    }
+
+    /// Upgrades `POST /vms/{name}/exec` to the framed stream of `command` run in the guest.
+    pub fn exec(
+        &self,
+        name: &str,
+        command: &[String],
+    ) -> Result<(std::os::unix::net::UnixStream, Bytes), ClientError> {
+        let json = serde_json::to_string(command).map_err(proto)?;
+        let path = format!("/vms/{name}/exec?command={}", percent_encode(&json));
+        self.upgrade(Method::POST, &path, "vireo-exec")
+    }
+
+    fn upgrade(
+        &self,
+        method: Method,
+        path: &str,
+        protocol: &str,
+    ) -> Result<(std::os::unix::net::UnixStream, Bytes), ClientError> {
         self.rt.block_on(async {
-            let resp =
-                Self::send(&self.socket, Method::GET, &path, None, Bytes::new(), true).await?;
+            let resp = Self::send(
+                &self.socket,
+                method,
+                path,
+                None,
+                Bytes::new(),
+                Some(protocol),
+            )
+            .await?;
             let status = resp.status();
             if status != StatusCode::SWITCHING_PROTOCOLS {
                 let b = resp.into_body().collect().await.map_err(proto)?.to_bytes();
@@ -295,9 +322,7 @@ impl Client {
                     content_type: String::new(),
                     body: b,
                 })?;
-                return Err(proto(format!(
-                    "the console answered {status}, not an upgrade"
-                )));
+                return Err(proto(format!("{path} answered {status}, not an upgrade")));
             }
             let up = hyper::upgrade::on(resp).await.map_err(proto)?;
             let parts = up
@@ -308,6 +333,19 @@ impl Client {
             Ok((stream, parts.read_buf))
         })
     }
+}
+
+/// `s` as a URL query value: unreserved characters as they are, every other byte %XX.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn check(a: &Answer) -> Result<(), ClientError> {

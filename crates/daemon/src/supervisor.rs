@@ -859,6 +859,32 @@ impl Daemon {
         Ok((dir.join("console.log.1"), dir.join("console.log")))
     }
 
+    /// A control connection of a running VM's VMM on which `exec` of `command` was accepted:
+    /// from here on it carries the exec's frames (see `vireo_vmm::server`).
+    pub async fn exec_connection(
+        &self,
+        name: &str,
+        command: &[String],
+    ) -> Result<tokio::io::BufReader<tokio::net::UnixStream>> {
+        let rec = self.record(name)?;
+        let dir = match self.live(name) {
+            Some(l) if rec.state.is_active() => l.dir.clone(),
+            _ => {
+                return Err(Error::Conflict(format!(
+                    "cannot exec in VM '{name}': it is {}",
+                    rec.state
+                )))
+            }
+        };
+        match vmm::exchange(&dir, &json!({"op": "exec", "command": command})).await {
+            Ok((_, conn)) => Ok(conn),
+            Err(vmm::VmmError::Refused { code, message }) if code == "conflict" => {
+                Err(Error::Conflict(format!("VM '{name}': {message}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The console socket of a running VM.
     pub fn console_socket(&self, name: &str) -> Result<PathBuf> {
         let rec = self.record(name)?;

@@ -100,7 +100,7 @@ fn answer(line: &str) -> Result<Value, VmmError> {
     }
 }
 
-async fn exchange(dir: &Path, req: &Value) -> Result<(Value, BufReader<UnixStream>), VmmError> {
+pub async fn exchange(dir: &Path, req: &Value) -> Result<(Value, BufReader<UnixStream>), VmmError> {
     let mut s = connect(dir).await?;
     let mut line = req.to_string();
     line.push('\n');

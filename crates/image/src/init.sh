@@ -12,8 +12,10 @@
 #   line. If the ports do not appear, it prints why on the console and reports 125.
 # - Without /vireo/cmd it runs an interactive shell on the console, after printing the start
 #   marker ESC ] v i r e o ; r u n BEL, and reports that shell's exit status.
-# - vireo.ctl carries lines from the host: `poweroff` (sync and power off now). /init writes
-#   `started` on it just before it runs the command.
+# - vireo.ctl carries lines from the host: `poweroff` (sync and power off now), and in an
+#   interactive guest `exec SCRIPT` (run a command on the three streams ports, for
+#   `vireo exec`; SCRIPT is octal-escaped) and `signal N` (to that command). /init writes
+#   `started` on it just before it runs the command, and `exited STATUS` after an exec.
 # - poweroff, halt and reboot are vireo's own (below): they sync, then power off or reset the
 #   machine, so the host sees the request; `-f` skips nothing that matters here.
 # Nothing else is printed unless the command line has `vireo.debug`, so the CLI can pass
@@ -141,11 +143,30 @@ find_ports() {
 	return 1
 }
 
+# Runs one `vireo exec` command: $1 is its shell text with every byte as a \NNN octal escape
+# (printf turns it back, and no byte can break the line protocol). The command gets the
+# streams ports, in a session of its own so that a signal reaches all of it; its status goes
+# back as `exited STATUS` on vireo.ctl.
+vireo_exec() {
+	printf "$1" >/run/vireo-exec.sh
+	setsid sh /run/vireo-exec.sh <"$CIN" >"$COUT" 2>"$CERR" 4>&- &
+	echo $! >/run/vireo-exec.pid
+	wait $!
+	status=$?
+	rm -f /run/vireo-exec.pid
+	echo "exited $status" >&4
+}
+
 # Serves the host's requests on fd 4 (vireo.ctl), in the background.
 ctl_loop() {
-	while read -r verb <&4; do
+	while read -r verb arg <&4; do
 		case "$verb" in
 		poweroff) vireo_exit 0 ;;
+		exec) vireo_exec "$arg" & ;;
+		signal)
+			pid=$(cat /run/vireo-exec.pid 2>/dev/null)
+			[ -n "$pid" ] && kill -"$arg" -- -"$pid" 2>/dev/null
+			;;
 		esac
 	done
 }

@@ -192,6 +192,13 @@ struct Shared {
     guest_ready: AtomicBool,
     /// The running boot's control and command channel's ctl port.
     vm: Mutex<Option<(VmControl, Option<vireo_virtio::serial::SerialPort>)>>,
+    /// The running boot's command channel (interactive guests with vireo's /init).
+    channel: Mutex<Option<crate::channel::Channel>>,
+    /// The definition runs its own command on the channel's ports: no `exec`.
+    command_vm: bool,
+    /// The `exec` in progress, if any.
+    exec: Mutex<Option<Exec>>,
+    exec_cv: Condvar,
     devices: Mutex<Vec<crate::DeviceHandle>>,
     /// Stopped by `kill`, or by a shutdown that ran out of time.
     forced: AtomicBool,
@@ -215,6 +222,26 @@ struct ConsoleState {
     log: Option<File>,
     log_len: u64,
     log_path: PathBuf,
+    marker: MarkerScan,
+}
+
+/// Finds vireo's /init start marker in console output that arrives in chunks, where the
+/// marker may straddle two of them.
+#[derive(Default)]
+struct MarkerScan {
+    /// The end of the last chunk, where a marker may have begun.
+    tail: Vec<u8>,
+}
+
+impl MarkerScan {
+    fn feed(&mut self, chunk: &[u8]) -> bool {
+        let marker = vireo_image::START_MARKER;
+        let mut seen = std::mem::take(&mut self.tail);
+        seen.extend_from_slice(chunk);
+        let keep = seen.len().saturating_sub(marker.len() - 1);
+        self.tail = seen[keep..].to_vec();
+        find(&seen, marker)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -269,6 +296,10 @@ impl Server {
             state: Mutex::new(State::Starting),
             guest_ready: AtomicBool::new(false),
             vm: Mutex::new(None),
+            channel: Mutex::new(None),
+            command_vm: !spec.command.is_empty(),
+            exec: Mutex::new(None),
+            exec_cv: Condvar::new(),
             devices: Mutex::new(Vec::new()),
             forced: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -282,6 +313,7 @@ impl Server {
                 log: Some(log),
                 log_len,
                 log_path,
+                marker: MarkerScan::default(),
             }),
             sink: Mutex::new(None),
             writer_taken: AtomicBool::new(false),
@@ -404,9 +436,11 @@ impl Server {
             }
         };
         *lock(&self.shared.vm) = None;
+        *lock(&self.shared.channel) = None;
         let (m, cv) = &self.shared.ended;
         *lock(m) = true;
         cv.notify_all();
+        self.shared.exec_cv.notify_all();
         // Watchers hear EOF when their threads see the end.
         lock(&self.shared.watchers).clear();
         record
@@ -441,6 +475,7 @@ impl Server {
         *lock(&self.shared.panic) = None;
         self.shared.boot.fetch_add(1, Ordering::AcqRel);
         *lock(&self.shared.vm) = Some((vm.control(), channel.as_ref().map(|c| c.ctl.clone())));
+        *lock(&self.shared.channel) = channel.clone();
         // A stop asked for between boots applies to this one.
         if self.shared.stopping.load(Ordering::Acquire) {
             vm.control().stop(GuestExit::PowerOff);
@@ -511,28 +546,43 @@ impl CtlReader {
         use vireo_virtio::serial::ReadOutcome;
         let mut threads = Vec::new();
         let ctl = ch.ctl.clone();
-        threads.push(std::thread::spawn(move || {
-            let mut line = Vec::new();
-            let mut buf = [0u8; 256];
-            while let ReadOutcome::Data(n) = ctl.read(&mut buf, None) {
-                for &b in &buf[..n] {
-                    if b == b'\n' {
-                        if line == b"started" {
-                            guest_ready(&shared);
+        {
+            let shared = shared.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut line = Vec::new();
+                let mut buf = [0u8; 256];
+                while let ReadOutcome::Data(n) = ctl.read(&mut buf, None) {
+                    for &b in &buf[..n] {
+                        if b == b'\n' {
+                            ctl_line(&shared, &String::from_utf8_lossy(&line));
+                            line.clear();
+                        } else if line.len() < 64 {
+                            line.push(b);
                         }
-                        line.clear();
-                    } else if line.len() < 64 {
-                        line.push(b);
                     }
                 }
-            }
-        }));
-        for port in [ch.stdout.clone(), ch.stderr.clone()] {
+            }));
+        }
+        for (kind, port) in [
+            (FRAME_STDOUT, ch.stdout.clone()),
+            (FRAME_STDERR, ch.stderr.clone()),
+        ] {
             let mut out = out.clone();
+            let shared = shared.clone();
             threads.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 while let ReadOutcome::Data(n) = port.read(&mut buf, None) {
-                    let _ = out.write_all(&buf[..n]);
+                    // An exec's output goes to its client (waiting while the client is slow,
+                    // as a pipe does); otherwise to the console stream.
+                    let to_exec = lock(&shared.exec).as_ref().map(|e| e.frames.clone());
+                    match to_exec {
+                        Some(tx) => {
+                            let _ = tx.send((kind, buf[..n].to_vec()));
+                        }
+                        None => {
+                            let _ = out.write_all(&buf[..n]);
+                        }
+                    }
                 }
             }));
         }
@@ -549,6 +599,19 @@ impl Drop for CtlReader {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// A line from /init on `vireo.ctl`.
+fn ctl_line(shared: &Shared, line: &str) {
+    if line == "started" {
+        guest_ready(shared);
+    } else if let Some(status) = line.strip_prefix("exited ") {
+        let status = status.trim().parse().unwrap_or(255);
+        if let Some(e) = lock(&shared.exec).as_mut() {
+            e.status = Some(status);
+        }
+        shared.exec_cv.notify_all();
     }
 }
 
@@ -578,7 +641,8 @@ fn drain_console(out: &ConsoleOutput, shared: &Shared) -> bool {
     if chunk.is_empty() {
         return false;
     }
-    if find(&chunk, vireo_image::START_MARKER) {
+    let marker_seen = lock(&shared.console).marker.feed(&chunk);
+    if marker_seen {
         guest_ready(shared);
     }
     // Panics are found in whole lines; a line split across chunks is rare enough that the
@@ -709,6 +773,8 @@ fn serve_console(conn: UnixStream, shared: Arc<Shared>) {
 struct Request {
     op: String,
     timeout_secs: Option<u64>,
+    /// For `exec`: the command and its arguments.
+    command: Option<Vec<String>>,
 }
 
 fn serve_control(conn: UnixStream, shared: Arc<Shared>) {
@@ -733,6 +799,13 @@ fn serve_control(conn: UnixStream, shared: Arc<Shared>) {
                 watch(&mut out, &shared);
                 return;
             }
+            Ok(r) if r.op == "exec" => match exec_start(&r, &shared) {
+                Ok(start) => {
+                    exec(out, reader.into_inner(), start, &shared);
+                    return;
+                }
+                Err(e) => e,
+            },
             Ok(r) => handle(&r, &shared),
         };
         if writeln!(out, "{answer}").is_err() {
@@ -825,7 +898,7 @@ fn handle(r: &Request, shared: &Arc<Shared>) -> Value {
         "stats" => json!({"ok": true, "stats": stats(shared, state, control.map(|c| c.0))}),
         other => err(
             "bad_request",
-            &format!("unknown op '{other}' (expected hello, state, pause, resume, shutdown, kill, stats or watch)"),
+            &format!("unknown op '{other}' (expected hello, state, pause, resume, shutdown, kill, stats, watch or exec)"),
         ),
     }
 }
@@ -915,5 +988,253 @@ fn watch(out: &mut UnixStream, shared: &Arc<Shared>) {
         if writeln!(out, "{line}").is_err() {
             return;
         }
+    }
+}
+
+/// Frame kinds on an `exec` connection (see [`exec`]).
+const FRAME_STDIN: u8 = 0;
+const FRAME_STDIN_END: u8 = 1;
+const FRAME_SIGNAL: u8 = 2;
+const FRAME_STDOUT: u8 = 1;
+const FRAME_STDERR: u8 = 2;
+const FRAME_EXIT: u8 = 3;
+const FRAME_ERROR: u8 = 4;
+/// Largest frame payload either side sends.
+const FRAME_MAX: usize = 1 << 20;
+
+/// One command run by `exec`: where its output goes, and its status once /init reports it.
+struct Exec {
+    frames: SyncSender<(u8, Vec<u8>)>,
+    status: Option<i32>,
+}
+
+/// An `exec` that may start: the channel it runs on and the line that asks /init to run it.
+struct ExecStart {
+    ch: crate::channel::Channel,
+    line: String,
+}
+
+/// Checks that an `exec` can run now and claims the channel for it; the error answer if not.
+fn exec_start(r: &Request, shared: &Shared) -> Result<ExecStart, Value> {
+    let command = r.command.as_deref().unwrap_or_default();
+    if command.is_empty() {
+        return Err(err(
+            "bad_request",
+            "exec needs a command (\"command\": [\"prog\", ...])",
+        ));
+    }
+    let state = *lock(&shared.state);
+    if state != State::Running {
+        return Err(err(
+            "conflict",
+            &format!("cannot exec in a VM that is {}", state.name()),
+        ));
+    }
+    if shared.command_vm {
+        return Err(err(
+            "conflict",
+            "this VM runs its own command on the command channel; exec works in interactive VMs",
+        ));
+    }
+    let Some(ch) = lock(&shared.channel).clone() else {
+        return Err(err(
+            "conflict",
+            "the guest has no command channel (exec needs vireo's /init: an --image without --initrd)",
+        ));
+    };
+    if !shared.guest_ready.load(Ordering::Acquire) {
+        return Err(err("conflict", "the guest's /init is not up yet"));
+    }
+    // The line /init reads: every byte of the shell command as an octal escape, which its
+    // printf turns back into the script, so no byte can break the line protocol.
+    let script = vireo_image::shell_quote(command);
+    let mut line = String::with_capacity(6 + 4 * script.len());
+    line.push_str("exec ");
+    for b in script.bytes() {
+        line.push_str(&format!("\\{b:03o}"));
+    }
+    line.push('\n');
+    let mut e = lock(&shared.exec);
+    if e.is_some() {
+        return Err(err("conflict", "another exec is running in this VM"));
+    }
+    // Output arriving before `exec` takes over goes nowhere (the receiver is dropped).
+    let (frames, _) = sync_channel(1);
+    *e = Some(Exec {
+        frames,
+        status: None,
+    });
+    Ok(ExecStart { ch, line })
+}
+
+fn write_frame(w: &mut impl Write, kind: u8, data: &[u8]) -> std::io::Result<()> {
+    let mut head = [0u8; 5];
+    head[0] = kind;
+    head[1..].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    w.write_all(&head)?;
+    w.write_all(data)
+}
+
+/// Reads one frame; `None` at end of stream or on a malformed frame.
+fn read_frame(r: &mut impl Read) -> Option<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head).ok()?;
+    let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > FRAME_MAX {
+        return None;
+    }
+    let mut data = vec![0u8; len];
+    r.read_exact(&mut data).ok()?;
+    Some((head[0], data))
+}
+
+/// Serves one `exec` on its control connection, after the `{"ok": true}` answer. Framing, both
+/// directions: one byte kind, a 4-byte little-endian length, the payload. The client sends
+/// stdin (0), end of stdin (1) and signals (2, one byte: the number); the VMM sends stdout (1),
+/// stderr (2), then the exit status (3, i32 LE) as the last frame, or an error (4, UTF-8)
+/// instead. A client that goes away hangs the command up (SIGHUP).
+///
+/// In the guest, /init's control loop runs `exec SCRIPT` lines (see init.sh) with the command's
+/// streams on vireo.stdin/stdout/stderr, and answers `exited STATUS` on vireo.ctl.
+fn exec(
+    mut out: UnixStream,
+    mut input: BufReader<UnixStream>,
+    start: ExecStart,
+    shared: &Arc<Shared>,
+) {
+    let ExecStart { ch, line } = start;
+    let (tx, rx) = sync_channel::<(u8, Vec<u8>)>(64);
+    if let Some(e) = lock(&shared.exec).as_mut() {
+        e.frames = tx;
+    }
+    let finish = |shared: &Shared| {
+        *lock(&shared.exec) = None;
+        ch.stdin.close_input();
+    };
+    if writeln!(out, "{}", json!({"ok": true})).is_err() {
+        finish(shared);
+        return;
+    }
+    ch.stdin.open_input();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    if ch.ctl.write_all(line.as_bytes(), Some(deadline)) < line.len() {
+        let _ = write_frame(
+            &mut out,
+            FRAME_ERROR,
+            b"the guest's /init did not take the command",
+        );
+        finish(shared);
+        return;
+    }
+    // The client's frames: stdin, its end, signals. Its end of stream hangs the command up.
+    let gone = Arc::new(AtomicBool::new(false));
+    {
+        let (stdin, ctl, gone) = (ch.stdin.clone(), ch.ctl.clone(), gone.clone());
+        std::thread::spawn(move || {
+            loop {
+                match read_frame(&mut input) {
+                    Some((FRAME_STDIN, data)) => {
+                        stdin.write_all(&data, None);
+                    }
+                    Some((FRAME_STDIN_END, _)) => stdin.close_input(),
+                    Some((FRAME_SIGNAL, data)) => {
+                        if let Some(&n) = data.first().filter(|&&n| (1..=64).contains(&n)) {
+                            ctl.write(format!("signal {n}\n").as_bytes());
+                        }
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            gone.store(true, Ordering::Release);
+            stdin.close_input();
+        });
+    }
+    let mut hung_up = false;
+    let status = loop {
+        // Output first: the status is sent only once the command's streams are drained.
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok((kind, data)) => {
+                if write_frame(&mut out, kind, &data).is_err() {
+                    gone.store(true, Ordering::Release);
+                }
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if gone.load(Ordering::Acquire) && !hung_up {
+            hung_up = true;
+            ch.ctl
+                .write(format!("signal {}\n", libc::SIGHUP).as_bytes());
+        }
+        if *lock(&shared.ended.0) || lock(&shared.channel).is_none() {
+            break None;
+        }
+        let st = lock(&shared.exec).as_ref().and_then(|e| e.status);
+        if let Some(st) = st {
+            // The command has exited; its output may still be on its way through the
+            // ports. It is all in once the guest closed them and nothing waits.
+            let t0 = Instant::now();
+            while (ch.stdout.guest_connected()
+                || ch.stderr.guest_connected()
+                || ch.stdout.output_waiting()
+                || ch.stderr.output_waiting())
+                && t0.elapsed() < Duration::from_secs(2)
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // The pump threads hand over what they hold before the exec is cleared.
+            std::thread::sleep(Duration::from_millis(20));
+            while let Ok((kind, data)) = rx.try_recv() {
+                let _ = write_frame(&mut out, kind, &data);
+            }
+            break Some(st);
+        }
+    };
+    finish(shared);
+    let _ = match status {
+        Some(st) => write_frame(&mut out, FRAME_EXIT, &st.to_le_bytes()),
+        None => write_frame(
+            &mut out,
+            FRAME_ERROR,
+            b"the VM stopped before the command finished",
+        ),
+    };
+    let _ = out.shutdown(std::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_marker_is_found_across_chunks() {
+        let m = vireo_image::START_MARKER;
+        for split in 0..=m.len() {
+            let mut scan = MarkerScan::default();
+            let mut first = b"boot log ".to_vec();
+            first.extend_from_slice(&m[..split]);
+            let mut second = m[split..].to_vec();
+            second.extend_from_slice(b"\r\n# ");
+            let seen = scan.feed(&first) | scan.feed(&second);
+            assert!(seen, "split at {split}");
+        }
+        let mut scan = MarkerScan::default();
+        assert!(!scan.feed(b"no marker here") && !scan.feed(&m[..m.len() - 1]));
+    }
+
+    #[test]
+    fn frames_round_trip_and_oversized_ones_are_refused() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FRAME_STDOUT, b"abc").unwrap();
+        write_frame(&mut buf, FRAME_EXIT, &7i32.to_le_bytes()).unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_frame(&mut r), Some((FRAME_STDOUT, b"abc".to_vec())));
+        assert_eq!(read_frame(&mut r), Some((FRAME_EXIT, 7i32.to_le_bytes().to_vec())));
+        assert_eq!(read_frame(&mut r), None);
+        let mut huge = vec![FRAME_STDIN];
+        huge.extend_from_slice(&((FRAME_MAX as u32) + 1).to_le_bytes());
+        assert_eq!(read_frame(&mut &huge[..]), None);
     }
 }

@@ -113,9 +113,11 @@ impl State {
             self.deliver_input(p);
             self.take_output(p);
             let port = &mut self.ports[p];
-            if port.ready && port.host_open_sent && !port.host_open() {
-                port.host_open_sent = false;
-                let msg = control_message(p as u32, event::PORT_OPEN, 0, &[]);
+            if port.ready && port.host_open_sent != port.host_open() {
+                // The end of input, or its reopening (a new stream on the same port).
+                port.host_open_sent = port.host_open();
+                let value = u16::from(port.host_open_sent);
+                let msg = control_message(p as u32, event::PORT_OPEN, value, &[]);
                 self.queue_control(msg);
             }
         }
@@ -312,6 +314,17 @@ impl SerialPort {
     pub fn close_input(&self) {
         let mut st = self.shared.lock();
         st.ports[self.index].input_closed = true;
+        st.pump();
+        drop(st);
+        self.shared.changed.notify_all();
+    }
+
+    /// Opens the host's input again after [`close_input`](Self::close_input): the driver is
+    /// told the host end is connected, and a guest program opening the port reads a new
+    /// stream (as a pipe reopened). Used for one command after another on the same port.
+    pub fn open_input(&self) {
+        let mut st = self.shared.lock();
+        st.ports[self.index].input_closed = false;
         st.pump();
         drop(st);
         self.shared.changed.notify_all();

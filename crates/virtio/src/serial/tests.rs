@@ -192,6 +192,26 @@ fn input_waits_for_the_guest_to_open_then_ends_with_eof() {
 }
 
 #[test]
+fn a_closed_input_can_be_opened_again_for_the_next_stream() {
+    let mem = memory();
+    let mut rig = Rig::new(&mem, &["in"]);
+    rig.bring_up(1);
+    rig.send(0, event::PORT_OPEN, 1);
+    let port = rig.dev.port("in").unwrap();
+    port.close_input();
+    assert_eq!(rig.received(), vec![(0, event::PORT_OPEN, 0, vec![])]);
+    assert_eq!(port.write(b"x"), 0, "closed input takes nothing");
+    port.open_input();
+    assert_eq!(rig.received(), vec![(0, event::PORT_OPEN, 1, vec![])]);
+    let buf = rig.post_rx(0, 64);
+    assert_eq!(port.write(b"again"), 5);
+    assert_eq!(rig.queues[0].used(), vec![(0, 5)]);
+    let mut got = [0u8; 5];
+    mem.read_slice(&mut got, GuestAddress(buf)).unwrap();
+    assert_eq!(&got, b"again");
+}
+
+#[test]
 fn input_closed_before_ready_is_never_opened() {
     let mem = memory();
     let mut rig = Rig::new(&mem, &["in"]);
