@@ -143,29 +143,15 @@ find_ports() {
 	return 1
 }
 
-# Runs one `vireo exec` command: $1 is its shell text with every byte as a \NNN octal escape
-# (printf turns it back, and no byte can break the line protocol). The command gets the
-# streams ports, in a session of its own so that a signal reaches all of it; its status goes
-# back as `exited STATUS` on vireo.ctl.
-vireo_exec() {
-	printf "$1" >/run/vireo-exec.sh
-	setsid sh /run/vireo-exec.sh <"$CIN" >"$COUT" 2>"$CERR" 4>&- &
-	echo $! >/run/vireo-exec.pid
-	wait $!
-	status=$?
-	rm -f /run/vireo-exec.pid
-	echo "exited $status" >&4
-}
-
 # Serves the host's requests on fd 4 (vireo.ctl), in the background.
 ctl_loop() {
 	while read -r verb arg <&4; do
 		case "$verb" in
 		poweroff) vireo_exit 0 ;;
-		exec) vireo_exec "$arg" & ;;
+		exec) [ -p /run/vireo-exec.fifo ] && echo "$arg" >/run/vireo-exec.fifo & ;;
 		signal)
 			pid=$(cat /run/vireo-exec.pid 2>/dev/null)
-			[ -n "$pid" ] && kill -"$arg" -- -"$pid" 2>/dev/null
+			[ -n "$pid" ] && kill -"$arg" -"$pid" 2>/dev/null
 			;;
 		esac
 	done
@@ -206,10 +192,43 @@ if [ -f /vireo/cmd ]; then
 	vireo_exit $?
 fi
 
-# Interactive: the host may still ask for a power-off.
+# Interactive: the host may still ask for a power-off, and run commands (`vireo exec`).
+# Those run from /run/vireo-exec-runner, which busybox init starts: a child of this script's
+# background loop would inherit SIGINT and SIGQUIT ignored (a non-interactive shell's `&`
+# does that, and nothing below can undo it), so Ctrl-C could not reach the command. The
+# runner takes one script at a time from a FIFO (each byte of the shell command as a \NNN
+# octal escape, which printf turns back, so no byte can break the line protocol), runs it on
+# the streams ports in a session of its own so that a signal reaches all of it (and what it
+# leaves running ends with it: a port has one opener at a time, and a leftover holding the
+# streams would fail the next exec), and reports `exited STATUS` through a second FIFO that
+# a relay copies to vireo.ctl.
+EXEC_RUNNER=
 if find_ports; then
 	exec 4<>"$CCTL"
 	ctl_loop &
+	mkfifo /run/vireo-exec.fifo /run/vireo-status.fifo
+	(while :; do cat /run/vireo-status.fifo; done >&4 2>/dev/null) &
+	cat >/run/vireo-exec-runner <<-EOF
+		#!/bin/sh
+		exec </dev/null >/dev/null 2>&1
+		while :; do
+			read -r script </run/vireo-exec.fifo || continue
+			printf "\$script" >/run/vireo-exec.sh
+			setsid sh -c 'echo \$\$ >/run/vireo-exec.pid; exec sh /run/vireo-exec.sh' \\
+				<"$CIN" >"$COUT" 2>"$CERR"
+			status=\$?
+			pid=\$(cat /run/vireo-exec.pid)
+			rm -f /run/vireo-exec.pid
+			if kill -0 -"\$pid" 2>/dev/null; then
+				kill -HUP -"\$pid" 2>/dev/null
+				sleep 1
+				kill -KILL -"\$pid" 2>/dev/null
+			fi
+			echo "exited \$status" >/run/vireo-status.fifo
+		done
+	EOF
+	chmod 755 /run/vireo-exec-runner
+	EXEC_RUNNER='::respawn:/run/vireo-exec-runner\n'
 fi
 
 export PS1='\u@\h:\w\$ '
@@ -229,5 +248,5 @@ chmod 755 /run/vireo-session
 # session, it becomes the shell's controlling terminal, so Ctrl-C and job control work.
 set -- $(cat /sys/class/tty/console/active 2>/dev/null)
 eval "CONSOLE_TTY=\${$#}"
-printf '%s::once:/run/vireo-session\n::shutdown:/bin/sync\n' "$CONSOLE_TTY" >/etc/inittab
+printf "%s::once:/run/vireo-session\n${EXEC_RUNNER}::shutdown:/bin/sync\n" "$CONSOLE_TTY" >/etc/inittab
 exec /bin/busybox init

@@ -1231,7 +1231,10 @@ mod tests {
         write_frame(&mut buf, FRAME_EXIT, &7i32.to_le_bytes()).unwrap();
         let mut r = &buf[..];
         assert_eq!(read_frame(&mut r), Some((FRAME_STDOUT, b"abc".to_vec())));
-        assert_eq!(read_frame(&mut r), Some((FRAME_EXIT, 7i32.to_le_bytes().to_vec())));
+        assert_eq!(
+            read_frame(&mut r),
+            Some((FRAME_EXIT, 7i32.to_le_bytes().to_vec()))
+        );
         assert_eq!(read_frame(&mut r), None);
         let mut huge = vec![FRAME_STDIN];
         huge.extend_from_slice(&((FRAME_MAX as u32) + 1).to_le_bytes());
