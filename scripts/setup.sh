@@ -31,6 +31,10 @@ fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
+# schemathesis tests the daemon's API against its OpenAPI document (scripts/api-check.sh).
+if ! command -v st >/dev/null 2>&1; then
+  python3 -m pip install -q --user schemathesis || python3 -m pip install -q schemathesis
+fi
 
 cargo build --release -p vireo
 ./target/release/vireo image pull debian-riscv64

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, and the whole test suite (unit tests, the emulator's
-# ISA tests, and end-to-end boots of the pulled Debian image). Needs scripts/setup.sh once.
+# ISA tests, end-to-end boots of the pulled Debian image, the daemon with real VMMs), the API
+# against its OpenAPI document, and short fuzz runs. Needs scripts/setup.sh once.
 #
 # A test never passes without having run. What this host cannot run is left out by name and
 # listed, with the reason, at the end:
@@ -48,6 +49,10 @@ else
     cargo test --workspace 2>&1 | tee "$log"
     left_out=""
 fi
+
+# The daemon's API against its OpenAPI document (schemathesis): no 5xx, no undocumented
+# answer or status, no schema-violating request accepted.
+scripts/api-check.sh 30
 
 # A short run of every fuzz target (seconds each) from its seeds: a parser that crashes on
 # them, or within a few thousand mutations, fails the suite. scripts/fuzz.sh runs them long.

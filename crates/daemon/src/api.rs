@@ -194,7 +194,13 @@ pub struct OptBody<T>(pub T);
 impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, _: &S) -> ApiResult<Self> {
-        Ok(OptBody(read_json(req).await?.unwrap_or_default()))
+        // No body and a JSON `null` both mean the defaults.
+        Ok(OptBody(
+            read_json::<Option<T>>(req)
+                .await?
+                .flatten()
+                .unwrap_or_default(),
+        ))
     }
 }
 
@@ -239,6 +245,11 @@ fn json<T: Serialize>(status: StatusCode, v: T) -> Response {
 #[serde(deny_unknown_fields)]
 pub struct CreateVm {
     /// 1–63 characters: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+    )]
     pub name: String,
     /// The definition; all paths absolute.
     #[schema(value_type = SpecDoc)]
@@ -251,6 +262,7 @@ pub struct CreateVm {
 #[allow(dead_code)]
 pub struct SpecDoc {
     /// auto, kvm or emu.
+    #[schema(pattern = "^(auto|kvm|emu)$")]
     accel: Option<String>,
     /// A pulled image's name.
     image: Option<String>,
@@ -258,6 +270,7 @@ pub struct SpecDoc {
     initrd: Option<String>,
     cmdline: Option<String>,
     firmware: Option<String>,
+    #[schema(minimum = 1, maximum = 32)]
     cpus: Option<u32>,
     /// `512M`, `1G`, or a number of MiB.
     #[schema(value_type = Option<String>)]
@@ -273,8 +286,10 @@ pub struct SpecDoc {
     /// `cid=N,uds=PATH`.
     vsock: Option<String>,
     /// serial or virtio.
+    #[schema(pattern = "^(serial|virtio)$")]
     console: Option<String>,
     /// auto, mmio or pci.
+    #[schema(pattern = "^(auto|mmio|pci)$")]
     virtio_transport: Option<String>,
     cpu: Option<String>,
     /// restart or exit.
@@ -289,11 +304,24 @@ pub struct StartBody {
     pub wait_ready: bool,
 }
 
+/// The seconds a stop gives the guest: `timeout_secs`, default 30, at most a day.
+fn grace(b: &StopBody) -> ApiResult<u64> {
+    match b.timeout_secs.unwrap_or(30) {
+        t @ 0..=86400 => Ok(t),
+        t => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("timeout_secs: {t} is more than 86400 (a day)"),
+        )),
+    }
+}
+
 /// `POST /vms/{name}/stop` and `/restart`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StopBody {
     /// Seconds the guest has to power off before it is stopped by force (default 30).
+    #[schema(minimum = 0, maximum = 86400)]
     pub timeout_secs: Option<u64>,
 }
 
@@ -346,7 +374,8 @@ pub struct EventsQuery {
     /// Stream events as JSON lines as they happen.
     #[serde(default)]
     pub follow: bool,
-    /// At most this many past events (the newest; default 1000).
+    /// At most this many past events (the newest; default 1000, at most 100000 are sent).
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     pub limit: Option<u32>,
 }
 
@@ -462,10 +491,7 @@ async fn stop_vm(
     VmName(name): VmName,
     OptBody(b): OptBody<StopBody>,
 ) -> ApiResult<Response> {
-    Ok(json(
-        StatusCode::OK,
-        d.stop(&name, b.timeout_secs.unwrap_or(30)).await?,
-    ))
+    Ok(json(StatusCode::OK, d.stop(&name, grace(&b)?).await?))
 }
 
 #[utoipa::path(post, path = "/vms/{name}/kill", tag = "lifecycle", params(("name" = String, Path, description = NAME)),
@@ -487,10 +513,7 @@ async fn restart_vm(
     VmName(name): VmName,
     OptBody(b): OptBody<StopBody>,
 ) -> ApiResult<Response> {
-    Ok(json(
-        StatusCode::OK,
-        d.restart(&name, b.timeout_secs.unwrap_or(30)).await?,
-    ))
+    Ok(json(StatusCode::OK, d.restart(&name, grace(&b)?).await?))
 }
 
 /// A response body fed from a channel.
@@ -813,9 +836,60 @@ async fn openapi() -> Response {
         HostInfo,
         Usage,
         StatsReport
-    ))
+    )),
+    modifiers(&CommonErrors)
 )]
 pub struct ApiDoc;
+
+/// The answers every route may give besides its own, so that the document names every
+/// status the daemon sends: 400 for a query that does not parse, 401 on TCP without the token,
+/// and for a route with a body 413 (over 1 MiB), 415 (not JSON) and 422 (unknown fields,
+/// wrong types or values).
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let err = |desc: &str| {
+            ResponseBuilder::new()
+                .description(desc)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let has_body = op.request_body.is_some();
+                let r = &mut op.responses.responses;
+                let mut add = |code: &str, desc: &str| {
+                    r.entry(code.to_string())
+                        .or_insert_with(|| err(desc).into());
+                };
+                add("400", "A malformed query or body.");
+                add("401", "On TCP: no or a wrong bearer token.");
+                if has_body {
+                    add("413", "Body over 1 MiB.");
+                    add("415", "A body that is not application/json.");
+                    add(
+                        "422",
+                        "Unknown fields, wrong types, or values the definition cannot have.",
+                    );
+                }
+            }
+        }
+    }
+}
 
 /// The document as it is checked in: pretty JSON with a final newline.
 pub fn openapi_text() -> String {
