@@ -347,6 +347,8 @@ fn three_vms_console_pause_stop_kill_metrics() {
     let wall = Instant::now();
     d.ok(&["pause", b]);
     assert_eq!(d.state(b), "paused");
+    // What the guest wrote just before the pause is still being copied out (every 5 ms).
+    std::thread::sleep(Duration::from_millis(200));
     let paused_log = d.ok(&["logs", b]).len();
     let out = console(&d, b, "echo during-pause\n", Duration::from_secs(3));
     assert!(!out.contains("during-pause\r\nduring-pause"), "{out}");
@@ -445,6 +447,27 @@ fn refusals_name_the_thing() {
     let r = d.v(&["start", "nosuchvm"]);
     assert_eq!(r.status, VIREO_ERROR);
     assert!(r.stderr.contains("nosuchvm"), "{}", r.stderr);
+    // A definition that passes create but that the VMM cannot run: the VMM's own message
+    // reaches the client, and the VM is defined again.
+    let disk_dir = d.dir.join("not-a-disk");
+    std::fs::create_dir_all(&disk_dir).unwrap();
+    let f = d.name("f");
+    d.ok(&[
+        "create",
+        &f,
+        "--image",
+        IMAGE,
+        "--disk",
+        disk_dir.to_str().unwrap(),
+    ]);
+    let r = d.v(&["start", &f]);
+    assert_eq!(r.status, VIREO_ERROR, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("not-a-disk"),
+        "the VMM's message names the disk: {}",
+        r.stderr
+    );
+    assert_eq!(d.state(&f), "defined");
     // More vCPUs than the host may give (4 per host CPU by default).
     let cpus = std::thread::available_parallelism().unwrap().get() * 4 + 1;
     let cpus = cpus.min(32).to_string();
