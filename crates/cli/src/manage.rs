@@ -13,6 +13,12 @@ use serde_json::{json, Value};
 use vireo_daemon::client::{Autostart, Client};
 use vireo_spec::{MemSize, VmSpec};
 
+use vireo_vmm::server::{
+    read_frame, write_frame, FRAME_ERROR as EXEC_ERROR, FRAME_EXIT as EXEC_EXIT,
+    FRAME_SIGNAL as EXEC_SIGNAL, FRAME_STDERR as EXEC_STDERR, FRAME_STDIN as EXEC_STDIN,
+    FRAME_STDIN_END as EXEC_STDIN_END, FRAME_STDOUT as EXEC_STDOUT,
+};
+
 use crate::run::{fail, Failure, VIREO_ERROR};
 use crate::RunArgs;
 
@@ -510,23 +516,6 @@ fn console(c: &Client, name: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Frame kinds of an exec stream (the VMM's side documents them: crates/vmm/src/server.rs).
-const EXEC_STDIN: u8 = 0;
-const EXEC_STDIN_END: u8 = 1;
-const EXEC_SIGNAL: u8 = 2;
-const EXEC_STDOUT: u8 = 1;
-const EXEC_STDERR: u8 = 2;
-const EXEC_EXIT: u8 = 3;
-const EXEC_ERROR: u8 = 4;
-
-fn write_frame(w: &mut impl Write, kind: u8, data: &[u8]) -> std::io::Result<()> {
-    let mut head = [0u8; 5];
-    head[0] = kind;
-    head[1..].copy_from_slice(&(data.len() as u32).to_le_bytes());
-    w.write_all(&head)?;
-    w.write_all(data)
-}
-
 /// `vireo exec NAME -- CMD`: the command's streams are ours; SIGINT, SIGTERM and SIGHUP go to
 /// it; its status is ours.
 fn exec(c: &Client, name: &str, command: &[String]) -> Result<u8, Failure> {
@@ -570,21 +559,12 @@ fn exec(c: &Client, name: &str, command: &[String]) -> Result<u8, Failure> {
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     loop {
-        let mut head = [0u8; 5];
-        if reader.read_exact(&mut head).is_err() {
+        let Some((kind, data)) = read_frame(&mut reader) else {
             return Err(fail(format!(
                 "exec in {name}: the VM's VMM hung up before the command ended"
             )));
-        }
-        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        if len > 1 << 20 {
-            return Err(fail(format!("exec in {name}: a frame of {len} bytes")));
-        }
-        let mut data = vec![0u8; len];
-        reader
-            .read_exact(&mut data)
-            .map_err(|e| fail(format!("exec in {name}: {e}")))?;
-        match head[0] {
+        };
+        match kind {
             EXEC_STDOUT => {
                 if stdout
                     .write_all(&data)

@@ -176,17 +176,22 @@ impl Drop for Daemon {
     }
 }
 
-/// Sends `input` to a VM's console (`vireo console`, piped stdin), returns what it printed.
-fn console(d: &Daemon, name: &str, input: &str, wait: Duration) -> String {
-    let mut child = vireo()
+/// `vireo console NAME` with piped stdin and stdout.
+fn console_client(d: &Daemon, name: &str) -> Child {
+    vireo()
         .env("VIREO_SOCKET", d.socket())
         .env("VIREO_NO_AUTOSTART", "1")
         .args(["console", name])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Sends `input` to a VM's console (`vireo console`, piped stdin), returns what it printed.
+fn console(d: &Daemon, name: &str, input: &str, wait: Duration) -> String {
+    let mut child = console_client(d, name);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input.as_bytes()).unwrap();
     std::thread::sleep(wait);
@@ -205,15 +210,7 @@ fn guest_line(d: &Daemon, name: &str, cmd: &str) -> String {
     static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let marker = format!("M{}x{n}", std::process::id());
-    let mut child = vireo()
-        .env("VIREO_SOCKET", d.socket())
-        .env("VIREO_NO_AUTOSTART", "1")
-        .args(["console", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = console_client(d, name);
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();

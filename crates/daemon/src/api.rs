@@ -613,33 +613,48 @@ async fn vm_console(
             ))
         }
     };
-    if !req.headers().contains_key(header::UPGRADE) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "the console is a byte stream: send an HTTP Upgrade (Connection: upgrade, Upgrade: vireo-console)",
-        ));
-    }
+    need_upgrade(&req, "the console", "vireo-console")?;
     let mut vmm = tokio::net::UnixStream::connect(&sock)
         .await
         .map_err(|e| ApiError::from(Error::Vmm(format!("cannot reach {}: {e}", sock.display()))))?;
-    let upgrade = hyper::upgrade::on(&mut req);
+    if let Some(m) = mode {
+        vmm.write_all(m.as_bytes())
+            .await
+            .map_err(|e| ApiError::from(Error::Vmm(format!("console of {name}: {e}"))))?;
+    }
+    Ok(splice_upgrade(&mut req, vmm, "vireo-console"))
+}
+
+/// A 400 unless `req` asks for an HTTP Upgrade (to `protocol`).
+fn need_upgrade(req: &Request, what: &str, protocol: &'static str) -> ApiResult<()> {
+    if req.headers().contains_key(header::UPGRADE) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        format!("{what} is a byte stream: send an HTTP Upgrade (Connection: upgrade, Upgrade: {protocol})"),
+    ))
+}
+
+/// Answers 101 Switching Protocols and, once the client's connection is handed over, copies
+/// bytes both ways between it and the VMM's socket until either side closes.
+fn splice_upgrade<S>(req: &mut Request, mut vmm: S, protocol: &'static str) -> Response
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(up) = upgrade.await else { return };
         let mut client = hyper_util::rt::TokioIo::new(up);
-        if let Some(m) = mode {
-            if vmm.write_all(m.as_bytes()).await.is_err() {
-                return;
-            }
-        }
         let _ = tokio::io::copy_bidirectional(&mut client, &mut vmm).await;
     });
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("vireo-console"));
-    Ok(resp)
+    h.insert(header::UPGRADE, HeaderValue::from_static(protocol));
+    resp
 }
 
 #[utoipa::path(post, path = "/vms/{name}/exec", tag = "vms",
@@ -671,27 +686,10 @@ async fn vm_exec(
             "command: expected at least the program to run",
         ));
     }
-    if !req.headers().contains_key(header::UPGRADE) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "exec is a framed byte stream: send an HTTP Upgrade (Connection: upgrade, Upgrade: vireo-exec)",
-        ));
-    }
+    need_upgrade(&req, "exec", "vireo-exec")?;
     // The VMM is asked first, so that a refusal is an HTTP error and not a dead stream.
-    let mut vmm = d.exec_connection(&name, &command).await?;
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let Ok(up) = upgrade.await else { return };
-        let mut client = hyper_util::rt::TokioIo::new(up);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut vmm).await;
-    });
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("vireo-exec"));
-    Ok(resp)
+    let vmm = d.exec_connection(&name, &command).await?;
+    Ok(splice_upgrade(&mut req, vmm, "vireo-exec"))
 }
 
 #[utoipa::path(get, path = "/events", tag = "events", params(EventsQuery),

@@ -991,16 +991,17 @@ fn watch(out: &mut UnixStream, shared: &Arc<Shared>) {
     }
 }
 
-/// Frame kinds on an `exec` connection (see [`exec`]).
-const FRAME_STDIN: u8 = 0;
-const FRAME_STDIN_END: u8 = 1;
-const FRAME_SIGNAL: u8 = 2;
-const FRAME_STDOUT: u8 = 1;
-const FRAME_STDERR: u8 = 2;
-const FRAME_EXIT: u8 = 3;
-const FRAME_ERROR: u8 = 4;
+/// Frame kinds on an `exec` connection (see [`exec`]): client to VMM.
+pub const FRAME_STDIN: u8 = 0;
+pub const FRAME_STDIN_END: u8 = 1;
+pub const FRAME_SIGNAL: u8 = 2;
+/// VMM to client.
+pub const FRAME_STDOUT: u8 = 1;
+pub const FRAME_STDERR: u8 = 2;
+pub const FRAME_EXIT: u8 = 3;
+pub const FRAME_ERROR: u8 = 4;
 /// Largest frame payload either side sends.
-const FRAME_MAX: usize = 1 << 20;
+pub const FRAME_MAX: usize = 1 << 20;
 
 /// One command run by `exec`: where its output goes, and its status once /init reports it.
 struct Exec {
@@ -1067,7 +1068,8 @@ fn exec_start(r: &Request, shared: &Shared) -> Result<ExecStart, Value> {
     Ok(ExecStart { ch, line })
 }
 
-fn write_frame(w: &mut impl Write, kind: u8, data: &[u8]) -> std::io::Result<()> {
+/// Writes one `exec` frame: kind, 4-byte little-endian length, payload.
+pub fn write_frame(w: &mut impl Write, kind: u8, data: &[u8]) -> std::io::Result<()> {
     let mut head = [0u8; 5];
     head[0] = kind;
     head[1..].copy_from_slice(&(data.len() as u32).to_le_bytes());
@@ -1075,8 +1077,8 @@ fn write_frame(w: &mut impl Write, kind: u8, data: &[u8]) -> std::io::Result<()>
     w.write_all(data)
 }
 
-/// Reads one frame; `None` at end of stream or on a malformed frame.
-fn read_frame(r: &mut impl Read) -> Option<(u8, Vec<u8>)> {
+/// Reads one frame; `None` at end of stream or on a malformed (oversized) frame.
+pub fn read_frame(r: &mut impl Read) -> Option<(u8, Vec<u8>)> {
     let mut head = [0u8; 5];
     r.read_exact(&mut head).ok()?;
     let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
