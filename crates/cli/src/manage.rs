@@ -342,15 +342,7 @@ fn abs(cwd: &Path, p: &Path) -> PathBuf {
 fn absolute_paths(mut spec: VmSpec) -> Result<VmSpec, Failure> {
     let cwd = std::env::current_dir()
         .map_err(|e| fail(format!("cannot read the current directory: {e}")))?;
-    for p in [
-        &mut spec.kernel,
-        &mut spec.initrd,
-        &mut spec.firmware,
-        &mut spec.console_log,
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for p in spec.file_paths_mut() {
         *p = abs(&cwd, p);
     }
     for d in &mut spec.disk {

@@ -322,6 +322,20 @@ impl Default for VmSpec {
 }
 
 impl VmSpec {
+    /// The keys that hold one file path each (kernel, initrd, firmware, console_log), for
+    /// resolving them against a directory. Paths inside `disk` and `vsock` entries are resolved
+    /// where the entries are parsed.
+    pub fn file_paths_mut(&mut self) -> impl Iterator<Item = &mut PathBuf> {
+        [
+            &mut self.kernel,
+            &mut self.initrd,
+            &mut self.firmware,
+            &mut self.console_log,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
     /// Whether a guest reboot boots the VM again.
     pub fn reboot_restarts(&self) -> bool {
         self.reboot == "restart"
@@ -358,15 +372,7 @@ impl VmSpec {
             e => e,
         })?;
         let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
-        for p in [
-            &mut spec.kernel,
-            &mut spec.initrd,
-            &mut spec.firmware,
-            &mut spec.console_log,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for p in spec.file_paths_mut() {
             *p = resolve_in(&dir, p);
         }
         spec.source = Some(ConfigSource {
