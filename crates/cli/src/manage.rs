@@ -172,12 +172,12 @@ fn run(cmd: ManageCmd, socket: Option<PathBuf>) -> Result<(), Failure> {
                 return Ok(());
             }
             println!(
-                "{:<24} {:<9} {:<5} {:>4} {:>7}  UPTIME",
-                "NAME", "STATE", "ACCEL", "CPUS", "MEMORY"
+                "{:<24} {:<9} {:<5} {:>4} {:>7}  {:<7} IP",
+                "NAME", "STATE", "ACCEL", "CPUS", "MEMORY", "UPTIME"
             );
             for vm in v.as_array().into_iter().flatten() {
                 println!(
-                    "{:<24} {:<9} {:<5} {:>4} {:>7}  {}",
+                    "{:<24} {:<9} {:<5} {:>4} {:>7}  {:<7} {}",
                     vm["name"].as_str().unwrap_or(""),
                     vm["state"].as_str().unwrap_or(""),
                     vm["accel"].as_str().unwrap_or(""),
@@ -187,7 +187,8 @@ fn run(cmd: ManageCmd, socket: Option<PathBuf>) -> Result<(), Failure> {
                     vm["uptime_seconds"]
                         .as_f64()
                         .map(duration)
-                        .unwrap_or_else(|| "-".into())
+                        .unwrap_or_else(|| "-".into()),
+                    vm["ip"].as_str().unwrap_or("-")
                 );
             }
             Ok(())

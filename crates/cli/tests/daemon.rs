@@ -506,8 +506,15 @@ fn exec_runs_commands_with_their_streams_and_status() {
     require_image();
     let d = Daemon::new("exec");
     let n = d.name("e");
-    d.ok(&["create", &n, "--image", IMAGE, "--memory", "256M"]);
+    d.ok(&[
+        "create", &n, "--image", IMAGE, "--memory", "256M", "--net", "user",
+    ]);
     d.ok(&["start", &n, "--wait-ready"]);
+    // The guest's address, as its /init reports it, is listed.
+    let ip = d.inspect(&n)["ip"].as_str().map(str::to_string);
+    let ip = ip.unwrap_or_else(|| panic!("no IP for a VM with a NIC: {}", d.inspect(&n)));
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{ip}");
+    assert!(d.ok(&["ls"]).contains(&ip));
     let r = exec(&d, &n, &["cat"], Some(b"hello exec\n".to_vec()));
     assert_eq!(r.status, 0, "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(r.stdout, b"hello exec\n");

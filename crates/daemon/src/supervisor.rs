@@ -93,6 +93,8 @@ pub struct VmInfo {
     pub pid: Option<u32>,
     /// vireo's /init in the guest reported that it is up.
     pub guest_ready: bool,
+    /// The guest's IPv4 address, once its /init said it (a VM with a NIC).
+    pub ip: Option<String>,
     /// The VMM's run directory (console.log, vmm.log, exit.json).
     pub run_dir: String,
     /// The cgroup limits of the running VMM, or `not enforced: <reason>`.
@@ -137,6 +139,8 @@ struct Live {
     limits: String,
     /// The accelerator the VMM chose (the spec may say auto).
     accel: Mutex<Option<String>>,
+    /// The guest's IPv4 address, once its /init said it.
+    ip: Mutex<Option<String>>,
 }
 
 impl Live {
@@ -158,6 +162,7 @@ impl Live {
             cgroup: None,
             limits: String::new(),
             accel: Mutex::new(None),
+            ip: Mutex::new(None),
         }
     }
 
@@ -293,6 +298,7 @@ impl Daemon {
             memory_bytes: rec.spec.memory.bytes(),
             pid: live.as_ref().and_then(|l| l.pid),
             guest_ready: live.as_ref().is_some_and(|l| l.status.borrow().guest_ready),
+            ip: live.as_ref().and_then(|l| lock(&l.ip).clone()),
             run_dir: self.run_dir(&rec.name).display().to_string(),
             limits: live.as_ref().map(|l| l.limits.clone()),
             last_exit: rec.last_exit.clone(),
@@ -555,6 +561,9 @@ impl Daemon {
                 if let Some(a) = s["accel"].as_str() {
                     *lock(&live.accel) = Some(a.to_string());
                 }
+                if let Some(ip) = s["ip"].as_str() {
+                    *lock(&live.ip) = Some(ip.to_string());
+                }
                 if s["guest_ready"].as_bool() == Some(true) {
                     self.guest_ready(&live);
                 }
@@ -566,6 +575,7 @@ impl Daemon {
                 match vmm::parse_watch(&line) {
                     WatchEvent::State(s) => self.apply_state(&live, &s),
                     WatchEvent::GuestReady => self.guest_ready(&live),
+                    WatchEvent::GuestIp(ip) => *lock(&live.ip) = Some(ip),
                     WatchEvent::Other => {}
                 }
             }

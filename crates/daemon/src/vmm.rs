@@ -138,6 +138,7 @@ pub async fn watch(dir: &Path) -> Result<tokio::io::Lines<BufReader<UnixStream>>
 pub enum WatchEvent {
     State(String),
     GuestReady,
+    GuestIp(String),
     Other,
 }
 
@@ -148,6 +149,10 @@ pub fn parse_watch(line: &str) -> WatchEvent {
     match v["event"].as_str() {
         Some("state") => match v["state"].as_str() {
             Some(s) => WatchEvent::State(s.into()),
+            None => WatchEvent::Other,
+        },
+        Some("guest_ip") => match v["ip"].as_str() {
+            Some(ip) => WatchEvent::GuestIp(ip.into()),
             None => WatchEvent::Other,
         },
         Some("guest_ready") => WatchEvent::GuestReady,

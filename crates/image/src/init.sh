@@ -15,7 +15,8 @@
 # - vireo.ctl carries lines from the host: `poweroff` (sync and power off now), and in an
 #   interactive guest `exec SCRIPT` (run a command on the three streams ports, for
 #   `vireo exec`; SCRIPT is octal-escaped) and `signal N` (to that command). /init writes
-#   `started` on it just before it runs the command, and `exited STATUS` after an exec.
+#   `started` on it just before it runs the command, `exited STATUS` after an exec, and
+#   `ip ADDR` once it knows its IPv4 address.
 # - poweroff, halt and reboot are vireo's own (below): they sync, then power off or reset the
 #   machine, so the host sees the request; `-f` skips nothing that matters here.
 # Nothing else is printed unless the command line has `vireo.debug`, so the CLI can pass
@@ -157,6 +158,13 @@ ctl_loop() {
 	done
 }
 
+# Tells the host the guest's IPv4 address (`ip ADDR` on vireo.ctl), when it has a NIC with one.
+tell_ip() {
+	[ -e /sys/class/net/eth0 ] || return 0
+	set -- $(ip -o -4 addr show dev eth0 2>/dev/null)
+	[ -n "$4" ] && echo "ip ${4%/*}" >&4
+}
+
 cd /root
 
 if [ -f /vireo/cmd ]; then
@@ -166,6 +174,7 @@ if [ -f /vireo/cmd ]; then
 	fi
 	exec 4<>"$CCTL"
 	ctl_loop &
+	tell_ip
 	echo started >&4
 	if [ -f /vireo/tty ]; then
 		read -r ROWS COLS TERM </vireo/tty
@@ -206,6 +215,7 @@ EXEC_RUNNER=
 if find_ports; then
 	exec 4<>"$CCTL"
 	ctl_loop &
+	tell_ip
 	mkfifo /run/vireo-exec.fifo /run/vireo-status.fifo
 	(while :; do cat /run/vireo-status.fifo; done >&4 2>/dev/null) &
 	cat >/run/vireo-exec-runner <<-EOF

@@ -30,7 +30,8 @@
 //! `conflict` (wrong state; the message names it), `bad_request`, `internal`.
 //! - `hello` → `{"protocol": 1, "name", "pid", "accel"}`
 //! - `state` → `{"state": "starting"|"running"|"paused"|"stopping", "accel": "emu"|"kvm",
-//!   "guest_ready", "started_at"}`
+//!   "guest_ready", "ip" (the guest's IPv4 address once its /init said it, else null),
+//!   "started_at"}`
 //!   (`guest_ready`: vireo's /init said it is up: `started` on `vireo.ctl`, or its console
 //!   marker for an interactive guest)
 //! - `pause`, `resume` → `{"state"}`; pausing a paused VM or resuming a running one: conflict
@@ -40,8 +41,9 @@
 //! - `stats` → `{"stats": {"accel", "state", "vcpus", "guest_ram_bytes", "vmm_rss_bytes",
 //!   "vcpu_seconds", "uptime_seconds", "console_bytes", "console_dropped_bytes",
 //!   "counters": {NAME: N}, "devices": [{"kind", "id", "counters": {NAME: N}}]}}`
-//! - `watch` → `{"ok": true}`, then `{"event": "state", "state"}` per change and
-//!   `{"event": "guest_ready"}` once, until the VMM exits (EOF: read exit.json).
+//! - `watch` → `{"ok": true}`, then `{"event": "state", "state"}` per change,
+//!   `{"event": "guest_ready"}` and `{"event": "guest_ip", "ip"}` once a boot, until the VMM
+//!   exits (EOF: read exit.json).
 //!
 //! **Console socket** (`DIR/console.sock`): the client sends `rw\n` or `ro\n`; the VMM sends
 //! the last 64 KiB of console output, then live output. An `rw` client's bytes go to the
@@ -190,6 +192,8 @@ struct Shared {
     started: Instant,
     state: Mutex<State>,
     guest_ready: AtomicBool,
+    /// The guest's IPv4 address, once its /init said it (`ip ADDR` on vireo.ctl).
+    guest_ip: Mutex<Option<String>>,
     /// The running boot's control and command channel's ctl port.
     vm: Mutex<Option<(VmControl, Option<vireo_virtio::serial::SerialPort>)>>,
     /// The running boot's command channel (interactive guests with vireo's /init).
@@ -295,6 +299,7 @@ impl Server {
             started: Instant::now(),
             state: Mutex::new(State::Starting),
             guest_ready: AtomicBool::new(false),
+            guest_ip: Mutex::new(None),
             vm: Mutex::new(None),
             channel: Mutex::new(None),
             command_vm: !spec.command.is_empty(),
@@ -428,6 +433,7 @@ impl Server {
                     tracing::info!("the guest rebooted: booting it again");
                     self.set_state(State::Starting);
                     self.shared.guest_ready.store(false, Ordering::Release);
+                    *lock(&self.shared.guest_ip) = None;
                     match self.boot() {
                         Ok(b) => vm = Some(b),
                         Err(e) => break error_record(e),
@@ -606,6 +612,12 @@ impl Drop for CtlReader {
 fn ctl_line(shared: &Shared, line: &str) {
     if line == "started" {
         guest_ready(shared);
+    } else if let Some(ip) = line.strip_prefix("ip ") {
+        // Only what parses as an address: the guest is not trusted with free text here.
+        if let Ok(ip) = ip.trim().parse::<std::net::IpAddr>() {
+            *lock(&shared.guest_ip) = Some(ip.to_string());
+            notify(shared, json!({"event": "guest_ip", "ip": ip.to_string()}));
+        }
     } else if let Some(status) = line.strip_prefix("exited ") {
         let status = status.trim().parse().unwrap_or(255);
         if let Some(e) = lock(&shared.exec).as_mut() {
@@ -828,6 +840,7 @@ fn handle(r: &Request, shared: &Arc<Shared>) -> Value {
             "state": state.name(),
             "accel": shared.accel,
             "guest_ready": shared.guest_ready.load(Ordering::Acquire),
+            "ip": lock(&shared.guest_ip).clone(),
             "started_at": shared.started_at,
         }),
         "pause" | "resume" => {
