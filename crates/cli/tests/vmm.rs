@@ -165,6 +165,8 @@ fn a_vmm_serves_state_console_pause_stats_and_a_graceful_shutdown() {
     // A command through the console, with a second writer refused.
     let mut con = UnixStream::connect(dir.path("console.sock")).unwrap();
     con.write_all(b"rw\n").unwrap();
+    // Its backlog arriving means the VMM took its mode line: the writer is this one.
+    read_until(&mut con, "BusyBox", Duration::from_secs(10));
     let mut other = UnixStream::connect(dir.path("console.sock")).unwrap();
     other.write_all(b"rw\n").unwrap();
     read_until(&mut other, "read-only", Duration::from_secs(10));
@@ -290,4 +292,35 @@ fn a_vmm_that_cannot_start_says_why() {
     assert_eq!(vmm.wait(Duration::from_secs(20)), VIREO_ERROR);
     let msg = dir.exit_record()["message"].as_str().unwrap().to_string();
     assert!(msg.contains("spec.json") && msg.contains("cpuz"), "{msg}");
+}
+
+/// The pulled image's own initramfs, as a file (given as `initrd`, it is a custom one: no
+/// command channel).
+fn image_initrd() -> PathBuf {
+    vireo_image::open(IMAGE)
+        .expect("the image is pulled")
+        .initrd
+}
+
+#[test]
+fn a_guest_without_vireos_init_is_stopped_at_once_and_told_why() {
+    require_image();
+    let initrd = image_initrd();
+    assert!(initrd.exists(), "{} is missing", initrd.display());
+    let dir = RunDir::new(
+        "noinit",
+        json!({"image": IMAGE, "initrd": initrd, "memory": "256M"}),
+    );
+    let mut vmm = Vmm::spawn(&dir);
+    wait_socket(&dir, &mut vmm);
+    let s = req(&dir, json!({"op": "shutdown", "timeout_secs": 60}));
+    assert_eq!(s["ok"], true, "{s}");
+    // At once, not after the 60 s.
+    assert_ne!(vmm.wait(Duration::from_secs(20)), 0);
+    let rec = dir.exit_record();
+    assert_eq!(rec["reason"], "killed", "{rec}");
+    assert!(
+        rec["message"].as_str().unwrap().contains("no vireo /init"),
+        "{rec}"
+    );
 }

@@ -206,6 +206,8 @@ struct Shared {
     devices: Mutex<Vec<crate::DeviceHandle>>,
     /// Stopped by `kill`, or by a shutdown that ran out of time.
     forced: AtomicBool,
+    /// Why, when it is not the plain reason.
+    forced_why: Mutex<Option<String>>,
     /// A stop was asked for: a reboot must not boot again.
     stopping: AtomicBool,
     /// Counts boots, so a shutdown timer of one boot cannot stop the next.
@@ -307,6 +309,7 @@ impl Server {
             exec_cv: Condvar::new(),
             devices: Mutex::new(Vec::new()),
             forced: AtomicBool::new(false),
+            forced_why: Mutex::new(None),
             stopping: AtomicBool::new(false),
             boot: AtomicU64::new(0),
             watchers: Mutex::new(Vec::new()),
@@ -390,7 +393,9 @@ impl Server {
                     break ExitRecord {
                         reason: "killed".into(),
                         status: 137,
-                        message: "stopped by force".into(),
+                        message: lock(&self.shared.forced_why)
+                            .clone()
+                            .unwrap_or_else(|| "stopped by force".into()),
                     }
                 }
                 Ok(e) => e,
@@ -885,13 +890,25 @@ fn handle(r: &Request, shared: &Arc<Shared>) -> Value {
                             .unwrap_or_else(|p| p.into_inner());
                         if !*g && s.boot.load(Ordering::Acquire) == boot {
                             tracing::warn!("the guest did not power off in {grace:?}: stopping it");
+                            *lock(&s.forced_why) = Some(format!(
+                                "the guest did not power off within {} s: stopped by force",
+                                grace.as_secs()
+                            ));
                             s.forced.store(true, Ordering::Release);
                             c.stop(GuestExit::PowerOff);
                         }
                     });
                 }
                 Some((c, None)) => {
-                    // Without vireo's /init there is no one to ask: stop now.
+                    // Without vireo's /init there is no one to ask (the boards have no power
+                    // button a stock kernel would pass to its userspace yet): stop now, and
+                    // say so.
+                    *lock(&shared.forced_why) = Some(
+                        "stopped at once: the guest has no vireo /init to ask to power off \
+                         (a custom initramfs or firmware), and vireo's boards have no power \
+                         button yet"
+                            .into(),
+                    );
                     shared.forced.store(true, Ordering::Release);
                     c.stop(GuestExit::PowerOff);
                 }
