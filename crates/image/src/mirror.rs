@@ -135,7 +135,7 @@ pub(crate) fn parse_deb822(text: &str) -> Vec<Source> {
                 .map(|(_, v)| v.as_str())
         };
         let types = get("Types").unwrap_or("");
-        let enabled = get("Enabled").map_or(true, |v| !v.trim().eq_ignore_ascii_case("no"));
+        let enabled = get("Enabled").is_none_or(|v| !v.trim().eq_ignore_ascii_case("no"));
         if enabled && types.split_whitespace().any(|t| t == "deb") {
             let suites: Vec<String> = get("Suites")
                 .unwrap_or("")

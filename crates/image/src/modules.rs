@@ -538,7 +538,7 @@ mod tests {
         elf.extend_from_slice(modinfo);
         let str_off = elf.len() as u64;
         elf.extend_from_slice(shstrtab);
-        while elf.len() % 8 != 0 {
+        while !elf.len().is_multiple_of(8) {
             elf.push(0);
         }
         let shoff = elf.len() as u64;

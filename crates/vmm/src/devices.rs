@@ -201,7 +201,11 @@ fn open_disks(disks: &[&DiskConfig]) -> Result<Vec<vireo_virtio::block::Block>, 
             path: d.path.clone(),
             readonly: d.readonly,
             serial: d.serial.clone(),
-            format: d.format.as_deref().map(|_| DiskFormat::Raw),
+            format: match d.format.as_deref() {
+                Some("qcow2") => Some(DiskFormat::Qcow2),
+                Some(_) => Some(DiskFormat::Raw),
+                None => None,
+            },
         };
         let block = Block::open(&cfg).map_err(|e| fail(format!("{label}: {e}")))?;
         // The path may have changed between the look and the open.
@@ -217,7 +221,7 @@ fn open_disks(disks: &[&DiskConfig]) -> Result<Vec<vireo_virtio::block::Block>, 
     Ok(opened.into_iter().map(|(.., b)| b).collect())
 }
 
-/// `PATH[,readonly][,serial=ID][,format=raw]`
+/// `PATH[,readonly][,serial=ID][,format=raw|qcow2]`
 fn disk_config(entry: &Entry, index: usize) -> Result<DiskConfig, Error> {
     let label = entry.label();
     let bad = |why: String| fail(format!("{label}: {why}"));
@@ -225,7 +229,7 @@ fn disk_config(entry: &Entry, index: usize) -> Result<DiskConfig, Error> {
     let path = parts
         .next()
         .filter(|p| !p.is_empty())
-        .ok_or_else(|| bad("expected PATH[,readonly][,serial=ID][,format=raw]".into()))?;
+        .ok_or_else(|| bad("expected PATH[,readonly][,serial=ID][,format=raw|qcow2]".into()))?;
     let mut cfg = DiskConfig {
         id: format!("disk{index}"),
         path: entry.resolve(Path::new(path)),
@@ -241,18 +245,13 @@ fn disk_config(entry: &Entry, index: usize) -> Result<DiskConfig, Error> {
             Some(("serial", id)) => {
                 return Err(bad(format!("serial '{id}' is longer than 20 bytes")))
             }
-            Some(("format", "raw")) => cfg.format = Some("raw".into()),
-            Some(("format", "qcow2")) => {
-                return Err(bad(
-                    "format=qcow2 is not supported yet; vireo uses raw images only for now, \
-                     convert it with `qemu-img convert -O raw`"
-                        .into(),
-                ))
+            Some(("format", f @ ("raw" | "qcow2"))) => cfg.format = Some(f.into()),
+            Some(("format", f)) => {
+                return Err(bad(format!("unknown format '{f}' (expected raw or qcow2)")))
             }
-            Some(("format", f)) => return Err(bad(format!("unknown format '{f}' (expected raw)"))),
             _ => {
                 return Err(bad(format!(
-                    "unknown option '{p}' (expected readonly, serial=ID or format=raw)"
+                    "unknown option '{p}' (expected readonly, serial=ID or format=raw|qcow2)"
                 )))
             }
         }

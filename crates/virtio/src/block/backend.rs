@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{self, DiskFormat, ForeignFormat};
 use super::lock::{self, Holder, LockError};
+use super::qcow2::Qcow2Image;
 
 /// Errors opening a disk image.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,14 @@ pub enum BlockError {
         path: PathBuf,
         format: ForeignFormat,
         advice: String,
+    },
+    /// The image's format says it cannot be used: encrypted, dirty or corrupt, an unsupported
+    /// feature, a bad or looping backing chain (the message says which).
+    #[error("disk image {} ({format}): {source}", path.display())]
+    Image {
+        path: PathBuf,
+        format: &'static str,
+        source: io::Error,
     },
     /// Another open file description (another vireo, a QEMU) holds a conflicting lock.
     #[error("disk image {} is in use by another process ({}); {}", path.display(), holder.describe(), in_use_advice(*holder, *readonly))]
@@ -96,6 +105,8 @@ pub(crate) struct DiskFile {
     id: FileId,
     /// Set when the image could not be locked (a file system without OFD locks).
     lock_warning: Option<String>,
+    /// The image is qcow2: I/O goes through it (its own descriptor shares `file`'s lock).
+    qcow2: Option<Qcow2Image>,
 }
 
 fn type_name(ft: std::fs::FileType) -> &'static str {
@@ -179,15 +190,21 @@ impl DiskFile {
         } else {
             meta.len()
         };
-        if format.is_none() {
-            if let Some(found) = probe(&file, size).map_err(|e| io_err("read its header", e))? {
-                return Err(BlockError::Foreign {
-                    path: path.to_path_buf(),
-                    format: found,
-                    advice: found.advice(path),
-                });
-            }
-        }
+        let qcow2 = match format {
+            Some(DiskFormat::Raw) => false,
+            Some(DiskFormat::Qcow2) => true,
+            None => match probe(&file, size).map_err(|e| io_err("read its header", e))? {
+                None => false,
+                Some(ForeignFormat::Qcow2) => true,
+                Some(found) => {
+                    return Err(BlockError::Foreign {
+                        path: path.to_path_buf(),
+                        format: found,
+                        advice: found.advice(path),
+                    })
+                }
+            },
+        };
         let lock_warning = match lock::lock(&file, readonly) {
             Ok(()) => None,
             Err(LockError::Conflict(holder)) => {
@@ -204,12 +221,25 @@ impl DiskFile {
             )),
             Err(LockError::Io(e)) => return Err(io_err("lock it", e)),
         };
+        // Opened after the lock: the chain is read only once the image is ours.
+        let qcow2 = if qcow2 {
+            Some(
+                Qcow2Image::open(&file, path, readonly).map_err(|source| BlockError::Image {
+                    path: path.to_path_buf(),
+                    format: "qcow2",
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
         Ok(DiskFile {
+            size: qcow2.as_ref().map_or(size, Qcow2Image::size),
             file,
             path: path.to_path_buf(),
-            size,
             id: FileId::of(&meta),
             lock_warning,
+            qcow2,
         })
     }
 
@@ -230,17 +260,35 @@ impl DiskFile {
         self.size
     }
 
+    /// The image's format: `raw` or `qcow2`.
+    pub(crate) fn format(&self) -> &'static str {
+        if self.qcow2.is_some() {
+            "qcow2"
+        } else {
+            "raw"
+        }
+    }
+
     pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        match &self.qcow2 {
+            Some(q) => q.read_exact_at(buf, offset),
+            None => self.file.read_exact_at(buf, offset),
+        }
     }
 
     pub(crate) fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        match &self.qcow2 {
+            Some(q) => q.write_all_at(buf, offset),
+            None => self.file.write_all_at(buf, offset),
+        }
     }
 
     /// Makes completed writes durable (data, and the metadata needed to read it back).
     pub(crate) fn sync_data(&self) -> io::Result<()> {
-        self.file.sync_data()
+        match &self.qcow2 {
+            Some(q) => q.sync(),
+            None => self.file.sync_data(),
+        }
     }
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
@@ -263,6 +311,9 @@ impl DiskFile {
     /// Deallocates `len` bytes at `offset`; they read back as zeroes. Fails with
     /// `Unsupported`-like errors (EOPNOTSUPP) where the host cannot punch holes.
     pub(crate) fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        if let Some(q) = &self.qcow2 {
+            return q.discard(offset, len, &[0u8; 4096]);
+        }
         self.fallocate(
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             offset,
@@ -273,6 +324,9 @@ impl DiskFile {
     /// Zeroes `len` bytes at `offset`, keeping them allocated where the host can; falls back to
     /// writing zeroes.
     pub(crate) fn write_zeroes(&self, offset: u64, len: u64, zeroes: &[u8]) -> io::Result<()> {
+        if let Some(q) = &self.qcow2 {
+            return q.write_zeroes(offset, len, false, zeroes);
+        }
         match self.fallocate(
             libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
             offset,
@@ -292,6 +346,9 @@ impl DiskFile {
         len: u64,
         zeroes: &[u8],
     ) -> io::Result<()> {
+        if let Some(q) = &self.qcow2 {
+            return q.write_zeroes(offset, len, true, zeroes);
+        }
         match self.punch_hole(offset, len) {
             Ok(()) => Ok(()),
             Err(e) if is_unsupported(&e) => self.write_zeroes(offset, len, zeroes),

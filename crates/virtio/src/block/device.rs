@@ -160,6 +160,11 @@ impl Block {
         &self.warnings
     }
 
+    /// The image's format: `raw` or `qcow2`.
+    pub fn format(&self) -> &'static str {
+        self.disk.format()
+    }
+
     /// Which file the image is (the same for every path that names it).
     pub fn file_id(&self) -> FileId {
         self.disk.id()

@@ -1,4 +1,5 @@
-//! Recognising disk image formats vireo cannot serve as raw disks, by their content.
+//! Recognising disk image formats by their content: qcow2 is served (`qcow2.rs`), the others
+//! vireo cannot serve are refused.
 //!
 //! A qcow2 (or VMDK, VHD, ...) file attached as a raw disk shows the guest the container's
 //! metadata as sectors; a guest that then formats or repairs "its" disk destroys the image. So
@@ -15,6 +16,8 @@ use std::path::Path;
 pub enum DiskFormat {
     /// A raw image: sector N of the disk is bytes N*512.. of the file. No probing.
     Raw,
+    /// A qcow2 image (`qcow2.rs`), with its backing chain.
+    Qcow2,
 }
 
 /// A container or encryption format recognised by its signature.
@@ -54,12 +57,12 @@ impl ForeignFormat {
                 path.display()
             );
         }
-        let mut target = path.with_extension("raw");
+        let mut target = path.with_extension("qcow2");
         if target == path {
             target = path.with_extension("img");
         }
         format!(
-            "vireo uses raw images only for now, convert it with `qemu-img convert -O raw {} {}` \
+            "vireo reads raw and qcow2 images, convert it with `qemu-img convert -O qcow2 {} {}` \
              (or add format=raw if it is a raw disk whose data only starts like a {} header)",
             path.display(),
             target.display(),
@@ -177,14 +180,14 @@ mod tests {
 
     #[test]
     fn advice_names_a_conversion_that_does_not_overwrite_the_image() {
-        let a = ForeignFormat::Qcow2.advice(Path::new("vm/x.qcow2"));
+        let a = ForeignFormat::Vmdk.advice(Path::new("vm/x.vmdk"));
         assert!(
-            a.contains("qemu-img convert -O raw vm/x.qcow2 vm/x.raw"),
+            a.contains("qemu-img convert -O qcow2 vm/x.vmdk vm/x.qcow2"),
             "{a}"
         );
         assert!(a.contains("format=raw"), "{a}");
-        let a = ForeignFormat::Vmdk.advice(Path::new("d.raw"));
-        assert!(a.contains("-O raw d.raw d.img"), "{a}");
+        let a = ForeignFormat::Vdi.advice(Path::new("d.qcow2"));
+        assert!(a.contains("-O qcow2 d.qcow2 d.img"), "{a}");
         let a = ForeignFormat::Luks.advice(Path::new("secret.img"));
         assert!(
             a.contains("--disk secret.img,format=raw") && !a.contains("convert"),

@@ -63,6 +63,7 @@ mod backend;
 mod device;
 mod format;
 mod lock;
+mod qcow2;
 #[cfg(test)]
 mod tests;
 
@@ -70,6 +71,7 @@ pub use backend::{BlockError, FileId};
 pub use device::{Block, BlockConfig};
 pub use format::{DiskFormat, ForeignFormat};
 pub use lock::Holder;
+pub use qcow2::MAX_CHAIN;
 
 /// Entries in the request queue.
 pub const QUEUE_SIZE: u16 = 256;
