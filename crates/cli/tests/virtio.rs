@@ -306,6 +306,88 @@ fn qemu_tool(tool: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kill -9` of vireo while the guest writes to a qcow2 disk, three times: `qemu-img check`
+/// finds no corruption (leaked clusters at most), and the last write the guest had synced is
+/// there, whole.
+#[test]
+fn a_qcow2_disk_survives_kill_9_in_the_middle_of_writes() {
+    require_image();
+    let dir = TempDir::new();
+    let disk = dir.join("crash.qcow2");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    qemu_tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", &s(&disk), "64M"],
+    );
+    for round in 0..3 {
+        let mut child = common::vireo()
+            .args(["run", "--image", IMAGE, "--disk", &s(&disk), "--", "sh", "-c"])
+            .arg(
+                "i=0
+                 while :; do
+                   head -c 65536 /dev/urandom > /tmp/c
+                   # fsync: a raw block device's data is flushed by fsync, not by sync(1).
+                   dd if=/tmp/c of=/dev/vda bs=65536 seek=$(( (i * 37) % 900 )) conv=notrunc,fsync 2>/dev/null
+                   echo synced $(( (i * 37) % 900 )) $(sha256sum < /tmp/c | cut -d' ' -f1)
+                   # Unsynced writes in between, which the crash may cut.
+                   dd if=/dev/urandom of=/dev/vda bs=4096 seek=$(( 15000 + i % 300 )) count=3 conv=notrunc 2>/dev/null
+                   i=$((i + 1))
+                 done",
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut last = None;
+        let t0 = Instant::now();
+        let wanted = 5 + round * 4;
+        let mut seen = 0;
+        while seen < wanted {
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "the guest did not write"
+            );
+            match lines.next() {
+                Some(Ok(l)) if l.starts_with("synced ") => {
+                    last = Some(l);
+                    seen += 1;
+                }
+                Some(Ok(_)) => {}
+                _ => panic!("vireo ended before the crash"),
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Whatever came after the last line we read was cut by the kill.
+        let out = Command::new("qemu-img")
+            .args(["check", "-f", "qcow2"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        let code = out.status.code();
+        // 0: clean; 3: leaked clusters only (an allocation the crash left unused).
+        assert!(
+            code == Some(0) || code == Some(3),
+            "round {round}: qemu-img check: {code:?}\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let last = last.unwrap();
+        let mut f = last.split_whitespace().skip(1);
+        let block: usize = f.next().unwrap().parse().unwrap();
+        let sum = f.next().unwrap().to_string();
+        let raw = dir.join("crash.raw");
+        qemu_tool("qemu-img", &["convert", "-O", "raw", &s(&disk), &s(&raw)]);
+        let bytes = std::fs::read(&raw).unwrap();
+        assert_eq!(
+            sha256(&bytes[block * 65536..(block + 1) * 65536]),
+            sum,
+            "round {round}: the last synced write (block {block}) is not there"
+        );
+    }
+}
+
 /// A guest reads and writes a qcow2 disk (named like a raw one: detection is by content) and an
 /// overlay on a qcow2 base; afterwards `qemu-img check` is clean, qemu-img reads what the guest
 /// wrote, and the base is untouched.

@@ -283,6 +283,15 @@ impl DiskFile {
         }
     }
 
+    /// After a request that changed the image: a qcow2 image's metadata caches go to the file
+    /// (crash consistency against a killed vireo; durability is [`DiskFile::sync_data`]'s).
+    pub(crate) fn write_done(&self) -> io::Result<()> {
+        match &self.qcow2 {
+            Some(q) => q.write_back(),
+            None => Ok(()),
+        }
+    }
+
     /// Makes completed writes durable (data, and the metadata needed to read it back).
     pub(crate) fn sync_data(&self) -> io::Result<()> {
         match &self.qcow2 {

@@ -469,8 +469,10 @@ impl Requests<'_> {
         self.settle()
     }
 
-    /// In write-through mode (FLUSH not negotiated), a completed write must be durable.
+    /// After a write: the image's metadata is written back, and in write-through mode (FLUSH
+    /// not negotiated) the write is durable.
     fn settle(&self) -> Result<(), (Failure, u32)> {
+        self.disk.write_done().map_err(|_| (Failure::IoErr, 0))?;
         if self.writethrough {
             self.disk.sync_data().map_err(|_| (Failure::IoErr, 0))?;
         }
