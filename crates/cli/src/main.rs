@@ -5,6 +5,7 @@
 //! usage errors included, in every subcommand.
 
 mod console;
+mod disk;
 mod manage;
 mod run;
 mod signals;
@@ -40,6 +41,9 @@ enum Command {
     /// Manage guest images.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Create and inspect disk images (raw, qcow2).
+    #[command(subcommand)]
+    Disk(disk::DiskCmd),
     /// Internal: the process that runs one VM for the daemon (protocol: crates/vmm/src/server.rs).
     #[command(hide = true)]
     Vmm {
@@ -189,6 +193,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCmd::Pull { name, force }) => image_pull(&name, force),
         Command::Image(ImageCmd::List { known }) => image_list(known),
         Command::Vmm { name, dir } => vmm(name, dir),
+        Command::Disk(cmd) => disk::run(cmd),
         Command::Manage(cmd) => manage::dispatch(cmd, cli.socket),
     };
     ExitCode::from(code)

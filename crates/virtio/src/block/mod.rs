@@ -62,6 +62,7 @@
 mod backend;
 mod device;
 mod format;
+pub mod image;
 mod lock;
 mod qcow2;
 #[cfg(test)]
