@@ -42,6 +42,8 @@ curl -sf --unix-socket "$dir/api.sock" -X POST http://vireo/vms/0/start >/dev/nu
 # GET /events?follow=true and GET /vms/{name}/logs?follow=true are streams that do not end
 # while the VM runs: the generator would only see them time out. The API tests
 # (crates/daemon/tests/api.rs) cover both.
+# From the scratch directory: schemathesis keeps a cache where it runs.
+cd "$dir"
 st run "http://127.0.0.1:$port/openapi.json" \
   --exclude-path /events --exclude-path '/vms/{name}/logs' \
   -H "Authorization: Bearer $(cat "$dir/token")" \

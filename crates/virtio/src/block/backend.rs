@@ -366,17 +366,28 @@ impl DiskFile {
     }
 
     fn write_zeroes_slowly(&self, offset: u64, len: u64, zeroes: &[u8]) -> io::Result<()> {
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(zeroes.len() as u64) as usize;
-            if n == 0 {
-                return Err(io::Error::from_raw_os_error(libc::EINVAL));
-            }
-            self.write_all_at(&zeroes[..n], offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
+        write_zeroes_with(offset, len, zeroes, |b, at| self.file.write_all_at(b, at))
     }
+}
+
+/// Zeroes `len` bytes at `offset` by writing `zeroes` (a buffer of zero bytes) over and over,
+/// where nothing cheaper can.
+pub(crate) fn write_zeroes_with(
+    offset: u64,
+    len: u64,
+    zeroes: &[u8],
+    mut write: impl FnMut(&[u8], u64) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(zeroes.len() as u64) as usize;
+        if n == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        write(&zeroes[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 impl Drop for DiskFile {

@@ -240,15 +240,6 @@ impl Qcow2Image {
     }
 
     fn write_zeroes_slowly(&self, offset: u64, len: u64, zeroes: &[u8]) -> io::Result<()> {
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(zeroes.len() as u64) as usize;
-            if n == 0 {
-                return Err(io::Error::from_raw_os_error(libc::EINVAL));
-            }
-            self.write_all_at(&zeroes[..n], offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
+        super::backend::write_zeroes_with(offset, len, zeroes, |b, at| self.write_all_at(b, at))
     }
 }
