@@ -112,7 +112,7 @@ pub struct RunArgs {
     /// Copy everything the guest console prints to FILE.
     #[arg(long, value_name = "FILE")]
     pub console_log: Option<PathBuf>,
-    /// A virtio disk: PATH[,readonly][,serial=ID][,format=raw|qcow2] (raw or qcow2 images, with
+    /// A virtio disk: PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2] (raw or qcow2 images, with
     /// backing chains, detected by content; other formats are refused, and a disk is locked
     /// while in use). Repeat for more disks.
     #[arg(long, value_name = "SPEC")]

@@ -306,6 +306,56 @@ fn qemu_tool(tool: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `--disk IMAGE,overlay`: the guest writes to a throwaway overlay (reads see its writes),
+/// the image is untouched, nothing is left on the host, and two runs can share the base.
+#[test]
+fn an_overlay_takes_the_writes_and_leaves_the_base_alone() {
+    require_image();
+    let dir = TempDir::new();
+    let base = dir.join("base.img");
+    std::fs::write(&base, vec![0x42u8; 8 << 20]).unwrap();
+    let before = std::fs::read(&base).unwrap();
+    let spec = format!("{},overlay", base.display());
+    let leftovers = || -> Vec<String> {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("vireo-overlay-"))
+            .collect()
+    };
+    let already = leftovers();
+    let out = run_ok(&[
+        "run", "--image", IMAGE, "--disk", &spec, "--disk", &spec, "--", "sh", "-c",
+        "set -e
+         echo before=$(dd if=/dev/vda bs=512 count=1 2>/dev/null | od -An -tx1 | head -1 | tr -d ' ')
+         printf 'written-by-the-guest' | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null
+         echo after=$(head -c 20 /dev/vda)
+         echo other=$(head -c 4 /dev/vdb | od -An -tx1 | tr -d ' ')",
+    ]);
+    assert!(out.contains("before=42424242"), "{out}");
+    assert!(out.contains("after=written-by-the-guest"), "{out}");
+    // Each overlay is its own: the second disk still shows the base.
+    assert!(out.contains("other=42424242"), "{out}");
+    assert!(std::fs::read(&base).unwrap() == before, "the base changed");
+    let left: Vec<String> = leftovers()
+        .into_iter()
+        .filter(|n| !already.contains(n))
+        .collect();
+    assert!(left.is_empty(), "overlays left behind: {left:?}");
+    let r = run(&[
+        "run",
+        "--image",
+        IMAGE,
+        "--disk",
+        &format!("{spec},readonly"),
+        "--",
+        "true",
+    ]);
+    assert_eq!(r.status, VIREO_ERROR);
+    assert!(r.stderr.contains("overlay and readonly"), "{}", r.stderr);
+}
+
 /// `kill -9` of vireo while the guest writes to a qcow2 disk, three times: `qemu-img check`
 /// finds no corruption (leaked clusters at most), and the last write the guest had synced is
 /// there, whole.

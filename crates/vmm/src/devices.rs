@@ -36,8 +36,12 @@ pub struct DiskConfig {
     pub path: PathBuf,
     pub readonly: bool,
     pub serial: Option<String>,
-    /// `raw`, or none to probe the file.
+    /// `raw`, `qcow2`, or none to probe the file.
     pub format: Option<String>,
+    /// The VM writes to a fresh qcow2 overlay on this image, thrown away when the VM ends
+    /// (QEMU's `-snapshot` for one disk); the image itself is only read.
+    #[serde(default)]
+    pub overlay: bool,
     /// The entry as the user wrote it, for messages.
     pub label: String,
 }
@@ -192,22 +196,46 @@ fn open_disks(disks: &[&DiskConfig]) -> Result<Vec<vireo_virtio::block::Block>, 
                 ))
             })
         };
-        if let Ok(meta) = std::fs::metadata(&d.path) {
-            if let Some(e) = twice(FileId::of(&meta), &opened) {
-                return Err(e);
-            }
+        // An overlay's base is only read, and may be shared.
+        let meta = std::fs::metadata(&d.path).ok().filter(|_| !d.overlay);
+        if let Some(e) = meta.and_then(|m| twice(FileId::of(&m), &opened)) {
+            return Err(e);
         }
+        // An overlay: a fresh qcow2 file on the image, unlinked once open (its descriptor
+        // keeps it), so it goes with the VM however the VM ends.
+        let overlay = if d.overlay {
+            if d.readonly {
+                return Err(fail(format!(
+                    "{label}: overlay and readonly together: an overlay exists to take the writes"
+                )));
+            }
+            let p = std::env::temp_dir().join(format!(
+                "vireo-overlay-{}-{}.qcow2",
+                std::process::id(),
+                d.id
+            ));
+            let _ = std::fs::remove_file(&p);
+            vireo_virtio::block::image::create(&p, true, None, Some(&d.path), None)
+                .map_err(|e| fail(format!("{label}: cannot create its overlay: {e}")))?;
+            Some(p)
+        } else {
+            None
+        };
         let cfg = BlockConfig {
-            path: d.path.clone(),
+            path: overlay.clone().unwrap_or_else(|| d.path.clone()),
             readonly: d.readonly,
             serial: d.serial.clone(),
-            format: match d.format.as_deref() {
-                Some("qcow2") => Some(DiskFormat::Qcow2),
-                Some(_) => Some(DiskFormat::Raw),
-                None => None,
+            format: match (d.format.as_deref(), overlay.is_some()) {
+                (_, true) | (Some("qcow2"), _) => Some(DiskFormat::Qcow2),
+                (Some(_), _) => Some(DiskFormat::Raw),
+                (None, false) => None,
             },
         };
-        let block = Block::open(&cfg).map_err(|e| fail(format!("{label}: {e}")))?;
+        let block = Block::open(&cfg);
+        if let Some(p) = &overlay {
+            let _ = std::fs::remove_file(p);
+        }
+        let block = block.map_err(|e| fail(format!("{label}: {e}")))?;
         // The path may have changed between the look and the open.
         if let Some(e) = twice(block.file_id(), &opened) {
             return Err(e);
@@ -221,26 +249,27 @@ fn open_disks(disks: &[&DiskConfig]) -> Result<Vec<vireo_virtio::block::Block>, 
     Ok(opened.into_iter().map(|(.., b)| b).collect())
 }
 
-/// `PATH[,readonly][,serial=ID][,format=raw|qcow2]`
+/// `PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2]`
 fn disk_config(entry: &Entry, index: usize) -> Result<DiskConfig, Error> {
     let label = entry.label();
     let bad = |why: String| fail(format!("{label}: {why}"));
     let mut parts = entry.text.split(',');
-    let path = parts
-        .next()
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| bad("expected PATH[,readonly][,serial=ID][,format=raw|qcow2]".into()))?;
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
+        bad("expected PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2]".into())
+    })?;
     let mut cfg = DiskConfig {
         id: format!("disk{index}"),
         path: entry.resolve(Path::new(path)),
         readonly: false,
         serial: None,
         format: None,
+        overlay: false,
         label: label.clone(),
     };
     for p in parts {
         match p.split_once('=') {
             None if p == "readonly" || p == "ro" => cfg.readonly = true,
+            None if p == "overlay" => cfg.overlay = true,
             Some(("serial", id)) if id.len() <= 20 => cfg.serial = Some(id.to_string()),
             Some(("serial", id)) => {
                 return Err(bad(format!("serial '{id}' is longer than 20 bytes")))
@@ -251,8 +280,8 @@ fn disk_config(entry: &Entry, index: usize) -> Result<DiskConfig, Error> {
             }
             _ => {
                 return Err(bad(format!(
-                    "unknown option '{p}' (expected readonly, serial=ID or format=raw|qcow2)"
-                )))
+                "unknown option '{p}' (expected readonly, overlay, serial=ID or format=raw|qcow2)"
+            )))
             }
         }
     }
