@@ -71,6 +71,16 @@ impl From<VmmError> for Error {
 
 type Result<T> = std::result::Result<T, Error>;
 
+/// What the store keeps of a VMM's exit record, seen at `at`.
+fn exit_info(e: vmm::ExitFile, at: f64) -> ExitInfo {
+    ExitInfo {
+        reason: e.reason,
+        status: Some(e.status),
+        message: e.message,
+        at,
+    }
+}
+
 /// A VM as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct VmInfo {
@@ -639,12 +649,7 @@ impl Daemon {
                     VmState::Defined,
                     "start_failed",
                     format!("start failed: {msg}"),
-                    ExitInfo {
-                        reason: e.reason,
-                        status: Some(e.status),
-                        message: e.message,
-                        at: t,
-                    },
+                    exit_info(e, t),
                     Some(msg),
                 )
             }
@@ -652,36 +657,14 @@ impl Daemon {
             // emulator fault) ends this VM only, and it is crashed, not shut off.
             Some(e) if matches!(e.reason.as_str(), "error" | "panic") => {
                 let msg = format!("the VMM failed ({}): {}", e.reason, e.message);
-                (
-                    VmState::Crashed,
-                    "crashed",
-                    msg,
-                    ExitInfo {
-                        reason: e.reason,
-                        status: Some(e.status),
-                        message: e.message,
-                        at: t,
-                    },
-                    None,
-                )
+                (VmState::Crashed, "crashed", msg, exit_info(e, t), None)
             }
             Some(e) => {
                 let mut d = format!("{} (status {})", e.reason, e.status);
                 if !e.message.is_empty() {
                     d += &format!(": {}", e.message);
                 }
-                (
-                    VmState::Defined,
-                    "exited",
-                    d,
-                    ExitInfo {
-                        reason: e.reason,
-                        status: Some(e.status),
-                        message: e.message,
-                        at: t,
-                    },
-                    None,
-                )
+                (VmState::Defined, "exited", d, exit_info(e, t), None)
             }
             None => {
                 let ws = *live.child_status.borrow();
