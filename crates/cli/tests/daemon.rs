@@ -172,6 +172,20 @@ impl Drop for Daemon {
             }
         }
         self.kill9();
+        // A test that failed midway leaves its VMs' cgroups: they go too (empty once the
+        // killed VMMs are reaped).
+        std::thread::sleep(Duration::from_millis(200));
+        for ctl in ["memory", "cpu"] {
+            let parent = std::path::Path::new("/sys/fs/cgroup")
+                .join(ctl)
+                .join(format!("vireo-test-{}", self.tag));
+            for e in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&parent);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -427,8 +441,26 @@ fn vms_outlive_a_killed_daemon_and_a_killed_vmm_is_crashed() {
             .any(|l| l.contains(y.as_str()) && l.contains("crash")),
         "{ev}"
     );
+    let enforced = !d.inspect(&x)["limits"]
+        .as_str()
+        .unwrap_or("not enforced")
+        .starts_with("not enforced");
     d.ok(&["kill", &x]);
     d.wait_state(&x, "defined", Duration::from_secs(20));
+    // Reattached or crashed, no VM leaves its cgroup behind (nor the daemon's parent group).
+    if enforced {
+        let parent = format!("vireo-test-{}", d.tag);
+        for ctl in ["memory", "cpu"] {
+            let p = std::path::Path::new("/sys/fs/cgroup")
+                .join(ctl)
+                .join(&parent);
+            let t0 = Instant::now();
+            while p.exists() && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(!p.exists(), "{} is left behind", p.display());
+        }
+    }
 }
 
 #[test]

@@ -157,7 +157,17 @@ impl Cgroup {
     /// left behind costs nothing and the next start reuses it.
     pub fn remove(&self) {
         for d in &self.dirs {
-            let _ = std::fs::remove_dir(d);
+            // A VMM that was not the daemon's child may still be a zombie in the group for a
+            // moment after it let go of its lock (its new parent has not reaped it): rmdir
+            // says EBUSY until then.
+            for _ in 0..50 {
+                match std::fs::remove_dir(d) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(std::time::Duration::from_millis(20))
+                    }
+                    _ => break,
+                }
+            }
             // The daemon's parent group goes with its last VM (rmdir refuses a group that
             // still has children, another daemon's included), so nothing is left behind.
             if let Some(parent) = d.parent() {

@@ -711,8 +711,9 @@ impl Daemon {
             tracing::error!("cannot store the exit of {}: {e}", live.name);
         }
         self.event(&live.name, kind, &detail);
-        if let Some(cg) = &live.cgroup {
-            cg.remove();
+        if let Some(cg) = live.cgroup.clone() {
+            // Removal may wait a moment for a zombie VMM to leave the group.
+            let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
         }
         {
             let mut map = lock(&self.live);
