@@ -1,4 +1,4 @@
-//! `vireo disk`: create and describe disk images (raw and qcow2; qcow2 through imago, see
+//! `vireo disk`: create, grow and describe disk images (raw and qcow2; qcow2 through imago, see
 //! crates/virtio/src/block/image.rs). qemu-img reads what it creates.
 
 use std::path::{Path, PathBuf};
@@ -27,6 +27,8 @@ pub enum DiskCmd {
         #[arg(long, value_name = "SIZE")]
         cluster_size: Option<String>,
     },
+    /// Grow an image (raw or qcow2) to SIZE; the new space reads as zeroes.
+    Resize { path: PathBuf, size: String },
     /// Describe an image and its backing chain.
     Info {
         path: PathBuf,
@@ -98,6 +100,13 @@ fn run_inner(cmd: DiskCmd) -> Result<(), String> {
             });
             image::create(&path, qcow2, bytes, backing.as_deref(), cluster)
                 .map_err(|e| e.to_string())?;
+            let i = image::info(&path).map_err(|e| e.to_string())?;
+            println!("{}: {} {}", path.display(), i.format, human(i.virtual_size));
+            Ok(())
+        }
+        DiskCmd::Resize { path, size: s } => {
+            let bytes = size("size", &s)?;
+            image::resize(&path, bytes).map_err(|e| e.to_string())?;
             let i = image::info(&path).map_err(|e| e.to_string())?;
             println!("{}: {} {}", path.display(), i.format, human(i.virtual_size));
             Ok(())

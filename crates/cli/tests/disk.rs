@@ -191,3 +191,40 @@ fn info_describes_chains_and_flags_as_qemu_img_does() {
     std::fs::write(&plain, vec![1u8; 4096]).unwrap();
     assert_eq!(info(&plain)["format"], "raw");
 }
+
+#[test]
+fn resize_grows_qcow2_and_raw_images_and_never_shrinks() {
+    let d = Dir::new("resize");
+    let (q, r) = (d.p("q.qcow2"), d.p("r.raw"));
+    ok(&["disk", "create", &q, "64M"]);
+    let io = |cmd: &str| {
+        let out = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", cmd, &q])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    io("write -P 0x61 1M 64k");
+    assert!(ok(&["disk", "resize", &q, "128M"]).contains("128M"));
+    let info = qemu_img_json(&["info", "--output=json", &q]);
+    assert_eq!(info["virtual-size"], 128u64 << 20);
+    let check = Command::new("qemu-img")
+        .args(["check", "-q", &q])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    // The old data stays, the new range reads as zeroes.
+    assert!(!io("read -P 0x61 1M 64k").contains("Pattern verification failed"));
+    assert!(!io("read -P 0 100M 1M").contains("Pattern verification failed"));
+    ok(&["disk", "create", "-f", "raw", &r, "1M"]);
+    ok(&["disk", "resize", &r, "3M"]);
+    assert_eq!(std::fs::metadata(&r).unwrap().len(), 3 << 20);
+    let s = run(&["disk", "resize", &q, "32M"]);
+    assert_eq!(s.status, VIREO_ERROR);
+    assert!(s.stderr.contains("only grows"), "{}", s.stderr);
+    assert_eq!(
+        qemu_img_json(&["info", "--output=json", &q])["virtual-size"],
+        128u64 << 20
+    );
+}

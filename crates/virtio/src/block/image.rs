@@ -184,6 +184,52 @@ fn backing_format(file: &File, path: &Path, start: u64, end: u64) -> io::Result<
     Ok(None)
 }
 
+/// Grows an image (raw or qcow2) to `new_size` bytes. Shrinking is refused: it would drop the
+/// guest's data past the new end. The image must not be in use (it is locked as a writer).
+pub fn resize(path: &Path, new_size: u64) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    match super::lock::lock(&file, false) {
+        Ok(()) | Err(super::lock::LockError::Unsupported(_)) => {}
+        Err(super::lock::LockError::Conflict(holder)) => {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "{} is in use by another process ({})",
+                    path.display(),
+                    holder.describe()
+                ),
+            ))
+        }
+        Err(super::lock::LockError::Io(e)) => return Err(e),
+    }
+    let current = info(path)?;
+    if !matches!(current.format.as_str(), "raw" | "qcow2") {
+        return Err(bad(
+            path,
+            format!("a {} image cannot be resized here", current.format),
+        ));
+    }
+    if new_size < current.virtual_size {
+        return Err(bad(
+            path,
+            format!(
+                "{new_size} bytes is less than its {} bytes; shrinking would drop the data past \
+                 the new end, and vireo disk resize only grows images",
+                current.virtual_size
+            ),
+        ));
+    }
+    if current.format == "raw" {
+        file.set_len(new_size)?;
+        return file.sync_all();
+    }
+    super::qcow2::Qcow2Image::open(&file, path, false)?.grow(new_size)
+}
+
 /// Creates an image: raw (a sparse file of `size` bytes) or qcow2 (v3, via imago), optionally
 /// on a backing file, whose size it takes when `size` is `None`. Refuses to overwrite.
 pub fn create(

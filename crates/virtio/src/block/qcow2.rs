@@ -180,6 +180,15 @@ impl Qcow2Image {
         self.access.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Grows the virtual disk to `new_size`; the new range reads as zeroes (never as a backing
+    /// file's data).
+    pub(crate) fn grow(&self, new_size: u64) -> io::Result<()> {
+        let a = self.lock();
+        a.resize_grow(new_size, imago::format::PreallocateMode::Zero)?;
+        a.flush()?;
+        a.sync()
+    }
+
     /// The virtual disk's size in bytes.
     pub(crate) fn size(&self) -> u64 {
         self.size
