@@ -63,6 +63,8 @@ struct Seen {
     marker_seen: bool,
     panic: Option<String>,
     tail: Vec<u8>,
+    /// Finds panics in whole lines across chunks.
+    watch: vireo_vmm::watch::ConsoleWatch,
 }
 
 /// The host side of the guest console, for the life of the run (across reboots).
@@ -134,6 +136,7 @@ impl Console {
         let mut s = lock(&self.seen);
         s.marker_seen = false;
         s.panic = None;
+        s.watch.rearm();
     }
 
     /// What the console saw so far.
@@ -240,7 +243,6 @@ fn output_loop(
 ) {
     let marker = vireo_image::START_MARKER;
     let mut pending: Vec<u8> = Vec::new();
-    let mut line: Vec<u8> = Vec::new();
     let write = |bytes: &[u8]| {
         if bytes.is_empty() {
             return;
@@ -267,19 +269,12 @@ fn output_loop(
                 let _ = f.write_all(&chunk);
             }
             let mut report = lock(&shared);
-            for &b in &chunk {
-                if b == b'\n' {
-                    let s = String::from_utf8_lossy(&line);
-                    if report.panic.is_none() && s.contains("Kernel panic - not syncing") {
-                        report.panic = Some(s.trim().to_string());
-                    }
-                    if s.contains("---[ end Kernel panic") {
-                        sup.guest_panicked();
-                    }
-                    line.clear();
-                } else if line.len() < 512 {
-                    line.push(b);
-                }
+            let seen = report.watch.feed(&chunk);
+            if let Some(line) = seen.panic {
+                report.panic.get_or_insert(line);
+            }
+            if seen.panic_ended {
+                sup.guest_panicked();
             }
             report.tail.extend_from_slice(&chunk);
             let excess = report.tail.len().saturating_sub(TAIL);

@@ -324,3 +324,37 @@ fn a_guest_without_vireos_init_is_stopped_at_once_and_told_why() {
         "{rec}"
     );
 }
+
+/// A guest kernel that panics is stopped (it would spin without panic=-1), and the panic line
+/// is the exit record's message; `vireo run` says the same.
+#[test]
+fn a_guest_kernel_panic_ends_the_vm_with_its_line() {
+    require_image();
+    let dir = RunDir::new(
+        "panic",
+        json!({"image": IMAGE, "cmdline": "console=ttyS0 rdinit=/nonexistent root=/dev/nothing"}),
+    );
+    let mut vmm = Vmm::spawn(&dir);
+    assert_ne!(vmm.wait(BOOT_TIMEOUT), 0);
+    let rec = dir.exit_record();
+    assert_eq!(rec["reason"], "reset", "{rec}");
+    let msg = rec["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("guest kernel panicked: ") && msg.contains("Kernel panic - not syncing"),
+        "{msg}"
+    );
+    let r = run(&[
+        "run",
+        "--image",
+        IMAGE,
+        "--cmdline",
+        "console=ttyS0 rdinit=/nonexistent root=/dev/nothing",
+    ]);
+    assert_eq!(r.status, VIREO_ERROR, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("guest kernel panicked: ")
+            && r.stderr.contains("Kernel panic - not syncing"),
+        "{}",
+        r.stderr
+    );
+}

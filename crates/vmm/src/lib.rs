@@ -8,7 +8,8 @@
 //!   resume, stop from any thread, counters);
 //! - [`channel`]: the command channel to vireo's /init (virtio-serial ports);
 //! - [`supervise`]: who ends a run and with which status;
-//! - [`server`]: the `vireo vmm` process — one VM, its control and console sockets.
+//! - [`server`]: the `vireo vmm` process — one VM, its control and console sockets;
+//! - [`watch`]: kernel panics and vireo's /init marker in console output.
 
 pub mod channel;
 pub mod devices;
@@ -16,6 +17,7 @@ pub mod payload;
 pub mod server;
 pub mod supervise;
 pub mod vm;
+pub mod watch;
 
 pub use devices::{DeviceConfig, DeviceHandle, Devices};
 pub use payload::{check_kvm, plan, resolve, Arch, GuestTty, Payload, Plan};

@@ -228,26 +228,7 @@ struct ConsoleState {
     log: Option<File>,
     log_len: u64,
     log_path: PathBuf,
-    marker: MarkerScan,
-}
-
-/// Finds vireo's /init start marker in console output that arrives in chunks, where the
-/// marker may straddle two of them.
-#[derive(Default)]
-struct MarkerScan {
-    /// The end of the last chunk, where a marker may have begun.
-    tail: Vec<u8>,
-}
-
-impl MarkerScan {
-    fn feed(&mut self, chunk: &[u8]) -> bool {
-        let marker = vireo_image::START_MARKER;
-        let mut seen = std::mem::take(&mut self.tail);
-        seen.extend_from_slice(chunk);
-        let keep = seen.len().saturating_sub(marker.len() - 1);
-        self.tail = seen[keep..].to_vec();
-        find(&seen, marker)
-    }
+    watch: crate::watch::ConsoleWatch,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -321,7 +302,7 @@ impl Server {
                 log: Some(log),
                 log_len,
                 log_path,
-                marker: MarkerScan::default(),
+                watch: Default::default(),
             }),
             sink: Mutex::new(None),
             writer_taken: AtomicBool::new(false),
@@ -484,6 +465,7 @@ impl Server {
         *lock(&self.shared.sink) = Some(sink);
         *lock(&self.shared.devices) = handles;
         *lock(&self.shared.panic) = None;
+        lock(&self.shared.console).watch.rearm();
         self.shared.boot.fetch_add(1, Ordering::AcqRel);
         *lock(&self.shared.vm) = Some((vm.control(), channel.as_ref().map(|c| c.ctl.clone())));
         *lock(&self.shared.channel) = channel.clone();
@@ -658,18 +640,14 @@ fn drain_console(out: &ConsoleOutput, shared: &Shared) -> bool {
     if chunk.is_empty() {
         return false;
     }
-    let marker_seen = lock(&shared.console).marker.feed(&chunk);
-    if marker_seen {
+    let seen = lock(&shared.console).watch.feed(&chunk);
+    if seen.marker {
         guest_ready(shared);
     }
-    // Panics are found in whole lines; a line split across chunks is rare enough that the
-    // backlog's tail is searched instead of keeping a line buffer.
-    let text = String::from_utf8_lossy(&chunk);
-    if let Some(pos) = text.find("Kernel panic - not syncing") {
-        let line: String = text[pos..].lines().next().unwrap_or("").trim().to_string();
+    if let Some(line) = seen.panic {
         lock(&shared.panic).get_or_insert(line);
     }
-    if text.contains("---[ end Kernel panic") {
+    if seen.panic_ended {
         // Without panic=-1 the kernel would spin: stop it.
         if let Some((c, _)) = lock(&shared.vm).as_ref() {
             c.stop(GuestExit::Reset);
@@ -704,10 +682,6 @@ fn drain_console(out: &ConsoleOutput, shared: &Shared) -> bool {
     });
     c.dropped += dropped;
     true
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 fn serve_console(conn: UnixStream, shared: Arc<Shared>) {
@@ -1239,22 +1213,6 @@ fn exec(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_start_marker_is_found_across_chunks() {
-        let m = vireo_image::START_MARKER;
-        for split in 0..=m.len() {
-            let mut scan = MarkerScan::default();
-            let mut first = b"boot log ".to_vec();
-            first.extend_from_slice(&m[..split]);
-            let mut second = m[split..].to_vec();
-            second.extend_from_slice(b"\r\n# ");
-            let seen = scan.feed(&first) | scan.feed(&second);
-            assert!(seen, "split at {split}");
-        }
-        let mut scan = MarkerScan::default();
-        assert!(!scan.feed(b"no marker here") && !scan.feed(&m[..m.len() - 1]));
-    }
 
     #[test]
     fn frames_round_trip_and_oversized_ones_are_refused() {
