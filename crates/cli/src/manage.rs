@@ -143,6 +143,11 @@ fn run(cmd: ManageCmd, socket: Option<PathBuf>) -> Result<(), Failure> {
     let call = |method: &str, path: String, body: Option<Value>| {
         c.call(method, &path, body.as_ref()).map_err(fail)
     };
+    // A lifecycle verb: POST /vms/NAME/VERB, and the state it left the VM in.
+    let change = |name: &str, verb: &str, body: Option<Value>| {
+        print_state(&call("POST", format!("/vms/{}/{verb}", seg(name)), body)?);
+        Ok(())
+    };
     match cmd {
         ManageCmd::Daemon(_) | ManageCmd::Exec { .. } => Ok(()),
         ManageCmd::Create { name, run } => {
@@ -157,13 +162,7 @@ fn run(cmd: ManageCmd, socket: Option<PathBuf>) -> Result<(), Failure> {
             Ok(())
         }
         ManageCmd::Start { name, wait_ready } => {
-            let v = call(
-                "POST",
-                format!("/vms/{}/start", seg(&name)),
-                Some(json!({ "wait_ready": wait_ready })),
-            )?;
-            print_state(&v);
-            Ok(())
+            change(&name, "start", Some(json!({ "wait_ready": wait_ready })))
         }
         ManageCmd::Ls { json } => {
             let v = call("GET", "/vms".into(), None)?;
@@ -200,36 +199,19 @@ fn run(cmd: ManageCmd, socket: Option<PathBuf>) -> Result<(), Failure> {
             );
             Ok(())
         }
-        ManageCmd::Pause { name } => {
-            print_state(&call("POST", format!("/vms/{}/pause", seg(&name)), None)?);
-            Ok(())
-        }
-        ManageCmd::Resume { name } => {
-            print_state(&call("POST", format!("/vms/{}/resume", seg(&name)), None)?);
-            Ok(())
-        }
-        ManageCmd::Stop { name, timeout } => {
-            let body = json!({ "timeout_secs": timeout.unwrap_or(30) });
-            print_state(&call(
-                "POST",
-                format!("/vms/{}/stop", seg(&name)),
-                Some(body),
-            )?);
-            Ok(())
-        }
-        ManageCmd::Kill { name } => {
-            print_state(&call("POST", format!("/vms/{}/kill", seg(&name)), None)?);
-            Ok(())
-        }
-        ManageCmd::Restart { name, timeout } => {
-            let body = json!({ "timeout_secs": timeout.unwrap_or(30) });
-            print_state(&call(
-                "POST",
-                format!("/vms/{}/restart", seg(&name)),
-                Some(body),
-            )?);
-            Ok(())
-        }
+        ManageCmd::Pause { name } => change(&name, "pause", None),
+        ManageCmd::Resume { name } => change(&name, "resume", None),
+        ManageCmd::Kill { name } => change(&name, "kill", None),
+        ManageCmd::Stop { name, timeout } => change(
+            &name,
+            "stop",
+            Some(json!({ "timeout_secs": timeout.unwrap_or(30) })),
+        ),
+        ManageCmd::Restart { name, timeout } => change(
+            &name,
+            "restart",
+            Some(json!({ "timeout_secs": timeout.unwrap_or(30) })),
+        ),
         ManageCmd::Rm { name, force } => {
             call("DELETE", format!("/vms/{}?force={force}", seg(&name)), None)?;
             println!("{name}");
