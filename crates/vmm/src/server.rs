@@ -194,8 +194,8 @@ struct Shared {
     guest_ready: AtomicBool,
     /// The guest's IPv4 address, once its /init said it (`ip ADDR` on vireo.ctl).
     guest_ip: Mutex<Option<String>>,
-    /// The running boot's control and command channel's ctl port.
-    vm: Mutex<Option<(VmControl, Option<vireo_virtio::serial::SerialPort>)>>,
+    /// The running boot's control.
+    vm: Mutex<Option<VmControl>>,
     /// The running boot's command channel (interactive guests with vireo's /init).
     channel: Mutex<Option<crate::channel::Channel>>,
     /// The definition runs its own command on the channel's ports: no `exec`.
@@ -467,7 +467,7 @@ impl Server {
         *lock(&self.shared.panic) = None;
         lock(&self.shared.console).watch.rearm();
         self.shared.boot.fetch_add(1, Ordering::AcqRel);
-        *lock(&self.shared.vm) = Some((vm.control(), channel.as_ref().map(|c| c.ctl.clone())));
+        *lock(&self.shared.vm) = Some(vm.control());
         *lock(&self.shared.channel) = channel.clone();
         // A stop asked for between boots applies to this one.
         if self.shared.stopping.load(Ordering::Acquire) {
@@ -649,7 +649,7 @@ fn drain_console(out: &ConsoleOutput, shared: &Shared) -> bool {
     }
     if seen.panic_ended {
         // Without panic=-1 the kernel would spin: stop it.
-        if let Some((c, _)) = lock(&shared.vm).as_ref() {
+        if let Some(c) = lock(&shared.vm).as_ref() {
             c.stop(GuestExit::Reset);
         }
     }
@@ -827,7 +827,7 @@ fn handle(r: &Request, shared: &Arc<Shared>) -> Value {
             if state != want {
                 return err("conflict", &format!("cannot {} a VM that is {}", r.op, state.name()));
             }
-            let Some((c, _)) = control else {
+            let Some(c) = control else {
                 return err("conflict", "the VM is between boots");
             };
             let done = if r.op == "pause" { c.pause() } else { c.resume() };
@@ -847,8 +847,9 @@ fn handle(r: &Request, shared: &Arc<Shared>) -> Value {
             let grace = Duration::from_secs(r.timeout_secs.unwrap_or(DEFAULT_GRACE));
             shared.stopping.store(true, Ordering::Release);
             set_state(shared, State::Stopping);
-            match control {
-                Some((c, Some(ctl))) => {
+            let ctl = lock(&shared.channel).as_ref().map(|ch| ch.ctl.clone());
+            match (control, ctl) {
+                (Some(c), Some(ctl)) => {
                     // A paused guest cannot power off.
                     if state == State::Paused {
                         let _ = c.resume();
@@ -873,7 +874,7 @@ fn handle(r: &Request, shared: &Arc<Shared>) -> Value {
                         }
                     });
                 }
-                Some((c, None)) => {
+                (Some(c), None) => {
                     // Without vireo's /init there is no one to ask (the boards have no power
                     // button a stock kernel would pass to its userspace yet): stop now, and
                     // say so.
@@ -886,7 +887,7 @@ fn handle(r: &Request, shared: &Arc<Shared>) -> Value {
                     shared.forced.store(true, Ordering::Release);
                     c.stop(GuestExit::PowerOff);
                 }
-                None => {}
+                (None, _) => {}
             }
             json!({"ok": true, "state": "stopping"})
         }
@@ -894,12 +895,12 @@ fn handle(r: &Request, shared: &Arc<Shared>) -> Value {
             shared.stopping.store(true, Ordering::Release);
             shared.forced.store(true, Ordering::Release);
             set_state(shared, State::Stopping);
-            if let Some((c, _)) = control {
+            if let Some(c) = control {
                 c.stop(GuestExit::PowerOff);
             }
             json!({"ok": true, "state": "stopping"})
         }
-        "stats" => json!({"ok": true, "stats": stats(shared, state, control.map(|c| c.0))}),
+        "stats" => json!({"ok": true, "stats": stats(shared, state, control)}),
         other => err(
             "bad_request",
             &format!("unknown op '{other}' (expected hello, state, pause, resume, shutdown, kill, stats, watch or exec)"),
