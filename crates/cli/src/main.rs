@@ -112,9 +112,10 @@ pub struct RunArgs {
     /// Copy everything the guest console prints to FILE.
     #[arg(long, value_name = "FILE")]
     pub console_log: Option<PathBuf>,
-    /// A virtio disk: PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2] (raw or qcow2 images, with
-    /// backing chains, detected by content; other formats are refused, and a disk is locked
-    /// while in use). Repeat for more disks.
+    /// A virtio disk: PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2][,queues=N]
+    /// (raw or qcow2 images, with backing chains, detected by content; other formats are
+    /// refused, and a disk is locked while in use; queues: request queues, each with its own
+    /// I/O thread, one per vCPU by default). Repeat for more disks.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
     /// A virtio NIC: user[,hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT]... (through passt;

@@ -438,6 +438,56 @@ fn a_qcow2_disk_survives_kill_9_in_the_middle_of_writes() {
     }
 }
 
+/// Several request queues: with 2 vCPUs a disk has a queue (and an I/O thread) per vCPU, or
+/// the number asked for; both vCPUs write their own half at once, and the image holds both.
+#[test]
+fn a_disk_has_a_queue_per_vcpu_and_both_carry_writes() {
+    require_image();
+    let dir = TempDir::new();
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    for p in [&a, &b] {
+        std::fs::File::create(p).unwrap().set_len(16 * MIB).unwrap();
+    }
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let one = format!("{},queues=1", s(&b));
+    let out = run_ok(&[
+        "run",
+        "--image",
+        IMAGE,
+        "--cpus",
+        "2",
+        "--disk",
+        &s(&a),
+        "--disk",
+        &one,
+        "--",
+        "sh",
+        "-c",
+        "echo vda=$(ls /sys/block/vda/mq | tr '\\n' ' ')
+         echo vdb=$(ls /sys/block/vdb/mq | tr '\\n' ' ')
+         for c in 0 1; do
+           taskset -c $c sh -c \"yes cpu$c | head -c 4194304 |
+             dd of=/dev/vda bs=65536 seek=$((c * 64)) oflag=direct conv=notrunc 2>/dev/null\" &
+         done
+         wait; sync; echo done",
+    ]);
+    assert!(
+        out.lines().any(|l| l == "vda=0 1"),
+        "two queues on vda:\n{out}"
+    );
+    assert!(
+        out.lines().any(|l| l == "vdb=0"),
+        "one queue on vdb:\n{out}"
+    );
+    assert!(out.contains("done"), "{out}");
+    let img = std::fs::read(&a).unwrap();
+    for c in 0..2usize {
+        let want: Vec<u8> = format!("cpu{c}\n").bytes().cycle().take(4 << 20).collect();
+        let got = &img[c * (4 << 20)..(c + 1) * (4 << 20)];
+        assert!(got == &want[..], "vCPU {c}'s half is not what it wrote");
+    }
+}
+
 /// A guest reads and writes a qcow2 disk (named like a raw one: detection is by content) and an
 /// overlay on a qcow2 base; afterwards `qemu-img check` is clean, qemu-img reads what the guest
 /// wrote, and the base is untouched.

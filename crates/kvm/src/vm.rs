@@ -669,10 +669,10 @@ impl KvmVm {
                 ECAM_BUS_SIZE,
                 Arc::new(Mutex::new(Ecam(root.clone()))),
             )?;
-            mmio.insert(
+            mmio.insert_sync(
                 PCI_MMIO_BASE,
                 PCI_MMIO_SIZE,
-                Arc::new(Mutex::new(MmioWindow::new(root))),
+                Arc::new(MmioWindow::new(root)),
             )?;
         }
 

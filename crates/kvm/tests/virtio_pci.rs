@@ -176,6 +176,7 @@ fn c_guest_drives_virtio_rng_over_msix_and_virtio_blk_over_intx() {
         readonly: false,
         serial: None,
         format: None,
+        num_queues: 1,
     })
     .unwrap_or_else(|e| panic!("open the disk image: {e}"));
     // Slots 1 and 2, in this order.

@@ -17,6 +17,13 @@ pub trait BusDevice: Send {
 /// A device shared between the bus and whoever else drives it (a console thread feeding input).
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
+/// A device that does its own locking, so the bus takes none and vCPUs may be inside it at
+/// the same time (the PCI memory window: each function behind it has its own lock).
+pub trait SyncBusDevice: Send + Sync {
+    fn read(&self, offset: u64, data: &mut [u8]);
+    fn write(&self, offset: u64, data: &[u8]);
+}
+
 /// Errors when laying out a bus.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BusError {
@@ -28,9 +35,14 @@ pub enum BusError {
     BadWindow { base: u64, len: u64 },
 }
 
+enum Dev {
+    Locked(SharedDevice),
+    Sync(Arc<dyn SyncBusDevice>),
+}
+
 struct Entry {
     len: u64,
-    dev: SharedDevice,
+    dev: Dev,
 }
 
 /// A set of non-overlapping device windows (an MMIO or a port-I/O space).
@@ -46,6 +58,20 @@ impl Bus {
 
     /// Places `dev` at `[base, base+len)`.
     pub fn insert(&mut self, base: u64, len: u64, dev: SharedDevice) -> Result<(), BusError> {
+        self.place(base, len, Dev::Locked(dev))
+    }
+
+    /// Places a device that locks for itself at `[base, base+len)`.
+    pub fn insert_sync(
+        &mut self,
+        base: u64,
+        len: u64,
+        dev: Arc<dyn SyncBusDevice>,
+    ) -> Result<(), BusError> {
+        self.place(base, len, Dev::Sync(dev))
+    }
+
+    fn place(&mut self, base: u64, len: u64, dev: Dev) -> Result<(), BusError> {
         let end = base
             .checked_add(len)
             .filter(|_| len > 0)
@@ -59,7 +85,7 @@ impl Bus {
         Ok(())
     }
 
-    fn find(&self, addr: u64, width: usize) -> Option<(u64, &SharedDevice)> {
+    fn find(&self, addr: u64, width: usize) -> Option<(u64, &Dev)> {
         let (&base, e) = self.windows.range(..=addr).next_back()?;
         let off = addr - base;
         // The whole access must fall inside the window.
@@ -74,8 +100,12 @@ impl Bus {
     /// Dispatches a load; returns false (and leaves `data` untouched) when nothing is there.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
-            Some((off, dev)) => {
+            Some((off, Dev::Locked(dev))) => {
                 lock(dev).read(off, data);
+                true
+            }
+            Some((off, Dev::Sync(dev))) => {
+                dev.read(off, data);
                 true
             }
             None => false,
@@ -85,8 +115,12 @@ impl Bus {
     /// Dispatches a store; returns false when nothing is there.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
-            Some((off, dev)) => {
+            Some((off, Dev::Locked(dev))) => {
                 lock(dev).write(off, data);
+                true
+            }
+            Some((off, Dev::Sync(dev))) => {
+                dev.write(off, data);
                 true
             }
             None => false,

@@ -2,9 +2,16 @@
 //! mapped, PCIe §7.2.2) or the legacy CF8/CFC port pair, and the memory window their BARs
 //! decode in. BARs may be moved by the guest at any time, so the window is one bus device
 //! that looks BARs up on each access instead of fixed entries on the machine's bus.
+//!
+//! Locking: each function has its own lock. The root's lock covers the slot table and a
+//! decode table of the enabled BAR windows, rebuilt after every configuration write (the only
+//! way a window moves); a BAR access holds it only for the lookup, then takes the function's
+//! lock alone, so vCPUs reaching different devices never wait on each other. The order is
+//! always root, then function.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use vireo_machine::bus::SyncBusDevice;
 use vireo_machine::bus::{le_value, set_le_value};
 use vireo_machine::BusDevice;
 use vm_allocator::{AddressAllocator, AllocPolicy};
@@ -81,9 +88,21 @@ impl PciDevice for HostBridge {
     fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
 }
 
+/// One function as the root and its access paths share it.
+pub type SharedFunction = Arc<Mutex<Box<dyn PciDevice>>>;
+
+fn lock_function(f: &SharedFunction) -> MutexGuard<'_, Box<dyn PciDevice>> {
+    f.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An enabled BAR window: base, size, slot, BAR index.
+type Window = (u64, u64, usize, usize);
+
 /// Bus 0 and the memory window its BARs are placed in.
 pub struct PciRoot {
-    slots: Vec<Option<Box<dyn PciDevice>>>,
+    slots: Vec<Option<SharedFunction>>,
+    /// Every enabled BAR window, for the lookup of a memory access.
+    windows: Vec<Window>,
     allocator: AddressAllocator,
     window: (u64, u64),
 }
@@ -98,6 +117,7 @@ impl PciRoot {
             AddressAllocator::new(base, size).map_err(|_| PciError::BadWindow { base, size })?;
         let mut root = PciRoot {
             slots: (0..SLOTS).map(|_| None).collect(),
+            windows: Vec::new(),
             allocator,
             window: (base, size),
         };
@@ -131,8 +151,22 @@ impl PciRoot {
                 })?;
             dev.config_mut().set_bar_address(i, r.start());
         }
-        self.slots[slot] = Some(dev);
+        self.slots[slot] = Some(Arc::new(Mutex::new(dev)));
+        self.refresh_windows(slot);
         Ok(slot as u8)
+    }
+
+    /// Rebuilds `slot`'s entries in the decode table from its configuration space.
+    fn refresh_windows(&mut self, slot: usize) {
+        self.windows.retain(|w| w.2 != slot);
+        if let Some(Some(f)) = self.slots.get(slot) {
+            let f = lock_function(f);
+            for bar in 0..NUM_BARS {
+                if let Some((base, size)) = f.config().bar_window(bar) {
+                    self.windows.push((base, size, slot, bar));
+                }
+            }
+        }
     }
 
     /// The guest-physical window the BARs were first placed in.
@@ -140,59 +174,69 @@ impl PciRoot {
         self.window
     }
 
-    fn function(&mut self, bus: u8, dev: u8, func: u8) -> Option<&mut Box<dyn PciDevice>> {
+    fn function(&self, bus: u8, dev: u8, func: u8) -> Option<&SharedFunction> {
         if bus != 0 || func != 0 {
             return None;
         }
-        self.slots.get_mut(usize::from(dev))?.as_mut()
+        self.slots.get(usize::from(dev))?.as_ref()
     }
 
     /// A configuration read; an absent function reads as all ones (no device).
     pub fn config_read(&mut self, bus: u8, dev: u8, func: u8, offset: usize, data: &mut [u8]) {
         match self.function(bus, dev, func) {
-            Some(d) => d.config().read(offset, data),
+            Some(d) => lock_function(d).config().read(offset, data),
             None => data.fill(0xff),
         }
     }
 
     pub fn config_write(&mut self, bus: u8, dev: u8, func: u8, offset: usize, data: &[u8]) {
         if let Some(d) = self.function(bus, dev, func) {
-            d.config_mut().write(offset, data);
-            d.config_written(offset);
+            {
+                let mut d = lock_function(d);
+                d.config_mut().write(offset, data);
+                d.config_written(offset);
+            }
+            self.refresh_windows(usize::from(dev));
         }
     }
 
-    /// The device and BAR decoding `[addr, addr + len)`, with the offset in that BAR.
-    fn decode(&mut self, addr: u64, len: usize) -> Option<(&mut Box<dyn PciDevice>, usize, u64)> {
-        self.slots.iter_mut().flatten().find_map(|d| {
-            let hit = (0..NUM_BARS).find_map(|i| {
-                let (base, size) = d.config().bar_window(i)?;
-                let off = addr.checked_sub(base)?;
-                (off.checked_add(len as u64)? <= size).then_some((i, off))
-            });
-            hit.map(|(i, off)| (d, i, off))
+    /// The function and BAR decoding `[addr, addr + len)`, with the offset in that BAR.
+    pub fn decode(&self, addr: u64, len: usize) -> Option<(SharedFunction, usize, u64)> {
+        self.windows.iter().find_map(|&(base, size, slot, bar)| {
+            let off = addr.checked_sub(base)?;
+            (off.checked_add(len as u64)? <= size)
+                .then(|| self.slots[slot].clone().map(|f| (f, bar, off)))
+                .flatten()
         })
     }
 
     /// A load from guest-physical `addr` in the BAR window; false when no BAR decodes it.
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> bool {
-        match self.decode(addr, data.len()) {
-            Some((d, bar, off)) => {
-                d.bar_read(bar, off, data);
-                true
-            }
-            None => false,
-        }
+        bar_read(self.decode(addr, data.len()), data)
     }
 
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) -> bool {
-        match self.decode(addr, data.len()) {
-            Some((d, bar, off)) => {
-                d.bar_write(bar, off, data);
-                true
-            }
-            None => false,
+        bar_write(self.decode(addr, data.len()), data)
+    }
+}
+
+fn bar_read(hit: Option<(SharedFunction, usize, u64)>, data: &mut [u8]) -> bool {
+    match hit {
+        Some((d, bar, off)) => {
+            lock_function(&d).bar_read(bar, off, data);
+            true
         }
+        None => false,
+    }
+}
+
+fn bar_write(hit: Option<(SharedFunction, usize, u64)>, data: &[u8]) -> bool {
+    match hit {
+        Some((d, bar, off)) => {
+            lock_function(&d).bar_write(bar, off, data);
+            true
+        }
+        None => false,
     }
 }
 
@@ -301,14 +345,17 @@ impl MmioWindow {
     }
 }
 
-impl BusDevice for MmioWindow {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if !lock(&self.root).mmio_read(self.base + offset, data) {
+impl SyncBusDevice for MmioWindow {
+    // The root's lock is let go before the function's is taken (see the module doc).
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        let hit = lock(&self.root).decode(self.base + offset, data.len());
+        if !bar_read(hit, data) {
             data.fill(0);
         }
     }
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        lock(&self.root).mmio_write(self.base + offset, data);
+    fn write(&self, offset: u64, data: &[u8]) {
+        let hit = lock(&self.root).decode(self.base + offset, data.len());
+        bar_write(hit, data);
     }
 }
 
@@ -418,7 +465,7 @@ mod tests {
     fn bars_decode_where_the_guest_moves_them() {
         let (root, seen) = rig();
         let mut e = Ecam(root.clone());
-        let mut w = MmioWindow::new(root.clone());
+        let w = MmioWindow::new(root.clone());
         let mut b = [0u8; 4];
         e.read((1 << 15) | reg::BAR0 as u64, &mut b);
         let first = u64::from(u32::from_le_bytes(b) & !0xf);

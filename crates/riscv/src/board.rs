@@ -326,12 +326,12 @@ impl EmuVm {
                     ECAM_BUS_SIZE,
                     Arc::new(Mutex::new(Ecam(root.clone()))),
                 )?;
-                place(
-                    &mut bus,
+                bus.insert_sync(
                     PCI_MMIO_BASE,
                     PCI_MMIO_SIZE,
-                    Arc::new(Mutex::new(MmioWindow::new(root))),
-                )?;
+                    Arc::new(MmioWindow::new(root)),
+                )
+                .map_err(|e| EmuError::Fault(e.to_string()))?;
             }
         }
         let builtin_sbi = cfg.firmware.is_none();

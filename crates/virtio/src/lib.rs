@@ -308,6 +308,13 @@ pub trait VirtioDevice: Send {
     }
     /// The device's counters, if it keeps any; the VMM takes the handle before the device goes
     /// to its transport.
+    /// The eventfd that wakes queue `index`'s I/O thread, for devices served off the vCPU
+    /// (after activation). A board that can (kvm) has the kernel write it on the doorbell
+    /// itself, so a notification never leaves the kernel.
+    fn queue_event(&self, index: u16) -> Option<Arc<vmm_sys_util::eventfd::EventFd>> {
+        let _ = index;
+        None
+    }
     fn counters(&self) -> Option<Arc<DeviceCounters>> {
         None
     }

@@ -86,7 +86,7 @@ impl BusDevice for MmioTransport {
             REG_QUEUE_NUM_MAX => c.selected().map_or(0, |q| u32::from(q.max_size())),
             REG_QUEUE_READY => c.selected().map_or(0, |q| u32::from(q.ready())),
             REG_INTERRUPT_STATUS => c.interrupt.status(),
-            REG_STATUS => c.status,
+            REG_STATUS => c.status(),
             // No shared memory regions: length all ones means "none".
             REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => u32::MAX,
             REG_CONFIG_GENERATION => c.config_generation,

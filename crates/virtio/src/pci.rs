@@ -159,7 +159,7 @@ impl VirtioPci {
             (0x0c, 4) => u64::from(c.driver_features_word()),
             (0x10, 2) => vector(self.route().map(|r| r.config_vector())),
             (0x12, 2) => c.queues.len() as u64,
-            (0x14, 1) => u64::from(c.status as u8),
+            (0x14, 1) => u64::from(c.status() as u8),
             (0x15, 1) => u64::from(c.config_generation as u8),
             (0x16, 2) => u64::from(c.queue_sel as u16),
             (0x18, 2) => q.map_or(0, |q| u64::from(q.size())),

@@ -171,6 +171,16 @@ impl DeviceCore {
         }
     }
 
+    /// The device status the driver reads: with DEVICE_NEEDS_RESET once the device asked for
+    /// it, even from one of its own threads.
+    pub fn status(&self) -> u32 {
+        if self.active && self.device.needs_reset() {
+            self.status | STATUS_NEEDS_RESET
+        } else {
+            self.status
+        }
+    }
+
     /// Sets DEVICE_NEEDS_RESET and tells the driver (a configuration-change interrupt).
     fn request_reset(&mut self) {
         self.status |= STATUS_NEEDS_RESET;

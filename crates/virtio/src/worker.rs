@@ -3,6 +3,7 @@
 //! Each device supplies the loop itself (what it polls and when it sleeps).
 
 use std::io;
+use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -42,6 +43,29 @@ impl Worker {
     pub(crate) fn kick(&self) {
         let _ = self.wake.write(1);
     }
+
+    /// The wake-up eventfd, for a notifier outside the process to write (a KVM ioeventfd).
+    pub(crate) fn event(&self) -> Arc<EventFd> {
+        self.wake.clone()
+    }
+}
+
+/// Sleeps until `fd` (a non-blocking eventfd) is readable, then resets it. An error from poll
+/// itself returns at once: the caller's loop checks its stop flag either way.
+pub(crate) fn wait_readable(fd: &EventFd) {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `p` is one valid pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(&mut p, 1, -1) };
+        if rc >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    let _ = fd.read();
 }
 
 impl Drop for Worker {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use vireo_spec::{Entry, VmSpec};
+use vireo_virtio::block::MAX_QUEUES;
 use vireo_virtio::{DeviceCounters, VirtioDevice};
 
 use crate::{fail, Error};
@@ -42,8 +43,15 @@ pub struct DiskConfig {
     /// (QEMU's `-snapshot` for one disk); the image itself is only read.
     #[serde(default)]
     pub overlay: bool,
+    /// Request queues, each with its own I/O thread (default: one per vCPU).
+    #[serde(default = "one_queue")]
+    pub queues: u16,
     /// The entry as the user wrote it, for messages.
     pub label: String,
+}
+
+fn one_queue() -> u16 {
+    1
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -82,8 +90,10 @@ pub fn parse(spec: &VmSpec) -> Result<Vec<DeviceConfig>, Error> {
     if spec.console == "virtio" {
         out.push(DeviceConfig::Console);
     }
+    // As QEMU's virtio-blk: a queue per vCPU, so no two vCPUs share a ring.
+    let queues = u16::try_from(spec.cpus.clamp(1, MAX_QUEUES as u32)).unwrap_or(1);
     for (i, d) in spec.disk_entries().iter().enumerate() {
-        out.push(DeviceConfig::Block(disk_config(d, i)?));
+        out.push(DeviceConfig::Block(disk_config(d, i, queues)?));
     }
     for (i, n) in spec.net_entries().iter().enumerate() {
         out.push(DeviceConfig::Net(net_config(n, i)?));
@@ -225,6 +235,7 @@ fn open_disks(disks: &[&DiskConfig]) -> Result<Vec<vireo_virtio::block::Block>, 
             path: overlay.clone().unwrap_or_else(|| d.path.clone()),
             readonly: d.readonly,
             serial: d.serial.clone(),
+            num_queues: d.queues,
             format: match (d.format.as_deref(), overlay.is_some()) {
                 (_, true) | (Some("qcow2"), _) => Some(DiskFormat::Qcow2),
                 (Some(_), _) => Some(DiskFormat::Raw),
@@ -250,12 +261,12 @@ fn open_disks(disks: &[&DiskConfig]) -> Result<Vec<vireo_virtio::block::Block>, 
 }
 
 /// `PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2]`
-fn disk_config(entry: &Entry, index: usize) -> Result<DiskConfig, Error> {
+fn disk_config(entry: &Entry, index: usize, queues: u16) -> Result<DiskConfig, Error> {
     let label = entry.label();
     let bad = |why: String| fail(format!("{label}: {why}"));
     let mut parts = entry.text.split(',');
     let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
-        bad("expected PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2]".into())
+        bad("expected PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2][,queues=N]".into())
     })?;
     let mut cfg = DiskConfig {
         id: format!("disk{index}"),
@@ -264,6 +275,7 @@ fn disk_config(entry: &Entry, index: usize) -> Result<DiskConfig, Error> {
         serial: None,
         format: None,
         overlay: false,
+        queues,
         label: label.clone(),
     };
     for p in parts {
@@ -278,9 +290,18 @@ fn disk_config(entry: &Entry, index: usize) -> Result<DiskConfig, Error> {
             Some(("format", f)) => {
                 return Err(bad(format!("unknown format '{f}' (expected raw or qcow2)")))
             }
+            Some(("queues", n)) => {
+                cfg.queues = n
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&q| q >= 1 && usize::from(q) <= MAX_QUEUES)
+                    .ok_or_else(|| {
+                        bad(format!("queues '{n}': expected a number from 1 to {MAX_QUEUES}"))
+                    })?
+            }
             _ => {
                 return Err(bad(format!(
-                "unknown option '{p}' (expected readonly, overlay, serial=ID or format=raw|qcow2)"
+                "unknown option '{p}' (expected readonly, overlay, serial=ID, format=raw|qcow2 or queues=N)"
             )))
             }
         }

@@ -36,6 +36,12 @@ pub enum BlockError {
     /// The serial does not fit the 20-byte device ID string.
     #[error("disk serial {serial:?} is {len} bytes; expected at most 20")]
     SerialTooLong { serial: String, len: usize },
+    /// The request queue count is out of range.
+    #[error(
+        "disk: {num_queues} request queues; expected 1 to {}",
+        super::MAX_QUEUES
+    )]
+    BadQueues { num_queues: u16 },
     /// The serial is not a plain ASCII string (virtio 1.2 §5.2.6: the ID is NUL-padded ASCII).
     #[error("disk serial {serial:?}: expected ASCII characters without NUL")]
     SerialNotAscii { serial: String },
@@ -97,16 +103,141 @@ impl FileId {
     }
 }
 
-/// An open disk image.
+/// What a disk format does with the guest's requests. Byte offsets are the guest's (virtual
+/// disk) offsets; every range is inside the virtual size (the device checks before calling).
+/// Implementations are shared by the disk's I/O threads, one per request queue, so they take
+/// `&self` and do their own locking.
+pub(crate) trait DiskBackend: Send + Sync {
+    /// `raw` or `qcow2`.
+    fn format(&self) -> &'static str;
+    /// The disk's size as the format defines it; `None`: the file's (or device's) length.
+    fn virtual_size(&self) -> Option<u64> {
+        None
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// After a request that changed the image: cached metadata goes to the file (crash
+    /// consistency against a killed vireo; durability is [`DiskBackend::sync_data`]'s).
+    fn write_done(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Makes completed writes durable (data, and the metadata needed to read it back).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Deallocates the range; it reads back as zeroes. EOPNOTSUPP-like errors where the host
+    /// cannot.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Zeroes the range keeping it allocated where possible; `zeroes` is a buffer of zero
+    /// bytes for backends that must write them.
+    fn write_zeroes(&self, offset: u64, len: u64, zeroes: &[u8]) -> io::Result<()>;
+    /// Zeroes the range, deallocating it where possible.
+    fn punch_or_write_zeroes(&self, offset: u64, len: u64, zeroes: &[u8]) -> io::Result<()>;
+}
+
+/// A raw image: the guest's offsets are the file's.
+struct RawFile(File);
+
+impl RawFile {
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        loop {
+            // SAFETY: fallocate on a file descriptor we own; it reads no memory of ours.
+            let r = unsafe { libc::fallocate(self.0.as_raw_fd(), mode, off, len) };
+            if r == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl DiskBackend for RawFile {
+    fn format(&self) -> &'static str {
+        "raw"
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, zeroes: &[u8]) -> io::Result<()> {
+        match self.fallocate(
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        ) {
+            Ok(()) => Ok(()),
+            Err(e) if is_unsupported(&e) => {
+                write_zeroes_with(offset, len, zeroes, |b, at| self.0.write_all_at(b, at))
+            }
+            Err(e) => Err(e),
+        }
+    }
+    fn punch_or_write_zeroes(&self, offset: u64, len: u64, zeroes: &[u8]) -> io::Result<()> {
+        match self.punch_hole(offset, len) {
+            Ok(()) => Ok(()),
+            Err(e) if is_unsupported(&e) => self.write_zeroes(offset, len, zeroes),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl DiskBackend for Qcow2Image {
+    fn format(&self) -> &'static str {
+        "qcow2"
+    }
+    fn virtual_size(&self) -> Option<u64> {
+        Some(self.size())
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        Qcow2Image::read_exact_at(self, buf, offset)
+    }
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        Qcow2Image::write_all_at(self, buf, offset)
+    }
+    fn write_done(&self) -> io::Result<()> {
+        self.write_back()
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.sync()
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.discard(offset, len, &[0u8; 4096])
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, zeroes: &[u8]) -> io::Result<()> {
+        Qcow2Image::write_zeroes(self, offset, len, false, zeroes)
+    }
+    fn punch_or_write_zeroes(&self, offset: u64, len: u64, zeroes: &[u8]) -> io::Result<()> {
+        Qcow2Image::write_zeroes(self, offset, len, true, zeroes)
+    }
+}
+
+/// An open disk image: the file vireo locked, what it is, and the backend serving its I/O.
 pub(crate) struct DiskFile {
+    /// The descriptor holding the image's lock (the backend's descriptors share it or are
+    /// opened after it).
     file: File,
     path: PathBuf,
     size: u64,
     id: FileId,
     /// Set when the image could not be locked (a file system without OFD locks).
     lock_warning: Option<String>,
-    /// The image is qcow2: I/O goes through it (its own descriptor shares `file`'s lock).
-    qcow2: Option<Qcow2Image>,
+    backend: Box<dyn DiskBackend>,
 }
 
 fn type_name(ft: std::fs::FileType) -> &'static str {
@@ -222,24 +353,29 @@ impl DiskFile {
             Err(LockError::Io(e)) => return Err(io_err("lock it", e)),
         };
         // Opened after the lock: the chain is read only once the image is ours.
-        let qcow2 = if qcow2 {
-            Some(
-                Qcow2Image::open(&file, path, readonly).map_err(|source| BlockError::Image {
+        let backend: Box<dyn DiskBackend> = if qcow2 {
+            Box::new(Qcow2Image::open(&file, path, readonly).map_err(|source| {
+                BlockError::Image {
                     path: path.to_path_buf(),
                     format: "qcow2",
                     source,
-                })?,
-            )
+                }
+            })?)
         } else {
-            None
+            // A duplicate of the locked descriptor: same open file description, same lock.
+            Box::new(RawFile(
+                file.try_clone()
+                    .map_err(|e| io_err("duplicate its descriptor", e))?,
+            ))
         };
+        let size = backend.virtual_size().unwrap_or(size);
         Ok(DiskFile {
-            size: qcow2.as_ref().map_or(size, Qcow2Image::size),
+            size,
             file,
             path: path.to_path_buf(),
             id: FileId::of(&meta),
             lock_warning,
-            qcow2,
+            backend,
         })
     }
 
@@ -262,111 +398,12 @@ impl DiskFile {
 
     /// The image's format: `raw` or `qcow2`.
     pub(crate) fn format(&self) -> &'static str {
-        if self.qcow2.is_some() {
-            "qcow2"
-        } else {
-            "raw"
-        }
+        self.backend.format()
     }
 
-    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        match &self.qcow2 {
-            Some(q) => q.read_exact_at(buf, offset),
-            None => self.file.read_exact_at(buf, offset),
-        }
-    }
-
-    pub(crate) fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        match &self.qcow2 {
-            Some(q) => q.write_all_at(buf, offset),
-            None => self.file.write_all_at(buf, offset),
-        }
-    }
-
-    /// After a request that changed the image: a qcow2 image's metadata caches go to the file
-    /// (crash consistency against a killed vireo; durability is [`DiskFile::sync_data`]'s).
-    pub(crate) fn write_done(&self) -> io::Result<()> {
-        match &self.qcow2 {
-            Some(q) => q.write_back(),
-            None => Ok(()),
-        }
-    }
-
-    /// Makes completed writes durable (data, and the metadata needed to read it back).
-    pub(crate) fn sync_data(&self) -> io::Result<()> {
-        match &self.qcow2 {
-            Some(q) => q.sync(),
-            None => self.file.sync_data(),
-        }
-    }
-
-    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-        let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        };
-        loop {
-            // SAFETY: fallocate on a file descriptor we own; it reads no memory of ours.
-            let r = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, len) };
-            if r == 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-
-    /// Deallocates `len` bytes at `offset`; they read back as zeroes. Fails with
-    /// `Unsupported`-like errors (EOPNOTSUPP) where the host cannot punch holes.
-    pub(crate) fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        if let Some(q) = &self.qcow2 {
-            return q.discard(offset, len, &[0u8; 4096]);
-        }
-        self.fallocate(
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
-    }
-
-    /// Zeroes `len` bytes at `offset`, keeping them allocated where the host can; falls back to
-    /// writing zeroes.
-    pub(crate) fn write_zeroes(&self, offset: u64, len: u64, zeroes: &[u8]) -> io::Result<()> {
-        if let Some(q) = &self.qcow2 {
-            return q.write_zeroes(offset, len, false, zeroes);
-        }
-        match self.fallocate(
-            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        ) {
-            Ok(()) => Ok(()),
-            Err(e) if is_unsupported(&e) => self.write_zeroes_slowly(offset, len, zeroes),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Deallocates the range where the host can, else writes zeroes; either way it reads back
-    /// as zeroes.
-    pub(crate) fn punch_or_write_zeroes(
-        &self,
-        offset: u64,
-        len: u64,
-        zeroes: &[u8],
-    ) -> io::Result<()> {
-        if let Some(q) = &self.qcow2 {
-            return q.write_zeroes(offset, len, true, zeroes);
-        }
-        match self.punch_hole(offset, len) {
-            Ok(()) => Ok(()),
-            Err(e) if is_unsupported(&e) => self.write_zeroes(offset, len, zeroes),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn write_zeroes_slowly(&self, offset: u64, len: u64, zeroes: &[u8]) -> io::Result<()> {
-        write_zeroes_with(offset, len, zeroes, |b, at| self.file.write_all_at(b, at))
+    /// What serves the image's I/O.
+    pub(crate) fn backend(&self) -> &dyn DiskBackend {
+        self.backend.as_ref()
     }
 }
 

@@ -2,24 +2,29 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
-    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::{is_unsupported, BlockError, DiskFile, FileId};
+use super::backend::{is_unsupported, BlockError, DiskBackend, DiskFile, FileId};
 use super::format::DiskFormat;
 use super::{
     CONFIG_LEN, DISCARD_SECTOR_ALIGNMENT, ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
-    MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, QUEUE_SIZE, SECTOR_SHIFT, SECTOR_SIZE,
+    MAX_QUEUES, MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, QUEUE_SIZE, SECTOR_SHIFT,
+    SECTOR_SIZE,
 };
+use crate::worker::{wait_readable, Worker};
 use crate::{
     types, ActivateError, Activation, DeviceCounters, Interrupt, VirtioDevice, F_VERSION_1,
 };
@@ -35,6 +40,9 @@ pub struct BlockConfig {
     pub serial: Option<String>,
     /// What the image is; `None` probes it and refuses any known container format.
     pub format: Option<DiskFormat>,
+    /// Request queues offered (1..=[`MAX_QUEUES`]), each served by its own I/O thread; the
+    /// driver uses up to one per vCPU.
+    pub num_queues: u16,
 }
 
 /// Bytes moved through the host per read/write system call.
@@ -46,18 +54,80 @@ const HEADER_LEN: usize = 16;
 const SEGMENT_LEN: usize = 16;
 
 /// A virtio-blk device over one disk image.
+///
+/// Requests are served off the vCPU: each active queue has an I/O thread that owns the queue
+/// and sleeps on an eventfd. A notification (the transport's `queue_notify`, or on kvm the
+/// kernel itself through an ioeventfd on the doorbell) only wakes that thread, so a slow disk
+/// holds neither a vCPU nor the device's lock, and queues are served in parallel.
 pub struct Block {
+    shared: Arc<Shared>,
+    config: [u8; CONFIG_LEN],
+    warnings: Vec<String>,
+    queue_sizes: Vec<u16>,
+    workers: Vec<QueueWorker>,
+}
+
+/// What every I/O thread of one disk reads.
+struct Shared {
     disk: DiskFile,
     readonly: bool,
     id: [u8; ID_BYTES],
     /// Capacity in 512-byte sectors.
     capacity: u64,
-    config: [u8; CONFIG_LEN],
-    warnings: Vec<String>,
-    bounce: Vec<u8>,
-    active: Option<Active>,
-    needs_reset: bool,
     counters: Arc<DeviceCounters>,
+    /// Set by an I/O thread that met a request it could not answer.
+    needs_reset: AtomicBool,
+}
+
+/// One queue's I/O thread and how far it got.
+struct QueueWorker {
+    index: u16,
+    progress: Arc<Progress>,
+    // Dropped (stopped and joined) after nothing else refers to the thread.
+    worker: Worker,
+}
+
+/// Tickets for [`Block::wait_idle`]: `asked` counts the waits requested, `done` is the last
+/// ticket the thread had taken when it found its queue empty.
+#[derive(Default)]
+struct Progress {
+    tickets: Mutex<(u64, u64)>,
+    changed: Condvar,
+}
+
+impl Progress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, u64)> {
+        self.tickets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn ask(&self) -> u64 {
+        let mut t = self.lock();
+        t.0 += 1;
+        t.0
+    }
+    fn taken(&self) -> u64 {
+        self.lock().0
+    }
+    fn finished(&self, ticket: u64) {
+        let mut t = self.lock();
+        t.1 = t.1.max(ticket);
+        self.changed.notify_all();
+    }
+    /// Waits until `ticket` is done or `deadline` passes; true when done.
+    fn wait(&self, ticket: u64, deadline: Instant) -> bool {
+        let mut t = self.lock();
+        while t.1 < ticket {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            t = self
+                .changed
+                .wait_timeout(t, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
 }
 
 /// [`Block`]'s counters, by index into these names.
@@ -78,12 +148,15 @@ const C_FLUSHES: usize = 4;
 const C_DISCARDS: usize = 5;
 const C_FAILED: usize = 6;
 
+/// What one I/O thread owns.
 struct Active {
+    index: u16,
     mem: GuestMemoryMmap,
     queue: Queue,
     interrupt: Interrupt,
     /// FLUSH was not negotiated: every write must be durable before it completes (§5.2.6.2).
     writethrough: bool,
+    bounce: Vec<u8>,
 }
 
 /// What became of one descriptor chain.
@@ -120,6 +193,11 @@ impl Block {
     /// Opens the image named by `cfg`.
     pub fn open(cfg: &BlockConfig) -> Result<Block, BlockError> {
         let id = serial_id(cfg.serial.as_deref())?;
+        if cfg.num_queues == 0 || usize::from(cfg.num_queues) > MAX_QUEUES {
+            return Err(BlockError::BadQueues {
+                num_queues: cfg.num_queues,
+            });
+        }
         let disk = DiskFile::open(&cfg.path, cfg.readonly, cfg.format)?;
         let size = disk.size();
         let capacity = size >> SECTOR_SHIFT;
@@ -134,24 +212,46 @@ impl Block {
             ));
         }
         let mut config = [0u8; CONFIG_LEN];
-        build_config(&mut config, capacity);
+        build_config(&mut config, capacity, cfg.num_queues);
         Ok(Block {
-            disk,
-            readonly: cfg.readonly,
-            id,
-            capacity,
+            shared: Arc::new(Shared {
+                disk,
+                readonly: cfg.readonly,
+                id,
+                capacity,
+                counters: DeviceCounters::new(COUNTERS),
+                needs_reset: AtomicBool::new(false),
+            }),
             config,
             warnings,
-            bounce: vec![0; BOUNCE_LEN],
-            active: None,
-            needs_reset: false,
-            counters: DeviceCounters::new(COUNTERS),
+            queue_sizes: vec![QUEUE_SIZE; usize::from(cfg.num_queues)],
+            workers: Vec::new(),
         })
     }
 
     /// Capacity in 512-byte sectors.
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.shared.capacity
+    }
+
+    /// Waits until every I/O thread has served what its queue held when this was called (and
+    /// found it empty), or `timeout` passes; false on a timeout. Pause and snapshot use it
+    /// to quiesce the disk; without an active queue there is nothing to wait for.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let tickets: Vec<u64> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let t = w.progress.ask();
+                w.worker.kick();
+                t
+            })
+            .collect();
+        self.workers
+            .iter()
+            .zip(tickets)
+            .all(|(w, t)| w.progress.wait(t, deadline))
     }
 
     /// What the user should know about the image: a size that is not a whole number of
@@ -162,44 +262,79 @@ impl Block {
 
     /// The image's format: `raw` or `qcow2`.
     pub fn format(&self) -> &'static str {
-        self.disk.format()
+        self.shared.disk.format()
     }
 
     /// Which file the image is (the same for every path that names it).
     pub fn file_id(&self) -> FileId {
-        self.disk.id()
+        self.shared.disk.id()
     }
+}
 
-    fn process_queue(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+/// Chains served in one batch before the used ring is published and the driver notified, so
+/// a driver that keeps the ring full still hears of completions.
+const BATCH: usize = 64;
+
+/// An I/O thread: serves its queue whenever woken, until told to stop.
+fn serve(
+    shared: &Shared,
+    mut active: Active,
+    progress: &Progress,
+    wake: &EventFd,
+    stop: &AtomicBool,
+) {
+    loop {
+        if stop.load(Ordering::Acquire) {
             return;
-        };
-        let Active {
-            mem,
-            queue,
-            interrupt,
-            writethrough,
-        } = active;
-        let mem: &GuestMemoryMmap = mem;
-        let mut requests = Requests {
-            counters: &self.counters,
-            disk: &self.disk,
-            readonly: self.readonly,
-            id: &self.id,
-            capacity: self.capacity,
-            bounce: &mut self.bounce,
-            writethrough: *writethrough,
-        };
-        let mut used_any = false;
-        // Every chain the driver adds comes with its own kick, so one pass over at most a
-        // ring's worth of chains is enough and bounds the time spent in one notification.
-        for _ in 0..queue.size() {
+        }
+        let ticket = progress.taken();
+        drain(shared, &mut active, stop);
+        progress.finished(ticket);
+        wait_readable(wake);
+    }
+}
+
+/// Serves chains until the driver has none left (checked again after re-enabling
+/// notifications, so one added meanwhile is not missed).
+fn drain(shared: &Shared, active: &mut Active, stop: &AtomicBool) {
+    let Active {
+        index,
+        mem,
+        queue,
+        interrupt,
+        writethrough,
+        bounce,
+    } = active;
+    let mem: &GuestMemoryMmap = mem;
+    let mut requests = Requests {
+        counters: &shared.counters,
+        disk: shared.disk.backend(),
+        readonly: shared.readonly,
+        id: &shared.id,
+        capacity: shared.capacity,
+        bounce,
+        writethrough: *writethrough,
+    };
+    let broken = || {
+        shared.needs_reset.store(true, Ordering::Release);
+        interrupt.signal_config();
+    };
+    loop {
+        if queue.disable_notification(mem).is_err() {
+            broken();
+            return;
+        }
+        let mut served = 0;
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
             let chain = match queue.iter(mem) {
                 Ok(mut chains) => chains.next(),
                 Err(_) => {
                     // The available index moved by more than the ring size.
-                    self.needs_reset = true;
-                    break;
+                    broken();
+                    return;
                 }
             };
             let Some(chain) = chain else {
@@ -209,19 +344,30 @@ impl Block {
             let len = match requests.handle(mem, chain) {
                 Outcome::Completed { len } => len,
                 Outcome::Dropped => {
-                    self.needs_reset = true;
+                    broken();
                     0
                 }
             };
             // A head index outside the ring cannot be returned at all.
             if queue.add_used(mem, head, len).is_err() {
-                self.needs_reset = true;
+                broken();
                 continue;
             }
-            used_any = true;
+            served += 1;
+            if served % BATCH == 0 {
+                interrupt.notify_used(*index, queue, mem);
+            }
         }
-        if used_any {
-            interrupt.notify_used(0, queue, mem);
+        if served % BATCH != 0 {
+            interrupt.notify_used(*index, queue, mem);
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) => continue,
+            Ok(false) => return,
+            Err(_) => {
+                broken();
+                return;
+            }
         }
     }
 }
@@ -260,7 +406,7 @@ pub(crate) mod config_offset {
     pub const WRITE_ZEROES_MAY_UNMAP: usize = 56;
 }
 
-fn build_config(c: &mut [u8; CONFIG_LEN], capacity: u64) {
+fn build_config(c: &mut [u8; CONFIG_LEN], capacity: u64, num_queues: u16) {
     use config_offset as o;
     let put32 = |c: &mut [u8; CONFIG_LEN], at: usize, v: u32| {
         c[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -269,7 +415,7 @@ fn build_config(c: &mut [u8; CONFIG_LEN], capacity: u64) {
     // The header and the status take one descriptor each.
     put32(c, o::SEG_MAX, u32::from(QUEUE_SIZE) - 2);
     put32(c, o::BLK_SIZE, SECTOR_SIZE as u32);
-    c[o::NUM_QUEUES..o::NUM_QUEUES + 2].copy_from_slice(&1u16.to_le_bytes());
+    c[o::NUM_QUEUES..o::NUM_QUEUES + 2].copy_from_slice(&num_queues.to_le_bytes());
     put32(c, o::MAX_DISCARD_SECTORS, MAX_DISCARD_SECTORS);
     put32(c, o::MAX_DISCARD_SEG, MAX_DISCARD_SEG);
     put32(c, o::DISCARD_SECTOR_ALIGNMENT, DISCARD_SECTOR_ALIGNMENT);
@@ -316,7 +462,7 @@ fn layout(mem: &GuestMemoryMmap, chain: &DescriptorChain<&GuestMemoryMmap>) -> O
 /// is borrowed too.
 struct Requests<'a> {
     counters: &'a DeviceCounters,
-    disk: &'a DiskFile,
+    disk: &'a dyn DiskBackend,
     readonly: bool,
     id: &'a [u8; ID_BYTES],
     capacity: u64,
@@ -573,11 +719,11 @@ impl VirtioDevice for Block {
     /// The driver sent a request the device could not answer (no place for a status byte, a
     /// broken chain, a bad ring index): the transport raises DEVICE_NEEDS_RESET.
     fn needs_reset(&self) -> bool {
-        self.needs_reset
+        self.shared.needs_reset.load(Ordering::Acquire)
     }
 
     fn counters(&self) -> Option<Arc<DeviceCounters>> {
-        Some(self.counters.clone())
+        Some(self.shared.counters.clone())
     }
 
     fn features(&self) -> u64 {
@@ -587,14 +733,17 @@ impl VirtioDevice for Block {
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_DISCARD
             | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
-        if self.readonly {
+        if self.shared.readonly {
             f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        if self.queue_sizes.len() > 1 {
+            f |= 1 << VIRTIO_BLK_F_MQ;
         }
         f
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
+        &self.queue_sizes
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -602,24 +751,66 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, mut act: Activation) -> Result<(), ActivateError> {
-        let queue = act.take_queue(0, "requestq")?;
-        self.active = Some(Active {
-            mem: act.mem,
-            queue,
-            interrupt: act.interrupt,
-            writethrough: act.features & (1 << VIRTIO_BLK_F_FLUSH) == 0,
-        });
+        self.workers.clear();
+        let writethrough = act.features & (1 << VIRTIO_BLK_F_FLUSH) == 0;
+        // Without MQ the driver uses the first queue only (§5.2.2).
+        let queues = if act.features & (1 << VIRTIO_BLK_F_MQ) != 0 {
+            self.queue_sizes.len()
+        } else {
+            1
+        };
+        let mut started = Vec::with_capacity(queues);
+        for i in 0..queues {
+            let queue = if i == 0 {
+                act.take_queue(0, "requestq")?
+            } else {
+                // A driver may enable fewer queues than offered (one per vCPU it has).
+                match act.queues.get_mut(i).and_then(Option::take) {
+                    Some(q) => q,
+                    None => continue,
+                }
+            };
+            let index = i as u16;
+            let active = Active {
+                index,
+                mem: act.mem.clone(),
+                queue,
+                interrupt: act.interrupt.clone(),
+                writethrough,
+                bounce: vec![0; BOUNCE_LEN],
+            };
+            let progress = Arc::new(Progress::default());
+            let (shared, p) = (self.shared.clone(), progress.clone());
+            let worker = Worker::start(&format!("vireo-blk-q{i}"), move |wake, stop| {
+                serve(&shared, active, &p, wake, stop)
+            })
+            .map_err(|e| ActivateError::Backend(format!("cannot start an I/O thread: {e}")))?;
+            started.push(QueueWorker {
+                index,
+                progress,
+                worker,
+            });
+        }
+        self.workers = started;
         Ok(())
     }
 
     fn queue_notify(&mut self, index: u16) {
-        if index == 0 {
-            self.process_queue();
+        if let Some(w) = self.workers.iter().find(|w| w.index == index) {
+            w.worker.kick();
         }
     }
 
+    fn queue_event(&self, index: u16) -> Option<Arc<EventFd>> {
+        self.workers
+            .iter()
+            .find(|w| w.index == index)
+            .map(|w| w.worker.event())
+    }
+
     fn reset(&mut self) {
-        self.active = None;
-        self.needs_reset = false;
+        // Stops and joins the threads: nothing touches guest memory after this returns.
+        self.workers.clear();
+        self.shared.needs_reset.store(false, Ordering::Release);
     }
 }

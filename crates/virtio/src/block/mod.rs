@@ -1,5 +1,6 @@
-//! virtio-blk (virtio 1.2 §5.2): one disk, a raw image file (sparse or not) or a host block
-//! device, behind one request queue of [`QUEUE_SIZE`] entries.
+//! virtio-blk (virtio 1.2 §5.2): one disk, a raw or qcow2 image file or a host block device,
+//! behind 1 to [`MAX_QUEUES`] request queues of [`QUEUE_SIZE`] entries, each served by its own
+//! I/O thread.
 //!
 //! # What the host is protected from
 //!
@@ -11,8 +12,8 @@
 //! # What the guest is offered
 //!
 //! VIRTIO_F_VERSION_1, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH,
-//! VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, and VIRTIO_BLK_F_RO when the disk is
-//! attached read-only.
+//! VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_F_RO when the disk is attached
+//! read-only, and VIRTIO_BLK_F_MQ when it has more than one queue.
 //!
 //! # Configuration space (struct virtio_blk_config, little-endian, read-only)
 //!
@@ -21,7 +22,7 @@
 //! | 0 | capacity | image size / 512, rounded down ([`Block::warning`] says so) |
 //! | 12 | seg_max | `QUEUE_SIZE - 2` (the header and the status take a descriptor each) |
 //! | 20 | blk_size | 512 |
-//! | 34 | num_queues | 1 |
+//! | 34 | num_queues | [`BlockConfig::num_queues`] |
 //! | 36 | max_discard_sectors | [`MAX_DISCARD_SECTORS`] |
 //! | 40 | max_discard_seg | [`MAX_DISCARD_SEG`] |
 //! | 44 | discard_sector_alignment | [`DISCARD_SECTOR_ALIGNMENT`] (4 KiB) |
@@ -34,9 +35,17 @@
 //! # Requests
 //!
 //! Each chain is a 16-byte device-readable header (le32 type, le32 reserved, le64 sector), the
-//! data, and a final device-writable status byte (OK 0, IOERR 1, UNSUPP 2). Requests are
-//! served synchronously, in the vCPU thread that kicked the queue, with positioned reads and
-//! writes on the image.
+//! data, and a final device-writable status byte (OK 0, IOERR 1, UNSUPP 2).
+//!
+//! # Threads
+//!
+//! A notification only wakes the queue's I/O thread (an eventfd; on kvm the kernel writes it
+//! through an ioeventfd, so the vCPU does not even exit). The thread owns the queue: it serves
+//! chains with positioned reads and writes through the image's backend (`backend.rs`: raw or qcow2),
+//! publishes used entries every 64 chains and when the ring is empty, re-enables
+//! notifications and looks once more before sleeping. The vCPU holds the device's lock only
+//! for the doorbell, so a slow disk stalls no vCPU (no hart on emu), and queues run in
+//! parallel. Reset stops and joins the threads before the device is reconfigured.
 //!
 //! - IN / OUT: whole sectors inside the capacity, else IOERR. OUT on a read-only disk is
 //!   IOERR and writes nothing.
@@ -74,8 +83,10 @@ pub use format::{DiskFormat, ForeignFormat};
 pub use lock::Holder;
 pub use qcow2::MAX_CHAIN;
 
-/// Entries in the request queue.
+/// Entries in each request queue.
 pub const QUEUE_SIZE: u16 = 256;
+/// Request queues (and I/O threads) one disk may have.
+pub const MAX_QUEUES: usize = 16;
 /// The protocol's sector, whatever the image's block size.
 pub const SECTOR_SIZE: u64 = 512;
 const SECTOR_SHIFT: u32 = 9;

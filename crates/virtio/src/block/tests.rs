@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use vireo_machine::IrqLine;
 use virtio_bindings::virtio_blk::{
-    virtio_blk_config, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
-    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    virtio_blk_config, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
@@ -83,6 +83,17 @@ impl<'a> Driver<'a> {
             vq: MockSplitQueue::new(mem, QSIZE),
             next_desc: 0,
             next_data: DATA,
+            published: 0,
+        }
+    }
+
+    /// A second driver queue: its rings at `rings`, its buffers from `data` on.
+    fn at(mem: &'a GuestMemoryMmap, rings: u64, data: u64) -> Self {
+        Driver {
+            mem,
+            vq: MockSplitQueue::create(mem, GuestAddress(rings), QSIZE),
+            next_desc: 0,
+            next_data: data,
             published: 0,
         }
     }
@@ -229,6 +240,7 @@ fn open(image: &TempImage, readonly: bool, serial: Option<&str>) -> Block {
         readonly,
         serial: serial.map(str::to_string),
         format: None,
+        num_queues: 1,
     })
     .unwrap()
 }
@@ -249,6 +261,16 @@ fn activate(mut block: Block, driver: &Driver, features: u64) -> Rig {
         irq,
         interrupt,
     }
+}
+
+/// The driver's doorbell for queue `index`, then the wait for the I/O thread to have served
+/// everything (the device works asynchronously; the tests look at the rings afterwards).
+fn kick(block: &mut Block, index: u16) {
+    block.queue_notify(index);
+    assert!(
+        block.wait_idle(std::time::Duration::from_secs(10)),
+        "the I/O thread did not finish within 10 s"
+    );
 }
 
 fn all_features(block: &Block) -> u64 {
@@ -342,6 +364,7 @@ fn open_errors_name_the_path_and_the_reason() {
         readonly: false,
         serial: None,
         format: None,
+        num_queues: 1,
     })
     .err()
     .unwrap();
@@ -353,6 +376,7 @@ fn open_errors_name_the_path_and_the_reason() {
         readonly: true,
         serial: None,
         format: None,
+        num_queues: 1,
     })
     .err()
     .unwrap();
@@ -363,6 +387,7 @@ fn open_errors_name_the_path_and_the_reason() {
         readonly: true,
         serial: None,
         format: None,
+        num_queues: 1,
     })
     .err()
     .unwrap();
@@ -374,6 +399,7 @@ fn open_errors_name_the_path_and_the_reason() {
         readonly: true,
         serial: Some("x".repeat(21)),
         format: None,
+        num_queues: 1,
     })
     .err()
     .unwrap();
@@ -396,6 +422,7 @@ fn open_errors_name_the_path_and_the_reason() {
             readonly: false,
             serial: None,
             format: None,
+            num_queues: 1,
         })
         .err()
         .unwrap();
@@ -409,6 +436,7 @@ fn open_errors_name_the_path_and_the_reason() {
         readonly: true,
         serial: None,
         format: None,
+        num_queues: 1,
     })
     .is_ok());
 }
@@ -419,6 +447,7 @@ fn config(path: &Path, readonly: bool, format: Option<DiskFormat>) -> BlockConfi
         readonly,
         serial: None,
         format,
+        num_queues: 1,
     }
 }
 
@@ -492,17 +521,17 @@ fn qemu_check_clean(image: &Path) {
 fn write_read(rig: &mut Rig, d: &mut Driver, sector: u64, data: &[u8]) -> Vec<u8> {
     let (w, _) = d.request(VIRTIO_BLK_T_OUT, sector, data.len() as u32, false);
     d.fill(&w, data);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.status(&w), VIRTIO_BLK_S_OK as u8);
     let (r, _) = d.request(VIRTIO_BLK_T_IN, sector, data.len() as u32, true);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.status(&r), VIRTIO_BLK_S_OK as u8);
     d.data(&r)
 }
 
 fn flush(rig: &mut Rig, d: &mut Driver) {
     let (f, _) = d.request(VIRTIO_BLK_T_FLUSH, 0, 0, false);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.status(&f), VIRTIO_BLK_S_OK as u8);
 }
 
@@ -536,7 +565,7 @@ fn a_qcow2_image_is_read_and_written_and_qemu_img_agrees() {
         let mut rig = activate(block, &d, features);
         // What qemu-io wrote is read.
         let (r, _) = d.request(VIRTIO_BLK_T_IN, (1 << 20) / 512, 4096, true);
-        rig.block.queue_notify(0);
+        kick(&mut rig.block, 0);
         assert_eq!(d.status(&r), VIRTIO_BLK_S_OK as u8);
         assert!(d.data(&r).iter().all(|&b| b == 0x5a));
         // What the guest writes (in an unallocated cluster, and over qemu's) qemu-img reads.
@@ -596,7 +625,7 @@ fn a_qcow2_overlay_reads_its_base_and_leaves_it_alone() {
     let mut rig = activate(block, &d, features);
     // Through a chain of three: the base's bytes, the middle's over them.
     let (r, _) = d.request(VIRTIO_BLK_T_IN, 0, 128 * 1024, true);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     let got = d.data(&r);
     assert!(got[..64 * 1024].iter().all(|&b| b == 0xab));
     assert!(got[64 * 1024..].iter().all(|&b| b == 0xcd));
@@ -841,7 +870,7 @@ fn write_then_read_round_trip() {
     let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
     let (w, wh) = d.request(VIRTIO_BLK_T_OUT, 10, 4096, false);
     d.fill(&w, &pattern);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.used_count(), 1);
     assert_eq!(d.used(0), (u32::from(wh), 1));
     assert_eq!(d.status(&w), VIRTIO_BLK_S_OK as u8);
@@ -853,7 +882,7 @@ fn write_then_read_round_trip() {
     assert_eq!(&on_disk[5120..5120 + 4096], &pattern[..]);
 
     let (r, rh) = d.request(VIRTIO_BLK_T_IN, 10, 4096, true);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.used_count(), 2);
     assert_eq!(d.used(1), (u32::from(rh), 4097));
     assert_eq!(d.status(&r), VIRTIO_BLK_S_OK as u8);
@@ -866,7 +895,7 @@ fn write_then_read_round_trip() {
     let b2 = d.alloc(413);
     mem.write_obj(0xffu8, GuestAddress(b2 + 412)).unwrap();
     d.chain(&[Buf(a, 16, false), Buf(b1, 100, true), Buf(b2, 413, true)]);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.used(2).1, 513);
     let mut got = vec![0u8; 512];
     mem.read_slice(&mut got[..100], GuestAddress(b1)).unwrap();
@@ -886,7 +915,7 @@ fn flush_and_get_id() {
 
     let (f, _) = d.request(VIRTIO_BLK_T_FLUSH, 0, 0, false);
     let (id, _) = d.request(VIRTIO_BLK_T_GET_ID, 0, 20, true);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.used_count(), 2);
     assert_eq!(d.status(&f), VIRTIO_BLK_S_OK as u8);
     assert_eq!(d.status(&id), VIRTIO_BLK_S_OK as u8);
@@ -901,7 +930,7 @@ fn flush_and_get_id() {
     let features = all_features(&block);
     let mut rig = activate(block, &d2, features);
     let (id, _) = d2.request(VIRTIO_BLK_T_GET_ID, 0, 20, true);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(&d2.data(&id), b"abcdefghijklmnopqrst");
 }
 
@@ -917,7 +946,7 @@ fn write_through_when_flush_is_not_negotiated() {
     let mut rig = activate(block, &d, features);
     let (w, _) = d.request(VIRTIO_BLK_T_OUT, 0, 512, false);
     d.fill(&w, &[0xab; 512]);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.status(&w), VIRTIO_BLK_S_OK as u8);
     assert_eq!(std::fs::read(image.path()).unwrap()[..512], [0xab; 512]);
 }
@@ -959,7 +988,7 @@ fn discard_punches_a_hole() {
 
     // Discard the middle 2 MiB.
     let r = segment_request(&mut d, VIRTIO_BLK_T_DISCARD, &[segment(2048, 4096, 0)]);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.status(&r), VIRTIO_BLK_S_OK as u8);
     let after = allocated(image.path());
     if after >= before {
@@ -993,7 +1022,7 @@ fn discard_punches_a_hole() {
         .map(|i| segment(i, 1, 0))
         .collect();
     let r5 = segment_request(&mut d, VIRTIO_BLK_T_DISCARD, &too_many);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.status(&r1), VIRTIO_BLK_S_UNSUPP as u8);
     assert_eq!(d.status(&r2), VIRTIO_BLK_S_UNSUPP as u8);
     assert_eq!(d.status(&r3), VIRTIO_BLK_S_IOERR as u8);
@@ -1022,7 +1051,7 @@ fn write_zeroes_reads_back_as_zero() {
     );
     let r2 = segment_request(&mut d, VIRTIO_BLK_T_WRITE_ZEROES, &[segment(100, 3, 0)]);
     let r3 = segment_request(&mut d, VIRTIO_BLK_T_WRITE_ZEROES, &[segment(0, 1, 2)]);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.status(&r1), VIRTIO_BLK_S_OK as u8);
     assert_eq!(d.status(&r2), VIRTIO_BLK_S_OK as u8);
     assert_eq!(d.status(&r3), VIRTIO_BLK_S_UNSUPP as u8);
@@ -1039,7 +1068,7 @@ fn write_zeroes_reads_back_as_zero() {
 
     // And the guest reads zeroes back.
     let (r, _) = d.request(VIRTIO_BLK_T_IN, 0, 4608, true);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     let data = d.data(&r);
     assert!(data[..4096].iter().all(|&b| b == 0));
     assert!(data[4096..].iter().all(|&b| b == 0x77));
@@ -1061,7 +1090,7 @@ fn read_only_refuses_every_write() {
     let dc = segment_request(&mut d, VIRTIO_BLK_T_DISCARD, &[segment(0, 8, 0)]);
     let (r, _) = d.request(VIRTIO_BLK_T_IN, 0, 512, true);
     let (f, _) = d.request(VIRTIO_BLK_T_FLUSH, 0, 0, false);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.used_count(), 5);
     assert_eq!(d.status(&w), VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(d.status(&z), VIRTIO_BLK_S_IOERR as u8);
@@ -1091,7 +1120,7 @@ fn out_of_range_and_unknown_requests() {
     let (u, _) = d.request(99, 0, 512, true);
     let (gl, _) = d.request(10, 0, 8, true); // GET_LIFETIME, not offered
     let (past, _) = d.request(VIRTIO_BLK_T_OUT, 128, 512, false);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.used_count(), 7);
     assert_eq!(d.status(&past), VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(
@@ -1116,7 +1145,7 @@ fn out_of_range_and_unknown_requests() {
 fn still_serving(d: &mut Driver, block: &mut Block) {
     let before = d.used_count();
     let (r, head) = d.request(VIRTIO_BLK_T_IN, 0, 512, true);
-    block.queue_notify(0);
+    kick(block, 0);
     assert_eq!(d.used_count(), before + 1, "the good request was served");
     assert_eq!(d.used(before), (u32::from(head), 513));
     assert_eq!(d.status(&r), VIRTIO_BLK_S_OK as u8);
@@ -1145,7 +1174,7 @@ fn descriptor_beyond_guest_memory_is_ioerr() {
         Buf(MEM_SIZE as u64 + 0x1000, 512, true),
         Buf(s, 1, true),
     ]);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.used_count(), 1);
     assert_eq!(
         mem.read_obj::<u8>(GuestAddress(s)).unwrap(),
@@ -1157,7 +1186,7 @@ fn descriptor_beyond_guest_memory_is_ioerr() {
         Buf(MEM_SIZE as u64 - 256, 512, true),
         Buf(s2, 1, true),
     ]);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(
         mem.read_obj::<u8>(GuestAddress(s2)).unwrap(),
         VIRTIO_BLK_S_IOERR as u8
@@ -1165,14 +1194,14 @@ fn descriptor_beyond_guest_memory_is_ioerr() {
     // A header outside memory.
     let s3 = d.alloc(1);
     d.chain(&[Buf(u64::MAX - 8, 16, false), Buf(s3, 1, true)]);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(
         mem.read_obj::<u8>(GuestAddress(s3)).unwrap(),
         VIRTIO_BLK_S_IOERR as u8
     );
     // A status byte outside memory: nowhere to answer.
     d.chain(&[Buf(h, 16, false), Buf(MEM_SIZE as u64, 1, true)]);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.used_count(), 4);
     assert_eq!(d.used(3).1, 0);
     assert!(rig.block.needs_reset());
@@ -1195,7 +1224,7 @@ fn chain_with_a_next_loop_is_dropped() {
     d.store(2, h, 16, VRING_DESC_F_NEXT, 1000);
     d.next_desc = 3;
     d.publish(2);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.used_count(), 2, "both returned, neither hangs");
     assert_eq!(d.used(0), (0, 0));
     assert_eq!(d.used(1), (2, 0));
@@ -1215,7 +1244,7 @@ fn short_header_is_ioerr() {
     // No readable part at all.
     let s2 = d.alloc(1);
     d.chain(&[Buf(s2, 1, true)]);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(
         mem.read_obj::<u8>(GuestAddress(s)).unwrap(),
         VIRTIO_BLK_S_IOERR as u8
@@ -1239,7 +1268,7 @@ fn device_readable_status_is_dropped() {
     let s = d.alloc(1);
     mem.write_obj(0xffu8, GuestAddress(s)).unwrap();
     d.chain(&[Buf(h, 16, false), Buf(data, 512, false), Buf(s, 1, false)]);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.used_count(), 1);
     assert_eq!(d.used(0).1, 0);
     assert_eq!(
@@ -1266,7 +1295,7 @@ fn device_readable_status_is_dropped() {
         Buf(r, 512, false),
         Buf(s2, 1, true),
     ]);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(
         mem.read_obj::<u8>(GuestAddress(s2)).unwrap(),
         VIRTIO_BLK_S_IOERR as u8
@@ -1281,7 +1310,7 @@ fn data_not_a_multiple_of_512_is_ioerr() {
     let (r, _) = d.request(VIRTIO_BLK_T_IN, 0, 511, true);
     let (w, _) = d.request(VIRTIO_BLK_T_OUT, 0, 513, false);
     d.fill(&w, &[0x33; 513]);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.status(&r), VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(d.status(&w), VIRTIO_BLK_S_IOERR as u8);
     assert_eq!(std::fs::read(image.path()).unwrap()[0], 0);
@@ -1311,7 +1340,7 @@ fn huge_lengths_are_refused_without_allocating() {
     ]);
     // A read that fits in guest memory but not on the 64 KiB disk.
     let (big, _) = d.request(VIRTIO_BLK_T_IN, 0, 2 * 1024 * 1024, true);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.used_count(), 3);
     assert_eq!(
         mem.read_obj::<u8>(GuestAddress(s)).unwrap(),
@@ -1328,14 +1357,14 @@ fn bad_available_index_stops_the_queue_without_hanging() {
     let (d, mut rig, _image) = hostile_rig(&mem);
     // The driver claims 1000 new chains in a 16-entry ring.
     d.vq.avail().idx().store(1000);
-    rig.block.queue_notify(0);
+    kick(&mut rig.block, 0);
     assert_eq!(d.used_count(), 0);
     assert!(rig.block.needs_reset());
     // Reset clears it; notifications before activation do nothing.
     rig.block.reset();
     assert!(!rig.block.needs_reset());
-    rig.block.queue_notify(0);
-    rig.block.queue_notify(7);
+    kick(&mut rig.block, 0);
+    kick(&mut rig.block, 7);
 }
 
 #[test]
@@ -1420,6 +1449,15 @@ fn a_read_through_the_mmio_transport() {
     let (r, head) = d.request(VIRTIO_BLK_T_IN, 3, 1024, true);
     let (id, _) = d.request(VIRTIO_BLK_T_GET_ID, 0, 20, true);
     wr(&mut t, 0x050, 0);
+    // The I/O thread answers; a driver waits for the interrupt.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while irq.0.load(Ordering::Relaxed) == 0 || d.used_count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no completion within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     assert_eq!(d.used_count(), 2);
     assert_eq!(d.used(0), (u32::from(head), 1025));
     assert_eq!(d.status(&r), VIRTIO_BLK_S_OK as u8);
@@ -1427,4 +1465,82 @@ fn a_read_through_the_mmio_transport() {
     assert_eq!(&d.data(&id)[..5], b"mmio\0");
     assert_eq!(rd(&mut t, 0x060) & INT_USED, INT_USED);
     assert!(irq.0.load(Ordering::Relaxed) > 0);
+}
+
+/// Two request queues, each with its own I/O thread: F_MQ and num_queues are offered, each
+/// queue's requests complete on its own ring, and without F_MQ only the first queue runs.
+#[test]
+fn several_queues_are_served_each_by_its_thread() {
+    let image = TempImage::new(64 * 1024);
+    std::fs::write(
+        image.path(),
+        (0..64 * 1024).map(|i| (i / 512) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let open2 = || {
+        Block::open(&BlockConfig {
+            num_queues: 2,
+            ..config(image.path(), false, None)
+        })
+        .unwrap()
+    };
+    let mem = guest_memory();
+    let mut d0 = Driver::new(&mem);
+    let mut d1 = Driver::at(&mem, 0x20_0000, 0x28_0000);
+    let mut block = open2();
+    assert_eq!(block.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
+    let mut n = [0u8; 2];
+    block.read_config(config_offset::NUM_QUEUES as u64, &mut n);
+    assert_eq!(u16::from_le_bytes(n), 2);
+    let features = block.features();
+    assert_ne!(features & (1 << VIRTIO_BLK_F_MQ), 0);
+    let irq = Arc::new(CountingIrq(AtomicU32::new(0)));
+    block
+        .activate(Activation {
+            mem: mem.clone(),
+            queues: vec![Some(d0.queue()), Some(d1.queue())],
+            interrupt: Interrupt::new(irq.clone()),
+            features,
+        })
+        .unwrap();
+    let (r0, _) = d0.request(VIRTIO_BLK_T_IN, 3, 512, true);
+    let (r1, _) = d1.request(VIRTIO_BLK_T_IN, 5, 512, true);
+    kick(&mut block, 1);
+    assert_eq!(d1.used_count(), 1, "queue 1 served");
+    assert_eq!(d1.data(&r1), vec![5u8; 512]);
+    kick(&mut block, 0);
+    assert_eq!(d0.used_count(), 1);
+    assert_eq!(d0.data(&r0), vec![3u8; 512]);
+    assert!(block.queue_event(0).is_some() && block.queue_event(1).is_some());
+    block.reset();
+    assert!(block.queue_event(0).is_none(), "reset stops the threads");
+    drop(block);
+
+    // The driver did not take MQ: only the request queue runs.
+    let mut block = open2();
+    let mut d0 = Driver::new(&mem);
+    let d1 = Driver::at(&mem, 0x20_0000, 0x28_0000);
+    block
+        .activate(Activation {
+            mem: mem.clone(),
+            queues: vec![Some(d0.queue()), Some(d1.queue())],
+            interrupt: Interrupt::new(irq.clone()),
+            features: features & !(1 << VIRTIO_BLK_F_MQ),
+        })
+        .unwrap();
+    assert!(block.queue_event(1).is_none());
+    let (r, _) = d0.request(VIRTIO_BLK_T_IN, 7, 512, true);
+    kick(&mut block, 0);
+    assert_eq!(d0.data(&r), vec![7u8; 512]);
+
+    // Out of range: refused at open, naming the range.
+    for bad in [0u16, MAX_QUEUES as u16 + 1] {
+        let e = Block::open(&BlockConfig {
+            num_queues: bad,
+            ..config(image.path(), false, None)
+        })
+        .err()
+        .expect("a bad queue count");
+        assert!(e.to_string().contains("expected 1 to 16"), "{e}");
+    }
 }
