@@ -27,8 +27,8 @@ use crate::layout::{
 };
 use crate::layout::{PCI_ECAM_BASE, PCI_GSIS, PCI_MMIO_BASE, PCI_MMIO_SIZE};
 use crate::mptable::{self, MpTableError};
-use crate::pc::KvmMsi;
 use crate::pc::{Cmos, DebugExit, KvmIrqLine, CMOS_WINDOW, DEBUG_EXIT_WINDOW, I8042, I8042_WINDOW};
+use crate::pc::{KvmMsi, KvmNotify};
 use crate::regs::{self, RegsError};
 use crate::vcpu::{
     kick_handler, kick_signal, thread_asleep, ExitCounters, ExitCounts, RegisterDump, Vcpu,
@@ -656,6 +656,7 @@ impl KvmVm {
                 ram.memory(),
                 |i, _slot| PCI_GSIS.get(i).map(|&gsi| (irq(gsi), gsi as u8)),
                 msi,
+                Some(Arc::new(KvmNotify(vm.clone()))),
             )
             .map_err(|e| pci(&e))?;
             let root = Arc::new(Mutex::new(root));

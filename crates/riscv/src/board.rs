@@ -314,6 +314,7 @@ impl EmuVm {
                         Some((plic_line(irq), irq as u8))
                     },
                     None,
+                    None,
                 )
                 .map_err(|e| fault(&e))?;
                 for (slot, irq) in placed {

@@ -12,6 +12,7 @@ use vireo_pci::config::{ConfigError, ConfigSpace, Identity};
 use vireo_pci::{msix, MsixTable, PciDevice};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::transport::{DeviceCore, Ring};
 use crate::{types, Interrupt, MsixRoute, VirtioDevice, NO_VECTOR};
@@ -45,11 +46,23 @@ const CAP_ISR: u8 = 3;
 const CAP_DEVICE: u8 = 4;
 const CAP_VENDOR: u8 = 0x09;
 
+/// Where a board can have doorbell writes signal an eventfd without leaving its kernel (KVM's
+/// ioeventfd): a write of any width to `addr` then wakes the device's I/O thread directly and
+/// the vCPU never exits for it. Boards without one (emu) reach the same eventfd through
+/// `queue_notify`.
+pub trait NotifyRegistry: Send + Sync {
+    fn register(&self, addr: u64, fd: &EventFd) -> std::io::Result<()>;
+    fn unregister(&self, addr: u64, fd: &EventFd) -> std::io::Result<()>;
+}
+
 /// One virtio device as a PCI function.
 pub struct VirtioPci {
     core: DeviceCore,
     config: ConfigSpace,
     msix: Option<(Arc<MsixRoute>, usize)>,
+    notify: Option<Arc<dyn NotifyRegistry>>,
+    /// Doorbells registered with `notify`: guest-physical address and the eventfd.
+    registered: Vec<(u64, Arc<EventFd>)>,
 }
 
 /// A struct virtio_pci_cap for `cfg_type` covering `len` bytes at `offset` in BAR 0, with
@@ -132,7 +145,51 @@ impl VirtioPci {
             core: DeviceCore::new(device, mem, interrupt),
             config,
             msix,
+            notify: None,
+            registered: Vec::new(),
         })
+    }
+
+    /// Has the board's kernel signal the device's queue eventfds on doorbell writes.
+    pub fn set_notify_registry(&mut self, registry: Arc<dyn NotifyRegistry>) {
+        self.notify = Some(registry);
+    }
+
+    /// Brings the registered doorbells in line with the device: one per queue with an I/O
+    /// thread, at the BAR's current address, while the device is live and the BAR decodes;
+    /// none otherwise. Called after every write that can change one of those.
+    fn sync_doorbells(&mut self) {
+        let Some(registry) = self.notify.clone() else {
+            return;
+        };
+        let mut want: Vec<(u64, Arc<EventFd>)> = Vec::new();
+        if let (true, Some((base, _))) = (self.core.active, self.config.bar_window(BAR)) {
+            for q in 0..self.core.queues.len() as u16 {
+                if let Some(fd) = self.core.device.queue_event(q) {
+                    let addr = base + NOTIFY + u64::from(q) * u64::from(NOTIFY_MULTIPLIER);
+                    want.push((addr, fd));
+                }
+            }
+        }
+        let same = |a: &(u64, Arc<EventFd>), b: &(u64, Arc<EventFd>)| {
+            a.0 == b.0 && Arc::ptr_eq(&a.1, &b.1)
+        };
+        for old in std::mem::take(&mut self.registered) {
+            if want.iter().any(|w| same(w, &old)) {
+                self.registered.push(old);
+            } else {
+                let _ = registry.unregister(old.0, &old.1);
+            }
+        }
+        for w in want {
+            if self.registered.iter().any(|r| same(r, &w)) {
+                continue;
+            }
+            // Without the registration the doorbell still works, through the vCPU's exit.
+            if registry.register(w.0, &w.1).is_ok() {
+                self.registered.push(w);
+            }
+        }
     }
 
     /// Sets the interrupt-line register (the platform's INTx routing, for guests that read it).
@@ -250,6 +307,8 @@ impl PciDevice for VirtioPci {
                 route.table().set_control(u16::from_le_bytes([b[0], b[1]]));
             }
         }
+        // The BAR may have moved, or memory decoding changed.
+        self.sync_doorbells();
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
@@ -289,7 +348,13 @@ impl PciDevice for VirtioPci {
             return;
         }
         match offset {
-            COMMON..=0xfff if offset < COMMON_LEN => self.common_write(offset, data),
+            COMMON..=0xfff if offset < COMMON_LEN => {
+                self.common_write(offset, data);
+                // A status write activates or resets the device (and its threads).
+                if offset == 0x14 {
+                    self.sync_doorbells();
+                }
+            }
             DEVICE_CFG..=0x2fff => self.core.write_config(offset - DEVICE_CFG, data),
             NOTIFY..=0x3fff => {
                 let index = (offset - NOTIFY) / u64::from(NOTIFY_MULTIPLIER);
@@ -313,13 +378,15 @@ mod tests;
 /// in `slot`, and its number (the
 /// interrupt line register the driver reads); `msi` enables MSI-X where the board has an MSI
 /// controller (none: INTx only, and no MSI-X capability for the driver to try). Returns each
-/// device's (slot, line number).
+/// device's (slot, line number). `notify`, where the board has one, takes the doorbells of
+/// devices with I/O threads.
 pub fn add_functions(
     root: &mut vireo_pci::PciRoot,
     devices: Vec<Box<dyn VirtioDevice>>,
     mem: &GuestMemoryMmap,
     mut line_for: impl FnMut(usize, u8) -> Option<(Arc<dyn IrqLine>, u8)>,
     msi: Option<Arc<dyn MsiSink>>,
+    notify: Option<Arc<dyn NotifyRegistry>>,
 ) -> Result<Vec<(u8, u8)>, String> {
     let mut placed = Vec::new();
     for (index, dev) in devices.into_iter().enumerate() {
@@ -331,6 +398,9 @@ pub fn add_functions(
         let mut f =
             VirtioPci::new(dev, mem.clone(), line, msi.clone()).map_err(|e| e.to_string())?;
         f.set_interrupt_line(number);
+        if let Some(n) = &notify {
+            f.set_notify_registry(n.clone());
+        }
         let got = root.add(Box::new(f)).map_err(|e| e.to_string())?;
         placed.push((got, number));
     }

@@ -139,6 +139,8 @@ pub const COUNTERS: &[&str] = &[
     "flush_requests",
     "discard_requests",
     "failed_requests",
+    "notify_exits",
+    "io_wakeups",
 ];
 const C_READS: usize = 0;
 const C_READ_BYTES: usize = 1;
@@ -147,6 +149,10 @@ const C_WRITE_BYTES: usize = 3;
 const C_FLUSHES: usize = 4;
 const C_DISCARDS: usize = 5;
 const C_FAILED: usize = 6;
+/// Doorbells that reached vireo through a vCPU exit (not through an ioeventfd).
+const C_NOTIFY_EXITS: usize = 7;
+/// Times an I/O thread woke up to look at its queue.
+const C_WAKEUPS: usize = 8;
 
 /// What one I/O thread owns.
 struct Active {
@@ -288,6 +294,7 @@ fn serve(
             return;
         }
         let ticket = progress.taken();
+        shared.counters.add(C_WAKEUPS, 1);
         drain(shared, &mut active, stop);
         progress.finished(ticket);
         wait_readable(wake);
@@ -796,6 +803,7 @@ impl VirtioDevice for Block {
     }
 
     fn queue_notify(&mut self, index: u16) {
+        self.shared.counters.add(C_NOTIFY_EXITS, 1);
         if let Some(w) = self.workers.iter().find(|w| w.index == index) {
             w.worker.kick();
         }
