@@ -25,7 +25,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use imago::format::gate::ImplicitOpenGate;
 use imago::qcow2::Qcow2;
-use imago::{FormatAccess, FormatDriverBuilder, StorageOpenOptions};
+use imago::{FormatAccess, FormatDriverBuilder, Mapping, ShallowMapping, StorageOpenOptions};
 
 use super::lock::{self, LockError};
 
@@ -160,13 +160,26 @@ impl Qcow2Image {
     /// Opens the qcow2 image in `file` (opened and locked by the caller; a duplicate of its
     /// descriptor is handed to imago, so the lock covers both) with its backing chain.
     pub(crate) fn open(file: &File, path: &Path, readonly: bool) -> io::Result<Qcow2Image> {
+        Self::open_with(file, path, readonly, true)
+    }
+
+    /// Opens the image alone, without its backing chain: what it does not hold itself reads
+    /// as unallocated ([`Extent::Unallocated`]). For `vireo disk commit`, which writes the
+    /// backing file itself and must not have it opened read-only here too.
+    pub(crate) fn open_shallow(file: &File, path: &Path, readonly: bool) -> io::Result<Qcow2Image> {
+        Self::open_with(file, path, readonly, false)
+    }
+
+    fn open_with(file: &File, path: &Path, readonly: bool, chain: bool) -> io::Result<Qcow2Image> {
         let v2 = check_header(file, path)?;
         let dup = file.try_clone()?;
         let opts = StorageOpenOptions::new().filename(path).write(!readonly);
         let storage = imago::file::File::from_open_file(dup, opts)?;
-        let driver = Qcow2::<imago::file::File>::builder(storage)
-            .write(!readonly)
-            .open(Gate { depth: 1 })?;
+        let mut builder = Qcow2::<imago::file::File>::builder(storage).write(!readonly);
+        if !chain {
+            builder = builder.backing(None);
+        }
+        let driver = builder.open(Gate { depth: 1 })?;
         let access = FormatAccess::new(driver);
         let size = access.size();
         Ok(Qcow2Image {
@@ -251,4 +264,55 @@ impl Qcow2Image {
     fn write_zeroes_slowly(&self, offset: u64, len: u64, zeroes: &[u8]) -> io::Result<()> {
         super::backend::write_zeroes_with(offset, len, zeroes, |b, at| self.write_all_at(b, at))
     }
+
+    /// What the `len` bytes at `offset` are (imago's block status), and for how many bytes
+    /// from `offset` that holds (at least 1, at most `len`, while `offset` is inside the disk).
+    /// `deep`: through the whole backing chain (data or zeroes, as the guest reads it);
+    /// otherwise this image's own layer only (allocated here or not).
+    pub(crate) fn extent(&self, offset: u64, len: u64, deep: bool) -> io::Result<(Extent, u64)> {
+        let a = self.lock();
+        let rest = self.size.saturating_sub(offset).min(len);
+        if rest == 0 {
+            return Ok((Extent::Unallocated, 0));
+        }
+        let (what, n) = if deep {
+            match a.get_mapping(offset, rest)? {
+                (Mapping::Zero { .. }, n) => (Extent::Zero, n),
+                (Mapping::Eof { .. }, _) => (Extent::Zero, rest),
+                (_, n) => (Extent::Data, n),
+            }
+        } else {
+            match a.get_shallow_mapping(offset, rest)? {
+                (ShallowMapping::Zero { explicit: true, .. }, n) => (Extent::Zero, n),
+                (ShallowMapping::Zero { .. }, n) | (ShallowMapping::Indirect { .. }, n) => {
+                    (Extent::Unallocated, n)
+                }
+                (ShallowMapping::Eof { .. }, _) => (Extent::Unallocated, rest),
+                (_, n) => (Extent::Data, n),
+            }
+        };
+        // A mapping of length 0 inside the disk would loop a caller for ever; imago does not
+        // return one, but the caller's progress must not depend on that.
+        Ok((what, n.clamp(1, rest)))
+    }
+
+    /// Makes the range unallocated in this image, so that the backing file shows through
+    /// (the clusters freed); `vireo disk commit` empties the overlay this way.
+    pub(crate) fn discard_to_backing(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut a = self.lock();
+        a.discard_to_backing(offset, len)?;
+        a.flush()
+    }
+}
+
+/// Block status of a range of a qcow2 image ([`Qcow2Image::extent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Extent {
+    /// Holds data (possibly zeroes: only reading tells).
+    Data,
+    /// Reads as zeroes without holding data (an unallocated range at the bottom of the chain,
+    /// or, seen shallowly, a zero cluster of this image).
+    Zero,
+    /// Not allocated in this image: it reads from the backing file (shallow view only).
+    Unallocated,
 }
