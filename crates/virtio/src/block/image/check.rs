@@ -557,6 +557,8 @@ fn check_locked(file: File, path: &Path, len: u64) -> io::Result<CheckReport> {
     let highest = c.refs.keys().max().map_or(0, |&k| k + 1);
     let clusters = file_clusters.max(highest);
     let mut findings = Vec::new();
+    // The end of the last cluster in use, by refcount or by reference (as QEMU reports it).
+    let mut end = highest;
     for (i, b) in refblocks.iter().enumerate() {
         if b.is_none() {
             continue;
@@ -565,6 +567,9 @@ fn check_locked(file: File, path: &Path, len: u64) -> io::Result<CheckReport> {
         for cluster in first..(first + rb_entries).min(clusters) {
             let s = stored(cluster);
             let r = c.refs.get(&cluster).map_or(0, |e| e.0);
+            if s > 0 {
+                end = end.max(cluster + 1);
+            }
             if s != r {
                 findings.push((cluster, s, r));
             }
@@ -593,7 +598,7 @@ fn check_locked(file: File, path: &Path, len: u64) -> io::Result<CheckReport> {
             ));
         }
     }
-    c.report.image_end_offset = highest * cs;
+    c.report.image_end_offset = end * cs;
     Ok(c.report)
 }
 
