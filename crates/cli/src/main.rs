@@ -41,7 +41,7 @@ enum Command {
     /// Manage guest images.
     #[command(subcommand)]
     Image(ImageCmd),
-    /// Create and inspect disk images (raw, qcow2).
+    /// Create, inspect, convert, check, commit and rebase disk images (raw, qcow2).
     #[command(subcommand)]
     Disk(disk::DiskCmd),
     /// Internal: the process that runs one VM for the daemon (protocol: crates/vmm/src/server.rs).

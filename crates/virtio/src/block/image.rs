@@ -19,6 +19,12 @@ use serde::Serialize;
 use super::format::{self, ForeignFormat};
 use super::qcow2::MAX_CHAIN;
 
+mod check;
+mod ops;
+
+pub use check::{check, CheckReport};
+pub use ops::{commit, convert, rebase, ConvertOptions, Progress, RebaseOptions};
+
 /// What `vireo disk info` says of one image of a chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageInfo {
@@ -51,10 +57,20 @@ fn bad(path: &Path, why: impl std::fmt::Display) -> io::Error {
 
 /// Describes `path` and its backing chain.
 pub fn info(path: &Path) -> io::Result<ImageInfo> {
-    info_depth(path, 0, &mut Vec::new())
+    info_depth(path, 0, &mut Vec::new(), true)
 }
 
-fn info_depth(path: &Path, depth: usize, seen: &mut Vec<PathBuf>) -> io::Result<ImageInfo> {
+/// Describes `path` alone, its backing file named but not opened (it may be missing).
+pub fn info_one(path: &Path) -> io::Result<ImageInfo> {
+    info_depth(path, 0, &mut Vec::new(), false)
+}
+
+fn info_depth(
+    path: &Path,
+    depth: usize,
+    seen: &mut Vec<PathBuf>,
+    follow: bool,
+) -> io::Result<ImageInfo> {
     if depth >= MAX_CHAIN {
         return Err(bad(
             path,
@@ -154,7 +170,9 @@ fn info_depth(path: &Path, depth: usize, seen: &mut Vec<PathBuf>) -> io::Result<
             path.parent().unwrap_or(Path::new(".")).join(&name)
         };
         info.backing_file = Some(name);
-        info.backing = Some(Box::new(info_depth(&resolved, depth + 1, seen)?));
+        if follow {
+            info.backing = Some(Box::new(info_depth(&resolved, depth + 1, seen, true)?));
+        }
     }
     Ok(info)
 }

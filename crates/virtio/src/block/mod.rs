@@ -75,6 +75,8 @@ pub mod image;
 mod lock;
 mod qcow2;
 #[cfg(test)]
+mod qcow2_tests;
+#[cfg(test)]
 mod tests;
 
 pub use backend::{BlockError, FileId};

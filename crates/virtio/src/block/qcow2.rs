@@ -25,7 +25,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use imago::format::gate::ImplicitOpenGate;
 use imago::qcow2::Qcow2;
-use imago::{FormatAccess, FormatDriverBuilder, StorageOpenOptions};
+use imago::{
+    FormatAccess, FormatDriverBuilder, Mapping, ShallowMapping, StorageExt, StorageOpenOptions,
+};
 
 use super::lock::{self, LockError};
 
@@ -38,17 +40,26 @@ pub(crate) struct Qcow2Image {
     size: u64,
     /// Version 2 has no zero clusters: write-zeroes and discard go another way.
     v2: bool,
+    cluster_size: u64,
+    /// The image file, for punching the blocks of clusters imago freed.
+    host: File,
 }
 
-/// Why a qcow2 file cannot be used as it is; checked before imago sees it.
-fn check_header(file: &File, path: &Path) -> io::Result<bool> {
-    let mut h = [0u8; 40];
-    file.read_exact_at(&mut h, 0).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("{}: cannot read the qcow2 header: {e}", path.display()),
-        )
-    })?;
+/// Why a qcow2 file cannot be used as it is; checked before imago sees it. Returns whether it
+/// is version 2 and its cluster size.
+fn check_header(file: &File, path: &Path, writable: bool) -> io::Result<(bool, u64)> {
+    // The version 2 header (72 bytes) must be there; version 3 adds the refcount order.
+    let mut head = [0u8; 104];
+    let len = file.metadata()?.len();
+    let want = if len == 0 { 104 } else { len.min(104) as usize };
+    file.read_exact_at(&mut head[..want.max(72)], 0)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{}: cannot read the qcow2 header: {e}", path.display()),
+            )
+        })?;
+    let h = &head[..want.max(72)];
     if &h[..4] != b"QFI\xfb" {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -59,8 +70,8 @@ fn check_header(file: &File, path: &Path) -> io::Result<bool> {
             ),
         ));
     }
-    let version = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-    let crypt = u32::from_be_bytes([h[32], h[33], h[34], h[35]]);
+    let version = be32(h, 4);
+    let crypt = be32(h, 32);
     if crypt != 0 {
         let how = match crypt {
             1 => "AES",
@@ -75,7 +86,181 @@ fn check_header(file: &File, path: &Path) -> io::Result<bool> {
             ),
         ));
     }
-    Ok(version == 2)
+    let cluster_bits = be32(h, 20);
+    if !(9..=21).contains(&cluster_bits) {
+        // imago refuses it with its own message.
+        return Ok((version == 2, 0));
+    }
+    let cs = 1u64 << cluster_bits;
+    check_tables(file, path, h, cs, writable && version <= 3)?;
+    Ok((version == 2, cs))
+}
+
+fn be32(b: &[u8], o: usize) -> u32 {
+    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+fn be64(b: &[u8], o: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[o..o + 8]);
+    u64::from_be_bytes(x)
+}
+
+/// QEMU's largest refcount table (and so any image's): 8 MiB.
+const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+/// QEMU's largest L1 table: 32 MiB (imago refuses larger ones itself).
+const MAX_L1_BYTES: u64 = 32 << 20;
+
+/// The L1 and refcount tables, and the L2 tables and refcount blocks they point to, must lie
+/// inside the file. imago 0.2.6 does not check this at open and reads past the end of the file
+/// as zeroes: an L2 table past the end would serve the guest zeroes for data it never wrote,
+/// and a refcount table past the end sends imago's allocator into a recursion that overflows
+/// the stack when the image is opened for writing. Only the tables are read (at most the L1
+/// and refcount tables, a few hundred KiB for a large disk), not the L2 tables themselves.
+fn check_tables(file: &File, path: &Path, h: &[u8], cs: u64, writable: bool) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    // A block device's inode has no length; its end is its size.
+    let len = match file.metadata()?.len() {
+        0 => {
+            let mut f = file;
+            f.seek(SeekFrom::End(0))?
+        }
+        n => n,
+    };
+    let bad = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: {what}, past the end of the file ({len} bytes); the image is damaged \
+                 (vireo disk check describes it)",
+                path.display()
+            ),
+        )
+    };
+    // Each table: (name, offset, bytes, whose entries point to clusters of this kind).
+    let l1 = (be64(h, 40), u64::from(be32(h, 36)) * 8);
+    let reftable = (be64(h, 48), u64::from(be32(h, 56)) * cs);
+    // Clusters the image's metadata lives in, with what they hold.
+    let mut metadata: Vec<(u64, &str)> = vec![(0, "the header")];
+    let mut refblocks: Vec<u64> = Vec::new();
+    for (name, (offset, bytes), max, entry) in [
+        ("the L1 table", l1, MAX_L1_BYTES, "an L2 table"),
+        (
+            "the refcount table",
+            reftable,
+            MAX_REFTABLE_BYTES,
+            "a refcount block",
+        ),
+    ] {
+        if bytes > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: {name} is {bytes} bytes, more than QEMU allows ({max})",
+                    path.display()
+                ),
+            ));
+        }
+        if offset.checked_add(bytes).is_none_or(|end| end > len) {
+            return Err(bad(format!("{name} lies at {offset:#x} (+{bytes:#x})")));
+        }
+        let mut t = vec![0u8; bytes as usize];
+        file.read_exact_at(&mut t, offset)?;
+        for (i, e) in t.chunks_exact(8).map(|e| be64(e, 0)).enumerate() {
+            // L1 entries hold the offset in bits 9-55, refcount table entries in 9-63.
+            let at = if entry == "an L2 table" {
+                e & 0x00ff_ffff_ffff_fe00
+            } else {
+                e & !511
+            };
+            if at != 0 && at.checked_add(cs).is_none_or(|end| end > len) {
+                return Err(bad(format!(
+                    "entry {i} of {name} points to {entry} at {at:#x}"
+                )));
+            }
+            if entry == "a refcount block" {
+                refblocks.push(at);
+            }
+            if at != 0 {
+                metadata.push((at / cs, entry));
+            }
+        }
+        for c in offset / cs..(offset + bytes).div_ceil(cs) {
+            metadata.push((c, name));
+        }
+    }
+    if writable {
+        metadata_is_counted(file, path, h, cs, &refblocks, &metadata)?;
+    }
+    Ok(())
+}
+
+/// Every cluster holding metadata must have a refcount. imago 0.2.6 allocates clusters by
+/// their refcounts alone, with no check against the image's own tables (QEMU has one): with
+/// the refcount of the header's cluster lost, it takes that cluster for a new refcount block
+/// and overwrites the header, and a missing refcount block sends its allocator into a
+/// recursion that overflows the stack. Checked for writable images only (reading needs no
+/// refcounts), and only for metadata: data clusters would need every L2 table read.
+fn metadata_is_counted(
+    file: &File,
+    path: &Path,
+    h: &[u8],
+    cs: u64,
+    reftable: &[u64],
+    metadata: &[(u64, &str)],
+) -> io::Result<()> {
+    let order = if be32(h, 4) >= 3 && h.len() >= 100 {
+        be32(h, 96)
+    } else {
+        4
+    };
+    if order > 6 {
+        // imago refuses it with its own message.
+        return Ok(());
+    }
+    let bits = 1u64 << order;
+    let per_block = cs * 8 / bits;
+    let mut blocks: std::collections::HashMap<u64, Vec<u8>> = Default::default();
+    for &(c, what) in metadata {
+        let damaged = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: cluster {c} ({what}) has no refcount: the refcounts are damaged, and \
+                     writing would overwrite the image's own metadata; `vireo disk check` \
+                     describes the damage, `qemu-img check -r all` repairs it (the image can \
+                     still be used read-only)",
+                    path.display()
+                ),
+            )
+        };
+        let block = match reftable.get((c / per_block) as usize) {
+            Some(&b) if b != 0 => b,
+            _ => return Err(damaged()),
+        };
+        let b = match blocks.entry(block) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut b = vec![0u8; cs as usize];
+                file.read_exact_at(&mut b, block)?;
+                e.insert(b)
+            }
+        };
+        let bit = (c % per_block) * bits;
+        let byte = (bit / 8) as usize;
+        let width = (bits as usize).div_ceil(8);
+        let count = if bits < 8 {
+            (u64::from(b[byte]) >> (bit % 8)) & ((1 << bits) - 1)
+        } else {
+            b[byte..byte + width]
+                .iter()
+                .fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
+        };
+        if count == 0 {
+            return Err(damaged());
+        }
+    }
+    Ok(())
 }
 
 /// Opens and locks the files of a backing chain: read-only and shared, as a base image is.
@@ -136,7 +321,7 @@ impl ImplicitOpenGate<imago::file::File> for Gate {
         }
         let mut magic = [0u8; 4];
         if file.read_exact_at(&mut magic, 0).is_ok() && &magic == b"QFI\xfb" {
-            check_header(&file, &path)?;
+            check_header(&file, &path, false)?;
         }
         match lock::lock(&file, true) {
             Ok(()) | Err(LockError::Unsupported(_)) => {}
@@ -160,19 +345,34 @@ impl Qcow2Image {
     /// Opens the qcow2 image in `file` (opened and locked by the caller; a duplicate of its
     /// descriptor is handed to imago, so the lock covers both) with its backing chain.
     pub(crate) fn open(file: &File, path: &Path, readonly: bool) -> io::Result<Qcow2Image> {
-        let v2 = check_header(file, path)?;
+        Self::open_with(file, path, readonly, true)
+    }
+
+    /// Opens the image alone, without its backing chain: what it does not hold itself reads
+    /// as unallocated ([`Extent::Unallocated`]). For `vireo disk commit`, which writes the
+    /// backing file itself and must not have it opened read-only here too.
+    pub(crate) fn open_shallow(file: &File, path: &Path, readonly: bool) -> io::Result<Qcow2Image> {
+        Self::open_with(file, path, readonly, false)
+    }
+
+    fn open_with(file: &File, path: &Path, readonly: bool, chain: bool) -> io::Result<Qcow2Image> {
+        let (v2, cluster_size) = check_header(file, path, !readonly)?;
         let dup = file.try_clone()?;
         let opts = StorageOpenOptions::new().filename(path).write(!readonly);
         let storage = imago::file::File::from_open_file(dup, opts)?;
-        let driver = Qcow2::<imago::file::File>::builder(storage)
-            .write(!readonly)
-            .open(Gate { depth: 1 })?;
+        let mut builder = Qcow2::<imago::file::File>::builder(storage).write(!readonly);
+        if !chain {
+            builder = builder.backing(None);
+        }
+        let driver = builder.open(Gate { depth: 1 })?;
         let access = FormatAccess::new(driver);
         let size = access.size();
         Ok(Qcow2Image {
             access: Mutex::new(access),
             size,
             v2,
+            cluster_size,
+            host: file.try_clone()?,
         })
     }
 
@@ -227,7 +427,46 @@ impl Qcow2Image {
             // No zero clusters in v2: write zeroes, so the range still reads back as zeroes.
             return self.write_zeroes_slowly(offset, len, zeroes);
         }
-        self.lock().discard_to_zero(offset, len)
+        let mut a = self.lock();
+        self.punch_exclusive(&a, offset, len)?;
+        a.discard_to_zero(offset, len)
+    }
+
+    /// Punches the host file's blocks under the whole clusters of the range that this image
+    /// alone uses (COPIED, refcount 1), so a discard gives the space back to the host: imago
+    /// 0.2.6 frees the clusters in the refcounts but leaves their blocks allocated in the
+    /// file. Done before imago's discard, so a punched cluster is never one imago has already
+    /// handed out again; it reads as zeroes, which is what the discard is for. Clusters shared
+    /// with an internal snapshot (not COPIED) are left alone.
+    fn punch_exclusive(
+        &self,
+        a: &FormatAccess<imago::file::File>,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let cs = self.cluster_size;
+        if cs == 0 {
+            return Ok(());
+        }
+        let (start, end) = (offset.next_multiple_of(cs), (offset + len) / cs * cs);
+        let mut at = start;
+        while at < end {
+            let (m, n) = a.get_shallow_mapping(at, end - at)?;
+            if n == 0 {
+                break;
+            }
+            if let ShallowMapping::Raw {
+                storage,
+                offset: host,
+                writable: true,
+                ..
+            } = m
+            {
+                storage.write_zeroes(host, n)?;
+            }
+            at += n;
+        }
+        Ok(())
     }
 
     /// Zeroes a range; kept allocated unless `unmap` allows freeing it.
@@ -242,7 +481,9 @@ impl Qcow2Image {
             return self.write_zeroes_slowly(offset, len, zeroes);
         }
         if unmap {
-            self.lock().discard_to_zero(offset, len)
+            let mut a = self.lock();
+            self.punch_exclusive(&a, offset, len)?;
+            a.discard_to_zero(offset, len)
         } else {
             self.lock().write_zeroes(offset, len)
         }
@@ -251,4 +492,93 @@ impl Qcow2Image {
     fn write_zeroes_slowly(&self, offset: u64, len: u64, zeroes: &[u8]) -> io::Result<()> {
         super::backend::write_zeroes_with(offset, len, zeroes, |b, at| self.write_all_at(b, at))
     }
+
+    /// What the `len` bytes at `offset` are (imago's block status), and for how many bytes
+    /// from `offset` that holds (at least 1, at most `len`, while `offset` is inside the disk).
+    /// `deep`: through the whole backing chain (data or zeroes, as the guest reads it);
+    /// otherwise this image's own layer only (allocated here or not).
+    pub(crate) fn extent(&self, offset: u64, len: u64, deep: bool) -> io::Result<(Extent, u64)> {
+        let a = self.lock();
+        let rest = self.size.saturating_sub(offset).min(len);
+        if rest == 0 {
+            return Ok((Extent::Unallocated, 0));
+        }
+        let (what, n) = if deep {
+            match a.get_mapping(offset, rest)? {
+                (Mapping::Zero { .. }, n) => (Extent::Zero, n),
+                (Mapping::Eof { .. }, _) => (Extent::Zero, rest),
+                (_, n) => (Extent::Data, n),
+            }
+        } else {
+            match a.get_shallow_mapping(offset, rest)? {
+                (ShallowMapping::Zero { explicit: true, .. }, n) => (Extent::Zero, n),
+                (ShallowMapping::Zero { .. }, n) | (ShallowMapping::Indirect { .. }, n) => {
+                    (Extent::Unallocated, n)
+                }
+                (ShallowMapping::Eof { .. }, _) => (Extent::Unallocated, rest),
+                (_, n) => (Extent::Data, n),
+            }
+        };
+        // A mapping of length 0 inside the disk would loop a caller for ever; imago does not
+        // return one, but the caller's progress must not depend on that.
+        Ok((what, n.clamp(1, rest)))
+    }
+
+    /// Makes the range unallocated in this image, so that the backing file shows through
+    /// (the clusters freed); `vireo disk commit` empties the overlay this way.
+    /// The host blocks of the clusters this image alone used are punched afterwards (imago
+    /// leaves them allocated); not before, as in [`Qcow2Image::discard`], because until the
+    /// discard is done they must still read as the data, not as zeroes. No cluster is handed
+    /// out again in between: a discard allocates only to copy an L2 table shared with a
+    /// snapshot, and the data clusters of such a table are shared too, so none is punched.
+    pub(crate) fn discard_to_backing(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut a = self.lock();
+        let mut exclusive = Vec::new();
+        let mut at = offset;
+        while at < offset + len {
+            let (m, n) = a.get_shallow_mapping(at, offset + len - at)?;
+            if n == 0 {
+                break;
+            }
+            if let ShallowMapping::Raw {
+                offset: host,
+                writable: true,
+                ..
+            } = m
+            {
+                exclusive.push((host, n));
+            }
+            at += n;
+        }
+        a.discard_to_backing(offset, len)?;
+        a.flush()?;
+        for (host, n) in exclusive {
+            // Into the image file itself: an image with an external data file is refused at
+            // open (the gate would have to open it for writing).
+            let (Ok(o), Ok(l)) = (i64::try_from(host), i64::try_from(n)) else {
+                continue;
+            };
+            // Giving the space back is a courtesy: a host that cannot punch keeps it.
+            let _ = nix::fcntl::fallocate(
+                &self.host,
+                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                o,
+                l,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Block status of a range of a qcow2 image ([`Qcow2Image::extent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Extent {
+    /// Holds data (possibly zeroes: only reading tells).
+    Data,
+    /// Reads as zeroes without holding data (an unallocated range at the bottom of the chain,
+    /// or, seen shallowly, a zero cluster of this image).
+    Zero,
+    /// Not allocated in this image: it reads from the backing file (shallow view only).
+    Unallocated,
 }
