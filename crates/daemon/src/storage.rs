@@ -552,11 +552,12 @@ impl Daemon {
         if !vols.is_empty() && !force {
             let names: Vec<String> = vols.iter().map(|(n, _)| n.clone()).collect();
             return Err(Error::Conflict(format!(
-                "pool '{name}' holds {} {} ({}): remove them first, or force to forget the pool \
+                "pool '{name}' holds {} {} ({}): remove {} first, or force to forget the pool \
                  and keep its files",
                 vols.len(),
                 plural(vols.len(), "volume", "volumes"),
-                quoted(&names)
+                quoted(&names),
+                plural(vols.len(), "it", "them")
             )));
         }
         lock(&self.store).delete_pool(name)?;
