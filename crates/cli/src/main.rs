@@ -10,6 +10,7 @@ mod manage;
 mod run;
 mod signals;
 mod stdio;
+mod storage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
