@@ -5,7 +5,8 @@
 //! (`vireo_virtio::block::image::info`).
 //!
 //! - The `default` pool is `<state-dir>/pools/default`, made when first used; it cannot be
-//!   removed. Other pools are made on a directory that is new or empty (a `lost+found` aside):
+//!   removed. Other pools are made on a directory that is new or empty (a `lost+found` aside),
+//!   inside `--pool-root` when the daemon has one:
 //!   the daemon deletes files in a pool's directory on request, so it never takes over one that
 //!   already holds someone's files. Removing a pool forgets it; its directory goes too when the
 //!   daemon made it and it is empty, and a pool that still has volumes is kept unless forced
@@ -20,7 +21,8 @@
 //!
 //! A VM's `disk` entry names a path or a volume, `vol:POOL/NAME` or `vol:NAME` for the default
 //! pool ([`DiskRef`]), resolved to the file when the VM is created (it must exist then) and at
-//! every start. An entry with `overlay` gets a persistent qcow2 overlay in the VM's directory,
+//! every start. A volume entry without `format=` is given its volume's format at create
+//! ([`pin_volume_formats`]), so what the guest writes cannot change how the file is opened. An entry with `overlay` gets a persistent qcow2 overlay in the VM's directory,
 //! `vms/NAME/overlay-diskN.qcow2`, made at create on the image (which it only reads, and which
 //! nobody may be writing then), kept across stops and starts, removed with the VM: the VMM is
 //! given the overlay in the entry's place ([`Daemon::vmm_spec`]).
@@ -148,6 +150,24 @@ impl ResolvedDisk {
     }
 }
 
+/// Gives each volume disk of a definition being made (not an overlay's, whose overlay records
+/// its base's format) the format its volume has now, unless it has one: a guest that writes a
+/// qcow2 header into its raw volume must not make it a qcow2, with a backing file of the
+/// guest's choosing, at the next start's probe.
+pub fn pin_volume_formats(spec: &mut VmSpec, disks: &[ResolvedDisk]) {
+    for (entry, d) in spec.disk.iter_mut().zip(disks) {
+        let volume = matches!(d.entry.image, DiskRef::Volume { .. });
+        if !volume || d.overlay.is_some() || d.entry.format.is_some() || !describable(&d.path) {
+            continue;
+        }
+        if let Ok(i) = image::info(&d.path) {
+            if matches!(i.format.as_str(), "raw" | "qcow2") {
+                entry.push_str(&format!(",format={}", i.format));
+            }
+        }
+    }
+}
+
 /// Where a VM's persistent overlay for its disk `index` lives.
 pub fn overlay_path(vm_dir: &Path, index: usize) -> PathBuf {
     vm_dir.join(format!("overlay-disk{index}.qcow2"))
@@ -215,11 +235,18 @@ pub struct NewVolume {
     pub backing: Option<String>,
 }
 
+/// Whether `path` is a file or a block device, which can be opened to be described: opening a
+/// FIFO (a disk path can name anything) would wait for a writer.
+fn describable(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() || m.file_type().is_block_device())
+}
+
 /// The canonical files of an image's backing chain, the image first. An image that cannot be
-/// described (gone, corrupt) is still its own first link.
+/// described (gone, corrupt, not a file) is still its own first link.
 fn chain(path: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
-    if let Ok(i) = image::info(path) {
+    if let Some(i) = describable(path).then(|| image::info(path).ok()).flatten() {
         let mut at = Some(&i);
         while let Some(i) = at {
             v.extend(std::fs::canonicalize(&i.path).ok());
@@ -447,6 +474,16 @@ impl Daemon {
                 dir.display(),
                 state.display()
             )));
+        }
+        if let Some(root) = &self.cfg.pool_root {
+            let r = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
+            if !dir.starts_with(&r) {
+                return Err(bad(format!(
+                    "{} is outside {}, where this daemon makes pools (--pool-root)",
+                    dir.display(),
+                    r.display()
+                )));
+            }
         }
         if exists {
             if !dir.is_dir() {
@@ -686,6 +723,12 @@ impl Daemon {
                 return Ok(());
             };
             let key = format!("disk[{i}]");
+            if !describable(&d.path) {
+                return Err(Error::Invalid(format!(
+                    "{key}: {} is not a file or a block device, which an overlay needs as its base",
+                    d.path.display()
+                )));
+            }
             if d.entry.readonly {
                 return Err(Error::Invalid(format!(
                     "{key}: overlay and readonly together: an overlay exists to take the writes"

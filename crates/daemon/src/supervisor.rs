@@ -365,12 +365,13 @@ impl Daemon {
             .map_err(|e| Error::Internal(format!("creating the VM: {e}")))?
     }
 
-    fn create_blocking(&self, name: &str, spec: VmSpec) -> Result<VmInfo> {
+    fn create_blocking(&self, name: &str, mut spec: VmSpec) -> Result<VmInfo> {
         let _storage = lock(&self.storage);
         if lock(&self.store).get_vm(name)?.is_some() {
             return Err(StoreError::Exists(name.into()).into());
         }
         let disks = self.resolve_disks(name, &spec).map_err(Error::Invalid)?;
+        crate::storage::pin_volume_formats(&mut spec, &disks);
         let vm_dir = self.vm_dir(name);
         if disks.iter().any(|d| d.overlay.is_some()) {
             // Left by a VM of this name whose removal could not finish: nothing uses it.

@@ -1217,6 +1217,25 @@ fn pools_and_volumes() {
     post(&c, "/pools", json!({"name": "m", "path": made})).unwrap();
     c.call("DELETE", "/pools/m", None).unwrap();
     assert!(!made.exists());
+
+    // A daemon with --pool-root makes pools there only.
+    env.kill9();
+    let root = env.dir.join("root");
+    std::fs::create_dir(&root).unwrap();
+    env.start(&["--pool-root", root.to_str().unwrap()]);
+    let c = env.client();
+    bad(
+        post(
+            &c,
+            "/pools",
+            json!({"name": "out", "path": env.dir.join("out")}),
+        ),
+        400,
+        "where this daemon makes pools (--pool-root)",
+    );
+    assert!(!env.dir.join("out").exists());
+    post(&c, "/pools", json!({"name": "in", "path": root.join("in")})).unwrap();
+    assert!(root.join("in").is_dir());
 }
 
 /// VM disks naming volumes, and persistent overlays: resolved at create and start (the VMM
@@ -1253,7 +1272,12 @@ fn vm_disks_from_volumes_and_persistent_overlays() {
     .unwrap();
     // A volume disk: defined with its reference, run with its file.
     let v = vm("a", json!(["vol:data.img,serial=d1"])).unwrap();
-    assert_eq!(v["spec"]["disk"], json!(["vol:data.img,serial=d1"]), "{v}");
+    // The volume's format is pinned at create: a guest's qcow2 header in it stays data.
+    assert_eq!(
+        v["spec"]["disk"],
+        json!(["vol:data.img,serial=d1,format=raw"]),
+        "{v}"
+    );
     assert_eq!(
         v["disks"][0]["path"].as_str().map(PathBuf::from),
         Some(pool.join("data.img")),
@@ -1266,7 +1290,10 @@ fn vm_disks_from_volumes_and_persistent_overlays() {
     .unwrap();
     assert_eq!(
         run_spec["disk"],
-        json!([format!("{},serial=d1", pool.join("data.img").display())])
+        json!([format!(
+            "{},serial=d1,format=raw",
+            pool.join("data.img").display()
+        )])
     );
     let used = c
         .call("GET", "/pools/default/volumes/data.img", None)
@@ -1410,6 +1437,23 @@ fn vm_disks_from_volumes_and_persistent_overlays() {
     );
     assert!(!env.state_dir().join("vms/q/overlay-disk0.qcow2").exists());
     bad(c.call("GET", "/vms/q", None), 404, "'q'");
+
+    // A disk can name anything; describing it never opens a FIFO (which would wait for a
+    // writer, holding the storage lock).
+    let fifo = env.dir.join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    bad(
+        vm("q", json!([format!("{},overlay", fifo.display())])),
+        422,
+        "is not a file or a block device",
+    );
+    vm("fifo", json!([fifo])).unwrap();
+    c.call("GET", "/pools/default/volumes", None).unwrap();
+    c.call("DELETE", "/vms/fifo", None).unwrap();
 
     // A pool whose volume a VM uses stays.
     let fast = env.dir.join("fast");
