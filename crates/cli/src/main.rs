@@ -115,7 +115,8 @@ pub struct RunArgs {
     pub console_log: Option<PathBuf>,
     /// A virtio disk: PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2] (raw or qcow2 images, with
     /// backing chains, detected by content; other formats are refused, and a disk is locked
-    /// while in use). Repeat for more disks.
+    /// while in use). With create, PATH may be a volume, vol:NAME or vol:POOL/NAME, and an
+    /// overlay lasts as long as the VM. Repeat for more disks.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
     /// A virtio NIC: user[,hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT]... (through passt;
