@@ -348,7 +348,9 @@ fn io_error(what: &str, e: io::Error) -> Error {
         io::ErrorKind::FileTooLarge => Error::BadRequest(format!(
             "{what}: the size is more than the pool's file system allows ({e})"
         )),
-        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData => Error::BadRequest(msg),
+        io::ErrorKind::InvalidInput
+        | io::ErrorKind::InvalidData
+        | io::ErrorKind::InvalidFilename => Error::BadRequest(msg),
         io::ErrorKind::NotFound => Error::Missing(msg),
         _ => Error::Internal(msg),
     }
@@ -1028,9 +1030,10 @@ impl Daemon {
                 image::create(&to, true, None, Some(&from), None).map_err(|e| io_error(&what, e))
             })?;
         } else {
-            // Copied under a hidden name (not a volume) and linked in whole, so the volume
-            // never shows half made and a file put there meanwhile is not overwritten.
-            let part = p.path.join(format!(".{new}.part"));
+            // Copied under a hidden name (not a volume; short, as `new` may be as long as a
+            // file name can be) and linked in whole, so the volume never shows half made and
+            // a file put there meanwhile is not overwritten.
+            let part = p.path.join(format!(".clone-{}.part", std::process::id()));
             let _ = std::fs::remove_file(&part);
             Self::making(&part, || {
                 let dst = std::fs::OpenOptions::new()

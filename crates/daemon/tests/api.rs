@@ -1046,6 +1046,17 @@ fn pools_and_volumes() {
         409,
         "'copy.img'",
     );
+    // As long a name as a file may have.
+    let long = "l".repeat(255);
+    let v = post(
+        &c,
+        "/pools/default/volumes/data.img/clone",
+        json!({"name": long}),
+    )
+    .unwrap();
+    assert_eq!(v["name"].as_str(), Some(long.as_str()));
+    c.call("DELETE", &format!("/pools/default/volumes/{long}"), None)
+        .unwrap();
     let (s, code, _) = api_err(post(
         &c,
         "/pools/default/volumes",
