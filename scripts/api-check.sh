@@ -5,6 +5,10 @@
 # The daemon runs with the fake VMM (crates/daemon/src/bin/fake-vireo.rs), so starts are
 # cheap, on TCP with a bearer token. Needs scripts/setup.sh (schemathesis from PyPI).
 #
+# The generator asks for pools on whatever absolute paths it picks, and may forget them with
+# their volumes' files kept (force): the daemon runs with --pool-root in the scratch directory,
+# so every file the run makes is there and goes with it.
+#
 # Left out: the check that every schema-valid request is accepted. A definition can be
 # schema-valid and still not runnable (a kernel path that does not exist, an image that is
 # not pulled, `--memory 0`); those are refused with 422 by design.
@@ -19,6 +23,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/token"
 target/debug/fake-vireo daemon --state-dir "$dir/state" --socket "$dir/api.sock" \
   --listen "tcp:127.0.0.1:$port" --token-file "$dir/token" --cgroup-parent "vireo-api-check-$$" \
+  --pool-root "$dir" \
   >"$dir/daemon.log" 2>&1 &
 daemon=$!
 cleanup() {
@@ -39,6 +44,15 @@ for name in 0 a; do
     -d "{\"name\": \"$name\", \"spec\": {\"kernel\": \"$PWD/README.md\"}}" http://vireo/vms >/dev/null
 done
 curl -sf --unix-socket "$dir/api.sock" -X POST http://vireo/vms/0/start >/dev/null
+# And volumes and a pool under those names, so that the storage routes meet real ones too.
+curl -sf --unix-socket "$dir/api.sock" -H 'Content-Type: application/json' \
+  -d "{\"name\": \"a\", \"path\": \"$dir/pool-a\"}" http://vireo/pools >/dev/null
+for pool in default a; do
+  for name in 0 a; do
+    curl -sf --unix-socket "$dir/api.sock" -H 'Content-Type: application/json' \
+      -d "{\"name\": \"$name\", \"size_bytes\": 1048576}" "http://vireo/pools/$pool/volumes" >/dev/null
+  done
+done
 # GET /events?follow=true and GET /vms/{name}/logs?follow=true are streams that do not end
 # while the VM runs: the generator would only see them time out. The API tests
 # (crates/daemon/tests/api.rs) cover both.

@@ -10,6 +10,7 @@ mod manage;
 mod run;
 mod signals;
 mod stdio;
+mod storage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,7 +116,8 @@ pub struct RunArgs {
     /// A virtio disk: PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2][,queues=N]
     /// (raw or qcow2 images, with backing chains, detected by content; other formats are
     /// refused, and a disk is locked while in use; queues: request queues, each with its own
-    /// I/O thread, one per vCPU by default). Repeat for more disks.
+    /// I/O thread, one per vCPU by default). With create, PATH may be a volume, vol:NAME or
+    /// vol:POOL/NAME, and an overlay lasts as long as the VM. Repeat for more disks.
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<String>,
     /// A virtio NIC: user[,hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT]... (through passt;

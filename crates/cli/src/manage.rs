@@ -1,5 +1,6 @@
 //! `vireo daemon` and the verbs that manage VMs through it: create, start, ls, inspect, pause,
-//! resume, stop, kill, restart, rm, logs, console, events, stats, exec. Each verb is one request to
+//! resume, stop, kill, restart, rm, logs, console, events, stats, exec; and its storage, `pool`
+//! and `volume` (storage.rs). Each verb is one request to
 //! the daemon's REST API (crates/daemon/src/api.rs) over its Unix socket (`--socket`,
 //! `VIREO_SOCKET`, or the default); when no daemon answers, one is started in the background
 //! (`VIREO_NO_AUTOSTART` turns that off). Every failure prints one line naming the thing and
@@ -29,7 +30,9 @@ pub enum ManageCmd {
     /// Run the vireo daemon in the foreground (it keeps VM definitions and runs their VMMs;
     /// the other management verbs start one on demand).
     Daemon(vireo_daemon::DaemonArgs),
-    /// Define a VM from run's flags (or --config); relative paths are made absolute here.
+    /// Define a VM from run's flags (or --config); relative paths are made absolute here, and
+    /// a --disk may name a volume (vol:NAME, vol:POOL/NAME); an overlay disk's overlay lasts as
+    /// long as the VM.
     Create {
         /// The VM's name: 1-63 of letters, digits, '_', '.', '-', starting with a letter or digit.
         name: String,
@@ -102,6 +105,12 @@ pub enum ManageCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Storage pools: directories of disk images (volumes) the daemon manages.
+    #[command(subcommand)]
+    Pool(crate::storage::PoolCmd),
+    /// Volumes: the disk images in the pools; a VM's --disk names one as vol:POOL/NAME.
+    #[command(subcommand)]
+    Volume(crate::storage::VolumeCmd),
     /// Run a command in a running interactive VM (vireo's /init): its stdin, stdout and stderr
     /// are this command's, and vireo exits with its status.
     Exec {
@@ -225,6 +234,8 @@ fn run(cmd: ManageCmd, socket: Option<PathBuf>) -> Result<(), Failure> {
             .map_err(fail)
         }
         ManageCmd::Console { name } => console(&c, &name),
+        ManageCmd::Pool(cmd) => crate::storage::pool(&c, cmd),
+        ManageCmd::Volume(cmd) => crate::storage::volume(&c, cmd),
         ManageCmd::Events { follow, json } => {
             let print = |e: &Value| {
                 if json {
@@ -300,7 +311,7 @@ fn connect(flag: Option<PathBuf>) -> Result<Client, Failure> {
 
 /// A name as a URL path segment. Valid names need no escaping; anything else is escaped so
 /// the daemon answers "no VM named ..." for it.
-fn seg(name: &str) -> String {
+pub(crate) fn seg(name: &str) -> String {
     let mut s = String::new();
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
@@ -312,7 +323,7 @@ fn seg(name: &str) -> String {
     s
 }
 
-fn abs(cwd: &Path, p: &Path) -> PathBuf {
+pub(crate) fn abs(cwd: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -328,23 +339,35 @@ fn absolute_paths(mut spec: VmSpec) -> Result<VmSpec, Failure> {
     for p in spec.file_paths_mut() {
         *p = abs(&cwd, p);
     }
-    for d in &mut spec.disk {
-        let (path, rest) = match d.split_once(',') {
-            Some((p, r)) => (p.to_string(), format!(",{r}")),
-            None => (d.clone(), String::new()),
-        };
-        *d = format!("{}{rest}", abs(&cwd, Path::new(&path)).display());
-    }
-    if let Some(v) = &mut spec.vsock {
-        *v = v
+    // A config file's entries are relative to its directory, a flag's to ours.
+    let disks: Vec<String> = spec
+        .disk_entries()
+        .iter()
+        .map(|e| {
+            let (path, rest) = match e.text.split_once(',') {
+                Some((p, r)) => (p, format!(",{r}")),
+                None => (e.text, String::new()),
+            };
+            // A volume is the daemon's to find.
+            if path.starts_with("vol:") {
+                return e.text.to_string();
+            }
+            let p = abs(&cwd, &e.resolve(Path::new(path)));
+            format!("{}{rest}", p.display())
+        })
+        .collect();
+    spec.disk = disks;
+    let vsock = spec.vsock_entry().map(|e| {
+        e.text
             .split(',')
             .map(|o| match o.strip_prefix("uds=") {
-                Some(p) => format!("uds={}", abs(&cwd, Path::new(p)).display()),
+                Some(p) => format!("uds={}", abs(&cwd, &e.resolve(Path::new(p))).display()),
                 None => o.to_string(),
             })
             .collect::<Vec<_>>()
-            .join(",");
-    }
+            .join(",")
+    });
+    spec.vsock = vsock;
     Ok(spec)
 }
 
@@ -578,7 +601,11 @@ mod tests {
         let spec = VmSpec {
             kernel: Some("k/vmlinux".into()),
             initrd: Some("/abs/initrd".into()),
-            disk: vec!["a.img,readonly".into(), "/b.img".into()],
+            disk: vec![
+                "a.img,readonly".into(),
+                "/b.img".into(),
+                "vol:base.qcow2,overlay".into(),
+            ],
             vsock: Some("cid=3,uds=v.sock".into()),
             ..Default::default()
         };
@@ -592,9 +619,39 @@ mod tests {
             format!("{},readonly", cwd.join("a.img").display())
         );
         assert_eq!(s.disk[1], "/b.img");
+        assert_eq!(s.disk[2], "vol:base.qcow2,overlay");
         assert_eq!(
             s.vsock.as_deref(),
             Some(format!("cid=3,uds={}", cwd.join("v.sock").display()).as_str())
+        );
+    }
+
+    /// A config file's disk and vsock paths are its directory's, not the current one's.
+    #[test]
+    fn config_paths_stay_the_files() {
+        let dir = std::env::temp_dir().join(format!("vireo-manage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vm.toml");
+        std::fs::write(
+            &file,
+            "disk = [\"a.img,serial=x\", \"vol:v\"]\nvsock = \"cid=3,uds=v.sock\"\n",
+        )
+        .unwrap();
+        let spec = VmSpec::from_file(&file).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let Ok(s) = absolute_paths(spec) else {
+            panic!("the current directory is readable")
+        };
+        assert_eq!(
+            s.disk,
+            [
+                format!("{},serial=x", dir.join("a.img").display()),
+                "vol:v".into()
+            ]
+        );
+        assert_eq!(
+            s.vsock,
+            Some(format!("cid=3,uds={}", dir.join("v.sock").display()))
         );
     }
 

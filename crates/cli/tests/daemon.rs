@@ -624,3 +624,110 @@ fn exec_runs_commands_with_their_streams_and_status() {
         String::from_utf8_lossy(&r.stderr)
     );
 }
+
+/// Disks from the daemon's storage, under emu: a volume (`vol:NAME`) and a persistent overlay
+/// on a base image. The guest's writes to both are there after a stop and a start; the base
+/// is unchanged; a volume the running VM writes cannot be cloned, and one a VM uses cannot be
+/// removed; `rm` takes the overlay with the VM.
+#[test]
+fn volume_disks_and_persistent_overlays_keep_the_guests_writes() {
+    require_image();
+    let d = Daemon::new("vol");
+    let n = d.name("v");
+    let base = d.dir.join("base.img");
+    std::fs::write(&base, vec![0x42u8; 8 << 20]).unwrap();
+    let base_before = std::fs::read(&base).unwrap();
+    d.ok(&["volume", "create", "-f", "raw", "data.img", "16M"]);
+    let vols: Value = serde_json::from_str(&d.ok(&["volume", "ls", "--json"])).unwrap();
+    let data = PathBuf::from(vols[0]["path"].as_str().unwrap());
+    let overlay_entry = format!("{},overlay", base.display());
+    d.ok(&[
+        "create",
+        &n,
+        "--image",
+        IMAGE,
+        "--accel",
+        "emu",
+        "--memory",
+        "256M",
+        "--disk",
+        "vol:data.img",
+        "--disk",
+        &overlay_entry,
+    ]);
+    let overlay = d.dir.join(format!("state/vms/{n}/overlay-disk1.qcow2"));
+    assert!(overlay.is_file(), "no overlay made at create");
+    assert_eq!(
+        d.inspect(&n)["disks"][1]["overlay"].as_str(),
+        overlay.to_str()
+    );
+    d.ok(&["start", &n, "--wait-ready"]);
+    let r = exec(
+        &d,
+        &n,
+        &[
+            "sh",
+            "-c",
+            "set -e
+             printf 'on-the-volume' | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null
+             printf 'in-the-overlay' | dd of=/dev/vdb conv=notrunc,fsync 2>/dev/null
+             head -c 4 /dev/vdb | od -An -tx1 | tr -d ' \n'; echo
+             head -c 14 /dev/vdb; echo",
+        ],
+        None,
+    );
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(r.status, 0, "{out}{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(out, "696e2d74\nin-the-overlay\n");
+    // The running VM holds its volume for writing: no clone of a changing image.
+    let r = d.v(&["volume", "clone", "data.img", "snap.img"]);
+    assert_eq!(r.status, VIREO_ERROR, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("in use by another process"),
+        "{}",
+        r.stderr
+    );
+    let r = d.v(&["volume", "rm", "data.img"]);
+    assert_eq!(r.status, VIREO_ERROR, "{}", r.stdout);
+    assert!(
+        r.stderr.contains(&format!("in use by VM '{n}'")),
+        "{}",
+        r.stderr
+    );
+
+    d.ok(&["stop", &n, "--timeout", "60"]);
+    d.wait_state(&n, "defined", Duration::from_secs(60));
+    d.ok(&["start", &n, "--wait-ready"]);
+    let r = exec(
+        &d,
+        &n,
+        &[
+            "sh",
+            "-c",
+            "head -c 13 /dev/vda; echo; head -c 14 /dev/vdb; echo",
+        ],
+        None,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "on-the-volume\nin-the-overlay\n",
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    d.ok(&["stop", &n, "--timeout", "60"]);
+    d.wait_state(&n, "defined", Duration::from_secs(60));
+    assert!(
+        std::fs::read(&base).unwrap() == base_before,
+        "the base changed"
+    );
+    assert!(std::fs::read(&data).unwrap().starts_with(b"on-the-volume"));
+    // Stopped, its volume can be cloned; the copy has the guest's bytes.
+    d.ok(&["volume", "clone", "data.img", "snap.img"]);
+    let snap = data.with_file_name("snap.img");
+    assert!(std::fs::read(&snap).unwrap() == std::fs::read(&data).unwrap());
+    d.ok(&["rm", &n]);
+    assert!(!overlay.exists(), "the overlay outlived its VM");
+    d.ok(&["volume", "rm", "data.img"]);
+    d.ok(&["volume", "rm", "snap.img"]);
+    assert_eq!(d.ok(&["volume", "ls", "--json"]).trim(), "[]");
+}

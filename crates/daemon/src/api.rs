@@ -16,13 +16,22 @@
 //!   Upgrade to a framed stream: the command's stdin, stdout, stderr and exit status).
 //! - `GET /events?since=ID&vm=NAME&follow=true` (a JSON array, or with follow JSON lines as they
 //!   happen), `GET /metrics` (Prometheus text), `GET /host`, `GET /openapi.json`.
+//! - Storage (crates/daemon/src/storage.rs): `GET /pools`, `POST /pools` `{"name", "path"}`
+//!   (201), `GET /pools/{pool}`, `DELETE /pools/{pool}?force=true` (204; force forgets a pool
+//!   that still has volumes, keeping the files); `GET /pools/{pool}/volumes`,
+//!   `POST /pools/{pool}/volumes` `{"name", "size_bytes", "format", "backing"}` (201),
+//!   `GET /pools/{pool}/volumes/{name}`, `DELETE /pools/{pool}/volumes/{name}` (204),
+//!   `POST /pools/{pool}/volumes/{name}/clone` `{"name", "overlay"}` (201).
 //!
-//! VM names are 1–63 characters of `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+//! VM and pool names are 1–63 characters of `[a-zA-Z0-9][a-zA-Z0-9_.-]*`; volume names 1–255 of
+//! `[a-zA-Z0-9_][a-zA-Z0-9_.+-]*`.
 //!
-//! Errors are `{"error": CODE, "message": TEXT}`: 400 `bad_request` (malformed JSON or query),
-//! 401 `unauthorized`, 404 `not_found` (naming the VM or route), 405 `method_not_allowed`,
-//! 409 `conflict` (a taken name; a request the VM's state forbids, naming the state) and
-//! `insufficient_capacity` (with the numbers), 413 `payload_too_large` (bodies over 1 MiB),
+//! Errors are `{"error": CODE, "message": TEXT}`: 400 `bad_request` (malformed JSON or query;
+//! a pool or volume name, size or path that cannot be), 401 `unauthorized`, 404 `not_found`
+//! (naming the VM, pool, volume or route), 405 `method_not_allowed`, 409 `conflict` (a taken
+//! name; a request the VM's state forbids, naming the state; a volume or pool in use, naming
+//! the VM or volume; a pool with volumes; an image someone writes) and `insufficient_capacity`
+//! (with the numbers; a pool's full file system), 413 `payload_too_large` (bodies over 1 MiB),
 //! 415 `unsupported_media_type` (a body that is not application/json), 422 `invalid_body`
 //! (unknown fields, wrong types), `invalid_spec` (a definition that cannot run: values, paths,
 //! image) and `start_failed` (the VMM's own message), 500 `internal`, 502 `vmm_error`. Bad
@@ -46,6 +55,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::capacity::{self, HostInfo, Usage};
 use crate::metrics;
+use crate::storage::{self, DiskInfo, PoolInfo, VolumeInfo};
 use crate::store::{Event, ExitInfo};
 use crate::supervisor::{Daemon, Error, VmInfo};
 
@@ -101,6 +111,8 @@ impl From<Error> for ApiError {
             Error::StartFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "start_failed"),
             Error::Vmm(_) => (StatusCode::BAD_GATEWAY, "vmm_error"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::Missing(_) => (StatusCode::NOT_FOUND, "not_found"),
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -236,6 +248,31 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for VmName {
     }
 }
 
+/// Path segments (`{pool}`, `{pool}/{name}`), with a JSON 400 when they do not decode.
+pub struct Segs<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S> for Segs<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, s: &S) -> ApiResult<Self> {
+        Path::<T>::from_request_parts(parts, s)
+            .await
+            .map(|Path(v)| Segs(v))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+    }
+}
+
+/// Runs `f` on a blocking thread: storage requests read and write image files, and a clone
+/// copies a whole one.
+async fn blocking<T: Send + 'static>(
+    d: AppState,
+    f: impl FnOnce(&Daemon) -> Result<T, Error> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(move || f(&d))
+        .await
+        .map_err(|e| ApiError::from(Error::Internal(format!("a storage request failed: {e}"))))?
+        .map_err(ApiError::from)
+}
+
 fn json<T: Serialize>(status: StatusCode, v: T) -> Response {
     (status, axum::Json(v)).into_response()
 }
@@ -278,7 +315,10 @@ pub struct SpecDoc {
     verbose: Option<bool>,
     console_log: Option<String>,
     command: Option<Vec<String>>,
-    /// `PATH[,readonly][,serial=ID][,format=raw]`.
+    /// `IMAGE[,readonly][,overlay][,serial=ID][,format=raw|qcow2]`; IMAGE is an absolute path,
+    /// or a volume: `vol:POOL/NAME`, `vol:NAME` for the default pool. `overlay` gives the VM a
+    /// persistent qcow2 overlay on the image, in its own directory, kept until the VM is
+    /// removed.
     disk: Option<Vec<String>>,
     /// `user[,hostfwd=...]` or `tap=NAME`.
     net: Option<Vec<String>>,
@@ -294,6 +334,77 @@ pub struct SpecDoc {
     cpu: Option<String>,
     /// restart or exit.
     reboot: Option<String>,
+}
+
+/// `POST /pools`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePool {
+    /// 1–63 characters: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`; `default` is taken.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+    )]
+    pub name: String,
+    /// The pool's directory, an absolute path: an empty directory, or a new one (whose parent
+    /// exists) that the daemon makes. Not inside the daemon's state directory.
+    #[schema(pattern = "^/")]
+    pub path: String,
+}
+
+/// A volume's image format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+/// `POST /pools/{pool}/volumes`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolume {
+    /// The file's name in the pool: 1–255 characters, `[a-zA-Z0-9_][a-zA-Z0-9_.+-]*`.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[a-zA-Z0-9_][a-zA-Z0-9_.+-]*$"
+    )]
+    pub name: String,
+    /// The virtual size in bytes, at most 64 TiB; without it, the backing image's.
+    #[schema(minimum = 1, maximum = 70368744177664_i64)]
+    pub size_bytes: Option<u64>,
+    /// qcow2 (the default) or raw.
+    pub format: Option<VolumeFormat>,
+    /// A qcow2 volume's backing image, which it only reads: a volume of this pool (NAME),
+    /// another pool's (`vol:POOL/NAME`), or an absolute path.
+    pub backing: Option<String>,
+}
+
+/// `POST /pools/{pool}/volumes/{name}/clone`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneVolume {
+    /// The new volume's name, in the same pool.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[a-zA-Z0-9_][a-zA-Z0-9_.+-]*$"
+    )]
+    pub name: String,
+    /// A qcow2 overlay on the volume instead of a full copy.
+    #[serde(default)]
+    pub overlay: bool,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PoolDeleteQuery {
+    /// Forget a pool that still has volumes (their files stay).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `POST /vms/{name}/start`.
@@ -423,7 +534,7 @@ async fn create_vm(
     State(d): State<AppState>,
     JsonBody(b): JsonBody<CreateVm>,
 ) -> ApiResult<Response> {
-    Ok(json(StatusCode::CREATED, d.create(&b.name, b.spec)?))
+    Ok(json(StatusCode::CREATED, d.create(&b.name, b.spec).await?))
 }
 
 #[utoipa::path(get, path = "/vms/{name}", tag = "vms", params(("name" = String, Path, description = NAME)),
@@ -514,6 +625,132 @@ async fn restart_vm(
     OptBody(b): OptBody<StopBody>,
 ) -> ApiResult<Response> {
     Ok(json(StatusCode::OK, d.restart(&name, grace(&b)?).await?))
+}
+
+const POOL: &str = "The pool's name (`default`: the daemon's own).";
+const VOLUME: &str = "The volume's name (its file's name in the pool).";
+
+#[utoipa::path(get, path = "/pools", tag = "storage",
+    responses((status = 200, description = "Every pool, the default one first, with its file system's sizes and its volume count.", body = [PoolInfo])))]
+async fn list_pools(State(d): State<AppState>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, blocking(d, |d| d.list_pools()).await?))
+}
+
+#[utoipa::path(post, path = "/pools", tag = "storage", request_body = CreatePool,
+    responses(
+        (status = 201, description = "Defined (its directory made if it was new).", body = PoolInfo),
+        (status = 400, description = "A bad name, or a path that is not absolute, not a directory, overlaps the state directory or cannot be made.", body = ErrorBody),
+        (status = 409, description = "The name is taken, another pool is on the directory, or the directory is not empty.", body = ErrorBody)))]
+async fn create_pool(
+    State(d): State<AppState>,
+    JsonBody(b): JsonBody<CreatePool>,
+) -> ApiResult<Response> {
+    let p = blocking(d, move |d| d.create_pool(&b.name, &b.path)).await?;
+    Ok(json(StatusCode::CREATED, p))
+}
+
+#[utoipa::path(get, path = "/pools/{pool}", tag = "storage", params(("pool" = String, Path, description = POOL)),
+    responses((status = 200, description = "The pool.", body = PoolInfo),
+              (status = 400, description = "Not a pool name.", body = ErrorBody),
+              (status = 404, description = "No such pool.", body = ErrorBody)))]
+async fn get_pool(State(d): State<AppState>, Segs(pool): Segs<String>) -> ApiResult<Response> {
+    Ok(json(
+        StatusCode::OK,
+        blocking(d, move |d| d.get_pool(&pool)).await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/pools/{pool}", tag = "storage",
+    params(("pool" = String, Path, description = POOL), PoolDeleteQuery),
+    responses((status = 204, description = "Forgotten; its directory removed if the daemon made it and it is empty."),
+              (status = 400, description = "Not a pool name.", body = ErrorBody),
+              (status = 404, description = "No such pool.", body = ErrorBody),
+              (status = 409, description = "The default pool; a VM or another pool's volume uses it (named); it has volumes (without force).", body = ErrorBody)))]
+async fn delete_pool(
+    State(d): State<AppState>,
+    Segs(pool): Segs<String>,
+    Q(q): Q<PoolDeleteQuery>,
+) -> ApiResult<Response> {
+    blocking(d, move |d| d.delete_pool(&pool, q.force)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[utoipa::path(get, path = "/pools/{pool}/volumes", tag = "storage", params(("pool" = String, Path, description = POOL)),
+    responses((status = 200, description = "The image files in the pool's directory, by name.", body = [VolumeInfo]),
+              (status = 400, description = "Not a pool name.", body = ErrorBody),
+              (status = 404, description = "No such pool.", body = ErrorBody),
+              (status = 409, description = "The pool's directory cannot be read.", body = ErrorBody)))]
+async fn list_volumes(State(d): State<AppState>, Segs(pool): Segs<String>) -> ApiResult<Response> {
+    Ok(json(
+        StatusCode::OK,
+        blocking(d, move |d| d.list_volumes(&pool)).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/pools/{pool}/volumes", tag = "storage",
+    params(("pool" = String, Path, description = POOL)), request_body = CreateVolume,
+    responses((status = 201, description = "Created.", body = VolumeInfo),
+              (status = 400, description = "A bad name or size; a raw volume with a backing image; a backing image that cannot back one.", body = ErrorBody),
+              (status = 404, description = "No such pool, or no such backing image.", body = ErrorBody),
+              (status = 409, description = "The name is taken; the backing image is being written; the pool's file system is full.", body = ErrorBody)))]
+async fn create_volume(
+    State(d): State<AppState>,
+    Segs(pool): Segs<String>,
+    JsonBody(b): JsonBody<CreateVolume>,
+) -> ApiResult<Response> {
+    let req = storage::NewVolume {
+        name: b.name,
+        size: b.size_bytes,
+        qcow2: matches!(b.format.unwrap_or_default(), VolumeFormat::Qcow2),
+        backing: b.backing,
+    };
+    let v = blocking(d, move |d| d.create_volume(&pool, &req)).await?;
+    Ok(json(StatusCode::CREATED, v))
+}
+
+#[utoipa::path(get, path = "/pools/{pool}/volumes/{name}", tag = "storage",
+    params(("pool" = String, Path, description = POOL), ("name" = String, Path, description = VOLUME)),
+    responses((status = 200, description = "The volume: format, sizes, backing file, and who uses it.", body = VolumeInfo),
+              (status = 400, description = "Not a pool or volume name.", body = ErrorBody),
+              (status = 404, description = "No such pool or volume.", body = ErrorBody)))]
+async fn get_volume(
+    State(d): State<AppState>,
+    Segs((pool, name)): Segs<(String, String)>,
+) -> ApiResult<Response> {
+    Ok(json(
+        StatusCode::OK,
+        blocking(d, move |d| d.get_volume(&pool, &name)).await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/pools/{pool}/volumes/{name}", tag = "storage",
+    params(("pool" = String, Path, description = POOL), ("name" = String, Path, description = VOLUME)),
+    responses((status = 204, description = "Its file removed."),
+              (status = 400, description = "Not a pool or volume name.", body = ErrorBody),
+              (status = 404, description = "No such pool or volume.", body = ErrorBody),
+              (status = 409, description = "A VM uses it, or it backs another volume (named).", body = ErrorBody)))]
+async fn delete_volume(
+    State(d): State<AppState>,
+    Segs((pool, name)): Segs<(String, String)>,
+) -> ApiResult<Response> {
+    blocking(d, move |d| d.delete_volume(&pool, &name)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[utoipa::path(post, path = "/pools/{pool}/volumes/{name}/clone", tag = "storage",
+    params(("pool" = String, Path, description = POOL), ("name" = String, Path, description = VOLUME)),
+    request_body = CloneVolume,
+    responses((status = 201, description = "The new volume: a full copy (holes kept; a qcow2 keeps its backing file), or a qcow2 overlay on this one.", body = VolumeInfo),
+              (status = 400, description = "Not a pool or volume name.", body = ErrorBody),
+              (status = 404, description = "No such pool or volume.", body = ErrorBody),
+              (status = 409, description = "The new name is taken; the volume is being written (a running VM); the file system is full.", body = ErrorBody)))]
+async fn clone_volume(
+    State(d): State<AppState>,
+    Segs((pool, name)): Segs<(String, String)>,
+    JsonBody(b): JsonBody<CloneVolume>,
+) -> ApiResult<Response> {
+    let v = blocking(d, move |d| d.clone_volume(&pool, &name, &b.name, b.overlay)).await?;
+    Ok(json(StatusCode::CREATED, v))
 }
 
 /// A response body fed from a channel.
@@ -799,7 +1036,7 @@ async fn openapi() -> Response {
 #[openapi(
     info(
         title = "vireo daemon API",
-        description = "VM definitions and lifecycle, console, logs, events and metrics of `vireo daemon`. Errors are {\"error\": CODE, \"message\": TEXT}."
+        description = "VM definitions and lifecycle, console, logs, events and metrics of `vireo daemon`, and its storage pools and volumes. Errors are {\"error\": CODE, \"message\": TEXT}."
     ),
     paths(
         list_vms,
@@ -819,6 +1056,15 @@ async fn openapi() -> Response {
         events,
         metrics_text,
         host,
+        list_pools,
+        create_pool,
+        get_pool,
+        delete_pool,
+        list_volumes,
+        create_volume,
+        get_volume,
+        delete_volume,
+        clone_volume,
         openapi
     ),
     components(schemas(
@@ -833,7 +1079,14 @@ async fn openapi() -> Response {
         HostReport,
         HostInfo,
         Usage,
-        StatsReport
+        StatsReport,
+        DiskInfo,
+        PoolInfo,
+        VolumeInfo,
+        CreatePool,
+        CreateVolume,
+        VolumeFormat,
+        CloneVolume
     )),
     modifiers(&CommonErrors)
 )]
@@ -924,6 +1177,23 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         r(Method::GET, "/events", events),
         r(Method::GET, "/metrics", metrics_text),
         r(Method::GET, "/host", host),
+        r(Method::GET, "/pools", list_pools),
+        r(Method::POST, "/pools", create_pool),
+        r(Method::GET, "/pools/{pool}", get_pool),
+        r(Method::DELETE, "/pools/{pool}", delete_pool),
+        r(Method::GET, "/pools/{pool}/volumes", list_volumes),
+        r(Method::POST, "/pools/{pool}/volumes", create_volume),
+        r(Method::GET, "/pools/{pool}/volumes/{name}", get_volume),
+        r(
+            Method::DELETE,
+            "/pools/{pool}/volumes/{name}",
+            delete_volume,
+        ),
+        r(
+            Method::POST,
+            "/pools/{pool}/volumes/{name}/clone",
+            clone_volume,
+        ),
         r(Method::GET, "/openapi.json", openapi),
     ]
 }

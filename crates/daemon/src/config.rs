@@ -33,6 +33,10 @@ pub struct DaemonArgs {
     /// The cgroup (under each controller's hierarchy) that holds one cgroup per VM.
     #[arg(long, value_name = "NAME", default_value = "vireo")]
     pub cgroup_parent: String,
+    /// Make storage pools only inside DIR (default: wherever a client asks and the daemon can
+    /// write), for a daemon whose clients should not choose where it writes.
+    #[arg(long, value_name = "DIR")]
+    pub pool_root: Option<PathBuf>,
 }
 
 /// Everything the daemon runs with, resolved.
@@ -48,6 +52,8 @@ pub struct DaemonConfig {
     pub cgroup_parent: String,
     /// How long a VMM may take from spawn to a running guest.
     pub start_timeout: Duration,
+    /// Where pools may be made (`--pool-root`), absolute; anywhere when `None`.
+    pub pool_root: Option<PathBuf>,
 }
 
 /// A flag combination or value the daemon cannot run with.
@@ -185,6 +191,7 @@ impl DaemonConfig {
             cpu_ratio,
             cgroup_parent: args.cgroup_parent.clone(),
             start_timeout: Duration::from_secs(60),
+            pool_root: args.pool_root.as_deref().map(absolute).transpose()?,
         })
     }
 }

@@ -5,9 +5,14 @@
 //! Layout of the state directory (`--state-dir`, [`config::default_state_dir`]):
 //! - `daemon.lock`: flock held by the one daemon using the directory (its pid inside);
 //! - `vireo.db`: the store ([`store`]): definitions, states, the event log;
-//! - `vms/NAME/run`: the running (or last) VMM's directory: spec.json, lock, pid, control.sock,
-//!   console.sock, console.log, vmm.log, exit.json. A start moves the previous one to
-//!   `vms/NAME/last`, so the last run's console log and exit stay readable.
+//! - `vms/NAME/run`: the running (or last) VMM's directory: spec.json (the definition with its
+//!   volumes resolved and its overlays in place), lock, pid, control.sock, console.sock,
+//!   console.log, vmm.log, exit.json. A start moves the previous one to `vms/NAME/last`, so the
+//!   last run's console log and exit stay readable.
+//! - `vms/NAME/overlay-diskN.qcow2`: the persistent overlay of the VM's `overlay` disk N
+//!   ([`storage`]), made at create, removed with the VM;
+//! - `pools/default`: the default storage pool's directory (other pools are where they were
+//!   made).
 
 pub mod api;
 pub mod capacity;
@@ -17,6 +22,7 @@ pub mod config;
 pub mod metrics;
 pub mod names;
 pub mod state;
+pub mod storage;
 pub mod store;
 pub mod supervisor;
 pub mod vmm;

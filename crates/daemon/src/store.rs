@@ -1,5 +1,6 @@
 //! The daemon's SQLite database (`<state-dir>/vireo.db`, WAL): VM definitions, their states,
-//! and the event log. The schema version is SQLite's `user_version`; [`MIGRATIONS`] are applied
+//! the event log, and the storage pools (their volumes are the files in each pool's directory,
+//! not rows here). The schema version is SQLite's `user_version`; [`MIGRATIONS`] are applied
 //! in order from the file's version up, each in its own transaction, so a database written by an
 //! older daemon is upgraded in place and one from a newer daemon is refused.
 
@@ -36,6 +37,14 @@ pub const MIGRATIONS: &[&str] = &[
      CREATE INDEX events_vm ON events(vm, id);",
     // 2: how the last run ended (exit.json, or the crash), kept for `inspect`.
     "ALTER TABLE vm_state ADD COLUMN last_exit TEXT;",
+    // 3: storage pools; `made_dir` says the daemon created the directory (and so removes it
+    // with the pool when it is empty).
+    "CREATE TABLE pools (
+         name TEXT PRIMARY KEY NOT NULL,
+         path TEXT NOT NULL UNIQUE,
+         made_dir INTEGER NOT NULL,
+         created_at REAL NOT NULL
+     );",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +52,9 @@ pub enum StoreError {
     /// A VM of that name is already defined.
     #[error("a VM named '{0}' already exists")]
     Exists(String),
+    /// A pool of that name, or on that directory, is already defined.
+    #[error("{0}")]
+    PoolExists(String),
     /// The database is from a newer vireo.
     #[error("database {path} has schema version {found}; this vireo knows up to {known}: use a newer vireo")]
     TooNew {
@@ -92,6 +104,17 @@ pub struct Event {
     /// created, deleted, starting, state, guest_ready, start_failed, exited, crashed, ...
     pub kind: String,
     pub detail: String,
+}
+
+/// One storage pool as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolRecord {
+    pub name: String,
+    /// Absolute and canonical.
+    pub path: std::path::PathBuf,
+    /// The daemon created the directory.
+    pub made_dir: bool,
+    pub created_at: f64,
 }
 
 /// A row of the VM query: name, spec, created_at, state, detail, started_at, last_exit.
@@ -325,6 +348,70 @@ impl Store {
         Ok(v)
     }
 
+    /// Defines a pool; a taken name or directory is [`StoreError::PoolExists`].
+    pub fn insert_pool(&mut self, p: &PoolRecord) -> Result<(), StoreError> {
+        let path = p.path.to_string_lossy();
+        let r = self.conn.execute(
+            "INSERT INTO pools (name, path, made_dir, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![p.name, path, p.made_dir, p.created_at],
+        );
+        match r {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                let holder: Option<String> = self
+                    .conn
+                    .query_row("SELECT name FROM pools WHERE path = ?1", [&path], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                Err(StoreError::PoolExists(match holder {
+                    Some(h) if h != p.name => {
+                        format!("pool '{h}' is already on {path}")
+                    }
+                    _ => format!("a pool named '{}' already exists", p.name),
+                }))
+            }
+            r => r.map(drop).map_err(StoreError::from),
+        }
+    }
+
+    pub fn delete_pool(&mut self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM pools WHERE name = ?1", [name])?
+            > 0)
+    }
+
+    fn pool_row(r: &rusqlite::Row) -> rusqlite::Result<PoolRecord> {
+        Ok(PoolRecord {
+            name: r.get(0)?,
+            path: std::path::PathBuf::from(r.get::<_, String>(1)?),
+            made_dir: r.get(2)?,
+            created_at: r.get(3)?,
+        })
+    }
+
+    pub fn get_pool(&self, name: &str) -> Result<Option<PoolRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, path, made_dir, created_at FROM pools WHERE name = ?1",
+                [name],
+                Self::pool_row,
+            )
+            .optional()?)
+    }
+
+    /// Every pool, by name.
+    pub fn list_pools(&self) -> Result<Vec<PoolRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, path, made_dir, created_at FROM pools ORDER BY name")?;
+        let rows = stmt.query_map([], Self::pool_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     /// The newest event id (0 when there are none).
     pub fn last_event_id(&self) -> Result<i64, StoreError> {
         Ok(self
@@ -410,6 +497,31 @@ mod tests {
         // The limit keeps the newest.
         assert_eq!(s.events(None, None, 1).unwrap(), std::slice::from_ref(&e3));
         assert_eq!(s.last_event_id().unwrap(), e3.id);
+    }
+
+    #[test]
+    fn pools_define_list_delete() {
+        let mut s = Store::in_memory().unwrap();
+        let pool = |name: &str, path: &str| PoolRecord {
+            name: name.into(),
+            path: path.into(),
+            made_dir: name == "b",
+            created_at: 1.0,
+        };
+        s.insert_pool(&pool("b", "/srv/b")).unwrap();
+        s.insert_pool(&pool("a", "/srv/a")).unwrap();
+        let e = s.insert_pool(&pool("a", "/srv/c")).unwrap_err();
+        assert_eq!(e.to_string(), "a pool named 'a' already exists");
+        let e = s.insert_pool(&pool("c", "/srv/a")).unwrap_err();
+        assert_eq!(e.to_string(), "pool 'a' is already on /srv/a");
+        assert_eq!(
+            s.list_pools().unwrap(),
+            [pool("a", "/srv/a"), pool("b", "/srv/b")]
+        );
+        assert_eq!(s.get_pool("b").unwrap(), Some(pool("b", "/srv/b")));
+        assert!(s.delete_pool("b").unwrap());
+        assert!(!s.delete_pool("b").unwrap());
+        assert_eq!(s.get_pool("b").unwrap(), None);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::capacity::{self, HostInfo, Policy, Usage};
 use crate::cgroup::{Cgroup, Hierarchy};
 use crate::config::DaemonConfig;
 use crate::state::{self, Action, VmState};
+use crate::storage::DiskInfo;
 use crate::store::{Event, ExitInfo, Store, StoreError, VmRecord};
 use crate::vmm::{self, VmmError, WatchEvent};
 use crate::{names, now};
@@ -49,12 +50,18 @@ pub enum Error {
     /// The daemon itself failed (database, file system).
     #[error("{0}")]
     Internal(String),
+    /// A name or value no such request can have (a pool's or volume's name, a size).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No pool or volume of that name; the message names it.
+    #[error("{0}")]
+    Missing(String),
 }
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Exists(_) => Error::Conflict(e.to_string()),
+            StoreError::Exists(_) | StoreError::PoolExists(_) => Error::Conflict(e.to_string()),
             e => Error::Internal(e.to_string()),
         }
     }
@@ -111,6 +118,9 @@ pub struct VmInfo {
     pub limits: Option<String>,
     /// How the last run ended.
     pub last_exit: Option<ExitInfo>,
+    /// Its disks: the image each entry names (a volume resolved to its file) and the VM's
+    /// persistent overlay on it.
+    pub disks: Vec<DiskInfo>,
     /// The definition (`vireo_spec::VmSpec`).
     #[schema(value_type = Object)]
     pub spec: Value,
@@ -198,7 +208,7 @@ impl Live {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these leaves plain data behind; go on with it.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -206,7 +216,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Daemon {
     pub cfg: DaemonConfig,
     pub host: HostInfo,
-    store: Mutex<Store>,
+    pub(crate) store: Mutex<Store>,
+    /// Held by whatever creates or removes pools, volumes and VM overlays, or decides that a
+    /// volume is unused (storage.rs), so that no VM comes to use a volume being removed.
+    pub(crate) storage: Mutex<()>,
     events: broadcast::Sender<Event>,
     live: Mutex<HashMap<String, Arc<Live>>>,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -219,6 +232,7 @@ impl Daemon {
             cfg,
             host: HostInfo::read(),
             store: Mutex::new(store),
+            storage: Mutex::new(()),
             events: broadcast::channel(1024).0,
             live: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
@@ -233,7 +247,7 @@ impl Daemon {
         }
     }
 
-    fn vm_dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn vm_dir(&self, name: &str) -> PathBuf {
         self.cfg.state_dir.join("vms").join(name)
     }
 
@@ -312,6 +326,7 @@ impl Daemon {
             run_dir: self.run_dir(&rec.name).display().to_string(),
             limits: live.as_ref().map(|l| l.limits.clone()),
             last_exit: rec.last_exit.clone(),
+            disks: self.disk_info(&rec.name, &rec.spec),
             spec: serde_json::to_value(&rec.spec).unwrap_or(Value::Null),
         }
     }
@@ -336,11 +351,43 @@ impl Daemon {
         Ok(u)
     }
 
-    /// Defines a VM.
-    pub fn create(&self, name: &str, spec: VmSpec) -> Result<VmInfo> {
+    /// Defines a VM: its disks must resolve (a volume to its file), and an `overlay` disk gets
+    /// its persistent overlay in the VM's directory (storage.rs).
+    pub async fn create(self: &Arc<Self>, name: &str, spec: VmSpec) -> Result<VmInfo> {
         names::validate(name).map_err(Error::Invalid)?;
         check_spec(&spec).map_err(Error::Invalid)?;
-        lock(&self.store).insert_vm(name, &spec, now())?;
+        let op = self.op_lock(name);
+        let _g = op.lock().await;
+        let d = self.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || d.create_blocking(&name, spec))
+            .await
+            .map_err(|e| Error::Internal(format!("creating the VM: {e}")))?
+    }
+
+    fn create_blocking(&self, name: &str, mut spec: VmSpec) -> Result<VmInfo> {
+        let _storage = lock(&self.storage);
+        if lock(&self.store).get_vm(name)?.is_some() {
+            return Err(StoreError::Exists(name.into()).into());
+        }
+        let disks = self.resolve_disks(name, &spec).map_err(Error::Invalid)?;
+        crate::storage::pin_volume_formats(&mut spec, &disks);
+        let vm_dir = self.vm_dir(name);
+        if disks.iter().any(|d| d.overlay.is_some()) {
+            // Left by a VM of this name whose removal could not finish: nothing uses it.
+            if vm_dir.exists() {
+                std::fs::remove_dir_all(&vm_dir).map_err(|e| {
+                    Error::Internal(format!("cannot remove {}: {e}", vm_dir.display()))
+                })?;
+            }
+            self.make_overlays(&disks)?;
+        }
+        if let Err(e) = lock(&self.store).insert_vm(name, &spec, now()) {
+            for o in disks.iter().filter_map(|d| d.overlay.as_ref()) {
+                let _ = std::fs::remove_file(o);
+            }
+            return Err(e.into());
+        }
         self.event(name, "created", "");
         self.get(name)
     }
@@ -380,6 +427,8 @@ impl Daemon {
         state::check(name, rec.state, Action::Start).map_err(Error::Conflict)?;
         // The definition may have been fine when made and not now (a kernel removed).
         check_spec(&rec.spec).map_err(Error::Invalid)?;
+        // What the VMM gets: volumes resolved to their files, overlays in their places.
+        let run_spec = self.vmm_spec(name, &rec.spec).map_err(Error::Invalid)?;
         let used = self.usage(Some(name))?;
         capacity::check(
             &self.host,
@@ -391,11 +440,11 @@ impl Daemon {
         )
         .map_err(Error::Capacity)?;
 
-        let dir = self.prepare_run_dir(name, &rec.spec)?;
+        let dir = self.prepare_run_dir(name, &run_spec)?;
         let started = now();
         self.set_state(name, VmState::Starting, "", Some(Some(started)));
         self.event(name, "starting", "");
-        let live = match self.spawn(name, &dir, &rec.spec) {
+        let live = match self.spawn(name, &dir, &run_spec) {
             Ok(l) => l,
             Err(msg) => {
                 self.set_state(
@@ -950,6 +999,7 @@ impl Daemon {
 }
 
 /// Whether a definition can run here: its values, absolute paths that exist, a pulled image.
+/// Its disks are checked where they are resolved (storage.rs), since they may name volumes.
 pub fn check_spec(spec: &VmSpec) -> std::result::Result<(), String> {
     spec.validate().map_err(|e| e.to_string())?;
     let exists = |key: &str, p: &Path| -> std::result::Result<(), String> {
@@ -979,10 +1029,6 @@ pub fn check_spec(spec: &VmSpec) -> std::result::Result<(), String> {
                 p.display()
             ));
         }
-    }
-    for (i, d) in spec.disk.iter().enumerate() {
-        let path = d.split(',').next().unwrap_or("");
-        exists(&format!("disk[{i}]"), Path::new(path))?;
     }
     if let Some(v) = &spec.vsock {
         if let Some(uds) = v.split(',').find_map(|o| o.strip_prefix("uds=")) {
@@ -1022,14 +1068,6 @@ mod tests {
         assert_eq!(
             check_spec(&missing).unwrap_err(),
             "kernel: /nonexistent/vmlinux: no such file"
-        );
-        let disk = VmSpec {
-            disk: vec!["/nonexistent.img,readonly".into()],
-            ..ok.clone()
-        };
-        assert_eq!(
-            check_spec(&disk).unwrap_err(),
-            "disk[0]: /nonexistent.img: no such file"
         );
         let nothing = VmSpec::default();
         assert!(check_spec(&nothing)

@@ -773,3 +773,724 @@ fn client_starts_a_daemon_on_demand() {
     unsafe { libc::kill(pid, libc::SIGTERM) };
     wait_until("the daemon to exit", 10, || !c.ping());
 }
+
+fn post(c: &Client, path: &str, body: Value) -> Result<Value, ClientError> {
+    c.call("POST", path, Some(&body))
+}
+
+fn names_of(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn inode(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().ino()
+}
+
+/// Pools and volumes through the API: the default pool, a pool of one's own, volumes made,
+/// copied in by hand, cloned (a copy and an overlay), listed and removed; what cannot be is
+/// refused with its own status and a message naming the thing.
+#[test]
+fn pools_and_volumes() {
+    let mut env = Env::new("pools");
+    env.start(&[]);
+    let c = env.client();
+    let pools = c.call("GET", "/pools", None).unwrap();
+    assert_eq!(names_of(&pools), ["default"], "{pools}");
+    let default = PathBuf::from(pools[0]["path"].as_str().unwrap());
+    assert!(
+        default.starts_with(env.state_dir()) && default.is_dir(),
+        "{pools}"
+    );
+    let p = &pools[0];
+    assert!(p["capacity_bytes"].as_u64().unwrap() > 0, "{p}");
+    assert!(
+        p["available_bytes"].as_u64() <= p["capacity_bytes"].as_u64(),
+        "{p}"
+    );
+    assert_eq!(p["volumes"], 0);
+
+    // Made here: qcow2 (the default) and raw.
+    let v = post(
+        &c,
+        "/pools/default/volumes",
+        json!({"name": "base.qcow2", "size_bytes": 64 << 20}),
+    )
+    .unwrap();
+    assert_eq!(
+        (&v["format"], &v["virtual_size_bytes"], &v["pool"]),
+        (&json!("qcow2"), &json!(64 << 20), &json!("default")),
+        "{v}"
+    );
+    let raw = post(
+        &c,
+        "/pools/default/volumes",
+        json!({"name": "data.img", "size_bytes": 1 << 20, "format": "raw"}),
+    )
+    .unwrap();
+    assert_eq!(raw["format"], "raw", "{raw}");
+    let data_path = default.join("data.img");
+    assert_eq!(std::fs::metadata(&data_path).unwrap().len(), 1 << 20);
+    // An overlay volume takes its base's size.
+    let top = post(
+        &c,
+        "/pools/default/volumes",
+        json!({"name": "top", "backing": "base.qcow2"}),
+    )
+    .unwrap();
+    assert_eq!(top["virtual_size_bytes"], 64 << 20, "{top}");
+    assert_eq!(
+        top["backing_file"].as_str().map(PathBuf::from),
+        Some(default.join("base.qcow2")),
+        "{top}"
+    );
+    // A file copied in by hand is a volume; hidden files and directories are not.
+    std::fs::write(default.join("hand.img"), vec![1u8; 4096]).unwrap();
+    std::fs::write(default.join(".hidden"), b"x").unwrap();
+    std::fs::create_dir(default.join("sub")).unwrap();
+    let list = c.call("GET", "/pools/default/volumes", None).unwrap();
+    assert_eq!(
+        names_of(&list),
+        ["base.qcow2", "data.img", "hand.img", "top"],
+        "{list}"
+    );
+    assert_eq!(list[2]["format"], "raw");
+    assert_eq!(list[0]["backs"], json!(["default/top"]), "{list}");
+    assert_eq!(c.call("GET", "/pools/default", None).unwrap()["volumes"], 4);
+
+    // Clones: a full copy, holes kept, and an overlay.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data_path)
+        .unwrap()
+        .write_all(b"payload at the start")
+        .unwrap();
+    let copy = post(
+        &c,
+        "/pools/default/volumes/data.img/clone",
+        json!({"name": "copy.img"}),
+    )
+    .unwrap();
+    assert_eq!(
+        (&copy["format"], &copy["name"]),
+        (&json!("raw"), &json!("copy.img"))
+    );
+    assert!(std::fs::read(default.join("copy.img")).unwrap() == std::fs::read(&data_path).unwrap());
+    let ov = post(
+        &c,
+        "/pools/default/volumes/data.img/clone",
+        json!({"name": "ov.qcow2", "overlay": true}),
+    )
+    .unwrap();
+    assert_eq!(ov["format"], "qcow2", "{ov}");
+    assert_eq!(
+        ov["backing_file"].as_str().map(PathBuf::from),
+        Some(data_path.clone())
+    );
+    assert_eq!(ov["virtual_size_bytes"], 1 << 20);
+
+    // Refusals: each status its own, each message naming the thing.
+    let bad = |r, status: u16, needle: &str| {
+        let (s, _, m) = api_err(r);
+        assert_eq!(s, status, "{m}");
+        assert!(m.contains(needle), "{needle:?} not in {m:?}");
+    };
+    bad(
+        post(
+            &c,
+            "/pools/default/volumes",
+            json!({"name": "base.qcow2", "size_bytes": 1 << 20}),
+        ),
+        409,
+        "already has a volume (or file) named 'base.qcow2'",
+    );
+    bad(
+        post(
+            &c,
+            "/pools/default/volumes",
+            json!({"name": "../escape", "size_bytes": 1}),
+        ),
+        400,
+        "invalid volume name '../escape'",
+    );
+    bad(
+        post(
+            &c,
+            "/pools/default/volumes",
+            json!({"name": "..", "size_bytes": 1}),
+        ),
+        400,
+        "invalid volume name '..'",
+    );
+    bad(
+        post(
+            &c,
+            "/pools/default/volumes",
+            json!({"name": "a,overlay", "size_bytes": 1}),
+        ),
+        400,
+        "','",
+    );
+    bad(
+        post(
+            &c,
+            "/pools/default/volumes",
+            json!({"name": "z", "size_bytes": 0}),
+        ),
+        400,
+        "size_bytes: 0 is out of range",
+    );
+    bad(
+        post(
+            &c,
+            "/pools/default/volumes",
+            json!({"name": "z", "size_bytes": 1u64 << 50}),
+        ),
+        400,
+        "out of range",
+    );
+    bad(
+        post(&c, "/pools/default/volumes", json!({"name": "z"})),
+        400,
+        "a size is needed",
+    );
+    bad(
+        post(
+            &c,
+            "/pools/default/volumes",
+            json!({"name": "z", "format": "raw", "backing": "base.qcow2"}),
+        ),
+        400,
+        "a raw volume cannot have a backing file",
+    );
+    bad(
+        post(
+            &c,
+            "/pools/default/volumes",
+            json!({"name": "z", "backing": "nosuch"}),
+        ),
+        404,
+        "no volume 'nosuch' in pool 'default'",
+    );
+    bad(
+        post(
+            &c,
+            "/pools/default/volumes",
+            json!({"name": "z", "backing": "/nonexistent/b.img"}),
+        ),
+        404,
+        "/nonexistent/b.img",
+    );
+    bad(
+        post(
+            &c,
+            "/pools/default/volumes",
+            json!({"name": "z", "backing": "rel/b.img"}),
+        ),
+        400,
+        "expected a volume name, vol:POOL/NAME or an absolute path",
+    );
+    bad(
+        post(
+            &c,
+            "/pools/nopool/volumes",
+            json!({"name": "z", "size_bytes": 1}),
+        ),
+        404,
+        "no pool named 'nopool'",
+    );
+    bad(
+        c.call("GET", "/pools/default/volumes/nosuch", None),
+        404,
+        "'nosuch'",
+    );
+    bad(
+        c.call("GET", "/pools/default/volumes/..%2Fvireo.db", None),
+        400,
+        "'/'",
+    );
+    bad(
+        c.call("DELETE", "/pools/default/volumes/..", None),
+        400,
+        "'..'",
+    );
+    bad(
+        c.call("GET", "/pools/a%2Fb", None),
+        400,
+        "invalid pool name 'a/b'",
+    );
+    bad(
+        c.call("GET", "/pools/nopool/volumes", None),
+        404,
+        "no pool named 'nopool'",
+    );
+    bad(
+        post(
+            &c,
+            "/pools/default/volumes/nosuch/clone",
+            json!({"name": "n"}),
+        ),
+        404,
+        "no volume 'nosuch'",
+    );
+    bad(
+        post(
+            &c,
+            "/pools/default/volumes/data.img/clone",
+            json!({"name": "copy.img"}),
+        ),
+        409,
+        "'copy.img'",
+    );
+    // As long a name as a file may have.
+    let long = "l".repeat(255);
+    let v = post(
+        &c,
+        "/pools/default/volumes/data.img/clone",
+        json!({"name": long}),
+    )
+    .unwrap();
+    assert_eq!(v["name"].as_str(), Some(long.as_str()));
+    c.call("DELETE", &format!("/pools/default/volumes/{long}"), None)
+        .unwrap();
+    let (s, code, _) = api_err(post(
+        &c,
+        "/pools/default/volumes",
+        json!({"name": "z", "size_bytes": 1, "colour": "red"}),
+    ));
+    assert_eq!((s, code.as_str()), (422, "invalid_body"));
+    let (s, _, _) = api_err(post(
+        &c,
+        "/pools/default/volumes",
+        json!({"name": "z", "size_bytes": 1, "format": "vmdk"}),
+    ));
+    assert_eq!(s, 422);
+    // A base an overlay volume stands on stays until the overlay goes.
+    bad(
+        c.call("DELETE", "/pools/default/volumes/base.qcow2", None),
+        409,
+        "is the backing file of volume 'default/top'",
+    );
+    c.call("DELETE", "/pools/default/volumes/top", None)
+        .unwrap();
+    c.call("DELETE", "/pools/default/volumes/base.qcow2", None)
+        .unwrap();
+    assert!(!default.join("base.qcow2").exists());
+    // Hand-copied files go the same way; what is not a volume is left alone.
+    c.call("DELETE", "/pools/default/volumes/hand.img", None)
+        .unwrap();
+    assert!(default.join(".hidden").exists() && default.join("sub").is_dir());
+
+    // A pool of one's own, on a new directory (made) and on an empty one (kept).
+    let new_dir = env.dir.join("fast");
+    let p = post(&c, "/pools", json!({"name": "fast", "path": new_dir})).unwrap();
+    assert_eq!(
+        (p["name"].as_str(), p["volumes"].as_u64()),
+        (Some("fast"), Some(0)),
+        "{p}"
+    );
+    assert!(new_dir.is_dir());
+    let empty = env.dir.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    post(&c, "/pools", json!({"name": "e", "path": empty})).unwrap();
+    assert_eq!(
+        names_of(&c.call("GET", "/pools", None).unwrap()),
+        ["default", "e", "fast"]
+    );
+    post(
+        &c,
+        "/pools/fast/volumes",
+        json!({"name": "v1", "size_bytes": 1 << 20, "format": "raw"}),
+    )
+    .unwrap();
+    // Another pool's volume as a backing image.
+    post(
+        &c,
+        "/pools/default/volumes",
+        json!({"name": "on-fast", "backing": "vol:fast/v1"}),
+    )
+    .unwrap();
+    bad(
+        c.call("DELETE", "/pools/fast?force=true", None),
+        409,
+        "pool 'fast' holds the backing file of volume 'default/on-fast'",
+    );
+    c.call("DELETE", "/pools/default/volumes/on-fast", None)
+        .unwrap();
+    bad(
+        c.call("DELETE", "/pools/fast", None),
+        409,
+        "pool 'fast' holds 1 volume ('v1')",
+    );
+    bad(
+        post(
+            &c,
+            "/pools",
+            json!({"name": "fast", "path": env.dir.join("x")}),
+        ),
+        409,
+        "a pool named 'fast' already exists",
+    );
+    bad(
+        post(
+            &c,
+            "/pools",
+            json!({"name": "default", "path": env.dir.join("x")}),
+        ),
+        409,
+        "'default' already exists",
+    );
+    bad(
+        post(&c, "/pools", json!({"name": "again", "path": new_dir})),
+        409,
+        "is not empty",
+    );
+    bad(
+        post(
+            &c,
+            "/pools",
+            json!({"name": "b/d", "path": env.dir.join("x")}),
+        ),
+        400,
+        "invalid pool name 'b/d'",
+    );
+    bad(
+        post(&c, "/pools", json!({"name": "r", "path": "relative/dir"})),
+        400,
+        "expected an absolute path",
+    );
+    bad(
+        post(
+            &c,
+            "/pools",
+            json!({"name": "r", "path": env.dir.join("no/such/parent")}),
+        ),
+        400,
+        "its parent",
+    );
+    bad(
+        post(
+            &c,
+            "/pools",
+            json!({"name": "r", "path": env.dir.join("vmlinux")}),
+        ),
+        400,
+        "is not a directory",
+    );
+    bad(
+        post(
+            &c,
+            "/pools",
+            json!({"name": "r", "path": env.state_dir().join("mine")}),
+        ),
+        400,
+        "overlaps the daemon's state directory",
+    );
+    bad(
+        c.call("DELETE", "/pools/default", None),
+        409,
+        "the default pool cannot be removed",
+    );
+    bad(
+        c.call("DELETE", "/pools/nopool", None),
+        404,
+        "no pool named 'nopool'",
+    );
+
+    // Pools are kept across a daemon restart.
+    env.kill9();
+    env.start(&[]);
+    let c = env.client();
+    assert_eq!(
+        names_of(&c.call("GET", "/pools", None).unwrap()),
+        ["default", "e", "fast"]
+    );
+    assert_eq!(
+        names_of(&c.call("GET", "/pools/fast/volumes", None).unwrap()),
+        ["v1"]
+    );
+    // Forced, a pool with volumes is forgotten and its files stay.
+    c.call("DELETE", "/pools/fast?force=true", None).unwrap();
+    assert!(new_dir.join("v1").exists());
+    bad(
+        c.call("GET", "/pools/fast", None),
+        404,
+        "no pool named 'fast'",
+    );
+    // An empty pool goes with its directory if the daemon made it, not otherwise.
+    c.call("DELETE", "/pools/e", None).unwrap();
+    assert!(empty.is_dir());
+    let made = env.dir.join("made");
+    post(&c, "/pools", json!({"name": "m", "path": made})).unwrap();
+    c.call("DELETE", "/pools/m", None).unwrap();
+    assert!(!made.exists());
+
+    // A daemon with --pool-root makes pools there only.
+    env.kill9();
+    let root = env.dir.join("root");
+    std::fs::create_dir(&root).unwrap();
+    env.start(&["--pool-root", root.to_str().unwrap()]);
+    let c = env.client();
+    bad(
+        post(
+            &c,
+            "/pools",
+            json!({"name": "out", "path": env.dir.join("out")}),
+        ),
+        400,
+        "where this daemon makes pools (--pool-root)",
+    );
+    assert!(!env.dir.join("out").exists());
+    post(&c, "/pools", json!({"name": "in", "path": root.join("in")})).unwrap();
+    assert!(root.join("in").is_dir());
+}
+
+/// VM disks naming volumes, and persistent overlays: resolved at create and start (the VMM
+/// gets files), a used volume (directly, through an overlay or a backing chain) cannot be
+/// removed, nor its pool; an overlay disk's overlay is made at create in the VM's directory,
+/// kept across stop and start, and removed with the VM; the base is never written.
+#[test]
+fn vm_disks_from_volumes_and_persistent_overlays() {
+    let mut env = Env::new("vmdisks");
+    env.start(&[]);
+    let c = env.client();
+    let vm = |name: &str, disks: Value| {
+        post(
+            &c,
+            "/vms",
+            json!({"name": name, "spec": {"kernel": env.dir.join("vmlinux"), "memory": "64M", "disk": disks}}),
+        )
+    };
+    let bad = |r, status: u16, needle: &str| {
+        let (s, _, m) = api_err(r);
+        assert_eq!(s, status, "{m}");
+        assert!(m.contains(needle), "{needle:?} not in {m:?}");
+    };
+    let pool = PathBuf::from(
+        c.call("GET", "/pools/default", None).unwrap()["path"]
+            .as_str()
+            .unwrap(),
+    );
+    post(
+        &c,
+        "/pools/default/volumes",
+        json!({"name": "data.img", "size_bytes": 1 << 20, "format": "raw"}),
+    )
+    .unwrap();
+    // A volume disk: defined with its reference, run with its file.
+    let v = vm("a", json!(["vol:data.img,serial=d1"])).unwrap();
+    // The volume's format is pinned at create: a guest's qcow2 header in it stays data.
+    assert_eq!(
+        v["spec"]["disk"],
+        json!(["vol:data.img,serial=d1,format=raw"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["disks"][0]["path"].as_str().map(PathBuf::from),
+        Some(pool.join("data.img")),
+        "{v}"
+    );
+    c.call("POST", "/vms/a/start", None).unwrap();
+    let run_spec: Value = serde_json::from_slice(
+        &std::fs::read(env.state_dir().join("vms/a/run/spec.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        run_spec["disk"],
+        json!([format!(
+            "{},serial=d1,format=raw",
+            pool.join("data.img").display()
+        )])
+    );
+    let used = c
+        .call("GET", "/pools/default/volumes/data.img", None)
+        .unwrap();
+    assert_eq!(used["used_by"], json!(["a"]), "{used}");
+    bad(
+        c.call("DELETE", "/pools/default/volumes/data.img", None),
+        409,
+        "volume 'data.img' in pool 'default' is in use by VM 'a'",
+    );
+    // References that do not resolve are refused at create.
+    bad(
+        vm("b", json!(["vol:nosuch"])),
+        422,
+        "disk[0]: no volume 'nosuch' in pool 'default'",
+    );
+    bad(
+        vm("b", json!(["vol:nopool/x"])),
+        422,
+        "no pool named 'nopool'",
+    );
+    bad(
+        vm("b", json!(["vol:../x"])),
+        422,
+        "expected vol:NAME or vol:POOL/NAME",
+    );
+    bad(
+        vm("b", json!(["relative.img"])),
+        422,
+        "disk[0]: relative.img is not an absolute path",
+    );
+    bad(
+        vm("b", json!(["/nonexistent.img"])),
+        422,
+        "disk[0]: /nonexistent.img: no such file",
+    );
+    assert_eq!(names_of(&c.call("GET", "/vms", None).unwrap()), ["a"]);
+
+    // A persistent overlay on a file outside any pool.
+    let base = env.dir.join("base.img");
+    std::fs::write(&base, vec![0x42u8; 2 << 20]).unwrap();
+    let base_before = std::fs::read(&base).unwrap();
+    let v = vm(
+        "o",
+        json!([format!("{},overlay,serial=o1", base.display())]),
+    )
+    .unwrap();
+    let overlay = env.state_dir().join("vms/o/overlay-disk0.qcow2");
+    assert_eq!(
+        v["disks"][0]["overlay"].as_str().map(PathBuf::from),
+        Some(overlay.clone()),
+        "{v}"
+    );
+    let info = vireo_virtio::block::image::info(&overlay).unwrap();
+    assert_eq!(
+        (
+            info.format.as_str(),
+            info.virtual_size,
+            info.backing_file.as_deref()
+        ),
+        ("qcow2", 2 << 20, base.to_str())
+    );
+    let ino = inode(&overlay);
+    c.call("POST", "/vms/o/start", None).unwrap();
+    let run_spec: Value = serde_json::from_slice(
+        &std::fs::read(env.state_dir().join("vms/o/run/spec.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        run_spec["disk"],
+        json!([format!("{},serial=o1,format=qcow2", overlay.display())])
+    );
+    c.call("POST", "/vms/o/stop", Some(&json!({"timeout_secs": 5})))
+        .unwrap();
+    c.call("POST", "/vms/o/start", None).unwrap();
+    c.call("POST", "/vms/o/kill", None).unwrap();
+    // The same file, not one made again.
+    assert_eq!(inode(&overlay), ino);
+    // Gone by hand: the start says so rather than make a fresh one.
+    std::fs::rename(&overlay, env.dir.join("aside")).unwrap();
+    bad(c.call("POST", "/vms/o/start", None), 422, "its overlay");
+    std::fs::rename(env.dir.join("aside"), &overlay).unwrap();
+    c.call("DELETE", "/vms/o", None).unwrap();
+    assert!(!env.state_dir().join("vms/o").exists());
+    assert!(
+        std::fs::read(&base).unwrap() == base_before,
+        "the base changed"
+    );
+
+    // An overlay on a volume, and one on an overlay volume: the chain is in use.
+    post(
+        &c,
+        "/pools/default/volumes",
+        json!({"name": "golden.qcow2", "size_bytes": 8 << 20}),
+    )
+    .unwrap();
+    post(
+        &c,
+        "/pools/default/volumes/golden.qcow2/clone",
+        json!({"name": "layer.qcow2", "overlay": true}),
+    )
+    .unwrap();
+    vm("p", json!(["vol:layer.qcow2,overlay"])).unwrap();
+    let overlay = env.state_dir().join("vms/p/overlay-disk0.qcow2");
+    let chain = vireo_virtio::block::image::info(&overlay).unwrap();
+    assert_eq!(
+        chain
+            .backing
+            .as_ref()
+            .and_then(|b| b.backing.as_ref())
+            .map(|g| g.path.clone()),
+        Some(pool.join("golden.qcow2"))
+    );
+    let golden = c
+        .call("GET", "/pools/default/volumes/golden.qcow2", None)
+        .unwrap();
+    assert_eq!(golden["used_by"], json!(["p"]), "{golden}");
+    bad(
+        c.call("DELETE", "/pools/default/volumes/golden.qcow2", None),
+        409,
+        "in use by VM 'p'",
+    );
+    bad(
+        c.call("DELETE", "/pools/default/volumes/layer.qcow2", None),
+        409,
+        "in use by VM 'p'",
+    );
+    // Overlays that cannot be: nothing is left of the VM.
+    bad(
+        vm(
+            "q",
+            json!(["vol:golden.qcow2,overlay", "vol:data.img,overlay,readonly"]),
+        ),
+        422,
+        "disk[1]: overlay and readonly together",
+    );
+    bad(
+        vm("q", json!(["vol:golden.qcow2,overlay,format=raw"])),
+        422,
+        "format=raw, but",
+    );
+    assert!(!env.state_dir().join("vms/q/overlay-disk0.qcow2").exists());
+    bad(c.call("GET", "/vms/q", None), 404, "'q'");
+
+    // A disk can name anything; describing it never opens a FIFO (which would wait for a
+    // writer, holding the storage lock).
+    let fifo = env.dir.join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    bad(
+        vm("q", json!([format!("{},overlay", fifo.display())])),
+        422,
+        "is not a file or a block device",
+    );
+    vm("fifo", json!([fifo])).unwrap();
+    c.call("GET", "/pools/default/volumes", None).unwrap();
+    c.call("DELETE", "/vms/fifo", None).unwrap();
+
+    // A pool whose volume a VM uses stays.
+    let fast = env.dir.join("fast");
+    post(&c, "/pools", json!({"name": "fast", "path": fast})).unwrap();
+    post(
+        &c,
+        "/pools/fast/volumes",
+        json!({"name": "f.img", "size_bytes": 1 << 20, "format": "raw"}),
+    )
+    .unwrap();
+    vm("f", json!(["vol:fast/f.img"])).unwrap();
+    bad(
+        c.call("DELETE", "/pools/fast?force=true", None),
+        409,
+        "pool 'fast' is in use by VM 'f'",
+    );
+    // Once the VMs go, so may their volumes and pools.
+    for n in ["a", "p", "f"] {
+        c.call("DELETE", &format!("/vms/{n}?force=true"), None)
+            .unwrap();
+    }
+    for v in ["data.img", "layer.qcow2", "golden.qcow2"] {
+        c.call("DELETE", &format!("/pools/default/volumes/{v}"), None)
+            .unwrap();
+    }
+    c.call("DELETE", "/pools/fast/volumes/f.img", None).unwrap();
+    c.call("DELETE", "/pools/fast", None).unwrap();
+    assert!(!fast.exists());
+}

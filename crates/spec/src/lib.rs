@@ -203,7 +203,8 @@ pub struct VmSpec {
     pub console_log: Option<PathBuf>,
     /// A command to run in the guest instead of a shell; vireo exits with its status.
     pub command: Vec<String>,
-    /// virtio-blk disks, one per entry: `PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2]`.
+    /// virtio-blk disks, one per entry: `PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2]`;
+    /// a VM the daemon runs may name a volume, `vol:POOL/NAME` or `vol:NAME`, for PATH.
     pub disk: Vec<String>,
     /// virtio-net NICs, one per entry: `user[,hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT]...`
     /// or `tap=NAME`.

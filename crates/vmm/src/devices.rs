@@ -268,6 +268,15 @@ fn disk_config(entry: &Entry, index: usize, queues: u16) -> Result<DiskConfig, E
     let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
         bad("expected PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2][,queues=N]".into())
     })?;
+    // A daemon VM's disk may name a volume, which the daemon resolves before the VMM sees it;
+    // here there is no daemon to ask (a file of that name is still a file).
+    if path.starts_with("vol:") && !entry.resolve(Path::new(path)).exists() {
+        return Err(bad(format!(
+            "{path} names a volume of the daemon's storage pools, which only VMs the daemon \
+             runs can use (vireo create NAME --disk {path}); give `vireo run` the volume's \
+             file instead (vireo volume ls --json shows its path)"
+        )));
+    }
     let mut cfg = DiskConfig {
         id: format!("disk{index}"),
         path: entry.resolve(Path::new(path)),
@@ -461,6 +470,13 @@ mod tests {
         assert!(e.contains("--net"), "{e}");
         let e = parse(&spec(&[], &["vde"])).unwrap_err().to_string();
         assert!(e.contains("expected user"), "{e}");
+        let e = parse(&spec(&["vol:base.qcow2,overlay"], &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'vol:base.qcow2,overlay'") && e.contains("names a volume"),
+            "{e}"
+        );
     }
 
     #[test]

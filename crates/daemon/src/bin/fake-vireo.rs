@@ -7,7 +7,8 @@
 //!   `fake.fail_start` (exit.json reason "error" before the sockets exist), `fake.no_ready`
 //!   (never reports guest_ready), `fake.ignore_shutdown` (the guest ignores power-off, so a
 //!   shutdown ends as "killed" at its timeout), `fake.poweroff_after=MS`, `fake.panic_after=MS`
-//!   (a bug in the VMM while the guest runs).
+//!   (a bug in the VMM while the guest runs). A disk whose file is not there fails the start,
+//!   as the real VMM's open would.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -182,6 +183,18 @@ fn vmm(name: String, dir: PathBuf) -> ExitCode {
             &format!("cannot open kernel {kernel}: not a kernel (fake VMM)"),
             125,
         );
+    }
+    // As the real VMM opens its disks: the daemon must have resolved volumes to files.
+    for d in &spec.disk {
+        let path = d.split(',').next().unwrap_or("");
+        if !Path::new(path).is_file() {
+            exit(
+                "error",
+                125,
+                &format!("--disk '{d}': cannot open {path}: no such file (fake VMM)"),
+                125,
+            );
+        }
     }
     for (sock, handler) in [
         ("control.sock", control as fn(UnixStream)),

@@ -309,3 +309,43 @@ pub fn create(
         let _ = std::fs::remove_file(path);
     })
 }
+
+/// An image opened read-only and locked as a read-only disk is (QEMU's protocol): while it is
+/// held nobody may write or resize the image, so a copy of it, or an overlay made on it, sees
+/// one consistent image. The locks go on drop.
+pub struct ReadLock {
+    file: File,
+}
+
+impl ReadLock {
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl Drop for ReadLock {
+    fn drop(&mut self) {
+        // Explicitly: a child forked meanwhile holds a copy of the descriptor until it execs.
+        super::lock::unlock(&self.file);
+    }
+}
+
+/// Opens `path` under a [`ReadLock`]. An image someone writes (a running VM, QEMU) is refused
+/// with [`io::ErrorKind::ResourceBusy`], naming who holds it; on a file system without OFD
+/// locks the image is opened unlocked.
+pub fn lock_read(path: &Path) -> io::Result<ReadLock> {
+    let file = File::open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    match super::lock::lock(&file, true) {
+        Ok(()) | Err(super::lock::LockError::Unsupported(_)) => Ok(ReadLock { file }),
+        Err(super::lock::LockError::Conflict(holder)) => Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!(
+                "{} is in use by another process ({})",
+                path.display(),
+                holder.describe()
+            ),
+        )),
+        Err(super::lock::LockError::Io(e)) => Err(e),
+    }
+}
