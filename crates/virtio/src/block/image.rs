@@ -83,8 +83,7 @@ fn info_depth(
         return Err(bad(path, "the backing chain loops back to this image"));
     }
     seen.push(canonical);
-    let file = File::open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let file = format::open_image_read(path, "disk image")?;
     let meta = file.metadata()?;
     let len = meta.len();
     let mut head = vec![0u8; (len.min(format::HEAD_LEN as u64)) as usize];
@@ -334,8 +333,7 @@ impl Drop for ReadLock {
 /// with [`io::ErrorKind::ResourceBusy`], naming who holds it; on a file system without OFD
 /// locks the image is opened unlocked.
 pub fn lock_read(path: &Path) -> io::Result<ReadLock> {
-    let file = File::open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let file = format::open_image_read(path, "disk image")?;
     match super::lock::lock(&file, true) {
         Ok(()) | Err(super::lock::LockError::Unsupported(_)) => Ok(ReadLock { file }),
         Err(super::lock::LockError::Conflict(holder)) => Err(io::Error::new(

@@ -17,7 +17,7 @@
 //! entries, zstd compression or unknown incompatible features are refused by imago at open,
 //! with its message.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -310,15 +310,7 @@ impl ImplicitOpenGate<imago::file::File> for Gate {
                 format!("{} would be opened for writing", path.display()),
             ));
         }
-        let file = OpenOptions::new().read(true).open(&path).map_err(|e| {
-            io::Error::new(e.kind(), format!("backing file {}: {e}", path.display()))
-        })?;
-        if file.metadata()?.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("backing file {} is a directory", path.display()),
-            ));
-        }
+        let file = super::format::open_image_read(&path, "backing file")?;
         let mut magic = [0u8; 4];
         if file.read_exact_at(&mut magic, 0).is_ok() && &magic == b"QFI\xfb" {
             check_header(&file, &path, false)?;

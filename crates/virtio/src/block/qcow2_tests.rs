@@ -515,3 +515,47 @@ fn header_length_and_cluster_bits_just_out_of_range_are_refused_at_open() {
         std::fs::remove_file(&p).unwrap();
     }
 }
+
+/// A backing file name that points at a FIFO: opening it would wait for a writer forever.
+/// The device, `info` and `check` refuse it at once, naming what it is.
+#[test]
+fn a_fifo_as_backing_file_is_refused_without_blocking() {
+    let d = Dir::new("fifo");
+    let fifo = d.p("fifo");
+    let c = std::ffi::CString::new(s(&fifo)).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path and nothing else.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let top = d.p("top.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        s(&fifo),
+        "-F",
+        "raw",
+        s(&top),
+        "16M",
+    ]);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let t = top.clone();
+    std::thread::spawn(move || {
+        let (_f, q) = open(&t, true);
+        let info = image::info(&t);
+        let _ = done_tx.send((
+            q.err().map(|e| e.to_string()),
+            info.err().map(|e| e.to_string()),
+        ));
+    });
+    let (open_err, info_err) = done_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("opening an image on a FIFO blocked");
+    for e in [open_err, info_err] {
+        let e = e.expect("a FIFO as backing file was accepted");
+        assert!(e.contains("is a FIFO; expected a regular file"), "{e}");
+    }
+    let e = image::check(&fifo).err().expect("check took a FIFO");
+    assert!(e.to_string().contains("FIFO"), "{e}");
+}

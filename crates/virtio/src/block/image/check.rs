@@ -320,8 +320,7 @@ impl Checker {
 /// a writer, not raw or qcow2, a header vireo cannot read. Raw images have no metadata: the
 /// report says so (format `raw`, nothing found).
 pub fn check(path: &Path) -> io::Result<CheckReport> {
-    let file = File::open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let file = super::format::open_image_read(path, "disk image")?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(bad(path, "expected a regular file"));
