@@ -29,12 +29,50 @@ impl IrqLine for KvmIrqLine {
     }
 }
 
-/// Message-signalled interrupts from PCI functions, injected with KVM_SIGNAL_MSI into the
-/// in-kernel local APICs (which decode the 0xfee0_0000 address and the vector in the data).
-pub struct KvmMsi(pub Arc<VmFd>);
+/// Message-signalled interrupts from PCI functions, delivered through KVM irqfds: each
+/// distinct (address, data) message gets a GSI routed to it (KVM_SET_GSI_ROUTING, MSI entry)
+/// and an eventfd bound to that GSI (KVM_IRQFD), so sending it is one eventfd write from
+/// whichever thread raised it (an I/O thread, a vCPU) and the in-kernel local APICs decode the
+/// 0xfee0_0000 address and the vector. The guest picks the messages (it writes the MSI-X
+/// tables), so the routes are bounded ([`MAX_MSI_ROUTES`]); past that, or if KVM refuses a
+/// route, a message goes out with KVM_SIGNAL_MSI instead, which delivers the same interrupt.
+pub struct KvmMsi {
+    vm: Arc<VmFd>,
+    routes: std::sync::Mutex<MsiRoutes>,
+}
 
-impl MsiSink for KvmMsi {
-    fn send(&self, address: u64, data: u32) {
+/// GSIs above the IOAPIC's 24 pins are free for MSI routes.
+const MSI_GSI_BASE: u32 = 24;
+/// MSI routes kept at most: every vector of a few devices, with room for a guest that moves
+/// its messages around.
+pub const MAX_MSI_ROUTES: usize = 256;
+
+#[derive(Default)]
+struct MsiRoutes {
+    /// (address, data) and its eventfd; the GSI is MSI_GSI_BASE + the index.
+    by_message: Vec<((u64, u32), vmm_sys_util::eventfd::EventFd)>,
+    /// KVM refused routing or irqfds once: everything goes through KVM_SIGNAL_MSI.
+    refused: bool,
+}
+
+impl KvmMsi {
+    pub fn new(vm: Arc<VmFd>) -> Self {
+        KvmMsi {
+            vm,
+            routes: std::sync::Mutex::new(MsiRoutes::default()),
+        }
+    }
+
+    /// Messages with an irqfd (for tests and statistics).
+    pub fn routed(&self) -> usize {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_message
+            .len()
+    }
+
+    fn signal(&self, address: u64, data: u32) {
         let msi = kvm_bindings::kvm_msi {
             address_lo: address as u32,
             address_hi: (address >> 32) as u32,
@@ -42,7 +80,97 @@ impl MsiSink for KvmMsi {
             ..Default::default()
         };
         // Fails only if the irqchip is gone, when nobody is listening anyway.
-        let _ = self.0.signal_msi(msi);
+        let _ = self.vm.signal_msi(msi);
+    }
+
+    /// Adds a route for `message`; its eventfd, or why not.
+    fn add_route(&self, r: &mut MsiRoutes, message: (u64, u32)) -> Result<usize, String> {
+        use kvm_bindings::{
+            kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1 as EntryUnion,
+            kvm_irq_routing_irqchip, kvm_irq_routing_msi, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
+            KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+            KVM_IRQ_ROUTING_MSI,
+        };
+        let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(|e| e.to_string())?;
+        // KVM_SET_GSI_ROUTING replaces the whole table, so it carries the routes
+        // KVM_CREATE_IRQCHIP set by default too: GSIs 0-15 to the PICs and the IOAPIC, 16-23
+        // to the IOAPIC (the kernel's default_routing).
+        let chip = |gsi: u32, irqchip: u32, pin: u32| kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            u: EntryUnion {
+                irqchip: kvm_irq_routing_irqchip { irqchip, pin },
+            },
+            ..Default::default()
+        };
+        let mut entries = Vec::new();
+        for gsi in 0..MSI_GSI_BASE {
+            entries.push(chip(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+            if gsi < 16 {
+                let pic = if gsi < 8 {
+                    KVM_IRQCHIP_PIC_MASTER
+                } else {
+                    KVM_IRQCHIP_PIC_SLAVE
+                };
+                entries.push(chip(gsi, pic, gsi % 8));
+            }
+        }
+        let messages = r.by_message.iter().map(|(m, _)| *m).chain([message]);
+        for (i, (address, data)) in messages.enumerate() {
+            entries.push(kvm_irq_routing_entry {
+                gsi: MSI_GSI_BASE + i as u32,
+                type_: KVM_IRQ_ROUTING_MSI,
+                u: EntryUnion {
+                    msi: kvm_irq_routing_msi {
+                        address_lo: address as u32,
+                        address_hi: (address >> 32) as u32,
+                        data,
+                        ..Default::default()
+                    },
+                },
+                ..Default::default()
+            });
+        }
+        let mut table = KvmIrqRouting::new(entries.len()).map_err(|e| format!("{e:?}"))?;
+        table.as_mut_slice().copy_from_slice(&entries);
+        self.vm
+            .set_gsi_routing(&table)
+            .map_err(|e| format!("KVM_SET_GSI_ROUTING: {e}"))?;
+        let gsi = MSI_GSI_BASE + r.by_message.len() as u32;
+        self.vm
+            .register_irqfd(&fd, gsi)
+            .map_err(|e| format!("KVM_IRQFD: {e}"))?;
+        r.by_message.push((message, fd));
+        Ok(r.by_message.len() - 1)
+    }
+}
+
+impl MsiSink for KvmMsi {
+    fn send(&self, address: u64, data: u32) {
+        let mut r = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let message = (address, data);
+        let index = match r.by_message.iter().position(|(m, _)| *m == message) {
+            Some(i) => Some(i),
+            None if r.refused || r.by_message.len() >= MAX_MSI_ROUTES => None,
+            None => match self.add_route(&mut r, message) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    tracing::warn!("MSI through irqfds refused ({e}); using KVM_SIGNAL_MSI");
+                    r.refused = true;
+                    None
+                }
+            },
+        };
+        match index {
+            Some(i) => {
+                let _ = r.by_message[i].1.write(1);
+            }
+            None => {
+                drop(r);
+                self.signal(address, data);
+            }
+        }
     }
 }
 

@@ -369,6 +369,8 @@ pub struct KvmVm {
     uart: Arc<Mutex<Uart>>,
     ram: GuestRam,
     cpus: u32,
+    /// The PCI functions' MSI delivery, when the board has it.
+    msi: Option<Arc<KvmMsi>>,
     // Kept open for the VM's lifetime (the irq lines hold the VM fd too).
     _vm: Arc<VmFd>,
     _kvm: Kvm,
@@ -377,6 +379,11 @@ pub struct KvmVm {
 static KICK_HANDLER: Once = Once::new();
 
 impl KvmVm {
+    /// MSI messages the PCI functions have sent through irqfds (each has its GSI route).
+    pub fn msi_routes(&self) -> usize {
+        self.msi.as_ref().map_or(0, |m| m.routed())
+    }
+
     /// Checks that /dev/kvm exists, can be opened read-write, and speaks API version 12.
     pub fn probe() -> Result<(), KvmError> {
         open_kvm().map(|_| ())
@@ -644,18 +651,18 @@ impl KvmVm {
             FINISHER_WINDOW,
             Arc::new(Mutex::new(TestFinisher::new(exit.clone()))),
         )?;
+        let mut msi = None;
         if !devices.is_empty() {
             let pci = |e: &dyn std::fmt::Display| KvmError::Config(format!("PCI: {e}"));
             let mut root = PciRoot::new(PCI_MMIO_BASE, PCI_MMIO_SIZE).map_err(|e| pci(&e))?;
-            // MSIs are writes to the local APICs' window, which KVM_SIGNAL_MSI injects.
-            let msi: Option<Arc<dyn MsiSink>> =
-                irqchip.then(|| Arc::new(KvmMsi(vm.clone())) as Arc<dyn MsiSink>);
+            // MSIs are writes to the local APICs' window, delivered through irqfds.
+            msi = irqchip.then(|| Arc::new(KvmMsi::new(vm.clone())));
             vireo_virtio::pci::add_functions(
                 &mut root,
                 devices,
                 ram.memory(),
                 |i, _slot| PCI_GSIS.get(i).map(|&gsi| (irq(gsi), gsi as u8)),
-                msi,
+                msi.clone().map(|m| m as Arc<dyn MsiSink>),
                 Some(Arc::new(KvmNotify(vm.clone()))),
             )
             .map_err(|e| pci(&e))?;
@@ -779,6 +786,7 @@ impl KvmVm {
             uart,
             ram,
             cpus,
+            msi,
             _vm: vm,
             _kvm: kvm,
         })

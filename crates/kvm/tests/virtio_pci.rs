@@ -187,6 +187,7 @@ fn c_guest_drives_virtio_rng_over_msix_and_virtio_blk_over_intx() {
     let out = ConsoleOutput::new();
     let mut vm = KvmVm::new_micro_with_devices(&guest, out.clone(), devices).expect("build the VM");
     let r: Result<GuestExit, KvmError> = vm.run_timeout(LIMIT);
+    let msi_routes = vm.msi_routes();
     // The VM owns the disk; let it go before reading the image back.
     drop(vm);
     let console = String::from_utf8_lossy(&out.take()).into_owned();
@@ -242,6 +243,10 @@ fn c_guest_drives_virtio_rng_over_msix_and_virtio_blk_over_intx() {
         distinct.len()
     );
     assert_line(&console, "msix irr=1");
+    assert!(
+        msi_routes >= 1,
+        "the MSI went out without an irqfd route\nconsole:\n{console}"
+    );
 
     // virtio-blk.
     assert_line(&console, &format!("blk capacity={}", DISK_BYTES / SECTOR));
