@@ -14,8 +14,9 @@
 //!   does not sync).
 //!
 //! Images with the dirty bit (lazy refcounts left unclean), the corrupt bit, extended L2
-//! entries, zstd compression or unknown incompatible features are refused by imago at open,
-//! with its message.
+//! entries or zstd compression are refused by imago at open, with its message; an external
+//! data file or an incompatible feature bit nobody defined is refused here first, naming it
+//! (imago would try to open the data file for writing, or read the image wrongly).
 
 use std::fs::File;
 use std::io;
@@ -85,6 +86,35 @@ fn check_header(file: &File, path: &Path, writable: bool) -> io::Result<(bool, u
                 path.display()
             ),
         ));
+    }
+    if version >= 3 && h.len() >= 80 {
+        let incompatible = u64::from_be_bytes(h[72..80].try_into().unwrap_or([0; 8]));
+        // Bits 0 dirty and 1 corrupt are imago's to refuse; 3 (compression type) and 4
+        // (extended L2 entries) it reads or refuses itself.
+        if incompatible & (1 << 2) != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "{} keeps its data in an external data file (incompatible feature bit 2);                      vireo does not support external data files: convert it with                      `vireo disk convert`",
+                    path.display()
+                ),
+            ));
+        }
+        let unknown = incompatible & !0x1f;
+        if unknown != 0 {
+            let bits: Vec<String> = (0..64)
+                .filter(|b| unknown & (1u64 << b) != 0)
+                .map(|b| b.to_string())
+                .collect();
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "{} uses qcow2 incompatible feature bit(s) {} that vireo does not know;                      reading it could return wrong data",
+                    path.display(),
+                    bits.join(", ")
+                ),
+            ));
+        }
     }
     let cluster_bits = be32(h, 20);
     if !(9..=21).contains(&cluster_bits) {

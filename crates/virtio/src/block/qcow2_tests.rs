@@ -559,3 +559,47 @@ fn a_fifo_as_backing_file_is_refused_without_blocking() {
     let e = image::check(&fifo).err().expect("check took a FIFO");
     assert!(e.to_string().contains("FIFO"), "{e}");
 }
+
+/// Features vireo does not serve are refused at open, naming the feature: an external data
+/// file, an incompatible feature bit it does not know.
+#[test]
+fn unsupported_qcow2_features_are_refused_naming_them() {
+    let d = Dir::new("features");
+    let top = d.p("ext.qcow2");
+    let data = d.p("ext.raw");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={}", s(&data)),
+        s(&top),
+        "16M",
+    ]);
+    for readonly in [true, false] {
+        let (_f, q) = open(&top, readonly);
+        let e = q
+            .err()
+            .expect("an external data file was accepted")
+            .to_string();
+        assert!(e.contains("external data file"), "{e}");
+    }
+    let unknown = d.p("unknown.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", s(&unknown), "16M"]);
+    // Incompatible features are the 64-bit big-endian field at offset 72; bit 10 is unassigned.
+    let f = OpenOptions::new().write(true).open(&unknown).unwrap();
+    f.write_all_at(&(1u64 << 10).to_be_bytes(), 72).unwrap();
+    drop(f);
+    for readonly in [true, false] {
+        let (_f, q) = open(&unknown, readonly);
+        let e = q
+            .err()
+            .expect("an unknown incompatible bit was accepted")
+            .to_string();
+        assert!(
+            e.contains("incompatible feature") && e.contains("10"),
+            "{e}"
+        );
+    }
+}
