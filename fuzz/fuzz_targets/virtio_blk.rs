@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
         readonly: data.first().is_some_and(|b| b & 0x80 != 0),
         serial: Some("fuzz".into()),
         format: Some(vireo_virtio::block::DiskFormat::Raw),
+        // Two queues, each with its I/O thread, so a chain's fate may depend on the other
+        // queue's (shared disk, one device).
+        num_queues: 2,
     };
     let Ok(dev) = Block::open(&cfg) else { return };
-    vireo_fuzz::run_mmio_device(Box::new(dev), 1, data);
+    vireo_fuzz::run_mmio_device(Box::new(dev), 2, data);
 });

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use libfuzzer_sys::fuzz_target;
-use vireo_fuzz::{memory, ops, Op, Regs, QUEUE_SIZE, RINGS};
+use vireo_fuzz::{memory, ops, Op, Regs, SyncRegs, QUEUE_SIZE, RINGS};
 use vireo_machine::NoIrq;
 use vireo_pci::{Ecam, MmioWindow, PciRoot};
 use vireo_virtio::pci::VirtioPci;
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let root = Arc::new(Mutex::new(root));
     let mut ecam = Ecam(root.clone());
-    let mut bar = MmioWindow::new(root);
+    let mut bar = SyncRegs(MmioWindow::new(root));
     // What a driver does first: memory decoding on, then the common configuration (virtio 1.2
     // §4.1.4.3) for one queue at RINGS, and DRIVER_OK.
     w(&mut ecam, DEV1 + 4, 0x6, 2);

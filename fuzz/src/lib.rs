@@ -135,6 +135,18 @@ impl<T: vireo_machine::BusDevice> Regs for T {
     }
 }
 
+/// A device that locks for itself (the PCI BAR window), as register file.
+pub struct SyncRegs<T>(pub T);
+
+impl<T: vireo_machine::bus::SyncBusDevice> Regs for SyncRegs<T> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.0.read(offset, data)
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.0.write(offset, data)
+    }
+}
+
 /// Writes a 32-bit register.
 pub fn w32(t: &mut impl Regs, offset: u64, v: u32) {
     t.write(offset, &v.to_le_bytes());
@@ -190,5 +202,20 @@ pub fn run_mmio_device(device: Box<dyn vireo_virtio::VirtioDevice>, queues: u32,
         std::sync::Arc::new(vireo_machine::NoIrq),
     );
     bring_up_mmio(&mut t, queues);
-    play_mmio(&mut t, &mem, &ops(rest));
+    // A device with I/O threads answers asynchronously: each notification is waited for, so a
+    // run is the same every time it is replayed (a crash found reproduces).
+    for op in ops(rest) {
+        play_mmio(&mut t, &mem, std::slice::from_ref(&op));
+        let notified = match &op {
+            Op::Notify { .. } => true,
+            Op::Write { offset, .. } => offset & 0x1ff == mmio_reg::QUEUE_NOTIFY,
+            _ => false,
+        };
+        if notified {
+            assert!(
+                t.quiesce(std::time::Duration::from_secs(5)),
+                "the device did not finish its requests within 5 s"
+            );
+        }
+    }
 }

@@ -308,6 +308,13 @@ pub trait VirtioDevice: Send {
     }
     /// The device's counters, if it keeps any; the VMM takes the handle before the device goes
     /// to its transport.
+    /// Waits until the host-side work the driver's notifications asked for so far is done
+    /// (the device's own threads idle), or `timeout` passes; false on a timeout. Devices that
+    /// serve requests in `queue_notify` are always idle.
+    fn quiesce(&self, timeout: std::time::Duration) -> bool {
+        let _ = timeout;
+        true
+    }
     /// The eventfd that wakes queue `index`'s I/O thread, for devices served off the vCPU
     /// (after activation). A board that can (kvm) has the kernel write it on the doorbell
     /// itself, so a notification never leaves the kernel.

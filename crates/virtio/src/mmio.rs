@@ -53,6 +53,11 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
+    /// The device's [`VirtioDevice::quiesce`].
+    pub fn quiesce(&self, timeout: std::time::Duration) -> bool {
+        self.core.device.quiesce(timeout)
+    }
+
     pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap, irq: Arc<dyn IrqLine>) -> Self {
         MmioTransport {
             core: DeviceCore::new(device, mem, Interrupt::new(irq)),

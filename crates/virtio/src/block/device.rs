@@ -809,6 +809,10 @@ impl VirtioDevice for Block {
         }
     }
 
+    fn quiesce(&self, timeout: Duration) -> bool {
+        self.wait_idle(timeout)
+    }
+
     fn queue_event(&self, index: u16) -> Option<Arc<EventFd>> {
         self.workers
             .iter()
