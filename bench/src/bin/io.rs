@@ -16,6 +16,10 @@
 //! buffer, which run on the emulated CPU; the `-direct` ones (O_DIRECT) leave those out and
 //! time mostly the device path.
 //!
+//! With `VIREO_BENCH_BASELINE=PATH` (another vireo binary, e.g. an earlier commit's build)
+//! that binary runs every test too, in turn with the others, and a last column gives
+//! vireo's figure over the baseline's.
+//!
 //! Usage: `bench/run.sh io [RUNS]`.
 
 use std::io::{Read, Write};
@@ -34,6 +38,7 @@ type Run = Vec<(String, f64)>;
 fn main() {
     let runs = run_count(3);
     let vireo = vireo_binary();
+    let baseline = std::env::var_os("VIREO_BENCH_BASELINE").map(std::path::PathBuf::from);
     let qemu = which("qemu-system-riscv64")
         .unwrap_or_else(|| die("qemu-system-riscv64 is missing: apt-get install qemu-system-misc"));
     let passt = which("passt").unwrap_or_else(|| die("passt is missing: apt-get install passt"));
@@ -126,7 +131,10 @@ fn main() {
     let kinds = [Kind::Raw, Kind::Qcow2, Kind::Overlay];
     let mut results: Vec<(Kind, &str, Vec<Run>)> = Vec::new();
     for k in kinds {
-        for m in ["vireo", "qemu"] {
+        for m in ["vireo", "qemu", "base"] {
+            if m == "base" && baseline.is_none() {
+                continue;
+            }
             results.push((k, m, vec![]));
         }
     }
@@ -141,8 +149,12 @@ fn main() {
             };
             let disk = make_disk(&dir, kind, &qemu_img);
             let format = if kind == Kind::Raw { "raw" } else { "qcow2" };
-            let out = if *name == "vireo" {
-                let mut c = Command::new(&vireo);
+            let out = if *name != "qemu" {
+                let bin = match (*name, &baseline) {
+                    ("base", Some(b)) => b,
+                    _ => &vireo,
+                };
+                let mut c = Command::new(bin);
                 c.args(["run", "--kernel"])
                     .arg(&image.kernel)
                     .arg("--initrd")
@@ -240,8 +252,13 @@ fn main() {
             samples.push(parse(&out, name, if net { 7 } else { 5 }));
         }
     }
+    let base_cols = if baseline.is_some() {
+        format!(" {:>12} {:>12}", "base MB/s", "vireo/base")
+    } else {
+        String::new()
+    };
     println!(
-        "  {:<20} {:<14} {:>12} {:>12} {:>14}",
+        "  {:<20} {:<14} {:>12} {:>12} {:>14}{base_cols}",
         "test", "disk", "vireo MB/s", "QEMU MB/s", "ratio v/QEMU"
     );
     let rows: [(&str, &[Kind]); 7] = [
@@ -256,7 +273,7 @@ fn main() {
     for (t, on) in rows {
         for &k in on {
             let med = |name: &str| {
-                let s = &results.iter().find(|r| r.0 == k && r.1 == name).unwrap().2;
+                let s = &results.iter().find(|r| r.0 == k && r.1 == name)?.2;
                 let mut v: Vec<f64> = s
                     .iter()
                     .filter_map(|run| run.iter().find(|(n, _)| n == t).map(|(_, secs)| *secs))
@@ -268,8 +285,15 @@ fn main() {
             match (med("vireo"), med("qemu")) {
                 (Some(v), Some(q)) => {
                     let (vr, qr) = (MIB as f64 / v, MIB as f64 / q);
+                    let base = match med("base") {
+                        Some(b) => {
+                            let br = MIB as f64 / b;
+                            format!(" {br:>12.1} {:>12.2}", vr / br)
+                        }
+                        None => String::new(),
+                    };
                     println!(
-                        "  {t:<20} {label:<14} {vr:>12.1} {qr:>12.1} {:>14.2}",
+                        "  {t:<20} {label:<14} {vr:>12.1} {qr:>12.1} {:>14.2}{base}",
                         vr / qr
                     );
                 }
