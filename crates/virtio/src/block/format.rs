@@ -119,6 +119,46 @@ pub(crate) fn probe(head: &[u8], tail: Option<&[u8]>) -> Option<ForeignFormat> {
     None
 }
 
+/// Opens an image file (the top of a chain, a backing file) for reading without ever blocking:
+/// a name may point at a FIFO, whose open would wait for a writer forever. Anything but a
+/// regular file or a block device is refused, naming what it is; `what` starts the message
+/// ("backing file", "disk image").
+pub(crate) fn open_image_read(
+    path: &std::path::Path,
+    what: &str,
+) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // O_NONBLOCK only changes opening a FIFO (it returns at once); regular files and block
+        // devices ignore it for reads.
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display())))?;
+    let ft = file.metadata()?.file_type();
+    if !(ft.is_file() || ft.is_block_device()) {
+        let found = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_char_device() {
+            "a character device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{what} {} is {found}; expected a regular file or a block device",
+                path.display()
+            ),
+        ));
+    }
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,44 +234,4 @@ mod tests {
             "{a}"
         );
     }
-}
-
-/// Opens an image file (the top of a chain, a backing file) for reading without ever blocking:
-/// a name may point at a FIFO, whose open would wait for a writer forever. Anything but a
-/// regular file or a block device is refused, naming what it is; `what` starts the message
-/// ("backing file", "disk image").
-pub(crate) fn open_image_read(
-    path: &std::path::Path,
-    what: &str,
-) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        // O_NONBLOCK only changes opening a FIFO (it returns at once); regular files and block
-        // devices ignore it for reads.
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display())))?;
-    let ft = file.metadata()?.file_type();
-    if !(ft.is_file() || ft.is_block_device()) {
-        let found = if ft.is_dir() {
-            "a directory"
-        } else if ft.is_fifo() {
-            "a FIFO"
-        } else if ft.is_char_device() {
-            "a character device"
-        } else if ft.is_socket() {
-            "a socket"
-        } else {
-            "not a regular file"
-        };
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "{what} {} is {found}; expected a regular file or a block device",
-                path.display()
-            ),
-        ));
-    }
-    Ok(file)
 }

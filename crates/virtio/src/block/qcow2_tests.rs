@@ -556,7 +556,7 @@ fn a_fifo_as_backing_file_is_refused_without_blocking() {
         let e = e.expect("a FIFO as backing file was accepted");
         assert!(e.contains("is a FIFO; expected a regular file"), "{e}");
     }
-    let e = image::check(&fifo).err().expect("check took a FIFO");
+    let e = image::check(&fifo).expect_err("check took a FIFO");
     assert!(e.to_string().contains("FIFO"), "{e}");
 }
 
