@@ -76,11 +76,15 @@ pub struct VsockConfig {
     pub label: String,
 }
 
-/// The devices of a definition, in slot order: console, disks, NICs, rng, vsock.
+/// The devices of a definition, in slot order: console, disks (an image's root disk first),
+/// NICs, rng, vsock.
 pub fn parse(spec: &VmSpec) -> Result<Vec<DeviceConfig>, Error> {
     let mut out = Vec::new();
     if spec.console == "virtio" {
         out.push(DeviceConfig::Console);
+    }
+    if let Some(root) = image_root_disk(spec)? {
+        out.push(DeviceConfig::Block(root));
     }
     for (i, d) in spec.disk_entries().iter().enumerate() {
         out.push(DeviceConfig::Block(disk_config(d, i)?));
@@ -95,6 +99,26 @@ pub fn parse(spec: &VmSpec) -> Result<Vec<DeviceConfig>, Error> {
         out.push(DeviceConfig::Vsock(vsock_config(&v)?));
     }
     Ok(out)
+}
+
+/// The root disk of an image that boots from one (`debian-riscv64-rootfs`): the first virtio
+/// disk, so it is the `/dev/vda` of the image's command line, and always through a throwaway
+/// overlay, so the cached base is only ever read (and VMs may share it). `--disk` entries
+/// follow it as vdb, vdc, ...
+fn image_root_disk(spec: &VmSpec) -> Result<Option<DiskConfig>, Error> {
+    let Some(name) = &spec.image else {
+        return Ok(None);
+    };
+    let image = vireo_image::open(name).map_err(fail)?;
+    Ok(image.root_disk.map(|path| DiskConfig {
+        id: "root".into(),
+        label: format!("the root disk of image {name} ({})", path.display()),
+        path,
+        readonly: false,
+        serial: None,
+        format: Some("qcow2".into()),
+        overlay: true,
+    }))
 }
 
 /// A built device the VMM keeps a handle to after it went to its transport.
