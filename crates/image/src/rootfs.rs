@@ -104,6 +104,11 @@ pub(crate) const FILES: &[GuestFile] = &[
         text: include_str!("rootfs/tty-run.sh"),
     },
     GuestFile {
+        path: "usr/lib/vireo/exec-run",
+        mode: 0o755,
+        text: include_str!("rootfs/exec-run.sh"),
+    },
+    GuestFile {
         path: "usr/lib/vireo/exit",
         mode: 0o755,
         text: include_str!("rootfs/exit.sh"),
@@ -299,6 +304,9 @@ pub(crate) fn mmdebstrap_command(
         .arg("--dpkgopt=path-include=/usr/share/locale/locale.alias")
         .arg(format!("--essential-hook=sync-in {} /", files.display()))
         .arg(format!("--customize-hook=chroot \"$1\" /{CUSTOMIZE}"))
+        // The kernel's postinst hook makes no initrd: customize.sh makes the only one, once
+        // the modules it loads are ready (an initrd made twice under qemu-user is a minute).
+        .env("INITRD", "No")
         .arg(recipe.suite)
         .arg(tree)
         .arg(format!(
@@ -634,6 +642,10 @@ mod tests {
                 "deb [arch=riscv64] http://mirror.example/debian trixie main"
             ]
         );
+        assert!(cmd
+            .get_envs()
+            .any(|(k, v)| k == "INITRD" && v == Some("No".as_ref())));
+        assert!(file(CUSTOMIZE).contains("update-initramfs -c -k \"$kver\""));
         // Nothing of the host's apt configuration is passed or pointed at.
         assert!(!a.iter().any(|x| x.contains("/etc/apt")), "{a:?}");
         // The customize hook runs the script the essential hook copied in.
@@ -711,6 +723,8 @@ mod tests {
         assert!(agent.contains(&format!("sh \"$DIR/{cmd}\"")));
         assert!(agent.contains(&format!("\"$DIR/{tty}\"")));
         assert!(agent.contains("telnetd -i -l /usr/lib/vireo/tty-run"));
+        assert!(agent.contains("-E HOME=/root /usr/lib/vireo/exec-run"));
+        assert!(file("usr/lib/vireo/exec-run").contains("sh /run/vireo/exec.sh"));
         let tty_run = file("usr/lib/vireo/tty-run");
         assert!(tty_run.contains(&format!("</run/{}", crate::TTY_FILE)));
         assert!(tty_run.contains(&format!("sh /run/{}", crate::COMMAND_FILE)));

@@ -13,7 +13,8 @@
 #   (systemd-run), so it starts with default signal dispositions whatever this script inherited,
 #   a signal reaches all of it (its cgroup), and what it leaves running stops with it: a port
 #   has one opener at a time, and a leftover holding the streams would fail the next exec. The
-#   agent answers `exited STATUS`.
+#   agent answers `exited STATUS` (exec-run keeps a signal's 128+N, which systemd would call a
+#   success).
 # - It writes `ip ADDR` on vireo.ctl when eth0 has an IPv4 address.
 # The console's getty logs root in for an interactive guest (/usr/lib/vireo/session).
 
@@ -48,7 +49,7 @@ run_exec() {
 	systemd-run --quiet --wait --collect --unit=vireo-exec --service-type=exec \
 		-p StandardInput=file:"$CIN" -p StandardOutput=file:"$COUT" \
 		-p StandardError=file:"$CERR" -p WorkingDirectory=/root -p IgnoreSIGPIPE=no \
-		-E HOME=/root /bin/sh "$DIR/exec.sh"
+		-E HOME=/root /usr/lib/vireo/exec-run
 	echo "exited $?" >&4
 }
 

@@ -59,7 +59,9 @@ sed -n 's/^insmod \([^ ]*\).*/\1/p' /tmp/vireo-modules | sort -u | while read -r
 done
 rm /tmp/vireo-modules
 depmod "$kver"
-update-initramfs -u -k "$kver"
+# The first and only initrd (vireo runs mmdebstrap with INITRD=No, so the kernel's own hook
+# made none), with these modules.
+update-initramfs -c -k "$kver"
 
 # The work that ConditionNeedsUpdate units (ldconfig, hwdb, journal catalog) would otherwise
 # redo at every boot of a fresh overlay, done once, and marked done.
