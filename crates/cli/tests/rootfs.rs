@@ -108,6 +108,39 @@ fn systemd_reaches_running_and_the_base_disk_is_not_written() {
     );
 }
 
+/// Without a command the console logs root in (after the start marker, so the boot stays
+/// hidden) in the running system, and the shell's exit status is vireo's.
+#[test]
+fn the_console_logs_root_in_and_its_exit_ends_the_vm() {
+    require_pulled(ROOTFS);
+    let (master, slave) = openpty();
+    let slave_fd = |f: &std::fs::File| Stdio::from(f.try_clone().unwrap());
+    let mut child = vireo()
+        .args(["run", "--image", ROOTFS])
+        .stdin(slave_fd(&slave))
+        .stdout(slave_fd(&slave))
+        .stderr(slave_fd(&slave))
+        .spawn()
+        .unwrap();
+    drop(slave);
+    let mut term = Term::new(master);
+    term.expect("root@vireo:~# ", SYSTEMD_TIMEOUT);
+    term.send(b"systemctl is-system-running; exit 3\r");
+    term.expect("running", Duration::from_secs(60));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("vireo did not exit after the shell did:\n{}", term.seen);
+        }
+        term.pump(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(3), "{}", term.seen);
+}
+
 /// A pull that cannot work names what is missing, exits with vireo's own status and leaves
 /// nothing in the cache: here mmdebstrap is not on PATH (or, run as another user, vireo is not
 /// root, which the build needs first).
