@@ -10,9 +10,11 @@ SUDO=""
 # Build tools (cmake/make for the SoftFloat build), the riscv64 cross toolchain for the ISA tests,
 # dpkg-deb/apt for image pulls, cpio to cross-check our archives, QEMU as the bench yardstick,
 # passt for user-mode networking, e2fsprogs to make test disks, acpica-tools (iasl) to check the
-# ACPI tables vireo generates.
+# ACPI tables vireo generates, and mmdebstrap with qemu-user-static (binfmt-support registers it)
+# to build the systemd image's Debian tree, whose riscv64 maintainer scripts run under qemu-user.
 PKGS=(build-essential cmake make pkg-config cpio apt dpkg gcc-riscv64-linux-gnu e2fsprogs passt
-      binutils-riscv64-linux-gnu qemu-system-misc qemu-utils ca-certificates acpica-tools)
+      binutils-riscv64-linux-gnu qemu-system-misc qemu-utils ca-certificates acpica-tools
+      mmdebstrap qemu-user-static binfmt-support)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -41,5 +43,14 @@ cargo build --release -p vireo
 # The x86-64 image feeds the kvm accelerator's full-Linux tests (ignored by default; run them
 # with `cargo test -- --ignored` on a host whose KVM delivers guest exceptions).
 ./target/release/vireo image pull debian-x86_64
+# The systemd image (a Debian root disk, about 10 minutes to build) runs riscv64 programs on the
+# host while it is built: binfmt_misc mounted (containers often lack it) and qemu-riscv64 on.
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+  $SUDO mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+$SUDO update-binfmts --enable qemu-riscv64
+# mmdebstrap --mode=root needs root; the image goes to this user's cache all the same.
+$SUDO env VIREO_CACHE_DIR="${VIREO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}}" \
+  ./target/release/vireo image pull debian-riscv64-rootfs
 echo "setup: booting a fresh VM:"
 ./target/release/vireo run --image debian-riscv64 -- uname -a

@@ -61,7 +61,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ImageCmd {
-    /// Fetch a guest image from the Debian mirror the host's apt uses and build its initramfs.
+    /// Fetch a guest image from the Debian mirror the host's apt uses and build its initramfs
+    /// (or, for debian-riscv64-rootfs, its systemd root disk: needs root, mmdebstrap and
+    /// qemu-user-static).
     Pull {
         /// Image name (see `vireo image list --known`).
         name: String,
@@ -264,13 +266,14 @@ fn image_list(known: bool) -> u8 {
     }
     match vireo_image::list() {
         Ok(images) => {
+            let width = images.iter().map(|i| i.name.len()).fold(16, usize::max);
             println!(
-                "{:<16} {:<8} {:<28} {:>8}  PULLED",
+                "{:<width$} {:<8} {:<28} {:>8}  PULLED",
                 "NAME", "ARCH", "KERNEL", "SIZE"
             );
             for i in images {
                 println!(
-                    "{:<16} {:<8} {:<28} {:>7}M  {}",
+                    "{:<width$} {:<8} {:<28} {:>7}M  {}",
                     i.name,
                     i.arch.to_string(),
                     i.kernel_version,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{pseudo_random, require_image, run, IMAGE, VIREO_ERROR};
+use common::{pseudo_random, require_image, run, run_in, IMAGE, VIREO_ERROR};
 /// How long host-side helpers (servers, clients) keep trying before they give up.
 const HOST_DEADLINE: Duration = Duration::from_secs(150);
 const MIB: u64 = 1024 * 1024;
@@ -354,6 +354,23 @@ fn an_overlay_takes_the_writes_and_leaves_the_base_alone() {
     ]);
     assert_eq!(r.status, VIREO_ERROR);
     assert!(r.stderr.contains("overlay and readonly"), "{}", r.stderr);
+    // A base named relative to the current directory (the overlay lives elsewhere).
+    let r = run_in(
+        Some(&dir),
+        &[
+            "run",
+            "--image",
+            IMAGE,
+            "--disk",
+            "base.img,overlay",
+            "--",
+            "sh",
+            "-c",
+            "head -c 4 /dev/vda | od -An -tx1 | tr -d ' '",
+        ],
+    );
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("42424242"), "{}", r.stdout);
 }
 
 /// `kill -9` of vireo while the guest writes to a qcow2 disk, three times: `qemu-img check`

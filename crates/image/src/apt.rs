@@ -25,7 +25,7 @@ pub(crate) fn check_tools() -> Result<(), ImageError> {
     Ok(())
 }
 
-fn find_in_path(tool: &str) -> Option<PathBuf> {
+pub(crate) fn find_in_path(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(tool))

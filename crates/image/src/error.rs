@@ -30,6 +30,19 @@ pub enum ImageError {
         package: &'static str,
     },
 
+    /// Building the image needs root and vireo runs as another user.
+    #[error(
+        "building `{image}` needs root: mmdebstrap --mode=root installs the packages and runs their maintainer scripts in a chroot; run `sudo vireo image pull {image}` (the image then goes to root's cache unless VIREO_CACHE_DIR is set)"
+    )]
+    NeedsRoot { image: String },
+
+    /// The host cannot run the guest architecture's programs, which a root filesystem build
+    /// needs for the packages' maintainer scripts.
+    #[error(
+        "this host cannot run {arch} programs (no enabled binfmt_misc entry for them in /proc/sys/fs/binfmt_misc), which mmdebstrap needs to configure the packages: install the Debian packages `qemu-user-static` and `binfmt-support`, mount binfmt_misc if that directory is empty (`mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc`), then run `update-binfmts --enable qemu-{arch}` (scripts/setup.sh does all of this)"
+    )]
+    NoBinfmt { arch: &'static str },
+
     /// A host command ran but did not succeed.
     #[error("`{command}` failed ({status}): {output}")]
     Command {

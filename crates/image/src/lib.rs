@@ -1,7 +1,9 @@
 //! Guest images for vireo: a Debian kernel, vireo's own initramfs (busybox, a small
-//! `/init`, virtio and ext4 modules) and, for RISC-V, OpenSBI firmware.
+//! `/init`, virtio and ext4 modules) and, for RISC-V, OpenSBI firmware; or, for
+//! `debian-riscv64-rootfs` (`rootfs.rs`), a whole Debian system with systemd on a qcow2 root
+//! disk, with the kernel and initrd Debian made for it.
 //!
-//! Images are built from Debian packages fetched with the host's apt tools and
+//! Images are built from Debian packages fetched with the host's apt tools (or mmdebstrap) and
 //! mirror, into a private apt state, and kept in the cache directory (see
 //! [`cache_root`]).
 //!
@@ -21,6 +23,8 @@ mod manifest;
 mod mirror;
 mod modules;
 mod pull;
+mod qcow2;
+mod rootfs;
 
 use std::path::{Path, PathBuf};
 
@@ -82,6 +86,9 @@ pub struct Image {
     /// `vireo.*` arguments.
     pub default_cmdline: String,
     pub kernel_version: String,
+    /// The root filesystem's disk image (qcow2), for images that boot from a disk: attached as
+    /// the first virtio disk through a throwaway overlay, so it is only ever read.
+    pub root_disk: Option<PathBuf>,
 }
 
 /// One line of `vireo image list`.
@@ -96,10 +103,20 @@ pub struct ImageInfo {
     pub created: u64,
 }
 
+/// What an image is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A kernel and vireo's busybox initramfs (`initramfs.rs`).
+    Initramfs,
+    /// A Debian system with systemd on a root disk, its kernel and initrd (`rootfs.rs`).
+    Rootfs,
+}
+
 /// How one known image is made.
 #[derive(Debug)]
 pub(crate) struct Recipe {
     pub name: &'static str,
+    pub kind: Kind,
     pub arch: Arch,
     pub suite: &'static str,
     /// Debian's name for the architecture.
@@ -123,6 +140,7 @@ const BUSYBOX_PATHS: &[&str] = &["usr/bin/busybox", "bin/busybox"];
 pub(crate) const RECIPES: &[Recipe] = &[
     Recipe {
         name: "debian-riscv64",
+        kind: Kind::Initramfs,
         arch: Arch::Riscv64,
         suite: "trixie",
         debian_arch: "riscv64",
@@ -138,6 +156,7 @@ pub(crate) const RECIPES: &[Recipe] = &[
     },
     Recipe {
         name: "debian-x86_64",
+        kind: Kind::Initramfs,
         arch: Arch::X86_64,
         suite: "bookworm",
         debian_arch: "amd64",
@@ -147,13 +166,43 @@ pub(crate) const RECIPES: &[Recipe] = &[
         firmware: None,
         default_cmdline: "console=ttyS0 quiet loglevel=1 panic=-1 cryptomgr.notests",
     },
+    Recipe {
+        name: "debian-riscv64-rootfs",
+        kind: Kind::Rootfs,
+        arch: Arch::Riscv64,
+        suite: "trixie",
+        debian_arch: "riscv64",
+        // Installed by mmdebstrap into the tree; the kernel and initrd come from its /boot.
+        kernel_meta: "linux-image-riscv64",
+        prefer_unsigned: false,
+        kernel_prefix: "vmlinux-",
+        firmware: Some((
+            "opensbi",
+            "usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin",
+        )),
+        // The root disk is the first virtio disk, mounted read-write at once (no remount), and
+        // never checked: every boot starts from a fresh overlay on a base that was clean when
+        // it was made (fsck.mode=skip is honoured by the initramfs and by systemd).
+        default_cmdline: "console=ttyS0 root=/dev/vda rw fsck.mode=skip quiet loglevel=1 \
+             panic=-1 cryptomgr.notests",
+    },
 ];
 
-const KNOWN: &[&str] = &["debian-riscv64", "debian-x86_64"];
+const KNOWN: &[&str] = &["debian-riscv64", "debian-x86_64", "debian-riscv64-rootfs"];
 
 /// Names accepted by [`open`] and [`pull`].
 pub fn known_images() -> &'static [&'static str] {
     KNOWN
+}
+
+impl Recipe {
+    /// Fingerprint of what vireo itself puts in an image made by this recipe.
+    pub(crate) fn build_id(&self) -> String {
+        match self.kind {
+            Kind::Initramfs => initramfs::build_id(self.default_cmdline),
+            Kind::Rootfs => rootfs::build_id(self.default_cmdline),
+        }
+    }
 }
 
 pub(crate) fn recipe(name: &str) -> Result<&'static Recipe, ImageError> {
@@ -216,6 +265,10 @@ pub(crate) fn image_from_manifest(
         Some(f) => Some(f.resolve(dir)?),
         None => None,
     };
+    let root_disk = match &m.files.root_disk {
+        Some(f) => Some(f.resolve(dir)?),
+        None => None,
+    };
     Some(Image {
         name: recipe.name.to_string(),
         arch: m.arch,
@@ -225,6 +278,7 @@ pub(crate) fn image_from_manifest(
         firmware,
         default_cmdline: m.default_cmdline.clone(),
         kernel_version: m.kernel_version.clone(),
+        root_disk,
     })
 }
 

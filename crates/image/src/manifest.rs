@@ -36,6 +36,9 @@ pub(crate) struct Packages {
     pub kernel: Package,
     pub busybox: Package,
     pub opensbi: Option<Package>,
+    /// In an image with a root filesystem: the systemd that boots it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd: Option<Package>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +52,9 @@ pub(crate) struct Files {
     pub kernel: FileEntry,
     pub initrd: FileEntry,
     pub firmware: Option<FileEntry>,
+    /// The root filesystem's qcow2 disk image, in images that boot from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_disk: Option<FileEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +71,7 @@ impl Files {
             Some(&self.kernel),
             Some(&self.initrd),
             self.firmware.as_ref(),
+            self.root_disk.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -128,7 +135,7 @@ pub(crate) fn problem(dir: &Path, name: &str, deep: bool) -> Option<String> {
         return Some(format!("manifest names image `{}`", m.name));
     }
     if let Ok(recipe) = crate::recipe(name) {
-        if m.build != crate::initramfs::build_id(recipe.default_cmdline) {
+        if m.build != recipe.build_id() {
             return Some("it was built by a different vireo version".into());
         }
     }
@@ -206,11 +213,13 @@ mod tests {
                     version: "1".into(),
                 },
                 opensbi: None,
+                systemd: None,
             },
             files: Files {
                 kernel: FileEntry::describe(dir, "kernel").unwrap(),
                 initrd: FileEntry::describe(dir, "initrd").unwrap(),
                 firmware: None,
+                root_disk: None,
             },
         };
         write(dir, &m).unwrap();
@@ -272,6 +281,25 @@ mod tests {
         assert!(problem(dir.path(), "debian-x86_64", true).is_some());
         std::fs::write(dir.path().join(MANIFEST), b"{not json").unwrap();
         assert!(problem(dir.path(), "debian-riscv64", true).is_some());
+    }
+
+    #[test]
+    fn root_disk_is_part_of_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = sample(dir.path());
+        // Manifests without the newer fields still read (an older vireo's images).
+        let text = std::fs::read_to_string(dir.path().join(MANIFEST)).unwrap();
+        assert!(!text.contains("root_disk") && !text.contains("systemd"));
+        std::fs::write(dir.path().join("root.qcow2"), b"disk").unwrap();
+        m.files.root_disk = Some(FileEntry::describe(dir.path(), "root.qcow2").unwrap());
+        write(dir.path(), &m).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), m);
+        assert_eq!(m.files.all().count(), 3);
+        assert_eq!(problem(dir.path(), "debian-riscv64", true), None);
+        std::fs::remove_file(dir.path().join("root.qcow2")).unwrap();
+        assert!(problem(dir.path(), "debian-riscv64", false)
+            .unwrap()
+            .contains("root.qcow2 is missing"));
     }
 
     #[test]

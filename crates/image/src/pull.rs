@@ -1,6 +1,8 @@
-//! `vireo image pull`: fetch packages, assemble the image in a temporary directory
-//! beside its final place, then move it there in one rename.
+//! `vireo image pull`: fetch packages (or, for a root filesystem image, run mmdebstrap:
+//! `rootfs.rs`), assemble the image in a temporary directory beside its final place, then move
+//! it there in one rename.
 
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -8,7 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::apt::{self, Apt};
 use crate::manifest::{self, FileEntry, Files, Manifest, Package, Packages};
-use crate::{initramfs, mirror, Image, ImageError, Recipe, BUSYBOX_PACKAGE, BUSYBOX_PATHS};
+use crate::{
+    initramfs, mirror, rootfs, Image, ImageError, Kind, Recipe, BUSYBOX_PACKAGE, BUSYBOX_PATHS,
+};
 
 /// How [`pull`] behaves.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,9 +33,9 @@ pub enum PullOutcome {
     Pulled,
 }
 
-const KERNEL_FILE: &str = "kernel";
-const INITRD_FILE: &str = "initrd.img";
-const FIRMWARE_FILE: &str = "fw_jump.bin";
+pub(crate) const KERNEL_FILE: &str = "kernel";
+pub(crate) const INITRD_FILE: &str = "initrd.img";
+pub(crate) const FIRMWARE_FILE: &str = "fw_jump.bin";
 
 /// Makes sure the image `name` is in the cache and returns it. An image whose manifest
 /// and file digests check out is returned as it is, without touching the network,
@@ -50,16 +54,24 @@ pub fn pull(name: &str, opts: &PullOptions) -> Result<(Image, PullOutcome), Imag
         }
     }
 
-    apt::check_tools()?;
+    match recipe.kind {
+        Kind::Initramfs => apt::check_tools()?,
+        Kind::Rootfs => rootfs::check_host(recipe)?,
+    }
     let mirror = mirror::find_mirror()?;
     std::fs::create_dir_all(&images).map_err(|e| ImageError::io("create directory", &images, e))?;
     remove_stale(&images, name);
 
     let staging = Staging::new(&images, name)?;
-    let apt_root = crate::cache_root()?
-        .join("apt")
-        .join(format!("{}-{}", recipe.suite, recipe.debian_arch));
-    let m = build(recipe, &mirror, &apt_root, &staging.path, &progress)?;
+    let m = match recipe.kind {
+        Kind::Initramfs => {
+            let apt_root = crate::cache_root()?
+                .join("apt")
+                .join(format!("{}-{}", recipe.suite, recipe.debian_arch));
+            build(recipe, &mirror, &apt_root, &staging.path, &progress)?
+        }
+        Kind::Rootfs => rootfs::build(recipe, &mirror, &staging.path, &progress)?,
+    };
     staging.install(&dir)?;
     progress.done();
     let image =
@@ -174,7 +186,7 @@ fn build(
             .map_or(0, |d| d.as_secs()),
         kernel_version,
         default_cmdline: recipe.default_cmdline.to_string(),
-        build: crate::initramfs::build_id(recipe.default_cmdline),
+        build: recipe.build_id(),
         packages: Packages {
             kernel: version_of(&kernel_pkg)?,
             busybox: version_of(BUSYBOX_PACKAGE)?,
@@ -182,11 +194,13 @@ fn build(
                 Some((pkg, _)) => Some(version_of(pkg)?),
                 None => None,
             },
+            systemd: None,
         },
         files: Files {
             kernel: FileEntry::describe(out, KERNEL_FILE)?,
             initrd: FileEntry::describe(out, INITRD_FILE)?,
             firmware,
+            root_disk: None,
         },
     };
     std::fs::remove_dir_all(&work).map_err(|e| ImageError::io("remove", &work, e))?;
@@ -220,7 +234,7 @@ fn kernel_package(apt: &Apt, recipe: &Recipe) -> Result<String, ImageError> {
 
 /// The kernel version and its modules directory: `usr/lib/modules/<ver>` (merged /usr,
 /// as in trixie) or `lib/modules/<ver>`.
-fn find_modules_dir(root: &Path) -> Result<(String, PathBuf), ImageError> {
+pub(crate) fn find_modules_dir(root: &Path) -> Result<(String, PathBuf), ImageError> {
     for base in ["usr/lib/modules", "lib/modules"] {
         let dir = root.join(base);
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -295,9 +309,60 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.installed {
-            let _ = std::fs::remove_dir_all(&self.path);
+            let _ = remove_tree(&self.path);
         }
     }
+}
+
+/// Removes a directory tree, unless something is mounted inside it: a root filesystem build
+/// bind-mounts host files (/dev nodes, /sys) into its tree, and deleting through such a mount
+/// would delete the host's own. mmdebstrap runs in a mount namespace of its own, so its mounts
+/// never reach this one; this is the check that it stays so.
+pub(crate) fn remove_tree(dir: &Path) -> Result<(), ImageError> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if let Some(m) = mounts_under(&mountinfo, dir).first() {
+        return Err(ImageError::io(
+            "remove",
+            dir,
+            std::io::Error::other(format!(
+                "{} is mounted inside it; unmount it first",
+                m.display()
+            )),
+        ));
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ImageError::io("remove", dir, e)),
+        _ => Ok(()),
+    }
+}
+
+/// The mount points at or below `dir` in a /proc/PID/mountinfo text (its fifth field, with
+/// the kernel's octal escapes for space, tab, newline and backslash undone).
+pub(crate) fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|field| {
+            let mut out = Vec::new();
+            let b = field.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                let octal = b.get(i + 1..i + 4).filter(|_| b[i] == b'\\');
+                match octal.and_then(|o| u8::from_str_radix(std::str::from_utf8(o).ok()?, 8).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 4;
+                    }
+                    None => {
+                        out.push(b[i]);
+                        i += 1;
+                    }
+                }
+            }
+            PathBuf::from(std::ffi::OsString::from_vec(out))
+        })
+        .filter(|p| p.starts_with(dir))
+        .collect()
 }
 
 /// Removes temporary directories of earlier pulls of `name` that were interrupted
@@ -317,14 +382,14 @@ fn remove_stale(images: &Path, name: &str) {
             .parse::<u32>()
             .is_ok_and(|p| Path::new("/proc").join(p.to_string()).exists());
         if !alive {
-            let _ = std::fs::remove_dir_all(entry.path());
+            let _ = remove_tree(&entry.path());
         }
     }
 }
 
 /// A spinner showing the current stage. indicatif draws nothing when stderr is not a
 /// terminal, so piped or logged output stays clean.
-struct Progress(Option<ProgressBar>);
+pub(crate) struct Progress(Option<ProgressBar>);
 
 impl Progress {
     fn new(enabled: bool) -> Self {
@@ -338,7 +403,7 @@ impl Progress {
         Progress(Some(bar))
     }
 
-    fn stage(&self, msg: &str) {
+    pub(crate) fn stage(&self, msg: &str) {
         if let Some(bar) = &self.0 {
             let first = bar.message().is_empty();
             bar.set_message(msg.to_string());
@@ -359,5 +424,56 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:5 /null /cache/.img.tmp-1/work/root/dev/null rw shared:2 - devtmpfs udev rw
+41 22 0:21 / /cache/.img.tmp-1/work/root/sys rw shared:7 - sysfs sysfs rw
+42 22 0:30 / /cache/with\\040space/x rw - tmpfs tmpfs rw
+43 22 0:31 / /cache/.img.tmp-10 rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn mounts_inside_a_tree_are_found() {
+        let under = |d: &str| mounts_under(MOUNTINFO, Path::new(d));
+        assert_eq!(
+            under("/cache/.img.tmp-1"),
+            [
+                PathBuf::from("/cache/.img.tmp-1/work/root/dev/null"),
+                PathBuf::from("/cache/.img.tmp-1/work/root/sys")
+            ]
+        );
+        // Whole components only: .img.tmp-10 is not inside .img.tmp-1.
+        assert_eq!(
+            under("/cache/.img.tmp-10"),
+            [PathBuf::from("/cache/.img.tmp-10")]
+        );
+        assert_eq!(
+            under("/cache/with space"),
+            [PathBuf::from("/cache/with space/x")]
+        );
+        assert!(under("/elsewhere").is_empty());
+        assert!(mounts_under("", Path::new("/")).is_empty());
+    }
+
+    #[test]
+    fn remove_tree_removes_what_has_no_mounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t");
+        std::fs::create_dir_all(t.join("a/b")).unwrap();
+        std::fs::write(t.join("a/b/f"), b"x").unwrap();
+        remove_tree(&t).unwrap();
+        assert!(!t.exists());
+        // Already gone is fine.
+        remove_tree(&t).unwrap();
+        // A mounted directory (/proc has mounts under it on every Linux) is refused.
+        let e = remove_tree(Path::new("/proc")).unwrap_err().to_string();
+        assert!(e.contains("is mounted inside it"), "{e}");
     }
 }

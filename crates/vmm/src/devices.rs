@@ -84,7 +84,8 @@ pub struct VsockConfig {
     pub label: String,
 }
 
-/// The devices of a definition, in slot order: console, disks, NICs, rng, vsock.
+/// The devices of a definition, in slot order: console, disks (an image's root disk first),
+/// NICs, rng, vsock.
 pub fn parse(spec: &VmSpec) -> Result<Vec<DeviceConfig>, Error> {
     let mut out = Vec::new();
     if spec.console == "virtio" {
@@ -92,6 +93,9 @@ pub fn parse(spec: &VmSpec) -> Result<Vec<DeviceConfig>, Error> {
     }
     // As QEMU's virtio-blk: a queue per vCPU, so no two vCPUs share a ring.
     let queues = u16::try_from(spec.cpus.clamp(1, MAX_QUEUES as u32)).unwrap_or(1);
+    if let Some(root) = image_root_disk(spec, queues)? {
+        out.push(DeviceConfig::Block(root));
+    }
     for (i, d) in spec.disk_entries().iter().enumerate() {
         out.push(DeviceConfig::Block(disk_config(d, i, queues)?));
     }
@@ -105,6 +109,27 @@ pub fn parse(spec: &VmSpec) -> Result<Vec<DeviceConfig>, Error> {
         out.push(DeviceConfig::Vsock(vsock_config(&v)?));
     }
     Ok(out)
+}
+
+/// The root disk of an image that boots from one (`debian-riscv64-rootfs`): the first virtio
+/// disk, so it is the `/dev/vda` of the image's command line, and always through a throwaway
+/// overlay, so the cached base is only ever read (and VMs may share it). `--disk` entries
+/// follow it as vdb, vdc, ...
+fn image_root_disk(spec: &VmSpec, queues: u16) -> Result<Option<DiskConfig>, Error> {
+    let Some(name) = &spec.image else {
+        return Ok(None);
+    };
+    let image = vireo_image::open(name).map_err(fail)?;
+    Ok(image.root_disk.map(|path| DiskConfig {
+        id: "root".into(),
+        label: format!("the root disk of image {name} ({})", path.display()),
+        path,
+        readonly: false,
+        serial: None,
+        format: Some("qcow2".into()),
+        overlay: true,
+        queues,
+    }))
 }
 
 /// A built device the VMM keeps a handle to after it went to its transport.
@@ -225,7 +250,11 @@ fn open_disks(disks: &[&DiskConfig]) -> Result<Vec<vireo_virtio::block::Block>, 
                 d.id
             ));
             let _ = std::fs::remove_file(&p);
-            vireo_virtio::block::image::create(&p, true, None, Some(&d.path), None)
+            // The overlay names its base by an absolute path: a relative one would be taken
+            // against the overlay's own directory.
+            let base = std::path::absolute(&d.path)
+                .map_err(|e| fail(format!("{label}: {}: {e}", d.path.display())))?;
+            vireo_virtio::block::image::create(&p, true, None, Some(&base), None)
                 .map_err(|e| fail(format!("{label}: cannot create its overlay: {e}")))?;
             Some(p)
         } else {

@@ -15,11 +15,18 @@ pub fn vireo() -> Command {
 }
 
 pub fn require_image() {
+    require_pulled(IMAGE);
+}
+
+/// Fails the test, saying how to fix it, unless the image `name` is pulled.
+pub fn require_pulled(name: &str) {
     let out = vireo().args(["image", "list"]).output().unwrap();
     let list = String::from_utf8_lossy(&out.stdout);
+    // The whole first column: one image's name may begin another's.
     assert!(
-        list.lines().any(|l| l.starts_with(IMAGE)),
-        "the {IMAGE} image is not pulled: run `vireo image pull {IMAGE}` (scripts/setup.sh does)"
+        list.lines()
+            .any(|l| l.split_whitespace().next() == Some(name)),
+        "the {name} image is not pulled: run `vireo image pull {name}` (scripts/setup.sh does)"
     );
 }
 
