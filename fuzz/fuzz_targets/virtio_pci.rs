@@ -43,8 +43,12 @@ fuzz_target!(|data: &[u8]| {
     w(&mut ecam, DEV1 + 4, 0x6, 2);
     w(&mut bar, 0x14, 1 | 2, 1);
     for sel in 0..2 {
+        // Exactly what is offered: the transport refuses FEATURES_OK for anything more.
+        w(&mut bar, 0x00, sel, 4);
+        let mut offered = [0u8; 4];
+        bar.read(0x04, &mut offered);
         w(&mut bar, 0x08, sel, 4);
-        w(&mut bar, 0x0c, u64::from(u32::MAX), 4);
+        w(&mut bar, 0x0c, u64::from(u32::from_le_bytes(offered)), 4);
     }
     w(&mut bar, 0x14, 1 | 2 | 8, 1);
     w(&mut bar, 0x16, 0, 2);
@@ -54,6 +58,9 @@ fuzz_target!(|data: &[u8]| {
     w(&mut bar, 0x30, RINGS + 0x200, 8);
     w(&mut bar, 0x1c, 1, 2);
     w(&mut bar, 0x14, 1 | 2 | 8 | 4, 1);
+    let mut status = [0u8];
+    bar.read(0x14, &mut status);
+    assert_eq!(status[0], 1 | 2 | 8 | 4, "the device refused the bring-up");
     for op in ops(rest) {
         match op {
             Op::Read { space, offset, len } => {
