@@ -51,6 +51,13 @@ fuzz_target!(|data: &[u8]| {
         w(&mut bar, 0x0c, u64::from(u32::from_le_bytes(offered)), 4);
     }
     w(&mut bar, 0x14, 1 | 2 | 8, 1);
+    let mut status = [0u8];
+    bar.read(0x14, &mut status);
+    assert_eq!(
+        status[0],
+        1 | 2 | 8,
+        "the device refused the features it offered"
+    );
     w(&mut bar, 0x16, 0, 2);
     w(&mut bar, 0x18, u64::from(QUEUE_SIZE), 2);
     w(&mut bar, 0x20, RINGS, 8);
@@ -58,9 +65,6 @@ fuzz_target!(|data: &[u8]| {
     w(&mut bar, 0x30, RINGS + 0x200, 8);
     w(&mut bar, 0x1c, 1, 2);
     w(&mut bar, 0x14, 1 | 2 | 8 | 4, 1);
-    let mut status = [0u8];
-    bar.read(0x14, &mut status);
-    assert_eq!(status[0], 1 | 2 | 8 | 4, "the device refused the bring-up");
     for op in ops(rest) {
         match op {
             Op::Read { space, offset, len } => {

@@ -164,7 +164,7 @@ pub fn r32(t: &mut impl Regs, offset: u64) -> u32 {
 /// Does what a driver does before the script starts: features (every one the device offers,
 /// VERSION_1 among them), `queues` queues of [`QUEUE_SIZE`] at 0x1000 + 0x800·q (descriptors,
 /// driver area at +0x100, device area at +0x200), DRIVER_OK. The script then meets a live
-/// device; a bring-up the device refuses panics, since the fuzzer would never reach its queues.
+/// device; features the device refuses panic, since the fuzzer would never reach its queues.
 pub fn bring_up_mmio(t: &mut impl Regs, queues: u32) {
     use mmio_reg::*;
     w32(t, STATUS, 1);
@@ -177,6 +177,12 @@ pub fn bring_up_mmio(t: &mut impl Regs, queues: u32) {
         w32(t, DRIVER_FEATURES, offered);
     }
     w32(t, STATUS, 1 | 2 | 8);
+    let status = r32(t, STATUS);
+    assert_eq!(
+        status,
+        1 | 2 | 8,
+        "the device refused the features it offered"
+    );
     for q in 0..queues {
         let base = RINGS as u32 + 0x800 * q;
         w32(t, QUEUE_SEL, q);
@@ -186,9 +192,9 @@ pub fn bring_up_mmio(t: &mut impl Regs, queues: u32) {
         w32(t, QUEUE_DEVICE_LOW, base + 0x200);
         w32(t, QUEUE_READY, 1);
     }
+    // Not checked after DRIVER_OK: a device whose threads start serving the rings at once
+    // (virtio-blk) may rightly ask for a reset over a broken chain the input left there.
     w32(t, STATUS, 1 | 2 | 8 | 4);
-    let status = r32(t, STATUS);
-    assert_eq!(status, 1 | 2 | 8 | 4, "the device refused the bring-up");
 }
 
 /// Plays `ops` against a virtio-mmio transport and its memory.
