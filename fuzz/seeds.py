@@ -322,7 +322,12 @@ if qemu_img:
         rm("top.qcow2")
         run("convert", "-q", "-O", "qcow2", "-o", "cluster_size=4k", "data.raw", "top.qcow2")
         run("snapshot", "-c", "s1", "top.qcow2")
-        put("qcow2_image", "snapshot", qcow2_input(read("top.qcow2")))
+        snap = bytearray(read("top.qcow2"))
+        # The snapshot's creation time, fixed so the seed is the same every time it is written
+        # (date_sec and date_nsec of the first entry of the snapshot table).
+        table = struct.unpack(">Q", snap[64:72])[0]
+        snap[table + 16:table + 24] = struct.pack(">II", 1700000000, 0)
+        put("qcow2_image", "snapshot", qcow2_input(bytes(snap)))
         rm("top.qcow2")
         # overlays on a qcow2 and on a raw backing file, both named relatively (base.qcow2 is
         # the target's second file)
@@ -364,7 +369,7 @@ api("vm-actions",
     http("POST", "/vms", spec), http("POST", "/vms/a/pause"), http("POST", "/vms/a/resume"),
     http("POST", "/vms/a/kill"), http("POST", "/vms/a/restart"), http("GET", "/vms/a/stats"),
     http("GET", "/vms/a/console?mode=rw", headers=[("Connection", "upgrade"), ("Upgrade", "vireo-console")]),
-    http("POST", '/vms/a/exec?command=["uname","-a"]', headers=[("Connection", "upgrade"), ("Upgrade", "vireo-exec")]))
+    http("POST", "/vms/a/exec?command=%5B%22uname%22%2C%22-a%22%5D", headers=[("Connection", "upgrade"), ("Upgrade", "vireo-exec")]))
 api("storage",
     http("POST", "/pools", '{"name": "p", "path": "$R/pools/p"}'),
     http("POST", "/pools/p/volumes", '{"name": "v.qcow2", "size_bytes": 1048576, "format": "qcow2"}'),

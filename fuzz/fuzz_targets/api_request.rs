@@ -12,7 +12,8 @@
 //! shape: `METHOD TARGET` on the first line, `Name: value` header lines, an empty line, the
 //! body. `$R` anywhere stands for the scratch root (the kernel file `$R/vmlinux`, the pool root
 //! `$R/pools`), so seeds can name paths that exist. Content-Length is set to the body's length,
-//! as hyper's framing guarantees, unless the request is chunked.
+//! as hyper's framing guarantees, unless the request is chunked. With VIREO_FUZZ_API_LOG set,
+//! each answer is printed (for writing seeds).
 #![no_main]
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -86,6 +87,12 @@ async fn serve(app: axum::Router, req: Request<Body>) {
         .as_ref()
         .map(|b| String::from_utf8_lossy(b).into_owned())
         .unwrap_or_default();
+    if std::env::var_os("VIREO_FUZZ_API_LOG").is_some() {
+        eprintln!(
+            "{what} -> {status} {}",
+            text.chars().take(300).collect::<String>()
+        );
+    }
     assert!(
         !status.is_server_error(),
         "{what}: {status} for a request from outside: {text}"
