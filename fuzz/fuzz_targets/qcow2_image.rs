@@ -1,8 +1,10 @@
 //! A hostile qcow2 image (and its backing file) from the input: `vireo disk info` and
 //! `vireo disk check` on it, then the image as a virtio-blk disk behind virtio-mmio, read-only
 //! and then read-write, with guest requests (reads, writes, flushes, discards, write-zeroes)
-//! from the rest of the input. After the read-write run, an image that `check` found clean
-//! must still be clean: a write may leak clusters, never corrupt the metadata.
+//! from the rest of the input. Info, check and the read-only disk must leave the image as it
+//! was, and nothing may write the backing file; after the read-write run, an image that
+//! `check` found clean must still be clean: a write may leak clusters, never corrupt the
+//! metadata.
 //!
 //! Input: two bytes give the length of the image part, a list of records (`u8` file: bit 0
 //! picks the image `top.qcow2` or its backing file `base.qcow2`, both in a scratch directory;
@@ -72,6 +74,12 @@ fn disk(path: &Path, readonly: bool) -> Option<Block> {
     .ok()
 }
 
+/// The file's bytes, to tell whether something wrote it (both files are at most
+/// [`MAX_FILE`] before the read-write run).
+fn contents(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
 fuzz_target!(|data: &[u8]| {
     let top = dir().join("top.qcow2");
     let base = dir().join("base.qcow2");
@@ -81,12 +89,18 @@ fuzz_target!(|data: &[u8]| {
     if !top.exists() {
         return;
     }
+    let (top_before, base_before) = (contents(&top), contents(&base));
     let _ = image::info(&top);
     let _ = image::info_one(&top);
     let clean = image::check(&top).is_ok_and(|r| r.corruptions == 0 && !r.dirty);
     if let Some(b) = disk(&top, true) {
         vireo_fuzz::run_mmio_device(Box::new(b), 1, device);
     }
+    // Describing, checking and a read-only disk only read.
+    assert!(
+        contents(&top) == top_before,
+        "info, check or the read-only disk wrote the image"
+    );
     if let Some(b) = disk(&top, false) {
         vireo_fuzz::run_mmio_device(Box::new(b), 1, device);
         // Dropped above: its caches are written back and its locks released.
@@ -101,4 +115,9 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
+    // A backing file is only ever read, whatever writes the image on it.
+    assert!(
+        contents(&base) == base_before,
+        "the backing file was written"
+    );
 });
