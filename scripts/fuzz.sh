@@ -31,8 +31,11 @@ for t in "${targets[@]}"; do
     if ! cargo +nightly fuzz run -O "$t" "$scratch/$t" "corpus/$t" -- \
         -max_total_time="$secs" -timeout=1 -rss_limit_mb=2048 -max_len=16384 \
         -print_final_stats=1 >"$log" 2>&1; then
-        tail -40 "$log"
-        echo "fuzz: $t failed (input in fuzz/artifacts/$t/)" >&2
+        # Without cargo-fuzz's dump of the input as a byte list, which would fill the tail.
+        sed '/^Output of `std::fmt::Debug`:/,/^Reproduce with:/d' "$log" | tail -60
+        mkdir -p "artifacts/$t"
+        cp "$log" "artifacts/$t/fuzz.log"
+        echo "fuzz: $t failed (input and log in fuzz/artifacts/$t/)" >&2
         exit 1
     fi
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

@@ -43,10 +43,21 @@ fuzz_target!(|data: &[u8]| {
     w(&mut ecam, DEV1 + 4, 0x6, 2);
     w(&mut bar, 0x14, 1 | 2, 1);
     for sel in 0..2 {
+        // Exactly what is offered: the transport refuses FEATURES_OK for anything more.
+        w(&mut bar, 0x00, sel, 4);
+        let mut offered = [0u8; 4];
+        bar.read(0x04, &mut offered);
         w(&mut bar, 0x08, sel, 4);
-        w(&mut bar, 0x0c, u64::from(u32::MAX), 4);
+        w(&mut bar, 0x0c, u64::from(u32::from_le_bytes(offered)), 4);
     }
     w(&mut bar, 0x14, 1 | 2 | 8, 1);
+    let mut status = [0u8];
+    bar.read(0x14, &mut status);
+    assert_eq!(
+        status[0],
+        1 | 2 | 8,
+        "the device refused the features it offered"
+    );
     w(&mut bar, 0x16, 0, 2);
     w(&mut bar, 0x18, u64::from(QUEUE_SIZE), 2);
     w(&mut bar, 0x20, RINGS, 8);

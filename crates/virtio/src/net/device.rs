@@ -3,6 +3,7 @@
 use std::io::{Read, Write};
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
@@ -70,11 +71,15 @@ impl Net {
         }
     }
 
-    /// A device whose backend is a stream speaking passt's framing (tests use a socket pair).
-    #[cfg(test)]
-    pub(crate) fn with_stream(stream: std::os::unix::net::UnixStream, mac: [u8; 6]) -> Net {
-        let framed = FramedStream::new(stream).expect("non-blocking socket");
-        Net::with_backend(Backend::Framed(framed), mac, None)
+    /// A device whose backend is a stream speaking passt's framing (each frame behind its
+    /// 32-bit big-endian length), with no passt behind it: for tests and the fuzzer, which hold
+    /// the other end of a socket pair.
+    pub fn with_stream(
+        stream: std::os::unix::net::UnixStream,
+        mac: [u8; 6],
+    ) -> std::io::Result<Net> {
+        let framed = FramedStream::new(stream)?;
+        Ok(Net::with_backend(Backend::Framed(framed), mac, None))
     }
 
     fn with_backend(backend: Backend, mac: [u8; 6], passt: Option<Passt>) -> Net {
@@ -197,6 +202,27 @@ impl VirtioDevice for Net {
         }
     }
 
+    /// Transmit is served in `queue_notify`; what can still be pending is the receive
+    /// worker's: done once it has served a whole round (frames the backend held moved into the
+    /// buffers the guest posted, a blocked transmit resumed) that began after this was called.
+    fn quiesce(&self, timeout: Duration) -> bool {
+        let Some(w) = &self.worker else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        // Rounds are counted under the lock, at their start: one counted after this reading
+        // began after it.
+        let start = lock(&self.state).rounds;
+        w.kick();
+        while lock(&self.state).rounds == start {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        true
+    }
+
     fn reset(&mut self) {
         // Join the worker before dropping the queues it uses.
         self.worker = None;
@@ -243,7 +269,8 @@ pub(crate) struct NetState {
     tx_blocked: bool,
     stats: NetStats,
     counters: Arc<DeviceCounters>,
-    /// Worker rounds so far (tests check an idle device sleeps).
+    /// Worker rounds so far: `quiesce` waits for one to begin; tests check an idle device
+    /// sleeps.
     pub(crate) rounds: u64,
 }
 

@@ -27,7 +27,7 @@ const TXQ: u64 = 0x4000;
 /// of the backend, the driver sides of RX and TX, and the interrupt counter.
 fn setup(mem: &GuestMemoryMmap) -> (Net, UnixStream, Driver<'_>, Driver<'_>, Arc<CountIrq>) {
     let (a, b) = UnixStream::pair().unwrap();
-    let mut net = Net::with_stream(a, MAC);
+    let mut net = Net::with_stream(a, MAC).unwrap();
     let (rx, tx, irq) = activate(&mut net, mem, 0);
     b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     (net, b, rx, tx, irq)
@@ -81,7 +81,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 #[test]
 fn offers_mac_and_link_up() {
     let (a, _b) = UnixStream::pair().unwrap();
-    let net = Net::with_stream(a, MAC);
+    let net = Net::with_stream(a, MAC).unwrap();
     assert_eq!(net.device_type(), crate::types::NET);
     assert_eq!(net.features(), crate::F_VERSION_1 | (1 << 5) | (1 << 16));
     assert_eq!(net.queue_max_sizes(), &[256, 256]);
@@ -317,7 +317,7 @@ fn reset_stops_the_worker_and_reactivation_serves_again() {
 fn activation_needs_both_queues() {
     let mem = memory();
     let (a, _b) = UnixStream::pair().unwrap();
-    let mut net = Net::with_stream(a, MAC);
+    let mut net = Net::with_stream(a, MAC).unwrap();
     let rx = Driver::new(&mem, RXQ, QUEUE_SIZE);
     let e = net
         .activate(Activation {
@@ -655,4 +655,27 @@ fn tap_backend_carries_frames_in_a_private_network_namespace() {
     })
     .join()
     .unwrap();
+}
+
+#[test]
+fn quiesce_returns_after_the_worker_delivered_what_was_waiting() {
+    let mem = memory();
+    let (a, mut peer) = UnixStream::pair().unwrap();
+    let mut net = Net::with_stream(a, MAC).unwrap();
+    assert!(
+        net.quiesce(Duration::from_secs(1)),
+        "inactive: nothing to wait for"
+    );
+    let (mut rx, _tx, _irq) = activate(&mut net, &mem, 4);
+    for round in 0..20u8 {
+        // Checked at once, without polling: quiesce is what waits.
+        let frame = pattern(60 + usize::from(round), round);
+        write_framed(&mut peer, &frame);
+        assert!(net.quiesce(Duration::from_secs(5)));
+        let used = rx.used();
+        assert_eq!(used.len(), 1, "round {round}: {used:?}");
+        assert_eq!(used[0].1 as usize, VNET_HDR_LEN + frame.len());
+        rx.add(&[(rx_addr(u16::from(round) % 4), 1526, true)]);
+        net.queue_notify(RX_QUEUE as u16);
+    }
 }
