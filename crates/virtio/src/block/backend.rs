@@ -240,7 +240,8 @@ pub(crate) struct DiskFile {
     backend: Box<dyn DiskBackend>,
 }
 
-fn type_name(ft: std::fs::FileType) -> &'static str {
+/// What a path that is no disk image is, for messages.
+pub(crate) fn type_name(ft: std::fs::FileType) -> &'static str {
     if ft.is_dir() {
         "a directory"
     } else if ft.is_symlink() {

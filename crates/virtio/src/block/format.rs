@@ -137,17 +137,7 @@ pub(crate) fn open_image_read(
         .map_err(|e| std::io::Error::new(e.kind(), format!("{what} {}: {e}", path.display())))?;
     let ft = file.metadata()?.file_type();
     if !(ft.is_file() || ft.is_block_device()) {
-        let found = if ft.is_dir() {
-            "a directory"
-        } else if ft.is_fifo() {
-            "a FIFO"
-        } else if ft.is_char_device() {
-            "a character device"
-        } else if ft.is_socket() {
-            "a socket"
-        } else {
-            "not a regular file"
-        };
+        let found = super::backend::type_name(ft);
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!(
