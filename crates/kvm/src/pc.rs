@@ -51,6 +51,8 @@ pub const MAX_MSI_ROUTES: usize = 256;
 struct MsiRoutes {
     /// (address, data) and its eventfd; the GSI is MSI_GSI_BASE + the index.
     by_message: Vec<((u64, u32), vmm_sys_util::eventfd::EventFd)>,
+    /// Where each message is in `by_message`: every completion looks its message up.
+    index: std::collections::HashMap<(u64, u32), usize>,
     /// KVM refused routing or irqfds once: everything goes through KVM_SIGNAL_MSI.
     refused: bool,
 }
@@ -142,7 +144,9 @@ impl KvmMsi {
             .register_irqfd(&fd, gsi)
             .map_err(|e| format!("KVM_IRQFD: {e}"))?;
         r.by_message.push((message, fd));
-        Ok(r.by_message.len() - 1)
+        let i = r.by_message.len() - 1;
+        r.index.insert(message, i);
+        Ok(i)
     }
 }
 
@@ -150,8 +154,8 @@ impl MsiSink for KvmMsi {
     fn send(&self, address: u64, data: u32) {
         let mut r = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         let message = (address, data);
-        let index = match r.by_message.iter().position(|(m, _)| *m == message) {
-            Some(i) => Some(i),
+        let index = match r.index.get(&message) {
+            Some(&i) => Some(i),
             None if r.refused || r.by_message.len() >= MAX_MSI_ROUTES => None,
             None => match self.add_route(&mut r, message) {
                 Ok(i) => Some(i),
