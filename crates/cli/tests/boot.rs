@@ -5,7 +5,6 @@
 //! x86-64 guests on KVM are in `boot/kvm.rs` (the `kvm::` tests).
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -14,7 +13,7 @@ mod common;
 #[path = "boot/kvm.rs"]
 mod kvm;
 use common::{
-    openpty, require_image, run, run_in, vireo, Run, Term, BOOT_TIMEOUT, IMAGE, VIREO_ERROR,
+    require_image, run, run_in, vireo, vireo_on_pty, Run, BOOT_TIMEOUT, IMAGE, VIREO_ERROR,
 };
 
 #[test]
@@ -95,17 +94,7 @@ fn verbose_shows_the_kernel_log() {
 #[test]
 fn interactive_shell_over_a_pty() {
     require_image();
-    let (master, slave) = openpty();
-    let slave_fd = |f: &std::fs::File| Stdio::from(f.try_clone().unwrap());
-    let mut child = vireo()
-        .args(["run", "--image", IMAGE])
-        .stdin(slave_fd(&slave))
-        .stdout(slave_fd(&slave))
-        .stderr(slave_fd(&slave))
-        .spawn()
-        .unwrap();
-    drop(slave);
-    let mut term = Term::new(master);
+    let (mut child, mut term) = vireo_on_pty(&["run", "--image", IMAGE], None);
     term.expect("# ", BOOT_TIMEOUT);
     term.send(b"echo sum=$((6*7))\r");
     term.expect("sum=42", Duration::from_secs(30));
@@ -129,16 +118,7 @@ fn interactive_shell_over_a_pty() {
 #[test]
 fn ctrl_a_x_quits() {
     require_image();
-    let (master, slave) = openpty();
-    let mut child = vireo()
-        .args(["run", "--image", IMAGE])
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave.try_clone().unwrap()))
-        .spawn()
-        .unwrap();
-    drop(slave);
-    let mut term = Term::new(master);
+    let (mut child, mut term) = vireo_on_pty(&["run", "--image", IMAGE], None);
     term.expect("# ", BOOT_TIMEOUT);
     term.send(b"\x01x");
     let start = Instant::now();

@@ -113,17 +113,7 @@ fn systemd_reaches_running_and_the_base_disk_is_not_written() {
 #[test]
 fn the_console_logs_root_in_and_its_exit_ends_the_vm() {
     require_pulled(ROOTFS);
-    let (master, slave) = openpty();
-    let slave_fd = |f: &std::fs::File| Stdio::from(f.try_clone().unwrap());
-    let mut child = vireo()
-        .args(["run", "--image", ROOTFS])
-        .stdin(slave_fd(&slave))
-        .stdout(slave_fd(&slave))
-        .stderr(slave_fd(&slave))
-        .spawn()
-        .unwrap();
-    drop(slave);
-    let mut term = Term::new(master);
+    let (mut child, mut term) = vireo_on_pty(&["run", "--image", ROOTFS], None);
     term.expect("root@vireo:~# ", SYSTEMD_TIMEOUT);
     term.send(b"systemctl is-system-running; exit 3\r");
     term.expect("running", Duration::from_secs(60));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    openpty, pseudo_random, require_image, run_raw, vireo, wait, Term, BOOT_TIMEOUT, IMAGE,
+    pseudo_random, require_image, run_raw, vireo, vireo_on_pty, wait, Term, BOOT_TIMEOUT, IMAGE,
 };
 
 /// Runs `vireo run --image IMAGE ARGS...` with `input` on its stdin; returns (status, stdout,
@@ -150,25 +150,12 @@ fn sigterm_stops_the_guest_and_exits_143() {
 
 /// Starts `vireo run ARGS` on a new pseudo-terminal of 30 rows and 100 columns.
 fn on_pty(args: &[&str]) -> (Child, Term) {
-    let (master, slave) = openpty();
-    let ws = libc::winsize {
-        ws_row: 30,
-        ws_col: 100,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ with a valid winsize on a descriptor we own.
-    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-    let child = vireo()
-        .args(["run", "--image", IMAGE])
-        .args(args)
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave.try_clone().unwrap()))
-        .spawn()
-        .unwrap();
-    drop(slave);
-    (child, Term::new(master))
+    let all: Vec<&str> = ["run", "--image", IMAGE]
+        .iter()
+        .copied()
+        .chain(args.iter().copied())
+        .collect();
+    vireo_on_pty(&all, Some((30, 100)))
 }
 
 fn wait_pty(child: &mut Child, term: &mut Term, limit: Duration) -> i32 {

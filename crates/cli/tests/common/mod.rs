@@ -149,6 +149,33 @@ pub fn openpty() -> (std::fs::File, std::fs::File) {
     unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) }
 }
 
+/// Starts `vireo ARGS` with a new pseudo-terminal as its standard streams, `size` (rows,
+/// columns) set first when given; the terminal's master side as a [`Term`].
+pub fn vireo_on_pty(args: &[&str], size: Option<(u16, u16)>) -> (std::process::Child, Term) {
+    let (master, slave) = openpty();
+    if let Some((rows, cols)) = size {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ with a valid winsize on a descriptor we own.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+    let stdio = || Stdio::from(slave.try_clone().unwrap());
+    let child = vireo()
+        .args(args)
+        .stdin(stdio())
+        .stdout(stdio())
+        .stderr(stdio())
+        .spawn()
+        .unwrap();
+    drop(slave);
+    (child, Term::new(master))
+}
+
 pub struct Term {
     pub master: std::fs::File,
     pub seen: String,
