@@ -15,15 +15,30 @@ SUDO=""
 PKGS=(build-essential cmake make pkg-config cpio apt dpkg gcc-riscv64-linux-gnu e2fsprogs passt
       binutils-riscv64-linux-gnu qemu-system-misc qemu-utils ca-certificates acpica-tools
       mmdebstrap qemu-user-static binfmt-support)
-missing=()
-for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+# Twice: resolving a conflict (see below) can remove a package of the list, which the second
+# round puts back.
+for round in 1 2; do
+  missing=()
+  for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    $SUDO apt-get update -q
+    if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"; then
+      # A QEMU package newer than any source apt lists (a backport whose source was removed)
+      # breaks the archive's other QEMU packages: take the archive's QEMU as a whole.
+      pins=()
+      for q in qemu-utils qemu-system-common qemu-system-data qemu-block-extra; do
+        v=$(apt-cache madison "$q" 2>/dev/null | awk -F'|' 'NR==1{gsub(/ /,"",$2); print $2}')
+        if [ -n "$v" ] && dpkg-query -W "$q" >/dev/null 2>&1; then pins+=("$q=$v"); fi
+      done
+      echo "setup: retrying with the archive's QEMU (${pins[*]})"
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --allow-downgrades \
+        "${missing[@]}" "${pins[@]}"
+    fi
+  fi
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]}"
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
-fi
 command -v cargo >/dev/null || { echo "setup: cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 # The fuzz targets (scripts/fuzz.sh, and a short run in scripts/test.sh) build with nightly and
 # cargo-fuzz (libFuzzer).

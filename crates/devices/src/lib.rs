@@ -8,4 +8,4 @@ pub mod serial;
 
 pub use finisher::TestFinisher;
 pub use rtc::GoldfishRtc;
-pub use serial::{ConsoleOutput, Uart};
+pub use serial::{ConsoleOutput, Uart, UartState};

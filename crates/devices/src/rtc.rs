@@ -23,6 +23,16 @@ impl GoldfishRtc {
         Self::default()
     }
 
+    /// The high half latched by the last low-half read (a snapshot keeps it: a guest may
+    /// be between its two reads).
+    pub fn latched(&self) -> u32 {
+        self.latched_high
+    }
+
+    pub fn set_latched(&mut self, v: u32) {
+        self.latched_high = v;
+    }
+
     fn now_ns() -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -51,6 +51,21 @@ impl Write for ConsoleOutput {
     }
 }
 
+/// A 16550A's registers and receive FIFO, as a snapshot holds them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UartState {
+    pub divisor_low: u8,
+    pub divisor_high: u8,
+    pub ier: u8,
+    pub iir: u8,
+    pub lcr: u8,
+    pub lsr: u8,
+    pub mcr: u8,
+    pub msr: u8,
+    pub scratch: u8,
+    pub rx_fifo: Vec<u8>,
+}
+
 /// A 16550A with 8 byte-wide registers.
 pub struct Uart {
     serial: Serial<IrqTrigger, NoEvents, ConsoleOutput>,
@@ -72,6 +87,49 @@ impl Uart {
             return 0;
         }
         self.serial.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+
+    /// The registers and the receive FIFO, for a snapshot.
+    pub fn save_state(&self) -> UartState {
+        let s = self.serial.state();
+        UartState {
+            divisor_low: s.baud_divisor_low,
+            divisor_high: s.baud_divisor_high,
+            ier: s.interrupt_enable,
+            iir: s.interrupt_identification,
+            lcr: s.line_control,
+            lsr: s.line_status,
+            mcr: s.modem_control,
+            msr: s.modem_status,
+            scratch: s.scratch,
+            rx_fifo: s.in_buffer,
+        }
+    }
+
+    /// Puts saved registers back (vm-superio rebuilds the 16550 from them and raises the
+    /// interrupt they imply); a FIFO longer than the chip's is refused.
+    pub fn restore_state(&mut self, st: &UartState) -> Result<(), String> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: st.divisor_low,
+            baud_divisor_high: st.divisor_high,
+            interrupt_enable: st.ier,
+            interrupt_identification: st.iir,
+            line_control: st.lcr,
+            line_status: st.lsr,
+            modem_control: st.mcr,
+            modem_status: st.msr,
+            scratch: st.scratch,
+            in_buffer: st.rx_fifo.clone(),
+        };
+        let trigger = IrqTrigger(self.serial.interrupt_evt().0.clone());
+        let out = self.serial.writer().clone();
+        self.serial = Serial::from_state(&state, trigger, NoEvents, out).map_err(|e| {
+            format!(
+                "the UART's saved receive FIFO holds {} bytes, more than the 16550's 64: {e:?}",
+                st.rx_fifo.len()
+            )
+        })?;
+        Ok(())
     }
 
     /// Free space in the receive FIFO.

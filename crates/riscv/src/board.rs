@@ -29,8 +29,10 @@ use vm_fdt::FdtWriter;
 use crate::hart::{Hart, Stop};
 use crate::isa::{Ext, Isa, CACHE_BLOCK};
 use crate::plic::{Plic, PlicIrq, NUM_SOURCES, PLIC_SIZE};
+use crate::state::{ClockMode, EmuState, HartState, MachineState, MailState};
 use crate::sys::{
-    Counters, HsmState, IrqOutputs, Sys, SysConfig, SysState, CLINT_SIZE, TIMEBASE_HZ,
+    Clint, Clock, CodeCache, Counters, HsmState, IrqOutputs, Mailbox, Sys, SysConfig, SysState,
+    CLINT_SIZE, TIMEBASE_HZ,
 };
 
 pub const FINISHER_BASE: u64 = 0x10_0000;
@@ -120,6 +122,24 @@ pub struct EmuVm {
     /// Timers, mailboxes and decoded code between two `run` calls.
     saved: Option<SysState>,
     profile: Option<std::collections::HashMap<u64, u64>>,
+    devices: BoardDevices,
+    /// A restored machine's clock, set when it first runs (not when it was built: the time
+    /// in between is not the guest's): mtime, the wall-clock time it was saved at, the mode.
+    restored_clock: Option<(u64, u64, ClockMode)>,
+}
+
+/// The board's devices with state, kept typed (the bus only knows them as bus devices) so a
+/// snapshot can reach them from any thread.
+#[derive(Clone)]
+struct BoardDevices {
+    plic: Arc<Mutex<Plic>>,
+    uart: Arc<Mutex<Uart>>,
+    rtc: Arc<Mutex<GoldfishRtc>>,
+    mmio: Vec<Arc<Mutex<MmioTransport>>>,
+    transport: VirtioTransport,
+    ram_base: u64,
+    ram_size: u64,
+    builtin_sbi: bool,
 }
 
 /// What a running machine has done so far, readable from any thread (published by the run
@@ -141,10 +161,31 @@ pub struct EmuStats {
 /// the guest's clock does not advance while it is parked.
 pub struct EmuControl {
     requested: AtomicBool,
-    parked: Mutex<bool>,
+    parked: Mutex<Park>,
     cv: Condvar,
     exit: Arc<ExitSignal>,
     irq: Arc<IrqOutputs>,
+    /// [`ClockMode::CatchUp`]: time spent paused passes for the guest.
+    catch_up: AtomicBool,
+}
+
+/// The run loop's parking spot: whether it is parked, and a capture of the harts asked of it
+/// (hart registers live on the run loop's thread; it copies them out while parked).
+#[derive(Default)]
+struct Park {
+    parked: bool,
+    want_capture: bool,
+    captured: Option<CpuCapture>,
+}
+
+/// What the run loop hands out while parked: the harts and what they share.
+#[derive(Clone, Debug)]
+struct CpuCapture {
+    harts: Vec<HartState>,
+    mtime: u64,
+    msip: Vec<bool>,
+    mtimecmp: Vec<u64>,
+    mail: Vec<MailState>,
 }
 
 impl EmuControl {
@@ -155,25 +196,29 @@ impl EmuControl {
         // Ends an idle sleep at once.
         self.irq.wake().notify();
         let deadline = std::time::Instant::now() + wait;
-        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
-        while !*parked && !self.exit.is_raised() {
+        let mut park = self.lock_park();
+        while !park.parked && !self.exit.is_raised() {
             let now = std::time::Instant::now();
             if now >= deadline {
                 return false;
             }
-            parked = self
+            park = self
                 .cv
-                .wait_timeout(parked, deadline - now)
+                .wait_timeout(park, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        *parked
+        park.parked
+    }
+
+    fn lock_park(&self) -> std::sync::MutexGuard<'_, Park> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Lets a paused machine run on.
     pub fn resume(&self) {
         self.requested.store(false, Ordering::Release);
-        let _g = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_park();
         self.cv.notify_all();
     }
 
@@ -182,31 +227,187 @@ impl EmuControl {
         self.requested.load(Ordering::Acquire)
     }
 
+    /// Whether the run loop is parked now (between slices, no instruction in flight).
+    pub fn is_parked(&self) -> bool {
+        self.lock_park().parked
+    }
+
+    /// Chooses what the guest's clock does while the machine is paused.
+    pub fn set_clock_mode(&self, mode: ClockMode) {
+        self.catch_up
+            .store(mode == ClockMode::CatchUp, Ordering::Release);
+    }
+
     /// Stops the machine, paused or not: `run` returns `why`.
     pub fn stop(&self, why: GuestExit) {
         self.exit.raise(why);
         self.irq.wake().notify();
-        let _g = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock_park();
         self.cv.notify_all();
     }
 
-    /// Called by the run loop: parks while a pause is asked for and the machine is not
-    /// stopped; returns how long it was parked.
-    fn park(&self) -> Duration {
-        let t0 = std::time::Instant::now();
-        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
-        *parked = true;
+    /// Has the parked run loop copy out the harts; an error when it is not parked.
+    fn capture(&self, wait: Duration) -> Result<CpuCapture, String> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut park = self.lock_park();
+        if !park.parked {
+            return Err("the machine is not paused".into());
+        }
+        park.want_capture = true;
+        park.captured = None;
         self.cv.notify_all();
-        while self.requested.load(Ordering::Acquire) && !self.exit.is_raised() {
-            parked = self
+        loop {
+            if let Some(c) = park.captured.take() {
+                return Ok(c);
+            }
+            if !park.parked || self.exit.is_raised() {
+                park.want_capture = false;
+                return Err("the machine stopped while its state was being taken".into());
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                park.want_capture = false;
+                return Err("the run loop did not hand over the harts within the time".into());
+            }
+            park = self
                 .cv
-                .wait_timeout(parked, Duration::from_millis(100))
+                .wait_timeout(park, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        *parked = false;
+    }
+
+    /// Called by the run loop: parks while a pause is asked for and the machine is not
+    /// stopped, answering captures; returns how long it was parked.
+    fn park(&self, capture: &mut dyn FnMut() -> CpuCapture) -> Duration {
+        let t0 = std::time::Instant::now();
+        let mut park = self.lock_park();
+        park.parked = true;
+        self.cv.notify_all();
+        while self.requested.load(Ordering::Acquire) && !self.exit.is_raised() {
+            if park.want_capture {
+                park.want_capture = false;
+                park.captured = Some(capture());
+                self.cv.notify_all();
+                continue;
+            }
+            park = self
+                .cv
+                .wait_timeout(park, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        park.parked = false;
+        park.captured = None;
         self.cv.notify_all();
         t0.elapsed()
+    }
+}
+
+/// Reaches a machine's state from any thread: pauses and resumes its devices, and takes or
+/// (nothing else) reads the state of a parked machine. The VMM's control thread holds one.
+#[derive(Clone)]
+pub struct EmuStateHandle {
+    control: Arc<EmuControl>,
+    devices: BoardDevices,
+}
+
+impl EmuStateHandle {
+    /// Stops every device's host-side deliveries and waits for their threads to be done with
+    /// guest memory (see `VirtioDevice::pause`): false when one did not within `timeout`.
+    pub fn pause_devices(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut all = true;
+        for t in &self.devices.mmio {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            all &= lock(t).pause(left);
+        }
+        all
+    }
+
+    /// Lets the devices deliver again.
+    pub fn resume_devices(&self) {
+        for t in &self.devices.mmio {
+            lock(t).resume();
+        }
+    }
+
+    /// The machine's state: the run loop must be parked and the devices paused.
+    pub fn save(&self) -> Result<EmuState, EmuError> {
+        if self.devices.transport != VirtioTransport::Mmio {
+            return Err(EmuError::Fault(
+                "snapshots of the emu accelerator support the mmio virtio transport only so far (this VM uses pci)".into(),
+            ));
+        }
+        let cpu = self
+            .control
+            .capture(Duration::from_secs(5))
+            .map_err(EmuError::Fault)?;
+        let d = &self.devices;
+        let machine = MachineState {
+            harts: cpu.harts.len() as u32,
+            ram_base: d.ram_base,
+            ram_size: d.ram_size,
+            builtin_sbi: d.builtin_sbi,
+            virtio_transport: "mmio".into(),
+            mtime: cpu.mtime,
+            wall_ns: wall_ns(),
+            msip: cpu.msip,
+            mtimecmp: cpu.mtimecmp,
+            mail: cpu.mail,
+            plic: lock(&d.plic).save(),
+            uart: lock(&d.uart).save_state(),
+            rtc_latch: lock(&d.rtc).latched(),
+        };
+        Ok(EmuState {
+            machine,
+            harts: cpu.harts,
+            virtio: d.mmio.iter().map(|t| lock(t).save_state()).collect(),
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn hsm_code(h: HsmState) -> u8 {
+    h as u8
+}
+
+fn hsm_from(code: u8) -> Option<HsmState> {
+    match code {
+        0 => Some(HsmState::Started),
+        1 => Some(HsmState::Stopped),
+        2 => Some(HsmState::StartPending),
+        _ => None,
+    }
+}
+
+/// Copies the harts and what they share out of a parked run loop.
+fn capture(harts: &[Hart], sys: &Sys) -> CpuCapture {
+    CpuCapture {
+        harts: harts.iter().map(Hart::save).collect(),
+        mtime: sys.clock.now(),
+        msip: sys.clint.msip.clone(),
+        mtimecmp: sys.clint.mtimecmp.clone(),
+        mail: sys
+            .mail
+            .iter()
+            .map(|m| MailState {
+                ipi: m.ipi,
+                flush_tlb: m.flush_tlb,
+                start: m.start,
+                hsm: hsm_code(m.hsm),
+            })
+            .collect(),
     }
 }
 
@@ -232,6 +433,138 @@ impl EmuVm {
         devices: Vec<Box<dyn VirtioDevice>>,
         isa: Isa,
     ) -> Result<Self, EmuError> {
+        let ram = GuestRam::new(&[(RAM_BASE, cfg.memory)])?;
+        let (mut vm, virtio) = Self::assemble(cfg, console, devices, ram)?;
+        let harts = vm.harts.len();
+        let cmdline = format!("{} vireo.exit={FINISHER_BASE:#x}", cfg.cmdline)
+            .trim()
+            .to_string();
+        let layout = load_payload(&vm.ram, cfg, &cmdline, harts, &virtio, isa)?;
+        vm.layout = layout;
+        for h in vm.harts.iter_mut() {
+            h.set_isa(isa);
+            if vm.builtin_sbi {
+                if h.id == 0 {
+                    h.enter_supervisor(layout.entry, 0, layout.fdt);
+                }
+            } else {
+                h.pc = RAM_BASE;
+                h.x[10] = h.id;
+                h.x[11] = layout.fdt;
+            }
+        }
+        Ok(vm)
+    }
+
+    /// A machine continuing from a snapshot: the same board as [`EmuVm::build`] makes for
+    /// `cfg` (the snapshot's definition), around `ram` (the snapshot's memory, typically
+    /// mapped copy-on-write from its file) and fresh `devices`, with every hart, timer,
+    /// interrupt controller and virtio transport put back as `st` has them. Nothing is loaded:
+    /// the kernel, its device tree and everything else the guest had are in `ram`. `clock`
+    /// says whether the guest's time resumes where it stood or catches up.
+    ///
+    /// Everything in `st` is checked against the board before it is used; a state that does
+    /// not fit is an error naming the part, and nothing runs.
+    pub fn restore(
+        cfg: &BootConfig,
+        console: ConsoleOutput,
+        devices: Vec<Box<dyn VirtioDevice>>,
+        ram: GuestRam,
+        st: &EmuState,
+        clock: ClockMode,
+    ) -> Result<Self, EmuError> {
+        let bad = |what: String| EmuError::Fault(format!("cannot restore: {what}"));
+        let m = &st.machine;
+        let n = cfg.cpus.max(1) as usize;
+        if m.harts as usize != n || st.harts.len() != n {
+            return Err(bad(format!(
+                "the snapshot has {} harts, the definition {n}",
+                m.harts
+            )));
+        }
+        if m.ram_base != RAM_BASE || m.ram_size != cfg.memory || ram.size() != cfg.memory {
+            return Err(bad(format!(
+                "the snapshot's RAM is {} MiB at {:#x}, the definition's {} MiB (mapped: {} MiB)",
+                m.ram_size >> 20,
+                m.ram_base,
+                cfg.memory >> 20,
+                ram.size() >> 20
+            )));
+        }
+        if m.builtin_sbi != cfg.firmware.is_none() {
+            return Err(bad(
+                "the snapshot and the definition differ in firmware (built-in SBI or not)".into(),
+            ));
+        }
+        if m.virtio_transport != "mmio" || cfg.virtio_transport != VirtioTransport::Mmio {
+            return Err(bad(format!(
+                "the snapshot uses the {} virtio transport; restores support mmio only so far",
+                m.virtio_transport
+            )));
+        }
+        if devices.len() != st.virtio.len() {
+            return Err(bad(format!(
+                "the snapshot has {} virtio devices, the definition {}",
+                st.virtio.len(),
+                devices.len()
+            )));
+        }
+        if m.msip.len() != n || m.mtimecmp.len() != n || m.mail.len() != n {
+            return Err(bad(
+                "the CLINT or hart mailboxes do not match the hart count".into(),
+            ));
+        }
+        let (mut vm, _) = Self::assemble(cfg, console, devices, ram)?;
+        let mut harts = Vec::with_capacity(n);
+        for (i, hs) in st.harts.iter().enumerate() {
+            if hs.id != i as u64 {
+                return Err(bad(format!("hart {i} is saved with id {}", hs.id)));
+            }
+            harts.push(Hart::restore(hs).map_err(bad)?);
+        }
+        vm.harts = harts;
+        for (i, (t, ts)) in vm.devices.mmio.iter().zip(&st.virtio).enumerate() {
+            lock(t)
+                .restore_state(ts)
+                .map_err(|e| bad(format!("virtio slot {i}: {e}")))?;
+        }
+        lock(&vm.devices.uart).restore_state(&m.uart).map_err(bad)?;
+        lock(&vm.devices.rtc).set_latched(m.rtc_latch);
+        // Last: the devices above drove their lines; the PLIC's saved levels are the truth.
+        lock(&vm.devices.plic).restore(&m.plic).map_err(bad)?;
+        let mut mail = Vec::with_capacity(n);
+        for (i, ms) in m.mail.iter().enumerate() {
+            mail.push(Mailbox {
+                ipi: ms.ipi,
+                flush_tlb: ms.flush_tlb,
+                start: ms.start,
+                hsm: hsm_from(ms.hsm)
+                    .ok_or_else(|| bad(format!("hart {i}: HSM state {} is unknown", ms.hsm)))?,
+            });
+        }
+        vm.restored_clock = Some((m.mtime, m.wall_ns, clock));
+        vm.control.set_clock_mode(clock);
+        vm.saved = Some(SysState {
+            code: CodeCache::new(RAM_BASE, vm.ram.size()),
+            clint: Clint {
+                msip: m.msip.clone(),
+                mtimecmp: m.mtimecmp.clone(),
+            },
+            mail,
+            clock: Clock::at(m.mtime),
+            counters: Counters::default(),
+        });
+        Ok(vm)
+    }
+
+    /// The board around `ram`: buses, interrupt controller, devices, virtio transports, and
+    /// harts at reset; nothing loaded.
+    fn assemble(
+        cfg: &BootConfig,
+        console: ConsoleOutput,
+        devices: Vec<Box<dyn VirtioDevice>>,
+        ram: GuestRam,
+    ) -> Result<(Self, VirtioLayout), EmuError> {
         let (slots, transport) = match cfg.virtio_transport {
             VirtioTransport::Mmio => (VIRTIO_SLOTS, "mmio"),
             VirtioTransport::Pci => (vireo_pci::root::SLOTS - 1, "pci"),
@@ -244,7 +577,6 @@ impl EmuVm {
             });
         }
         let harts = cfg.cpus.max(1) as usize;
-        let ram = GuestRam::new(&[(RAM_BASE, cfg.memory)])?;
         let exit = Arc::new(ExitSignal::new());
         let irq = Arc::new(IrqOutputs::new(2 * harts));
         let plic = Arc::new(Mutex::new(Plic::new(harts, irq.clone())));
@@ -268,12 +600,9 @@ impl EmuVm {
             FINISHER_WINDOW,
             Arc::new(Mutex::new(TestFinisher::new(exit.clone()))),
         )?;
-        place(
-            &mut bus,
-            RTC_BASE,
-            RTC_WINDOW,
-            Arc::new(Mutex::new(GoldfishRtc::new())),
-        )?;
+        let rtc = Arc::new(Mutex::new(GoldfishRtc::new()));
+        place(&mut bus, RTC_BASE, RTC_WINDOW, rtc.clone())?;
+        let mut mmio = Vec::new();
 
         let plic_line = |source: usize| -> Arc<dyn IrqLine> {
             Arc::new(PlicIrq {
@@ -287,16 +616,16 @@ impl EmuVm {
                 for (i, dev) in devices.into_iter().enumerate() {
                     let base = VIRTIO_BASE + i as u64 * VIRTIO_STRIDE;
                     let irq = VIRTIO_IRQ + i;
-                    let transport = MmioTransport::new(dev, ram.memory().clone(), plic_line(irq));
+                    let transport = Arc::new(Mutex::new(MmioTransport::new(
+                        dev,
+                        ram.memory().clone(),
+                        plic_line(irq),
+                    )));
                     // The device tree gives each slot a page; the transport answers beyond its
                     // registers (zero config bytes) so a driver reading the whole page cannot
                     // fault.
-                    place(
-                        &mut bus,
-                        base,
-                        VIRTIO_STRIDE,
-                        Arc::new(Mutex::new(transport)),
-                    )?;
+                    place(&mut bus, base, VIRTIO_STRIDE, transport.clone())?;
+                    mmio.push(transport);
                     virtio.mmio.push((base, irq));
                 }
             }
@@ -336,25 +665,18 @@ impl EmuVm {
             }
         }
         let builtin_sbi = cfg.firmware.is_none();
-        let cmdline = format!("{} vireo.exit={FINISHER_BASE:#x}", cfg.cmdline)
-            .trim()
-            .to_string();
-        let layout = load_payload(&ram, cfg, &cmdline, harts, &virtio, isa)?;
-
-        let mut hs: Vec<Hart> = (0..harts as u64).map(Hart::new).collect();
-        for h in hs.iter_mut() {
-            h.set_isa(isa);
-            if builtin_sbi {
-                if h.id == 0 {
-                    h.enter_supervisor(layout.entry, 0, layout.fdt);
-                }
-            } else {
-                h.pc = RAM_BASE;
-                h.x[10] = h.id;
-                h.x[11] = layout.fdt;
-            }
-        }
-        Ok(EmuVm {
+        let hs: Vec<Hart> = (0..harts as u64).map(Hart::new).collect();
+        let devices = BoardDevices {
+            plic,
+            uart: uart.clone(),
+            rtc,
+            mmio,
+            transport: cfg.virtio_transport,
+            ram_base: RAM_BASE,
+            ram_size: ram.size(),
+            builtin_sbi,
+        };
+        let vm = EmuVm {
             ram,
             bus,
             harts: hs,
@@ -363,18 +685,35 @@ impl EmuVm {
             exit: exit.clone(),
             console,
             builtin_sbi,
-            layout,
+            layout: Layout {
+                kernel: (0, 0),
+                initrd: None,
+                fdt: 0,
+                entry: 0,
+            },
             stats: Default::default(),
             control: Arc::new(EmuControl {
                 requested: AtomicBool::new(false),
-                parked: Mutex::new(false),
+                parked: Mutex::new(Park::default()),
                 cv: Condvar::new(),
                 exit: exit.clone(),
                 irq: irq.clone(),
+                catch_up: AtomicBool::new(false),
             }),
             saved: None,
             profile: std::env::var_os("VIREO_PROFILE").map(|_| Default::default()),
-        })
+            devices,
+            restored_clock: None,
+        };
+        Ok((vm, virtio))
+    }
+
+    /// Reaches the machine's state from another thread (for snapshots).
+    pub fn state_handle(&self) -> EmuStateHandle {
+        EmuStateHandle {
+            control: self.control.clone(),
+            devices: self.devices.clone(),
+        }
     }
 
     /// The console UART, for feeding host input.
@@ -453,7 +792,18 @@ impl EmuVm {
             console: self.console.clone(),
         };
         let mut sys = match self.saved.take() {
-            Some(state) => Sys::resume(view, &self.bus, cfg, state),
+            Some(mut state) => {
+                if let Some((mtime, saved_wall, mode)) = self.restored_clock.take() {
+                    let now = match mode {
+                        ClockMode::Pause => mtime,
+                        ClockMode::CatchUp => mtime.saturating_add(
+                            wall_ns().saturating_sub(saved_wall) / (1_000_000_000 / TIMEBASE_HZ),
+                        ),
+                    };
+                    state.clock = Clock::at(now);
+                }
+                Sys::resume(view, &self.bus, cfg, state)
+            }
             None => Sys::new(view, &self.bus, cfg),
         };
         let r = run_harts(
@@ -492,6 +842,23 @@ fn run_harts(
         s.counters.clone_from(&sys.counters);
     };
     loop {
+        // Before any slice: a machine restored paused must not run an instruction first.
+        if control.requested.load(Ordering::Acquire) && !sys.exit.is_raised() {
+            let frozen = sys.clock.now();
+            let catch_up = control.catch_up.load(Ordering::Acquire);
+            let parked = control.park(&mut || {
+                let mut c = capture(harts, sys);
+                if !catch_up {
+                    // The guest's time stands still from the moment it parked.
+                    c.mtime = frozen;
+                }
+                c
+            });
+            if !catch_up {
+                sys.clock.skip(parked);
+            }
+            continue;
+        }
         let mut busy = false;
         for (i, h) in harts.iter_mut().enumerate() {
             if let Some((pc, opaque)) = sys.mail[i].start.take() {
@@ -532,8 +899,6 @@ fn run_harts(
             return Ok(e);
         }
         if control.requested.load(Ordering::Acquire) {
-            let parked = control.park();
-            sys.clock.skip(parked);
             continue;
         }
         if !busy {
@@ -1199,5 +1564,170 @@ mod tests {
         assert!(first <= 2 * SLICE, "it ran on while paused: {first}");
         // The saved state is what the next run continues from.
         assert!(vm.saved.is_some());
+    }
+
+    /// Runs `vm` on a thread until it has retired some instructions, pauses it, and returns
+    /// its state with the thread (still parked) and the control.
+    fn run_and_save(
+        vm: EmuVm,
+    ) -> (
+        EmuState,
+        Arc<EmuControl>,
+        std::thread::JoinHandle<(EmuVm, GuestExit)>,
+    ) {
+        let control = vm.control();
+        let handle = vm.state_handle();
+        let t = std::thread::spawn(move || {
+            let mut vm = vm;
+            let e = vm.run().unwrap();
+            (vm, e)
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(control.pause(Duration::from_secs(5)));
+        assert!(handle.pause_devices(Duration::from_secs(1)));
+        let st = handle.save().unwrap();
+        (st, control, t)
+    }
+
+    fn copy_ram(from: &GuestRam) -> GuestRam {
+        let mut bytes = vec![0u8; from.size() as usize];
+        from.read(RAM_BASE, &mut bytes).unwrap();
+        let ram = GuestRam::new(&[(RAM_BASE, from.size())]).unwrap();
+        ram.write(RAM_BASE, &bytes).unwrap();
+        ram
+    }
+
+    #[test]
+    fn a_restored_machine_continues_where_it_was() {
+        let (vm, dir) = spinning_vm();
+        let cfg = BootConfig {
+            kernel: PathBuf::new(),
+            firmware: Some(dir.0.join("spin.bin")),
+            initrd: None,
+            cmdline: String::new(),
+            cpus: 1,
+            memory: 64 << 20,
+            virtio_transport: Default::default(),
+        };
+        let (st, control, t) = run_and_save(vm);
+        let counted = st.harts[0].x[1];
+        assert!(counted > 0, "the guest counted before the pause");
+        // Saving is only possible parked.
+        control.resume();
+        std::thread::sleep(Duration::from_millis(20));
+        control.stop(GuestExit::PowerOff);
+        let (old, _) = t.join().unwrap();
+        assert!(
+            old.state_handle().save().is_err(),
+            "saved a machine that is not parked"
+        );
+        let ram = copy_ram(old.guest_memory());
+        drop(old);
+
+        // Restored paused, the state read back is the one put in (but for the wall clock).
+        let vm = EmuVm::restore(
+            &cfg,
+            ConsoleOutput::new(),
+            Vec::new(),
+            ram,
+            &st,
+            ClockMode::Pause,
+        )
+        .unwrap();
+        let control = vm.control();
+        assert!(!control.pause(Duration::from_millis(1)));
+        let handle = vm.state_handle();
+        let t = std::thread::spawn(move || {
+            let mut vm = vm;
+            vm.run().unwrap()
+        });
+        assert!(control.pause(Duration::from_secs(5)));
+        let mut again = handle.save().unwrap();
+        again.machine.wall_ns = st.machine.wall_ns;
+        // The clock runs from `run` to the first park (microseconds), not before.
+        let drift = again.machine.mtime - st.machine.mtime;
+        assert!(
+            drift < TIMEBASE_HZ / 100,
+            "mtime moved {drift} ticks while parked"
+        );
+        again.machine.mtime = st.machine.mtime;
+        assert_eq!(again, st, "a restore then a save changed the state");
+
+        // Running on, it counts from where it was, not from zero.
+        control.resume();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(control.pause(Duration::from_secs(5)));
+        let later = handle.save().unwrap();
+        assert!(
+            later.harts[0].x[1] > counted,
+            "x1 went from {counted} to {}",
+            later.harts[0].x[1]
+        );
+        assert!(later.machine.mtime >= st.machine.mtime);
+        control.stop(GuestExit::PowerOff);
+        assert_eq!(t.join().unwrap(), GuestExit::PowerOff);
+    }
+
+    #[test]
+    fn a_state_that_does_not_fit_is_refused() {
+        let (vm, dir) = spinning_vm();
+        let mut cfg = BootConfig {
+            kernel: PathBuf::new(),
+            firmware: Some(dir.0.join("spin.bin")),
+            initrd: None,
+            cmdline: String::new(),
+            cpus: 1,
+            memory: 64 << 20,
+            virtio_transport: Default::default(),
+        };
+        let (st, control, t) = run_and_save(vm);
+        control.stop(GuestExit::PowerOff);
+        let (old, _) = t.join().unwrap();
+        let ram = || copy_ram(old.guest_memory());
+        let err = |cfg: &BootConfig, st: &EmuState| match EmuVm::restore(
+            cfg,
+            ConsoleOutput::new(),
+            Vec::new(),
+            ram(),
+            st,
+            ClockMode::Pause,
+        ) {
+            Ok(_) => panic!("restored a state that does not fit"),
+            Err(e) => e.to_string(),
+        };
+        cfg.cpus = 2;
+        assert!(err(&cfg, &st).contains("1 harts, the definition 2"));
+        cfg.cpus = 1;
+        let mut bad = st.clone();
+        bad.harts[0].prv = 2;
+        assert!(err(&cfg, &bad).contains("privilege 2"));
+        let mut bad = st.clone();
+        bad.harts[0].csrs.push((0x7c0, 1));
+        assert!(err(&cfg, &bad).contains("CSR 0x7c0"));
+        let mut bad = st.clone();
+        bad.machine.plic.priority.pop();
+        assert!(err(&cfg, &bad).contains("PLIC"));
+        let mut bad = st.clone();
+        bad.virtio
+            .push(
+                bad.virtio
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| vireo_virtio::state::CoreState {
+                        device_type: 2,
+                        offered: 0,
+                        driver_features: 0,
+                        device_features_sel: 0,
+                        driver_features_sel: 0,
+                        queue_sel: 0,
+                        status: 0,
+                        config_generation: 0,
+                        interrupt_status: 0,
+                        active: false,
+                        queues: Vec::new(),
+                        device: Vec::new(),
+                    }),
+            );
+        assert!(err(&cfg, &bad).contains("1 virtio devices, the definition 0"));
     }
 }

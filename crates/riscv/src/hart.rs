@@ -336,6 +336,151 @@ impl Hart {
         h
     }
 
+    /// The hart's architectural state, for a snapshot. Called between slices (the run loop
+    /// is parked), when no instruction is half-executed and `retired` is folded into
+    /// `instret`.
+    pub fn save(&self) -> crate::state::HartState {
+        let (pmp_cfg, pmp_addr) = self.pmp.save();
+        crate::state::HartState {
+            id: self.id,
+            x: self.x.to_vec(),
+            f: self.f.to_vec(),
+            pc: self.pc,
+            prv: self.prv,
+            csrs: self.csr_list().iter().map(|&(n, v)| (n, *v)).collect(),
+            pmp_cfg,
+            pmp_addr,
+            isa: self.isa.bits(),
+            instret: self.instret + self.retired,
+            counters: self.counters.iter().map(|c| (c.off, c.frozen)).collect(),
+            stimecmp: self.stimecmp,
+            reservation: self.reservation,
+        }
+    }
+
+    /// The CSRs a snapshot keeps, by number.
+    fn csr_list(&self) -> [(u16, &u64); 23] {
+        [
+            (0x003, &self.fcsr),
+            (0x105, &self.stvec),
+            (0x106, &self.scounteren),
+            (0x10a, &self.senvcfg),
+            (0x140, &self.sscratch),
+            (0x141, &self.sepc),
+            (0x142, &self.scause),
+            (0x143, &self.stval),
+            (0x180, &self.satp),
+            (0x300, &self.mstatus),
+            (0x302, &self.medeleg),
+            (0x303, &self.mideleg),
+            (0x304, &self.mie),
+            (0x305, &self.mtvec),
+            (0x306, &self.mcounteren),
+            (0x30a, &self.menvcfg),
+            (0x320, &self.mcountinhibit),
+            (0x340, &self.mscratch),
+            (0x341, &self.mepc),
+            (0x342, &self.mcause),
+            (0x343, &self.mtval),
+            (0x344, &self.mip_sw),
+            (0x747, &self.mseccfg),
+        ]
+    }
+
+    /// A hart in the state [`Hart::save`] gave, with empty TLBs; an error names what does not
+    /// fit this hart model.
+    pub fn restore(st: &crate::state::HartState) -> Result<Hart, String> {
+        let isa = Isa::from_bits(st.isa).ok_or_else(|| {
+            format!(
+                "hart {}: the snapshot's hart has extensions {:#x} this emulator does not implement",
+                st.id, st.isa
+            )
+        })?;
+        let mut h = Hart::new(st.id);
+        h.set_isa(isa);
+        let regs = |v: &[u64], what: &str| -> Result<[u64; 32], String> {
+            v.try_into().map_err(|_| {
+                format!(
+                    "hart {}: {} {what} registers saved, expected 32",
+                    st.id,
+                    v.len()
+                )
+            })
+        };
+        h.x = regs(&st.x, "integer")?;
+        h.f = regs(&st.f, "floating-point")?;
+        if st.x[0] != 0 {
+            return Err(format!(
+                "hart {}: x0 is {:#x}, must be zero",
+                st.id, st.x[0]
+            ));
+        }
+        if !matches!(st.prv, 0 | 1 | 3) {
+            return Err(format!(
+                "hart {}: privilege {} is not U, S or M",
+                st.id, st.prv
+            ));
+        }
+        h.pc = st.pc;
+        h.prv = st.prv;
+        for &(n, v) in &st.csrs {
+            let slot = match n {
+                0x003 => &mut h.fcsr,
+                0x105 => &mut h.stvec,
+                0x106 => &mut h.scounteren,
+                0x10a => &mut h.senvcfg,
+                0x140 => &mut h.sscratch,
+                0x141 => &mut h.sepc,
+                0x142 => &mut h.scause,
+                0x143 => &mut h.stval,
+                0x180 => &mut h.satp,
+                0x300 => &mut h.mstatus,
+                0x302 => &mut h.medeleg,
+                0x303 => &mut h.mideleg,
+                0x304 => &mut h.mie,
+                0x305 => &mut h.mtvec,
+                0x306 => &mut h.mcounteren,
+                0x30a => &mut h.menvcfg,
+                0x320 => &mut h.mcountinhibit,
+                0x340 => &mut h.mscratch,
+                0x341 => &mut h.mepc,
+                0x342 => &mut h.mcause,
+                0x343 => &mut h.mtval,
+                0x344 => &mut h.mip_sw,
+                0x747 => &mut h.mseccfg,
+                other => return Err(format!(
+                    "hart {}: the snapshot holds CSR {other:#x}, which this emulator does not keep",
+                    st.id
+                )),
+            };
+            *slot = v;
+        }
+        if !h.pmp.restore(&st.pmp_cfg, &st.pmp_addr) {
+            return Err(format!(
+                "hart {}: {} PMP entries saved, this hart has a different count",
+                st.id,
+                st.pmp_cfg.len()
+            ));
+        }
+        if st.counters.len() != h.counters.len() {
+            return Err(format!(
+                "hart {}: {} counters saved, expected 2",
+                st.id,
+                st.counters.len()
+            ));
+        }
+        for (c, &(off, frozen)) in h.counters.iter_mut().zip(&st.counters) {
+            c.off = off;
+            c.frozen = frozen;
+        }
+        h.instret = st.instret;
+        h.stimecmp = st.stimecmp;
+        h.reservation = st.reservation;
+        h.flush_tlb();
+        h.update_keys();
+        Ok(h)
+    }
+
     /// Sets the extensions this hart implements, with their reset state (hardware updating of
     /// A/D bits on, as before Svadu made it switchable).
     pub fn set_isa(&mut self, isa: Isa) {

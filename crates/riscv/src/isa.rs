@@ -93,6 +93,16 @@ impl Isa {
     /// RV64GC with nothing optional.
     pub const BASE: Isa = Isa(0);
 
+    /// The extension bits, as a snapshot stores them.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// An ISA from [`Isa::bits`]; bits this build does not know are refused.
+    pub fn from_bits(bits: u32) -> Option<Isa> {
+        (bits & !Isa::max().0 == 0).then_some(Isa(bits))
+    }
+
     /// Everything this emulator implements.
     pub fn max() -> Isa {
         Ext::ALL.iter().fold(Isa::BASE, |i, &e| i.with(e))

@@ -17,6 +17,7 @@ pub mod isa;
 pub mod plic;
 pub mod pmp;
 pub mod sbi;
+pub mod state;
 pub mod sys;
 
 pub use board::{EmuControl, EmuError, EmuStats, EmuVm, Layout};

@@ -43,6 +43,63 @@ impl Plic {
         }
     }
 
+    /// The registers and line state, for a snapshot.
+    pub fn save(&self) -> crate::state::PlicState {
+        crate::state::PlicState {
+            priority: self.priority.to_vec(),
+            level: self.level.to_vec(),
+            pending: self.pending.to_vec(),
+            claimed: self.claimed.to_vec(),
+            rose_while_claimed: self.rose_while_claimed.to_vec(),
+            enable: self.enable.iter().map(|w| w.to_vec()).collect(),
+            threshold: self.threshold.clone(),
+        }
+    }
+
+    /// Puts saved registers back and drives the harts' external-interrupt inputs from them.
+    pub fn restore(&mut self, st: &crate::state::PlicState) -> Result<(), String> {
+        let fixed = |v: usize, what: &str| {
+            if v == NUM_SOURCES {
+                Ok(())
+            } else {
+                Err(format!(
+                    "PLIC: {v} {what} saved, this PLIC has {NUM_SOURCES} sources"
+                ))
+            }
+        };
+        fixed(st.priority.len(), "priorities")?;
+        fixed(st.level.len(), "levels")?;
+        fixed(st.pending.len(), "pending bits")?;
+        fixed(st.claimed.len(), "claimed bits")?;
+        fixed(st.rose_while_claimed.len(), "edge bits")?;
+        if st.enable.len() != self.enable.len() || st.threshold.len() != self.threshold.len() {
+            return Err(format!(
+                "PLIC: {} contexts saved, this machine has {}",
+                st.enable.len(),
+                self.enable.len()
+            ));
+        }
+        for (i, &p) in st.priority.iter().enumerate() {
+            self.priority[i] = p & 7;
+            self.level[i] = st.level[i];
+            self.pending[i] = st.pending[i];
+            self.claimed[i] = st.claimed[i];
+            self.rose_while_claimed[i] = st.rose_while_claimed[i];
+        }
+        for (ctx, words) in st.enable.iter().enumerate() {
+            if words.len() != WORDS {
+                return Err(format!(
+                    "PLIC: context {ctx} has {} enable words saved, expected {WORDS}",
+                    words.len()
+                ));
+            }
+            self.enable[ctx].copy_from_slice(words);
+        }
+        self.threshold.clone_from(&st.threshold);
+        self.update();
+        Ok(())
+    }
+
     fn enabled(&self, ctx: usize, src: usize) -> bool {
         self.enable[ctx][src / 32] & (1 << (src % 32)) != 0
     }

@@ -45,6 +45,23 @@ pub struct Pmp {
 }
 
 impl Pmp {
+    /// The raw configuration bytes and address registers, for a snapshot.
+    pub fn save(&self) -> (Vec<u8>, Vec<u64>) {
+        (self.cfg.to_vec(), self.addr.to_vec())
+    }
+
+    /// Puts saved registers back as they were, locked entries included (the lock binds the
+    /// guest, not a restore); false when the counts do not match this model.
+    pub fn restore(&mut self, cfg: &[u8], addr: &[u64]) -> bool {
+        if cfg.len() != ENTRIES || addr.len() != ENTRIES {
+            return false;
+        }
+        self.cfg.copy_from_slice(cfg);
+        self.addr.copy_from_slice(addr);
+        self.recompute();
+        true
+    }
+
     /// The pmpcfg CSR with index `n` (0 or 2 on RV64; the others hold no entries).
     pub fn read_cfg(&self, n: usize) -> u64 {
         if n >= ENTRIES / 4 || !n.is_multiple_of(2) {

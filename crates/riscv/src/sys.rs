@@ -144,9 +144,12 @@ impl CodeCache {
     }
 }
 
-/// The machine timer: `mtime` at a fixed frequency derived from the host's monotonic clock.
+/// The machine timer: `mtime` at a fixed frequency derived from the host's monotonic clock,
+/// counting on from `base` (zero at power-on, the saved value after a restore: a restored
+/// guest's mtime must not depend on how long the new host has been up).
 pub struct Clock {
     start: Instant,
+    base: u64,
 }
 
 /// mtime ticks per second (the timebase-frequency in the device tree).
@@ -154,8 +157,13 @@ pub const TIMEBASE_HZ: u64 = 10_000_000;
 
 impl Clock {
     pub fn new() -> Self {
+        Self::at(0)
+    }
+    /// A clock reading `mtime` now.
+    pub fn at(mtime: u64) -> Self {
         Clock {
             start: Instant::now(),
+            base: mtime,
         }
     }
     /// Moves the clock back by `d`: time the machine spent paused does not pass for the guest.
@@ -164,7 +172,9 @@ impl Clock {
     }
     #[inline]
     pub fn now(&self) -> u64 {
-        (self.start.elapsed().as_nanos() / (1_000_000_000 / TIMEBASE_HZ as u128)) as u64
+        self.base.wrapping_add(
+            (self.start.elapsed().as_nanos() / (1_000_000_000 / TIMEBASE_HZ as u128)) as u64,
+        )
     }
     /// Host time until `mtime` reaches `t` (zero if it has).
     pub fn until(&self, t: u64) -> Duration {

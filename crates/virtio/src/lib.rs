@@ -27,6 +27,7 @@ pub mod net;
 pub mod pci;
 pub mod rng;
 pub mod serial;
+pub mod state;
 #[cfg(test)]
 mod test_util;
 mod transport;
@@ -211,6 +212,12 @@ impl Interrupt {
         }
     }
 
+    /// Puts back the InterruptStatus bits of a snapshot. The line itself is the interrupt
+    /// controller's state, restored with it.
+    pub(crate) fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::Release);
+    }
+
     fn clear(&self) {
         self.status.store(0, Ordering::Release);
         self.line.set_level(false);
@@ -324,6 +331,35 @@ pub trait VirtioDevice: Send {
     }
     fn counters(&self) -> Option<Arc<DeviceCounters>> {
         None
+    }
+    /// Stops every host-initiated delivery into guest memory (received frames, host input,
+    /// vsock data) and waits, up to `timeout`, until the device's threads are outside guest
+    /// memory and the work already asked for is done: after `true`, nothing of the device
+    /// writes guest memory or its rings until [`VirtioDevice::resume`]. What arrives from the
+    /// host meanwhile waits in the backend. Devices that only answer the driver's requests
+    /// (the vCPUs are stopped) need nothing more than [`VirtioDevice::quiesce`].
+    fn pause(&self, timeout: std::time::Duration) -> bool {
+        self.quiesce(timeout)
+    }
+    /// Lets a paused device deliver again.
+    fn resume(&self) {}
+    /// The device's own guest-visible state beyond its transport and queues (see
+    /// [`state`]), encoded by the device; empty when it has none. Called paused.
+    fn save_state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Takes back what [`VirtioDevice::save_state`] gave, before the transport re-activates
+    /// the device from a restored state. A device without own state accepts only nothing.
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "device type {} keeps no state of its own but the snapshot holds {} bytes for it",
+                self.device_type(),
+                state.len()
+            ))
+        }
     }
 }
 

@@ -64,6 +64,29 @@ impl MmioTransport {
         }
     }
 
+    /// Stops the device's host-side deliveries ([`VirtioDevice::pause`]).
+    pub fn pause(&self, timeout: std::time::Duration) -> bool {
+        self.core.device.pause(timeout)
+    }
+
+    /// Lets the device deliver again.
+    pub fn resume(&self) {
+        self.core.device.resume()
+    }
+
+    /// The transport's and the device's state; the device must be paused.
+    pub fn save_state(&self) -> crate::state::CoreState {
+        self.core.save()
+    }
+
+    /// Puts a saved state back (on a transport built around a fresh device).
+    pub fn restore_state(
+        &mut self,
+        st: &crate::state::CoreState,
+    ) -> Result<(), crate::state::RestoreError> {
+        self.core.restore(st)
+    }
+
     /// The device's type, for the device tree and messages.
     pub fn device_type(&self) -> u32 {
         self.core.device.device_type()

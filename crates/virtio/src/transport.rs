@@ -6,6 +6,7 @@
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+use crate::state::{CoreState, QueueState, RestoreError};
 use crate::{Activation, Interrupt, VirtioDevice, F_VERSION_1};
 
 /// Device status bits (virtio 1.2 §2.1).
@@ -239,5 +240,158 @@ impl DeviceCore {
         if !self.active || self.status & STATUS_DRIVER_OK != 0 {
             self.device.write_config(offset, data);
         }
+    }
+
+    /// The driver's side of this device and each queue's position (see [`crate::state`]).
+    /// The device must be paused: its queues are read from guest memory.
+    pub fn save(&self) -> CoreState {
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| {
+                // A live queue's position is the used ring's index the device last wrote.
+                let pos = if self.active && q.ready() {
+                    q.used_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
+                        .map(|w| w.0)
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
+                QueueState {
+                    size: q.size(),
+                    ready: q.ready(),
+                    desc: q.desc_table(),
+                    avail: q.avail_ring(),
+                    used: q.used_ring(),
+                    next_avail: pos,
+                    next_used: pos,
+                }
+            })
+            .collect();
+        CoreState {
+            device_type: self.device.device_type(),
+            offered: self.device.features(),
+            driver_features: self.driver_features,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            status: self.status(),
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            active: self.active,
+            queues,
+            device: self.device.save_state(),
+        }
+    }
+
+    /// Puts a saved state back on a freshly built device (never activated) and, if the driver
+    /// had set DRIVER_OK, activates it with queues continuing from their saved positions.
+    pub fn restore(&mut self, st: &CoreState) -> Result<(), RestoreError> {
+        let device_type = self.device.device_type();
+        if st.device_type != device_type {
+            return Err(RestoreError::WrongDevice {
+                saved: st.device_type,
+                built: device_type,
+            });
+        }
+        // Features the driver accepted must still be offered; new offers are harmless (the
+        // driver never saw them).
+        let offered = self.device.features();
+        if st.driver_features & !offered != 0 {
+            return Err(RestoreError::Features {
+                device_type,
+                saved: st.offered,
+                built: offered,
+            });
+        }
+        let fresh = Self::fresh_queues(self.device.as_ref());
+        if st.queues.len() != fresh.len() {
+            return Err(RestoreError::Queues {
+                device_type,
+                saved: st.queues.len(),
+                built: fresh.len(),
+            });
+        }
+        let mut queues = fresh;
+        for (i, (q, s)) in queues.iter_mut().zip(&st.queues).enumerate() {
+            let bad = |reason: String| RestoreError::BadQueue {
+                device_type,
+                index: i,
+                reason,
+            };
+            if s.size != q.size() {
+                q.try_set_size(s.size)
+                    .map_err(|e| bad(format!("size {}: {e:?}", s.size)))?;
+            }
+            let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
+            let (lo, hi) = split(s.desc);
+            q.set_desc_table_address(lo, hi);
+            let (lo, hi) = split(s.avail);
+            q.set_avail_ring_address(lo, hi);
+            let (lo, hi) = split(s.used);
+            q.set_used_ring_address(lo, hi);
+            q.set_ready(s.ready);
+            q.set_next_avail(s.next_avail);
+            q.set_next_used(s.next_used);
+            if st.active && s.ready {
+                if !q.is_valid(&self.mem) {
+                    return Err(bad("its rings are not in guest RAM".into()));
+                }
+                // The driver's available index may only be ahead of the device by a ring.
+                let avail = q
+                    .avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
+                    .map_err(|e| bad(format!("cannot read the available ring: {e:?}")))?;
+                if avail.0.wrapping_sub(s.next_avail) > s.size {
+                    return Err(bad(format!(
+                        "the device is at {} but the driver's available index is {}",
+                        s.next_avail, avail.0
+                    )));
+                }
+            }
+        }
+        self.device
+            .restore_state(&st.device)
+            .map_err(|reason| RestoreError::Device {
+                device_type,
+                reason,
+            })?;
+        self.queues = queues;
+        self.queue_sel = st.queue_sel;
+        self.device_features_sel = st.device_features_sel;
+        self.driver_features_sel = st.driver_features_sel;
+        self.driver_features = st.driver_features;
+        self.config_generation = st.config_generation;
+        self.status = st.status & !STATUS_NEEDS_RESET;
+        self.interrupt.restore_status(st.interrupt_status);
+        if st.active {
+            let mut act_queues = Vec::with_capacity(self.queues.len());
+            for q in &self.queues {
+                if !q.ready() {
+                    act_queues.push(None);
+                    continue;
+                }
+                let mut live = Queue::try_from(q.state()).map_err(|e| RestoreError::BadQueue {
+                    device_type,
+                    index: act_queues.len(),
+                    reason: format!("{e:?}"),
+                })?;
+                live.set_event_idx(self.driver_features & F_EVENT_IDX != 0);
+                act_queues.push(Some(live));
+            }
+            let act = Activation {
+                mem: self.mem.clone(),
+                queues: act_queues,
+                interrupt: self.interrupt.clone(),
+                features: self.driver_features,
+            };
+            self.device
+                .activate(act)
+                .map_err(|e| RestoreError::Device {
+                    device_type,
+                    reason: format!("cannot activate: {e}"),
+                })?;
+            self.active = true;
+        }
+        Ok(())
     }
 }

@@ -17,6 +17,8 @@ pub(crate) struct Receive {
     pending: VecDeque<u8>,
     /// receiveq, once the driver has activated the device.
     queue: Option<ReceiveQueue>,
+    /// The VM is paused: pushed bytes wait here.
+    pub(crate) paused: bool,
 }
 
 pub(crate) struct ReceiveQueue {
@@ -43,6 +45,9 @@ impl Receive {
 
     /// Moves pending bytes into the driver's receive buffers, as far as they go.
     pub(crate) fn deliver(&mut self) {
+        if self.paused {
+            return;
+        }
         let Some(ReceiveQueue {
             mem,
             queue,

@@ -124,6 +124,17 @@ impl VirtioDevice for Console {
         }
     }
 
+    fn pause(&self, _timeout: std::time::Duration) -> bool {
+        lock(&self.receive).paused = true;
+        true
+    }
+
+    fn resume(&self) {
+        let mut rx = lock(&self.receive);
+        rx.paused = false;
+        rx.deliver();
+    }
+
     fn reset(&mut self) {
         self.transmit = None;
         // Pending input stays: it is the host's, and the next driver gets it.

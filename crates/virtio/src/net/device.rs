@@ -96,6 +96,7 @@ impl Net {
                 stats: NetStats::default(),
                 counters: DeviceCounters::new(COUNTERS),
                 rounds: 0,
+                paused: false,
             })),
             worker: None,
             _passt: passt,
@@ -223,6 +224,18 @@ impl VirtioDevice for Net {
         true
     }
 
+    /// Taking the lock waits out a worker round in progress; with `paused` set the next ones
+    /// touch nothing. A frame the backend already handed over stays in `rx_buf`.
+    fn pause(&self, _timeout: Duration) -> bool {
+        lock(&self.state).paused = true;
+        true
+    }
+
+    fn resume(&self) {
+        lock(&self.state).paused = false;
+        self.kick();
+    }
+
     fn reset(&mut self) {
         // Join the worker before dropping the queues it uses.
         self.worker = None;
@@ -272,6 +285,8 @@ pub(crate) struct NetState {
     /// Worker rounds so far: `quiesce` waits for one to begin; tests check an idle device
     /// sleeps.
     pub(crate) rounds: u64,
+    /// Set by [`VirtioDevice::pause`]: the worker neither receives nor resumes transmits.
+    paused: bool,
 }
 
 /// Why a transmit request was refused.
@@ -289,6 +304,9 @@ impl NetState {
     /// One round of the worker: resume a blocked transmit, then receive.
     pub(crate) fn service(&mut self) {
         self.rounds += 1;
+        if self.paused {
+            return;
+        }
         if self.tx_blocked {
             self.process_tx();
         }
@@ -297,7 +315,7 @@ impl NetState {
 
     /// The descriptor and poll events the worker waits for (fd -1: none).
     pub(crate) fn poll_interest(&self) -> (RawFd, i16) {
-        if self.active.is_none() || self.backend_error.is_some() {
+        if self.active.is_none() || self.backend_error.is_some() || self.paused {
             return (-1, 0);
         }
         let mut events = 0;

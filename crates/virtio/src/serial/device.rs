@@ -183,6 +183,68 @@ impl VirtioDevice for Serial {
         }
     }
 
+    fn pause(&self, _timeout: std::time::Duration) -> bool {
+        // Every delivery runs under this lock, so once it is ours none is in progress.
+        self.shared.lock().paused = true;
+        true
+    }
+
+    fn resume(&self) {
+        let mut st = self.shared.lock();
+        st.paused = false;
+        st.pump();
+        drop(st);
+        self.shared.changed.notify_all();
+    }
+
+    /// What the driver was told and told us about each port, and the control messages it has
+    /// not received yet. Bytes in flight between the host and the ports belong to the host
+    /// end, which a restore replaces.
+    fn save_state(&self) -> Vec<u8> {
+        let st = self.shared.lock();
+        let saved = SavedSerial {
+            ports: st
+                .ports
+                .iter()
+                .map(|p| SavedPort {
+                    name: p.name.clone(),
+                    ready: p.ready,
+                    guest_open: p.guest_open,
+                    host_open_sent: p.host_open_sent,
+                })
+                .collect(),
+            control: st.control.iter().cloned().collect(),
+        };
+        postcard::to_stdvec(&saved).unwrap_or_default()
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        let saved: SavedSerial = postcard::from_bytes(state)
+            .map_err(|e| format!("virtio-serial: cannot decode the saved state: {e}"))?;
+        let mut st = self.shared.lock();
+        let names: Vec<&str> = st.ports.iter().map(|p| p.name.as_str()).collect();
+        let saved_names: Vec<&str> = saved.ports.iter().map(|p| p.name.as_str()).collect();
+        if names != saved_names {
+            return Err(format!(
+                "virtio-serial: the snapshot has ports {saved_names:?}, the definition {names:?}"
+            ));
+        }
+        if saved.control.len() > super::CONTROL_PENDING_MAX {
+            return Err(format!(
+                "virtio-serial: {} pending control messages saved, at most {} are kept",
+                saved.control.len(),
+                super::CONTROL_PENDING_MAX
+            ));
+        }
+        for (p, s) in st.ports.iter_mut().zip(&saved.ports) {
+            p.ready = s.ready;
+            p.guest_open = s.guest_open;
+            p.host_open_sent = s.host_open_sent;
+        }
+        st.control = saved.control.into();
+        Ok(())
+    }
+
     fn reset(&mut self) {
         let mut st = self.shared.lock();
         st.active = None;
@@ -197,4 +259,19 @@ impl VirtioDevice for Serial {
         drop(st);
         self.shared.changed.notify_all();
     }
+}
+
+/// [`Serial`]'s own state in a snapshot (postcard, like every section).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedSerial {
+    ports: Vec<SavedPort>,
+    control: Vec<Vec<u8>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedPort {
+    name: String,
+    ready: bool,
+    guest_open: bool,
+    host_open_sent: bool,
 }

@@ -75,6 +75,8 @@ pub(crate) struct State {
     pub(crate) control: VecDeque<Vec<u8>>,
     /// The guest has stopped for good: reads return [`ReadOutcome::Ended`] once drained.
     ended: bool,
+    /// The VM is paused: host reads and writes queue up, nothing touches guest memory.
+    pub(crate) paused: bool,
 }
 
 #[derive(Default)]
@@ -109,6 +111,9 @@ impl State {
     /// Moves every byte that can move: input into guest buffers, guest output into host
     /// buffers, pending control messages to the driver, and end-of-input notices.
     pub(crate) fn pump(&mut self) {
+        if self.paused {
+            return;
+        }
         for p in 0..self.ports.len() {
             self.deliver_input(p);
             self.take_output(p);
@@ -180,6 +185,9 @@ impl State {
     }
 
     pub(crate) fn flush_control(&mut self) {
+        if self.paused {
+            return;
+        }
         let Some(active) = self.active.as_mut() else {
             return;
         };

@@ -109,6 +109,8 @@ impl Vsock {
             rx_data: vec![0; MAX_PKT_DATA].into_boxed_slice(),
             stats: VsockStats::default(),
             rounds: 0,
+            paused: false,
+            reset_guest: false,
         };
         Ok(Vsock {
             guest_cid,
@@ -198,7 +200,7 @@ impl VirtioDevice for Vsock {
                 mem: act.mem,
                 rx,
                 tx,
-                _event: event,
+                event,
                 interrupt: act.interrupt,
             });
             st.rx_starved = false;
@@ -232,6 +234,33 @@ impl VirtioDevice for Vsock {
         self.kick();
     }
 
+    fn pause(&self, _timeout: std::time::Duration) -> bool {
+        // The lock waits out a worker round in progress.
+        lock(&self.state).paused = true;
+        true
+    }
+
+    fn resume(&self) {
+        lock(&self.state).paused = false;
+        self.kick();
+    }
+
+    /// Nothing of a connection survives a snapshot (its host socket is gone); the state is a
+    /// marker that the guest must be told so.
+    fn save_state(&self) -> Vec<u8> {
+        vec![1]
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), String> {
+        if state != [1] {
+            return Err(format!(
+                "virtio-vsock: unknown saved state {state:?} (expected [1])"
+            ));
+        }
+        lock(&self.state).reset_guest = true;
+        Ok(())
+    }
+
     fn reset(&mut self) {
         self.worker = None;
         let mut st = lock(&self.state);
@@ -252,7 +281,7 @@ pub(crate) struct Active {
     mem: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
-    _event: Option<Queue>,
+    event: Option<Queue>,
     interrupt: Interrupt,
 }
 
@@ -287,6 +316,13 @@ pub(crate) struct VsockState {
     stats: VsockStats,
     /// Worker rounds so far (tests check an idle device sleeps).
     rounds: u64,
+    /// Set by [`VirtioDevice::pause`]: the worker leaves the queues and sockets alone.
+    paused: bool,
+    /// Restored from a snapshot: the guest's connections have no host side any more, so the
+    /// first thing the device does is a transport reset event (virtio 1.2 §5.10.6.5), after
+    /// which the driver drops every connection and reads the guest CID again — a clone's
+    /// new CID included.
+    reset_guest: bool,
 }
 
 /// Why a transmit packet could not be used.
@@ -297,12 +333,49 @@ enum Refusal {
     Reset(Header),
 }
 
+/// The event id of a transport reset (virtio 1.2 §5.10.6.5).
+const EVENT_TRANSPORT_RESET: u32 = 0;
+
 impl VsockState {
+    /// Puts a transport reset event in the driver's first event buffer. Without one (the
+    /// driver did not set up the event queue, or gave no buffer yet) the marker stays and
+    /// the next round tries again.
+    fn send_transport_reset(&mut self) {
+        let Some(act) = self.active.as_mut() else {
+            return;
+        };
+        let Some(q) = act.event.as_mut() else {
+            self.reset_guest = false;
+            return;
+        };
+        let mem = &act.mem;
+        let Ok(Some(chain)) = q.iter(mem).map(|mut c| c.next()) else {
+            return;
+        };
+        let head = chain.head_index();
+        let written = match Writer::new(mem, chain) {
+            Ok(mut w) if w.available_bytes() >= 4 => {
+                use std::io::Write;
+                w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes())
+                    .map(|_| 4)
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        };
+        if q.add_used(mem, head, written).is_ok() {
+            act.interrupt.notify_used(EVENT_QUEUE as u16, q, mem);
+        }
+        self.reset_guest = false;
+    }
+
     /// One round of the worker.
     pub(crate) fn service(&mut self) {
         self.rounds += 1;
-        if self.active.is_none() {
+        if self.active.is_none() || self.paused {
             return;
+        }
+        if self.reset_guest {
+            self.send_transport_reset();
         }
         self.accept_clients();
         self.advance_handshakes();
@@ -316,7 +389,7 @@ impl VsockState {
 
     /// The descriptors the worker waits on (besides its eventfd), and a timeout in ms (-1: none).
     pub(crate) fn poll_set(&self, fds: &mut Vec<libc::pollfd>) -> i32 {
-        if self.active.is_none() {
+        if self.active.is_none() || self.paused {
             return -1;
         }
         let pfd = |fd, events| libc::pollfd {
