@@ -10,6 +10,8 @@ use vireo_machine::bus::{le_value, set_le_value};
 use vireo_machine::{BusDevice, ExitSignal, GuestExit, IrqLine, MsiSink};
 use vm_superio::{I8042Device, Trigger};
 
+use crate::state::{CmosState, StateError};
+
 /// An ISA interrupt line driven through KVM_IRQ_LINE (the in-kernel PIC and IOAPIC both see it).
 pub struct KvmIrqLine {
     vm: Arc<VmFd>,
@@ -353,6 +355,30 @@ impl Cmos {
         }
     }
 
+    /// The index register and the 128 bytes (the time registers read the host clock, so
+    /// their bytes are not the time).
+    pub fn state(&self) -> CmosState {
+        CmosState {
+            index: self.index,
+            nvram: self.regs.to_vec(),
+        }
+    }
+
+    /// Puts back what [`Cmos::state`] returned.
+    pub fn restore(&mut self, s: &CmosState) -> Result<(), StateError> {
+        if s.nvram.len() != self.regs.len() || s.index > 0x7f {
+            return Err(StateError::Mismatch(format!(
+                "CMOS with {} bytes and index {:#x}, expected {} bytes and an index below 0x80",
+                s.nvram.len(),
+                s.index,
+                self.regs.len()
+            )));
+        }
+        self.index = s.index;
+        self.regs.copy_from_slice(&s.nvram);
+        Ok(())
+    }
+
     fn encode(&self, v: u32) -> u8 {
         let v = v as u8;
         if self.regs[usize::from(RTC_STATUS_B)] & STATUS_B_BINARY != 0 {
@@ -473,6 +499,25 @@ mod tests {
         let mut wide = [0xffu8; 4];
         c.read(1, &mut wide);
         assert_eq!(wide[1..], [0, 0, 0]);
+    }
+
+    #[test]
+    fn cmos_state_round_trips() {
+        let mut c = Cmos::with_clock(|| 0);
+        c.write(0, &[0x40]);
+        c.write(1, &[0x5a]);
+        c.write(0, &[0x41]);
+        let s = c.state();
+        let mut d = Cmos::with_clock(|| 0);
+        d.restore(&s).unwrap();
+        assert_eq!(d.state(), s);
+        assert_eq!(read(&mut d, 0x40), 0x5a);
+        let bad = CmosState {
+            index: 0,
+            nvram: vec![0; 64],
+        };
+        let e = d.restore(&bad).unwrap_err().to_string();
+        assert!(e.contains("CMOS with 64 bytes"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! followed by a kick (a signal whose handler sets the vCPU's `immediate_exit`), so a vCPU
 //! inside KVM_RUN — even one halted in the in-kernel irqchip — returns to its loop and reads
 //! the channel within microseconds. Answers to the controller go back as [`VcpuResponse`]s;
-//! what the guest did goes to the run loop as [`VcpuOutcome`]s.
+//! what the guest did goes to the run loop as [`VcpuOutcome`]s. A paused vCPU also answers
+//! [`VcpuEvent::Save`] with its KVM state (a running or stopped one refuses): vCPU ioctls run
+//! on the vCPU's own thread.
 
 use std::cell::Cell;
 use std::fmt;
@@ -28,8 +30,10 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vireo_machine::{Bus, ExitSignal, GuestExit};
 
+use crate::state::{self, Caps, StateError, VcpuState};
+
 /// What the VMM asks of a vCPU thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum VcpuEvent {
     /// Stop running guest code until `Resume`.
     Pause,
@@ -37,6 +41,9 @@ pub enum VcpuEvent {
     Resume,
     /// Report whether this vCPU is halted with no way to wake (answered as an outcome).
     Probe,
+    /// Read this vCPU's KVM state (answered on the given channel with the vCPU's index).
+    /// Only a paused vCPU saves: vCPU ioctls belong on the vCPU's own thread, between runs.
+    Save(Sender<(u32, Result<VcpuState, StateError>)>),
     /// End the thread.
     Finish,
 }
@@ -327,6 +334,11 @@ pub struct Vcpu {
     pub com1: u16,
     /// This thread's Linux thread id, published so the VMM can see whether it is asleep.
     pub tid: Arc<std::sync::atomic::AtomicI32>,
+    /// What this host's KVM can save.
+    pub caps: Arc<Caps>,
+    /// The last KVM_RUN ended in a port or MMIO exit, which KVM completes only on the next
+    /// KVM_RUN (start it false).
+    pub io_pending: bool,
 }
 
 /// A state: the function to run next, or `None` when the thread is done.
@@ -378,6 +390,12 @@ impl Vcpu {
                     cpu: self.index,
                     stuck: None,
                 }),
+                Ok(VcpuEvent::Save(reply)) => {
+                    let saved = self
+                        .complete_io()
+                        .and_then(|()| state::save_vcpu(&self.fd, self.index, &self.caps));
+                    let _ = reply.send((self.index, saved));
+                }
                 Ok(VcpuEvent::Finish) | Err(_) => return State::EXITED,
             }
         }
@@ -401,6 +419,12 @@ impl Vcpu {
                             stuck,
                         });
                     }
+                    // The controller saves only a paused VM; a request that raced a resume
+                    // gets a refusal, not a torn state.
+                    Ok(VcpuEvent::Save(reply)) => {
+                        let refused = Err(StateError::Running { cpu: self.index });
+                        let _ = reply.send((self.index, refused));
+                    }
                     Ok(VcpuEvent::Finish) | Err(TryRecvError::Disconnected) => {
                         return State::EXITED
                     }
@@ -423,9 +447,53 @@ impl Vcpu {
                     cpu: self.index,
                     stuck: Some(RegisterDump::read(&self.fd)),
                 }),
+                Ok(VcpuEvent::Save(reply)) => {
+                    let refused = Err(StateError::Stopped { cpu: self.index });
+                    let _ = reply.send((self.index, refused));
+                }
                 Ok(VcpuEvent::Finish) | Err(_) => return State::EXITED,
             }
         }
+    }
+
+    /// Finishes the I/O instruction of the last exit without running guest code. The KVM API
+    /// says an IO or MMIO exit is complete, and the vCPU state consistent, only once KVM_RUN
+    /// is entered again (an MMIO read's data lands then, and RIP moves past the instruction);
+    /// that pending part is in no state userspace can read. KVM_RUN with `immediate_exit` set
+    /// completes it and returns EINTR before the guest runs (a `rep ins/outs` may first exit
+    /// again for its next element, which is handled here the same way).
+    fn complete_io(&mut self) -> Result<(), StateError> {
+        if !self.io_pending {
+            return Ok(());
+        }
+        let cpu = self.index;
+        self.fd.set_kvm_immediate_exit(1);
+        let result = loop {
+            match self.fd.run() {
+                Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..)) => self.handle_io(),
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    if !self.mmio.read(addr, data) {
+                        data.fill(0);
+                    }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.mmio.write(addr, data);
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => break Ok(()),
+                // Anything else also means KVM went through the completion first.
+                Ok(_) => break Ok(()),
+                Err(source) => {
+                    break Err(StateError::Vcpu {
+                        cpu,
+                        what: "KVM_RUN (completing the last I/O exit)",
+                        source,
+                    })
+                }
+            }
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        self.io_pending = false;
+        result
     }
 
     /// Halted with interrupts off, or waiting for INIT/SIPI: only another vCPU could wake it.
@@ -445,6 +513,13 @@ impl Vcpu {
         let cpu = self.index;
         let c = &self.counters;
         let result = self.fd.run();
+        self.io_pending = matches!(
+            result,
+            Ok(VcpuExit::IoIn(..)
+                | VcpuExit::IoOut(..)
+                | VcpuExit::MmioRead(..)
+                | VcpuExit::MmioWrite(..))
+        );
         let step = match result {
             Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..)) => {
                 ExitCounters::bump(&c.io);

@@ -2,13 +2,16 @@
 //! loop that waits for the guest to stop.
 
 use std::fs::OpenOptions;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_MEM_LOG_DIRTY_PAGES,
+};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vireo_devices::finisher::FINISHER_WINDOW;
 use vireo_devices::serial::UART_WINDOW;
@@ -17,7 +20,7 @@ use vireo_machine::{
     BootConfig, Bus, BusError, ExitSignal, GuestExit, GuestRam, IrqLine, MemoryError, NoIrq,
     SharedDevice,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, BootEntry, LoadError};
@@ -30,6 +33,7 @@ use crate::mptable::{self, MpTableError};
 use crate::pc::{Cmos, DebugExit, KvmIrqLine, CMOS_WINDOW, DEBUG_EXIT_WINDOW, I8042, I8042_WINDOW};
 use crate::pc::{KvmMsi, KvmNotify};
 use crate::regs::{self, RegsError};
+use crate::state::{self, Caps, KvmState, PcState, StateError, KVM_STATE_VERSION};
 use crate::vcpu::{
     kick_handler, kick_signal, thread_asleep, ExitCounters, ExitCounts, RegisterDump, Vcpu,
     VcpuError, VcpuEvent, VcpuOutcome, VcpuResponse,
@@ -121,6 +125,15 @@ pub enum KvmError {
     /// The micro-guest's code could not be assembled.
     #[error("micro-guest code: {0}")]
     Asm(#[from] crate::asm::AsmError),
+    /// Saving or restoring KVM state failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// save_state() on a VM that is not paused.
+    #[error("cannot save the KVM state of a VM that is {0:?}: pause it first")]
+    NotPaused(VmState),
+    /// dirty_pages() before enable_dirty_log().
+    #[error("the dirty page log is off: call enable_dirty_log() first")]
+    DirtyLogOff,
 }
 
 fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
@@ -203,6 +216,15 @@ struct Inner {
     first_output: Arc<OnceLock<Instant>>,
     stop: Sender<VcpuOutcome>,
     tids: Vec<Arc<AtomicI32>>,
+    /// run() has been called (a VM runs once).
+    started: AtomicBool,
+    vm: Arc<VmFd>,
+    irqchip: bool,
+    cmos: Arc<Mutex<Cmos>>,
+    /// A handle on guest RAM (the same mappings KVM has), for slots and snapshots.
+    mem: GuestMemoryMmap,
+    /// KVM_MEM_LOG_DIRTY_PAGES is set on every RAM slot.
+    dirty_log: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -234,7 +256,11 @@ impl Inner {
             VcpuEvent::Pause => VcpuResponse::Paused,
             _ => VcpuResponse::Resumed,
         };
-        let mut waiting: Vec<bool> = self.events.iter().map(|s| s.send(event).is_ok()).collect();
+        let mut waiting: Vec<bool> = self
+            .events
+            .iter()
+            .map(|s| s.send(event.clone()).is_ok())
+            .collect();
         self.kick_all();
         if !wait {
             return Ok(());
@@ -292,6 +318,11 @@ impl Inner {
             .fold(ExitCounts::default(), |a, b| a + b)
     }
 
+    /// (Re-)registers every RAM region as KVM memory slot `index`, with `flags`.
+    fn set_slots(&self, flags: u32) -> Result<(), KvmError> {
+        register_slots(&self.vm, &self.mem, flags)
+    }
+
     /// Ends every vCPU thread and waits for them.
     fn finish(&self) {
         *lock(&self.state) = VmState::Exited;
@@ -313,8 +344,18 @@ pub struct VmController {
 }
 
 impl VmController {
-    /// Stops every vCPU from running guest code; returns once all have stopped.
+    /// Stops every vCPU from running guest code; returns once all have stopped. On a VM that
+    /// has not run yet it makes [`KvmVm::run`] start paused (until [`VmController::resume`]).
     pub fn pause(&self) -> Result<(), KvmError> {
+        {
+            let _control = lock(&self.inner.control);
+            let mut state = lock(&self.inner.state);
+            if *state == VmState::Created {
+                // The threads are parked in their paused state already.
+                *state = VmState::Paused;
+                return Ok(());
+            }
+        }
         self.inner.transition(
             "pause",
             VmState::Running,
@@ -360,6 +401,117 @@ impl VmController {
     pub fn first_output_at(&self) -> Option<Instant> {
         self.inner.first_output.get().copied()
     }
+
+    /// Reads KVM's state of a paused VM: each vCPU's (read by its own thread), the in-kernel
+    /// irqchip and PIT, the KVM clock and the PC's CMOS. Guest RAM and the UART and virtio
+    /// devices are not in it: their owners save them (RAM through [`Self::guest_memory`]).
+    /// A VM that is not paused is refused with [`KvmError::NotPaused`].
+    pub fn save_state(&self) -> Result<KvmState, KvmError> {
+        // Holding the control lock keeps pause/resume out until the save is done.
+        let _control = lock(&self.inner.control);
+        let vm_state = self.inner.state();
+        if vm_state != VmState::Paused {
+            return Err(KvmError::NotPaused(vm_state));
+        }
+        let (tx, answers) = channel();
+        for s in &self.inner.events {
+            s.send(VcpuEvent::Save(tx.clone()))
+                .map_err(|_| KvmError::ThreadsGone)?;
+        }
+        drop(tx);
+        // Paused threads block on their channel: no kick is needed.
+        let n = self.inner.events.len();
+        let mut vcpus: Vec<Option<state::VcpuState>> = vec![None; n];
+        let deadline = Instant::now() + CONTROL_TIMEOUT;
+        while let Some(cpu) = vcpus.iter().position(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match answers.recv_timeout(left) {
+                Ok((i, saved)) => {
+                    if let Some(slot) = vcpus.get_mut(i as usize) {
+                        *slot = Some(saved?);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => return Err(KvmError::NoAnswer(cpu as u32)),
+                Err(RecvTimeoutError::Disconnected) => return Err(KvmError::ThreadsGone),
+            }
+        }
+        let pc = PcState {
+            cmos: lock(&self.inner.cmos).state(),
+        };
+        let vm = state::save_vm(&self.inner.vm, self.inner.irqchip, pc)?;
+        Ok(KvmState {
+            version: KVM_STATE_VERSION,
+            vcpus: vcpus.into_iter().flatten().collect(),
+            vm,
+        })
+    }
+
+    /// Guest RAM: a handle on the same mappings the VM runs on (copy it while the VM is
+    /// paused for a consistent snapshot).
+    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+        &self.inner.mem
+    }
+
+    /// Sets KVM_MEM_LOG_DIRTY_PAGES on every RAM slot: from now on KVM records each page a
+    /// vCPU writes. Only vCPU writes are recorded: what the VMM's own threads write into
+    /// guest RAM (virtio devices filling buffers and rings, the loader) is not in KVM's log,
+    /// so a diff snapshot must add the pages its devices wrote (or save those devices' buffers
+    /// by other means).
+    pub fn enable_dirty_log(&self) -> Result<(), KvmError> {
+        self.inner.set_slots(KVM_MEM_LOG_DIRTY_PAGES)?;
+        self.inner.dirty_log.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Clears KVM_MEM_LOG_DIRTY_PAGES again.
+    pub fn disable_dirty_log(&self) -> Result<(), KvmError> {
+        self.inner.dirty_log.store(false, Ordering::Release);
+        self.inner.set_slots(0)
+    }
+
+    /// The pages vCPUs wrote since the log was enabled or last read, per RAM region: (the
+    /// region's guest-physical base, a bitmap with bit `i % 64` of word `i / 64` set when the
+    /// region's 4 KiB page `i` was written). Reading clears the log (KVM_GET_DIRTY_LOG). Pages
+    /// written by the VMM's threads (devices) are not reported; see
+    /// [`Self::enable_dirty_log`].
+    pub fn dirty_pages(&self) -> Result<Vec<(u64, Vec<u64>)>, KvmError> {
+        if !self.inner.dirty_log.load(Ordering::Acquire) {
+            return Err(KvmError::DirtyLogOff);
+        }
+        self.inner
+            .mem
+            .iter()
+            .enumerate()
+            .map(|(slot, region)| {
+                let bitmap = self
+                    .inner
+                    .vm
+                    .get_dirty_log(slot as u32, region.len() as usize)
+                    .map_err(ioctl("KVM_GET_DIRTY_LOG"))?;
+                Ok((region.start_addr().0, bitmap))
+            })
+            .collect()
+    }
+}
+
+/// Registers each region of `mem` as the KVM memory slot of its index.
+fn register_slots(vm: &VmFd, mem: &GuestMemoryMmap, flags: u32) -> Result<(), KvmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region.get_host_address(vm_memory::MemoryRegionAddress(0))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mapping of `memory_size` bytes that `mem` refers to; the
+        // VM's shared state keeps a handle on it for as long as any vCPU thread can run, and
+        // KVM follows the mapping through its MMU notifier, so the guest never reaches host
+        // memory outside it.
+        unsafe { vm.set_user_memory_region(r) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
 }
 
 /// An x86-64 virtual machine on KVM: vireo's PC board.
@@ -406,12 +558,12 @@ impl KvmVm {
                 "the kvm accelerator boots kernels directly and takes no firmware".into(),
             ));
         }
-        Self::build(Payload::Linux(cfg), console, devices)
+        Self::build(Payload::Linux(cfg), console, devices, None)
     }
 
     /// Builds the PC around raw machine code.
     pub fn new_micro(guest: &MicroGuest, console: ConsoleOutput) -> Result<Self, KvmError> {
-        Self::build(Payload::Micro(guest), console, Vec::new())
+        Self::build(Payload::Micro(guest), console, Vec::new(), None)
     }
 
     /// A micro-guest with virtio devices as PCI functions (slots 1, 2, ... in order).
@@ -420,7 +572,39 @@ impl KvmVm {
         console: ConsoleOutput,
         devices: Vec<Box<dyn VirtioDevice>>,
     ) -> Result<Self, KvmError> {
-        Self::build(Payload::Micro(guest), console, devices)
+        Self::build(Payload::Micro(guest), console, devices, None)
+    }
+
+    /// Builds the PC for `cfg` as [`KvmVm::with_devices`] does, but continues a saved guest
+    /// instead of loading the kernel: `ram` (already holding the guest's memory, e.g. a
+    /// private mapping of a snapshot file) becomes guest RAM as it is, and `state` is put into
+    /// the vCPUs and KVM's devices before any vCPU runs. [`KvmVm::run`] then continues the
+    /// guest; [`VmController::pause`] before it makes the VM start paused. The devices' own
+    /// state (UART, virtio) is restored by their owners.
+    pub fn restore(
+        cfg: &BootConfig,
+        console: ConsoleOutput,
+        devices: Vec<Box<dyn VirtioDevice>>,
+        ram: GuestRam,
+        state: &KvmState,
+    ) -> Result<Self, KvmError> {
+        if cfg.firmware.is_some() {
+            return Err(KvmError::Config(
+                "the kvm accelerator boots kernels directly and takes no firmware".into(),
+            ));
+        }
+        Self::build(Payload::Linux(cfg), console, devices, Some((ram, state)))
+    }
+
+    /// [`KvmVm::restore`] for a micro-guest (its image is not copied again: `ram` has it).
+    pub fn restore_micro(
+        guest: &MicroGuest,
+        console: ConsoleOutput,
+        devices: Vec<Box<dyn VirtioDevice>>,
+        ram: GuestRam,
+        state: &KvmState,
+    ) -> Result<Self, KvmError> {
+        Self::build(Payload::Micro(guest), console, devices, Some((ram, state)))
     }
 
     /// COM1, for the host console thread to feed input.
@@ -461,11 +645,15 @@ impl KvmVm {
     fn run_until(&mut self, deadline: Option<Instant>) -> Result<GuestExit, KvmError> {
         {
             let control = lock(&self.inner.control);
-            if self.inner.state() != VmState::Created {
+            let state = self.inner.state();
+            if self.inner.started.swap(true, Ordering::AcqRel) || state == VmState::Exited {
                 return Err(KvmError::AlreadyRan);
             }
-            self.inner.broadcast(&control, VcpuEvent::Resume, true)?;
-            *lock(&self.inner.state) = VmState::Running;
+            // Paused before run() (start paused), or already resumed from there: as it is.
+            if state == VmState::Created {
+                self.inner.broadcast(&control, VcpuEvent::Resume, true)?;
+                *lock(&self.inner.state) = VmState::Running;
+            }
         }
         let result = self.wait(deadline);
         self.inner.finish();
@@ -546,6 +734,7 @@ impl KvmVm {
         payload: Payload<'_>,
         console: ConsoleOutput,
         devices: Vec<Box<dyn VirtioDevice>>,
+        restore: Option<(GuestRam, &KvmState)>,
     ) -> Result<Self, KvmError> {
         if devices.len() > PCI_GSIS.len() {
             return Err(KvmError::Config(format!(
@@ -574,6 +763,9 @@ impl KvmVm {
         if let Payload::Micro(g) = payload {
             check_micro(g)?;
         }
+        if let Some((ram, saved)) = &restore {
+            check_restore(ram, saved, cpus, memory)?;
+        }
 
         KICK_HANDLER.call_once(|| {
             // Failure leaves kicks undeliverable; the vCPU threads still stop on their own
@@ -595,24 +787,19 @@ impl KvmVm {
             vm.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
         }
 
-        let ram = GuestRam::new(&layout::ram_ranges(memory))?;
-        for (slot, region) in ram.memory().iter().enumerate() {
-            let host = region.get_host_address(vm_memory::MemoryRegionAddress(0))?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            // SAFETY: the region is a live anonymous mapping of `memory_size` bytes owned by
-            // `ram`, which the VM keeps until after the VM fd (and every vCPU) is closed.
-            unsafe { vm.set_user_memory_region(r) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        let (ram, saved) = match restore {
+            Some((ram, saved)) => (ram, Some(saved)),
+            None => (GuestRam::new(&layout::ram_ranges(memory))?, None),
+        };
+        register_slots(&vm, ram.memory(), 0)?;
         let mem = ram.memory();
-        regs::write_tables(mem)?;
-        mptable::write(mem, cpus)?;
-        crate::acpi::write(mem, cpus)?;
+        if saved.is_none() {
+            // A restored guest's RAM has the tables already, as the guest left them.
+            regs::write_tables(mem)?;
+            mptable::write(mem, cpus)?;
+            crate::acpi::write(mem, cpus)?;
+        }
+        let caps = Arc::new(Caps::probe(&kvm, &vm, irqchip)?);
 
         // Devices.
         let exit = Arc::new(ExitSignal::new());
@@ -635,11 +822,11 @@ impl KvmVm {
             I8042_WINDOW,
             Arc::new(Mutex::new(I8042::new(exit.clone()))),
         )?;
-        pio.insert(
-            u64::from(CMOS_PORT),
-            CMOS_WINDOW,
-            Arc::new(Mutex::new(Cmos::new())),
-        )?;
+        let cmos = Arc::new(Mutex::new(Cmos::new()));
+        if let Some(saved) = saved {
+            lock(&cmos).restore(&saved.vm.pc.cmos)?;
+        }
+        pio.insert(u64::from(CMOS_PORT), CMOS_WINDOW, cmos.clone())?;
         pio.insert(
             u64::from(DEBUG_EXIT_PORT),
             DEBUG_EXIT_WINDOW,
@@ -686,14 +873,15 @@ impl KvmVm {
 
         // What to run.
         let start = match payload {
+            _ if saved.is_some() => None,
             Payload::Linux(cfg) => {
                 let cmdline = board_cmdline(&cfg.cmdline);
                 let entry = boot::load(mem, memory, &cfg.kernel, &cmdline, cfg.initrd.as_deref())?;
-                Start::Kernel(entry)
+                Some(Start::Kernel(entry))
             }
             Payload::Micro(g) => {
                 mem.write_slice(&g.image, GuestAddress(g.load_addr))?;
-                Start::Micro(g.entry, g.ap_start)
+                Some(Start::Micro(g.entry, g.ap_start))
             }
         };
 
@@ -713,9 +901,21 @@ impl KvmVm {
                 KvmError::Config(format!("{} CPUID entries are too many", entries.len()))
             })?;
             fd.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
-            regs::setup_cpu_state(&fd, irqchip)?;
-            start.set_registers(&fd, i, low_end)?;
+            match (&start, saved) {
+                (Some(start), _) => {
+                    regs::setup_cpu_state(&fd, irqchip)?;
+                    start.set_registers(&fd, i, low_end)?;
+                }
+                (None, Some(saved)) => {
+                    state::restore_vcpu(&fd, i, &caps, &saved.vcpus[i as usize])?;
+                }
+                (None, None) => unreachable!("a VM either starts or is restored"),
+            }
             fds.push(fd);
+        }
+        if let Some(saved) = saved {
+            // After the vCPUs (their TSCs are set): irqchip, PIT, then the clock.
+            state::restore_vm(&vm, irqchip, &saved.vm)?;
         }
 
         // Threads, parked in their paused state until run().
@@ -746,6 +946,8 @@ impl KvmVm {
                 first_output: first_output.clone(),
                 com1: COM1_PORT,
                 tid,
+                caps: caps.clone(),
+                io_pending: false,
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("vireo-vcpu{i}"))
@@ -779,6 +981,12 @@ impl KvmVm {
             first_output,
             stop: out_tx,
             tids,
+            started: AtomicBool::new(false),
+            vm: vm.clone(),
+            irqchip,
+            cmos,
+            mem: ram.memory().clone(),
+            dirty_log: AtomicBool::new(false),
         });
         Ok(KvmVm {
             inner,
@@ -819,6 +1027,35 @@ fn describe_halted(why: &str, regs: &[Option<RegisterDump>]) -> String {
         .filter_map(|(i, r)| r.map(|r| format!("vCPU {i}: {r}")))
         .collect();
     format!("{why}; {}", per_cpu.join("; "))
+}
+
+/// A saved state and RAM must fit the machine being built.
+fn check_restore(ram: &GuestRam, saved: &KvmState, cpus: u32, memory: u64) -> Result<(), KvmError> {
+    let mismatch = |m: String| KvmError::State(StateError::Mismatch(m));
+    if saved.version != KVM_STATE_VERSION {
+        return Err(mismatch(format!(
+            "it is version {}, this vireo reads version {KVM_STATE_VERSION}",
+            saved.version
+        )));
+    }
+    if saved.vcpus.len() != cpus as usize {
+        return Err(mismatch(format!(
+            "it has {} vCPUs and this VM {cpus}",
+            saved.vcpus.len()
+        )));
+    }
+    let want = layout::ram_ranges(memory);
+    let have: Vec<(u64, u64)> = ram
+        .memory()
+        .iter()
+        .map(|r| (r.start_addr().0, r.len()))
+        .collect();
+    if have != want {
+        return Err(mismatch(format!(
+            "guest RAM regions {have:x?} (base, size), expected {want:x?} for {memory} bytes"
+        )));
+    }
+    Ok(())
 }
 
 fn check_micro(g: &MicroGuest) -> Result<(), KvmError> {
