@@ -202,3 +202,121 @@ pub fn copy_sparse(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> Result<u64> 
         Ok(copied)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    const MIB: u64 = 1 << 20;
+
+    fn set_mtime(path: &Path, secs: u64) {
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.set_modified(UNIX_EPOCH + Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    #[test]
+    fn fingerprint_follows_writes_and_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.raw");
+        let f = File::create(&path).unwrap();
+        f.set_len(3 * MIB).unwrap();
+        f.write_all_at(b"boot sector", 0).unwrap();
+        drop(f);
+        set_mtime(&path, 1_000_000);
+        let fp = fingerprint(&path).unwrap();
+        assert_eq!(fp.len(), 64);
+        assert_eq!(fingerprint(&path).unwrap(), fp);
+        let disk = DiskRef {
+            id: "root".into(),
+            path: path.to_str().unwrap().into(),
+            format: "raw".into(),
+            read_only: false,
+            size: 3 * MIB,
+            fingerprint: fp.clone(),
+        };
+        check_disk(&disk).unwrap();
+        // A write in the middle changes only the mtime, which is enough.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"x", MIB + 5).unwrap();
+        drop(f);
+        set_mtime(&path, 1_000_001);
+        assert_ne!(fingerprint(&path).unwrap(), fp);
+        let e = check_disk(&disk).unwrap_err();
+        assert!(matches!(e, StateError::DiskChanged { .. }));
+        assert!(e
+            .to_string()
+            .contains("disk.raw: the disk changed since the state was saved"));
+        // A write at the end with the mtime put back is caught by the content.
+        set_mtime(&path, 1_000_000);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(b"x", MIB + 5).unwrap(); // undo nothing: same byte
+        f.write_all_at(b"tail", 3 * MIB - 4).unwrap();
+        drop(f);
+        set_mtime(&path, 1_000_000);
+        assert_ne!(fingerprint(&path).unwrap(), fp);
+        // A grown file differs by its length.
+        std::fs::remove_file(&path).unwrap();
+        let e = check_disk(&disk).unwrap_err();
+        assert!(matches!(e, StateError::MissingFile { .. }), "{e}");
+        assert!(
+            e.to_string().ends_with("disk.raw: the disk is missing"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn small_files_have_fingerprints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny");
+        std::fs::write(&path, b"").unwrap();
+        let a = fingerprint(&path).unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        set_mtime(&path, 5);
+        assert_ne!(fingerprint(&path).unwrap(), a);
+    }
+
+    #[test]
+    fn copy_keeps_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.raw");
+        let f = File::create(&src).unwrap();
+        f.set_len(64 * MIB).unwrap();
+        f.write_all_at(&[0xab; 4096], 0).unwrap();
+        f.write_all_at(&[0xcd; 8192], 40 * MIB).unwrap();
+        f.write_all_at(b"end", 64 * MIB - 3).unwrap();
+        drop(f);
+        let dst = dir.path().join("frozen.raw");
+        let copied = copy_sparse(&src, &dst).unwrap();
+        assert!(copied >= 4096 + 8192 + 3, "{copied}");
+        assert!(
+            copied <= 8 * MIB,
+            "copied {copied} bytes of a file with 12 KiB of data"
+        );
+        assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+        let meta = std::fs::metadata(&dst).unwrap();
+        assert_eq!(meta.len(), 64 * MIB);
+        assert!(
+            meta.blocks() * 512 <= 8 * MIB,
+            "{} bytes allocated",
+            meta.blocks() * 512
+        );
+        // A file that is all hole, and one with no hole.
+        let empty = dir.path().join("empty");
+        File::create(&empty).unwrap().set_len(MIB).unwrap();
+        assert_eq!(copy_sparse(&empty, dir.path().join("e2")).unwrap(), 0);
+        assert_eq!(std::fs::metadata(dir.path().join("e2")).unwrap().len(), MIB);
+        let dense = dir.path().join("dense");
+        std::fs::write(&dense, vec![7u8; 100_000]).unwrap();
+        assert_eq!(copy_sparse(&dense, dir.path().join("d2")).unwrap(), 100_000);
+        assert_eq!(
+            std::fs::read(dir.path().join("d2")).unwrap(),
+            vec![7u8; 100_000]
+        );
+        let e = copy_sparse(dir.path().join("none"), dir.path().join("x")).unwrap_err();
+        assert!(matches!(e, StateError::MissingFile { .. }));
+        assert!(!dir.path().join("x").exists());
+    }
+}

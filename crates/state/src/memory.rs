@@ -493,3 +493,277 @@ pub fn restore_chain<P: AsRef<Path>>(files: &[(P, MemoryMap)]) -> Result<GuestRa
     }
     Ok(ram)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    const MIB: u64 = 1 << 20;
+
+    fn ram() -> GuestRam {
+        // Two regions, as a board with a hole below 4 GiB has.
+        GuestRam::new(&[(0x8000_0000, 4 * MIB), (0x1_0000_0000, MIB)]).unwrap()
+    }
+
+    fn snapshot_bytes(ram: &GuestRam) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (base, size) in layout_of(ram.memory()) {
+            let mut b = vec![0u8; size as usize];
+            ram.read(base, &mut b).unwrap();
+            out.extend_from_slice(&b);
+        }
+        out
+    }
+
+    #[test]
+    fn page_set() {
+        let mut s = PageSet::new(130);
+        assert!(s.is_empty());
+        assert!(s.insert(0));
+        assert!(!s.insert(0));
+        s.insert(63);
+        s.insert(64);
+        s.insert(129);
+        assert!(s.contains(64) && !s.contains(65) && !s.contains(1000));
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.iter().collect::<Vec<_>>(), [0, 63, 64, 129]);
+        assert_eq!(s.runs(0, 130), [(0, 1), (63, 2), (129, 1)]);
+        assert_eq!(s.runs(64, 129), [(64, 1)]);
+        let mut t = PageSet::new(200);
+        t.insert(1);
+        t.insert(199);
+        let u = s.union(&t);
+        assert_eq!(u.total_pages(), 200);
+        assert_eq!(u.iter().collect::<Vec<_>>(), [0, 1, 63, 64, 129, 199]);
+        let back: PageSet = crate::decode(&crate::encode(&u)).unwrap();
+        assert_eq!(back, u);
+        // A damaged set is refused when decoded (postcard keeps no message of ours).
+        let bad = crate::encode(&(130u64, vec![0u64; 2]));
+        assert!(crate::decode::<PageSet>(&bad).is_err());
+        let bad = crate::encode(&(130u64, vec![0u64, 0, 1 << 5]));
+        assert!(crate::decode::<PageSet>(&bad).is_err());
+    }
+
+    #[test]
+    fn zero_check() {
+        let mut p = vec![0u8; 4096];
+        assert!(is_zero(&p));
+        for i in [0, 7, 8, 63, 64, 4095] {
+            p[i] = 1;
+            assert!(!is_zero(&p), "{i}");
+            p[i] = 0;
+        }
+    }
+
+    #[test]
+    fn full_write_is_sparse_and_maps_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ram = ram();
+        ram.write(0x8000_0000, b"first page").unwrap();
+        ram.write(0x8000_0000 + 3 * MIB + 5, &[0xaa; 8192]).unwrap();
+        ram.write(0x1_0000_0000 + MIB - 1, &[0x55]).unwrap(); // the last byte of RAM
+        let map = write_memory(dir.path().join("memory.bin"), ram.memory(), None).unwrap();
+        assert_eq!(map.page_size, 4096);
+        assert_eq!(map.file_len, 5 * MIB);
+        assert_eq!(
+            map.regions,
+            [
+                MemoryRegion {
+                    guest_base: 0x8000_0000,
+                    size: 4 * MIB,
+                    file_offset: 0
+                },
+                MemoryRegion {
+                    guest_base: 0x1_0000_0000,
+                    size: MIB,
+                    file_offset: 4 * MIB
+                },
+            ]
+        );
+        assert_eq!(map.diff, None);
+        let meta = std::fs::metadata(dir.path().join("memory.bin")).unwrap();
+        assert_eq!(meta.len(), 5 * MIB);
+        // 1 + 3 + 1 pages of data: far less than 5 MiB on disk.
+        assert!(
+            meta.blocks() * 512 <= 256 * 1024,
+            "{} bytes allocated",
+            meta.blocks() * 512
+        );
+        // Map it back (by directory), copy-on-write.
+        let restored = map_memory(dir.path(), &map).unwrap();
+        assert_eq!(snapshot_bytes(&restored), snapshot_bytes(&ram));
+        restored.write(0x8000_0000, b"changed").unwrap();
+        let again = map_memory(dir.path().join("memory.bin"), &map).unwrap();
+        let mut b = [0u8; 10];
+        again.read(0x8000_0000, &mut b).unwrap();
+        assert_eq!(&b, b"first page");
+    }
+
+    #[test]
+    fn diff_chain_restores_the_final_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let ram = ram();
+        for p in 0..40u64 {
+            ram.write(0x8000_0000 + p * 4096 * 7, &[p as u8 + 1; 100])
+                .unwrap();
+        }
+        let full = write_memory(dir.path().join("full.bin"), ram.memory(), None).unwrap();
+        let total = full.total_pages();
+        let mut dirty = PageSet::new(total);
+        let mut touch = |addr: u64, data: &[u8]| {
+            ram.write(addr, data).unwrap();
+            let page_of = |a: u64| -> u64 {
+                if a >= 0x1_0000_0000 {
+                    1024 + (a - 0x1_0000_0000) / 4096
+                } else {
+                    (a - 0x8000_0000) / 4096
+                }
+            };
+            dirty.insert(page_of(addr));
+        };
+        touch(0x8000_0000 + 7 * 4096, &[0xee; 4096]); // rewrite a whole page
+        touch(0x8000_0000 + 14 * 4096, &[0; 100]); // zero a page that had data
+        touch(0x8000_0000 + 4 * MIB - 4096, &[0x11; 4096]); // the last page of region 0
+        touch(0x1_0000_0000 + MIB - 4096, &[0x22; 16]); // the last page of region 1
+        touch(0x8000_0000 + 100 * 4096 + 3, b"new"); // a page that was zero
+        let d1 = write_memory(dir.path().join("d1.bin"), ram.memory(), Some(&dirty)).unwrap();
+        assert_eq!(d1.diff.as_ref().unwrap().len(), 5);
+        // A second diff on top of the first.
+        let mut dirty2 = PageSet::new(total);
+        ram.write(0x8000_0000 + 7 * 4096, &[0; 4096]).unwrap();
+        dirty2.insert(7);
+        ram.write(0x8000_0000 + 2 * MIB, b"later").unwrap();
+        dirty2.insert(512);
+        let d2 = write_memory(dir.path().join("d2.bin"), ram.memory(), Some(&dirty2)).unwrap();
+        // A diff's file holds only its non-zero pages.
+        let meta = std::fs::metadata(dir.path().join("d2.bin")).unwrap();
+        assert!(meta.blocks() * 512 <= 64 * 1024);
+
+        let chain = [
+            (dir.path().join("full.bin"), full.clone()),
+            (dir.path().join("d1.bin"), d1.clone()),
+            (dir.path().join("d2.bin"), d2),
+        ];
+        let restored = restore_chain(&chain).unwrap();
+        let want = write_memory(dir.path().join("final.bin"), ram.memory(), None).unwrap();
+        let final_ram = map_memory(dir.path().join("final.bin"), &want).unwrap();
+        assert_eq!(snapshot_bytes(&restored), snapshot_bytes(&ram));
+        assert_eq!(snapshot_bytes(&final_ram), snapshot_bytes(&ram));
+
+        // A diff alone is not a machine's memory; a full file is not a diff.
+        let e = map_memory(dir.path().join("d1.bin"), &d1).err().unwrap();
+        assert!(e.to_string().contains("is a diff"), "{e}");
+        let e = apply_diff(&restored, dir.path().join("full.bin"), &full).unwrap_err();
+        assert!(e.to_string().contains("not a diff"), "{e}");
+        // A diff of another layout is refused.
+        let other = GuestRam::new(&[(0x8000_0000, 5 * MIB)]).unwrap();
+        let e = apply_diff(&other, dir.path().join("d1.bin"), &d1).unwrap_err();
+        assert!(e.to_string().contains("layout"), "{e}");
+        assert!(restore_chain::<PathBuf>(&[]).is_err());
+    }
+
+    #[test]
+    fn memory_file_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let ram = ram();
+        let path = dir.path().join("memory.bin");
+        let map = write_memory(&path, ram.memory(), None).unwrap();
+        let e = map_memory(dir.path().join("gone.bin"), &map).err().unwrap();
+        assert!(matches!(e, StateError::MissingFile { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("gone.bin: the memory file is missing"),
+            "{e}"
+        );
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(MIB)
+            .unwrap();
+        let e = map_memory(&path, &map).err().unwrap();
+        assert!(
+            matches!(e, StateError::Truncated { at, .. } if at == MIB),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("the memory map needs 5242880 bytes"),
+            "{e}"
+        );
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(6 * MIB)
+            .unwrap();
+        assert!(map_memory(&path, &map)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("its map says"));
+        // Hostile maps.
+        let mut m = map.clone();
+        m.regions[1].file_offset = 4 * MIB + 1;
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not page-aligned"));
+        let mut m = map.clone();
+        m.regions[1].file_offset = 0;
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("overlap in the file"));
+        let mut m = map.clone();
+        m.regions[1].size = u64::MAX - 4095;
+        assert!(m.validate().is_err());
+        let mut m = map.clone();
+        m.page_size = 65536;
+        assert!(m.validate().is_err());
+        let mut m = map.clone();
+        m.diff = Some(PageSet::new(3));
+        assert!(m
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("covers 3 pages"));
+        let mut m = map;
+        m.regions.swap(0, 1);
+        assert!(m.validate().is_err());
+    }
+
+    /// A 1 GiB guest that touched little is written in well under a second (opt-level 3 even
+    /// in test builds, see the workspace's Cargo.toml); the bound here is loose for a busy host.
+    #[test]
+    fn large_mostly_zero_guest_is_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        let ram = GuestRam::new(&[(0x8000_0000, 1 << 30)]).unwrap();
+        for i in 0..64u64 {
+            ram.write(
+                0x8000_0000 + i * (16 * MIB) + 4096,
+                &[i as u8 + 1; 4096 * 4],
+            )
+            .unwrap();
+        }
+        let t = std::time::Instant::now();
+        let map = write_memory(dir.path().join("memory.bin"), ram.memory(), None).unwrap();
+        let took = t.elapsed();
+        eprintln!("wrote a 1 GiB guest in {took:?}");
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+        let meta = std::fs::metadata(dir.path().join("memory.bin")).unwrap();
+        assert_eq!(meta.len(), 1 << 30);
+        assert!(
+            meta.blocks() * 512 <= 4 * MIB,
+            "{} bytes on disk",
+            meta.blocks() * 512
+        );
+        let back = map_memory(dir.path(), &map).unwrap();
+        let mut b = [0u8; 4];
+        back.read(0x8000_0000 + 63 * 16 * MIB + 4096, &mut b)
+            .unwrap();
+        assert_eq!(b, [64; 4]);
+    }
+}
