@@ -5,10 +5,13 @@
 //! contiguous region that uses vm-memory's atomic accessors for aligned accesses (a plain move
 //! on the host) and its byte copies otherwise.
 
+use std::fs::File;
 use std::sync::atomic::Ordering;
 
+use vm_memory::mmap::MmapRegion;
 use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, VolatileSlice,
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, VolatileSlice,
 };
 
 /// Errors from guest memory.
@@ -21,12 +24,22 @@ pub enum MemoryError {
         size: u64,
         message: String,
     },
+    /// A file could not be mapped as guest RAM (restoring a snapshot's memory file).
+    #[error(
+        "cannot map {size} bytes of guest RAM at {base:#x} from file offset {offset:#x}: {message}"
+    )]
+    MapFile {
+        base: u64,
+        size: u64,
+        offset: u64,
+        message: String,
+    },
     /// An access fell outside guest RAM.
     #[error("guest-physical range {addr:#x}+{len:#x} is outside guest RAM")]
     OutOfRange { addr: u64, len: usize },
 }
 
-/// Guest RAM: one or more regions of host anonymous memory.
+/// Guest RAM: one or more regions of host memory, anonymous or a private mapping of a file.
 pub struct GuestRam {
     mem: GuestMemoryMmap,
 }
@@ -44,6 +57,52 @@ impl GuestRam {
             message: e.to_string(),
         })?;
         Ok(GuestRam { mem })
+    }
+
+    /// Maps guest RAM from `file`, one region per `(guest_base, size, file_offset)`, privately
+    /// (`MAP_PRIVATE | MAP_NORESERVE`): the guest reads the file's pages and its writes go to
+    /// copy-on-write pages of this process, so the file is never written and several VMs
+    /// restored from one file share the pages none of them wrote. Holes in the file read as
+    /// zero.
+    ///
+    /// Each `file_offset` must be a multiple of the host page size, and the file must hold
+    /// every region whole: a mapping past its end would fault on access (SIGBUS), so that is
+    /// refused here.
+    pub fn from_file_private(
+        file: &File,
+        regions: &[(u64, u64, u64)],
+    ) -> Result<Self, MemoryError> {
+        let file_len = file
+            .metadata()
+            .map_err(|e| map_error(regions.first().copied(), e.to_string()))?
+            .len();
+        let mut mapped = Vec::with_capacity(regions.len());
+        for &(base, size, offset) in regions {
+            let err = |message: String| map_error(Some((base, size, offset)), message);
+            if offset.checked_add(size).is_none_or(|end| end > file_len) {
+                return Err(err(format!("the file is only {file_len} bytes")));
+            }
+            let len = usize::try_from(size).map_err(|_| err("too large for this host".into()))?;
+            let fd = file.try_clone().map_err(|e| err(e.to_string()))?;
+            let region = MmapRegion::build(
+                Some(FileOffset::new(fd, offset)),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+            )
+            .map_err(|e| err(e.to_string()))?;
+            let region = GuestRegionMmap::new(region, GuestAddress(base))
+                .ok_or_else(|| err("the region ends past the guest address space".into()))?;
+            mapped.push(region);
+        }
+        let mem = GuestMemoryMmap::from_regions(mapped)
+            .map_err(|e| map_error(regions.first().copied(), e.to_string()))?;
+        Ok(GuestRam { mem })
+    }
+
+    /// Wraps guest memory built elsewhere.
+    pub fn from_mmap(mem: GuestMemoryMmap) -> Self {
+        GuestRam { mem }
     }
 
     /// The vm-memory object, for crates (loaders, virtio queues) that take one.
@@ -94,6 +153,16 @@ impl GuestRam {
             len: region.len(),
             slice,
         })
+    }
+}
+
+fn map_error(region: Option<(u64, u64, u64)>, message: String) -> MemoryError {
+    let (base, size, offset) = region.unwrap_or_default();
+    MemoryError::MapFile {
+        base,
+        size,
+        offset,
+        message,
     }
 }
 
@@ -204,5 +273,43 @@ mod tests {
         ram.read(0x8000_fffe, &mut b).unwrap();
         assert_eq!(b, [0xcd, 0xab]);
         assert!(ram.write(0x8001_0000, &[1]).is_err());
+    }
+
+    #[test]
+    fn private_file_mapping_is_copy_on_write() {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("vireo-machine-cow-{}", std::process::id()));
+        let mut f = File::create(&path).unwrap();
+        let mut data = vec![0u8; 0x3000];
+        data[0x1000] = 0xaa;
+        data[0x2fff] = 0xbb;
+        f.write_all(&data).unwrap();
+        drop(f);
+        let f = File::open(&path).unwrap();
+        // Two regions from one file: file page 1 at guest 0x1000, file pages 1..3 at 0x10_0000.
+        let ram = GuestRam::from_file_private(
+            &f,
+            &[(0x1000, 0x1000, 0x1000), (0x10_0000, 0x2000, 0x1000)],
+        )
+        .unwrap();
+        assert_eq!(ram.size(), 0x3000);
+        let mut b = [0u8; 1];
+        ram.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, [0xaa]);
+        ram.read(0x10_1fff, &mut b).unwrap();
+        assert_eq!(b, [0xbb]);
+        ram.write(0x1000, &[0x55]).unwrap();
+        ram.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, [0x55]);
+        // The other mapping of the same file page and the file itself are untouched.
+        ram.read(0x10_0000, &mut b).unwrap();
+        assert_eq!(b, [0xaa]);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        // A region past the end of the file is refused, not left to fault.
+        let err = GuestRam::from_file_private(&f, &[(0, 0x2000, 0x2000)])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("only 12288 bytes"), "{err}");
+        std::fs::remove_file(&path).unwrap();
     }
 }
