@@ -54,6 +54,19 @@ enum Command {
         /// Its run directory, holding spec.json.
         #[arg(long)]
         dir: PathBuf,
+        /// Continue the snapshot in this directory instead of booting.
+        #[arg(long)]
+        restore: Option<PathBuf>,
+        /// With --restore: start paused.
+        #[arg(long, requires = "restore")]
+        paused: bool,
+        /// With --restore: accept disks that changed since the snapshot.
+        #[arg(long, requires = "restore")]
+        force: bool,
+        /// What the guest's clock does about time it did not run: `pause` (it stands still)
+        /// or `catch-up` (it jumps by the time that passed).
+        #[arg(long, default_value = "pause")]
+        clock: String,
     },
     #[command(flatten)]
     Manage(manage::ManageCmd),
@@ -197,7 +210,27 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Image(ImageCmd::Pull { name, force }) => image_pull(&name, force),
         Command::Image(ImageCmd::List { known }) => image_list(known),
-        Command::Vmm { name, dir } => vmm(name, dir),
+        Command::Vmm {
+            name,
+            dir,
+            restore,
+            paused,
+            force,
+            clock,
+        } => match vireo_vmm::snapshot::clock_mode(&clock) {
+            Ok(clock) => vmm(vireo_vmm::server::Options {
+                name,
+                dir,
+                restore,
+                paused,
+                force,
+                clock,
+            }),
+            Err(e) => {
+                eprintln!("vireo vmm: {e}");
+                run::VIREO_ERROR
+            }
+        },
         Command::Disk(cmd) => disk::run(cmd),
         Command::Manage(cmd) => manage::dispatch(cmd, cli.socket),
     };
@@ -206,7 +239,7 @@ fn main() -> ExitCode {
 
 /// `vireo vmm`: logs go to stderr (the daemon points it at the VM's vmm.log), and a bug ends
 /// this VM only, with its message in exit.json.
-fn vmm(name: String, dir: PathBuf) -> u8 {
+fn vmm(opts: vireo_vmm::server::Options) -> u8 {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -215,7 +248,7 @@ fn vmm(name: String, dir: PathBuf) -> u8 {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let panic_dir = dir.clone();
+    let panic_dir = opts.dir.clone();
     std::panic::set_hook(Box::new(move |info| {
         let message = format!("internal error (a bug in vireo): {info}");
         eprintln!("vireo vmm: {message}");
@@ -229,7 +262,7 @@ fn vmm(name: String, dir: PathBuf) -> u8 {
         );
         std::process::exit(101);
     }));
-    vireo_vmm::server::serve(vireo_vmm::server::Options { name, dir })
+    vireo_vmm::server::serve(opts)
 }
 
 fn image_pull(name: &str, force: bool) -> u8 {

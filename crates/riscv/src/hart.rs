@@ -448,10 +448,12 @@ impl Hart {
                 0x343 => &mut h.mtval,
                 0x344 => &mut h.mip_sw,
                 0x747 => &mut h.mseccfg,
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "hart {}: the snapshot holds CSR {other:#x}, which this emulator does not keep",
                     st.id
-                )),
+                ))
+                }
             };
             *slot = v;
         }

@@ -20,6 +20,6 @@ pub mod sbi;
 pub mod state;
 pub mod sys;
 
-pub use board::{EmuControl, EmuError, EmuStats, EmuVm, Layout};
+pub use board::{EmuControl, EmuError, EmuStateHandle, EmuStats, EmuVm, Layout};
 pub use isa::Isa;
 pub use sys::Counters;

@@ -140,6 +140,21 @@ pub struct DeviceHandle {
     /// `disk0`, `net1`, ... or the kind for single devices.
     pub id: String,
     pub counters: Option<Arc<DeviceCounters>>,
+    /// A disk's image, for snapshots.
+    pub disk: Option<DiskSource>,
+}
+
+/// The image a disk device serves, as a snapshot needs it.
+#[derive(Clone)]
+pub struct DiskSource {
+    /// The top image, open (a throwaway overlay has no name any more).
+    pub file: Arc<std::fs::File>,
+    /// `raw` or `qcow2`.
+    pub format: &'static str,
+    pub readonly: bool,
+    /// The definition's path: the image itself, or the base of a throwaway overlay.
+    pub path: PathBuf,
+    pub overlay: bool,
 }
 
 impl DeviceHandle {
@@ -148,6 +163,7 @@ impl DeviceHandle {
             kind,
             id: id.to_string(),
             counters: dev.counters(),
+            disk: None,
         }
     }
 }
@@ -197,7 +213,20 @@ pub fn build(
                 let dev = opened
                     .next()
                     .ok_or_else(|| fail(format!("{}: the disk was not opened", d.label)))?;
+                let file = dev
+                    .image_file()
+                    .map_err(|e| fail(format!("{}: {e}", d.label)))?;
+                let source = DiskSource {
+                    file: Arc::new(file),
+                    format: dev.format(),
+                    readonly: dev.is_readonly(),
+                    path: d.path.clone(),
+                    overlay: d.overlay,
+                };
                 devices.push("block", &d.id, Box::new(dev));
+                if let Some(h) = devices.handles.last_mut() {
+                    h.disk = Some(source);
+                }
             }
             DeviceConfig::Net(n) => {
                 let dev = net(n)?;

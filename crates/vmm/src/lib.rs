@@ -9,12 +9,14 @@
 //! - [`channel`]: the command channel to vireo's /init (virtio-serial ports);
 //! - [`supervise`]: who ends a run and with which status;
 //! - [`server`]: the `vireo vmm` process — one VM, its control and console sockets;
+//! - [`snapshot`]: snapshots (the directory, taking one, loading one to restore);
 //! - [`watch`]: kernel panics and vireo's /init marker in console output.
 
 pub mod channel;
 pub mod devices;
 pub mod payload;
 pub mod server;
+pub mod snapshot;
 pub mod supervise;
 pub mod vm;
 pub mod watch;

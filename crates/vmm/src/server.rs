@@ -11,7 +11,9 @@
 //! 1. takes an exclusive `flock` on `DIR/lock` for its whole life (whoever can take that lock
 //!    knows the VMM is gone, whatever `DIR/pid` says) and writes its pid to `DIR/pid`;
 //! 2. builds the VM; on failure it writes `DIR/exit.json` (reason `error`) and exits 125;
-//! 3. binds `DIR/control.sock` and `DIR/console.sock` (mode 0600) and boots the guest.
+//! 3. binds `DIR/control.sock` and `DIR/console.sock` (mode 0600) and boots the guest — or,
+//!    with `--restore SNAP [--paused] [--force] [--clock pause|catch-up]`, continues the
+//!    snapshot in SNAP (read and checked in step 2, so a bad snapshot is a start failure).
 //!
 //! **Exit.** Before exiting for any reason it can see, the VMM writes `DIR/exit.json`
 //! atomically (temporary file, rename):
@@ -41,6 +43,11 @@
 //! - `stats` → `{"stats": {"accel", "state", "vcpus", "guest_ram_bytes", "vmm_rss_bytes",
 //!   "vcpu_seconds", "uptime_seconds", "console_bytes", "console_dropped_bytes",
 //!   "counters": {NAME: N}, "devices": [{"kind", "id", "counters": {NAME: N}}]}}`
+//! - `snapshot` `{"dir": ABS, "parent": ABS?}` → `{"snapshot": {"id", "dir", "kind", "memory_pages",
+//!   "memory_bytes", "disk_bytes", "paused_ms", "total_ms"}}`: writes the snapshot directory `dir`
+//!   (see [`crate::snapshot`]; a diff of the snapshot in `parent`), pausing a running VM for it;
+//!   a VM not running or paused, or a `dir` that exists: conflict. A failed snapshot leaves no
+//!   files and the VM as it was.
 //! - `watch` → `{"ok": true}`, then `{"event": "state", "state"}` per change,
 //!   `{"event": "guest_ready"}` and `{"event": "guest_ip", "ip"}` once a boot, until the VMM
 //!   exits (EOF: read exit.json).
@@ -88,6 +95,17 @@ const DEFAULT_GRACE: u64 = 30;
 pub struct Options {
     pub name: String,
     pub dir: PathBuf,
+    /// Continue the snapshot in this directory instead of booting (`--restore SNAP`): the
+    /// machine is the snapshot's, the devices are built from `DIR/spec.json` (the daemon
+    /// points its disks at the VM's own overlays on the snapshot's copies and gives a clone
+    /// its own MAC address and vsock CID).
+    pub restore: Option<PathBuf>,
+    /// With `restore`: start paused.
+    pub paused: bool,
+    /// With `restore`: accept disks changed since the snapshot.
+    pub force: bool,
+    /// What the guest's clock does about time it did not run.
+    pub clock: vireo_riscv::state::ClockMode,
 }
 
 /// `DIR/exit.json`.
@@ -204,6 +222,10 @@ struct Shared {
     exec: Mutex<Option<Exec>>,
     exec_cv: Condvar,
     devices: Mutex<Vec<crate::DeviceHandle>>,
+    /// The definition, saved with each snapshot.
+    spec: VmSpec,
+    /// One snapshot at a time.
+    snapshotting: Mutex<()>,
     /// Stopped by `kill`, or by a shutdown that ran out of time.
     forced: AtomicBool,
     /// Why, when it is not the plain reason.
@@ -242,6 +264,10 @@ struct Server {
     plan: crate::Plan,
     configs: Vec<crate::DeviceConfig>,
     out: ConsoleOutput,
+    /// The snapshot the first boot continues, loaded and checked.
+    restore: Mutex<Option<crate::snapshot::Loaded>>,
+    paused: bool,
+    clock: vireo_riscv::state::ClockMode,
 }
 
 impl Server {
@@ -258,6 +284,24 @@ impl Server {
             crate::check_kvm(&plan.boot.kernel, false)?;
         }
         let configs = crate::devices::parse(&spec)?;
+        // Everything a restore needs is read and checked before anything runs.
+        let restore = match &opts.restore {
+            Some(snap) => {
+                if plan.accel != Accel::Emu {
+                    return Err(fail(
+                        "restoring a snapshot needs the emu accelerator (kvm snapshots are not wired into the VMM yet)",
+                    ));
+                }
+                let loaded = crate::snapshot::load(snap, opts.force)?;
+                tracing::info!(
+                    "snapshot {} loaded and mapped in {:.2} ms",
+                    snap.display(),
+                    loaded.load_ms
+                );
+                Some(loaded)
+            }
+            None => None,
+        };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -289,6 +333,8 @@ impl Server {
             exec: Mutex::new(None),
             exec_cv: Condvar::new(),
             devices: Mutex::new(Vec::new()),
+            spec: spec.clone(),
+            snapshotting: Mutex::new(()),
             forced: AtomicBool::new(false),
             forced_why: Mutex::new(None),
             stopping: AtomicBool::new(false),
@@ -316,6 +362,9 @@ impl Server {
             plan,
             configs,
             out: ConsoleOutput::new(),
+            restore: Mutex::new(restore),
+            paused: opts.paused,
+            clock: opts.clock,
         };
         Ok(server)
     }
@@ -360,7 +409,12 @@ impl Server {
             let Some((mut machine, pumps)) = vm.take() else {
                 break error_record(fail("no machine to run"));
             };
-            self.set_state(State::Running);
+            let st = if machine.control().is_paused() {
+                State::Paused
+            } else {
+                State::Running
+            };
+            self.set_state(st);
             let result = machine.run();
             drop(pumps);
             // What the guest printed last is in the log before the record is written.
@@ -448,13 +502,34 @@ impl Server {
         });
         let console_input = devices.console_input.take();
         let handles = devices.handles.clone();
-        let vm = Vm::create(
-            self.plan.accel,
-            &self.plan.boot,
-            &self.out,
-            devices.list,
-            self.plan.isa,
-        )?;
+        let restored = lock(&self.restore).take();
+        let from_snapshot = restored.is_some();
+        let vm = match restored {
+            Some(loaded) => {
+                let t0 = Instant::now();
+                let vm = Vm::restore(&self.plan.boot, &self.out, devices.list, loaded, self.clock)?;
+                tracing::info!(
+                    "machine restored in {:.2} ms",
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
+                if self.paused {
+                    // Parks before its first instruction.
+                    let _ = vm.control().pause();
+                }
+                vm
+            }
+            None => Vm::create(
+                self.plan.accel,
+                &self.plan.boot,
+                &self.out,
+                devices.list,
+                self.plan.isa,
+            )?,
+        };
+        if from_snapshot {
+            // A restored guest's /init said it was up long ago.
+            self.shared.guest_ready.store(true, Ordering::Release);
+        }
         let sink: Sink = match console_input {
             Some(c) => Box::new(move |b: &[u8]| c.push(b)),
             None => {
@@ -766,6 +841,9 @@ struct Request {
     timeout_secs: Option<u64>,
     /// For `exec`: the command and its arguments.
     command: Option<Vec<String>>,
+    /// For `snapshot`: the directory to create, and the parent snapshot of a diff.
+    dir: Option<PathBuf>,
+    parent: Option<PathBuf>,
 }
 
 fn serve_control(conn: UnixStream, shared: Arc<Shared>) {
@@ -901,9 +979,42 @@ fn handle(r: &Request, shared: &Arc<Shared>) -> Value {
             json!({"ok": true, "state": "stopping"})
         }
         "stats" => json!({"ok": true, "stats": stats(shared, state, control)}),
+        "snapshot" => {
+            if !matches!(state, State::Running | State::Paused) {
+                return err(
+                    "conflict",
+                    &format!("cannot snapshot a VM that is {} (expected running or paused)", state.name()),
+                );
+            }
+            let Some(c) = control else {
+                return err("conflict", "the VM is between boots");
+            };
+            let Some(dir) = r.dir.as_ref().filter(|d| d.is_absolute()) else {
+                return err("bad_request", "snapshot needs \"dir\": an absolute path to create");
+            };
+            let _one = lock(&shared.snapshotting);
+            let disks: Vec<(String, crate::devices::DiskSource)> = lock(&shared.devices)
+                .iter()
+                .filter_map(|h| h.disk.clone().map(|d| (h.id.clone(), d)))
+                .collect();
+            match crate::snapshot::take(&c, &shared.spec, &disks, dir, r.parent.as_deref()) {
+                Ok(t) => {
+                    tracing::info!(
+                        "snapshot {} ({}) taken: paused {:.1} ms, {} memory pages",
+                        t.dir.display(),
+                        t.kind,
+                        t.paused_ms,
+                        t.memory_pages
+                    );
+                    json!({"ok": true, "snapshot": t})
+                }
+                Err(e) if e.0.contains(" exists") => err("conflict", &e.0),
+                Err(e) => err("internal", &e.0),
+            }
+        }
         other => err(
             "bad_request",
-            &format!("unknown op '{other}' (expected hello, state, pause, resume, shutdown, kill, stats, watch or exec)"),
+            &format!("unknown op '{other}' (expected hello, state, pause, resume, shutdown, kill, stats, watch, exec or snapshot)"),
         ),
     }
 }

@@ -55,6 +55,27 @@ impl Vm {
         })
     }
 
+    /// A machine continuing from a loaded snapshot, with fresh `devices` built from its
+    /// definition (emu only so far).
+    pub fn restore(
+        cfg: &BootConfig,
+        out: &ConsoleOutput,
+        devices: Vec<Box<dyn VirtioDevice>>,
+        loaded: crate::snapshot::Loaded,
+        clock: vireo_riscv::state::ClockMode,
+    ) -> Result<Vm, Error> {
+        let vm = vireo_riscv::EmuVm::restore(
+            cfg,
+            out.clone(),
+            devices,
+            loaded.ram,
+            &loaded.state,
+            clock,
+        )
+        .map_err(fail)?;
+        Ok(Vm::Emu(vm))
+    }
+
     pub fn accel(&self) -> &'static str {
         match self {
             Vm::Emu(_) => "emu",
@@ -76,6 +97,8 @@ impl Vm {
             Vm::Emu(v) => VmControl::Emu {
                 control: v.control(),
                 stats: v.stats_handle(),
+                state: v.state_handle(),
+                mem: v.guest_memory().memory().clone(),
             },
             Vm::Kvm(v) => VmControl::Kvm(v.controller()),
         }
@@ -145,20 +168,33 @@ pub enum VmControl {
     Emu {
         control: Arc<vireo_riscv::EmuControl>,
         stats: Arc<Mutex<vireo_riscv::EmuStats>>,
+        state: vireo_riscv::EmuStateHandle,
+        /// Guest RAM (the same mapping the harts use), for snapshots.
+        mem: vm_memory::GuestMemoryMmap,
     },
     Kvm(vireo_kvm::VmController),
 }
 
 impl VmControl {
-    /// Pauses the vCPUs; true once they are parked (the guest clock stops on emu).
+    /// Pauses the vCPUs at an instruction boundary, then the devices (emu): once this
+    /// returns, no device thread touches guest memory and no request is half-served, so the
+    /// machine's state is complete (what a snapshot takes). The guest clock stops unless the
+    /// clock mode is catch-up.
     pub fn pause(&self) -> Result<(), String> {
         match self {
-            VmControl::Emu { control, .. } => {
-                if control.pause(Duration::from_secs(5)) {
-                    Ok(())
-                } else {
-                    Err("the machine did not pause within 5 s".into())
+            VmControl::Emu { control, state, .. } => {
+                if !control.pause(Duration::from_secs(5)) {
+                    control.resume();
+                    return Err("the machine did not pause within 5 s".into());
                 }
+                if !state.pause_devices(Duration::from_secs(5)) {
+                    state.resume_devices();
+                    control.resume();
+                    return Err(
+                        "a device did not finish its requests within 5 s; the VM runs on".into(),
+                    );
+                }
+                Ok(())
             }
             VmControl::Kvm(c) => c.pause().map_err(|e| e.to_string()),
         }
@@ -166,7 +202,8 @@ impl VmControl {
 
     pub fn resume(&self) -> Result<(), String> {
         match self {
-            VmControl::Emu { control, .. } => {
+            VmControl::Emu { control, state, .. } => {
+                state.resume_devices();
                 control.resume();
                 Ok(())
             }

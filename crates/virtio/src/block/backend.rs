@@ -269,6 +269,11 @@ fn check_type(path: &Path, ft: std::fs::FileType) -> Result<(), BlockError> {
 }
 
 impl DiskFile {
+    /// The descriptor holding the image's lock.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Opens `path` read-only or read-write, probes its content unless `format` says what it
     /// is, and locks it for as long as the `DiskFile` lives.
     pub(crate) fn open(

@@ -271,6 +271,17 @@ impl Block {
         self.shared.disk.format()
     }
 
+    /// A descriptor of the image file itself (the top of a chain), for copying it while the
+    /// device is paused: an overlay the VMM unlinked once open is reachable only this way.
+    pub fn image_file(&self) -> std::io::Result<std::fs::File> {
+        self.shared.disk.file().try_clone()
+    }
+
+    /// Whether the guest may write the disk.
+    pub fn is_readonly(&self) -> bool {
+        self.shared.readonly
+    }
+
     /// Which file the image is (the same for every path that names it).
     pub fn file_id(&self) -> FileId {
         self.shared.disk.id()

@@ -1,0 +1,456 @@
+//! Snapshots of a VM, and VMs restored from them.
+//!
+//! # A snapshot directory
+//!
+//! ```text
+//! SNAP/state.vst     the state file (vireo-state: header, sections, End record)
+//! SNAP/memory.bin    guest RAM, sparse (zero pages are holes); a diff holds only the
+//!                    pages written since its parent
+//! SNAP/spec.json     the VM definition the snapshot was taken of (also in state.vst)
+//! SNAP/disk-ID.FMT   a frozen copy of each writable disk (holes kept)
+//! ```
+//!
+//! Sections of `state.vst` for the emu accelerator: `Machine` (riscv `MachineState`: CLINT,
+//! timebase, PLIC, UART, RTC, hart mailboxes), `Vcpu(n)` (riscv `HartState`), `Device("virtio.N")`
+//! (virtio `CoreState` of slot N, with the device's own bytes), `MemoryMap`, `Disks`
+//! (`DiskRef`s: the copies, plus every read-only file they or the definition depend on, each
+//! with a fingerprint), `Spec` (the definition as JSON) and `Device("vmm")` ([`SnapshotMeta`]).
+//!
+//! # Taking one
+//! The VM is paused (vCPUs parked between instructions, devices paused: see
+//! [`VmControl::pause`]), its state and memory are written to `SNAP.partial`, the writable
+//! disks are copied there, and the directory is renamed to `SNAP`; then a VM that was running
+//! runs on. A failure removes `SNAP.partial` and leaves the VM as it was: a snapshot is whole
+//! or absent. With the guest's clock in the default mode, the time the snapshot took does not
+//! pass for the guest.
+//!
+//! A **diff** snapshot names a parent: its memory file holds only the pages written since the
+//! parent was taken (the host kernel's soft-dirty bits, which every writer sets — harts and
+//! device threads alike — cleared when each snapshot is taken), and restoring it maps the
+//! chain's full memory file and applies each diff in order.
+//!
+//! # Restoring
+//! [`load`] reads and checks everything before anything runs: the state file (format, accelerator,
+//! architecture), the memory map and files of the whole chain, and every disk's fingerprint
+//! (a disk changed since the snapshot is refused unless forced). The memory is mapped
+//! copy-on-write (`MAP_PRIVATE`) from the memory file, so N VMs restored from one snapshot
+//! share every page none of them wrote, and the file is never written.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use vireo_machine::GuestRam;
+use vireo_riscv::state::{ClockMode, EmuState, HartState, MachineState, EMU_STATE_VERSION};
+use vireo_spec::VmSpec;
+use vireo_state::disk::DiskRef;
+use vireo_state::memory::MemoryMap;
+use vireo_state::{Accel, Arch, Header, Kind, SectionId, StateFile};
+
+use crate::devices::DiskSource;
+use crate::{fail, Error, VmControl};
+
+pub const STATE_FILE: &str = "state.vst";
+pub const MEMORY_FILE: &str = "memory.bin";
+pub const SPEC_FILE: &str = "spec.json";
+
+/// Version of [`SnapshotMeta`].
+const META_VERSION: u16 = 1;
+
+/// What the VMM itself records about a snapshot (section `Device("vmm")`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// The parent snapshot's directory (absolute), for a diff.
+    pub parent_dir: Option<String>,
+    /// The disks by device id: the file the restored VM's disk starts from (a copy in the
+    /// snapshot, or the definition's read-only image).
+    pub disks: Vec<(String, String)>,
+}
+
+/// What [`take`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Taken {
+    pub id: String,
+    pub dir: PathBuf,
+    pub kind: &'static str,
+    /// Pages in the memory file (non-zero pages, or the diff's pages).
+    pub memory_pages: u64,
+    /// Bytes the memory file takes on disk.
+    pub memory_bytes: u64,
+    /// Data bytes copied for the disks.
+    pub disk_bytes: u64,
+    /// How long the VM was paused for it, and the whole call.
+    pub paused_ms: f64,
+    pub total_ms: f64,
+}
+
+fn section_meta() -> SectionId {
+    SectionId::Device("vmm".into())
+}
+
+fn section_virtio(slot: usize) -> SectionId {
+    SectionId::Device(format!("virtio.{slot}"))
+}
+
+/// Takes a snapshot of the VM into `dir` (which must not exist); a diff of `parent` (a
+/// snapshot directory of this same VM, the last one taken) when given.
+pub fn take(
+    vm: &VmControl,
+    spec: &VmSpec,
+    disks: &[(String, DiskSource)],
+    dir: &Path,
+    parent: Option<&Path>,
+) -> Result<Taken, Error> {
+    let t0 = Instant::now();
+    if dir.exists() {
+        return Err(fail(format!(
+            "{} exists: a snapshot is never overwritten",
+            dir.display()
+        )));
+    }
+    let partial = partial_dir(dir);
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial)
+        .map_err(|e| fail(format!("cannot create {}: {e}", partial.display())))?;
+    let was_paused = vm.is_paused();
+    if !was_paused {
+        vm.pause().map_err(fail)?;
+    }
+    let paused_at = Instant::now();
+    let r = write_all(vm, spec, disks, dir, &partial, parent);
+    if !was_paused {
+        // Whatever happened, a VM that ran runs on.
+        let _ = vm.resume();
+    }
+    let paused_ms = paused_at.elapsed().as_secs_f64() * 1e3;
+    let mut taken = match r {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&partial, dir).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&partial);
+        fail(format!(
+            "cannot rename {} to {}: {e}",
+            partial.display(),
+            dir.display()
+        ))
+    })?;
+    taken.paused_ms = paused_ms;
+    taken.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    Ok(taken)
+}
+
+fn partial_dir(dir: &Path) -> PathBuf {
+    let mut s = dir.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+/// Everything of [`take`] that happens while the VM is paused.
+fn write_all(
+    vm: &VmControl,
+    spec: &VmSpec,
+    disks: &[(String, DiskSource)],
+    dir: &Path,
+    partial: &Path,
+    parent: Option<&Path>,
+) -> Result<Taken, Error> {
+    let VmControl::Emu { state, mem, .. } = vm else {
+        return Err(fail(
+            "snapshots of kvm guests are not wired into the VMM yet (the accelerator can save \
+             its vCPUs and irqchip, but not its devices); use the emu accelerator",
+        ));
+    };
+    let emu = state.save().map_err(fail)?;
+    let parent_state = match parent {
+        Some(p) => Some(
+            StateFile::read(p.join(STATE_FILE))
+                .map_err(|e| fail(format!("the parent snapshot: {e}")))?,
+        ),
+        None => None,
+    };
+    let header = match &parent_state {
+        Some(ps) => Header::diff(Accel::Emu, Arch::Riscv64, ps.header().id.clone()),
+        None => Header::new(Accel::Emu, Arch::Riscv64),
+    };
+    let mut file = StateFile::new(header);
+    file.put(SectionId::Machine, EMU_STATE_VERSION, &emu.machine)
+        .map_err(fail)?;
+    for (i, h) in emu.harts.iter().enumerate() {
+        file.put(SectionId::Vcpu(i as u32), EMU_STATE_VERSION, h)
+            .map_err(fail)?;
+    }
+    for (i, v) in emu.virtio.iter().enumerate() {
+        file.put(section_virtio(i), EMU_STATE_VERSION, v)
+            .map_err(fail)?;
+    }
+
+    // Memory: every non-zero page, or the pages written since the parent.
+    let only = match &parent_state {
+        Some(_) => {
+            let ram = GuestRam::from_mmap(mem.clone());
+            Some(vireo_state::softdirty::dirty_pages(&ram).map_err(fail)?)
+        }
+        None => None,
+    };
+    let map = vireo_state::memory::write_memory(partial.join(MEMORY_FILE), mem, only.as_ref())
+        .map_err(fail)?;
+    // What the next diff is relative to: from here on.
+    if let Err(e) = vireo_state::softdirty::clear() {
+        tracing::warn!("diff snapshots after this one will fail: {e}");
+    }
+    let memory_pages = match &map.diff {
+        Some(set) => set.len(),
+        None => count_data_pages(&partial.join(MEMORY_FILE)),
+    };
+    file.put(SectionId::MemoryMap, 1, &map).map_err(fail)?;
+
+    // Disks: writable ones are copied (paused, nothing is in flight); read-only ones and the
+    // bases the copies name are referenced with a fingerprint.
+    let mut refs: Vec<DiskRef> = Vec::new();
+    let mut meta_disks = Vec::new();
+    let mut disk_bytes = 0;
+    for (id, d) in disks {
+        if d.readonly {
+            let r = disk_ref(id, &d.path, d.format, true)?;
+            meta_disks.push((id.clone(), r.path.clone()));
+            refs.push(r);
+            continue;
+        }
+        let name = format!("disk-{id}.{}", d.format);
+        let src = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&*d.file)
+        ));
+        disk_bytes += vireo_state::disk::copy_sparse(&src, partial.join(&name))
+            .map_err(|e| fail(format!("disk {id}: {e}")))?;
+        let final_path = dir.join(&name);
+        let mut r = disk_ref(id, &partial.join(&name), d.format, false)?;
+        r.path = final_path.to_string_lossy().into_owned();
+        meta_disks.push((id.clone(), r.path.clone()));
+        refs.push(r);
+        // A copied overlay reads its base: that must not change either.
+        for (i, base) in backing_chain(&partial.join(&name))?.into_iter().enumerate() {
+            refs.push(disk_ref(&format!("{id}.base{i}"), &base, "", true)?);
+        }
+    }
+    file.put(SectionId::Disks, 1, &refs).map_err(fail)?;
+    let spec_json = serde_json::to_string_pretty(spec).map_err(fail)?;
+    file.put(SectionId::Spec, 1, &spec_json).map_err(fail)?;
+    std::fs::write(partial.join(SPEC_FILE), &spec_json).map_err(|e| {
+        fail(format!(
+            "cannot write {}: {e}",
+            partial.join(SPEC_FILE).display()
+        ))
+    })?;
+    let meta = SnapshotMeta {
+        parent_dir: parent.map(|p| absolute(p).to_string_lossy().into_owned()),
+        disks: meta_disks,
+    };
+    file.put(section_meta(), META_VERSION, &meta)
+        .map_err(fail)?;
+    file.write_atomic(partial.join(STATE_FILE)).map_err(fail)?;
+    let memory_bytes = allocated_bytes(&partial.join(MEMORY_FILE));
+    Ok(Taken {
+        id: file.header().id.clone(),
+        dir: dir.to_path_buf(),
+        kind: if parent.is_some() { "diff" } else { "full" },
+        memory_pages,
+        memory_bytes,
+        disk_bytes,
+        paused_ms: 0.0,
+        total_ms: 0.0,
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn disk_ref(id: &str, path: &Path, format: &str, read_only: bool) -> Result<DiskRef, Error> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| fail(format!("disk {id}: {}: {e}", path.display())))?;
+    Ok(DiskRef {
+        id: id.to_string(),
+        path: absolute(path).to_string_lossy().into_owned(),
+        format: format.to_string(),
+        read_only,
+        size: meta.len(),
+        fingerprint: vireo_state::disk::fingerprint(path).map_err(fail)?,
+    })
+}
+
+/// The backing files below a qcow2 image, nearest first (none for raw).
+fn backing_chain(path: &Path) -> Result<Vec<PathBuf>, Error> {
+    let info = vireo_virtio::block::image::info(path)
+        .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    let mut below = info.backing;
+    while let Some(b) = below {
+        out.push(b.path.clone());
+        below = b.backing;
+    }
+    Ok(out)
+}
+
+fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
+}
+
+fn count_data_pages(path: &Path) -> u64 {
+    allocated_bytes(path) / 4096
+}
+
+/// A snapshot read and checked, ready to restore.
+pub struct Loaded {
+    pub state: EmuState,
+    pub ram: GuestRam,
+    pub spec: VmSpec,
+    pub meta: SnapshotMeta,
+    pub header: Header,
+    /// How long reading, checking and mapping took.
+    pub load_ms: f64,
+}
+
+/// Reads the snapshot in `dir` and everything it depends on (its parents' memory, its disks)
+/// and maps its memory; an error names the file and what is wrong, and nothing has run.
+/// `force` accepts disks changed since the snapshot.
+pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
+    let t0 = Instant::now();
+    let path = dir.join(STATE_FILE);
+    if !path.exists() {
+        return Err(fail(format!(
+            "{}: no snapshot there (expected its state file {})",
+            dir.display(),
+            path.display()
+        )));
+    }
+    let file = StateFile::read(&path).map_err(fail)?;
+    file.check_compatible(Accel::Emu, Arch::Riscv64)
+        .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let (v, machine) = file
+        .require::<MachineState>(&SectionId::Machine)
+        .map_err(fail)?;
+    vireo_state::expect_version(&SectionId::Machine, v, EMU_STATE_VERSION).map_err(fail)?;
+    let mut harts = Vec::new();
+    for i in 0..machine.harts {
+        let id = SectionId::Vcpu(i);
+        let (v, h) = file.require::<HartState>(&id).map_err(fail)?;
+        vireo_state::expect_version(&id, v, EMU_STATE_VERSION).map_err(fail)?;
+        harts.push(h);
+    }
+    let mut virtio = Vec::new();
+    for slot in 0.. {
+        let id = section_virtio(slot);
+        match file
+            .get::<vireo_virtio::state::CoreState>(&id)
+            .map_err(fail)?
+        {
+            Some((v, c)) => {
+                vireo_state::expect_version(&id, v, EMU_STATE_VERSION).map_err(fail)?;
+                virtio.push(c);
+            }
+            None => break,
+        }
+    }
+    let (_, meta) = file
+        .require::<SnapshotMeta>(&section_meta())
+        .map_err(fail)?;
+    let (_, spec_json) = file.require::<String>(&SectionId::Spec).map_err(fail)?;
+    let spec: VmSpec = serde_json::from_str(&spec_json)
+        .map_err(|e| fail(format!("{}: the saved definition: {e}", path.display())))?;
+    let (_, refs) = file
+        .require::<Vec<DiskRef>>(&SectionId::Disks)
+        .map_err(fail)?;
+    for r in &refs {
+        match vireo_state::disk::check_disk(r) {
+            Ok(()) => {}
+            Err(e @ vireo_state::StateError::DiskChanged { .. }) if force => {
+                tracing::warn!("restoring anyway (forced): {e}");
+            }
+            Err(e) => {
+                return Err(fail(format!(
+                    "{e}{}",
+                    if force {
+                        ""
+                    } else {
+                        " (restore with --force to accept it)"
+                    }
+                )))
+            }
+        }
+    }
+    let header = file.header().clone();
+    // The memory chain: this snapshot's map, then its parents', up to a full one.
+    let mut chain: Vec<(PathBuf, MemoryMap)> = Vec::new();
+    let mut at = (
+        dir.to_path_buf(),
+        file.header().clone(),
+        meta.parent_dir.clone(),
+    );
+    let mut seen = 0;
+    let mut cur_file = file;
+    loop {
+        let (_, map) = cur_file
+            .require::<MemoryMap>(&SectionId::MemoryMap)
+            .map_err(fail)?;
+        chain.push((at.0.join(MEMORY_FILE), map));
+        if at.1.kind == Kind::Full {
+            break;
+        }
+        seen += 1;
+        let Some(parent) = at.2.clone() else {
+            return Err(fail(format!(
+                "{}: a diff snapshot without its parent's directory",
+                at.0.display()
+            )));
+        };
+        if seen > 256 {
+            return Err(fail("a chain of more than 256 diff snapshots"));
+        }
+        let pdir = PathBuf::from(parent);
+        let pf = StateFile::read(pdir.join(STATE_FILE))
+            .map_err(|e| fail(format!("{}: its parent snapshot: {e}", at.0.display())))?;
+        if Some(&pf.header().id) != at.1.parent.as_ref() {
+            return Err(fail(format!(
+                "{}: its parent {} is not the snapshot it was taken on (ids differ)",
+                at.0.display(),
+                pdir.display()
+            )));
+        }
+        let (_, pmeta) = pf.require::<SnapshotMeta>(&section_meta()).map_err(fail)?;
+        at = (pdir, pf.header().clone(), pmeta.parent_dir.clone());
+        cur_file = pf;
+    }
+    chain.reverse();
+    let ram = vireo_state::memory::restore_chain(&chain).map_err(fail)?;
+    Ok(Loaded {
+        state: EmuState {
+            machine,
+            harts,
+            virtio,
+        },
+        ram,
+        spec,
+        meta,
+        header,
+        load_ms: t0.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// Parses `--clock`.
+pub fn clock_mode(s: &str) -> Result<ClockMode, Error> {
+    match s {
+        "pause" => Ok(ClockMode::Pause),
+        "catch-up" => Ok(ClockMode::CatchUp),
+        other => Err(fail(format!(
+            "--clock {other}: expected pause (the guest's time stands still while it is not running) or catch-up"
+        ))),
+    }
+}
