@@ -393,4 +393,18 @@ api("bad-bodies",
     http("POST", "/vms/%ff/start"), http("GET", "/events?since=x"),
     http("POST", "/pools", '{"name": "q", "path": "/etc"}'),
     http("POST", "/vms", '[' * 200))
+# state_file: mode byte 0 (the bytes are the file) with the checked-in format-1 fixture; mode
+# byte 1 (the target frames the records) with the fixture's records, so mutations reach the
+# payload decoders past the checksums.
+fixture = open(os.path.join(here, "..", "crates", "state", "tests", "fixtures", "v1-synthetic.vst"), "rb").read()
+put("state_file", "v1-fixture", b"\x00" + fixture)
+recs, pos = b"", 12
+kinds = {b"HEAD": 0, b"SECT": 1}
+while True:
+    tag, length = fixture[pos:pos + 4], struct.unpack_from("<Q", fixture, pos + 4)[0]
+    if tag not in kinds:
+        break
+    recs += bytes([kinds[tag]]) + struct.pack("<H", length) + fixture[pos + 16:pos + 16 + length]
+    pos += 16 + length
+put("state_file", "v1-records", b"\x01" + recs)
 print("seeds written", file=sys.stderr)

@@ -36,10 +36,11 @@
 //! a file over 1 GiB before reading it.
 //!
 //! Payloads are serde values in [postcard]'s wire format, which is specified and stable
-//! (version 1): integers little-endian, `u16`..`u128`/`i16`..`i128` and lengths as varints
-//! (LEB128, zigzag for signed), `u8` as one byte, enums as a varint variant index then the
-//! variant's fields, structs as their fields in declaration order without names, `Option` as
-//! a 0/1 byte. No field is self-describing, so the field order of a format type *is* the
+//! (version 1): `u8`/`i8` and `bool` as one byte, wider integers and lengths as varints
+//! (LEB128, little-endian groups of 7 bits; zigzag for signed), floats as little-endian IEEE
+//! bytes, strings and byte sequences as a length then the bytes, enums as a varint variant
+//! index then the variant's fields, structs and tuples as their fields in order without names
+//! or lengths, `Option` as a 0/1 byte then the value. No field is self-describing, so the field order of a format type *is* the
 //! format: a type changes only with a new version (below). The format types hold no host
 //! pointers and no `usize`: every width is explicit.
 //!
