@@ -767,3 +767,74 @@ mod tests {
         assert_eq!(b, [64; 4]);
     }
 }
+
+/// The pages of `mem` whose contents differ from `base` (the memory a parent snapshot
+/// restores to, mapped from its files): what a diff snapshot must hold when no write
+/// tracking is available. Every writer is covered — harts, device threads, DMA — because it
+/// looks at contents, not at who wrote; a page written back with what it held is left out,
+/// which is still exact. The two must have the same layout.
+pub fn changed_pages(mem: &GuestMemoryMmap, base: &GuestMemoryMmap) -> Result<PageSet> {
+    let layout = layout_of(mem);
+    if layout != layout_of(base) {
+        return Err(StateError::MemoryMap {
+            reason: format!(
+                "the parent snapshot's RAM layout {:?} differs from the VM's {:?}",
+                layout_of(base),
+                layout
+            ),
+        });
+    }
+    let total: u64 = layout.iter().map(|&(_, s)| s / PS).sum();
+    let mut set = PageSet::new(total);
+    let mut a = vec![0u8; CHUNK as usize];
+    let mut b = vec![0u8; CHUNK as usize];
+    let mut first_page = 0u64;
+    for (base_addr, size) in layout {
+        let mut off = 0u64;
+        while off < size {
+            let len = (size - off).min(CHUNK) as usize;
+            let at = GuestAddress(base_addr + off);
+            let read = |m: &GuestMemoryMmap, buf: &mut [u8]| {
+                m.read_slice(buf, at).map_err(|e| StateError::MemoryMap {
+                    reason: format!("reading guest RAM at {:#x}: {e}", at.0),
+                })
+            };
+            read(mem, &mut a[..len])?;
+            read(base, &mut b[..len])?;
+            for (i, (pa, pb)) in a[..len]
+                .chunks(PS as usize)
+                .zip(b[..len].chunks(PS as usize))
+                .enumerate()
+            {
+                if pa != pb {
+                    set.insert(first_page + off / PS + i as u64);
+                }
+            }
+            off += len as u64;
+        }
+        first_page += size / PS;
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod changed_tests {
+    use super::*;
+
+    #[test]
+    fn changed_pages_finds_exactly_the_pages_that_differ() {
+        let a = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x8000_0000), 64 << 12)]).unwrap();
+        let b = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x8000_0000), 64 << 12)]).unwrap();
+        a.write_slice(&[1], GuestAddress(0x8000_0000 + 3 * 4096 + 17))
+            .unwrap();
+        a.write_slice(&[2], GuestAddress(0x8000_0000 + 63 * 4096 + 4095))
+            .unwrap();
+        // Written with what it held: not a change.
+        a.write_slice(&[0], GuestAddress(0x8000_0000 + 9 * 4096))
+            .unwrap();
+        let set = changed_pages(&a, &b).unwrap();
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![3, 63]);
+        let c = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x8000_0000), 32 << 12)]).unwrap();
+        assert!(changed_pages(&a, &c).is_err());
+    }
+}

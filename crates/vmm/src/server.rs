@@ -514,7 +514,7 @@ impl Server {
                 );
                 if self.paused {
                     // Parks before its first instruction.
-                    let _ = vm.control().pause();
+                    vm.control().start_paused().map_err(fail)?;
                 }
                 vm
             }

@@ -188,20 +188,19 @@ fn write_all(
             .map_err(fail)?;
     }
 
-    // Memory: every non-zero page, or the pages written since the parent.
-    let only = match &parent_state {
-        Some(_) => {
-            let ram = GuestRam::from_mmap(mem.clone());
-            Some(vireo_state::softdirty::dirty_pages(&ram).map_err(fail)?)
+    // Memory: every non-zero page, or the pages that differ from what the parent restores
+    // to (this host's kernel may not track soft-dirty pages, and device threads write guest
+    // memory behind the harts' backs: comparing contents covers every writer).
+    let only = match parent {
+        Some(p) => {
+            let chain = memory_chain(p)?;
+            let base = vireo_state::memory::restore_chain(&chain).map_err(fail)?;
+            Some(vireo_state::memory::changed_pages(mem, base.memory()).map_err(fail)?)
         }
         None => None,
     };
     let map = vireo_state::memory::write_memory(partial.join(MEMORY_FILE), mem, only.as_ref())
         .map_err(fail)?;
-    // What the next diff is relative to: from here on.
-    if let Err(e) = vireo_state::softdirty::clear() {
-        tracing::warn!("diff snapshots after this one will fail: {e}");
-    }
     let memory_pages = match &map.diff {
         Some(set) => set.len(),
         None => count_data_pages(&partial.join(MEMORY_FILE)),
@@ -387,48 +386,7 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
         }
     }
     let header = file.header().clone();
-    // The memory chain: this snapshot's map, then its parents', up to a full one.
-    let mut chain: Vec<(PathBuf, MemoryMap)> = Vec::new();
-    let mut at = (
-        dir.to_path_buf(),
-        file.header().clone(),
-        meta.parent_dir.clone(),
-    );
-    let mut seen = 0;
-    let mut cur_file = file;
-    loop {
-        let (_, map) = cur_file
-            .require::<MemoryMap>(&SectionId::MemoryMap)
-            .map_err(fail)?;
-        chain.push((at.0.join(MEMORY_FILE), map));
-        if at.1.kind == Kind::Full {
-            break;
-        }
-        seen += 1;
-        let Some(parent) = at.2.clone() else {
-            return Err(fail(format!(
-                "{}: a diff snapshot without its parent's directory",
-                at.0.display()
-            )));
-        };
-        if seen > 256 {
-            return Err(fail("a chain of more than 256 diff snapshots"));
-        }
-        let pdir = PathBuf::from(parent);
-        let pf = StateFile::read(pdir.join(STATE_FILE))
-            .map_err(|e| fail(format!("{}: its parent snapshot: {e}", at.0.display())))?;
-        if Some(&pf.header().id) != at.1.parent.as_ref() {
-            return Err(fail(format!(
-                "{}: its parent {} is not the snapshot it was taken on (ids differ)",
-                at.0.display(),
-                pdir.display()
-            )));
-        }
-        let (_, pmeta) = pf.require::<SnapshotMeta>(&section_meta()).map_err(fail)?;
-        at = (pdir, pf.header().clone(), pmeta.parent_dir.clone());
-        cur_file = pf;
-    }
-    chain.reverse();
+    let chain = memory_chain(dir)?;
     let ram = vireo_state::memory::restore_chain(&chain).map_err(fail)?;
     Ok(Loaded {
         state: EmuState {
@@ -442,6 +400,49 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
         header,
         load_ms: t0.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// The memory files a restore of the snapshot in `dir` applies, full one first: its own and
+/// its parents', each checked to be the snapshot its child was taken on.
+fn memory_chain(dir: &Path) -> Result<Vec<(PathBuf, MemoryMap)>, Error> {
+    let mut chain: Vec<(PathBuf, MemoryMap)> = Vec::new();
+    let mut at = dir.to_path_buf();
+    let mut file = StateFile::read(at.join(STATE_FILE)).map_err(fail)?;
+    loop {
+        let (_, map) = file
+            .require::<MemoryMap>(&SectionId::MemoryMap)
+            .map_err(fail)?;
+        chain.push((at.join(MEMORY_FILE), map));
+        if file.header().kind == Kind::Full {
+            break;
+        }
+        if chain.len() > 256 {
+            return Err(fail("a chain of more than 256 diff snapshots"));
+        }
+        let (_, meta) = file
+            .require::<SnapshotMeta>(&section_meta())
+            .map_err(fail)?;
+        let Some(parent) = meta.parent_dir else {
+            return Err(fail(format!(
+                "{}: a diff snapshot without its parent's directory",
+                at.display()
+            )));
+        };
+        let pdir = PathBuf::from(parent);
+        let pf = StateFile::read(pdir.join(STATE_FILE))
+            .map_err(|e| fail(format!("{}: its parent snapshot: {e}", at.display())))?;
+        if Some(&pf.header().id) != file.header().parent.as_ref() {
+            return Err(fail(format!(
+                "{}: its parent {} is not the snapshot it was taken on (ids differ)",
+                at.display(),
+                pdir.display()
+            )));
+        }
+        at = pdir;
+        file = pf;
+    }
+    chain.reverse();
+    Ok(chain)
 }
 
 /// Parses `--clock`.

@@ -200,6 +200,23 @@ impl VmControl {
         }
     }
 
+    /// Has a machine that has not run yet start paused: it parks before its first
+    /// instruction, its devices deliver nothing until resumed.
+    pub fn start_paused(&self) -> Result<(), String> {
+        match self {
+            VmControl::Emu { control, state, .. } => {
+                // Not running yet: nothing to wait for; the run loop parks at once.
+                control.pause(Duration::ZERO);
+                if state.pause_devices(Duration::from_secs(5)) {
+                    Ok(())
+                } else {
+                    Err("a device did not pause within 5 s".into())
+                }
+            }
+            VmControl::Kvm(c) => c.pause().map_err(|e| e.to_string()),
+        }
+    }
+
     pub fn resume(&self) -> Result<(), String> {
         match self {
             VmControl::Emu { control, state, .. } => {

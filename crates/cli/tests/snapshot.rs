@@ -1,0 +1,410 @@
+//! End to end: snapshots of a running guest through `vireo vmm`'s `snapshot` op, and VMMs
+//! restored from them with `vireo vmm --restore` (crates/vmm/src/snapshot.rs), on the emu
+//! accelerator with the pulled Debian image.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A scratch directory removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("vireo-snap-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Vmm {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Vmm {
+    fn spawn(dir: &Path, spec: &Value, extra: &[&str]) -> Vmm {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
+        let log = std::fs::File::create(dir.join("vmm.log")).unwrap();
+        let child = vireo()
+            .args(["vmm", "--name", "t", "--dir"])
+            .arg(dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Vmm {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vmm.log")).unwrap_or_default()
+    }
+
+    fn wait_socket(&mut self) {
+        let t0 = Instant::now();
+        while UnixStream::connect(self.dir.join("control.sock")).is_err() {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                panic!("the VMM exited ({s}) before serving: {}", self.log());
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "no control.sock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn req(&self, r: Value) -> Value {
+        let mut s = UnixStream::connect(self.dir.join("control.sock")).expect("control socket");
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        writeln!(s, "{r}").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    fn console(&self) -> Console {
+        let mut s = UnixStream::connect(self.dir.join("console.sock")).unwrap();
+        s.write_all(b"rw\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Console {
+            s,
+            seen: Vec::new(),
+        }
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "the VMM in {} did not exit within {limit:?}: {}",
+                self.dir.display(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Console {
+    s: UnixStream,
+    seen: Vec<u8>,
+}
+
+impl Console {
+    fn send(&mut self, line: &str) {
+        self.s.write_all(line.as_bytes()).unwrap();
+        self.s.write_all(b"\n").unwrap();
+    }
+
+    /// Reads until `needle` appears after what was already consumed; returns the text up to
+    /// and including it and consumes it.
+    fn until(&mut self, needle: &str, limit: Duration) -> String {
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&self.seen).into_owned();
+            if let Some(i) = text.find(needle) {
+                let upto = text[..i + needle.len()].to_string();
+                self.seen.drain(..upto.len());
+                return upto;
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "no {needle:?} on the console; got {text:?}"
+            );
+            match self.s.read(&mut buf) {
+                Ok(0) => panic!("console closed; got {text:?}"),
+                Ok(n) => self.seen.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Reads for `d` and returns what came.
+    fn drain(&mut self, d: Duration) -> String {
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4096];
+        while t0.elapsed() < d {
+            if let Ok(n) = self.s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                self.seen.extend_from_slice(&buf[..n]);
+            }
+        }
+        let t = String::from_utf8_lossy(&self.seen).into_owned();
+        self.seen.clear();
+        t
+    }
+}
+
+/// The tick numbers `tick-N` in `text`.
+fn ticks(text: &str) -> Vec<u64> {
+    text.split("tick-")
+        .skip(1)
+        .filter_map(|t| {
+            let d: String = t.chars().take_while(|c| c.is_ascii_digit()).collect();
+            d.parse().ok()
+        })
+        .collect()
+}
+
+fn spec(disk: &Path) -> Value {
+    json!({"image": IMAGE, "memory": "256M", "disk": [format!("{},format=raw", disk.display())]})
+}
+
+/// Boots a guest with a 16 MiB raw disk, starts a counter printing `tick-N` on the console,
+/// writes BEFORE at the disk's start, takes snapshot `snap`, then writes AFTER at 4 KiB.
+/// Returns the VMM (still running), the last tick seen before the snapshot, and its console.
+fn boot_count_and_snapshot(s: &Scratch, snap: &Path) -> (Vmm, u64, Console, Value) {
+    let disk = s.path("data.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let mut vmm = Vmm::spawn(&s.path("run1"), &spec(&disk), &[]);
+    vmm.wait_socket();
+    let t0 = Instant::now();
+    while vmm.req(json!({"op": "state"}))["guest_ready"] != true {
+        assert!(
+            t0.elapsed() < BOOT_TIMEOUT,
+            "the guest did not come up: {}",
+            vmm.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut con = vmm.console();
+    con.until("BusyBox", Duration::from_secs(30));
+    con.send("echo BEFORE > /dev/vda && sync && echo wrote-$((40+2))");
+    con.until("wrote-42", Duration::from_secs(60));
+    con.send("(i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done) &");
+    con.until("tick-5", Duration::from_secs(60));
+
+    // Paused under the running counter: no tick comes; resumed: they go on.
+    assert_eq!(vmm.req(json!({"op": "pause"}))["state"], "paused");
+    std::thread::sleep(Duration::from_millis(300));
+    con.drain(Duration::from_millis(100));
+    let quiet = con.drain(Duration::from_millis(1000));
+    assert!(ticks(&quiet).is_empty(), "ticks while paused: {quiet:?}");
+    assert_eq!(vmm.req(json!({"op": "resume"}))["state"], "running");
+    con.until("tick-8", Duration::from_secs(30));
+
+    let before = con.drain(Duration::from_millis(300));
+    let r = vmm.req(json!({"op": "snapshot", "dir": snap}));
+    assert_eq!(r["ok"], true, "{r}");
+    let last = ticks(&before).into_iter().max().unwrap_or(8);
+    // The guest runs on after the snapshot and writes what the snapshot must not have.
+    con.until(&format!("tick-{}", last + 3), Duration::from_secs(30));
+    con.send("echo AFTER | dd of=/dev/vda bs=4096 seek=1 2>/dev/null; sync; echo wrote-$((40+3))");
+    con.until("wrote-43", Duration::from_secs(60));
+    (vmm, last, con, r)
+}
+
+/// A run directory for a VMM restoring `snap`: the snapshot's definition with its disk on a
+/// fresh overlay over the snapshot's copy (what the daemon does), so the snapshot stays as
+/// it was.
+fn restore_spec(s: &Scratch, snap: &Path, tag: &str) -> Value {
+    let copy = snap.join("disk-disk0.raw");
+    assert!(copy.exists(), "the snapshot holds a copy of the disk");
+    let overlay = s.path(&format!("{tag}-overlay.qcow2"));
+    let out = vireo()
+        .args(["disk", "create", "-b"])
+        .arg(&copy)
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json!({"image": IMAGE, "memory": "256M", "disk": [format!("{},format=qcow2", overlay.display())]})
+}
+
+#[test]
+fn a_restored_guest_counts_on_with_its_disk_as_it_was() {
+    require_image();
+    let s = Scratch::new("restore");
+    let snap = s.path("snap1");
+    let (mut vmm, last, _con, taken) = boot_count_and_snapshot(&s, &snap);
+    assert_eq!(taken["snapshot"]["kind"], "full", "{taken}");
+    // Sparse: a 256 MiB guest that booted to a shell takes far less.
+    let bytes = taken["snapshot"]["memory_bytes"].as_u64().unwrap();
+    assert!(bytes > 1 << 20 && bytes < 200 << 20, "{taken}");
+    // A second snapshot into the same directory is refused, and nothing changes.
+    let again = vmm.req(json!({"op": "snapshot", "dir": snap}));
+    assert_eq!(again["error"], "conflict", "{again}");
+    assert_eq!(vmm.req(json!({"op": "state"}))["state"], "running");
+    assert!(!s.path("snap1.partial").exists());
+    assert_eq!(vmm.req(json!({"op": "kill"}))["ok"], true);
+    vmm.wait_exit(Duration::from_secs(30));
+
+    let spec = restore_spec(&s, &snap, "r1");
+    let mut r = Vmm::spawn(
+        &s.path("run2"),
+        &spec,
+        &["--restore", snap.to_str().unwrap()],
+    );
+    r.wait_socket();
+    let mut con = r.console();
+    let text = con.until(&format!("tick-{}", last + 4), Duration::from_secs(60));
+    let seen = ticks(&text);
+    let first = *seen.first().expect("ticks after the restore");
+    assert!(
+        first > 5 && first <= last + 3,
+        "the count restarted or jumped: last before the snapshot {last}, first after {first} ({seen:?})"
+    );
+    // The disk: what was written before the snapshot is there, what came after is not.
+    con.send("head -c 6 /dev/vda; echo; dd if=/dev/vda bs=4096 skip=1 count=1 2>/dev/null | head -c 5 | od -c | head -1; echo disk-$((7*6))");
+    let out = con.until("disk-42", Duration::from_secs(60));
+    assert!(out.contains("BEFORE"), "{out:?}");
+    assert!(
+        !out.contains("A   F   T"),
+        "a write after the snapshot is on the restored disk: {out:?}"
+    );
+    assert!(out.contains("\\0"), "{out:?}");
+    assert_eq!(r.req(json!({"op": "state"}))["state"], "running");
+    assert_eq!(r.req(json!({"op": "kill"}))["ok"], true);
+}
+
+#[test]
+fn a_diff_snapshot_restores_the_same_guest() {
+    require_image();
+    let s = Scratch::new("diff");
+    let full = s.path("full");
+    let (vmm, last, mut con, _) = boot_count_and_snapshot(&s, &full);
+    con.until(&format!("tick-{}", last + 6), Duration::from_secs(30));
+    let diff = s.path("diff");
+    let d = vmm.req(json!({"op": "snapshot", "dir": diff, "parent": full}));
+    assert_eq!(d["snapshot"]["kind"], "diff", "{d}");
+    let pages = d["snapshot"]["memory_pages"].as_u64().unwrap();
+    assert!(pages > 0 && pages < 256 << 8, "{d}");
+    let before = con.drain(Duration::from_millis(100));
+    let at_diff = ticks(&before).into_iter().max().unwrap_or(last + 6);
+    drop(vmm);
+
+    let spec = restore_spec(&s, &diff, "d1");
+    let mut r = Vmm::spawn(
+        &s.path("run3"),
+        &spec,
+        &["--restore", diff.to_str().unwrap(), "--paused"],
+    );
+    r.wait_socket();
+    assert_eq!(r.req(json!({"op": "state"}))["state"], "paused");
+    let mut con = r.console();
+    let quiet = con.drain(Duration::from_millis(800));
+    assert!(
+        ticks(&quiet).is_empty(),
+        "a VM restored paused ran: {quiet:?}"
+    );
+    assert_eq!(r.req(json!({"op": "resume"}))["state"], "running");
+    let text = con.until(&format!("tick-{}", at_diff + 3), Duration::from_secs(60));
+    let first = ticks(&text)[0];
+    assert!(
+        first > last + 3,
+        "the diff restored the full snapshot's guest: {first} after {last}"
+    );
+}
+
+#[test]
+fn a_damaged_or_foreign_snapshot_is_refused_with_the_reason() {
+    require_image();
+    let s = Scratch::new("bad");
+    let snap = s.path("snap");
+    let (vmm, ..) = boot_count_and_snapshot(&s, &snap);
+    drop(vmm);
+    let spec = restore_spec(&s, &snap, "b");
+    let try_restore = |from: &Path, tag: &str, extra: &[&str]| -> String {
+        let mut args = vec!["--restore", from.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let mut v = Vmm::spawn(&s.path(tag), &spec, &args);
+        let code = v.wait_exit(Duration::from_secs(60));
+        assert_eq!(code, 125, "{}", v.log());
+        let rec: Value =
+            serde_json::from_str(&std::fs::read_to_string(s.path(tag).join("exit.json")).unwrap())
+                .unwrap();
+        assert_eq!(rec["reason"], "error");
+        rec["message"].as_str().unwrap().to_string()
+    };
+    let copy = |name: &str| -> PathBuf {
+        let d = s.path(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in std::fs::read_dir(&snap).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), d.join(f.file_name())).unwrap();
+        }
+        d
+    };
+    // Truncated state file.
+    let t = copy("trunc");
+    let st = std::fs::read(t.join("state.vst")).unwrap();
+    std::fs::write(t.join("state.vst"), &st[..st.len() / 2]).unwrap();
+    let m = try_restore(&t, "r-trunc", &[]);
+    assert!(m.contains("state.vst") && m.contains("truncated"), "{m}");
+    // A flipped byte.
+    let c = copy("corrupt");
+    let mut st2 = st.clone();
+    let mid = st2.len() / 2;
+    st2[mid] ^= 0x40;
+    std::fs::write(c.join("state.vst"), &st2).unwrap();
+    let m = try_restore(&c, "r-corrupt", &[]);
+    assert!(m.contains("corrupt"), "{m}");
+    // The memory file missing.
+    let nm = copy("nomem");
+    std::fs::remove_file(nm.join("memory.bin")).unwrap();
+    let m = try_restore(&nm, "r-nomem", &[]);
+    assert!(m.contains("memory.bin"), "{m}");
+    // A disk changed since (the snapshot's own copy: its state names it by its path):
+    // refused, unless forced.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(snap.join("disk-disk0.raw"))
+        .unwrap();
+    f.write_all(b"CHANGED").unwrap();
+    drop(f);
+    let m = try_restore(&snap, "r-changed", &[]);
+    assert!(m.contains("changed") && m.contains("--force"), "{m}");
+    let mut v = Vmm::spawn(
+        &s.path("r-forced"),
+        &spec,
+        &["--restore", snap.to_str().unwrap(), "--force"],
+    );
+    v.wait_socket();
+    assert_eq!(v.req(json!({"op": "state"}))["state"], "running");
+    // No snapshot there at all.
+    let m = try_restore(&s.path("nowhere"), "r-none", &[]);
+    assert!(m.contains("no snapshot there"), "{m}");
+}
