@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds vireo and the bench harnesses optimised, then runs one.
-# Usage: bench/run.sh [boot|io|kvm|loop] [RUNS]   (default: boot; loop: [VMS] [AT_ONCE])
+# Usage: bench/run.sh [boot|io|kvm|loop|snapshot] [RUNS]   (default: boot; loop: [VMS] [AT_ONCE];
+#        snapshot: [CLONES...], default 10 50)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p vireo -p vireo-bench
@@ -9,6 +10,7 @@ case "${1:-boot}" in
   io) shift; exec target/release/io "$@" ;;
   kvm) shift; exec target/release/kvm_start "$@" ;;
   loop) shift; exec target/release/daemon_loop "$@" ;;
+  snapshot) shift; exec target/release/snapshot "$@" ;;
   [0-9]*) exec target/release/emu_boot "$@" ;;
-  *) echo "usage: bench/run.sh [boot|io|kvm|loop] [RUNS]" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh [boot|io|kvm|loop|snapshot] [RUNS]" >&2; exit 2 ;;
 esac

@@ -408,4 +408,86 @@ mod tests {
         assert!(!active.load(Ordering::SeqCst));
         assert_eq!(rd(&mut t, REG_QUEUE_READY), 0);
     }
+
+    #[test]
+    fn a_saved_transport_restores_onto_a_fresh_device_and_continues() {
+        use vm_memory::Bytes;
+        let (mut t, activated, ..) = setup();
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 0x1000, 0x2000, 0x3000, 16);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert!(activated.load(Ordering::SeqCst));
+        let mem = t.core.mem.clone();
+        // The device has returned 5 chains; the driver has made 7 available.
+        mem.write_obj(5u16, GuestAddress(0x3002)).unwrap();
+        mem.write_obj(7u16, GuestAddress(0x2002)).unwrap();
+        let st = t.save_state();
+        assert!(st.active);
+        assert_eq!((st.queues[0].next_avail, st.queues[0].next_used), (5, 5));
+        assert_eq!(st.queues[0].desc, 0x1000);
+
+        let fresh = |dev: Box<dyn VirtioDevice>| {
+            MmioTransport::new(dev, mem.clone(), Arc::new(Line(AtomicBool::new(false))))
+        };
+        let p = Probe::default();
+        let (a, q) = (p.activated.clone(), p.queues_seen.clone());
+        let mut r = fresh(Box::new(p));
+        r.restore_state(&st).unwrap();
+        assert!(
+            a.load(Ordering::SeqCst),
+            "restored active: the device is activated"
+        );
+        assert_eq!(*q.lock().unwrap(), vec![true, false]);
+        assert_ne!(rd(&mut r, REG_STATUS) & STATUS_DRIVER_OK, 0);
+        wr(&mut r, REG_QUEUE_SEL, 0);
+        assert_eq!(rd(&mut r, REG_QUEUE_READY), 1);
+        assert_eq!(rd(&mut r, REG_QUEUE_NUM_MAX), 16);
+        assert_eq!(
+            r.save_state(),
+            st,
+            "a restore then a save changed the state"
+        );
+
+        // A device of another type, and a position the driver's ring contradicts.
+        struct Other;
+        impl VirtioDevice for Other {
+            fn device_type(&self) -> u32 {
+                crate::types::BLOCK
+            }
+            fn features(&self) -> u64 {
+                F_VERSION_1
+            }
+            fn queue_max_sizes(&self) -> &[u16] {
+                &[16, 8]
+            }
+            fn read_config(&self, _: u64, _: &mut [u8]) {}
+            fn activate(&mut self, _: Activation) -> Result<(), ActivateError> {
+                Ok(())
+            }
+            fn queue_notify(&mut self, _: u16) {}
+            fn reset(&mut self) {}
+        }
+        let e = fresh(Box::new(Other)).restore_state(&st).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("type 4 here, the definition gives type 2"),
+            "{e}"
+        );
+        mem.write_obj(200u16, GuestAddress(0x2002)).unwrap();
+        let e = fresh(Box::new(Probe::default()))
+            .restore_state(&st)
+            .unwrap_err();
+        assert!(e.to_string().contains("available index is 200"), "{e}");
+        // Bytes for a device that keeps none are refused.
+        let mut odd = st.clone();
+        odd.device = vec![1];
+        mem.write_obj(7u16, GuestAddress(0x2002)).unwrap();
+        assert!(fresh(Box::new(Probe::default()))
+            .restore_state(&odd)
+            .is_err());
+    }
 }

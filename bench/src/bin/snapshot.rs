@@ -1,0 +1,279 @@
+//! Snapshot, restore and clone figures for the emu accelerator, through `vireo vmm` as the
+//! daemon drives it: a Debian guest (the `debian-riscv64` image) booted to its shell, then
+//! - a full snapshot (how long the guest was paused, the whole call, the memory file's size);
+//! - a diff snapshot after a small workload (its size);
+//! - restores: in the VMM (its log: loading and mapping, building the machine — what stands
+//!   between the request and the first guest instruction), to the control socket, and to the
+//!   first console output (the restored shell answering a key);
+//! - N clones restored at once from one snapshot: time until all run, RSS and PSS per clone
+//!   (smaps_rollup: PSS counts a page shared by k clones as 1/k).
+//!
+//! The anchor is Firecracker's published figure (3–8.5 ms to restore a 128 MiB microVM);
+//! Firecracker cannot run here, so it is printed as the published figure, not measured.
+//!
+//! Usage: snapshot [clones...] (default: 10 50). Memory sizes: 128 MiB and 1 GiB.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vireo_bench::{die, vireo_binary};
+
+struct Vmm {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Vmm {
+    fn spawn(dir: &Path, spec: &str, extra: &[&str]) -> Vmm {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| die(&e.to_string()));
+        std::fs::write(dir.join("spec.json"), spec).unwrap_or_else(|e| die(&e.to_string()));
+        let log =
+            std::fs::File::create(dir.join("vmm.log")).unwrap_or_else(|e| die(&e.to_string()));
+        let child = Command::new(vireo_binary())
+            .args(["vmm", "--name", "bench", "--dir"])
+            .arg(dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap_or_else(|e| die(&e.to_string())))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| die(&format!("cannot run vireo: {e}")));
+        Vmm {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn wait_socket(&mut self, limit: Duration) {
+        let t0 = Instant::now();
+        while UnixStream::connect(self.dir.join("control.sock")).is_err() {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                die(&format!("the VMM exited ({s}): {}", self.log()));
+            }
+            if t0.elapsed() > limit {
+                die("the VMM did not serve in time");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vmm.log")).unwrap_or_default()
+    }
+
+    fn req(&self, r: &str) -> String {
+        let mut s = UnixStream::connect(self.dir.join("control.sock"))
+            .unwrap_or_else(|e| die(&format!("control socket: {e}")));
+        let _ = s.set_read_timeout(Some(Duration::from_secs(300)));
+        let _ = writeln!(s, "{r}");
+        let mut line = String::new();
+        let _ = BufReader::new(s).read_line(&mut line);
+        line
+    }
+
+    fn console(&self) -> UnixStream {
+        let mut s = UnixStream::connect(self.dir.join("console.sock"))
+            .unwrap_or_else(|e| die(&format!("console socket: {e}")));
+        let _ = s.write_all(b"rw\n");
+        let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+        s
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The number after `"key":` in a JSON answer.
+fn num(json: &str, key: &str) -> f64 {
+    let pat = format!("\"{key}\":");
+    json.find(&pat)
+        .and_then(|i| {
+            let rest = &json[i + pat.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e'))
+                .unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        })
+        .unwrap_or_else(|| die(&format!("no {key} in {json}")))
+}
+
+/// The milliseconds the VMM logged after `what` (" ... in X ms").
+fn logged_ms(log: &str, what: &str) -> f64 {
+    log.lines()
+        .find(|l| l.contains(what))
+        .and_then(|l| l.rsplit(" in ").next())
+        .and_then(|t| t.trim_end_matches(" ms").trim().parse().ok())
+        .unwrap_or_else(|| die(&format!("no '{what}' in the VMM log: {log}")))
+}
+
+fn wait_console(c: &mut UnixStream, needle: &str, limit: Duration) {
+    let t0 = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        if t0.elapsed() > limit {
+            die(&format!("no {needle:?} on the console"));
+        }
+        if let Ok(n) = c.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+fn smaps(pid: u32) -> (u64, u64) {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        t.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let clones: Vec<usize> = {
+        let a: Vec<usize> = std::env::args()
+            .skip(1)
+            .map(|a| {
+                a.parse()
+                    .unwrap_or_else(|_| die(&format!("bad clone count '{a}'")))
+            })
+            .collect();
+        if a.is_empty() {
+            vec![10, 50]
+        } else {
+            a
+        }
+    };
+    let root = std::env::temp_dir().join(format!("vireo-bench-snapshot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    println!("snapshot bench: emu accelerator, debian-riscv64 booted to its shell");
+    println!("anchor (published, not run here): Firecracker restores a 128 MiB microVM in 3-8.5 ms; target <= 2 ms to the first guest instruction, PSS per idle clone <= 10 MiB");
+    for (mem, do_clones) in [("128M", true), ("1G", false)] {
+        let spec = format!("{{\"image\": \"debian-riscv64\", \"memory\": \"{mem}\"}}");
+        let mut vm = Vmm::spawn(&root.join(format!("src-{mem}")), &spec, &[]);
+        vm.wait_socket(Duration::from_secs(60));
+        let t0 = Instant::now();
+        while !vm
+            .req("{\"op\":\"state\"}")
+            .contains("\"guest_ready\":true")
+        {
+            if t0.elapsed() > Duration::from_secs(300) {
+                die("the guest did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let mut con = vm.console();
+        con.write_all(b"echo up-$((1+1))\n").ok();
+        wait_console(&mut con, "up-2", Duration::from_secs(60));
+        let snap = root.join(format!("snap-{mem}"));
+        let a = vm.req(&format!(
+            "{{\"op\":\"snapshot\",\"dir\":\"{}\"}}",
+            snap.display()
+        ));
+        if !a.contains("\"ok\":true") {
+            die(&format!("snapshot failed: {a}"));
+        }
+        println!(
+            "{mem}: full snapshot: paused {:.1} ms, {:.1} ms in all, memory file {:.1} MiB on disk",
+            num(&a, "paused_ms"),
+            num(&a, "total_ms"),
+            num(&a, "memory_bytes") / 1048576.0
+        );
+        // A small workload, then a diff.
+        con.write_all(b"for i in 1 2 3 4 5 6 7 8; do echo $i > /tmp/f$i; done; ls /tmp > /dev/null; echo wl-$((2*3))\n").ok();
+        wait_console(&mut con, "wl-6", Duration::from_secs(60));
+        let diff = root.join(format!("diff-{mem}"));
+        let d = vm.req(&format!(
+            "{{\"op\":\"snapshot\",\"dir\":\"{}\",\"parent\":\"{}\"}}",
+            diff.display(),
+            snap.display()
+        ));
+        if !d.contains("\"ok\":true") {
+            die(&format!("diff snapshot failed: {d}"));
+        }
+        println!(
+            "{mem}: diff snapshot after a small workload: {} pages ({:.2} MiB), paused {:.1} ms",
+            num(&d, "memory_pages"),
+            num(&d, "memory_pages") * 4096.0 / 1048576.0,
+            num(&d, "paused_ms")
+        );
+        drop(con);
+        drop(vm);
+
+        let spec_of =
+            std::fs::read_to_string(snap.join("spec.json")).unwrap_or_else(|e| die(&e.to_string()));
+        let snap_arg = snap.to_string_lossy().into_owned();
+        let (mut inproc, mut sock, mut first_out) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..5 {
+            let t0 = Instant::now();
+            let mut r = Vmm::spawn(
+                &root.join(format!("r-{mem}-{i}")),
+                &spec_of,
+                &["--restore", &snap_arg],
+            );
+            r.wait_socket(Duration::from_secs(60));
+            sock.push(t0.elapsed().as_secs_f64() * 1e3);
+            let mut c = r.console();
+            c.write_all(b"\n").ok();
+            wait_console(&mut c, "#", Duration::from_secs(30));
+            first_out.push(t0.elapsed().as_secs_f64() * 1e3);
+            let log = r.log();
+            inproc.push(logged_ms(&log, "loaded and mapped") + logged_ms(&log, "machine restored"));
+        }
+        println!(
+            "{mem}: restore (median of 5): {:.2} ms in the VMM to the first guest instruction (read, check, map, build), {:.1} ms from spawning the VMM to its control socket, {:.1} ms to the restored shell's first console output",
+            median(inproc),
+            median(sock),
+            median(first_out)
+        );
+        if !do_clones {
+            continue;
+        }
+        for &n in &clones {
+            let t0 = Instant::now();
+            let mut vms: Vec<Vmm> = (0..n)
+                .map(|i| {
+                    Vmm::spawn(
+                        &root.join(format!("c-{mem}-{n}-{i}")),
+                        &spec_of,
+                        &["--restore", &snap_arg],
+                    )
+                })
+                .collect();
+            for v in vms.iter_mut() {
+                v.wait_socket(Duration::from_secs(120));
+            }
+            let all = t0.elapsed().as_secs_f64() * 1e3;
+            std::thread::sleep(Duration::from_secs(3));
+            let (mut rss, mut pss) = (0u64, 0u64);
+            for v in &vms {
+                let (r, p) = smaps(v.child.id());
+                rss += r;
+                pss += p;
+            }
+            println!(
+                "{mem}: {n} clones from one snapshot: all serving after {all:.0} ms; per clone (idle 3 s): RSS {:.1} MiB, PSS {:.1} MiB",
+                rss as f64 / n as f64 / 1024.0,
+                pss as f64 / n as f64 / 1024.0
+            );
+            drop(vms);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
