@@ -1,6 +1,6 @@
 //! `vireo daemon` and the verbs that manage VMs through it: create, start, ls, inspect, pause,
-//! resume, stop, kill, restart, rm, logs, console, events, stats, exec; and its storage, `pool`
-//! and `volume` (storage.rs). Each verb is one request to
+//! resume, stop, kill, restart, rm, logs, console, events, stats, exec; its storage, `pool`
+//! and `volume` (storage.rs); and `snapshot`, `restore`, `clone`. Each verb is one request to
 //! the daemon's REST API (crates/daemon/src/api.rs) over its Unix socket (`--socket`,
 //! `VIREO_SOCKET`, or the default); when no daemon answers, one is started in the background
 //! (`VIREO_NO_AUTOSTART` turns that off). Every failure prints one line naming the thing and
@@ -111,6 +111,36 @@ pub enum ManageCmd {
     /// Volumes: the disk images in the pools; a VM's --disk names one as vol:POOL/NAME.
     #[command(subcommand)]
     Volume(crate::storage::VolumeCmd),
+    /// Snapshots of running or paused VMs: the guest's whole state, memory and writable disks.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Define a VM from a snapshot (its disks overlays on the snapshot's copies) and continue
+    /// the guest in it.
+    Restore {
+        /// The snapshot.
+        snap: String,
+        /// The new VM's name (default: the snapshot's VM's, when that VM is gone).
+        #[arg(long)]
+        name: Option<String>,
+        /// Leave the guest paused.
+        #[arg(long)]
+        paused: bool,
+        /// Restore even though a disk the snapshot references changed.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make VMs PREFIX-1 .. PREFIX-N restored from a snapshot, or from a new full snapshot of
+    /// a running VM, each with new MAC addresses, vsock CID and its own disk overlays.
+    Clone {
+        /// A snapshot, or a running or paused VM.
+        source: String,
+        /// How many (1 to 64).
+        #[arg(long, short = 'n')]
+        count: u32,
+        /// The clones' names' prefix (default: the VM's name).
+        #[arg(long)]
+        prefix: Option<String>,
+    },
     /// Run a command in a running interactive VM (vireo's /init): its stdin, stdout and stderr
     /// are this command's, and vireo exits with its status.
     Exec {
@@ -119,6 +149,31 @@ pub enum ManageCmd {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotCmd {
+    /// Snapshot a running or paused VM (paused for the moment it takes).
+    Create {
+        /// The VM.
+        name: String,
+        /// The snapshot's name (default: NAME-N).
+        snap: Option<String>,
+        /// Only what changed since the VM's last snapshot (its parent).
+        #[arg(long)]
+        diff: bool,
+    },
+    /// List snapshots.
+    Ls {
+        /// Only this VM's.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Print the daemon's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a snapshot (refused while a diff or a VM restored from it depends on it).
+    Rm { snap: String },
 }
 
 /// Runs one verb; the exit status.
@@ -235,6 +290,59 @@ fn run(cmd: ManageCmd, socket: Option<PathBuf>) -> Result<(), Failure> {
         }
         ManageCmd::Console { name } => console(&c, &name),
         ManageCmd::Pool(cmd) => crate::storage::pool(&c, cmd),
+        ManageCmd::Snapshot(cmd) => snapshot(&c, cmd),
+        ManageCmd::Restore {
+            snap,
+            name,
+            paused,
+            force,
+        } => {
+            let v = call(
+                "POST",
+                format!("/snapshots/{}/restore", seg(&snap)),
+                Some(json!({"name": name, "paused": paused, "force": force})),
+            )?;
+            print_state(&v);
+            Ok(())
+        }
+        ManageCmd::Clone {
+            source,
+            count,
+            prefix,
+        } => {
+            let body = json!({"count": count, "prefix": prefix});
+            let is_snapshot = c
+                .call("GET", &format!("/snapshots/{}", seg(&source)), None)
+                .is_ok();
+            let is_vm = c
+                .call("GET", &format!("/vms/{}", seg(&source)), None)
+                .is_ok();
+            let path = match (is_snapshot, is_vm) {
+                (true, true) => {
+                    return Err(fail(format!(
+                        "'{source}' is both a snapshot and a VM: clone from the snapshot with                          `vireo restore`, or give the snapshot another name"
+                    )))
+                }
+                (true, false) => format!("/snapshots/{}/clone", seg(&source)),
+                _ => format!("/vms/{}/clone", seg(&source)),
+            };
+            let v = call("POST", path, Some(body))?;
+            for vm in v["vms"].as_array().into_iter().flatten() {
+                print_state(vm);
+            }
+            eprintln!(
+                "vireo: {} clone{} of snapshot {} in {:.0} ms",
+                v["vms"].as_array().map_or(0, Vec::len),
+                if v["vms"].as_array().map_or(0, Vec::len) == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                v["snapshot"].as_str().unwrap_or("?"),
+                v["total_ms"].as_f64().unwrap_or(0.0)
+            );
+            Ok(())
+        }
         ManageCmd::Volume(cmd) => crate::storage::volume(&c, cmd),
         ManageCmd::Events { follow, json } => {
             let print = |e: &Value| {
@@ -275,6 +383,63 @@ fn run(cmd: ManageCmd, socket: Option<PathBuf>) -> Result<(), Failure> {
             } else {
                 print_stats(&name, &v["stats"]);
             }
+            Ok(())
+        }
+    }
+}
+
+fn snapshot(c: &Client, cmd: SnapshotCmd) -> Result<(), Failure> {
+    match cmd {
+        SnapshotCmd::Create { name, snap, diff } => {
+            let v = c
+                .call(
+                    "POST",
+                    &format!("/vms/{}/snapshots", seg(&name)),
+                    Some(&json!({"name": snap, "diff": diff})),
+                )
+                .map_err(fail)?;
+            println!("{}", v["name"].as_str().unwrap_or(""));
+            eprintln!(
+                "vireo: {} snapshot of {name} in {:.0} ms (paused {:.1} ms)",
+                v["kind"].as_str().unwrap_or("?"),
+                v["total_ms"].as_f64().unwrap_or(0.0),
+                v["paused_ms"].as_f64().unwrap_or(0.0)
+            );
+            Ok(())
+        }
+        SnapshotCmd::Ls { vm, json } => {
+            let path = match &vm {
+                Some(v) => format!("/snapshots?vm={}", seg(v)),
+                None => "/snapshots".into(),
+            };
+            let v = c.call("GET", &path, None).map_err(fail)?;
+            if json {
+                println!("{}", pretty(&v));
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<24} {:<4} {:<24} {:>8}  CREATED",
+                "NAME", "VM", "KIND", "PARENT", "SIZE"
+            );
+            for s in v.as_array().into_iter().flatten() {
+                let size =
+                    s["memory_bytes"].as_u64().unwrap_or(0) + s["disk_bytes"].as_u64().unwrap_or(0);
+                println!(
+                    "{:<24} {:<24} {:<4} {:<24} {:>8}  {}",
+                    s["name"].as_str().unwrap_or(""),
+                    s["vm"].as_str().unwrap_or(""),
+                    s["kind"].as_str().unwrap_or(""),
+                    s["parent"].as_str().unwrap_or("-"),
+                    crate::storage::human(size),
+                    time(s["created_at"].as_f64().unwrap_or(0.0))
+                );
+            }
+            Ok(())
+        }
+        SnapshotCmd::Rm { snap } => {
+            c.call("DELETE", &format!("/snapshots/{}", seg(&snap)), None)
+                .map_err(fail)?;
+            println!("{snap}");
             Ok(())
         }
     }

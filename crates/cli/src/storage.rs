@@ -117,7 +117,7 @@ fn parse_size(s: &str) -> Result<u64, Failure> {
 }
 
 /// Bytes as `64G`, `1.5G`, `196K`, `512B`.
-fn human(b: u64) -> String {
+pub(crate) fn human(b: u64) -> String {
     const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
     if b < 1024 {
         return format!("{b}B");

@@ -22,6 +22,12 @@
 //!   `POST /pools/{pool}/volumes` `{"name", "size_bytes", "format", "backing"}` (201),
 //!   `GET /pools/{pool}/volumes/{name}`, `DELETE /pools/{pool}/volumes/{name}` (204),
 //!   `POST /pools/{pool}/volumes/{name}/clone` `{"name", "overlay"}` (201).
+//! - Snapshots (crates/daemon/src/snapshots.rs): `POST /vms/{name}/snapshots` `{"name", "diff"}`
+//!   (201; of a running or paused VM), `GET /snapshots?vm=NAME`, `GET /snapshots/{snap}`,
+//!   `DELETE /snapshots/{snap}` (204; 409 while a diff, a restored VM or another snapshot's
+//!   disks depend on it), `POST /snapshots/{snap}/restore` `{"name", "paused", "force"}` (201:
+//!   the new VM, running or paused), `POST /snapshots/{snap}/clone` and `POST /vms/{name}/clone`
+//!   `{"count", "prefix"}` (201: the clones, each with fresh MACs and vsock CID).
 //!
 //! VM and pool names are 1–63 characters of `[a-zA-Z0-9][a-zA-Z0-9_.-]*`; volume names 1–255 of
 //! `[a-zA-Z0-9_][a-zA-Z0-9_.+-]*`.
@@ -55,6 +61,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::capacity::{self, HostInfo, Usage};
 use crate::metrics;
+use crate::snapshots::{CloneReport, SnapshotInfo};
 use crate::storage::{self, DiskInfo, PoolInfo, VolumeInfo};
 use crate::store::{Event, ExitInfo};
 use crate::supervisor::{Daemon, Error, VmInfo};
@@ -320,7 +327,10 @@ pub struct SpecDoc {
     /// persistent qcow2 overlay on the image, in its own directory, kept until the VM is
     /// removed.
     disk: Option<Vec<String>>,
-    /// `user[,hostfwd=...]` or `tap=NAME`.
+    /// `PATH[,serial=ID][,format=raw|qcow2]`, standing in for the image's root disk (needs
+    /// `image`); the daemon sets it, with `overlay`, for a VM restored from a snapshot.
+    root_disk: Option<String>,
+    /// `user[,hostfwd=...]` or `tap=NAME`, then optionally `,mac=XX:XX:XX:XX:XX:XX`.
     net: Option<Vec<String>>,
     rng: Option<bool>,
     /// `cid=N,uds=PATH`.
@@ -405,6 +415,57 @@ pub struct PoolDeleteQuery {
     /// Forget a pool that still has volumes (their files stay).
     #[serde(default)]
     pub force: bool,
+}
+
+/// `POST /vms/{name}/snapshots`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreateSnapshot {
+    /// The snapshot's name (global; VM name rules); default `VM-N`, the first free N.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+    )]
+    pub name: Option<String>,
+    /// Only the memory written since the VM's last snapshot (taken since it last started),
+    /// which becomes the parent.
+    pub diff: bool,
+}
+
+/// `POST /snapshots/{snap}/restore`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestoreSnapshot {
+    /// The new VM's name; default the snapshot's VM's, when no VM has it.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+    )]
+    pub name: Option<String>,
+    /// Leave the restored guest paused.
+    pub paused: bool,
+    /// Restore even though a disk the snapshot references changed since.
+    pub force: bool,
+}
+
+/// `POST /snapshots/{snap}/clone`, `POST /vms/{name}/clone`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneBody {
+    /// How many clones: 1 to 64.
+    #[schema(minimum = 1, maximum = 64)]
+    pub count: u32,
+    /// Their names are `PREFIX-1` ... `PREFIX-N`; default the snapshot's VM's name.
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SnapshotsQuery {
+    /// Only the snapshots of this VM.
+    pub vm: Option<String>,
 }
 
 /// `POST /vms/{name}/start`.
@@ -625,6 +686,107 @@ async fn restart_vm(
     OptBody(b): OptBody<StopBody>,
 ) -> ApiResult<Response> {
     Ok(json(StatusCode::OK, d.restart(&name, grace(&b)?).await?))
+}
+
+const SNAP: &str = "The snapshot's name.";
+
+#[utoipa::path(post, path = "/vms/{name}/snapshots", tag = "snapshots",
+    params(("name" = String, Path, description = NAME)), request_body(content = Option<CreateSnapshot>),
+    responses((status = 201, description = "Taken: the snapshot, with how long the VM was paused.", body = SnapshotInfo),
+              (status = 400, description = "A bad snapshot name.", body = ErrorBody),
+              (status = 404, description = "No such VM.", body = ErrorBody),
+              (status = 409, description = "The VM is not running or paused (its state named), the name is taken, or a diff has no parent.", body = ErrorBody),
+              (status = 502, description = "The VMM failed the snapshot (nothing was kept).", body = ErrorBody)))]
+async fn create_snapshot(
+    State(d): State<AppState>,
+    VmName(name): VmName,
+    OptBody(b): OptBody<CreateSnapshot>,
+) -> ApiResult<Response> {
+    Ok(json(
+        StatusCode::CREATED,
+        d.create_snapshot(&name, b.name, b.diff).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/snapshots", tag = "snapshots", params(SnapshotsQuery),
+    responses((status = 200, description = "Snapshots, oldest first.", body = [SnapshotInfo])))]
+async fn list_snapshots(State(d): State<AppState>, Q(q): Q<SnapshotsQuery>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, d.list_snapshots(q.vm.as_deref())?))
+}
+
+#[utoipa::path(get, path = "/snapshots/{snap}", tag = "snapshots",
+    params(("snap" = String, Path, description = SNAP)),
+    responses((status = 200, description = "The snapshot.", body = SnapshotInfo),
+              (status = 404, description = "No such snapshot.", body = ErrorBody)))]
+async fn get_snapshot(State(d): State<AppState>, Segs(snap): Segs<String>) -> ApiResult<Response> {
+    Ok(json(StatusCode::OK, d.get_snapshot(&snap)?))
+}
+
+#[utoipa::path(delete, path = "/snapshots/{snap}", tag = "snapshots",
+    params(("snap" = String, Path, description = SNAP)),
+    responses((status = 204, description = "Removed, with its directory."),
+              (status = 404, description = "No such snapshot.", body = ErrorBody),
+              (status = 409, description = "A diff snapshot, a VM restored from it, or another snapshot's disks depend on it (named).", body = ErrorBody)))]
+async fn delete_snapshot(
+    State(d): State<AppState>,
+    Segs(snap): Segs<String>,
+) -> ApiResult<Response> {
+    d.delete_snapshot(&snap).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[utoipa::path(post, path = "/snapshots/{snap}/restore", tag = "snapshots",
+    params(("snap" = String, Path, description = SNAP)), request_body(content = Option<RestoreSnapshot>),
+    responses((status = 201, description = "Defined from the snapshot (its disks overlays on the snapshot's copies) and continued: running, or paused.", body = VmInfo),
+              (status = 400, description = "A bad VM name.", body = ErrorBody),
+              (status = 404, description = "No such snapshot.", body = ErrorBody),
+              (status = 409, description = "The name is taken (or, without a name, the snapshot's VM exists), or no capacity.", body = ErrorBody),
+              (status = 422, description = "The VMM could not restore it (its message); no VM is left.", body = ErrorBody)))]
+async fn restore_snapshot(
+    State(d): State<AppState>,
+    Segs(snap): Segs<String>,
+    OptBody(b): OptBody<RestoreSnapshot>,
+) -> ApiResult<Response> {
+    Ok(json(
+        StatusCode::CREATED,
+        d.restore(&snap, b.name, b.paused, b.force).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/snapshots/{snap}/clone", tag = "snapshots",
+    params(("snap" = String, Path, description = SNAP)), request_body = CloneBody,
+    responses((status = 201, description = "The clones, running, each with new MAC addresses and vsock CID.", body = CloneReport),
+              (status = 400, description = "A count out of range, or a prefix that makes bad names.", body = ErrorBody),
+              (status = 404, description = "No such snapshot.", body = ErrorBody),
+              (status = 409, description = "A clone's name is taken, or no capacity.", body = ErrorBody),
+              (status = 422, description = "A clone could not be restored; none is left.", body = ErrorBody)))]
+async fn clone_snapshot(
+    State(d): State<AppState>,
+    Segs(snap): Segs<String>,
+    JsonBody(b): JsonBody<CloneBody>,
+) -> ApiResult<Response> {
+    Ok(json(
+        StatusCode::CREATED,
+        d.clone_snapshot(&snap, b.count, b.prefix).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/vms/{name}/clone", tag = "snapshots",
+    params(("name" = String, Path, description = NAME)), request_body = CloneBody,
+    responses((status = 201, description = "A full snapshot of the VM (`NAME.clone-N`, kept while the clones exist), and the clones.", body = CloneReport),
+              (status = 400, description = "A count out of range, or a prefix that makes bad names.", body = ErrorBody),
+              (status = 404, description = "No such VM.", body = ErrorBody),
+              (status = 409, description = "The VM is not running or paused, a clone's name is taken, or no capacity.", body = ErrorBody),
+              (status = 422, description = "A clone could not be restored; none is left, nor the snapshot.", body = ErrorBody)))]
+async fn clone_vm(
+    State(d): State<AppState>,
+    VmName(name): VmName,
+    JsonBody(b): JsonBody<CloneBody>,
+) -> ApiResult<Response> {
+    Ok(json(
+        StatusCode::CREATED,
+        d.clone_vm(&name, b.count, b.prefix).await?,
+    ))
 }
 
 const POOL: &str = "The pool's name (`default`: the daemon's own).";
@@ -1036,7 +1198,7 @@ async fn openapi() -> Response {
 #[openapi(
     info(
         title = "vireo daemon API",
-        description = "VM definitions and lifecycle, console, logs, events and metrics of `vireo daemon`, and its storage pools and volumes. Errors are {\"error\": CODE, \"message\": TEXT}."
+        description = "VM definitions and lifecycle, console, logs, events and metrics of `vireo daemon`, its storage pools and volumes, and snapshots, restores and clones. Errors are {\"error\": CODE, \"message\": TEXT}."
     ),
     paths(
         list_vms,
@@ -1065,6 +1227,13 @@ async fn openapi() -> Response {
         get_volume,
         delete_volume,
         clone_volume,
+        create_snapshot,
+        list_snapshots,
+        get_snapshot,
+        delete_snapshot,
+        restore_snapshot,
+        clone_snapshot,
+        clone_vm,
         openapi
     ),
     components(schemas(
@@ -1086,7 +1255,12 @@ async fn openapi() -> Response {
         CreatePool,
         CreateVolume,
         VolumeFormat,
-        CloneVolume
+        CloneVolume,
+        SnapshotInfo,
+        CreateSnapshot,
+        RestoreSnapshot,
+        CloneBody,
+        CloneReport
     )),
     modifiers(&CommonErrors)
 )]
@@ -1194,6 +1368,13 @@ fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             "/pools/{pool}/volumes/{name}/clone",
             clone_volume,
         ),
+        r(Method::POST, "/vms/{name}/snapshots", create_snapshot),
+        r(Method::POST, "/vms/{name}/clone", clone_vm),
+        r(Method::GET, "/snapshots", list_snapshots),
+        r(Method::GET, "/snapshots/{snap}", get_snapshot),
+        r(Method::DELETE, "/snapshots/{snap}", delete_snapshot),
+        r(Method::POST, "/snapshots/{snap}/restore", restore_snapshot),
+        r(Method::POST, "/snapshots/{snap}/clone", clone_snapshot),
         r(Method::GET, "/openapi.json", openapi),
     ]
 }
@@ -1339,6 +1520,7 @@ mod tests {
             firmware: Some("f".into()),
             console_log: Some("l".into()),
             vsock: Some("v".into()),
+            root_disk: Some("r".into()),
             ..Default::default()
         };
         let mut keys: Vec<String> = serde_json::to_value(full)

@@ -11,6 +11,9 @@
 //!   last run's console log and exit stay readable.
 //! - `vms/NAME/overlay-diskN.qcow2`: the persistent overlay of the VM's `overlay` disk N
 //!   ([`storage`]), made at create, removed with the VM;
+//! - `vms/NAME/overlay-root.qcow2`: a VM restored from a snapshot: its overlay on the
+//!   snapshot's copy of the image's root disk ([`snapshots`]);
+//! - `snapshots/SNAP`: a snapshot ([`snapshots`]: state.vst, memory.bin, spec.json, disk-ID.FMT);
 //! - `pools/default`: the default storage pool's directory (other pools are where they were
 //!   made).
 
@@ -21,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod names;
+pub mod snapshots;
 pub mod state;
 pub mod storage;
 pub mod store;

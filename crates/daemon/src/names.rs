@@ -17,6 +17,12 @@ pub fn validate(name: &str) -> Result<(), String> {
     check("VM", name)
 }
 
+/// Checks a snapshot name (the same rules as a VM's; snapshot names are global and are their
+/// directories' names under `<state-dir>/snapshots`).
+pub fn validate_snapshot(name: &str) -> Result<(), String> {
+    check("snapshot", name)
+}
+
 /// Checks a pool name (the same rules as a VM's).
 pub fn validate_pool(name: &str) -> Result<(), String> {
     check("pool", name)

@@ -244,7 +244,7 @@ fn describable(path: &Path) -> bool {
 
 /// The canonical files of an image's backing chain, the image first. An image that cannot be
 /// described (gone, corrupt, not a file) is still its own first link.
-fn chain(path: &Path) -> Vec<PathBuf> {
+pub(crate) fn chain(path: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
     if let Some(i) = describable(path).then(|| image::info(path).ok()).flatten() {
         let mut at = Some(&i);
@@ -260,12 +260,12 @@ fn chain(path: &Path) -> Vec<PathBuf> {
 }
 
 /// What one VM's definition holds on to.
-struct Use {
-    vm: String,
+pub(crate) struct Use {
+    pub(crate) vm: String,
     /// Volumes it names, `(pool, name)`.
     volumes: Vec<(String, String)>,
-    /// Every file of its disks' chains, canonical.
-    files: HashSet<PathBuf>,
+    /// Every file of its disks' chains (its root disk's included), canonical.
+    pub(crate) files: HashSet<PathBuf>,
 }
 
 /// The volume files in `dir`, by name.
@@ -609,7 +609,7 @@ impl Daemon {
     }
 
     /// What every VM definition holds on to.
-    fn uses(&self) -> Result<Vec<Use>> {
+    pub(crate) fn uses(&self) -> Result<Vec<Use>> {
         let recs = lock(&self.store).list_vms()?;
         let mut v = Vec::new();
         for rec in recs {
@@ -633,6 +633,12 @@ impl Daemon {
                     }
                 }
             }
+            if let Ok(Some(r)) = self.resolve_root(&rec.name, &rec.spec) {
+                u.files.extend(chain(&r.path));
+                if let Some(o) = &r.overlay {
+                    u.files.extend(chain(o));
+                }
+            }
             v.push(u);
         }
         Ok(v)
@@ -646,7 +652,31 @@ impl Daemon {
         text: &str,
         vm_dir: &Path,
     ) -> std::result::Result<ResolvedDisk, String> {
-        let key = format!("disk[{index}]");
+        let mut r = self.resolve_entry(&format!("disk[{index}]"), text)?;
+        r.overlay = r.entry.overlay.then(|| overlay_path(vm_dir, index));
+        Ok(r)
+    }
+
+    /// Resolves a VM's `root_disk` entry (a restored VM's: an `overlay` on a snapshot's copy
+    /// of the image's root disk, `vms/NAME/overlay-root.qcow2`).
+    pub(crate) fn resolve_root(
+        &self,
+        vm: &str,
+        spec: &VmSpec,
+    ) -> std::result::Result<Option<ResolvedDisk>, String> {
+        let Some(text) = &spec.root_disk else {
+            return Ok(None);
+        };
+        let mut r = self.resolve_entry("root_disk", text)?;
+        r.overlay = r
+            .entry
+            .overlay
+            .then(|| self.vm_dir(vm).join("overlay-root.qcow2"));
+        Ok(Some(r))
+    }
+
+    /// A disk entry's image found (it must exist); `key` names it in the error. No overlay.
+    fn resolve_entry(&self, key: &str, text: &str) -> std::result::Result<ResolvedDisk, String> {
         let entry = DiskEntry::parse(text).map_err(|e| format!("{key}: {e}"))?;
         let path = match &entry.image {
             DiskRef::Path(p) => {
@@ -671,11 +701,10 @@ impl Daemon {
                 _ => format!("{key}: {}: {e}", path.display()),
             });
         }
-        let overlay = entry.overlay.then(|| overlay_path(vm_dir, index));
         Ok(ResolvedDisk {
             entry,
             path,
-            overlay,
+            overlay: None,
         })
     }
 
@@ -718,13 +747,12 @@ impl Daemon {
 
     /// Makes the persistent overlays of a VM being defined. The caller holds the storage lock;
     /// on an error, the overlays made so far are removed.
-    pub(crate) fn make_overlays(&self, disks: &[ResolvedDisk]) -> Result<()> {
+    pub(crate) fn make_overlays(&self, disks: &[(String, &ResolvedDisk)]) -> Result<()> {
         let mut made: Vec<&Path> = Vec::new();
-        let r = disks.iter().enumerate().try_for_each(|(i, d)| {
+        let r = disks.iter().try_for_each(|(key, d)| {
             let Some(o) = &d.overlay else {
                 return Ok(());
             };
-            let key = format!("disk[{i}]");
             if !describable(&d.path) {
                 return Err(Error::Invalid(format!(
                     "{key}: {} is not a file or a block device, which an overlay needs as its base",
@@ -789,6 +817,15 @@ impl Daemon {
                 ));
             }
             out.disk[i] = d.vmm_entry();
+        }
+        if let Some(r) = self.resolve_root(vm, spec)? {
+            if let Some(o) = r.overlay.as_ref().filter(|o| !o.exists()) {
+                return Err(format!(
+                    "root_disk: its overlay {} is gone (it held the guest's writes)",
+                    o.display()
+                ));
+            }
+            out.root_disk = Some(r.vmm_entry());
         }
         Ok(out)
     }

@@ -45,6 +45,24 @@ pub const MIGRATIONS: &[&str] = &[
          made_dir INTEGER NOT NULL,
          created_at REAL NOT NULL
      );",
+    // 4: snapshots (names are global; the directory is `<state-dir>/snapshots/NAME`), and
+    // which VMs were restored from which snapshot (their overlays are on its disk copies).
+    "CREATE TABLE snapshots (
+         name TEXT PRIMARY KEY NOT NULL,
+         vm TEXT NOT NULL,
+         dir TEXT NOT NULL,
+         kind TEXT NOT NULL CHECK (kind IN ('full', 'diff')),
+         parent TEXT REFERENCES snapshots(name),
+         created_at REAL NOT NULL,
+         memory_bytes INTEGER NOT NULL,
+         disk_bytes INTEGER NOT NULL,
+         state_id TEXT NOT NULL
+     );
+     CREATE INDEX snapshots_vm ON snapshots(vm, created_at);
+     CREATE TABLE vm_origins (
+         vm TEXT PRIMARY KEY NOT NULL REFERENCES vms(name) ON DELETE CASCADE,
+         snapshot TEXT NOT NULL REFERENCES snapshots(name)
+     );",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +83,30 @@ pub enum StoreError {
     /// A stored definition no longer parses.
     #[error("stored definition of '{name}' is unreadable: {message}")]
     BadSpec { name: String, message: String },
+    /// A snapshot of that name exists.
+    #[error("a snapshot named '{0}' already exists")]
+    SnapshotExists(String),
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+}
+
+/// One snapshot as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRecord {
+    pub name: String,
+    /// The VM it was taken of.
+    pub vm: String,
+    /// Absolute: `<state-dir>/snapshots/NAME`.
+    pub dir: std::path::PathBuf,
+    /// `full` or `diff`.
+    pub kind: String,
+    /// A diff's parent snapshot.
+    pub parent: Option<String>,
+    pub created_at: f64,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    /// The state file's id (vireo-state's header).
+    pub state_id: String,
 }
 
 /// How a VMM's run ended.
@@ -412,6 +452,120 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// Records a snapshot; a taken name is [`StoreError::SnapshotExists`].
+    pub fn insert_snapshot(&mut self, r: &SnapshotRecord) -> Result<(), StoreError> {
+        let res = self.conn.execute(
+            "INSERT INTO snapshots (name, vm, dir, kind, parent, created_at, memory_bytes,
+                                    disk_bytes, state_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                r.name,
+                r.vm,
+                r.dir.to_string_lossy(),
+                r.kind,
+                r.parent,
+                r.created_at,
+                r.memory_bytes as i64,
+                r.disk_bytes as i64,
+                r.state_id
+            ],
+        );
+        match res {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation
+                    && self.get_snapshot(&r.name)?.is_some() =>
+            {
+                Err(StoreError::SnapshotExists(r.name.clone()))
+            }
+            r => r.map(drop).map_err(StoreError::from),
+        }
+    }
+
+    fn snapshot_row(r: &rusqlite::Row) -> rusqlite::Result<SnapshotRecord> {
+        Ok(SnapshotRecord {
+            name: r.get(0)?,
+            vm: r.get(1)?,
+            dir: std::path::PathBuf::from(r.get::<_, String>(2)?),
+            kind: r.get(3)?,
+            parent: r.get(4)?,
+            created_at: r.get(5)?,
+            memory_bytes: r.get::<_, i64>(6)?.max(0) as u64,
+            disk_bytes: r.get::<_, i64>(7)?.max(0) as u64,
+            state_id: r.get(8)?,
+        })
+    }
+
+    const SNAPSHOT_COLUMNS: &'static str =
+        "name, vm, dir, kind, parent, created_at, memory_bytes, disk_bytes, state_id";
+
+    pub fn get_snapshot(&self, name: &str) -> Result<Option<SnapshotRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {} FROM snapshots WHERE name = ?1",
+                    Self::SNAPSHOT_COLUMNS
+                ),
+                [name],
+                Self::snapshot_row,
+            )
+            .optional()?)
+    }
+
+    /// Snapshots, oldest first; only `vm`'s when given.
+    pub fn list_snapshots(&self, vm: Option<&str>) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {} FROM snapshots WHERE (?1 IS NULL OR vm = ?1) ORDER BY created_at, name",
+            Self::SNAPSHOT_COLUMNS
+        ))?;
+        let rows = stmt.query_map([vm], Self::snapshot_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    pub fn delete_snapshot(&mut self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM snapshots WHERE name = ?1", [name])?
+            > 0)
+    }
+
+    /// The diffs whose parent is `name`.
+    pub fn snapshot_children(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM snapshots WHERE parent = ?1 ORDER BY name")?;
+        let rows = stmt.query_map([name], |r| r.get(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Records that `vm` was restored from `snapshot` (forgotten with the VM).
+    pub fn set_origin(&mut self, vm: &str, snapshot: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO vm_origins (vm, snapshot) VALUES (?1, ?2)",
+            params![vm, snapshot],
+        )?;
+        Ok(())
+    }
+
+    /// The snapshot `vm` was restored from.
+    pub fn origin(&self, vm: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT snapshot FROM vm_origins WHERE vm = ?1", [vm], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// The VMs restored from `snapshot`.
+    pub fn restored_from(&self, snapshot: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT vm FROM vm_origins WHERE snapshot = ?1 ORDER BY vm")?;
+        let rows = stmt.query_map([snapshot], |r| r.get(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     /// The newest event id (0 when there are none).
     pub fn last_event_id(&self) -> Result<i64, StoreError> {
         Ok(self
@@ -524,6 +678,54 @@ mod tests {
         assert_eq!(s.get_pool("b").unwrap(), None);
     }
 
+    fn snap(name: &str, vm: &str, parent: Option<&str>, at: f64) -> SnapshotRecord {
+        SnapshotRecord {
+            name: name.into(),
+            vm: vm.into(),
+            dir: format!("/state/snapshots/{name}").into(),
+            kind: if parent.is_some() { "diff" } else { "full" }.into(),
+            parent: parent.map(Into::into),
+            created_at: at,
+            memory_bytes: 4096,
+            disk_bytes: 1 << 20,
+            state_id: format!("id-{name}"),
+        }
+    }
+
+    #[test]
+    fn snapshots_and_origins() {
+        let mut s = Store::in_memory().unwrap();
+        s.insert_vm("a", &spec(), 1.0).unwrap();
+        s.insert_snapshot(&snap("s1", "a", None, 2.0)).unwrap();
+        s.insert_snapshot(&snap("s2", "a", Some("s1"), 3.0))
+            .unwrap();
+        s.insert_snapshot(&snap("t", "b", None, 1.5)).unwrap();
+        let e = s.insert_snapshot(&snap("s1", "b", None, 4.0)).unwrap_err();
+        assert_eq!(e.to_string(), "a snapshot named 's1' already exists");
+        // A parent that is not a snapshot is refused too (not as a taken name).
+        assert!(matches!(
+            s.insert_snapshot(&snap("x", "a", Some("nope"), 4.0)),
+            Err(StoreError::Sql(_))
+        ));
+        assert_eq!(
+            s.get_snapshot("s2").unwrap(),
+            Some(snap("s2", "a", Some("s1"), 3.0))
+        );
+        let names = |v: Vec<SnapshotRecord>| v.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        assert_eq!(names(s.list_snapshots(None).unwrap()), ["t", "s1", "s2"]);
+        assert_eq!(names(s.list_snapshots(Some("a")).unwrap()), ["s1", "s2"]);
+        assert_eq!(s.snapshot_children("s1").unwrap(), ["s2"]);
+        s.set_origin("a", "t").unwrap();
+        assert_eq!(s.origin("a").unwrap().as_deref(), Some("t"));
+        assert_eq!(s.restored_from("t").unwrap(), ["a"]);
+        // The origin goes with the VM.
+        assert!(s.delete_vm("a").unwrap());
+        assert!(s.restored_from("t").unwrap().is_empty());
+        assert!(s.delete_snapshot("s2").unwrap());
+        assert!(!s.delete_snapshot("s2").unwrap());
+        assert!(s.snapshot_children("s1").unwrap().is_empty());
+    }
+
     #[test]
     fn migrations_upgrade_and_refuse_newer() {
         let dir = std::env::temp_dir().join(format!("vireo-store-{}", std::process::id()));
@@ -546,6 +748,9 @@ mod tests {
         let s = Store::open(&path).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
         assert_eq!(s.get_vm("old").unwrap().unwrap().last_exit, None);
+        // Migration 4's tables are there.
+        assert!(s.list_snapshots(None).unwrap().is_empty());
+        assert_eq!(s.origin("old").unwrap(), None);
         drop(s);
         Connection::open(&path)
             .unwrap()

@@ -61,7 +61,9 @@ pub enum Error {
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Exists(_) | StoreError::PoolExists(_) => Error::Conflict(e.to_string()),
+            StoreError::Exists(_) | StoreError::PoolExists(_) | StoreError::SnapshotExists(_) => {
+                Error::Conflict(e.to_string())
+            }
             e => Error::Internal(e.to_string()),
         }
     }
@@ -77,6 +79,15 @@ impl From<VmmError> for Error {
 }
 
 type Result<T> = std::result::Result<T, Error>;
+
+/// What a start that restores a snapshot adds to `vireo vmm`: `--restore DIR [--paused]
+/// [--force]`.
+#[derive(Debug, Clone)]
+pub struct Restore {
+    pub dir: PathBuf,
+    pub paused: bool,
+    pub force: bool,
+}
 
 /// What the store keeps of a VMM's exit record, seen at `at`.
 fn exit_info(e: vmm::ExitFile, at: f64) -> ExitInfo {
@@ -121,6 +132,9 @@ pub struct VmInfo {
     /// Its disks: the image each entry names (a volume resolved to its file) and the VM's
     /// persistent overlay on it.
     pub disks: Vec<DiskInfo>,
+    /// The snapshot it was restored (or cloned) from; its disks are overlays on that
+    /// snapshot's disk copies, so the snapshot stays while the VM exists.
+    pub snapshot: Option<String>,
     /// The definition (`vireo_spec::VmSpec`).
     #[schema(value_type = Object)]
     pub spec: Value,
@@ -143,9 +157,9 @@ struct Status {
 }
 
 /// A VMM the daemon is attached to.
-struct Live {
+pub(crate) struct Live {
     name: String,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     pid: Option<u32>,
     /// Spawned by this daemon (so its wait status is ours to read).
     child: bool,
@@ -161,6 +175,8 @@ struct Live {
     accel: Mutex<Option<String>>,
     /// The guest's IPv4 address, once its /init said it.
     ip: Mutex<Option<String>>,
+    /// The last snapshot taken of this VMM's guest (a diff's parent must be it).
+    pub(crate) last_snapshot: Mutex<Option<String>>,
 }
 
 impl Live {
@@ -183,6 +199,7 @@ impl Live {
             limits: String::new(),
             accel: Mutex::new(None),
             ip: Mutex::new(None),
+            last_snapshot: Mutex::new(None),
         }
     }
 
@@ -224,6 +241,10 @@ pub struct Daemon {
     live: Mutex<HashMap<String, Arc<Live>>>,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     cgroups: Hierarchy,
+    /// Held while a snapshot is taken, removed, or a VM is defined on one (snapshots.rs).
+    pub(crate) snapshot_lock: tokio::sync::Mutex<()>,
+    /// Held by a clone request while it picks identities and makes its VMs.
+    pub(crate) clone_lock: tokio::sync::Mutex<()>,
 }
 
 impl Daemon {
@@ -237,6 +258,8 @@ impl Daemon {
             live: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
             cgroups: Hierarchy::default(),
+            snapshot_lock: tokio::sync::Mutex::new(()),
+            clone_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -255,11 +278,11 @@ impl Daemon {
         self.vm_dir(name).join("run")
     }
 
-    fn op_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn op_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.op_locks).entry(name.into()).or_default().clone()
     }
 
-    fn live(&self, name: &str) -> Option<Arc<Live>> {
+    pub(crate) fn live(&self, name: &str) -> Option<Arc<Live>> {
         lock(&self.live).get(name).cloned()
     }
 
@@ -327,6 +350,7 @@ impl Daemon {
             limits: live.as_ref().map(|l| l.limits.clone()),
             last_exit: rec.last_exit.clone(),
             disks: self.disk_info(&rec.name, &rec.spec),
+            snapshot: lock(&self.store).origin(&rec.name).ok().flatten(),
             spec: serde_json::to_value(&rec.spec).unwrap_or(Value::Null),
         }
     }
@@ -365,37 +389,85 @@ impl Daemon {
             .map_err(|e| Error::Internal(format!("creating the VM: {e}")))?
     }
 
-    fn create_blocking(&self, name: &str, mut spec: VmSpec) -> Result<VmInfo> {
+    pub(crate) fn create_blocking(&self, name: &str, spec: VmSpec) -> Result<VmInfo> {
+        self.define_blocking(name, spec, None)?;
+        self.get(name)
+    }
+
+    /// Defines a VM (overlays made, row stored), restored from `origin` when given (recorded
+    /// in the same step, so the snapshot cannot go between the two).
+    pub(crate) fn define_blocking(
+        &self,
+        name: &str,
+        mut spec: VmSpec,
+        origin: Option<&str>,
+    ) -> Result<()> {
         let _storage = lock(&self.storage);
         if lock(&self.store).get_vm(name)?.is_some() {
             return Err(StoreError::Exists(name.into()).into());
         }
         let disks = self.resolve_disks(name, &spec).map_err(Error::Invalid)?;
+        let root = self.resolve_root(name, &spec).map_err(Error::Invalid)?;
         crate::storage::pin_volume_formats(&mut spec, &disks);
         let vm_dir = self.vm_dir(name);
-        if disks.iter().any(|d| d.overlay.is_some()) {
+        let mut keyed: Vec<(String, &crate::storage::ResolvedDisk)> = disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("disk[{i}]"), d))
+            .collect();
+        if let Some(r) = &root {
+            keyed.push(("root_disk".into(), r));
+        }
+        if keyed.iter().any(|(_, d)| d.overlay.is_some()) {
             // Left by a VM of this name whose removal could not finish: nothing uses it.
             if vm_dir.exists() {
                 std::fs::remove_dir_all(&vm_dir).map_err(|e| {
                     Error::Internal(format!("cannot remove {}: {e}", vm_dir.display()))
                 })?;
             }
-            self.make_overlays(&disks)?;
+            self.make_overlays(&keyed)?;
         }
-        if let Err(e) = lock(&self.store).insert_vm(name, &spec, now()) {
-            for o in disks.iter().filter_map(|d| d.overlay.as_ref()) {
-                let _ = std::fs::remove_file(o);
+        let stored = {
+            let mut st = lock(&self.store);
+            st.insert_vm(name, &spec, now())
+                .and_then(|()| match origin {
+                    Some(o) => st.set_origin(name, o).inspect_err(|_| {
+                        let _ = st.delete_vm(name);
+                    }),
+                    None => Ok(()),
+                })
+        };
+        if let Err(e) = stored {
+            for (_, d) in &keyed {
+                if let Some(o) = &d.overlay {
+                    let _ = std::fs::remove_file(o);
+                }
             }
             return Err(e.into());
         }
-        self.event(name, "created", "");
-        self.get(name)
+        self.event(
+            name,
+            "created",
+            origin
+                .map(|o| format!("from snapshot {o}"))
+                .as_deref()
+                .unwrap_or(""),
+        );
+        Ok(())
     }
 
     /// Deletes a VM (killing its VMM first with `force`).
     pub async fn delete(self: &Arc<Self>, name: &str, force: bool) -> Result<()> {
         let op = self.op_lock(name);
         let _g = op.lock().await;
+        self.delete_inner(name, force, if force { "forced" } else { "" })
+            .await?;
+        lock(&self.op_locks).remove(name);
+        Ok(())
+    }
+
+    /// Deletes a VM; the caller holds its op lock.
+    pub(crate) async fn delete_inner(&self, name: &str, force: bool, why: &str) -> Result<()> {
         let rec = self.record(name)?;
         if rec.state.is_active() {
             if !force {
@@ -409,8 +481,7 @@ impl Daemon {
                 tracing::warn!("cannot remove {}: {e}", self.vm_dir(name).display());
             }
         }
-        lock(&self.op_locks).remove(name);
-        self.event(name, "deleted", if force { "forced" } else { "" });
+        self.event(name, "deleted", why);
         Ok(())
     }
 
@@ -419,10 +490,17 @@ impl Daemon {
     pub async fn start(self: &Arc<Self>, name: &str, wait_ready: bool) -> Result<VmInfo> {
         let op = self.op_lock(name);
         let _g = op.lock().await;
-        self.start_inner(name, wait_ready).await
+        self.start_inner(name, wait_ready, None).await
     }
 
-    async fn start_inner(self: &Arc<Self>, name: &str, wait_ready: bool) -> Result<VmInfo> {
+    /// Starts a VM; with `restore`, its VMM continues that snapshot instead of booting. The
+    /// caller holds the VM's op lock.
+    pub(crate) async fn start_inner(
+        self: &Arc<Self>,
+        name: &str,
+        wait_ready: bool,
+        restore: Option<&Restore>,
+    ) -> Result<VmInfo> {
         let rec = self.record(name)?;
         state::check(name, rec.state, Action::Start).map_err(Error::Conflict)?;
         // The definition may have been fine when made and not now (a kernel removed).
@@ -444,7 +522,7 @@ impl Daemon {
         let started = now();
         self.set_state(name, VmState::Starting, "", Some(Some(started)));
         self.event(name, "starting", "");
-        let live = match self.spawn(name, &dir, &run_spec) {
+        let live = match self.spawn(name, &dir, &run_spec, restore) {
             Ok(l) => l,
             Err(msg) => {
                 self.set_state(
@@ -511,12 +589,14 @@ impl Daemon {
         Ok(run)
     }
 
-    /// Spawns `<vmm program> vmm --name NAME --dir DIR` in its own session.
+    /// Spawns `<vmm program> vmm --name NAME --dir DIR [--restore SNAP ...]` in its own
+    /// session.
     fn spawn(
         self: &Arc<Self>,
         name: &str,
         dir: &Path,
         spec: &VmSpec,
+        restore: Option<&Restore>,
     ) -> std::result::Result<Arc<Live>, String> {
         let log_path = dir.join("vmm.log");
         let log = std::fs::OpenOptions::new()
@@ -526,12 +606,17 @@ impl Daemon {
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = tokio::process::Command::new(&self.cfg.vmm_program);
-        cmd.arg("vmm")
-            .arg("--name")
-            .arg(name)
-            .arg("--dir")
-            .arg(dir)
-            .stdin(Stdio::null())
+        cmd.arg("vmm").arg("--name").arg(name).arg("--dir").arg(dir);
+        if let Some(r) = restore {
+            cmd.arg("--restore").arg(&r.dir);
+            if r.paused {
+                cmd.arg("--paused");
+            }
+            if r.force {
+                cmd.arg("--force");
+            }
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             .kill_on_drop(false);
@@ -874,7 +959,7 @@ impl Daemon {
                 info.state
             )));
         }
-        self.start_inner(name, false).await
+        self.start_inner(name, false, None).await
     }
 
     /// The VMM's `stats` object.

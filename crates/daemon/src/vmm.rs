@@ -1,7 +1,8 @@
 //! The daemon's side of the VMM process protocol (version 1): run-directory files and the
 //! control socket. The contract (kept by `vireo vmm`): the VMM holds an exclusive flock on
 //! DIR/lock for its whole life and writes DIR/pid; it serves line-delimited JSON requests on
-//! DIR/control.sock (`hello`, `state`, `pause`, `resume`, `shutdown`, `kill`, `stats`, `watch`),
+//! DIR/control.sock (`hello`, `state`, `pause`, `resume`, `shutdown`, `kill`, `stats`, `watch`,
+//! `snapshot`),
 //! the console on DIR/console.sock, and writes DIR/exit.json (reason, status, message) before
 //! any exit it can see. No exit.json after it is gone means it crashed.
 
@@ -21,6 +22,8 @@ pub const CONSOLE_SOCK: &str = "console.sock";
 
 /// How long one control request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a snapshot may take (it copies the writable disks).
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -101,6 +104,14 @@ fn answer(line: &str) -> Result<Value, VmmError> {
 }
 
 pub async fn exchange(dir: &Path, req: &Value) -> Result<(Value, BufReader<UnixStream>), VmmError> {
+    exchange_within(dir, req, REQUEST_TIMEOUT).await
+}
+
+async fn exchange_within(
+    dir: &Path,
+    req: &Value,
+    limit: Duration,
+) -> Result<(Value, BufReader<UnixStream>), VmmError> {
     let mut s = connect(dir).await?;
     let mut line = req.to_string();
     line.push('\n');
@@ -108,9 +119,9 @@ pub async fn exchange(dir: &Path, req: &Value) -> Result<(Value, BufReader<UnixS
     s.write_all(line.as_bytes()).await.map_err(io)?;
     let mut r = BufReader::new(s);
     let mut resp = String::new();
-    let n = tokio::time::timeout(REQUEST_TIMEOUT, r.read_line(&mut resp))
+    let n = tokio::time::timeout(limit, r.read_line(&mut resp))
         .await
-        .map_err(|_| VmmError::Protocol(format!("no answer to {req} in {REQUEST_TIMEOUT:?}")))?
+        .map_err(|_| VmmError::Protocol(format!("no answer to {req} in {limit:?}")))?
         .map_err(io)?;
     if n == 0 {
         return Err(VmmError::Protocol(format!("the VMM hung up on {req}")));
@@ -125,6 +136,38 @@ pub async fn request(dir: &Path, op: &str, extra: Value) -> Result<Value, VmmErr
         m.extend(e);
     }
     Ok(exchange(dir, &req).await?.0)
+}
+
+/// What the VMM's `snapshot` answers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Taken {
+    /// The state file's id.
+    pub id: String,
+    pub dir: String,
+    /// `full` or `diff`.
+    pub kind: String,
+    #[serde(default)]
+    pub memory_pages: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub disk_bytes: u64,
+    #[serde(default)]
+    pub paused_ms: f64,
+    #[serde(default)]
+    pub total_ms: f64,
+}
+
+/// Asks the VMM for a snapshot in `dir` (absolute, not there yet), a diff of the snapshot in
+/// `parent` when given. The VMM leaves no files when it fails.
+pub async fn snapshot(dir: &Path, snap: &Path, parent: Option<&Path>) -> Result<Taken, VmmError> {
+    let mut req = json!({"op": "snapshot", "dir": snap});
+    if let Some(p) = parent {
+        req["parent"] = json!(p);
+    }
+    let (v, _) = exchange_within(dir, &req, SNAPSHOT_TIMEOUT).await?;
+    serde_json::from_value(v["snapshot"].clone())
+        .map_err(|e| VmmError::Protocol(format!("bad snapshot answer {v}: {e}")))
 }
 
 /// Opens a `watch` connection: its lines are state events until EOF (the VMM is gone).

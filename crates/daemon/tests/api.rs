@@ -1494,3 +1494,355 @@ fn vm_disks_from_volumes_and_persistent_overlays() {
     c.call("DELETE", "/pools/fast", None).unwrap();
     assert!(!fast.exists());
 }
+
+// ---- Snapshots, restores, clones (crates/daemon/src/snapshots.rs), on the fake VMM's fake
+// snapshots: real directories and disk copies, not the real state format.
+
+fn snap_spec(env: &Env, cmdline: &str) -> Value {
+    let disk = env.dir.join("d.img");
+    if !disk.exists() {
+        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        std::fs::write(env.dir.join("r.img"), vec![1u8; 4096]).unwrap();
+    }
+    json!({
+        "kernel": env.dir.join("vmlinux"), "cmdline": cmdline, "memory": "64M",
+        "disk": [format!("{},overlay,serial=s0", disk.display()),
+                 format!("{},readonly", env.dir.join("r.img").display())],
+        "net": ["user", "user"],
+        "vsock": format!("cid=3,uds={}", env.dir.join("web.vsock").display()),
+    })
+}
+
+fn run_spec(env: &Env, vm: &str) -> Value {
+    let p = env.state_dir().join("vms").join(vm).join("run/spec.json");
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+#[test]
+fn snapshots_restore_and_removal() {
+    let mut env = Env::new("snap");
+    env.start(&[]);
+    let c = env.client();
+    c.call(
+        "POST",
+        "/vms",
+        Some(&json!({"name": "web", "spec": snap_spec(&env, "")})),
+    )
+    .unwrap();
+    // Only of a running or paused VM; 404 for none; 400 for a bad name.
+    let (s, code, m) = api_err(c.call("POST", "/vms/web/snapshots", None));
+    assert_eq!((s, code.as_str()), (409, "conflict"), "{m}");
+    assert!(m.contains("defined"), "{m}");
+    assert_eq!(api_err(c.call("POST", "/vms/nope/snapshots", None)).0, 404);
+    c.call("POST", "/vms/web/start", None).unwrap();
+    let (s, _, m) = api_err(c.call("POST", "/vms/web/snapshots", Some(&json!({"name": "-x"}))));
+    assert_eq!(s, 400, "{m}");
+    // A diff needs a snapshot taken since the VM started.
+    let (s, _, m) = api_err(c.call("POST", "/vms/web/snapshots", Some(&json!({"diff": true}))));
+    assert_eq!(s, 409, "{m}");
+    assert!(m.contains("full snapshot first"), "{m}");
+
+    let s1 = c.call("POST", "/vms/web/snapshots", None).unwrap();
+    assert_eq!(s1["name"], "web-1");
+    assert_eq!(s1["kind"], "full");
+    assert_eq!(s1["vm"], "web");
+    assert!(s1["paused_ms"].as_f64().is_some());
+    let dir = PathBuf::from(s1["dir"].as_str().unwrap());
+    assert_eq!(dir, env.state_dir().join("snapshots/web-1"));
+    // The writable disk (the VM's overlay) was copied; the read-only one is referenced.
+    assert!(dir.join("disk-disk0.qcow2").is_file());
+    assert!(!dir.join("disk-disk1.raw").exists());
+    let (s, _, m) = api_err(c.call(
+        "POST",
+        "/vms/web/snapshots",
+        Some(&json!({"name": "web-1"})),
+    ));
+    assert_eq!(s, 409, "{m}");
+    let d1 = c
+        .call(
+            "POST",
+            "/vms/web/snapshots",
+            Some(&json!({"name": "d1", "diff": true})),
+        )
+        .unwrap();
+    assert_eq!(
+        (d1["kind"].as_str(), d1["parent"].as_str()),
+        (Some("diff"), Some("web-1"))
+    );
+
+    let names = |path: &str| -> Vec<String> {
+        c.call("GET", path, None)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names("/snapshots"), ["web-1", "d1"]);
+    assert_eq!(names("/snapshots?vm=web"), ["web-1", "d1"]);
+    assert!(names("/snapshots?vm=other").is_empty());
+    assert_eq!(
+        c.call("GET", "/snapshots/d1", None).unwrap()["parent"],
+        "web-1"
+    );
+    assert_eq!(api_err(c.call("GET", "/snapshots/nope", None)).0, 404);
+    assert_eq!(api_err(c.call("DELETE", "/snapshots/nope", None)).0, 404);
+    let (s, _, m) = api_err(c.call("DELETE", "/snapshots/web-1", None));
+    assert_eq!(s, 409);
+    assert!(m.contains("'d1'"), "{m}");
+
+    // Restore: the snapshot's VM exists, so a name is needed.
+    let (s, _, m) = api_err(c.call("POST", "/snapshots/web-1/restore", None));
+    assert_eq!(s, 409, "{m}");
+    let (s, _, m) = api_err(c.call(
+        "POST",
+        "/snapshots/web-1/restore",
+        Some(&json!({"name": "bad name"})),
+    ));
+    assert_eq!(s, 400, "{m}");
+    assert_eq!(
+        api_err(c.call("POST", "/snapshots/nope/restore", None)).0,
+        404
+    );
+    let (s, _, m) = api_err(c.call(
+        "POST",
+        "/snapshots/web-1/restore",
+        Some(&json!({"name": "web"})),
+    ));
+    assert_eq!(s, 409, "{m}");
+    let r = c
+        .call(
+            "POST",
+            "/snapshots/web-1/restore",
+            Some(&json!({"name": "web2", "paused": true})),
+        )
+        .unwrap();
+    assert_eq!(r["state"], "paused");
+    assert_eq!(r["snapshot"], "web-1");
+    let vm2 = env.state_dir().join("vms/web2");
+    let given: Value =
+        serde_json::from_slice(&std::fs::read(vm2.join("run/restored.json")).unwrap()).unwrap();
+    assert_eq!(given["restore"], json!(dir));
+    assert_eq!(given["paused"], true);
+    // Its definition: an overlay on the copy; the VMM got the VM's overlay in its place.
+    let copy = dir.join("disk-disk0.qcow2");
+    assert_eq!(
+        r["spec"]["disk"][0],
+        format!("{},overlay,serial=s0", copy.display())
+    );
+    let overlay = vm2.join("overlay-disk0.qcow2");
+    let info = vireo_virtio::block::image::info(&overlay).unwrap();
+    assert_eq!(
+        info.backing.as_ref().map(|b| b.path.clone()),
+        Some(copy.clone())
+    );
+    let run = run_spec(&env, "web2");
+    assert_eq!(
+        run["disk"][0],
+        format!("{},serial=s0,format=qcow2", overlay.display())
+    );
+    assert_eq!(run["disk"][1], snap_spec(&env, "")["disk"][1]);
+    // Its own vsock socket, the same identity otherwise.
+    assert_eq!(
+        run["vsock"],
+        format!("cid=3,uds={}", vm2.join("vsock.sock").display())
+    );
+    assert_eq!(run["net"], json!(["user", "user"]));
+
+    c.call("DELETE", "/snapshots/d1", None).unwrap();
+    let (s, _, m) = api_err(c.call("DELETE", "/snapshots/web-1", None));
+    assert_eq!(s, 409);
+    assert!(m.contains("'web2'"), "{m}");
+    // A plain start after a stop boots from the overlays.
+    c.call("POST", "/vms/web2/stop", None).unwrap();
+    c.call("POST", "/vms/web2/start", None).unwrap();
+    assert!(!vm2.join("run/restored.json").exists());
+    assert_eq!(run_spec(&env, "web2")["disk"][0], run["disk"][0]);
+    assert!(events(&c, "web").iter().any(|e| e.0 == "snapshot_created"));
+    assert!(events(&c, "web2")
+        .iter()
+        .any(|e| e == &("restored".into(), "from snapshot web-1".into())));
+
+    c.call("DELETE", "/vms/web2?force=true", None).unwrap();
+    c.call("DELETE", "/snapshots/web-1", None).unwrap();
+    assert!(!dir.exists());
+    assert!(events(&c, "web")
+        .iter()
+        .any(|e| e == &("snapshot_deleted".into(), "web-1".into())));
+    assert!(names("/snapshots").is_empty());
+}
+
+#[test]
+fn failed_snapshots_and_restores_leave_nothing() {
+    let mut env = Env::new("snapfail");
+    env.start(&[]);
+    let c = env.client();
+    c.call(
+        "POST",
+        "/vms",
+        Some(&json!({"name": "a", "spec": snap_spec(&env, "fake.snapshot_fail")})),
+    )
+    .unwrap();
+    c.call("POST", "/vms/a/start", None).unwrap();
+    let (s, code, m) = api_err(c.call("POST", "/vms/a/snapshots", None));
+    assert_eq!((s, code.as_str()), (502, "vmm_error"), "{m}");
+    let left: Vec<_> = std::fs::read_dir(env.state_dir().join("snapshots"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(c
+        .call("GET", "/snapshots", None)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    c.call(
+        "POST",
+        "/vms",
+        Some(&json!({"name": "b", "spec": snap_spec(&env, "")})),
+    )
+    .unwrap();
+    c.call("POST", "/vms/b/start", None).unwrap();
+    let s = c
+        .call("POST", "/vms/b/snapshots", Some(&json!({"name": "s"})))
+        .unwrap();
+    // A snapshot the VMM cannot load: the restore fails and its VM goes again.
+    std::fs::remove_file(PathBuf::from(s["dir"].as_str().unwrap()).join("state.vst")).unwrap();
+    let (st, code, m) =
+        api_err(c.call("POST", "/snapshots/s/restore", Some(&json!({"name": "b2"}))));
+    assert_eq!((st, code.as_str()), (422, "start_failed"), "{m}");
+    assert!(m.contains("no snapshot there"), "{m}");
+    assert_eq!(api_err(c.call("GET", "/vms/b2", None)).0, 404);
+    assert!(!env.state_dir().join("vms/b2").exists());
+    assert!(c.call("GET", "/snapshots/s", None).unwrap()["vms"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    c.call("DELETE", "/snapshots/s", None).unwrap();
+}
+
+#[test]
+fn clones_have_their_own_identity() {
+    let mut env = Env::new("clone");
+    env.start(&[]);
+    let c = env.client();
+    c.call(
+        "POST",
+        "/vms",
+        Some(&json!({"name": "web", "spec": snap_spec(&env, "")})),
+    )
+    .unwrap();
+    c.call("POST", "/vms/web/start", None).unwrap();
+    c.call("POST", "/vms/web/snapshots", Some(&json!({"name": "base"})))
+        .unwrap();
+    for (count, status) in [(0, 400), (65, 400)] {
+        let (s, _, m) = api_err(c.call(
+            "POST",
+            "/snapshots/base/clone",
+            Some(&json!({"count": count})),
+        ));
+        assert_eq!(s, status, "{m}");
+    }
+    assert_eq!(
+        api_err(c.call("POST", "/snapshots/base/clone", None)).0,
+        400
+    );
+    assert_eq!(
+        api_err(c.call("POST", "/snapshots/nope/clone", Some(&json!({"count": 1})))).0,
+        404
+    );
+    let r = c
+        .call(
+            "POST",
+            "/snapshots/base/clone",
+            Some(&json!({"count": 3, "prefix": "c"})),
+        )
+        .unwrap();
+    assert!(r["total_ms"].as_f64().unwrap() > 0.0);
+    let vms = r["vms"].as_array().unwrap();
+    assert_eq!(
+        vms.iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["c-1", "c-2", "c-3"]
+    );
+    let mut macs = std::collections::HashSet::new();
+    let mut cids = std::collections::HashSet::new();
+    for v in vms {
+        let name = v["name"].as_str().unwrap();
+        assert_eq!(v["state"], "running");
+        assert_eq!(v["snapshot"], "base");
+        let run = run_spec(&env, name);
+        for n in run["net"].as_array().unwrap() {
+            let mac = n
+                .as_str()
+                .unwrap()
+                .split(',')
+                .find_map(|p| p.strip_prefix("mac="))
+                .unwrap();
+            let first = u8::from_str_radix(&mac[..2], 16).unwrap();
+            assert_eq!(first & 3, 2, "{mac}: unicast, locally administered");
+            assert!(macs.insert(mac.to_string()), "{mac} twice");
+        }
+        let vsock = run["vsock"].as_str().unwrap();
+        let cid: u64 = vsock
+            .split(',')
+            .find_map(|p| p.strip_prefix("cid="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        // Not the source's 3, and no two alike.
+        assert!(cid > 3, "{vsock}");
+        assert!(cids.insert(cid));
+        assert!(
+            vsock.ends_with(&format!("vms/{name}/vsock.sock")),
+            "{vsock}"
+        );
+        assert!(env
+            .state_dir()
+            .join("vms")
+            .join(name)
+            .join("overlay-disk0.qcow2")
+            .is_file());
+        assert!(events(&c, name).iter().any(|e| e.0 == "cloned"));
+    }
+    // The same names again: 409, and nothing made.
+    let (s, _, m) = api_err(c.call(
+        "POST",
+        "/snapshots/base/clone",
+        Some(&json!({"count": 4, "prefix": "c"})),
+    ));
+    assert_eq!(s, 409, "{m}");
+    assert_eq!(api_err(c.call("GET", "/vms/c-4", None)).0, 404);
+    let (s, _, m) = api_err(c.call("DELETE", "/snapshots/base", None));
+    assert_eq!(s, 409);
+    assert!(m.contains("'c-1', 'c-2', 'c-3'"), "{m}");
+
+    // Clones of a VM: a full snapshot of it first.
+    let r = c
+        .call(
+            "POST",
+            "/vms/web/clone",
+            Some(&json!({"count": 2, "prefix": "w"})),
+        )
+        .unwrap();
+    assert_eq!(r["snapshot"], "web.clone-1");
+    assert_eq!(r["vms"].as_array().unwrap().len(), 2);
+    let cid = |vm: &str| -> u64 {
+        run_spec(&env, vm)["vsock"]
+            .as_str()
+            .unwrap()
+            .split(',')
+            .find_map(|p| p.strip_prefix("cid="))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let all: std::collections::HashSet<u64> = ["web", "c-1", "c-2", "c-3", "w-1", "w-2"]
+        .iter()
+        .map(|v| cid(v))
+        .collect();
+    assert_eq!(all.len(), 6, "every VM its own CID: {all:?}");
+}

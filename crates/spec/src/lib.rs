@@ -206,8 +206,12 @@ pub struct VmSpec {
     /// virtio-blk disks, one per entry: `PATH[,readonly][,overlay][,serial=ID][,format=raw|qcow2]`;
     /// a VM the daemon runs may name a volume, `vol:POOL/NAME` or `vol:NAME`, for PATH.
     pub disk: Vec<String>,
+    /// The disk that stands in for an image's own root disk (the first virtio disk, id
+    /// `root`): `PATH[,serial=ID][,format=raw|qcow2]`. The daemon gives it to a VM restored
+    /// from a snapshot (its overlay on the snapshot's copy of the root disk).
+    pub root_disk: Option<String>,
     /// virtio-net NICs, one per entry: `user[,hostfwd=tcp|udp:[ADDR]:HOSTPORT-:GUESTPORT]...`
-    /// or `tap=NAME`.
+    /// or `tap=NAME`, then optionally `,mac=XX:XX:XX:XX:XX:XX`.
     pub net: Vec<String>,
     /// A virtio-rng device fed from the host's random source.
     pub rng: bool,
@@ -310,6 +314,7 @@ impl Default for VmSpec {
             console_log: None,
             command: Vec::new(),
             disk: Vec::new(),
+            root_disk: None,
             net: Vec::new(),
             rng: false,
             vsock: None,
@@ -472,6 +477,12 @@ impl VmSpec {
                 key: "kernel",
                 message: "nothing to boot: give --image NAME, --kernel PATH or --firmware PROG"
                     .into(),
+            });
+        }
+        if self.root_disk.is_some() && self.image.is_none() {
+            return Err(SpecError::Invalid {
+                key: "root_disk",
+                message: "it stands in for an image's root disk: give image too".into(),
             });
         }
         Ok(())
@@ -752,6 +763,7 @@ mod tests {
             console_log: Some("l".into()),
             command: vec!["c".into()],
             disk: vec!["d".into()],
+            root_disk: Some("r".into()),
             net: vec!["n".into()],
             vsock: Some("v".into()),
             ..Default::default()
@@ -761,7 +773,7 @@ mod tests {
             .lines()
             .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
             .collect();
-        assert_eq!(keys.len(), 19, "{text}");
+        assert_eq!(keys.len(), 20, "{text}");
         for k in keys {
             assert!(
                 doc.contains(&format!("| `{k}` |")),

@@ -93,7 +93,13 @@ pub fn parse(spec: &VmSpec) -> Result<Vec<DeviceConfig>, Error> {
     }
     // As QEMU's virtio-blk: a queue per vCPU, so no two vCPUs share a ring.
     let queues = u16::try_from(spec.cpus.clamp(1, MAX_QUEUES as u32)).unwrap_or(1);
-    if let Some(root) = image_root_disk(spec, queues)? {
+    // `root_disk` stands in for the image's own root disk, in its place (a VM restored from a
+    // snapshot: its devices' slots must be the snapshot's).
+    let root = match spec.root_disk.as_deref() {
+        Some(text) => Some(root_disk_config(text, queues)?),
+        None => image_root_disk(spec, queues)?,
+    };
+    if let Some(root) = root {
         out.push(DeviceConfig::Block(root));
     }
     for (i, d) in spec.disk_entries().iter().enumerate() {
@@ -130,6 +136,20 @@ fn image_root_disk(spec: &VmSpec, queues: u16) -> Result<Option<DiskConfig>, Err
         overlay: true,
         queues,
     }))
+}
+
+/// The `root_disk` key: a disk entry (no throwaway overlay unless it says `overlay`) with the
+/// image root disk's id.
+fn root_disk_config(text: &str, queues: u16) -> Result<DiskConfig, Error> {
+    let entry = Entry {
+        key: "root_disk",
+        index: None,
+        text,
+        file: None,
+    };
+    let mut cfg = disk_config(&entry, 0, queues)?;
+    cfg.id = "root".into();
+    Ok(cfg)
 }
 
 /// A built device the VMM keeps a handle to after it went to its transport.
@@ -381,7 +401,16 @@ fn net_config(entry: &Entry, index: usize) -> Result<NetConfig, Error> {
     use vireo_virtio::net::HostFwd;
     let label = entry.label();
     let bad = |why: String| fail(format!("{label}: {why}"));
-    let mut parts = entry.text.split(',');
+    // A locally administered, stable address per NIC index, unless `mac=` gives one.
+    let mut mac = [0x52, 0x54, 0x00, 0x76, 0x69, index as u8];
+    let mut rest = Vec::new();
+    for p in entry.text.split(',') {
+        match p.strip_prefix("mac=") {
+            Some(m) => mac = parse_mac(m).map_err(bad)?,
+            None => rest.push(p),
+        }
+    }
+    let mut parts = rest.into_iter();
     let backend = match parts.next() {
         Some("user") => {
             let mut hostfwd = Vec::new();
@@ -417,10 +446,32 @@ fn net_config(entry: &Entry, index: usize) -> Result<NetConfig, Error> {
     Ok(NetConfig {
         id: format!("net{index}"),
         backend,
-        // A locally administered, stable address per NIC index.
-        mac: [0x52, 0x54, 0x00, 0x76, 0x69, index as u8],
+        mac,
         label,
     })
+}
+
+/// `XX:XX:XX:XX:XX:XX`, a unicast address.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("mac={s}: expected six hex bytes XX:XX:XX:XX:XX:XX");
+    let mut mac = [0u8; 6];
+    let mut n = 0;
+    for (i, part) in s.split(':').enumerate() {
+        if i >= 6 || part.len() != 2 {
+            return Err(bad());
+        }
+        mac[i] = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        n += 1;
+    }
+    if n != 6 {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "mac={s} is a multicast address; a NIC needs a unicast one"
+        ));
+    }
+    Ok(mac)
 }
 
 fn net(n: &NetConfig) -> Result<vireo_virtio::net::Net, Error> {

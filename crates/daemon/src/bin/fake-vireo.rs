@@ -7,8 +7,15 @@
 //!   `fake.fail_start` (exit.json reason "error" before the sockets exist), `fake.no_ready`
 //!   (never reports guest_ready), `fake.ignore_shutdown` (the guest ignores power-off, so a
 //!   shutdown ends as "killed" at its timeout), `fake.poweroff_after=MS`, `fake.panic_after=MS`
-//!   (a bug in the VMM while the guest runs). A disk whose file is not there fails the start,
-//!   as the real VMM's open would.
+//!   (a bug in the VMM while the guest runs), `fake.snapshot_fail` (a `snapshot` fails after
+//!   writing part of it, and removes that, as the real VMM does). A disk whose file is not
+//!   there fails the start, as the real VMM's open would.
+//! - `snapshot {"dir", "parent"}` writes a fake snapshot directory: spec.json (its own), a
+//!   state.vst and memory.bin that are not the real formats, and a copy `disk-ID.FMT` of each
+//!   writable disk (`diskN`, `root` for `root_disk`), made through `DIR.partial` as the VMM does.
+//! - `--restore SNAP [--paused] [--force]` needs SNAP/state.vst (else a start failure, as the
+//!   real VMM's load), writes what it was given to DIR/restored.json, and starts paused with
+//!   `--paused`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -41,6 +48,12 @@ enum Cmd {
         name: String,
         #[arg(long)]
         dir: PathBuf,
+        #[arg(long)]
+        restore: Option<PathBuf>,
+        #[arg(long)]
+        paused: bool,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -58,7 +71,13 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Vmm { name, dir } => vmm(name, dir),
+        Cmd::Vmm {
+            name,
+            dir,
+            restore,
+            paused,
+            force,
+        } => vmm(name, dir, restore, paused, force),
     }
 }
 
@@ -73,6 +92,8 @@ struct Vm {
     consoles: Vec<UnixStream>,
     writer: bool,
     console_bytes: u64,
+    spec: vireo_spec::VmSpec,
+    snapshot_fail: bool,
 }
 
 static VM: OnceLock<Mutex<Vm>> = OnceLock::new();
@@ -133,7 +154,13 @@ fn exit(reason: &str, status: i32, message: &str, code: i32) -> ! {
     std::process::exit(code)
 }
 
-fn vmm(name: String, dir: PathBuf) -> ExitCode {
+fn vmm(
+    name: String,
+    dir: PathBuf,
+    restore: Option<PathBuf>,
+    paused: bool,
+    force: bool,
+) -> ExitCode {
     let lock = match std::fs::File::create(dir.join("lock")) {
         Ok(f) => f,
         Err(e) => {
@@ -170,6 +197,8 @@ fn vmm(name: String, dir: PathBuf) -> ExitCode {
         consoles: Vec::new(),
         writer: false,
         console_bytes: 0,
+        spec: spec.clone(),
+        snapshot_fail: has("fake.snapshot_fail"),
     }));
     std::thread::sleep(Duration::from_millis(30));
     if has("fake.fail_start") {
@@ -184,8 +213,22 @@ fn vmm(name: String, dir: PathBuf) -> ExitCode {
             125,
         );
     }
+    if let Some(snap) = &restore {
+        if !snap.join("state.vst").is_file() {
+            exit(
+                "error",
+                125,
+                &format!("{}: no snapshot there (fake VMM)", snap.display()),
+                125,
+            );
+        }
+        let _ = std::fs::write(
+            dir.join("restored.json"),
+            json!({"restore": snap, "paused": paused, "force": force}).to_string(),
+        );
+    }
     // As the real VMM opens its disks: the daemon must have resolved volumes to files.
-    for d in &spec.disk {
+    for d in spec.disk.iter().chain(&spec.root_disk) {
         let path = d.split(',').next().unwrap_or("");
         if !Path::new(path).is_file() {
             exit(
@@ -220,7 +263,7 @@ fn vmm(name: String, dir: PathBuf) -> ExitCode {
     // "Boot".
     std::thread::sleep(Duration::from_millis(50));
     console_out(b"fake-vmm: booting\n");
-    set_state("running");
+    set_state(if paused { "paused" } else { "running" });
     if !has("fake.no_ready") {
         std::thread::sleep(Duration::from_millis(30));
         console_out(b"fake-vmm: ready\n");
@@ -252,6 +295,90 @@ fn vmm(name: String, dir: PathBuf) -> ExitCode {
     }
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// The fake `snapshot` op.
+fn snapshot(req: &Value) -> Value {
+    let err = |code: &str, m: String| json!({"ok": false, "error": code, "message": m});
+    let (state, spec, fail) = {
+        let v = vm();
+        (v.state, v.spec.clone(), v.snapshot_fail)
+    };
+    if state != "running" && state != "paused" {
+        return conflict(format!(
+            "cannot snapshot a VM that is {state} (expected running or paused)"
+        ));
+    }
+    let Some(dir) = req["dir"]
+        .as_str()
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute())
+    else {
+        return err("bad_request", "snapshot needs \"dir\"".into());
+    };
+    if dir.exists() {
+        return conflict(format!("{} exists", dir.display()));
+    }
+    if let Some(p) = req["parent"].as_str() {
+        if !Path::new(p).join("state.vst").is_file() {
+            return err("internal", format!("the parent snapshot {p}: no state.vst"));
+        }
+    }
+    let partial = PathBuf::from(format!("{}.partial", dir.display()));
+    let write = || -> std::io::Result<u64> {
+        std::fs::create_dir_all(&partial)?;
+        std::fs::write(partial.join("state.vst"), b"fake state")?;
+        std::fs::write(partial.join("memory.bin"), b"fake memory")?;
+        std::fs::write(
+            partial.join("spec.json"),
+            serde_json::to_vec_pretty(&spec).unwrap_or_default(),
+        )?;
+        if fail {
+            return Err(std::io::Error::other("fake.snapshot_fail"));
+        }
+        let mut bytes = 0;
+        let disks = spec
+            .disk
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("disk{i}"), d))
+            .chain(spec.root_disk.iter().map(|d| ("root".to_string(), d)));
+        for (id, d) in disks {
+            let mut parts = d.split(',');
+            let path = parts.next().unwrap_or("");
+            let opts: Vec<&str> = parts.collect();
+            if opts.iter().any(|o| *o == "readonly" || *o == "ro") {
+                continue;
+            }
+            let format = match opts.iter().find_map(|o| o.strip_prefix("format=")) {
+                Some(f) => f.to_string(),
+                None => {
+                    let head = std::fs::read(path)?;
+                    if head.starts_with(b"QFI\xfb") {
+                        "qcow2"
+                    } else {
+                        "raw"
+                    }
+                    .to_string()
+                }
+            };
+            bytes += std::fs::copy(path, partial.join(format!("disk-{id}.{format}")))?;
+        }
+        Ok(bytes)
+    };
+    match write().and_then(|b| std::fs::rename(&partial, &dir).map(|()| b)) {
+        Ok(disk_bytes) => json!({"ok": true, "snapshot": {
+            "id": format!("fake-{}-{}", std::process::id(), now()),
+            "dir": dir,
+            "kind": if req["parent"].is_string() { "diff" } else { "full" },
+            "memory_pages": 1, "memory_bytes": 4096, "disk_bytes": disk_bytes,
+            "paused_ms": 1.5, "total_ms": 2.5
+        }}),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&partial);
+            err("internal", format!("snapshot failed: {e}"))
+        }
     }
 }
 
@@ -328,6 +455,7 @@ fn control(s: UnixStream) {
                     "devices": [{"kind": "block", "id": "disk0", "counters": {"read_bytes": 4096}}]
                 }})
             }
+            "snapshot" => snapshot(&req),
             "watch" => {
                 let mut v = vm();
                 if let Ok(c) = w.try_clone() {
