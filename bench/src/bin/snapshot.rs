@@ -76,8 +76,17 @@ impl Vmm {
     }
 
     fn console(&self) -> UnixStream {
-        let mut s = UnixStream::connect(self.dir.join("console.sock"))
-            .unwrap_or_else(|e| die(&format!("console socket: {e}")));
+        // Bound just after the control socket.
+        let t0 = Instant::now();
+        let mut s = loop {
+            match UnixStream::connect(self.dir.join("console.sock")) {
+                Ok(s) => break s,
+                Err(e) if t0.elapsed() > Duration::from_secs(10) => {
+                    die(&format!("console socket: {e}"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        };
         let _ = s.write_all(b"rw\n");
         let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
         s
