@@ -478,7 +478,7 @@ mod tests {
             "{e}"
         );
         mem.write_obj(200u16, GuestAddress(0x2002)).unwrap();
-        let e = fresh(Box::new(Probe::default()))
+        let e = fresh(Box::<Probe>::default())
             .restore_state(&st)
             .unwrap_err();
         assert!(e.to_string().contains("available index is 200"), "{e}");
@@ -486,8 +486,6 @@ mod tests {
         let mut odd = st.clone();
         odd.device = vec![1];
         mem.write_obj(7u16, GuestAddress(0x2002)).unwrap();
-        assert!(fresh(Box::new(Probe::default()))
-            .restore_state(&odd)
-            .is_err());
+        assert!(fresh(Box::<Probe>::default()).restore_state(&odd).is_err());
     }
 }
