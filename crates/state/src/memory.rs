@@ -287,14 +287,20 @@ fn is_zero(page: &[u8]) -> bool {
     }) && page.chunks_exact(64).remainder().iter().all(|&b| b == 0)
 }
 
-/// Writes the non-zero pages of `buf` (a copy of guest RAM) at `offset` of `file`, one write
-/// per run of consecutive non-zero pages.
-fn write_nonzero(file: &File, tmp: &Path, buf: &[u8], offset: u64) -> Result<()> {
+/// Writes the non-zero pages of `buf` (a copy of guest RAM) that `keep` selects (by index in
+/// `buf`) at `offset` of `file`, one write per run of consecutive such pages.
+fn write_pages(
+    file: &File,
+    tmp: &Path,
+    buf: &[u8],
+    offset: u64,
+    keep: &dyn Fn(usize) -> bool,
+) -> Result<()> {
     let pages = buf.len() / PS as usize;
     let mut run_start: Option<usize> = None;
     for p in 0..=pages {
-        let nonzero = p < pages && !is_zero(&buf[p * PS as usize..][..PS as usize]);
-        match (nonzero, run_start) {
+        let write = p < pages && keep(p) && !is_zero(&buf[p * PS as usize..][..PS as usize]);
+        match (write, run_start) {
             (true, None) => run_start = Some(p),
             (false, Some(s)) => {
                 let bytes = &buf[s * PS as usize..p * PS as usize];
@@ -308,6 +314,17 @@ fn write_nonzero(file: &File, tmp: &Path, buf: &[u8], offset: u64) -> Result<()>
     Ok(())
 }
 
+/// Which pages a memory file holds.
+enum Select<'a> {
+    /// Every non-zero page: a full memory file.
+    All,
+    /// The pages of a set: a diff whose pages are known.
+    Only(&'a PageSet),
+    /// The pages that differ from `base` (the memory a parent snapshot restores to): a diff
+    /// found by contents, in the same pass over guest RAM that writes it.
+    ChangedFrom(&'a GuestMemoryMmap),
+}
+
 /// Writes guest RAM to the memory file at `path` (whole or not at all: a temporary file,
 /// synced and renamed) and returns its map.
 ///
@@ -319,7 +336,37 @@ pub fn write_memory(
     mem: &GuestMemoryMmap,
     only: Option<&PageSet>,
 ) -> Result<MemoryMap> {
-    let path = path.as_ref();
+    let select = match only {
+        Some(set) => Select::Only(set),
+        None => Select::All,
+    };
+    write_selected(path.as_ref(), mem, select)
+}
+
+/// Writes a diff memory file at `path` holding the pages of `mem` that differ from `base`
+/// (the memory the parent snapshot restores to, e.g. mapped by [`restore_chain`]), and
+/// returns its map, whose `diff` set names them. Every writer is covered — harts, device
+/// threads, DMA — because it compares contents, not who wrote; a page written back with what
+/// it held is left out, which is still exact. Guest RAM is read once. The two must have the
+/// same layout.
+pub fn write_memory_changed(
+    path: impl AsRef<Path>,
+    mem: &GuestMemoryMmap,
+    base: &GuestMemoryMmap,
+) -> Result<MemoryMap> {
+    if layout_of(mem) != layout_of(base) {
+        return Err(StateError::MemoryMap {
+            reason: format!(
+                "the parent snapshot's RAM layout {:?} differs from the VM's {:?}",
+                layout_of(base),
+                layout_of(mem)
+            ),
+        });
+    }
+    write_selected(path.as_ref(), mem, Select::ChangedFrom(base))
+}
+
+fn write_selected(path: &Path, mem: &GuestMemoryMmap, select: Select<'_>) -> Result<MemoryMap> {
     let mut regions = Vec::new();
     let mut offset = 0u64;
     for (base, size) in layout_of(mem) {
@@ -335,14 +382,24 @@ pub fn write_memory(
         });
         offset += size;
     }
-    let map = MemoryMap {
+    let total = offset / PS;
+    let mut map = MemoryMap {
         page_size: PAGE_SIZE,
         regions,
         file_len: offset,
-        diff: only.cloned(),
+        diff: match select {
+            Select::All => None,
+            Select::Only(set) => Some(set.clone()),
+            Select::ChangedFrom(_) => Some(PageSet::new(total)),
+        },
     };
     map.validate()?;
     let mut buf = vec![0u8; CHUNK as usize];
+    let mut parent = match select {
+        Select::ChangedFrom(_) => vec![0u8; CHUNK as usize],
+        _ => Vec::new(),
+    };
+    let mut changed = PageSet::new(total);
     crate::atomic::write_with(path, |file, tmp| {
         file.set_len(map.file_len)
             .map_err(|e| StateError::io(tmp, e))?;
@@ -350,9 +407,9 @@ pub fn write_memory(
         for r in &map.regions {
             let pages = r.size / PS;
             // (first page, count) runs relative to the region.
-            let runs = match only {
-                None => vec![(0, pages)],
-                Some(set) => set
+            let runs = match select {
+                Select::All | Select::ChangedFrom(_) => vec![(0, pages)],
+                Select::Only(set) => set
                     .runs(first_page, first_page + pages)
                     .into_iter()
                     .map(|(p, n)| (p - first_page, n))
@@ -362,11 +419,28 @@ pub fn write_memory(
                 let (mut off, end) = (p * PS, (p + n) * PS);
                 while off < end {
                     let len = (end - off).min(CHUNK) as usize;
-                    mem.read_slice(&mut buf[..len], GuestAddress(r.guest_base + off))
-                        .map_err(|e| StateError::MemoryMap {
-                            reason: format!("reading guest RAM at {:#x}: {e}", r.guest_base + off),
-                        })?;
-                    write_nonzero(file, tmp, &buf[..len], r.file_offset + off)?;
+                    let at = GuestAddress(r.guest_base + off);
+                    let read = |m: &GuestMemoryMmap, buf: &mut [u8]| {
+                        m.read_slice(buf, at).map_err(|e| StateError::MemoryMap {
+                            reason: format!("reading guest RAM at {:#x}: {e}", at.0),
+                        })
+                    };
+                    read(mem, &mut buf[..len])?;
+                    let chunk_page = first_page + off / PS;
+                    match select {
+                        Select::ChangedFrom(base) => {
+                            read(base, &mut parent[..len])?;
+                            let page = |i: usize| i * PS as usize..(i + 1) * PS as usize;
+                            for i in 0..len / PS as usize {
+                                if buf[page(i)] != parent[page(i)] {
+                                    changed.insert(chunk_page + i as u64);
+                                }
+                            }
+                            let keep = |i: usize| changed.contains(chunk_page + i as u64);
+                            write_pages(file, tmp, &buf[..len], r.file_offset + off, &keep)?;
+                        }
+                        _ => write_pages(file, tmp, &buf[..len], r.file_offset + off, &|_| true)?,
+                    }
                     off += len as u64;
                 }
             }
@@ -374,6 +448,9 @@ pub fn write_memory(
         }
         Ok(())
     })?;
+    if let Select::ChangedFrom(_) = select {
+        map.diff = Some(changed);
+    }
     Ok(map)
 }
 
@@ -768,63 +845,18 @@ mod tests {
     }
 }
 
-/// The pages of `mem` whose contents differ from `base` (the memory a parent snapshot
-/// restores to, mapped from its files): what a diff snapshot must hold when no write
-/// tracking is available. Every writer is covered — harts, device threads, DMA — because it
-/// looks at contents, not at who wrote; a page written back with what it held is left out,
-/// which is still exact. The two must have the same layout.
-pub fn changed_pages(mem: &GuestMemoryMmap, base: &GuestMemoryMmap) -> Result<PageSet> {
-    let layout = layout_of(mem);
-    if layout != layout_of(base) {
-        return Err(StateError::MemoryMap {
-            reason: format!(
-                "the parent snapshot's RAM layout {:?} differs from the VM's {:?}",
-                layout_of(base),
-                layout
-            ),
-        });
-    }
-    let total: u64 = layout.iter().map(|&(_, s)| s / PS).sum();
-    let mut set = PageSet::new(total);
-    let mut a = vec![0u8; CHUNK as usize];
-    let mut b = vec![0u8; CHUNK as usize];
-    let mut first_page = 0u64;
-    for (base_addr, size) in layout {
-        let mut off = 0u64;
-        while off < size {
-            let len = (size - off).min(CHUNK) as usize;
-            let at = GuestAddress(base_addr + off);
-            let read = |m: &GuestMemoryMmap, buf: &mut [u8]| {
-                m.read_slice(buf, at).map_err(|e| StateError::MemoryMap {
-                    reason: format!("reading guest RAM at {:#x}: {e}", at.0),
-                })
-            };
-            read(mem, &mut a[..len])?;
-            read(base, &mut b[..len])?;
-            for (i, (pa, pb)) in a[..len]
-                .chunks(PS as usize)
-                .zip(b[..len].chunks(PS as usize))
-                .enumerate()
-            {
-                if pa != pb {
-                    set.insert(first_page + off / PS + i as u64);
-                }
-            }
-            off += len as u64;
-        }
-        first_page += size / PS;
-    }
-    Ok(set)
-}
-
 #[cfg(test)]
 mod changed_tests {
     use super::*;
 
     #[test]
-    fn changed_pages_finds_exactly_the_pages_that_differ() {
+    fn a_changed_diff_holds_exactly_the_pages_that_differ() {
+        let dir = std::env::temp_dir().join(format!("vireo-state-changed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let a = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x8000_0000), 64 << 12)]).unwrap();
         let b = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x8000_0000), 64 << 12)]).unwrap();
+        b.write_slice(&[9], GuestAddress(0x8000_0000 + 5 * 4096))
+            .unwrap();
         a.write_slice(&[1], GuestAddress(0x8000_0000 + 3 * 4096 + 17))
             .unwrap();
         a.write_slice(&[2], GuestAddress(0x8000_0000 + 63 * 4096 + 4095))
@@ -832,9 +864,25 @@ mod changed_tests {
         // Written with what it held: not a change.
         a.write_slice(&[0], GuestAddress(0x8000_0000 + 9 * 4096))
             .unwrap();
-        let set = changed_pages(&a, &b).unwrap();
-        assert_eq!(set.iter().collect::<Vec<_>>(), vec![3, 63]);
+        let path = dir.join("memory.bin");
+        let map = write_memory_changed(&path, &a, &b).unwrap();
+        // Page 5 is zero now and was not: it is in the diff, as a hole.
+        let set = map.diff.clone().unwrap();
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![3, 5, 63]);
+        // Applied on the parent, the diff gives the memory it was taken of.
+        let ram = GuestRam::from_mmap(b.clone());
+        apply_diff(&ram, &path, &map).unwrap();
+        let (mut x, mut y) = (vec![0u8; 64 << 12], vec![0u8; 64 << 12]);
+        a.read_slice(&mut x, GuestAddress(0x8000_0000)).unwrap();
+        ram.memory()
+            .read_slice(&mut y, GuestAddress(0x8000_0000))
+            .unwrap();
+        assert!(
+            x == y,
+            "parent + diff differs from the memory the diff was taken of"
+        );
         let c = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x8000_0000), 32 << 12)]).unwrap();
-        assert!(changed_pages(&a, &c).is_err());
+        assert!(write_memory_changed(dir.join("other.bin"), &a, &c).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -993,6 +993,12 @@ fn handle(r: &Request, shared: &Arc<Shared>) -> Value {
                 return err("bad_request", "snapshot needs \"dir\": an absolute path to create");
             };
             let _one = lock(&shared.snapshotting);
+            if dir.exists() {
+                return err(
+                    "conflict",
+                    &format!("{} exists: a snapshot is never overwritten", dir.display()),
+                );
+            }
             let disks: Vec<(String, crate::devices::DiskSource)> = lock(&shared.devices)
                 .iter()
                 .filter_map(|h| h.disk.clone().map(|d| (h.id.clone(), d)))
@@ -1008,7 +1014,6 @@ fn handle(r: &Request, shared: &Arc<Shared>) -> Value {
                     );
                     json!({"ok": true, "snapshot": t})
                 }
-                Err(e) if e.0.contains(" exists") => err("conflict", &e.0),
                 Err(e) => err("internal", &e.0),
             }
         }

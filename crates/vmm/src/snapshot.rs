@@ -62,9 +62,6 @@ const META_VERSION: u16 = 1;
 pub struct SnapshotMeta {
     /// The parent snapshot's directory (absolute), for a diff.
     pub parent_dir: Option<String>,
-    /// The disks by device id: the file the restored VM's disk starts from (a copy in the
-    /// snapshot, or the definition's read-only image).
-    pub disks: Vec<(String, String)>,
 }
 
 /// What [`take`] did.
@@ -112,12 +109,28 @@ pub fn take(
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)
         .map_err(|e| fail(format!("cannot create {}: {e}", partial.display())))?;
+    // The parent's memory, mapped before the pause: only the comparison with the guest's
+    // RAM must happen while it stands still.
+    let parent = match parent {
+        Some(p) => {
+            let file = StateFile::read(p.join(STATE_FILE))
+                .map_err(|e| fail(format!("the parent snapshot: {e}")))?;
+            let chain = memory_chain(p, &file)?;
+            let memory = vireo_state::memory::restore_chain(&chain).map_err(fail)?;
+            Some(Parent {
+                dir: absolute(p),
+                id: file.header().id.clone(),
+                memory,
+            })
+        }
+        None => None,
+    };
     let was_paused = vm.is_paused();
     if !was_paused {
         vm.pause().map_err(fail)?;
     }
     let paused_at = Instant::now();
-    let r = write_all(vm, spec, disks, dir, &partial, parent);
+    let r = write_all(vm, spec, disks, dir, &partial, parent.as_ref());
     if !was_paused {
         // Whatever happened, a VM that ran runs on.
         let _ = vm.resume();
@@ -143,6 +156,13 @@ pub fn take(
     Ok(taken)
 }
 
+/// The snapshot a diff is taken on, and the memory it restores to.
+struct Parent {
+    dir: PathBuf,
+    id: String,
+    memory: GuestRam,
+}
+
 fn partial_dir(dir: &Path) -> PathBuf {
     let mut s = dir.as_os_str().to_owned();
     s.push(".partial");
@@ -156,7 +176,7 @@ fn write_all(
     disks: &[(String, DiskSource)],
     dir: &Path,
     partial: &Path,
-    parent: Option<&Path>,
+    parent: Option<&Parent>,
 ) -> Result<Taken, Error> {
     let VmControl::Emu { state, mem, .. } = vm else {
         return Err(fail(
@@ -165,15 +185,8 @@ fn write_all(
         ));
     };
     let emu = state.save().map_err(fail)?;
-    let parent_state = match parent {
-        Some(p) => Some(
-            StateFile::read(p.join(STATE_FILE))
-                .map_err(|e| fail(format!("the parent snapshot: {e}")))?,
-        ),
-        None => None,
-    };
-    let header = match &parent_state {
-        Some(ps) => Header::diff(Accel::Emu, Arch::Riscv64, ps.header().id.clone()),
+    let header = match parent {
+        Some(p) => Header::diff(Accel::Emu, Arch::Riscv64, p.id.clone()),
         None => Header::new(Accel::Emu, Arch::Riscv64),
     };
     let mut file = StateFile::new(header);
@@ -191,16 +204,12 @@ fn write_all(
     // Memory: every non-zero page, or the pages that differ from what the parent restores
     // to (this host's kernel may not track soft-dirty pages, and device threads write guest
     // memory behind the harts' backs: comparing contents covers every writer).
-    let only = match parent {
-        Some(p) => {
-            let chain = memory_chain(p)?;
-            let base = vireo_state::memory::restore_chain(&chain).map_err(fail)?;
-            Some(vireo_state::memory::changed_pages(mem, base.memory()).map_err(fail)?)
-        }
-        None => None,
-    };
-    let map = vireo_state::memory::write_memory(partial.join(MEMORY_FILE), mem, only.as_ref())
-        .map_err(fail)?;
+    let path = partial.join(MEMORY_FILE);
+    let map = match parent {
+        Some(p) => vireo_state::memory::write_memory_changed(&path, mem, p.memory.memory()),
+        None => vireo_state::memory::write_memory(&path, mem, None),
+    }
+    .map_err(fail)?;
     let memory_pages = match &map.diff {
         Some(set) => set.len(),
         None => count_data_pages(&partial.join(MEMORY_FILE)),
@@ -210,13 +219,10 @@ fn write_all(
     // Disks: writable ones are copied (paused, nothing is in flight); read-only ones and the
     // bases the copies name are referenced with a fingerprint.
     let mut refs: Vec<DiskRef> = Vec::new();
-    let mut meta_disks = Vec::new();
     let mut disk_bytes = 0;
     for (id, d) in disks {
         if d.readonly {
-            let r = disk_ref(id, &d.path, d.format, true)?;
-            meta_disks.push((id.clone(), r.path.clone()));
-            refs.push(r);
+            refs.push(disk_ref(id, &d.path, d.format, true)?);
             continue;
         }
         let name = format!("disk-{id}.{}", d.format);
@@ -229,11 +235,10 @@ fn write_all(
         let final_path = dir.join(&name);
         let mut r = disk_ref(id, &partial.join(&name), d.format, false)?;
         r.path = final_path.to_string_lossy().into_owned();
-        meta_disks.push((id.clone(), r.path.clone()));
         refs.push(r);
         // A copied overlay reads its base: that must not change either.
-        for (i, base) in backing_chain(&partial.join(&name))?.into_iter().enumerate() {
-            refs.push(disk_ref(&format!("{id}.base{i}"), &base, "", true)?);
+        for (i, (base, format)) in backing_chain(&partial.join(&name))?.into_iter().enumerate() {
+            refs.push(disk_ref(&format!("{id}.base{i}"), &base, &format, true)?);
         }
     }
     file.put(SectionId::Disks, 1, &refs).map_err(fail)?;
@@ -246,8 +251,7 @@ fn write_all(
         ))
     })?;
     let meta = SnapshotMeta {
-        parent_dir: parent.map(|p| absolute(p).to_string_lossy().into_owned()),
-        disks: meta_disks,
+        parent_dir: parent.map(|p| p.dir.to_string_lossy().into_owned()),
     };
     file.put(section_meta(), META_VERSION, &meta)
         .map_err(fail)?;
@@ -282,14 +286,14 @@ fn disk_ref(id: &str, path: &Path, format: &str, read_only: bool) -> Result<Disk
     })
 }
 
-/// The backing files below a qcow2 image, nearest first (none for raw).
-fn backing_chain(path: &Path) -> Result<Vec<PathBuf>, Error> {
+/// The backing files below a qcow2 image with their formats, nearest first (none for raw).
+fn backing_chain(path: &Path) -> Result<Vec<(PathBuf, String)>, Error> {
     let info = vireo_virtio::block::image::info(path)
         .map_err(|e| fail(format!("{}: {e}", path.display())))?;
     let mut out = Vec::new();
     let mut below = info.backing;
     while let Some(b) = below {
-        out.push(b.path.clone());
+        out.push((b.path.clone(), b.format.clone()));
         below = b.backing;
     }
     Ok(out)
@@ -310,9 +314,6 @@ fn count_data_pages(path: &Path) -> u64 {
 pub struct Loaded {
     pub state: EmuState,
     pub ram: GuestRam,
-    pub spec: VmSpec,
-    pub meta: SnapshotMeta,
-    pub header: Header,
     /// How long reading, checking and mapping took.
     pub load_ms: f64,
 }
@@ -358,12 +359,6 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
             None => break,
         }
     }
-    let (_, meta) = file
-        .require::<SnapshotMeta>(&section_meta())
-        .map_err(fail)?;
-    let (_, spec_json) = file.require::<String>(&SectionId::Spec).map_err(fail)?;
-    let spec: VmSpec = serde_json::from_str(&spec_json)
-        .map_err(|e| fail(format!("{}: the saved definition: {e}", path.display())))?;
     let (_, refs) = file
         .require::<Vec<DiskRef>>(&SectionId::Disks)
         .map_err(fail)?;
@@ -385,8 +380,7 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
             }
         }
     }
-    let header = file.header().clone();
-    let chain = memory_chain(dir)?;
+    let chain = memory_chain(dir, &file)?;
     let ram = vireo_state::memory::restore_chain(&chain).map_err(fail)?;
     Ok(Loaded {
         state: EmuState {
@@ -395,20 +389,18 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
             virtio,
         },
         ram,
-        spec,
-        meta,
-        header,
         load_ms: t0.elapsed().as_secs_f64() * 1e3,
     })
 }
 
 /// The memory files a restore of the snapshot in `dir` applies, full one first: its own and
 /// its parents', each checked to be the snapshot its child was taken on.
-fn memory_chain(dir: &Path) -> Result<Vec<(PathBuf, MemoryMap)>, Error> {
+fn memory_chain(dir: &Path, top: &StateFile) -> Result<Vec<(PathBuf, MemoryMap)>, Error> {
     let mut chain: Vec<(PathBuf, MemoryMap)> = Vec::new();
     let mut at = dir.to_path_buf();
-    let mut file = StateFile::read(at.join(STATE_FILE)).map_err(fail)?;
+    let mut parent_file: Option<StateFile> = None;
     loop {
+        let file = parent_file.as_ref().unwrap_or(top);
         let (_, map) = file
             .require::<MemoryMap>(&SectionId::MemoryMap)
             .map_err(fail)?;
@@ -439,7 +431,7 @@ fn memory_chain(dir: &Path) -> Result<Vec<(PathBuf, MemoryMap)>, Error> {
             )));
         }
         at = pdir;
-        file = pf;
+        parent_file = Some(pf);
     }
     chain.reverse();
     Ok(chain)
