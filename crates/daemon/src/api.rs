@@ -428,8 +428,7 @@ pub struct CreateSnapshot {
         pattern = "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
     )]
     pub name: Option<String>,
-    /// Only the memory written since the VM's last snapshot (taken since it last started),
-    /// which becomes the parent.
+    /// Only the memory that differs from the VM's latest snapshot, which becomes the parent.
     pub diff: bool,
 }
 

@@ -3,10 +3,8 @@
 //! - A **snapshot** is a directory `<state-dir>/snapshots/NAME` written by the VM's VMM (the
 //!   `snapshot` request of the VMM protocol; its layout is `vireo_vmm::snapshot`'s: state.vst,
 //!   memory.bin, spec.json, a copy `disk-ID.FMT` of each writable disk) and a row of the store.
-//!   Names are global, checked as VM names are. A **diff** snapshot's parent is the last
-//!   snapshot taken of the same VMM's guest (the VMM's dirty-page tracking starts over at each
-//!   snapshot, and again when the VM starts), so a diff needs a snapshot taken since the VM
-//!   last started, and that one still there.
+//!   Names are global, checked as VM names are. A **diff** snapshot's parent is the VM's latest
+//!   snapshot; it holds the pages that differ from what that one restores to.
 //! - **Restore** defines a VM from the snapshot's spec.json with its disks rewritten
 //!   ([`restore_spec`]): each writable disk's entry becomes `COPY,overlay`, so the VM gets its
 //!   persistent overlay `vms/NEW/overlay-diskN.qcow2` on the copy, and the image's root disk
@@ -296,24 +294,16 @@ impl Daemon {
                 "a snapshot named '{name}' already exists"
             )));
         }
+        // A diff holds the pages that differ from what its parent restores to (the VMM
+        // compares contents), so any earlier snapshot of this VM will do: the latest.
         let parent = if diff {
-            let last = lock(&live.last_snapshot).clone();
-            let found = match &last {
-                Some(p) => lock(&self.store).get_snapshot(p)?,
-                None => None,
-            };
-            match (found, last) {
-                (Some(p), _) => Some(p),
-                (None, Some(p)) => {
+            let latest = lock(&self.store).list_snapshots(Some(vm))?.pop();
+            match latest {
+                Some(p) => Some(p),
+                None => {
                     return Err(Error::Conflict(format!(
-                        "a diff snapshot of VM '{vm}' needs its last snapshot, '{p}', which was \
-                         removed: take a full snapshot"
-                    )))
-                }
-                (None, None) => {
-                    return Err(Error::Conflict(format!(
-                        "a diff snapshot needs a parent: a snapshot of VM '{vm}' taken since it \
-                         last started, and it has none: take a full snapshot first"
+                        "a diff snapshot needs a parent, and VM '{vm}' has no snapshot: take a \
+                         full snapshot first"
                     )))
                 }
             }
@@ -369,7 +359,6 @@ impl Daemon {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e.into());
         }
-        *lock(&live.last_snapshot) = Some(name.clone());
         self.event(
             vm,
             "snapshot_created",

@@ -175,8 +175,6 @@ pub(crate) struct Live {
     accel: Mutex<Option<String>>,
     /// The guest's IPv4 address, once its /init said it.
     ip: Mutex<Option<String>>,
-    /// The last snapshot taken of this VMM's guest (a diff's parent must be it).
-    pub(crate) last_snapshot: Mutex<Option<String>>,
 }
 
 impl Live {
@@ -199,7 +197,6 @@ impl Live {
             limits: String::new(),
             accel: Mutex::new(None),
             ip: Mutex::new(None),
-            last_snapshot: Mutex::new(None),
         }
     }
 

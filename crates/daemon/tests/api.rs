@@ -1537,7 +1537,7 @@ fn snapshots_restore_and_removal() {
     c.call("POST", "/vms/web/start", None).unwrap();
     let (s, _, m) = api_err(c.call("POST", "/vms/web/snapshots", Some(&json!({"name": "-x"}))));
     assert_eq!(s, 400, "{m}");
-    // A diff needs a snapshot taken since the VM started.
+    // A diff needs an earlier snapshot of the VM.
     let (s, _, m) = api_err(c.call("POST", "/vms/web/snapshots", Some(&json!({"diff": true}))));
     assert_eq!(s, 409, "{m}");
     assert!(m.contains("full snapshot first"), "{m}");
