@@ -111,11 +111,9 @@ pub struct EmuVm {
     ram: GuestRam,
     bus: Bus,
     harts: Vec<Hart>,
-    uart: Arc<Mutex<Uart>>,
     irq: Arc<IrqOutputs>,
     exit: Arc<ExitSignal>,
     console: ConsoleOutput,
-    builtin_sbi: bool,
     layout: Layout,
     stats: Arc<Mutex<EmuStats>>,
     control: Arc<EmuControl>,
@@ -137,7 +135,6 @@ struct BoardDevices {
     rtc: Arc<Mutex<GoldfishRtc>>,
     mmio: Vec<Arc<Mutex<MmioTransport>>>,
     transport: VirtioTransport,
-    ram_base: u64,
     ram_size: u64,
     builtin_sbi: bool,
 }
@@ -225,11 +222,6 @@ impl EmuControl {
     /// Whether a pause is asked for (the machine is parked or about to be).
     pub fn is_paused(&self) -> bool {
         self.requested.load(Ordering::Acquire)
-    }
-
-    /// Whether the run loop is parked now (between slices, no instruction in flight).
-    pub fn is_parked(&self) -> bool {
-        self.lock_park().parked
     }
 
     /// Chooses what the guest's clock does while the machine is paused.
@@ -346,7 +338,7 @@ impl EmuStateHandle {
         let d = &self.devices;
         let machine = MachineState {
             harts: cpu.harts.len() as u32,
-            ram_base: d.ram_base,
+            ram_base: RAM_BASE,
             ram_size: d.ram_size,
             builtin_sbi: d.builtin_sbi,
             virtio_transport: "mmio".into(),
@@ -443,7 +435,7 @@ impl EmuVm {
         vm.layout = layout;
         for h in vm.harts.iter_mut() {
             h.set_isa(isa);
-            if vm.builtin_sbi {
+            if vm.devices.builtin_sbi {
                 if h.id == 0 {
                     h.enter_supervisor(layout.entry, 0, layout.fdt);
                 }
@@ -668,11 +660,10 @@ impl EmuVm {
         let hs: Vec<Hart> = (0..harts as u64).map(Hart::new).collect();
         let devices = BoardDevices {
             plic,
-            uart: uart.clone(),
+            uart,
             rtc,
             mmio,
             transport: cfg.virtio_transport,
-            ram_base: RAM_BASE,
             ram_size: ram.size(),
             builtin_sbi,
         };
@@ -680,11 +671,9 @@ impl EmuVm {
             ram,
             bus,
             harts: hs,
-            uart,
             irq: irq.clone(),
             exit: exit.clone(),
             console,
-            builtin_sbi,
             layout: Layout {
                 kernel: (0, 0),
                 initrd: None,
@@ -718,7 +707,7 @@ impl EmuVm {
 
     /// The console UART, for feeding host input.
     pub fn uart(&self) -> Arc<Mutex<Uart>> {
-        self.uart.clone()
+        self.devices.uart.clone()
     }
 
     /// The latch that stops the guest; raising it from another thread ends [`EmuVm::run`].
@@ -786,7 +775,7 @@ impl EmuVm {
             ram_base: RAM_BASE,
             clint_base: CLINT_BASE,
             harts: n,
-            builtin_sbi: self.builtin_sbi,
+            builtin_sbi: self.devices.builtin_sbi,
             irq: self.irq.clone(),
             exit: self.exit.clone(),
             console: self.console.clone(),
@@ -1488,17 +1477,27 @@ mod tests {
         let prog = dir.0.join("spin.bin");
         let bytes: Vec<u8> = SPIN.iter().flat_map(|w| w.to_le_bytes()).collect();
         std::fs::write(&prog, bytes).unwrap();
-        let cfg = BootConfig {
+        let vm = EmuVm::build(
+            &spin_cfg(&dir),
+            ConsoleOutput::new(),
+            Vec::new(),
+            Isa::max(),
+        )
+        .unwrap();
+        (vm, dir)
+    }
+
+    /// The definition of [`spinning_vm`]'s machine.
+    fn spin_cfg(dir: &tempdir::Dir) -> BootConfig {
+        BootConfig {
             kernel: PathBuf::new(),
-            firmware: Some(prog),
+            firmware: Some(dir.0.join("spin.bin")),
             initrd: None,
             cmdline: String::new(),
             cpus: 1,
             memory: 64 << 20,
             virtio_transport: Default::default(),
-        };
-        let vm = EmuVm::build(&cfg, ConsoleOutput::new(), Vec::new(), Isa::max()).unwrap();
-        (vm, dir)
+        }
     }
 
     mod tempdir {
@@ -1600,15 +1599,7 @@ mod tests {
     #[test]
     fn a_restored_machine_continues_where_it_was() {
         let (vm, dir) = spinning_vm();
-        let cfg = BootConfig {
-            kernel: PathBuf::new(),
-            firmware: Some(dir.0.join("spin.bin")),
-            initrd: None,
-            cmdline: String::new(),
-            cpus: 1,
-            memory: 64 << 20,
-            virtio_transport: Default::default(),
-        };
+        let cfg = spin_cfg(&dir);
         let (st, control, t) = run_and_save(vm);
         let counted = st.harts[0].x[1];
         assert!(counted > 0, "the guest counted before the pause");
@@ -1671,15 +1662,7 @@ mod tests {
     #[test]
     fn a_state_that_does_not_fit_is_refused() {
         let (vm, dir) = spinning_vm();
-        let mut cfg = BootConfig {
-            kernel: PathBuf::new(),
-            firmware: Some(dir.0.join("spin.bin")),
-            initrd: None,
-            cmdline: String::new(),
-            cpus: 1,
-            memory: 64 << 20,
-            virtio_transport: Default::default(),
-        };
+        let mut cfg = spin_cfg(&dir);
         let (st, control, t) = run_and_save(vm);
         control.stop(GuestExit::PowerOff);
         let (old, _) = t.join().unwrap();

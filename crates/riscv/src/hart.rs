@@ -478,8 +478,8 @@ impl Hart {
         h.instret = st.instret;
         h.stimecmp = st.stimecmp;
         h.reservation = st.reservation;
+        // Also recomputes the TLB keys from the privilege, satp and mstatus just set.
         h.flush_tlb();
-        h.update_keys();
         Ok(h)
     }
 
