@@ -354,7 +354,16 @@ impl EmuStateHandle {
         Ok(EmuState {
             machine,
             harts: cpu.harts,
-            virtio: d.mmio.iter().map(|t| lock(t).save_state()).collect(),
+            virtio: d
+                .mmio
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    lock(t)
+                        .save_state()
+                        .map_err(|e| EmuError::Fault(format!("virtio slot {i}: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }

@@ -75,7 +75,7 @@ impl MmioTransport {
     }
 
     /// The transport's and the device's state; the device must be paused.
-    pub fn save_state(&self) -> crate::state::CoreState {
+    pub fn save_state(&self) -> Result<crate::state::CoreState, crate::state::StateError> {
         self.core.save()
     }
 
@@ -83,7 +83,7 @@ impl MmioTransport {
     pub fn restore_state(
         &mut self,
         st: &crate::state::CoreState,
-    ) -> Result<(), crate::state::RestoreError> {
+    ) -> Result<(), crate::state::StateError> {
         self.core.restore(st)
     }
 
@@ -425,7 +425,7 @@ mod tests {
         // The device has returned 5 chains; the driver has made 7 available.
         mem.write_obj(5u16, GuestAddress(0x3002)).unwrap();
         mem.write_obj(7u16, GuestAddress(0x2002)).unwrap();
-        let st = t.save_state();
+        let st = t.save_state().unwrap();
         assert!(st.active);
         assert_eq!((st.queues[0].next_avail, st.queues[0].next_used), (5, 5));
         assert_eq!(st.queues[0].desc, 0x1000);
@@ -447,7 +447,7 @@ mod tests {
         assert_eq!(rd(&mut r, REG_QUEUE_READY), 1);
         assert_eq!(rd(&mut r, REG_QUEUE_NUM_MAX), 16);
         assert_eq!(
-            r.save_state(),
+            r.save_state().unwrap(),
             st,
             "a restore then a save changed the state"
         );
@@ -482,6 +482,16 @@ mod tests {
             .restore_state(&st)
             .unwrap_err();
         assert!(e.to_string().contains("available index is 200"), "{e}");
+        // The guest can write its used index too: a contradicting one refuses the snapshot.
+        let e = r.save_state().unwrap_err();
+        assert!(e.to_string().contains("available index is 200"), "{e}");
+        let mut split = st.clone();
+        split.queues[0].next_used = 4;
+        mem.write_obj(7u16, GuestAddress(0x2002)).unwrap();
+        let e = fresh(Box::<Probe>::default())
+            .restore_state(&split)
+            .unwrap_err();
+        assert!(e.to_string().contains("differ"), "{e}");
         // Bytes for a device that keeps none are refused.
         let mut odd = st.clone();
         odd.device = vec![1];

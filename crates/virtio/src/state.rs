@@ -54,9 +54,9 @@ pub struct CoreState {
     pub device: Vec<u8>,
 }
 
-/// Why a saved transport state cannot be put back.
+/// Why a transport's state cannot be taken, or a saved one put back.
 #[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
+pub enum StateError {
     #[error("the snapshot holds a virtio device of type {saved} here, the definition gives type {built}")]
     WrongDevice { saved: u32, built: u32 },
     #[error("the snapshot's virtio device (type {device_type}) was offered features {saved:#x}, this build offers {built:#x}")]

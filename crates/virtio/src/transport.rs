@@ -6,7 +6,7 @@
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use crate::state::{CoreState, QueueState, RestoreError};
+use crate::state::{CoreState, QueueState, StateError};
 use crate::{Activation, Interrupt, VirtioDevice, F_VERSION_1};
 
 /// Device status bits (virtio 1.2 §2.1).
@@ -243,33 +243,43 @@ impl DeviceCore {
     }
 
     /// The driver's side of this device and each queue's position (see [`crate::state`]).
-    /// The device must be paused: its queues are read from guest memory.
-    pub fn save(&self) -> CoreState {
-        let queues = self
-            .queues
-            .iter()
-            .map(|q| {
-                // A live queue's position is the used ring's index the device last wrote.
-                let pos = if self.active && q.ready() {
-                    q.used_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
-                        .map(|w| w.0)
-                        .unwrap_or(0)
-                } else {
-                    0
-                };
-                QueueState {
-                    size: q.size(),
-                    ready: q.ready(),
-                    desc: q.desc_table(),
-                    avail: q.avail_ring(),
-                    used: q.used_ring(),
-                    next_avail: pos,
-                    next_used: pos,
-                }
-            })
-            .collect();
-        CoreState {
-            device_type: self.device.device_type(),
+    /// The device must be paused: its queues are read from guest memory. The used index
+    /// found there is the guest's to overwrite, so it is checked as a restore will check it:
+    /// a guest that scribbled on its ring gets a refused snapshot, not an unrestorable one.
+    pub fn save(&self) -> Result<CoreState, StateError> {
+        let device_type = self.device.device_type();
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (index, q) in self.queues.iter().enumerate() {
+            // A live queue's position is the used ring's index the device last wrote.
+            let pos = if self.active && q.ready() {
+                let used = q
+                    .used_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
+                    .map_err(|e| StateError::BadQueue {
+                        device_type,
+                        index,
+                        reason: format!("cannot read the used ring: {e:?}"),
+                    })?;
+                check_position(q, &self.mem, used.0).map_err(|reason| StateError::BadQueue {
+                    device_type,
+                    index,
+                    reason,
+                })?;
+                used.0
+            } else {
+                0
+            };
+            queues.push(QueueState {
+                size: q.size(),
+                ready: q.ready(),
+                desc: q.desc_table(),
+                avail: q.avail_ring(),
+                used: q.used_ring(),
+                next_avail: pos,
+                next_used: pos,
+            });
+        }
+        Ok(CoreState {
+            device_type,
             offered: self.device.features(),
             driver_features: self.driver_features,
             device_features_sel: self.device_features_sel,
@@ -281,15 +291,15 @@ impl DeviceCore {
             active: self.active,
             queues,
             device: self.device.save_state(),
-        }
+        })
     }
 
     /// Puts a saved state back on a freshly built device (never activated) and, if the driver
     /// had set DRIVER_OK, activates it with queues continuing from their saved positions.
-    pub fn restore(&mut self, st: &CoreState) -> Result<(), RestoreError> {
+    pub fn restore(&mut self, st: &CoreState) -> Result<(), StateError> {
         let device_type = self.device.device_type();
         if st.device_type != device_type {
-            return Err(RestoreError::WrongDevice {
+            return Err(StateError::WrongDevice {
                 saved: st.device_type,
                 built: device_type,
             });
@@ -298,7 +308,7 @@ impl DeviceCore {
         // driver never saw them).
         let offered = self.device.features();
         if st.driver_features & !offered != 0 {
-            return Err(RestoreError::Features {
+            return Err(StateError::Features {
                 device_type,
                 saved: st.offered,
                 built: offered,
@@ -306,7 +316,7 @@ impl DeviceCore {
         }
         let fresh = Self::fresh_queues(self.device.as_ref());
         if st.queues.len() != fresh.len() {
-            return Err(RestoreError::Queues {
+            return Err(StateError::Queues {
                 device_type,
                 saved: st.queues.len(),
                 built: fresh.len(),
@@ -314,7 +324,7 @@ impl DeviceCore {
         }
         let mut queues = fresh;
         for (i, (q, s)) in queues.iter_mut().zip(&st.queues).enumerate() {
-            let bad = |reason: String| RestoreError::BadQueue {
+            let bad = |reason: String| StateError::BadQueue {
                 device_type,
                 index: i,
                 reason,
@@ -337,21 +347,18 @@ impl DeviceCore {
                 if !q.is_valid(&self.mem) {
                     return Err(bad("its rings are not in guest RAM".into()));
                 }
-                // The driver's available index may only be ahead of the device by a ring.
-                let avail = q
-                    .avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
-                    .map_err(|e| bad(format!("cannot read the available ring: {e:?}")))?;
-                if avail.0.wrapping_sub(s.next_avail) > s.size {
+                if s.next_used != s.next_avail {
                     return Err(bad(format!(
-                        "the device is at {} but the driver's available index is {}",
-                        s.next_avail, avail.0
+                        "next available {} and next used {} differ; a paused device has them equal",
+                        s.next_avail, s.next_used
                     )));
                 }
+                check_position(q, &self.mem, s.next_avail).map_err(bad)?;
             }
         }
         self.device
             .restore_state(&st.device)
-            .map_err(|reason| RestoreError::Device {
+            .map_err(|reason| StateError::Device {
                 device_type,
                 reason,
             })?;
@@ -370,7 +377,7 @@ impl DeviceCore {
                     act_queues.push(None);
                     continue;
                 }
-                let mut live = Queue::try_from(q.state()).map_err(|e| RestoreError::BadQueue {
+                let mut live = Queue::try_from(q.state()).map_err(|e| StateError::BadQueue {
                     device_type,
                     index: act_queues.len(),
                     reason: format!("{e:?}"),
@@ -384,14 +391,28 @@ impl DeviceCore {
                 interrupt: self.interrupt.clone(),
                 features: self.driver_features,
             };
-            self.device
-                .activate(act)
-                .map_err(|e| RestoreError::Device {
-                    device_type,
-                    reason: format!("cannot activate: {e}"),
-                })?;
+            self.device.activate(act).map_err(|e| StateError::Device {
+                device_type,
+                reason: format!("cannot activate: {e}"),
+            })?;
             self.active = true;
         }
         Ok(())
     }
+}
+
+/// A device position `pos` in queue `q` is one the driver's available index can be at most a
+/// ring ahead of (virtio 1.2 §2.7.13: the driver never makes more than a ring's worth
+/// available).
+fn check_position(q: &Queue, mem: &GuestMemoryMmap, pos: u16) -> Result<(), String> {
+    let avail = q
+        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+        .map_err(|e| format!("cannot read the available ring: {e:?}"))?;
+    if avail.0.wrapping_sub(pos) > q.size() {
+        return Err(format!(
+            "the device is at {pos} but the driver's available index is {}",
+            avail.0
+        ));
+    }
+    Ok(())
 }
