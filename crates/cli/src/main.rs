@@ -47,29 +47,50 @@ enum Command {
     Disk(disk::DiskCmd),
     /// Internal: the process that runs one VM for the daemon (protocol: crates/vmm/src/server.rs).
     #[command(hide = true)]
-    Vmm {
-        /// The VM's name.
-        #[arg(long)]
-        name: String,
-        /// Its run directory, holding spec.json.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Continue the snapshot in this directory instead of booting.
-        #[arg(long)]
-        restore: Option<PathBuf>,
-        /// With --restore: start paused.
-        #[arg(long, requires = "restore")]
-        paused: bool,
-        /// With --restore: accept disks that changed since the snapshot.
-        #[arg(long, requires = "restore")]
-        force: bool,
-        /// What the guest's clock does about time it did not run: `pause` (it stands still)
-        /// or `catch-up` (it jumps by the time that passed).
-        #[arg(long, default_value = "pause")]
-        clock: String,
-    },
+    Vmm(VmmArgs),
     #[command(flatten)]
     Manage(manage::ManageCmd),
+}
+
+/// `vireo vmm`'s flags (the VMM process interface, crates/vmm/src/server.rs).
+#[derive(Args)]
+struct VmmArgs {
+    /// The VM's name.
+    #[arg(long)]
+    name: String,
+    /// Its run directory, holding spec.json.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Continue the snapshot in this directory instead of booting.
+    #[arg(long)]
+    restore: Option<PathBuf>,
+    /// With --restore: start paused.
+    #[arg(long, requires = "restore")]
+    paused: bool,
+    /// With --restore: accept disks that changed since the snapshot.
+    #[arg(long, requires = "restore")]
+    force: bool,
+    /// What the guest's clock does about time it did not run: `pause` (it stands still)
+    /// or `catch-up` (it jumps by the time that passed).
+    #[arg(long, default_value = "pause", value_parser = parse_clock)]
+    clock: vireo_riscv::state::ClockMode,
+}
+
+fn parse_clock(s: &str) -> Result<vireo_riscv::state::ClockMode, String> {
+    vireo_vmm::snapshot::clock_mode(s).map_err(|e| e.0)
+}
+
+impl From<VmmArgs> for vireo_vmm::server::Options {
+    fn from(a: VmmArgs) -> Self {
+        vireo_vmm::server::Options {
+            name: a.name,
+            dir: a.dir,
+            restore: a.restore,
+            paused: a.paused,
+            force: a.force,
+            clock: a.clock,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -197,7 +218,7 @@ fn main() -> ExitCode {
     };
     let server = matches!(
         cli.cmd,
-        Command::Run(_) | Command::Vmm { .. } | Command::Manage(manage::ManageCmd::Daemon(_))
+        Command::Run(_) | Command::Vmm(_) | Command::Manage(manage::ManageCmd::Daemon(_))
     );
     if !server {
         // A listing piped into `head` ends as `cat` would (killed by SIGPIPE, status 141),
@@ -210,27 +231,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Image(ImageCmd::Pull { name, force }) => image_pull(&name, force),
         Command::Image(ImageCmd::List { known }) => image_list(known),
-        Command::Vmm {
-            name,
-            dir,
-            restore,
-            paused,
-            force,
-            clock,
-        } => match vireo_vmm::snapshot::clock_mode(&clock) {
-            Ok(clock) => vmm(vireo_vmm::server::Options {
-                name,
-                dir,
-                restore,
-                paused,
-                force,
-                clock,
-            }),
-            Err(e) => {
-                eprintln!("vireo vmm: {e}");
-                run::VIREO_ERROR
-            }
-        },
+        Command::Vmm(args) => vmm(args.into()),
         Command::Disk(cmd) => disk::run(cmd),
         Command::Manage(cmd) => manage::dispatch(cmd, cli.socket),
     };

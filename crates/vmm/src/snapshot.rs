@@ -442,8 +442,8 @@ pub fn clock_mode(s: &str) -> Result<ClockMode, Error> {
     match s {
         "pause" => Ok(ClockMode::Pause),
         "catch-up" => Ok(ClockMode::CatchUp),
-        other => Err(fail(format!(
-            "--clock {other}: expected pause (the guest's time stands still while it is not running) or catch-up"
-        ))),
+        _ => Err(fail(
+            "expected pause (the guest's time stands still while it is not running) or catch-up",
+        )),
     }
 }
