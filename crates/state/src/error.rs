@@ -76,11 +76,6 @@ pub enum StateError {
     /// The guest memory could not be mapped or accessed.
     #[error(transparent)]
     Memory(#[from] vireo_machine::MemoryError),
-    /// The kernel cannot report which pages were written.
-    #[error(
-        "this kernel does not track soft-dirty pages; diff snapshots need CONFIG_MEM_SOFT_DIRTY"
-    )]
-    SoftDirtyUnsupported,
 }
 
 impl StateError {

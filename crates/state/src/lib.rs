@@ -71,15 +71,15 @@
 //! Guest RAM in its own file, described by the [`MemoryMap`] section: each RAM region at a
 //! page-aligned offset, all-zero pages left as holes (so the file takes the space of the RAM
 //! the guest used), restored by mapping it copy-on-write ([`map_memory`]). A diff holds only
-//! the pages of a [`PageSet`] (written since the parent, from [`softdirty`] or the emulator's
-//! own bitmap) and is applied on top of its parent ([`restore_chain`]).
+//! the pages of a [`PageSet`]: the pages that differ from what the parent restores to
+//! ([`write_memory_changed`]), or any set the caller knows was written; it is applied on top
+//! of its parent ([`restore_chain`]).
 
 mod atomic;
 pub mod disk;
 mod error;
 pub mod file;
 pub mod memory;
-pub mod softdirty;
 
 pub use disk::{check_disk, copy_sparse, fingerprint, DiskRef};
 pub use error::{Result, StateError};
@@ -88,7 +88,8 @@ pub use file::{
     MAX_FILE_LEN, MAX_RECORDS, MAX_RECORD_LEN,
 };
 pub use memory::{
-    apply_diff, map_memory, restore_chain, write_memory, MemoryMap, MemoryRegion, PageSet,
+    apply_diff, map_memory, restore_chain, write_memory, write_memory_changed, MemoryMap,
+    MemoryRegion, PageSet,
 };
 
 use serde::de::DeserializeOwned;

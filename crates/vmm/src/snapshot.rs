@@ -24,10 +24,11 @@
 //! or absent. With the guest's clock in the default mode, the time the snapshot took does not
 //! pass for the guest.
 //!
-//! A **diff** snapshot names a parent: its memory file holds only the pages written since the
-//! parent was taken (the host kernel's soft-dirty bits, which every writer sets — harts and
-//! device threads alike — cleared when each snapshot is taken), and restoring it maps the
-//! chain's full memory file and applies each diff in order.
+//! A **diff** snapshot names a parent: its memory file holds only the pages that differ from
+//! what the parent restores to (found by comparing contents while the guest is paused, which
+//! covers every writer — harts and device threads alike; the parent's memory is mapped
+//! before the pause), and restoring it maps the chain's full memory file and applies each
+//! diff in order.
 //!
 //! # Restoring
 //! [`load`] reads and checks everything before anything runs: the state file (format, accelerator,
