@@ -276,6 +276,50 @@ macro_rules! store_fast {
     }};
 }
 
+/// The CSRs a snapshot keeps, by number, each named once: [`Hart::save`] lists them and
+/// [`Hart::restore`] finds each by its number.
+macro_rules! saved_csrs {
+    ($($num:literal => $field:ident),* $(,)?) => {
+        impl Hart {
+            fn saved_csrs(&self) -> Vec<(u16, u64)> {
+                vec![$(($num, self.$field)),*]
+            }
+            fn saved_csr(&mut self, num: u16) -> Option<&mut u64> {
+                match num {
+                    $($num => Some(&mut self.$field),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+saved_csrs! {
+    0x003 => fcsr,
+    0x105 => stvec,
+    0x106 => scounteren,
+    0x10a => senvcfg,
+    0x140 => sscratch,
+    0x141 => sepc,
+    0x142 => scause,
+    0x143 => stval,
+    0x180 => satp,
+    0x300 => mstatus,
+    0x302 => medeleg,
+    0x303 => mideleg,
+    0x304 => mie,
+    0x305 => mtvec,
+    0x306 => mcounteren,
+    0x30a => menvcfg,
+    0x320 => mcountinhibit,
+    0x340 => mscratch,
+    0x341 => mepc,
+    0x342 => mcause,
+    0x343 => mtval,
+    0x344 => mip_sw,
+    0x747 => mseccfg,
+}
+
 impl Hart {
     pub fn new(id: u64) -> Self {
         let mut h = Hart {
@@ -347,7 +391,7 @@ impl Hart {
             f: self.f.to_vec(),
             pc: self.pc,
             prv: self.prv,
-            csrs: self.csr_list().iter().map(|&(n, v)| (n, *v)).collect(),
+            csrs: self.saved_csrs(),
             pmp_cfg,
             pmp_addr,
             isa: self.isa.bits(),
@@ -356,35 +400,6 @@ impl Hart {
             stimecmp: self.stimecmp,
             reservation: self.reservation,
         }
-    }
-
-    /// The CSRs a snapshot keeps, by number.
-    fn csr_list(&self) -> [(u16, &u64); 23] {
-        [
-            (0x003, &self.fcsr),
-            (0x105, &self.stvec),
-            (0x106, &self.scounteren),
-            (0x10a, &self.senvcfg),
-            (0x140, &self.sscratch),
-            (0x141, &self.sepc),
-            (0x142, &self.scause),
-            (0x143, &self.stval),
-            (0x180, &self.satp),
-            (0x300, &self.mstatus),
-            (0x302, &self.medeleg),
-            (0x303, &self.mideleg),
-            (0x304, &self.mie),
-            (0x305, &self.mtvec),
-            (0x306, &self.mcounteren),
-            (0x30a, &self.menvcfg),
-            (0x320, &self.mcountinhibit),
-            (0x340, &self.mscratch),
-            (0x341, &self.mepc),
-            (0x342, &self.mcause),
-            (0x343, &self.mtval),
-            (0x344, &self.mip_sw),
-            (0x747, &self.mseccfg),
-        ]
     }
 
     /// A hart in the state [`Hart::save`] gave, with empty TLBs; an error names what does not
@@ -424,37 +439,12 @@ impl Hart {
         h.pc = st.pc;
         h.prv = st.prv;
         for &(n, v) in &st.csrs {
-            let slot = match n {
-                0x003 => &mut h.fcsr,
-                0x105 => &mut h.stvec,
-                0x106 => &mut h.scounteren,
-                0x10a => &mut h.senvcfg,
-                0x140 => &mut h.sscratch,
-                0x141 => &mut h.sepc,
-                0x142 => &mut h.scause,
-                0x143 => &mut h.stval,
-                0x180 => &mut h.satp,
-                0x300 => &mut h.mstatus,
-                0x302 => &mut h.medeleg,
-                0x303 => &mut h.mideleg,
-                0x304 => &mut h.mie,
-                0x305 => &mut h.mtvec,
-                0x306 => &mut h.mcounteren,
-                0x30a => &mut h.menvcfg,
-                0x320 => &mut h.mcountinhibit,
-                0x340 => &mut h.mscratch,
-                0x341 => &mut h.mepc,
-                0x342 => &mut h.mcause,
-                0x343 => &mut h.mtval,
-                0x344 => &mut h.mip_sw,
-                0x747 => &mut h.mseccfg,
-                other => {
-                    return Err(format!(
-                    "hart {}: the snapshot holds CSR {other:#x}, which this emulator does not keep",
+            let slot = h.saved_csr(n).ok_or_else(|| {
+                format!(
+                    "hart {}: the snapshot holds CSR {n:#x}, which this emulator does not keep",
                     st.id
-                ))
-                }
-            };
+                )
+            })?;
             *slot = v;
         }
         if !h.pmp.restore(&st.pmp_cfg, &st.pmp_addr) {
