@@ -7,7 +7,6 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -34,87 +33,30 @@ impl Drop for Scratch {
     }
 }
 
-struct Vmm {
-    child: Child,
-    dir: PathBuf,
+/// Writes `spec` into `dir` and starts a VMM there.
+fn spawn(dir: &Path, spec: &Value, extra: &[&str]) -> Vmm {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
+    Vmm::spawn(dir, extra)
 }
 
-impl Vmm {
-    fn spawn(dir: &Path, spec: &Value, extra: &[&str]) -> Vmm {
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
-        let log = std::fs::File::create(dir.join("vmm.log")).unwrap();
-        let child = vireo()
-            .args(["vmm", "--name", "t", "--dir"])
-            .arg(dir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Vmm {
-            child,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("vmm.log")).unwrap_or_default()
-    }
-
-    fn wait_socket(&mut self) {
-        let t0 = Instant::now();
-        while UnixStream::connect(self.dir.join("control.sock")).is_err() {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                panic!("the VMM exited ({s}) before serving: {}", self.log());
-            }
-            assert!(t0.elapsed() < Duration::from_secs(60), "no control.sock");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn req(&self, r: Value) -> Value {
-        let mut s = UnixStream::connect(self.dir.join("control.sock")).expect("control socket");
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        writeln!(s, "{r}").unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-    }
-
-    fn console(&self) -> Console {
-        let mut s = UnixStream::connect(self.dir.join("console.sock")).unwrap();
-        s.write_all(b"rw\n").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        Console {
-            s,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> i32 {
-        let t0 = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code().unwrap_or(-1);
-            }
-            assert!(
-                t0.elapsed() < limit,
-                "the VMM in {} did not exit within {limit:?}: {}",
-                self.dir.display(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+fn req(vmm: &Vmm, r: Value) -> Value {
+    let mut s = UnixStream::connect(vmm.dir.join("control.sock")).expect("control socket");
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    writeln!(s, "{r}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
 }
 
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn console(vmm: &Vmm) -> Console {
+    let mut s = UnixStream::connect(vmm.dir.join("console.sock")).unwrap();
+    s.write_all(b"rw\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    Console {
+        s,
+        seen: Vec::new(),
     }
 }
 
@@ -195,10 +137,10 @@ fn boot_count_and_snapshot(s: &Scratch, snap: &Path) -> (Vmm, u64, Console, Valu
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
-    let mut vmm = Vmm::spawn(&s.path("run1"), &spec(&disk), &[]);
-    vmm.wait_socket();
+    let mut vmm = spawn(&s.path("run1"), &spec(&disk), &[]);
+    vmm.wait_socket(Duration::from_secs(60));
     let t0 = Instant::now();
-    while vmm.req(json!({"op": "state"}))["guest_ready"] != true {
+    while req(&vmm, json!({"op": "state"}))["guest_ready"] != true {
         assert!(
             t0.elapsed() < BOOT_TIMEOUT,
             "the guest did not come up: {}",
@@ -206,7 +148,7 @@ fn boot_count_and_snapshot(s: &Scratch, snap: &Path) -> (Vmm, u64, Console, Valu
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let mut con = vmm.console();
+    let mut con = console(&vmm);
     con.until("BusyBox", Duration::from_secs(30));
     con.send("echo BEFORE > /dev/vda && sync && echo wrote-$((40+2))");
     con.until("wrote-42", Duration::from_secs(60));
@@ -214,16 +156,16 @@ fn boot_count_and_snapshot(s: &Scratch, snap: &Path) -> (Vmm, u64, Console, Valu
     con.until("tick-5", Duration::from_secs(60));
 
     // Paused under the running counter: no tick comes; resumed: they go on.
-    assert_eq!(vmm.req(json!({"op": "pause"}))["state"], "paused");
+    assert_eq!(req(&vmm, json!({"op": "pause"}))["state"], "paused");
     std::thread::sleep(Duration::from_millis(300));
     con.drain(Duration::from_millis(100));
     let quiet = con.drain(Duration::from_millis(1000));
     assert!(ticks(&quiet).is_empty(), "ticks while paused: {quiet:?}");
-    assert_eq!(vmm.req(json!({"op": "resume"}))["state"], "running");
+    assert_eq!(req(&vmm, json!({"op": "resume"}))["state"], "running");
     con.until("tick-8", Duration::from_secs(30));
 
     let before = con.drain(Duration::from_millis(300));
-    let r = vmm.req(json!({"op": "snapshot", "dir": snap}));
+    let r = req(&vmm, json!({"op": "snapshot", "dir": snap}));
     assert_eq!(r["ok"], true, "{r}");
     let last = ticks(&before).into_iter().max().unwrap_or(8);
     // The guest runs on after the snapshot and writes what the snapshot must not have.
@@ -265,21 +207,21 @@ fn a_restored_guest_counts_on_with_its_disk_as_it_was() {
     let bytes = taken["snapshot"]["memory_bytes"].as_u64().unwrap();
     assert!(bytes > 1 << 20 && bytes < 200 << 20, "{taken}");
     // A second snapshot into the same directory is refused, and nothing changes.
-    let again = vmm.req(json!({"op": "snapshot", "dir": snap}));
+    let again = req(&vmm, json!({"op": "snapshot", "dir": snap}));
     assert_eq!(again["error"], "conflict", "{again}");
-    assert_eq!(vmm.req(json!({"op": "state"}))["state"], "running");
+    assert_eq!(req(&vmm, json!({"op": "state"}))["state"], "running");
     assert!(!s.path("snap1.partial").exists());
-    assert_eq!(vmm.req(json!({"op": "kill"}))["ok"], true);
-    vmm.wait_exit(Duration::from_secs(30));
+    assert_eq!(req(&vmm, json!({"op": "kill"}))["ok"], true);
+    vmm.wait(Duration::from_secs(30));
 
     let spec = restore_spec(&s, &snap, "r1");
-    let mut r = Vmm::spawn(
+    let mut r = spawn(
         &s.path("run2"),
         &spec,
         &["--restore", snap.to_str().unwrap()],
     );
-    r.wait_socket();
-    let mut con = r.console();
+    r.wait_socket(Duration::from_secs(60));
+    let mut con = console(&r);
     let text = con.until(&format!("tick-{}", last + 4), Duration::from_secs(60));
     let seen = ticks(&text);
     let first = *seen.first().expect("ticks after the restore");
@@ -296,8 +238,8 @@ fn a_restored_guest_counts_on_with_its_disk_as_it_was() {
         "a write after the snapshot is on the restored disk: {out:?}"
     );
     assert!(out.contains("\\0"), "{out:?}");
-    assert_eq!(r.req(json!({"op": "state"}))["state"], "running");
-    assert_eq!(r.req(json!({"op": "kill"}))["ok"], true);
+    assert_eq!(req(&r, json!({"op": "state"}))["state"], "running");
+    assert_eq!(req(&r, json!({"op": "kill"}))["ok"], true);
 }
 
 #[test]
@@ -308,7 +250,7 @@ fn a_diff_snapshot_restores_the_same_guest() {
     let (vmm, last, mut con, _) = boot_count_and_snapshot(&s, &full);
     con.until(&format!("tick-{}", last + 6), Duration::from_secs(30));
     let diff = s.path("diff");
-    let d = vmm.req(json!({"op": "snapshot", "dir": diff, "parent": full}));
+    let d = req(&vmm, json!({"op": "snapshot", "dir": diff, "parent": full}));
     assert_eq!(d["snapshot"]["kind"], "diff", "{d}");
     let pages = d["snapshot"]["memory_pages"].as_u64().unwrap();
     assert!(pages > 0 && pages < 256 << 8, "{d}");
@@ -317,20 +259,20 @@ fn a_diff_snapshot_restores_the_same_guest() {
     drop(vmm);
 
     let spec = restore_spec(&s, &diff, "d1");
-    let mut r = Vmm::spawn(
+    let mut r = spawn(
         &s.path("run3"),
         &spec,
         &["--restore", diff.to_str().unwrap(), "--paused"],
     );
-    r.wait_socket();
-    assert_eq!(r.req(json!({"op": "state"}))["state"], "paused");
-    let mut con = r.console();
+    r.wait_socket(Duration::from_secs(60));
+    assert_eq!(req(&r, json!({"op": "state"}))["state"], "paused");
+    let mut con = console(&r);
     let quiet = con.drain(Duration::from_millis(800));
     assert!(
         ticks(&quiet).is_empty(),
         "a VM restored paused ran: {quiet:?}"
     );
-    assert_eq!(r.req(json!({"op": "resume"}))["state"], "running");
+    assert_eq!(req(&r, json!({"op": "resume"}))["state"], "running");
     let text = con.until(&format!("tick-{}", at_diff + 3), Duration::from_secs(60));
     let first = ticks(&text)[0];
     assert!(
@@ -350,8 +292,8 @@ fn a_damaged_or_foreign_snapshot_is_refused_with_the_reason() {
     let try_restore = |from: &Path, tag: &str, extra: &[&str]| -> String {
         let mut args = vec!["--restore", from.to_str().unwrap()];
         args.extend_from_slice(extra);
-        let mut v = Vmm::spawn(&s.path(tag), &spec, &args);
-        let code = v.wait_exit(Duration::from_secs(60));
+        let mut v = spawn(&s.path(tag), &spec, &args);
+        let code = v.wait(Duration::from_secs(60));
         assert_eq!(code, 125, "{}", v.log());
         let rec: Value =
             serde_json::from_str(&std::fs::read_to_string(s.path(tag).join("exit.json")).unwrap())
@@ -397,13 +339,13 @@ fn a_damaged_or_foreign_snapshot_is_refused_with_the_reason() {
     drop(f);
     let m = try_restore(&snap, "r-changed", &[]);
     assert!(m.contains("changed") && m.contains("--force"), "{m}");
-    let mut v = Vmm::spawn(
+    let mut v = spawn(
         &s.path("r-forced"),
         &spec,
         &["--restore", snap.to_str().unwrap(), "--force"],
     );
-    v.wait_socket();
-    assert_eq!(v.req(json!({"op": "state"}))["state"], "running");
+    v.wait_socket(Duration::from_secs(60));
+    assert_eq!(req(&v, json!({"op": "state"}))["state"], "running");
     // No snapshot there at all.
     let m = try_restore(&s.path("nowhere"), "r-none", &[]);
     assert!(m.contains("no snapshot there"), "{m}");

@@ -6,7 +6,6 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -37,46 +36,6 @@ impl Drop for RunDir {
     }
 }
 
-struct Vmm {
-    child: Child,
-}
-
-impl Vmm {
-    fn spawn(dir: &RunDir) -> Vmm {
-        let log = std::fs::File::create(dir.path("vmm.log")).unwrap();
-        let child = vireo()
-            .args(["vmm", "--name", "t", "--dir"])
-            .arg(&dir.0)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Vmm { child }
-    }
-    /// The exit code, waiting at most `limit`.
-    fn wait(&mut self, limit: Duration) -> i32 {
-        let t0 = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code().unwrap_or(-1);
-            }
-            assert!(
-                t0.elapsed() < limit,
-                "the VMM did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Sends one request and reads its answer.
 fn req(dir: &RunDir, r: Value) -> Value {
     let mut s = UnixStream::connect(dir.path("control.sock")).expect("control socket");
@@ -93,18 +52,6 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         assert!(t0.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn wait_socket(dir: &RunDir, vmm: &mut Vmm) {
-    wait_for("control.sock", Duration::from_secs(30), || {
-        if let Some(s) = vmm.child.try_wait().unwrap() {
-            panic!(
-                "the VMM exited ({s}) before serving: {}",
-                std::fs::read_to_string(dir.path("vmm.log")).unwrap_or_default()
-            );
-        }
-        UnixStream::connect(dir.path("control.sock")).is_ok()
-    });
 }
 
 fn counter(stats: &Value, name: &str) -> u64 {
@@ -139,8 +86,8 @@ fn read_until(s: &mut UnixStream, needle: &str, limit: Duration) -> String {
 fn a_vmm_serves_state_console_pause_stats_and_a_graceful_shutdown() {
     require_image();
     let dir = RunDir::new("life", json!({"image": IMAGE, "memory": "512M"}));
-    let mut vmm = Vmm::spawn(&dir);
-    wait_socket(&dir, &mut vmm);
+    let mut vmm = Vmm::spawn(&dir.0, &[]);
+    vmm.wait_socket(Duration::from_secs(30));
     let hello = req(&dir, json!({"op": "hello"}));
     assert_eq!(hello["protocol"], 1, "{hello}");
     assert_eq!(hello["pid"].as_u64(), Some(u64::from(vmm.child.id())));
@@ -242,7 +189,7 @@ fn a_command_vm_ends_with_its_status_and_its_output_in_the_log() {
         "cmd",
         json!({"image": IMAGE, "command": ["sh", "-c", "echo out-$((40+2)); echo err >&2; exit 3"]}),
     );
-    let mut vmm = Vmm::spawn(&dir);
+    let mut vmm = Vmm::spawn(&dir.0, &[]);
     assert_eq!(vmm.wait(BOOT_TIMEOUT), 3);
     let rec = dir.exit_record();
     assert_eq!(rec["reason"], "failure", "{rec}");
@@ -255,8 +202,8 @@ fn a_command_vm_ends_with_its_status_and_its_output_in_the_log() {
 fn kill_stops_at_once_and_a_second_vmm_cannot_take_the_directory() {
     require_image();
     let dir = RunDir::new("kill", json!({"image": IMAGE}));
-    let mut vmm = Vmm::spawn(&dir);
-    wait_socket(&dir, &mut vmm);
+    let mut vmm = Vmm::spawn(&dir.0, &[]);
+    vmm.wait_socket(Duration::from_secs(30));
     // The directory is the running VMM's: another one refuses it and leaves its files.
     let second = run(&["vmm", "--name", "t", "--dir", dir.0.to_str().unwrap()]);
     assert_eq!(second.status, VIREO_ERROR, "{}", second.stderr);
@@ -274,7 +221,7 @@ fn a_vmm_that_cannot_start_says_why() {
         "bad",
         json!({"kernel": "/nonexistent/vmlinux", "memory": "256M"}),
     );
-    let mut vmm = Vmm::spawn(&dir);
+    let mut vmm = Vmm::spawn(&dir.0, &[]);
     assert_eq!(vmm.wait(Duration::from_secs(20)), VIREO_ERROR);
     let rec = dir.exit_record();
     assert_eq!(rec["reason"], "error");
@@ -288,7 +235,7 @@ fn a_vmm_that_cannot_start_says_why() {
     assert!(!dir.path("control.sock").exists());
 
     let dir = RunDir::new("badjson", json!({"image": IMAGE, "cpuz": 2}));
-    let mut vmm = Vmm::spawn(&dir);
+    let mut vmm = Vmm::spawn(&dir.0, &[]);
     assert_eq!(vmm.wait(Duration::from_secs(20)), VIREO_ERROR);
     let msg = dir.exit_record()["message"].as_str().unwrap().to_string();
     assert!(msg.contains("spec.json") && msg.contains("cpuz"), "{msg}");
@@ -311,8 +258,8 @@ fn a_guest_without_vireos_init_is_stopped_at_once_and_told_why() {
         "noinit",
         json!({"image": IMAGE, "initrd": initrd, "memory": "256M"}),
     );
-    let mut vmm = Vmm::spawn(&dir);
-    wait_socket(&dir, &mut vmm);
+    let mut vmm = Vmm::spawn(&dir.0, &[]);
+    vmm.wait_socket(Duration::from_secs(30));
     let s = req(&dir, json!({"op": "shutdown", "timeout_secs": 60}));
     assert_eq!(s["ok"], true, "{s}");
     // At once, not after the 60 s.
@@ -334,7 +281,7 @@ fn a_guest_kernel_panic_ends_the_vm_with_its_line() {
         "panic",
         json!({"image": IMAGE, "cmdline": "console=ttyS0 rdinit=/nonexistent root=/dev/nothing"}),
     );
-    let mut vmm = Vmm::spawn(&dir);
+    let mut vmm = Vmm::spawn(&dir.0, &[]);
     assert_ne!(vmm.wait(BOOT_TIMEOUT), 0);
     let rec = dir.exit_record();
     assert_eq!(rec["reason"], "reset", "{rec}");

@@ -281,3 +281,70 @@ pub fn wait_for_lock(path: &std::path::Path, timeout: Duration) -> bool {
     }
     false
 }
+
+/// A `vireo vmm` process on a run directory that holds its `spec.json`, output in
+/// `DIR/vmm.log`; killed when dropped.
+pub struct Vmm {
+    pub child: std::process::Child,
+    pub dir: std::path::PathBuf,
+}
+
+impl Vmm {
+    /// Starts `vireo vmm --name t --dir DIR EXTRA...`.
+    pub fn spawn(dir: &std::path::Path, extra: &[&str]) -> Vmm {
+        let log = std::fs::File::create(dir.join("vmm.log")).unwrap();
+        let child = vireo()
+            .args(["vmm", "--name", "t", "--dir"])
+            .arg(dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Vmm {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vmm.log")).unwrap_or_default()
+    }
+
+    /// Waits until the control socket answers; fails with the log if the VMM exits first.
+    pub fn wait_socket(&mut self, limit: Duration) {
+        let t0 = Instant::now();
+        while std::os::unix::net::UnixStream::connect(self.dir.join("control.sock")).is_err() {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                panic!("the VMM exited ({s}) before serving: {}", self.log());
+            }
+            assert!(t0.elapsed() < limit, "no control.sock within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The exit code, waiting at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> i32 {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "the VMM in {} did not exit within {limit:?}: {}",
+                self.dir.display(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
