@@ -87,14 +87,6 @@ pub struct Identity {
     pub cid: Option<u64>,
 }
 
-/// The copy of disk `id` in a snapshot directory, if the snapshot made one.
-fn disk_copy(dir: &Path, id: &str) -> Option<PathBuf> {
-    ["qcow2", "raw"]
-        .iter()
-        .map(|f| dir.join(format!("disk-{id}.{f}")))
-        .find(|p| p.is_file())
-}
-
 /// The definition of a VM restored from the snapshot in `dir`, whose spec.json is `spec`:
 /// every disk the snapshot copied becomes an `overlay` entry on the copy (its other options
 /// kept), the image's root disk (`disk-root.*`) the `root_disk` key, read-only disks stay.
@@ -108,7 +100,7 @@ pub fn restore_spec(
     identity: Option<&Identity>,
 ) -> VmSpec {
     for (i, entry) in spec.disk.iter_mut().enumerate() {
-        let Some(copy) = disk_copy(dir, &format!("disk{i}")) else {
+        let Some(copy) = vireo_state::dir::disk_copy(dir, &format!("disk{i}")) else {
             continue;
         };
         let mut e = format!("{},overlay", copy.display());
@@ -122,7 +114,7 @@ pub fn restore_spec(
         }
         *entry = e;
     }
-    if let Some(copy) = disk_copy(dir, "root") {
+    if let Some(copy) = vireo_state::dir::disk_copy(dir, "root") {
         spec.root_disk = Some(format!("{},overlay", copy.display()));
     }
     if let Some(id) = identity {
@@ -321,7 +313,7 @@ impl Daemon {
         }
         let dir = root.join(&name);
         // No row names it: a directory there was left by a crash of an earlier daemon.
-        for leftover in [dir.clone(), partial(&dir)] {
+        for leftover in [dir.clone(), vireo_state::dir::partial(&dir)] {
             if leftover.exists() {
                 tracing::warn!("removing {}, which no snapshot owns", leftover.display());
                 std::fs::remove_dir_all(&leftover).map_err(|e| {
@@ -335,7 +327,7 @@ impl Daemon {
                 Err(e) => {
                     // The VMM leaves nothing behind; nor do we, whatever it did.
                     let _ = std::fs::remove_dir_all(&dir);
-                    let _ = std::fs::remove_dir_all(partial(&dir));
+                    let _ = std::fs::remove_dir_all(vireo_state::dir::partial(&dir));
                     return Err(match e {
                         vmm::VmmError::Refused { code, message } if code == "conflict" => {
                             Error::Conflict(format!("cannot snapshot VM '{vm}': {message}"))
@@ -457,7 +449,7 @@ impl Daemon {
         name: &str,
         identity: Option<&Identity>,
     ) -> Result<VmSpec> {
-        let path = s.dir.join("spec.json");
+        let path = s.dir.join(vireo_state::dir::SPEC_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| {
             Error::Internal(format!(
                 "snapshot '{}': cannot read {}: {e}",
@@ -671,12 +663,6 @@ impl Daemon {
     }
 }
 
-fn partial(dir: &Path) -> PathBuf {
-    let mut s = dir.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
-}
-
 /// The disk copies in a snapshot directory.
 fn copies(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
@@ -687,7 +673,7 @@ fn copies(dir: &Path) -> Vec<PathBuf> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("disk-"))
+                .is_some_and(vireo_state::dir::is_disk_copy)
         })
         .collect()
 }

@@ -76,6 +76,7 @@
 //! of its parent ([`restore_chain`]).
 
 mod atomic;
+pub mod dir;
 pub mod disk;
 mod error;
 pub mod file;

@@ -51,9 +51,7 @@ use vireo_state::{Accel, Arch, Header, Kind, SectionId, StateFile};
 use crate::devices::DiskSource;
 use crate::{fail, Error, VmControl};
 
-pub const STATE_FILE: &str = "state.vst";
-pub const MEMORY_FILE: &str = "memory.bin";
-pub const SPEC_FILE: &str = "spec.json";
+pub use vireo_state::dir::{MEMORY_FILE, SPEC_FILE, STATE_FILE};
 
 /// Version of [`SnapshotMeta`].
 const META_VERSION: u16 = 1;
@@ -106,7 +104,7 @@ pub fn take(
             dir.display()
         )));
     }
-    let partial = partial_dir(dir);
+    let partial = vireo_state::dir::partial(dir);
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)
         .map_err(|e| fail(format!("cannot create {}: {e}", partial.display())))?;
@@ -162,12 +160,6 @@ struct Parent {
     dir: PathBuf,
     id: String,
     memory: GuestRam,
-}
-
-fn partial_dir(dir: &Path) -> PathBuf {
-    let mut s = dir.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
 }
 
 /// Everything of [`take`] that happens while the VM is paused.
@@ -226,7 +218,7 @@ fn write_all(
             refs.push(disk_ref(id, &d.path, d.format, true)?);
             continue;
         }
-        let name = format!("disk-{id}.{}", d.format);
+        let name = vireo_state::dir::disk_copy_name(id, d.format);
         let src = PathBuf::from(format!(
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(&*d.file)

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
+use vireo_state::dir::{disk_copy_name, MEMORY_FILE, SPEC_FILE, STATE_FILE};
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
@@ -214,7 +215,7 @@ fn vmm(
         );
     }
     if let Some(snap) = &restore {
-        if !snap.join("state.vst").is_file() {
+        if !snap.join(STATE_FILE).is_file() {
             exit(
                 "error",
                 125,
@@ -321,17 +322,17 @@ fn snapshot(req: &Value) -> Value {
         return conflict(format!("{} exists", dir.display()));
     }
     if let Some(p) = req["parent"].as_str() {
-        if !Path::new(p).join("state.vst").is_file() {
+        if !Path::new(p).join(STATE_FILE).is_file() {
             return err("internal", format!("the parent snapshot {p}: no state.vst"));
         }
     }
-    let partial = PathBuf::from(format!("{}.partial", dir.display()));
+    let partial = vireo_state::dir::partial(&dir);
     let write = || -> std::io::Result<u64> {
         std::fs::create_dir_all(&partial)?;
-        std::fs::write(partial.join("state.vst"), b"fake state")?;
-        std::fs::write(partial.join("memory.bin"), b"fake memory")?;
+        std::fs::write(partial.join(STATE_FILE), b"fake state")?;
+        std::fs::write(partial.join(MEMORY_FILE), b"fake memory")?;
         std::fs::write(
-            partial.join("spec.json"),
+            partial.join(SPEC_FILE),
             serde_json::to_vec_pretty(&spec).unwrap_or_default(),
         )?;
         if fail {
@@ -363,7 +364,7 @@ fn snapshot(req: &Value) -> Value {
                     .to_string()
                 }
             };
-            bytes += std::fs::copy(path, partial.join(format!("disk-{id}.{format}")))?;
+            bytes += std::fs::copy(path, partial.join(disk_copy_name(&id, &format)))?;
         }
         Ok(bytes)
     };
