@@ -94,8 +94,13 @@ impl Plic {
                 ));
             }
             self.enable[ctx].copy_from_slice(words);
+            // Source 0 does not exist and cannot be enabled.
+            self.enable[ctx][0] &= !1;
         }
-        self.threshold.clone_from(&st.threshold);
+        // Masked as the guest's own writes are: a snapshot holds nothing a guest could not set.
+        for (t, &v) in self.threshold.iter_mut().zip(&st.threshold) {
+            *t = v & 7;
+        }
         self.update();
         Ok(())
     }
@@ -311,5 +316,25 @@ mod tests {
         assert_eq!(rd(&mut p, 0x20_1004), 10);
         p.write(0x20_1004, &10u32.to_le_bytes());
         assert!(!out.get(1), "and delivered once");
+    }
+
+    #[test]
+    fn a_restore_keeps_the_registers_within_what_a_guest_can_write() {
+        let out = Arc::new(IrqOutputs::new(2));
+        let mut p = Plic::new(1, out.clone());
+        p.write(10 * 4, &1u32.to_le_bytes());
+        let mut st = p.save();
+        st.threshold[1] = 9;
+        st.priority[3] = 0xff;
+        st.enable[1][0] = 0xffff_ffff;
+        let mut q = Plic::new(1, out);
+        q.restore(&st).unwrap();
+        let back = q.save();
+        assert_eq!(back.threshold[1], 1);
+        assert_eq!(back.priority[3], 7);
+        assert_eq!(back.priority[10], 1);
+        assert_eq!(back.enable[1][0], 0xffff_fffe);
+        st.threshold.pop();
+        assert!(q.restore(&st).unwrap_err().contains("contexts"));
     }
 }
