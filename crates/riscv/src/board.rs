@@ -1694,6 +1694,11 @@ mod tests {
         bad.harts[0].prv = 2;
         assert!(err(&cfg, &bad).contains("privilege 2"));
         let mut bad = st.clone();
+        for c in bad.harts[0].csrs.iter_mut().filter(|c| c.0 == 0x180) {
+            c.1 = 10 << 60;
+        }
+        assert!(err(&cfg, &bad).contains("translation mode 10"));
+        let mut bad = st.clone();
         bad.harts[0].csrs.push((0x7c0, 1));
         assert!(err(&cfg, &bad).contains("CSR 0x7c0"));
         let mut bad = st.clone();

@@ -447,6 +447,15 @@ impl Hart {
             })?;
             *slot = v;
         }
+        // The translation code trusts satp to hold a mode the hart implements (its writes
+        // ignore any other), so a restore must too.
+        if !matches!(h.satp >> 60, SATP_BARE | SATP_SV39 | SATP_SV48) {
+            return Err(format!(
+                "hart {}: satp selects translation mode {}, which this hart does not implement",
+                st.id,
+                h.satp >> 60
+            ));
+        }
         if !h.pmp.restore(&st.pmp_cfg, &st.pmp_addr) {
             return Err(format!(
                 "hart {}: {} PMP entries saved, this hart has a different count",
