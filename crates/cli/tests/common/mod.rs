@@ -179,6 +179,8 @@ pub fn vireo_on_pty(args: &[&str], size: Option<(u16, u16)>) -> (std::process::C
 pub struct Term {
     pub master: std::fs::File,
     pub seen: String,
+    /// Where the last [`Term::expect`] match ended in `seen`.
+    matched: usize,
 }
 
 impl Term {
@@ -192,6 +194,7 @@ impl Term {
         Term {
             master,
             seen: String::new(),
+            matched: 0,
         }
     }
 
@@ -203,10 +206,16 @@ impl Term {
         }
     }
 
+    /// Waits for `what` after the end of the last match (output that came before the call
+    /// but after that match counts: a prompt can arrive in the same read as the line
+    /// before it), and moves past it.
     pub fn expect(&mut self, what: &str, timeout: Duration) {
         let start = Instant::now();
-        let from = self.seen.len();
-        while !self.seen[from..].contains(what) {
+        loop {
+            if let Some(at) = self.seen[self.matched..].find(what) {
+                self.matched += at + what.len();
+                return;
+            }
             assert!(
                 start.elapsed() < timeout,
                 "did not see {what:?} within {timeout:?}; terminal so far:\n{}",
