@@ -350,3 +350,73 @@ fn a_damaged_or_foreign_snapshot_is_refused_with_the_reason() {
     let m = try_restore(&s.path("nowhere"), "r-none", &[]);
     assert!(m.contains("no snapshot there"), "{m}");
 }
+
+/// `R:<vmgenid interrupts>:<a fresh random UUID>:E` from the guest behind `con`.
+fn generation_and_uuid(con: &mut Console) -> (u64, String) {
+    con.send(
+        "echo R:$(awk '/vmgenid/{print $2}' /proc/interrupts):$(cat /proc/sys/kernel/random/uuid):E",
+    );
+    // The echoed command has `R:$(`; the answer has a digit after `R:`.
+    loop {
+        let text = con.until(":E", Duration::from_secs(60));
+        let Some(at) = text.rfind("R:") else { continue };
+        let fields: Vec<&str> = text[at + 2..].trim_end_matches(":E").split(':').collect();
+        if let [n, uuid] = fields[..] {
+            if let Ok(n) = n.parse() {
+                assert_eq!(uuid.len(), 36, "{text:?}");
+                return (n, uuid.to_string());
+            }
+        }
+    }
+}
+
+#[test]
+fn clones_of_one_snapshot_are_new_generations_with_their_own_random_numbers() {
+    require_image();
+    let s = Scratch::new("clones");
+    let spec = json!({"image": IMAGE, "memory": "256M"});
+    let mut vmm = spawn(&s.path("origin"), &spec, &[]);
+    vmm.wait_socket(Duration::from_secs(60));
+    let mut con = console(&vmm);
+    con.until("BusyBox", BOOT_TIMEOUT);
+    // The guest bound the device at boot, and no new generation came yet.
+    let (n, _) = generation_and_uuid(&mut con);
+    assert_eq!(n, 0, "a vmgenid interrupt at boot");
+    let snap = s.path("snap");
+    let r = req(&vmm, json!({"op": "snapshot", "dir": snap}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(req(&vmm, json!({"op": "kill"}))["ok"], true);
+    vmm.wait(Duration::from_secs(30));
+
+    // Started together from the same memory, each clone must still draw its own numbers
+    // (without the new generation all three printed the same UUID).
+    let clones: Vec<Vmm> = (0..3)
+        .map(|i| {
+            spawn(
+                &s.path(&format!("clone{i}")),
+                &spec,
+                &["--restore", snap.to_str().unwrap()],
+            )
+        })
+        .collect();
+    let mut uuids = Vec::new();
+    for mut c in clones {
+        c.wait_socket(Duration::from_secs(60));
+        let mut con = console(&c);
+        let (n, uuid) = generation_and_uuid(&mut con);
+        assert_eq!(
+            n, 1,
+            "the clone's kernel did not get the new-generation interrupt"
+        );
+        uuids.push(uuid);
+        assert_eq!(req(&c, json!({"op": "kill"}))["ok"], true);
+    }
+    let mut distinct = uuids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        uuids.len(),
+        "clones drew the same random UUID: {uuids:?}"
+    );
+}

@@ -5,7 +5,9 @@
 pub mod finisher;
 pub mod rtc;
 pub mod serial;
+pub mod vmgenid;
 
 pub use finisher::TestFinisher;
 pub use rtc::GoldfishRtc;
 pub use serial::{ConsoleOutput, Uart, UartState};
+pub use vmgenid::VmGenId;

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | 0x0010_0000 | `sifive,test0` finisher (power-off, reset, exit status) |
 //! | 0x0010_1000 | goldfish RTC (IRQ 11) |
+//! | 0x0010_2000 | VM generation ID, `microsoft,vmgenid` (IRQ 12) |
 //! | 0x0200_0000 | CLINT (timer, software interrupts) |
 //! | 0x0c00_0000 | PLIC |
 //! | 0x1000_0000 | ns16550a UART (IRQ 10) |
@@ -17,7 +18,8 @@ use std::time::Duration;
 
 use vireo_devices::finisher::FINISHER_WINDOW;
 use vireo_devices::rtc::RTC_WINDOW;
-use vireo_devices::{ConsoleOutput, GoldfishRtc, TestFinisher, Uart};
+use vireo_devices::vmgenid::VMGENID_WINDOW;
+use vireo_devices::{ConsoleOutput, GoldfishRtc, TestFinisher, Uart, VmGenId};
 use vireo_machine::{
     BootConfig, Bus, ExitSignal, GuestExit, GuestRam, IrqLine, SharedDevice, VirtioTransport,
 };
@@ -37,6 +39,7 @@ use crate::sys::{
 
 pub const FINISHER_BASE: u64 = 0x10_0000;
 pub const RTC_BASE: u64 = 0x10_1000;
+pub const VMGENID_BASE: u64 = 0x10_2000;
 pub const CLINT_BASE: u64 = 0x200_0000;
 pub const PLIC_BASE: u64 = 0xc00_0000;
 pub const UART_BASE: u64 = 0x1000_0000;
@@ -56,6 +59,7 @@ pub const PCI_MMIO_SIZE: u64 = 0x4000_0000;
 const PCI_IRQ_BASE: usize = 32;
 const UART_IRQ: usize = 10;
 const RTC_IRQ: usize = 11;
+const VMGENID_IRQ: usize = 12;
 /// Where a kernel Image goes when its header gives no offset, and where OpenSBI's fw_jump jumps.
 const KERNEL_OFFSET: u64 = 0x20_0000;
 /// Room kept for the device tree at the top of RAM.
@@ -133,6 +137,7 @@ struct BoardDevices {
     plic: Arc<Mutex<Plic>>,
     uart: Arc<Mutex<Uart>>,
     rtc: Arc<Mutex<GoldfishRtc>>,
+    vmgenid: Arc<Mutex<VmGenId>>,
     mmio: Vec<Arc<Mutex<MmioTransport>>>,
     transport: VirtioTransport,
     ram_size: u64,
@@ -354,6 +359,7 @@ impl EmuStateHandle {
         Ok(EmuState {
             machine,
             harts: cpu.harts,
+            vmgenid: Some(lock(&d.vmgenid).id()),
             virtio: d
                 .mmio
                 .iter()
@@ -533,6 +539,17 @@ impl EmuVm {
         lock(&vm.devices.rtc).set_latched(m.rtc_latch);
         // Last: the devices above drove their lines; the PLIC's saved levels are the truth.
         lock(&vm.devices.plic).restore(&m.plic).map_err(bad)?;
+        // The guest runs again from a saved state: a new generation, announced after the
+        // PLIC is back so the interrupt is pending when the first hart runs. (A snapshot from
+        // before the device has no ID; its guest never probed one and ignores the line.)
+        let mut genid = lock(&vm.devices.vmgenid);
+        if let Some(id) = st.vmgenid {
+            genid.set(id);
+        }
+        genid
+            .new_generation()
+            .map_err(|e| EmuError::Fault(e.to_string()))?;
+        drop(genid);
         let mut mail = Vec::with_capacity(n);
         for (i, ms) in m.mail.iter().enumerate() {
             mail.push(Mailbox {
@@ -603,6 +620,14 @@ impl EmuVm {
         )?;
         let rtc = Arc::new(Mutex::new(GoldfishRtc::new()));
         place(&mut bus, RTC_BASE, RTC_WINDOW, rtc.clone())?;
+        let vmgenid = Arc::new(Mutex::new(
+            VmGenId::new(Arc::new(PlicIrq {
+                plic: plic.clone(),
+                source: VMGENID_IRQ,
+            }))
+            .map_err(|e| EmuError::Fault(e.to_string()))?,
+        ));
+        place(&mut bus, VMGENID_BASE, VMGENID_WINDOW, vmgenid.clone())?;
         let mut mmio = Vec::new();
 
         let plic_line = |source: usize| -> Arc<dyn IrqLine> {
@@ -671,6 +696,7 @@ impl EmuVm {
             plic,
             uart,
             rtc,
+            vmgenid,
             mmio,
             transport: cfg.virtio_transport,
             ram_size: ram.size(),
@@ -1369,6 +1395,13 @@ fn build_fdt_inner(
     f.property_u32("interrupt-parent", PH_PLIC)?;
     f.end_node(rtc)?;
 
+    let genid = f.begin_node(&format!("vmgenid@{VMGENID_BASE:x}"))?;
+    f.property_string("compatible", "microsoft,vmgenid")?;
+    f.property_array_u64("reg", &[VMGENID_BASE, VMGENID_WINDOW])?;
+    f.property_u32("interrupts", VMGENID_IRQ as u32)?;
+    f.property_u32("interrupt-parent", PH_PLIC)?;
+    f.end_node(genid)?;
+
     for &(base, irq) in &virtio.mmio {
         let v = f.begin_node(&format!("virtio_mmio@{base:x}"))?;
         f.property_string("compatible", "virtio,mmio")?;
@@ -1651,6 +1684,15 @@ mod tests {
             "mtime moved {drift} ticks while parked"
         );
         again.machine.mtime = st.machine.mtime;
+        // A restore is a new generation: another ID, its interrupt pending.
+        assert!(st.vmgenid.is_some());
+        assert_ne!(
+            again.vmgenid, st.vmgenid,
+            "the restore kept the generation ID"
+        );
+        assert!(again.machine.plic.pending[VMGENID_IRQ] && !st.machine.plic.pending[VMGENID_IRQ]);
+        again.vmgenid = st.vmgenid;
+        again.machine.plic.pending[VMGENID_IRQ] = false;
         assert_eq!(again, st, "a restore then a save changed the state");
 
         // Running on, it counts from where it was, not from zero.

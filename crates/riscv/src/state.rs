@@ -89,6 +89,8 @@ pub struct EmuState {
     pub harts: Vec<HartState>,
     /// The virtio devices, by slot.
     pub virtio: Vec<CoreState>,
+    /// The VM generation ID (none in a snapshot taken before the board had the device).
+    pub vmgenid: Option<[u8; 16]>,
 }
 
 /// What a restored guest's clocks do about the time that passed since the state was taken.

@@ -12,7 +12,8 @@
 //!
 //! Sections of `state.vst` for the emu accelerator: `Machine` (riscv `MachineState`: CLINT,
 //! timebase, PLIC, UART, RTC, hart mailboxes), `Vcpu(n)` (riscv `HartState`), `Device("virtio.N")`
-//! (virtio `CoreState` of slot N, with the device's own bytes), `MemoryMap`, `Disks`
+//! (virtio `CoreState` of slot N, with the device's own bytes), `Device("vmgenid")` (the VM
+//! generation ID's 16 bytes; absent from snapshots taken before the board had it), `MemoryMap`, `Disks`
 //! (`DiskRef`s: the copies, plus every read-only file they or the definition depend on, each
 //! with a fingerprint), `Spec` (the definition as JSON) and `Device("vmm")` ([`SnapshotMeta`]).
 //!
@@ -82,6 +83,11 @@ pub struct Taken {
 
 fn section_meta() -> SectionId {
     SectionId::Device("vmm".into())
+}
+
+/// The VM generation ID's 16 bytes (optional: snapshots from before the device lack it).
+fn section_vmgenid() -> SectionId {
+    SectionId::Device("vmgenid".into())
 }
 
 fn section_virtio(slot: usize) -> SectionId {
@@ -192,6 +198,9 @@ fn write_all(
     for (i, v) in emu.virtio.iter().enumerate() {
         file.put(section_virtio(i), EMU_STATE_VERSION, v)
             .map_err(fail)?;
+    }
+    if let Some(id) = &emu.vmgenid {
+        file.put(section_vmgenid(), 1, id).map_err(fail)?;
     }
 
     // Memory: every non-zero page, or the pages that differ from what the parent restores
@@ -352,6 +361,13 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
             None => break,
         }
     }
+    let vmgenid = match file.get::<[u8; 16]>(&section_vmgenid()).map_err(fail)? {
+        Some((v, id)) => {
+            vireo_state::expect_version(&section_vmgenid(), v, 1).map_err(fail)?;
+            Some(id)
+        }
+        None => None,
+    };
     let (_, refs) = file
         .require::<Vec<DiskRef>>(&SectionId::Disks)
         .map_err(fail)?;
@@ -380,6 +396,7 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
             machine,
             harts,
             virtio,
+            vmgenid,
         },
         ram,
         load_ms: t0.elapsed().as_secs_f64() * 1e3,
