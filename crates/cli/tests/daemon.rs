@@ -21,6 +21,11 @@ struct Daemon {
 
 impl Daemon {
     fn new(tag: &str) -> Daemon {
+        Daemon::with_args(tag, &[])
+    }
+
+    /// A daemon started with `extra` arguments.
+    fn with_args(tag: &str, extra: &[&str]) -> Daemon {
         let tag = format!("{tag}{}", std::process::id());
         let dir = std::env::temp_dir().join(format!("vireo-daemon-{tag}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -30,7 +35,7 @@ impl Daemon {
             child: None,
             tag,
         };
-        d.start(&[]);
+        d.start(extra);
         d
     }
 
@@ -730,4 +735,89 @@ fn volume_disks_and_persistent_overlays_keep_the_guests_writes() {
     d.ok(&["volume", "rm", "data.img"]);
     d.ok(&["volume", "rm", "snap.img"]);
     assert_eq!(d.ok(&["volume", "ls", "--json"]).trim(), "[]");
+}
+
+/// Ten clones of one snapshot through the daemon: each runs on its own, with the MAC address
+/// and vsock CID the daemon gave it in its guest's hands (the MAC on eth0, the CID in its
+/// definition), a new VM generation and random numbers of its own.
+#[test]
+fn ten_clones_of_a_snapshot_each_have_their_own_identity() {
+    require_image();
+    // Eleven single-vCPU guests, idle but for the checks: more than the default four per
+    // host CPU here.
+    let d = Daemon::with_args("clone", &["--cpu-ratio", "8"]);
+    let n = d.name("o");
+    let uds = d.dir.join("o.vsock");
+    d.ok(&[
+        "create",
+        &n,
+        "--image",
+        IMAGE,
+        "--memory",
+        "256M",
+        "--net",
+        "user",
+        "--vsock",
+        &format!("cid=3,uds={}", uds.display()),
+    ]);
+    d.ok(&["start", &n, "--wait-ready"]);
+    d.ok(&["snapshot", "create", &n, "s"]);
+    let prefix = d.name("c");
+    let out = d.ok(&["clone", "s", "--count", "10", "--prefix", &prefix]);
+    let names: Vec<String> = (1..=10).map(|i| format!("{prefix}-{i}")).collect();
+    for c in &names {
+        assert!(out.contains(c.as_str()), "{c} not in {out:?}");
+        d.wait_state(c, "running", Duration::from_secs(60));
+    }
+    // The origin runs on beside them.
+    assert_eq!(d.state(&n), "running");
+
+    let (mut macs, mut cids, mut uuids) = (Vec::new(), Vec::new(), Vec::new());
+    for c in &names {
+        let spec = &d.inspect(c)["spec"];
+        let mac = spec["net"][0]
+            .as_str()
+            .and_then(|e| e.split(',').find_map(|p| p.strip_prefix("mac=")))
+            .unwrap_or_else(|| panic!("{c} has no MAC in its definition: {spec}"))
+            .to_lowercase();
+        let cid = spec["vsock"]
+            .as_str()
+            .and_then(|e| e.split(',').find_map(|p| p.strip_prefix("cid=")))
+            .unwrap_or_else(|| panic!("{c} has no CID: {spec}"))
+            .to_string();
+        // The guest binds its NIC again once told of the new generation: wait for that.
+        let script = format!(
+            "for i in $(seq 100); do [ \"$(cat /sys/class/net/eth0/address)\" = {mac} ] && break; sleep 0.2; done; \
+             cat /sys/class/net/eth0/address; awk '/vmgenid/{{print $2}}' /proc/interrupts; cat /proc/sys/kernel/random/uuid"
+        );
+        let r = exec(&d, c, &["sh", "-c", &script], None);
+        assert_eq!(r.status, 0, "{c}: {}", String::from_utf8_lossy(&r.stderr));
+        let text = String::from_utf8_lossy(&r.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{c}: {text:?}");
+        assert_eq!(
+            lines[0], mac,
+            "{c}'s eth0 has not the MAC its definition gives"
+        );
+        assert_eq!(lines[1], "1", "{c}'s kernel saw no new generation");
+        // Its /init got an address on the new network and told its VMM.
+        let t0 = Instant::now();
+        while d.inspect(c)["ip"].is_null() {
+            assert!(t0.elapsed() < Duration::from_secs(30), "{c} reports no IP");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        macs.push(mac);
+        cids.push(cid);
+        uuids.push(lines[2].to_string());
+    }
+    for (what, v) in [("MAC", &macs), ("CID", &cids), ("random UUID", &uuids)] {
+        let mut u = v.clone();
+        u.sort();
+        u.dedup();
+        assert_eq!(u.len(), v.len(), "clones share a {what}: {v:?}");
+    }
+    assert!(
+        !cids.contains(&"3".to_string()),
+        "a clone has the origin's CID"
+    );
 }

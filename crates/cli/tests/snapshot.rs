@@ -257,6 +257,13 @@ fn a_diff_snapshot_restores_the_same_guest() {
     let before = con.drain(Duration::from_millis(100));
     let at_diff = ticks(&before).into_iter().max().unwrap_or(last + 6);
     drop(vmm);
+    // Moved together, the chain still restores: the diff finds its parent beside it, and
+    // the disk copy in its own directory.
+    let moved = s.path("moved");
+    std::fs::create_dir(&moved).unwrap();
+    std::fs::rename(&full, moved.join("full")).unwrap();
+    std::fs::rename(&diff, moved.join("diff")).unwrap();
+    let diff = moved.join("diff");
 
     let spec = restore_spec(&s, &diff, "d1");
     let mut r = spawn(
@@ -370,37 +377,97 @@ fn generation_and_uuid(con: &mut Console) -> (u64, String) {
     }
 }
 
+/// The guest's eth0 MAC once it is `want` (a clone's guest binds its NIC again after the new
+/// generation) and, with `dhcp`, eth0 has an IPv4 address; with whether it has one.
+fn guest_mac(con: &mut Console, want: &str, dhcp: bool) -> (String, bool) {
+    let inet = if dhcp {
+        "&& ip -4 addr show eth0 | grep -q inet"
+    } else {
+        ""
+    };
+    con.send(&format!(
+        "for i in $(seq 100); do [ \"$(cat /sys/class/net/eth0/address)\" = {want} ] {inet} && break; sleep 0.2; done; \
+         echo M:$(cat /sys/class/net/eth0/address):$(ip -4 addr show eth0 | grep -c inet):E"
+    ));
+    loop {
+        let text = con.until(":E", Duration::from_secs(60));
+        let Some(at) = text.rfind("M:") else { continue };
+        let rest = text[at + 2..].trim_end_matches(":E");
+        if let Some((mac, inet)) = rest.rsplit_once(':') {
+            if let Ok(n) = inet.parse::<u32>() {
+                return (mac.to_string(), n > 0);
+            }
+        }
+    }
+}
+
 #[test]
-fn clones_of_one_snapshot_are_new_generations_with_their_own_random_numbers() {
+fn clones_of_one_snapshot_are_new_generations_with_their_own_identity() {
     require_image();
-    let s = Scratch::new("clones");
-    let spec = json!({"image": IMAGE, "memory": "256M"});
-    let mut vmm = spawn(&s.path("origin"), &spec, &[]);
+    clones_get_their_own_identity(IMAGE, "BusyBox", BOOT_TIMEOUT, true);
+}
+
+/// The same with systemd: the image's agent binds the NICs again. (The image configures no
+/// network yet, so there is no address to check.)
+#[test]
+fn clones_of_a_systemd_guest_get_their_own_identity() {
+    require_pulled(ROOTFS);
+    clones_get_their_own_identity(ROOTFS, "root@vireo:~# ", Duration::from_secs(420), false);
+}
+
+const ROOTFS: &str = "debian-riscv64-rootfs";
+
+/// Boots `image` with a NIC until `ready` on its console, snapshots it, and restores three
+/// clones of it, each with a MAC address of its own; each clone must have had a new VM
+/// generation, draw random numbers of its own, and take up its MAC address (and, with `dhcp`,
+/// get an IPv4 address its VMM hears of).
+fn clones_get_their_own_identity(image: &str, ready: &str, boot: Duration, dhcp: bool) {
+    let s = Scratch::new(&format!("clones-{image}"));
+    let spec = |mac: &str, root: Option<&Path>| {
+        let mut v = json!({"image": image, "memory": "256M", "net": [format!("user,mac={mac}")]});
+        if let Some(copy) = root {
+            v["root_disk"] = json!(format!("{},overlay", copy.display()));
+        }
+        v
+    };
+    let origin_mac = "52:54:00:12:34:00";
+    let mut vmm = spawn(&s.path("origin"), &spec(origin_mac, None), &[]);
     vmm.wait_socket(Duration::from_secs(60));
     let mut con = console(&vmm);
-    con.until("BusyBox", BOOT_TIMEOUT);
+    con.until(ready, boot);
     // The guest bound the device at boot, and no new generation came yet.
     let (n, _) = generation_and_uuid(&mut con);
     assert_eq!(n, 0, "a vmgenid interrupt at boot");
+    assert_eq!(
+        guest_mac(&mut con, origin_mac, dhcp),
+        (origin_mac.to_string(), dhcp)
+    );
     let snap = s.path("snap");
     let r = req(&vmm, json!({"op": "snapshot", "dir": snap}));
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(req(&vmm, json!({"op": "kill"}))["ok"], true);
     vmm.wait(Duration::from_secs(30));
+    // An image with a root disk: each clone on an overlay of the snapshot's copy of it.
+    let root = snap.join("disk-root.qcow2");
+    let root = root.exists().then_some(root.as_path());
 
     // Started together from the same memory, each clone must still draw its own numbers
-    // (without the new generation all three printed the same UUID).
-    let clones: Vec<Vmm> = (0..3)
-        .map(|i| {
+    // (without the new generation all three printed the same UUID) and take the MAC address
+    // its definition gives.
+    let macs: Vec<String> = (1..=3).map(|i| format!("52:54:00:12:34:{i:02x}")).collect();
+    let clones: Vec<Vmm> = macs
+        .iter()
+        .enumerate()
+        .map(|(i, mac)| {
             spawn(
                 &s.path(&format!("clone{i}")),
-                &spec,
+                &spec(mac, root),
                 &["--restore", snap.to_str().unwrap()],
             )
         })
         .collect();
     let mut uuids = Vec::new();
-    for mut c in clones {
+    for (mut c, mac) in clones.into_iter().zip(&macs) {
         c.wait_socket(Duration::from_secs(60));
         let mut con = console(&c);
         let (n, uuid) = generation_and_uuid(&mut con);
@@ -409,6 +476,20 @@ fn clones_of_one_snapshot_are_new_generations_with_their_own_random_numbers() {
             "the clone's kernel did not get the new-generation interrupt"
         );
         uuids.push(uuid);
+        assert_eq!(
+            guest_mac(&mut con, mac, dhcp),
+            (mac.clone(), dhcp),
+            "the clone's eth0 has not its own MAC address and an IPv4 address"
+        );
+        // And its VMM heard the address from the clone's /init.
+        let t0 = Instant::now();
+        while dhcp && req(&c, json!({"op": "state"}))["ip"].is_null() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the clone's VMM has no guest IP"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         assert_eq!(req(&c, json!({"op": "kill"}))["ok"], true);
     }
     let mut distinct = uuids.clone();

@@ -548,6 +548,14 @@ impl Server {
         if self.shared.stopping.load(Ordering::Acquire) {
             vm.control().stop(GuestExit::PowerOff);
         }
+        if from_snapshot {
+            if let Some(ch) = &channel {
+                // vireo's /init (or the image's agent) binds the NICs again, so a clone takes
+                // the MAC address its definition gives, and reports its address anew. Queued
+                // until the guest reads it; a guest restored paused reads it on resume.
+                ch.ctl.write(b"generation\n");
+            }
+        }
         let reader = channel.map(|ch| CtlReader::start(ch, self.shared.clone(), self.out.clone()));
         Ok((vm, reader))
     }

@@ -37,6 +37,11 @@
 //! (a disk changed since the snapshot is refused unless forced). The memory is mapped
 //! copy-on-write (`MAP_PRIVATE`) from the memory file, so N VMs restored from one snapshot
 //! share every page none of them wrote, and the file is never written.
+//!
+//! A snapshot directory can be moved or copied: its own disk copies are looked for in the
+//! directory being restored, and a diff whose parent is not where it was taken finds it
+//! beside itself under the same name (a chain moved together). Read-only disks and the bases
+//! of copied overlays stay where they were (their fingerprints say whether they changed).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -368,9 +373,17 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
         }
         None => None,
     };
-    let (_, refs) = file
+    let (_, mut refs) = file
         .require::<Vec<DiskRef>>(&SectionId::Disks)
         .map_err(fail)?;
+    // The snapshot's own disk copies are wherever the snapshot is now: a directory may be
+    // moved or copied whole (the path recorded is where it was taken).
+    for r in refs.iter_mut() {
+        let name = vireo_state::dir::disk_copy_name(&r.id, &r.format);
+        if !r.read_only && Path::new(&r.path).file_name() == Some(name.as_ref()) {
+            r.path = dir.join(&name).to_string_lossy().into_owned();
+        }
+    }
     for r in &refs {
         match vireo_state::disk::check_disk(r) {
             Ok(()) => {}
@@ -430,7 +443,15 @@ fn memory_chain(dir: &Path, top: &StateFile) -> Result<Vec<(PathBuf, MemoryMap)>
                 at.display()
             )));
         };
-        let pdir = PathBuf::from(parent);
+        let mut pdir = PathBuf::from(parent);
+        // Moved together with its parent, a diff finds it beside itself under the same name.
+        if !pdir.join(STATE_FILE).exists() {
+            if let (Some(up), Some(name)) = (at.parent(), pdir.file_name()) {
+                if up.join(name).join(STATE_FILE).exists() {
+                    pdir = up.join(name);
+                }
+            }
+        }
         let pf = StateFile::read(pdir.join(STATE_FILE))
             .map_err(|e| fail(format!("{}: its parent snapshot: {e}", at.display())))?;
         if Some(&pf.header().id) != file.header().parent.as_ref() {

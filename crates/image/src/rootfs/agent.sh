@@ -16,6 +16,7 @@
 #   agent answers `exited STATUS` (exec-run keeps a signal's 128+N, which systemd would call a
 #   success).
 # - It writes `ip ADDR` on vireo.ctl when eth0 has an IPv4 address.
+# - `generation` from the host (after a restore or clone) binds the NICs again (see renew_net).
 # The console's getty logs root in for an interactive guest (/usr/lib/vireo/session).
 
 EXIT=/usr/lib/vireo/exit
@@ -60,8 +61,28 @@ ctl_loop() {
 		poweroff) "$EXIT" 0 ;;
 		exec) run_exec "$arg" & ;;
 		signal) systemctl kill --signal="$arg" vireo-exec.service 2>/dev/null ;;
+		generation) renew_net & ;;
 		esac
 	done
+}
+
+# As in init.sh: after a restore or clone (`generation`), bind the NICs again so they read
+# their (possibly new) MAC addresses; whatever configures the network sees new links (this
+# image configures none yet). Then tell the host the address, once there is one (at most 30 s).
+renew_net() {
+	d=/sys/bus/virtio/drivers/virtio_net
+	for dev in "$d"/virtio*; do
+		[ -e "$dev" ] || continue
+		echo "${dev##*/}" >"$d/unbind"
+		echo "${dev##*/}" >"$d/bind"
+	done
+	i=0
+	while [ $i -lt 300 ]; do
+		busybox ip -o -4 addr show dev eth0 2>/dev/null | grep -q inet && break
+		sleep 0.1
+		i=$((i + 1))
+	done
+	tell_ip
 }
 
 tell_ip() {
