@@ -1,7 +1,8 @@
 //! Snapshot, restore and clone figures for the emu accelerator, through `vireo vmm` as the
 //! daemon drives it: a Debian guest (the `debian-riscv64` image) booted to its shell, then
 //! - a full snapshot (how long the guest was paused, the whole call, the memory file's size);
-//! - a diff snapshot after a small workload (its size);
+//! - a diff snapshot after a small workload (its size and pause, its pages from the dirty log),
+//!   and the same diff found by comparing contents (the pause the log saves);
 //! - restores: in the VMM (its log: loading and mapping, building the machine — what stands
 //!   between the request and the first guest instruction), to the control socket, and to the
 //!   first console output (the restored shell answering a key);
@@ -101,6 +102,17 @@ impl Drop for Vmm {
 }
 
 /// The number after `"key":` in a JSON answer.
+/// The string value of `key` in `json`.
+fn text<'a>(json: &'a str, key: &str) -> &'a str {
+    let pat = format!("\"{key}\":\"");
+    json.find(&pat)
+        .and_then(|i| {
+            let rest = &json[i + pat.len()..];
+            rest.find('"').map(|end| &rest[..end])
+        })
+        .unwrap_or_else(|| die(&format!("no {key} in {json}")))
+}
+
 fn num(json: &str, key: &str) -> f64 {
     let pat = format!("\"{key}\":");
     json.find(&pat)
@@ -217,10 +229,28 @@ fn main() {
             die(&format!("diff snapshot failed: {d}"));
         }
         println!(
-            "{mem}: diff snapshot after a small workload: {} pages ({:.2} MiB), paused {:.1} ms",
+            "{mem}: diff snapshot after a small workload: {} pages ({:.2} MiB), paused {:.1} ms (pages from the {})",
             num(&d, "memory_pages"),
             num(&d, "memory_pages") * 4096.0 / 1048576.0,
-            num(&d, "paused_ms")
+            num(&d, "paused_ms"),
+            text(&d, "diff_by")
+        );
+        // The same diff found by comparing contents (the log now runs from the diff just
+        // taken, not from the full snapshot): the pause the log saves.
+        let by_contents = root.join(format!("diff-contents-{mem}"));
+        let c = vm.req(&format!(
+            "{{\"op\":\"snapshot\",\"dir\":\"{}\",\"parent\":\"{}\"}}",
+            by_contents.display(),
+            snap.display()
+        ));
+        if !c.contains("\"ok\":true") {
+            die(&format!("diff snapshot by contents failed: {c}"));
+        }
+        println!(
+            "{mem}: the same diff by {}: {} pages, paused {:.1} ms",
+            text(&c, "diff_by"),
+            num(&c, "memory_pages"),
+            num(&c, "paused_ms")
         );
         drop(con);
         drop(vm);

@@ -179,8 +179,12 @@ fn boot_count_and_snapshot(s: &Scratch, snap: &Path) -> (Vmm, u64, Console, Valu
 /// fresh overlay over the snapshot's copy (what the daemon does), so the snapshot stays as
 /// it was.
 fn restore_spec(s: &Scratch, snap: &Path, tag: &str) -> Value {
-    let copy = snap.join("disk-disk0.raw");
-    assert!(copy.exists(), "the snapshot holds a copy of the disk");
+    // raw for a VM that ran on the raw disk, qcow2 for one that ran on an overlay.
+    let copy = ["raw", "qcow2"]
+        .iter()
+        .map(|f| snap.join(format!("disk-disk0.{f}")))
+        .find(|p| p.exists())
+        .expect("the snapshot holds a copy of the disk");
     let overlay = s.path(&format!("{tag}-overlay.qcow2"));
     let out = vireo()
         .args(["disk", "create", "-b"])
@@ -252,6 +256,9 @@ fn a_diff_snapshot_restores_the_same_guest() {
     let diff = s.path("diff");
     let d = req(&vmm, json!({"op": "snapshot", "dir": diff, "parent": full}));
     assert_eq!(d["snapshot"]["kind"], "diff", "{d}");
+    // The log ran from the full snapshot, and it held every page that changed (the VMM
+    // checks that and fails the snapshot otherwise).
+    assert_eq!(d["snapshot"]["diff_by"], "dirty-log", "{d}");
     let pages = d["snapshot"]["memory_pages"].as_u64().unwrap();
     assert!(pages > 0 && pages < 256 << 8, "{d}");
     let before = con.drain(Duration::from_millis(100));
@@ -285,6 +292,35 @@ fn a_diff_snapshot_restores_the_same_guest() {
     assert!(
         first > last + 3,
         "the diff restored the full snapshot's guest: {first} after {last}"
+    );
+    // A diff of the restored VM on the snapshot it came from uses the log too: it starts at
+    // the restore. On another parent it compares contents.
+    let d2 = req(
+        &r,
+        json!({"op": "snapshot", "dir": s.path("diff2"), "parent": diff}),
+    );
+    assert_eq!(d2["snapshot"]["diff_by"], "dirty-log", "{d2}");
+    let d3 = req(
+        &r,
+        json!({"op": "snapshot", "dir": s.path("diff3"), "parent": moved.join("full")}),
+    );
+    assert_eq!(d3["snapshot"]["diff_by"], "contents", "{d3}");
+    // And that diff restores too.
+    drop(r);
+    let spec = restore_spec(&s, &s.path("diff3"), "d3");
+    let mut r = spawn(
+        &s.path("run4"),
+        &spec,
+        &["--restore", s.path("diff3").to_str().unwrap()],
+    );
+    r.wait_socket(Duration::from_secs(60));
+    let mut con = console(&r);
+    let text = con.until("tick-", Duration::from_secs(60));
+    let more = con.until("tick-", Duration::from_secs(30));
+    let next = ticks(&format!("{text}{more}"));
+    assert!(
+        next.iter().all(|&t| t > at_diff),
+        "the third diff restored an older guest: {next:?} after {at_diff}"
     );
 }
 

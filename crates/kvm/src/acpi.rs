@@ -7,7 +7,8 @@
 //! A hardware-reduced FADT needs no PM timer, SCI or GPE blocks; its reset register is the
 //! i8042 command port, so an ACPI reboot ends the guest as `reboot=k` does.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vireo_machine::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{
     ACPI_DSDT_ADDR, ACPI_FADT_ADDR, ACPI_MADT_ADDR, ACPI_MCFG_ADDR, ACPI_RSDP_ADDR, ACPI_XSDT_ADDR,

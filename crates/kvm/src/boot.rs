@@ -20,7 +20,8 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info, XEN_HVM_START_MAGIC_VALUE,
 };
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use vireo_machine::GuestMemoryMmap;
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use crate::layout::{
     low_ram_end, memory_map, MemEntry, ACPI_RSDP_ADDR, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START,

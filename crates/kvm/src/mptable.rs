@@ -5,7 +5,8 @@
 //! implements (ISA IRQ n on IOAPIC pin n, except the PIT's IRQ 0 on pin 2; INTA# of PCI slots
 //! 1..8 on pins 16..23).
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vireo_machine::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{HIMEM_START, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_ADDR, PCI_GSIS};
 

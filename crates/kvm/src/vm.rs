@@ -16,11 +16,12 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vireo_devices::finisher::FINISHER_WINDOW;
 use vireo_devices::serial::UART_WINDOW;
 use vireo_devices::{ConsoleOutput, TestFinisher, Uart};
+use vireo_machine::GuestMemoryMmap;
 use vireo_machine::{
     BootConfig, Bus, BusError, ExitSignal, GuestExit, GuestRam, IrqLine, MemoryError, NoIrq,
     SharedDevice,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, BootEntry, LoadError};

@@ -68,7 +68,7 @@ fn stop(vm: Runner, ctl: &vireo_kvm::VmController) -> KvmVm {
 }
 
 /// Each RAM region's base and bytes.
-fn copy_ram(mem: &vm_memory::GuestMemoryMmap) -> Vec<(u64, Vec<u8>)> {
+fn copy_ram(mem: &vireo_machine::GuestMemoryMmap) -> Vec<(u64, Vec<u8>)> {
     mem.iter()
         .map(|r| {
             let mut bytes = vec![0u8; r.len() as usize];

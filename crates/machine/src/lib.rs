@@ -22,4 +22,4 @@ pub use boot::{BootConfig, VirtioTransport};
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};
 pub use exit::{ExitSignal, GuestExit};
 pub use irq::{IrqLine, MsiSink, NoIrq};
-pub use memory::{GuestRam, MemoryError};
+pub use memory::{DirtyPages, GuestMemoryMmap, GuestRam, MemoryError};

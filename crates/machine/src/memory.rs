@@ -4,15 +4,34 @@
 //! emulator's per-instruction loads and stores through [`RamView`], a bounds-checked view of one
 //! contiguous region that uses vm-memory's atomic accessors for aligned accesses (a plain move
 //! on the host) and its byte copies otherwise.
+//!
+//! # Dirty pages
+//! Every region carries vm-memory's `AtomicBitmap` (a bit per 4 KiB page), so everything
+//! that writes through vm-memory — devices, loaders, restores — marks the pages it wrote.
+//! [`RamView`]'s per-instruction stores do not (an atomic OR per guest store would cost the
+//! emulator dearly); the emulator marks a page when it caches the page for writing and on
+//! every uncached write instead ([`RamView::mark_dirty`]), and [`GuestRam::take_dirty`]'s
+//! caller must make it drop its cached write translations at the same moment.
 
 use std::fs::File;
 use std::sync::atomic::Ordering;
 
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap, VolatileSlice,
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, VolatileSlice,
 };
+
+/// Guest memory as every vireo crate sees it: vm-memory's mmap backend with a dirty bitmap.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+type GuestRegionMmap = vm_memory::GuestRegionMmap<AtomicBitmap>;
+
+/// Size of a page in the dirty bitmap.
+pub const DIRTY_PAGE: u64 = 4096;
+
+/// Pages written since the last [`GuestRam::take_dirty`], as guest-physical page numbers
+/// (address / 4096), in order.
+pub type DirtyPages = Vec<u64>;
 
 /// Errors from guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +103,7 @@ impl GuestRam {
             }
             let len = usize::try_from(size).map_err(|_| err("too large for this host".into()))?;
             let fd = file.try_clone().map_err(|e| err(e.to_string()))?;
-            let region = MmapRegion::build(
+            let region = MmapRegion::<AtomicBitmap>::build(
                 Some(FileOffset::new(fd, offset)),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
@@ -145,15 +164,61 @@ impl GuestRam {
     /// A fast view of the region holding `addr` (the emulator keeps one per run).
     pub fn view_at(&self, addr: u64) -> Option<RamView<'_>> {
         let region = self.mem.find_region(GuestAddress(addr))?;
-        let slice = region
+        let marked = region
             .get_slice(vm_memory::MemoryRegionAddress(0), region.len() as usize)
             .ok()?;
+        let ptr = marked.ptr_guard_mut().as_ptr();
+        // SAFETY: `ptr` and `marked.len()` are the whole of a mapped region of `self.mem`,
+        // which the view's lifetime borrows, so the memory stays mapped for as long as the
+        // slice exists; the slice differs from `marked` only in not marking the bitmap (the
+        // emulator marks pages itself, see the module doc).
+        let slice = unsafe { VolatileSlice::new(ptr, marked.len()) };
         Some(RamView {
             base: region.start_addr().0,
             len: region.len(),
             slice,
+            bitmap: MmapRegion::bitmap(region),
         })
     }
+
+    /// The pages written since the last call (or since the RAM was made), cleared. Pages
+    /// the emulator has cached for writing are not marked again until it caches them again:
+    /// call this only while nothing runs, and make the emulator drop its write
+    /// translations at the same time.
+    pub fn take_dirty(&self) -> DirtyPages {
+        take_dirty(&self.mem)
+    }
+
+    /// Forgets what was written so far (a restored machine: the pages its restore wrote
+    /// are the snapshot's, not the guest's).
+    pub fn clear_dirty(&self) {
+        for region in self.mem.iter() {
+            MmapRegion::bitmap(region).reset();
+        }
+    }
+}
+
+/// [`GuestRam::take_dirty`] of the RAM `mem` belongs to (a clone of its regions).
+pub fn take_dirty(mem: &GuestMemoryMmap) -> DirtyPages {
+    let mut pages = Vec::new();
+    for region in mem.iter() {
+        let first = region.start_addr().0 / DIRTY_PAGE;
+        let n = region.len().div_ceil(DIRTY_PAGE);
+        let bitmap = MmapRegion::bitmap(region);
+        // vm-memory keeps a bit per host page: 4 KiB here, larger on some hosts, where
+        // a bit stands for several of our pages.
+        let per_bit = (region.len() / (bitmap.len().max(1) as u64) / DIRTY_PAGE).max(1);
+        for (w, word) in bitmap.get_and_reset().into_iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let b = bits.trailing_zeros() as u64;
+                bits &= bits - 1;
+                let start = (w as u64 * 64 + b) * per_bit;
+                pages.extend((start..(start + per_bit).min(n)).map(|p| first + p));
+            }
+        }
+    }
+    pages
 }
 
 fn map_error(region: Option<(u64, u64, u64)>, message: String) -> MemoryError {
@@ -172,6 +237,7 @@ pub struct RamView<'a> {
     base: u64,
     len: u64,
     slice: VolatileSlice<'a, ()>,
+    bitmap: &'a AtomicBitmap,
 }
 
 macro_rules! access {
@@ -250,11 +316,45 @@ impl<'a> RamView<'a> {
             .is_some()
             && self.slice.write_slice(buf, off as usize).is_ok()
     }
+
+    /// Marks the bytes at region offset `off` as written (see the module doc: the view's
+    /// stores do not).
+    #[inline]
+    pub fn mark_dirty(&self, off: u64, len: u64) {
+        if off < self.len {
+            self.bitmap
+                .set_addr_range(off as usize, len.min(self.len - off) as usize);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_through_vm_memory_are_logged_and_view_stores_only_when_marked() {
+        let ram = GuestRam::new(&[(0x8000_0000, 0x10000), (0x9000_0000, 0x4000)]).unwrap();
+        assert!(ram.take_dirty().is_empty(), "a new RAM has nothing written");
+        // A device's write (vm-memory), across a page boundary and in the second region.
+        ram.write(0x8000_0ffc, &[1; 8]).unwrap();
+        ram.write(0x9000_3000, &[2]).unwrap();
+        // The emulator's stores are not logged until it marks them.
+        let v = ram.view_at(0x8000_0000).unwrap();
+        assert!(v.store_u64(0x5000, 7));
+        assert_eq!(
+            ram.take_dirty(),
+            [0x8000_0000 / 4096, 0x8000_1000 / 4096, 0x9000_3000 / 4096]
+        );
+        assert!(ram.take_dirty().is_empty(), "taking the log clears it");
+        v.mark_dirty(0x5000, 8);
+        v.mark_dirty(0xfff8, 64); // clipped at the region's end
+        v.mark_dirty(0x10000, 8); // past it: nothing
+        assert_eq!(ram.take_dirty(), [0x8000_5000 / 4096, 0x8000_f000 / 4096]);
+        ram.write(0x8000_2000, &[3]).unwrap();
+        ram.clear_dirty();
+        assert!(ram.take_dirty().is_empty());
+    }
 
     #[test]
     fn view_bounds_and_alignment() {

@@ -169,6 +169,12 @@ pub struct EmuControl {
     irq: Arc<IrqOutputs>,
     /// [`ClockMode::CatchUp`]: time spent paused passes for the guest.
     catch_up: AtomicBool,
+    /// The dirty log was taken while parked: the harts drop their write translations
+    /// before they run again, so each page they write is marked anew.
+    flush_writes: AtomicBool,
+    /// What the dirty log is relative to: an opaque name the VMM gives (the snapshot the
+    /// RAM was last saved as or restored from), or none when the log covers no known state.
+    dirty_base: Mutex<Option<String>>,
 }
 
 /// The run loop's parking spot: whether it is parked, and a capture of the harts asked of it
@@ -320,6 +326,34 @@ impl EmuStateHandle {
             all &= lock(t).pause(left);
         }
         all
+    }
+
+    /// The guest-physical pages (numbers, address / 4096) written since the last call, or
+    /// since the RAM was made or restored, cleared; with what the log was relative to (see
+    /// [`EmuStateHandle::set_dirty_base`]), which it no longer is. The run loop must be
+    /// parked and the devices paused: the harts drop their write translations before they
+    /// run again, so every page they write from now on is marked.
+    pub fn take_dirty(
+        &self,
+        mem: &vireo_machine::GuestMemoryMmap,
+    ) -> Result<(vireo_machine::DirtyPages, Option<String>), EmuError> {
+        if !self.control.lock_park().parked {
+            return Err(EmuError::Fault("the machine is not paused".into()));
+        }
+        self.control.flush_writes.store(true, Ordering::Release);
+        let base = lock(&self.control.dirty_base).take();
+        Ok((vireo_machine::memory::take_dirty(mem), base))
+    }
+
+    /// What the dirty log is relative to from now on (a snapshot's id once it is whole, the
+    /// snapshot a machine was restored from).
+    pub fn set_dirty_base(&self, base: Option<String>) {
+        *lock(&self.control.dirty_base) = base;
+    }
+
+    /// See [`EmuStateHandle::set_dirty_base`].
+    pub fn dirty_base(&self) -> Option<String> {
+        lock(&self.control.dirty_base).clone()
     }
 
     /// Lets the devices deliver again.
@@ -723,6 +757,8 @@ impl EmuVm {
                 exit: exit.clone(),
                 irq: irq.clone(),
                 catch_up: AtomicBool::new(false),
+                flush_writes: AtomicBool::new(false),
+                dirty_base: Mutex::new(None),
             }),
             saved: None,
             profile: std::env::var_os("VIREO_PROFILE").map(|_| Default::default()),
@@ -880,6 +916,11 @@ fn run_harts(
             });
             if !catch_up {
                 sys.clock.skip(parked);
+            }
+            if control.flush_writes.swap(false, Ordering::AcqRel) {
+                for h in harts.iter_mut() {
+                    h.forget_write_translations();
+                }
             }
             continue;
         }
@@ -1513,6 +1554,53 @@ mod tests {
 
     /// `addi x1, x1, 1; j .-4`: counts forever.
     const SPIN: [u32; 2] = [0x0010_8093, 0xffdf_f06f];
+
+    /// x2 = RAM_BASE + 1 MiB; then for ever: x1 += 1, sd x1, 0(x2).
+    const STORE_LOOP: [u32; 6] = [
+        0x0000_0117, // auipc x2, 0
+        0x0010_01b7, // lui x3, 0x100
+        0x0031_0133, // add x2, x2, x3
+        0x0010_8093, // addi x1, x1, 1
+        0x0011_3023, // sd x1, 0(x2)
+        0xff9f_f06f, // j -8
+    ];
+
+    #[test]
+    fn the_dirty_log_sees_stores_through_cached_translations_after_it_is_taken() {
+        let dir = tempdir::Dir::new();
+        let bytes: Vec<u8> = STORE_LOOP.iter().flat_map(|w| w.to_le_bytes()).collect();
+        std::fs::write(dir.0.join("spin.bin"), bytes).unwrap();
+        let vm = EmuVm::build(
+            &spin_cfg(&dir),
+            ConsoleOutput::new(),
+            Vec::new(),
+            Isa::max(),
+        )
+        .unwrap();
+        let mem = vm.guest_memory().memory().clone();
+        let (control, handle) = (vm.control(), vm.state_handle());
+        let t = std::thread::spawn(move || {
+            let mut vm = vm;
+            vm.run().unwrap()
+        });
+        let target = (RAM_BASE + 0x10_0000) / 4096;
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(control.pause(Duration::from_secs(5)));
+        let (first, _) = handle.take_dirty(&mem).unwrap();
+        assert!(first.contains(&target), "{first:?}");
+        assert!(
+            first.contains(&(RAM_BASE / 4096)),
+            "the loaded program: {first:?}"
+        );
+        // The loop's store now hits its cached translation: the log must see it again.
+        control.resume();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(control.pause(Duration::from_secs(5)));
+        let (again, _) = handle.take_dirty(&mem).unwrap();
+        assert_eq!(again, [target]);
+        control.stop(GuestExit::PowerOff);
+        assert_eq!(t.join().unwrap(), GuestExit::PowerOff);
+    }
 
     fn spinning_vm() -> (EmuVm, tempdir::Dir) {
         let dir = tempdir::Dir::new();

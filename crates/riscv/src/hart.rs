@@ -566,6 +566,12 @@ impl Hart {
         (self.satp >> 44) as u16
     }
 
+    /// Drops every cached write translation (the dirty log was taken: see
+    /// `vireo_machine::memory`).
+    pub(crate) fn forget_write_translations(&mut self) {
+        self.clear_tlb(1);
+    }
+
     fn clear_tlb(&mut self, which: usize) {
         match which {
             0 => self.tlb_r.fill(EMPTY),
@@ -676,6 +682,9 @@ impl Hart {
                 Access::Read => self.tlb_r[idx] = TlbEntry { tag, off, slot: 0 },
                 Access::Write => {
                     if !sys.code.is_code(pa) {
+                        // Stores through the cached entry are not marked one by one: the
+                        // page is marked now, and the entry dropped when the log is taken.
+                        sys.ram.mark_dirty(off, 4096);
                         self.tlb_w[idx] = TlbEntry { tag, off, slot: 0 };
                     }
                 }
@@ -785,6 +794,7 @@ impl Hart {
                 }
                 pte |= need;
                 sys.ram.store_u64(pte_off, pte);
+                sys.ram.mark_dirty(pte_off, 8);
                 if sys.code.is_code(pte_addr) {
                     sys.code.invalidate(pte_addr);
                 }
@@ -861,6 +871,7 @@ impl Hart {
 
     fn phys_write(&mut self, sys: &mut Sys, pa: u64, w: u64, v: u64) -> bool {
         if let Some(off) = sys.ram.offset(pa, w) {
+            sys.ram.mark_dirty(off, w);
             return match w {
                 1 => sys.ram.store_u8(off, v as u8),
                 2 => sys.ram.store_u16(off, v as u16),

@@ -18,8 +18,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use vireo_machine::GuestMemoryMmap;
 use vireo_machine::GuestRam;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::error::{Result, StateError};
 
@@ -140,6 +141,27 @@ pub(crate) fn layout_of(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
     let mut v: Vec<(u64, u64)> = mem.iter().map(|r| (r.start_addr().0, r.len())).collect();
     v.sort_unstable();
     v
+}
+
+/// The set of `mem`'s pages at guest-physical page numbers `pages` (address / 4096, as
+/// `vireo_machine::memory::take_dirty` gives them), numbered across the regions as a memory
+/// file numbers them; numbers outside `mem` are left out.
+pub fn page_set_of(mem: &GuestMemoryMmap, pages: &[u64]) -> PageSet {
+    let layout = layout_of(mem);
+    let total = layout.iter().map(|&(_, size)| size / PS).sum();
+    let mut set = PageSet::new(total);
+    for &p in pages {
+        let mut first = 0u64;
+        for &(base, size) in &layout {
+            let (lo, n) = (base / PS, size / PS);
+            if (lo..lo + n).contains(&p) {
+                set.insert(first + p - lo);
+                break;
+            }
+            first += n;
+        }
+    }
+    set
 }
 
 /// A set of page indexes (numbered across the regions, see the [module](self)), as a bitmap
@@ -591,6 +613,17 @@ mod tests {
             out.extend_from_slice(&b);
         }
         out
+    }
+
+    #[test]
+    fn guest_page_numbers_become_file_page_indexes() {
+        let ram = ram();
+        let lo = 0x8000_0000 / PS;
+        let hi = 0x1_0000_0000 / PS;
+        // 1024 pages in the first region, 256 in the second; the last number is in neither.
+        let set = page_set_of(ram.memory(), &[lo, lo + 1023, hi, hi + 255, hi + 256, 3]);
+        assert_eq!(set.total_pages(), 1280);
+        assert_eq!(set.iter().collect::<Vec<_>>(), [0, 1023, 1024, 1279]);
     }
 
     #[test]

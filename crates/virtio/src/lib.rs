@@ -15,10 +15,10 @@
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use vireo_machine::GuestMemoryMmap;
 use vireo_machine::IrqLine;
 use vireo_pci::MsixTable;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 pub mod block;
 pub mod console;

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use vireo_machine::bus::{le_value, set_le_value};
+use vireo_machine::GuestMemoryMmap;
 use vireo_machine::{BusDevice, IrqLine};
 use virtio_queue::QueueT;
-use vm_memory::GuestMemoryMmap;
 
 use crate::transport::{DeviceCore, Ring};
 pub use crate::transport::{

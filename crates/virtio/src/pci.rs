@@ -7,11 +7,11 @@
 use std::sync::Arc;
 
 use vireo_machine::bus::{le_value, set_le_value};
+use vireo_machine::GuestMemoryMmap;
 use vireo_machine::{IrqLine, MsiSink};
 use vireo_pci::config::{ConfigError, ConfigSpace, Identity};
 use vireo_pci::{msix, MsixTable, PciDevice};
 use virtio_queue::QueueT;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::transport::{DeviceCore, Ring};

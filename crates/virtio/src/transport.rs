@@ -3,8 +3,8 @@
 //! rings, notification and reset. virtio-mmio and virtio-pci only differ in how the guest's
 //! register accesses reach these.
 
+use vireo_machine::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use crate::state::{CoreState, QueueState, StateError};
 use crate::{Activation, Interrupt, VirtioDevice, F_VERSION_1};

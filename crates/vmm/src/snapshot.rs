@@ -81,6 +81,8 @@ pub struct Taken {
     pub memory_bytes: u64,
     /// Data bytes copied for the disks.
     pub disk_bytes: u64,
+    /// How a diff's pages were found: `dirty-log` or `contents`.
+    pub diff_by: Option<&'static str>,
     /// How long the VM was paused for it, and the whole call.
     pub paused_ms: f64,
     pub total_ms: f64,
@@ -119,17 +121,30 @@ pub fn take(
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)
         .map_err(|e| fail(format!("cannot create {}: {e}", partial.display())))?;
-    // The parent's memory, mapped before the pause: only the comparison with the guest's
-    // RAM must happen while it stands still.
+    // A diff takes the pages the dirty log names when the log runs from the parent (it was
+    // the last snapshot taken of this RAM, or the one it was restored from); otherwise it
+    // compares every page with the parent's memory, mapped before the pause so that only
+    // the comparison happens while the guest stands still.
+    let log_base = match vm {
+        VmControl::Emu { state, .. } => state.dirty_base(),
+        _ => None,
+    };
+    let verify = std::env::var_os(VERIFY_ENV).is_some();
     let parent = match parent {
         Some(p) => {
             let file = StateFile::read(p.join(STATE_FILE))
                 .map_err(|e| fail(format!("the parent snapshot: {e}")))?;
-            let chain = memory_chain(p, &file)?;
-            let memory = vireo_state::memory::restore_chain(&chain).map_err(fail)?;
+            let id = file.header().id.clone();
+            let by_log = log_base.as_ref() == Some(&id);
+            let memory = if by_log && !verify {
+                None
+            } else {
+                let chain = memory_chain(p, &file)?;
+                Some(vireo_state::memory::restore_chain(&chain).map_err(fail)?)
+            };
             Some(Parent {
                 dir: absolute(p),
-                id: file.header().id.clone(),
+                id,
                 memory,
             })
         }
@@ -161,17 +176,27 @@ pub fn take(
             dir.display()
         ))
     })?;
+    // Whole: the dirty log (taken while paused) now runs from this snapshot. After a
+    // failure it runs from nothing known, and the next diff compares contents.
+    if let VmControl::Emu { state, .. } = vm {
+        state.set_dirty_base(Some(taken.id.clone()));
+    }
     taken.paused_ms = paused_ms;
     taken.total_ms = t0.elapsed().as_secs_f64() * 1e3;
     Ok(taken)
 }
 
-/// The snapshot a diff is taken on, and the memory it restores to.
+/// The snapshot a diff is taken on, and the memory it restores to (when the diff compares
+/// contents).
 struct Parent {
     dir: PathBuf,
     id: String,
-    memory: GuestRam,
+    memory: Option<GuestRam>,
 }
+
+/// Set (to anything), a diff found by the dirty log is checked against a comparison of
+/// contents, and the snapshot fails if the log missed a page that changed (tests set it).
+pub const VERIFY_ENV: &str = "VIREO_SNAPSHOT_VERIFY_DIRTY";
 
 /// Everything of [`take`] that happens while the VM is paused.
 fn write_all(
@@ -189,6 +214,8 @@ fn write_all(
         ));
     };
     let emu = state.save().map_err(fail)?;
+    // From here the log runs from this snapshot (made so once it is whole, in `take`).
+    let (dirty, log_base) = state.take_dirty(mem).map_err(fail)?;
     let header = match parent {
         Some(p) => Header::diff(Accel::Emu, Arch::Riscv64, p.id.clone()),
         None => Header::new(Accel::Emu, Arch::Riscv64),
@@ -208,12 +235,29 @@ fn write_all(
         file.put(section_vmgenid(), 1, id).map_err(fail)?;
     }
 
-    // Memory: every non-zero page, or the pages that differ from what the parent restores
-    // to (this host's kernel may not track soft-dirty pages, and device threads write guest
-    // memory behind the harts' backs: comparing contents covers every writer).
+    // Memory: every non-zero page; or for a diff, the pages the dirty log names (every
+    // writer marks it: vm-memory for devices, the harts for their stores), or, when the log
+    // does not run from the parent, the pages that differ from what the parent restores to.
     let path = partial.join(MEMORY_FILE);
+    let by_log = parent.is_some_and(|p| log_base.as_ref() == Some(&p.id));
     let map = match parent {
-        Some(p) => vireo_state::memory::write_memory_changed(&path, mem, p.memory.memory()),
+        Some(p) if by_log => {
+            let set = vireo_state::memory::page_set_of(mem, &dirty);
+            if let Some(base) = &p.memory {
+                verify_log(partial, mem, base, &set)?;
+            }
+            vireo_state::memory::write_memory(&path, mem, Some(&set))
+        }
+        Some(p) => {
+            let base = p.memory.as_ref().ok_or_else(|| {
+                fail("the dirty log changed base while the snapshot was being prepared")
+            })?;
+            tracing::info!(
+                "diff snapshot by comparing contents: the dirty log does not run from {}",
+                p.id
+            );
+            vireo_state::memory::write_memory_changed(&path, mem, base.memory())
+        }
         None => vireo_state::memory::write_memory(&path, mem, None),
     }
     .map_err(fail)?;
@@ -271,9 +315,39 @@ fn write_all(
         memory_pages,
         memory_bytes,
         disk_bytes,
+        diff_by: parent.map(|_| if by_log { "dirty-log" } else { "contents" }),
         paused_ms: 0.0,
         total_ms: 0.0,
     })
+}
+
+/// [`VERIFY_ENV`]: every page that differs from the parent's memory must be in `logged`.
+fn verify_log(
+    partial: &Path,
+    mem: &vireo_machine::GuestMemoryMmap,
+    base: &GuestRam,
+    logged: &vireo_state::memory::PageSet,
+) -> Result<(), Error> {
+    let scratch = partial.join("verify.bin");
+    let changed = vireo_state::memory::write_memory_changed(&scratch, mem, base.memory())
+        .map_err(fail)?
+        .diff
+        .unwrap_or_else(|| vireo_state::memory::PageSet::new(0));
+    let _ = std::fs::remove_file(&scratch);
+    let missed: Vec<u64> = changed.iter().filter(|&p| !logged.contains(p)).collect();
+    if !missed.is_empty() {
+        return Err(fail(format!(
+            "the dirty log missed {} changed pages (page indexes {:?}...)",
+            missed.len(),
+            &missed[..missed.len().min(8)]
+        )));
+    }
+    tracing::info!(
+        "dirty log verified: {} pages logged, {} changed",
+        logged.len(),
+        changed.len()
+    );
+    Ok(())
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -319,6 +393,8 @@ fn count_data_pages(path: &Path) -> u64 {
 
 /// A snapshot read and checked, ready to restore.
 pub struct Loaded {
+    /// The snapshot's id: the restored RAM's dirty log runs from it.
+    pub id: String,
     pub state: EmuState,
     pub ram: GuestRam,
     /// How long reading, checking and mapping took.
@@ -404,7 +480,10 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
     }
     let chain = memory_chain(dir, &file)?;
     let ram = vireo_state::memory::restore_chain(&chain).map_err(fail)?;
+    // What the restore wrote (a diff's pages) is the snapshot's, not the guest's.
+    ram.clear_dirty();
     Ok(Loaded {
+        id: file.header().id.clone(),
         state: EmuState {
             machine,
             harts,

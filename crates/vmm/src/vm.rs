@@ -73,6 +73,8 @@ impl Vm {
             clock,
         )
         .map_err(fail)?;
+        // A diff of this snapshot can take the pages the log names.
+        vm.state_handle().set_dirty_base(Some(loaded.id));
         Ok(Vm::Emu(vm))
     }
 
@@ -170,7 +172,7 @@ pub enum VmControl {
         stats: Arc<Mutex<vireo_riscv::EmuStats>>,
         state: vireo_riscv::EmuStateHandle,
         /// Guest RAM (the same mapping the harts use), for snapshots.
-        mem: vm_memory::GuestMemoryMmap,
+        mem: vireo_machine::GuestMemoryMmap,
     },
     Kvm(vireo_kvm::VmController),
 }

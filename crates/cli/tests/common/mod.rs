@@ -299,10 +299,12 @@ pub struct Vmm {
 }
 
 impl Vmm {
-    /// Starts `vireo vmm --name t --dir DIR EXTRA...`.
+    /// Starts `vireo vmm --name t --dir DIR EXTRA...`. Its diff snapshots check their dirty
+    /// log against a comparison of contents (`VIREO_SNAPSHOT_VERIFY_DIRTY`).
     pub fn spawn(dir: &std::path::Path, extra: &[&str]) -> Vmm {
         let log = std::fs::File::create(dir.join("vmm.log")).unwrap();
         let child = vireo()
+            .env("VIREO_SNAPSHOT_VERIFY_DIRTY", "1")
             .args(["vmm", "--name", "t", "--dir"])
             .arg(dir)
             .args(extra)

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use vireo_machine::GuestMemoryMmap;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
     VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR,
@@ -14,7 +15,8 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{is_unsupported, BlockError, DiskBackend, DiskFile, FileId};
@@ -590,7 +592,11 @@ impl Requests<'_> {
         (end <= self.capacity << SECTOR_SHIFT).then_some(offset)
     }
 
-    fn read(&mut self, sector: u64, writer: &mut Writer<'_>) -> Result<u32, (Failure, u32)> {
+    fn read<B: BitmapSlice>(
+        &mut self,
+        sector: u64,
+        writer: &mut Writer<'_, B>,
+    ) -> Result<u32, (Failure, u32)> {
         let len = writer.available_bytes();
         let Some(offset) = self.range(sector, len as u64) else {
             return Err((Failure::IoErr, 0));
@@ -609,7 +615,11 @@ impl Requests<'_> {
         Ok(writer.bytes_written() as u32)
     }
 
-    fn write(&mut self, sector: u64, reader: &mut Reader<'_>) -> Result<(), (Failure, u32)> {
+    fn write<B: BitmapSlice>(
+        &mut self,
+        sector: u64,
+        reader: &mut Reader<'_, B>,
+    ) -> Result<(), (Failure, u32)> {
         let ioerr = Err((Failure::IoErr, 0));
         // §5.2.6.2: a write on a read-only device fails with IOERR and writes nothing.
         if self.readonly {
@@ -650,7 +660,7 @@ impl Requests<'_> {
         self.disk.sync_data().map_err(|_| (Failure::IoErr, 0))
     }
 
-    fn get_id(&self, writer: &mut Writer<'_>) -> Result<u32, (Failure, u32)> {
+    fn get_id<B: BitmapSlice>(&self, writer: &mut Writer<'_, B>) -> Result<u32, (Failure, u32)> {
         let n = writer.available_bytes().min(ID_BYTES);
         writer
             .write_all(&self.id[..n])
@@ -658,9 +668,9 @@ impl Requests<'_> {
         Ok(n as u32)
     }
 
-    fn discard_or_zero(
+    fn discard_or_zero<B: BitmapSlice>(
         &mut self,
-        reader: &mut Reader<'_>,
+        reader: &mut Reader<'_, B>,
         zero: bool,
     ) -> Result<(), (Failure, u32)> {
         let ioerr = Err((Failure::IoErr, 0));

@@ -4,8 +4,8 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
+use vireo_machine::GuestMemoryMmap;
 use virtio_queue::{Queue, Reader};
-use vm_memory::GuestMemoryMmap;
 
 use super::backend::{lock, ConsoleInput, ReceiveQueue, SharedReceive};
 use super::{CONFIG_LEN, MAX_TRANSMIT_PER_CHAIN, QUEUE_SIZE, RECEIVEQ, TRANSMITQ};

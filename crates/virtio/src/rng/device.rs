@@ -3,8 +3,8 @@
 
 use std::io::Write;
 
+use vireo_machine::GuestMemoryMmap;
 use virtio_queue::{Queue, Writer};
-use vm_memory::GuestMemoryMmap;
 
 use super::{backend, MAX_BYTES_PER_REQUEST, QUEUE_SIZE};
 use crate::{types, ActivateError, Activation, Interrupt, VirtioDevice, F_VERSION_1};
@@ -52,7 +52,10 @@ impl Rng {
 }
 
 /// Fills up to [`MAX_BYTES_PER_REQUEST`] of the writer; returns the bytes written.
-fn fill(writer: &mut Writer<'_>, chunk: &mut [u8; CHUNK]) -> u32 {
+fn fill<B: vm_memory::bitmap::BitmapSlice>(
+    writer: &mut Writer<'_, B>,
+    chunk: &mut [u8; CHUNK],
+) -> u32 {
     let want = writer.available_bytes().min(MAX_BYTES_PER_REQUEST);
     let mut done = 0;
     while done < want {

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
+use vireo_machine::GuestMemoryMmap;
 use vireo_machine::NoIrq;
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::test_util::{add_chain, used};

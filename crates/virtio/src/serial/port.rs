@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use vireo_machine::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
-use vm_memory::GuestMemoryMmap;
 
 use super::{
     event, port_queues, CONTROL_PENDING_MAX, CONTROL_RX, MAX_TRANSMIT_PER_CHAIN, PORT_INPUT_MAX,

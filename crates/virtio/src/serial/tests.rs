@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use vireo_machine::GuestMemoryMmap;
 use vireo_machine::NoIrq;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::port::ReadOutcome;
 use super::*;
