@@ -14,8 +14,8 @@
 #   marker ESC ] v i r e o ; r u n BEL, and reports that shell's exit status.
 # - vireo.ctl carries lines from the host: `poweroff` (sync and power off now), and in an
 #   interactive guest `exec SCRIPT` (run a command on the three streams ports, for
-#   `vireo exec`; SCRIPT is octal-escaped) and `signal N` (to that command); `generation`
-#   after a restore or clone (bind the NICs again: see renew_net). /init writes
+#   `vireo exec`; SCRIPT is octal-escaped) and `signal N` (to that command); `generation
+#   [nics]` after a restore or clone (see renew_net). /init writes
 #   `started` on it just before it runs the command, `exited STATUS` after an exec, and
 #   `ip ADDR` once it knows its IPv4 address.
 # - poweroff, halt and reboot are vireo's own (below): they sync, then power off or reset the
@@ -155,15 +155,15 @@ ctl_loop() {
 			pid=$(cat /run/vireo-exec.pid 2>/dev/null)
 			[ -n "$pid" ] && kill -"$arg" -"$pid" 2>/dev/null
 			;;
-		generation) renew_net & ;;
+		generation) if [ "$arg" = nics ]; then renew_net & else tell_ip; fi ;;
 		esac
 	done
 }
 
-# The host's `generation` on vireo.ctl: this machine was restored from a snapshot or cloned.
-# Its network is new: a clone's NICs have new MAC addresses, which virtio-net reads only when
-# it binds, and the host side is a fresh backend. Bind every NIC again, ask for an address,
-# and tell the host (a restored VMM has not heard the first `ip`).
+# The host's `generation [nics]` on vireo.ctl: this machine with NICs was restored from a
+# snapshot or cloned, and its VMM has not heard the first `ip`. With `nics` (a clone) its NICs
+# have new MAC addresses, which virtio-net reads only when it binds: bind every NIC again and
+# ask for an address first.
 renew_net() {
 	d=/sys/bus/virtio/drivers/virtio_net
 	for dev in "$d"/virtio*; do

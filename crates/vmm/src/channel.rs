@@ -6,7 +6,7 @@
 //! | `vireo.stdin` | host → guest | the command's stdin; its end closes the port |
 //! | `vireo.stdout` | guest → host | the command's stdout |
 //! | `vireo.stderr` | guest → host | the command's stderr |
-//! | `vireo.ctl` | both | host: `winsize ROWS COLS`, `poweroff`, `exec SCRIPT`, `signal N`, `generation` (after a restore: bind the NICs again); guest: `started` before the command runs, `ip ADDR`, `exited STATUS` |
+//! | `vireo.ctl` | both | host: `winsize ROWS COLS`, `poweroff`, `exec SCRIPT`, `signal N`, `generation [nics]` (after a restore of a VM with NICs: report the address, with `nics` bind them again first); guest: `started` before the command runs, `ip ADDR`, `exited STATUS` |
 
 use vireo_virtio::serial::{Serial, SerialPort};
 

@@ -396,6 +396,15 @@ fn disk_config(entry: &Entry, index: usize, queues: u16) -> Result<DiskConfig, E
     Ok(cfg)
 }
 
+/// The MAC addresses of the definition's NICs, in order.
+pub fn nic_macs(spec: &VmSpec) -> Result<Vec<[u8; 6]>, Error> {
+    spec.net_entries()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| net_config(e, i).map(|n| n.mac))
+        .collect()
+}
+
 /// `user[,hostfwd=tcp|udp:[ADDR]:H-:G]...` or `tap=NAME`
 fn net_config(entry: &Entry, index: usize) -> Result<NetConfig, Error> {
     use vireo_virtio::net::HostFwd;

@@ -504,6 +504,7 @@ impl Server {
         let handles = devices.handles.clone();
         let restored = lock(&self.restore).take();
         let from_snapshot = restored.is_some();
+        let saved_macs = restored.as_ref().map(|l| l.macs.clone());
         let vm = match restored {
             Some(loaded) => {
                 let t0 = Instant::now();
@@ -548,12 +549,18 @@ impl Server {
         if self.shared.stopping.load(Ordering::Acquire) {
             vm.control().stop(GuestExit::PowerOff);
         }
-        if from_snapshot {
-            if let Some(ch) = &channel {
-                // vireo's /init (or the image's agent) binds the NICs again, so a clone takes
-                // the MAC address its definition gives, and reports its address anew. Queued
-                // until the guest reads it; a guest restored paused reads it on resume.
-                ch.ctl.write(b"generation\n");
+        if let (Some(saved), Some(ch)) = (&saved_macs, &channel) {
+            // A guest with NICs is on a new network: its /init (or the image's agent) reports
+            // its address to this VMM, and when the MAC addresses changed (a clone) it binds
+            // the NICs again first, so the guest takes the ones its definition gives. Queued
+            // until the guest reads it; a guest restored paused reads it on resume.
+            let macs = crate::devices::nic_macs(&self.spec)?;
+            if !macs.is_empty() {
+                ch.ctl.write(if &macs != saved {
+                    b"generation nics\n".as_slice()
+                } else {
+                    b"generation\n".as_slice()
+                });
             }
         }
         let reader = channel.map(|ch| CtlReader::start(ch, self.shared.clone(), self.out.clone()));

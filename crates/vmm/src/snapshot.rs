@@ -25,11 +25,14 @@
 //! or absent. With the guest's clock in the default mode, the time the snapshot took does not
 //! pass for the guest.
 //!
-//! A **diff** snapshot names a parent: its memory file holds only the pages that differ from
-//! what the parent restores to (found by comparing contents while the guest is paused, which
-//! covers every writer — harts and device threads alike; the parent's memory is mapped
-//! before the pause), and restoring it maps the chain's full memory file and applies each
-//! diff in order.
+//! A **diff** snapshot names a parent: its memory file holds only the pages written since
+//! the parent, and restoring it maps the chain's full memory file and applies each diff in
+//! order. The pages come from the dirty log (see `vireo_machine::memory`: devices and harts
+//! mark it) when the log runs from the parent — it is taken, and so restarted, at every
+//! snapshot, and starts at a restore — and otherwise from comparing every page with what the
+//! parent restores to (mapped before the pause; that covers every writer too, but reads all
+//! of RAM while the guest stands still). [`VERIFY_ENV`] makes a log-found diff check itself
+//! against the comparison.
 //!
 //! # Restoring
 //! [`load`] reads and checks everything before anything runs: the state file (format, accelerator,
@@ -395,6 +398,9 @@ fn count_data_pages(path: &Path) -> u64 {
 pub struct Loaded {
     /// The snapshot's id: the restored RAM's dirty log runs from it.
     pub id: String,
+    /// The MAC addresses the guest's NICs had (from the saved definition; empty when it
+    /// cannot be read): a restore with others must make the guest bind its NICs again.
+    pub macs: Vec<[u8; 6]>,
     pub state: EmuState,
     pub ram: GuestRam,
     /// How long reading, checking and mapping took.
@@ -482,8 +488,16 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
     let ram = vireo_state::memory::restore_chain(&chain).map_err(fail)?;
     // What the restore wrote (a diff's pages) is the snapshot's, not the guest's.
     ram.clear_dirty();
+    let macs = file
+        .get::<String>(&SectionId::Spec)
+        .ok()
+        .flatten()
+        .and_then(|(_, json)| serde_json::from_str::<VmSpec>(&json).ok())
+        .and_then(|saved| crate::devices::nic_macs(&saved).ok())
+        .unwrap_or_default();
     Ok(Loaded {
         id: file.header().id.clone(),
+        macs,
         state: EmuState {
             machine,
             harts,

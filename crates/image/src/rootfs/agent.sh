@@ -16,7 +16,8 @@
 #   agent answers `exited STATUS` (exec-run keeps a signal's 128+N, which systemd would call a
 #   success).
 # - It writes `ip ADDR` on vireo.ctl when eth0 has an IPv4 address.
-# - `generation` from the host (after a restore or clone) binds the NICs again (see renew_net).
+# - `generation [nics]` from the host after a restore: report the address; with `nics` (a
+#   clone) bind the NICs again first (see renew_net).
 # The console's getty logs root in for an interactive guest (/usr/lib/vireo/session).
 
 EXIT=/usr/lib/vireo/exit
@@ -61,12 +62,12 @@ ctl_loop() {
 		poweroff) "$EXIT" 0 ;;
 		exec) run_exec "$arg" & ;;
 		signal) systemctl kill --signal="$arg" vireo-exec.service 2>/dev/null ;;
-		generation) renew_net & ;;
+		generation) if [ "$arg" = nics ]; then renew_net & else tell_ip; fi ;;
 		esac
 	done
 }
 
-# As in init.sh: after a restore or clone (`generation`), bind the NICs again so they read
+# As in init.sh: after a clone (`generation nics`), bind the NICs again so they read
 # their (possibly new) MAC addresses; whatever configures the network sees new links (this
 # image configures none yet). Then tell the host the address, once there is one (at most 30 s).
 renew_net() {
