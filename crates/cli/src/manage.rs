@@ -130,7 +130,8 @@ pub enum ManageCmd {
         force: bool,
     },
     /// Make VMs PREFIX-1 .. PREFIX-N restored from a snapshot, or from a new full snapshot of
-    /// a running VM, each with new MAC addresses, vsock CID and its own disk overlays.
+    /// a running VM, each with new MAC addresses, vsock CID and its own disk overlays (and
+    /// none of the origin's hostfwd host ports or console_log file).
     Clone {
         /// A snapshot, or a running or paused VM.
         source: String,

@@ -347,9 +347,18 @@ fn a_damaged_or_foreign_snapshot_is_refused_with_the_reason() {
     let copy = |name: &str| -> PathBuf {
         let d = s.path(name);
         std::fs::create_dir_all(&d).unwrap();
+        // As `cp -a` copies: with modification times (a disk's fingerprint includes its).
         for f in std::fs::read_dir(&snap).unwrap() {
             let f = f.unwrap();
-            std::fs::copy(f.path(), d.join(f.file_name())).unwrap();
+            let to = d.join(f.file_name());
+            std::fs::copy(f.path(), &to).unwrap();
+            let mtime = f.metadata().unwrap().modified().unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&to)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
         }
         d
     };

@@ -91,7 +91,9 @@ pub struct Identity {
 /// every disk the snapshot copied becomes an `overlay` entry on the copy (its other options
 /// kept), the image's root disk (`disk-root.*`) the `root_disk` key, read-only disks stay.
 /// `vm_dir` is the new VM's directory: a VM that is not the snapshot's own gets its vsock
-/// socket there.
+/// socket there, and leaves the host resources that are one VM's to the VM they belong to:
+/// its NICs lose their `hostfwd=` forwards (a host port is bound by one VM; a clone adds its
+/// own), and `console_log` goes (the VM's console.log in its run directory stays).
 pub fn restore_spec(
     dir: &Path,
     mut spec: VmSpec,
@@ -116,6 +118,19 @@ pub fn restore_spec(
     }
     if let Some(copy) = vireo_state::dir::disk_copy(dir, "root") {
         spec.root_disk = Some(format!("{},overlay", copy.display()));
+    }
+    if !own_vm {
+        for n in spec.net.iter_mut() {
+            let kept: Vec<&str> = n
+                .split(',')
+                .filter(|p| !p.starts_with("hostfwd="))
+                .collect();
+            if kept.len() != n.split(',').count() {
+                tracing::info!("{n}: the host forwards stay with the snapshot's VM");
+                *n = kept.join(",");
+            }
+        }
+        spec.console_log = None;
     }
     if let Some(id) = identity {
         for (n, mac) in spec.net.iter_mut().zip(&id.macs) {
@@ -809,12 +824,10 @@ mod tests {
         let mut spec = run_spec();
         spec.net[1] = "tap=t0,mac=52:54:00:00:00:01".into();
         let out = restore_spec(&snap, spec, false, Path::new("/state/vms/c-1"), Some(&id));
+        // A clone binds none of its origin's host ports.
         assert_eq!(
             out.net,
-            [
-                "user,hostfwd=tcp:127.0.0.1:8080-:80,mac=02:01:02:03:04:05",
-                "tap=t0,mac=06:aa:00:00:00:01"
-            ]
+            ["user,mac=02:01:02:03:04:05", "tap=t0,mac=06:aa:00:00:00:01"]
         );
         assert_eq!(
             out.vsock.as_deref(),

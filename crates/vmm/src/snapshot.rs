@@ -41,7 +41,8 @@
 //! copy-on-write (`MAP_PRIVATE`) from the memory file, so N VMs restored from one snapshot
 //! share every page none of them wrote, and the file is never written.
 //!
-//! A snapshot directory can be moved or copied: its own disk copies are looked for in the
+//! A snapshot directory can be moved, or copied with its files' modification times (`cp -a`:
+//! a disk's fingerprint includes its mtime): its own disk copies are looked for in the
 //! directory being restored, and a diff whose parent is not where it was taken finds it
 //! beside itself under the same name (a chain moved together). Read-only disks and the bases
 //! of copied overlays stay where they were (their fingerprints say whether they changed).
@@ -459,7 +460,7 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
         .require::<Vec<DiskRef>>(&SectionId::Disks)
         .map_err(fail)?;
     // The snapshot's own disk copies are wherever the snapshot is now: a directory may be
-    // moved or copied whole (the path recorded is where it was taken).
+    // moved or copied whole, times kept (the path recorded is where it was taken).
     for r in refs.iter_mut() {
         let name = vireo_state::dir::disk_copy_name(&r.id, &r.format);
         if !r.read_only && Path::new(&r.path).file_name() == Some(name.as_ref()) {
