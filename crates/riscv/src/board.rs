@@ -1567,16 +1567,7 @@ mod tests {
 
     #[test]
     fn the_dirty_log_sees_stores_through_cached_translations_after_it_is_taken() {
-        let dir = tempdir::Dir::new();
-        let bytes: Vec<u8> = STORE_LOOP.iter().flat_map(|w| w.to_le_bytes()).collect();
-        std::fs::write(dir.0.join("spin.bin"), bytes).unwrap();
-        let vm = EmuVm::build(
-            &spin_cfg(&dir),
-            ConsoleOutput::new(),
-            Vec::new(),
-            Isa::max(),
-        )
-        .unwrap();
+        let (vm, _dir) = vm_running(&STORE_LOOP);
         let mem = vm.guest_memory().memory().clone();
         let (control, handle) = (vm.control(), vm.state_handle());
         let t = std::thread::spawn(move || {
@@ -1603,9 +1594,14 @@ mod tests {
     }
 
     fn spinning_vm() -> (EmuVm, tempdir::Dir) {
+        vm_running(&SPIN)
+    }
+
+    /// A machine whose firmware (M-mode, from RAM_BASE) is `program`.
+    fn vm_running(program: &[u32]) -> (EmuVm, tempdir::Dir) {
         let dir = tempdir::Dir::new();
         let prog = dir.0.join("spin.bin");
-        let bytes: Vec<u8> = SPIN.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let bytes: Vec<u8> = program.iter().flat_map(|w| w.to_le_bytes()).collect();
         std::fs::write(&prog, bytes).unwrap();
         let vm = EmuVm::build(
             &spin_cfg(&dir),
