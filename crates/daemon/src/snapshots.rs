@@ -120,15 +120,13 @@ pub fn restore_spec(
         spec.root_disk = Some(format!("{},overlay", copy.display()));
     }
     if !own_vm {
-        for n in spec.net.iter_mut() {
-            let kept: Vec<&str> = n
+        for n in spec.net.iter_mut().filter(|n| n.contains("hostfwd=")) {
+            tracing::info!("{n}: the host forwards stay with the snapshot's VM");
+            *n = n
                 .split(',')
                 .filter(|p| !p.starts_with("hostfwd="))
-                .collect();
-            if kept.len() != n.split(',').count() {
-                tracing::info!("{n}: the host forwards stay with the snapshot's VM");
-                *n = kept.join(",");
-            }
+                .collect::<Vec<_>>()
+                .join(",");
         }
         spec.console_log = None;
     }

@@ -871,6 +871,10 @@ impl Hart {
 
     fn phys_write(&mut self, sys: &mut Sys, pa: u64, w: u64, v: u64) -> bool {
         if let Some(off) = sys.ram.offset(pa, w) {
+            // Writes that no cached translation covers (code pages, pages PMP splits) are
+            // marked one by one; the first write of a miss is marked twice, here and when
+            // its translation was cached (which a translation checked for a store but not
+            // followed by one, as cbo.clean's, needs).
             sys.ram.mark_dirty(off, w);
             return match w {
                 1 => sys.ram.store_u8(off, v as u8),
