@@ -496,6 +496,31 @@ fn clones_get_their_own_identity(image: &str, ready: &str, boot: Duration, dhcp:
     let root = snap.join("disk-root.qcow2");
     let root = root.exists().then_some(root.as_path());
 
+    // Restored with its own MAC address, the guest keeps its NIC as it was and reports its
+    // address to the new VMM.
+    if dhcp {
+        let mut same = spawn(
+            &s.path("same"),
+            &spec(origin_mac, root),
+            &["--restore", snap.to_str().unwrap()],
+        );
+        same.wait_socket(Duration::from_secs(60));
+        let t0 = Instant::now();
+        while req(&same, json!({"op": "state"}))["ip"].is_null() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the restored VM reports no IP"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut con = console(&same);
+        assert_eq!(
+            guest_mac(&mut con, origin_mac, true),
+            (origin_mac.to_string(), true)
+        );
+        assert_eq!(req(&same, json!({"op": "kill"}))["ok"], true);
+    }
+
     // Started together from the same memory, each clone must still draw its own numbers
     // (without the new generation all three printed the same UUID) and take the MAC address
     // its definition gives.
