@@ -16,7 +16,8 @@
 # Usage: scripts/api-check.sh [EXAMPLES_PER_ROUTE]   (default 30)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v st >/dev/null || { echo "api-check: schemathesis (st) is missing: run scripts/setup.sh" >&2; exit 1; }
+. scripts/tools.sh
+[ -x "$SCHEMATHESIS" ] || { echo "api-check: schemathesis is missing at $SCHEMATHESIS: run scripts/setup.sh" >&2; exit 1; }
 cargo build -q -p vireo-daemon --bin fake-vireo
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -58,7 +59,7 @@ done
 # (crates/daemon/tests/api.rs) cover both.
 # From the scratch directory: schemathesis keeps a cache where it runs.
 cd "$dir"
-st run "http://127.0.0.1:$port/openapi.json" \
+"$SCHEMATHESIS" run "http://127.0.0.1:$port/openapi.json" \
   --exclude-path /events --exclude-path '/vms/{name}/logs' \
   -H "Authorization: Bearer $(cat "$dir/token")" \
   --phases examples,coverage,fuzzing \

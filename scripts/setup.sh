@@ -11,10 +11,11 @@ SUDO=""
 # dpkg-deb/apt for image pulls, cpio to cross-check our archives, QEMU as the bench yardstick,
 # passt for user-mode networking, e2fsprogs to make test disks, acpica-tools (iasl) to check the
 # ACPI tables vireo generates, and mmdebstrap with qemu-user-static (binfmt-support registers it)
-# to build the systemd image's Debian tree, whose riscv64 maintainer scripts run under qemu-user.
+# to build the systemd image's Debian tree, whose riscv64 maintainer scripts run under qemu-user;
+# python3-venv for the virtualenv schemathesis is installed in.
 PKGS=(build-essential cmake make pkg-config cpio apt dpkg gcc-riscv64-linux-gnu e2fsprogs passt
       binutils-riscv64-linux-gnu qemu-system-misc qemu-utils ca-certificates acpica-tools
-      mmdebstrap qemu-user-static binfmt-support)
+      mmdebstrap qemu-user-static binfmt-support python3-venv)
 # Twice: resolving a conflict (see below) can remove a package of the list, which the second
 # round puts back.
 for round in 1 2; do
@@ -49,8 +50,11 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 # schemathesis tests the daemon's API against its OpenAPI document (scripts/api-check.sh).
-if ! command -v st >/dev/null 2>&1; then
-  python3 -m pip install -q --user schemathesis || python3 -m pip install -q schemathesis
+. scripts/tools.sh
+if ! "$SCHEMATHESIS" --version >/dev/null 2>&1; then
+  python3 -m venv "$VIREO_DEV_TOOLS/venv"
+  "$VIREO_DEV_TOOLS/venv/bin/python" -m pip install -q schemathesis
+  "$SCHEMATHESIS" --version >/dev/null || { echo "setup: schemathesis did not install into $VIREO_DEV_TOOLS/venv" >&2; exit 1; }
 fi
 
 cargo build --release -p vireo
