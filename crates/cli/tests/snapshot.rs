@@ -124,20 +124,26 @@ fn ticks(text: &str) -> Vec<u64> {
         .collect()
 }
 
-fn spec(disk: &Path) -> Value {
-    json!({"image": IMAGE, "memory": "256M", "disk": [format!("{},format=raw", disk.display())]})
+/// `transport`: the definition's `virtio_transport` ("auto" is virtio-mmio on emu).
+fn spec(disk: &Path, transport: &str) -> Value {
+    json!({"image": IMAGE, "memory": "256M", "virtio_transport": transport,
+           "disk": [format!("{},format=raw", disk.display())]})
 }
 
 /// Boots a guest with a 16 MiB raw disk, starts a counter printing `tick-N` on the console,
 /// writes BEFORE at the disk's start, takes snapshot `snap`, then writes AFTER at 4 KiB.
 /// Returns the VMM (still running), the last tick seen before the snapshot, and its console.
-fn boot_count_and_snapshot(s: &Scratch, snap: &Path) -> (Vmm, u64, Console, Value) {
+fn boot_count_and_snapshot(
+    s: &Scratch,
+    snap: &Path,
+    transport: &str,
+) -> (Vmm, u64, Console, Value) {
     let disk = s.path("data.raw");
     std::fs::File::create(&disk)
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
-    let mut vmm = spawn(&s.path("run1"), &spec(&disk), &[]);
+    let mut vmm = spawn(&s.path("run1"), &spec(&disk, transport), &[]);
     vmm.wait_socket(Duration::from_secs(60));
     let t0 = Instant::now();
     while req(&vmm, json!({"op": "state"}))["guest_ready"] != true {
@@ -175,10 +181,28 @@ fn boot_count_and_snapshot(s: &Scratch, snap: &Path) -> (Vmm, u64, Console, Valu
     (vmm, last, con, r)
 }
 
+/// Starts a VMM in `dir` restoring `snap` with `spec`, which must fail (exit 125, an error
+/// record); returns the error's message.
+fn vmm_restore_fails(dir: &Path, spec: &Value, snap: &Path) -> String {
+    vmm_restore_fails_with(dir, spec, snap, &[])
+}
+
+fn vmm_restore_fails_with(dir: &Path, spec: &Value, snap: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["--restore", snap.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let mut v = spawn(dir, spec, &args);
+    let code = v.wait(Duration::from_secs(60));
+    assert_eq!(code, 125, "{}", v.log());
+    let rec: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("exit.json")).unwrap()).unwrap();
+    assert_eq!(rec["reason"], "error");
+    rec["message"].as_str().unwrap().to_string()
+}
+
 /// A run directory for a VMM restoring `snap`: the snapshot's definition with its disk on a
 /// fresh overlay over the snapshot's copy (what the daemon does), so the snapshot stays as
 /// it was.
-fn restore_spec(s: &Scratch, snap: &Path, tag: &str) -> Value {
+fn restore_spec(s: &Scratch, snap: &Path, tag: &str, transport: &str) -> Value {
     // raw for a VM that ran on the raw disk, qcow2 for one that ran on an overlay.
     let copy = ["raw", "qcow2"]
         .iter()
@@ -197,15 +221,27 @@ fn restore_spec(s: &Scratch, snap: &Path, tag: &str) -> Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    json!({"image": IMAGE, "memory": "256M", "disk": [format!("{},format=qcow2", overlay.display())]})
+    json!({"image": IMAGE, "memory": "256M", "virtio_transport": transport,
+           "disk": [format!("{},format=qcow2", overlay.display())]})
 }
 
 #[test]
 fn a_restored_guest_counts_on_with_its_disk_as_it_was() {
+    restored_guest_counts_on("auto");
+}
+
+/// The same over virtio-pci: the functions' configuration spaces (BARs where the kernel put
+/// them, memory decoding on) and transports come back, and the restored disk answers.
+#[test]
+fn a_restored_guest_on_virtio_pci_counts_on_with_its_disk_as_it_was() {
+    restored_guest_counts_on("pci");
+}
+
+fn restored_guest_counts_on(transport: &str) {
     require_image();
-    let s = Scratch::new("restore");
+    let s = Scratch::new(&format!("restore-{transport}"));
     let snap = s.path("snap1");
-    let (mut vmm, last, _con, taken) = boot_count_and_snapshot(&s, &snap);
+    let (mut vmm, last, _con, taken) = boot_count_and_snapshot(&s, &snap, transport);
     assert_eq!(taken["snapshot"]["kind"], "full", "{taken}");
     // Sparse: a 256 MiB guest that booted to a shell takes far less.
     let bytes = taken["snapshot"]["memory_bytes"].as_u64().unwrap();
@@ -218,7 +254,12 @@ fn a_restored_guest_counts_on_with_its_disk_as_it_was() {
     assert_eq!(req(&vmm, json!({"op": "kill"}))["ok"], true);
     vmm.wait(Duration::from_secs(30));
 
-    let spec = restore_spec(&s, &snap, "r1");
+    // Onto the other transport: refused, naming both.
+    let other = if transport == "pci" { "mmio" } else { "pci" };
+    let wrong = restore_spec(&s, &snap, "w", other);
+    let out = vmm_restore_fails(&s.path("wrong"), &wrong, &snap);
+    assert!(out.contains("virtio transport, the definition"), "{out}");
+    let spec = restore_spec(&s, &snap, "r1", transport);
     let mut r = spawn(
         &s.path("run2"),
         &spec,
@@ -232,6 +273,15 @@ fn a_restored_guest_counts_on_with_its_disk_as_it_was() {
     assert!(
         first > 5 && first <= last + 3,
         "the count restarted or jumped: last before the snapshot {last}, first after {first} ({seen:?})"
+    );
+    // The guest's devices are on the transport it booted with (virtio-pci: the functions'
+    // vendor IDs under /sys/bus/pci).
+    con.send("cat /sys/bus/pci/devices/*/vendor 2>/dev/null | sort | uniq -c; echo pci-$((6*7))");
+    let out = con.until("pci-42", Duration::from_secs(30));
+    assert_eq!(
+        out.contains("0x1af4"),
+        transport == "pci",
+        "virtio functions on PCI: {out:?}"
     );
     // The disk: what was written before the snapshot is there, what came after is not.
     con.send("head -c 6 /dev/vda; echo; dd if=/dev/vda bs=4096 skip=1 count=1 2>/dev/null | head -c 5 | od -c | head -1; echo disk-$((7*6))");
@@ -251,7 +301,7 @@ fn a_diff_snapshot_restores_the_same_guest() {
     require_image();
     let s = Scratch::new("diff");
     let full = s.path("full");
-    let (vmm, last, mut con, _) = boot_count_and_snapshot(&s, &full);
+    let (vmm, last, mut con, _) = boot_count_and_snapshot(&s, &full, "auto");
     con.until(&format!("tick-{}", last + 6), Duration::from_secs(30));
     let diff = s.path("diff");
     let d = req(&vmm, json!({"op": "snapshot", "dir": diff, "parent": full}));
@@ -272,7 +322,7 @@ fn a_diff_snapshot_restores_the_same_guest() {
     std::fs::rename(&diff, moved.join("diff")).unwrap();
     let diff = moved.join("diff");
 
-    let spec = restore_spec(&s, &diff, "d1");
+    let spec = restore_spec(&s, &diff, "d1", "auto");
     let mut r = spawn(
         &s.path("run3"),
         &spec,
@@ -307,7 +357,7 @@ fn a_diff_snapshot_restores_the_same_guest() {
     assert_eq!(d3["snapshot"]["diff_by"], "contents", "{d3}");
     // And that diff restores too.
     drop(r);
-    let spec = restore_spec(&s, &s.path("diff3"), "d3");
+    let spec = restore_spec(&s, &s.path("diff3"), "d3", "auto");
     let mut r = spawn(
         &s.path("run4"),
         &spec,
@@ -329,20 +379,11 @@ fn a_damaged_or_foreign_snapshot_is_refused_with_the_reason() {
     require_image();
     let s = Scratch::new("bad");
     let snap = s.path("snap");
-    let (vmm, ..) = boot_count_and_snapshot(&s, &snap);
+    let (vmm, ..) = boot_count_and_snapshot(&s, &snap, "auto");
     drop(vmm);
-    let spec = restore_spec(&s, &snap, "b");
+    let spec = restore_spec(&s, &snap, "b", "auto");
     let try_restore = |from: &Path, tag: &str, extra: &[&str]| -> String {
-        let mut args = vec!["--restore", from.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        let mut v = spawn(&s.path(tag), &spec, &args);
-        let code = v.wait(Duration::from_secs(60));
-        assert_eq!(code, 125, "{}", v.log());
-        let rec: Value =
-            serde_json::from_str(&std::fs::read_to_string(s.path(tag).join("exit.json")).unwrap())
-                .unwrap();
-        assert_eq!(rec["reason"], "error");
-        rec["message"].as_str().unwrap().to_string()
+        vmm_restore_fails_with(&s.path(tag), &spec, from, extra)
     };
     let copy = |name: &str| -> PathBuf {
         let d = s.path(name);

@@ -1,6 +1,13 @@
 //! A type-0 (endpoint) configuration header (PCI Local Bus 3.0 §6.1): the 256-byte
 //! conventional space, with per-bit write masks so a guest can only change what hardware would
 //! let it change, memory BARs with sizing, and a capability list.
+//!
+//! For a snapshot ([`ConfigSpace::save`]) the space is its 256 bytes and the BAR addresses.
+//! A restore takes back only what the guest could have written (the write-masked bits and the
+//! BARs) and checks that every other byte is what this build makes: a saved function whose
+//! identity or capabilities differ from the one built is refused, not half-trusted.
+
+use serde::{Deserialize, Serialize};
 
 /// Config-space register offsets used here and by devices.
 pub mod reg {
@@ -292,6 +299,70 @@ impl ConfigSpace {
     }
 }
 
+/// A configuration space as a snapshot holds it (fixed widths; a BAR address is where the
+/// guest placed it, zero for an unplaced or unimplemented BAR).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigState {
+    /// The 256 bytes of conventional space (the BAR registers in it are zero: see `bars`).
+    pub regs: Vec<u8>,
+    pub bars: Vec<u64>,
+}
+
+impl ConfigSpace {
+    /// What a snapshot holds of this space.
+    pub fn save(&self) -> ConfigState {
+        ConfigState {
+            regs: self.regs.to_vec(),
+            bars: self.bars.iter().map(|b| b.addr).collect(),
+        }
+    }
+
+    /// Puts back what the guest had written; refuses a state of another shape or device
+    /// (a read-only byte that differs, a BAR address where this build has no BAR or one not
+    /// aligned to its size) and then changes nothing.
+    pub fn restore(&mut self, st: &ConfigState) -> Result<(), String> {
+        if st.regs.len() != CONFIG_SIZE || st.bars.len() != NUM_BARS {
+            return Err(format!(
+                "configuration space of {} bytes and {} BARs, expected {CONFIG_SIZE} and {NUM_BARS}",
+                st.regs.len(),
+                st.bars.len()
+            ));
+        }
+        for (off, (&saved, (&built, &mask))) in st
+            .regs
+            .iter()
+            .zip(self.regs.iter().zip(&self.wmask))
+            .enumerate()
+        {
+            if saved & !mask != built & !mask {
+                return Err(format!(
+                    "configuration byte {off:#x} is {saved:#04x} in the snapshot and {built:#04x} in this build: not the same PCI function"
+                ));
+            }
+        }
+        for (i, (&addr, b)) in st.bars.iter().zip(&self.bars).enumerate() {
+            let fits = if b.size == 0 {
+                addr == 0
+            } else {
+                addr & (b.size - 1) == 0 && (b.is64 || addr <= 0xffff_ffff)
+            };
+            if !fits {
+                return Err(format!(
+                    "BAR {i} at {addr:#x} does not fit this build's BAR ({:#x} bytes)",
+                    b.size
+                ));
+            }
+        }
+        for (off, &saved) in st.regs.iter().enumerate() {
+            self.regs[off] = (self.regs[off] & !self.wmask[off]) | (saved & self.wmask[off]);
+        }
+        for (b, &addr) in self.bars.iter_mut().zip(&st.bars) {
+            b.addr = addr;
+        }
+        Ok(())
+    }
+}
+
 fn bar_index(off: usize) -> Option<usize> {
     (reg::BAR0..reg::BAR0 + 4 * NUM_BARS)
         .contains(&off)
@@ -306,15 +377,19 @@ fn aligned(off: usize, len: usize) -> bool {
 mod tests {
     use super::*;
 
-    fn space() -> ConfigSpace {
-        ConfigSpace::new(Identity {
+    fn ident() -> Identity {
+        Identity {
             vendor: 0x1af4,
             device: 0x1042,
             revision: 1,
             class: 0x01_80_00,
             subsystem_vendor: 0x1af4,
             subsystem: 0x40,
-        })
+        }
+    }
+
+    fn space() -> ConfigSpace {
+        ConfigSpace::new(ident())
     }
 
     fn r32(c: &ConfigSpace, off: usize) -> u32 {
@@ -408,6 +483,49 @@ mod tests {
         // Only the masked bits change; the ID and next pointer never do.
         w32(&mut c, b, 0xffff_ffff);
         assert_eq!(r32(&c, b), 0xc000_0011);
+    }
+
+    #[test]
+    fn a_saved_space_restores_what_the_guest_wrote_and_only_that() {
+        let mut c = space();
+        c.add_memory_bar(0, 0x4000, true, false).unwrap();
+        w32(&mut c, 0x10, 0x8000_4000);
+        w32(&mut c, 0x14, 0x2);
+        c.write(reg::COMMAND, &CMD_MEMORY.to_le_bytes());
+        c.write(reg::INTERRUPT_LINE, &[9]);
+        let st = c.save();
+
+        let mut fresh = space();
+        fresh.add_memory_bar(0, 0x4000, true, false).unwrap();
+        fresh.restore(&st).unwrap();
+        assert_eq!(fresh.bar_window(0), Some((0x2_8000_4000, 0x4000)));
+        assert_eq!(fresh.bytes(reg::INTERRUPT_LINE, 1), &[9]);
+        for off in (0..CONFIG_SIZE).step_by(4) {
+            assert_eq!(r32(&fresh, off), r32(&c, off), "offset {off:#x}");
+        }
+
+        // Another device, a BAR this build lacks or cannot hold, a short state: refused, and
+        // the space is left as it was.
+        let mut other = ConfigSpace::new(Identity {
+            device: 0x1041,
+            ..ident()
+        });
+        other.add_memory_bar(0, 0x4000, true, false).unwrap();
+        let before = other.save();
+        let e = other.restore(&st).unwrap_err();
+        assert!(e.contains("byte 0x2") && e.contains("not the same"), "{e}");
+        assert_eq!(other.save(), before);
+        let mut no_bar = space();
+        let mut s2 = st.clone();
+        s2.regs = no_bar.save().regs;
+        s2.regs[reg::COMMAND] = CMD_MEMORY as u8;
+        assert!(no_bar.restore(&s2).unwrap_err().contains("BAR 0"));
+        let mut odd = st.clone();
+        odd.bars[0] |= 0x10;
+        assert!(fresh.restore(&odd).unwrap_err().contains("BAR 0"));
+        let mut short = st;
+        short.regs.pop();
+        assert!(fresh.restore(&short).unwrap_err().contains("255 bytes"));
     }
 
     #[test]

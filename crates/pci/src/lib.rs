@@ -8,9 +8,9 @@ pub mod config;
 pub mod msix;
 pub mod root;
 
-pub use config::{ConfigError, ConfigSpace, Identity};
-pub use msix::MsixTable;
+pub use config::{ConfigError, ConfigSpace, ConfigState, Identity};
+pub use msix::{MsixState, MsixTable};
 pub use root::{
-    Ecam, MmioWindow, PciDevice, PciError, PciRoot, PioConfig, SharedRoot, ECAM_BUS_SIZE,
-    PIO_CONFIG_LEN, PIO_CONFIG_PORT,
+    Ecam, MmioWindow, PciDevice, PciError, PciRoot, PioConfig, SharedFunction, SharedRoot,
+    ECAM_BUS_SIZE, PIO_CONFIG_LEN, PIO_CONFIG_PORT,
 };

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use vireo_machine::bus::{le_value, set_le_value};
 use vireo_machine::MsiSink;
 
@@ -53,6 +55,16 @@ struct Entry {
     addr: u64,
     data: u32,
     ctrl: u32,
+}
+
+/// An MSI-X table as a snapshot holds it: per vector (address, data, control), the pending
+/// bits, and the capability's enable and function-mask bits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsixState {
+    pub entries: Vec<(u64, u32, u32)>,
+    pub pending: Vec<bool>,
+    pub enabled: bool,
+    pub function_masked: bool,
 }
 
 /// The vector table and pending bits of one function.
@@ -187,6 +199,45 @@ impl MsixTable {
         }
     }
 
+    pub fn save(&self) -> MsixState {
+        MsixState {
+            entries: self
+                .entries
+                .iter()
+                .map(|e| (e.addr, e.data, e.ctrl))
+                .collect(),
+            pending: self.pending.clone(),
+            enabled: self.enabled,
+            function_masked: self.function_masked,
+        }
+    }
+
+    /// Puts a saved table back, refusing one of another size. Nothing is sent: a message
+    /// pending in the snapshot stays pending until the guest unmasks its vector, as it would
+    /// have.
+    pub fn restore(&mut self, st: &MsixState) -> Result<(), String> {
+        let n = self.entries.len();
+        if st.entries.len() != n || st.pending.len() != n {
+            return Err(format!(
+                "an MSI-X table of {} vectors ({} pending bits), this build has {n}",
+                st.entries.len(),
+                st.pending.len()
+            ));
+        }
+        for (e, &(addr, data, ctrl)) in self.entries.iter_mut().zip(&st.entries) {
+            // The same reserved bits a guest write drops.
+            *e = Entry {
+                addr: addr & !3,
+                data,
+                ctrl: ctrl & VECTOR_MASKED,
+            };
+        }
+        self.pending.clone_from(&st.pending);
+        self.enabled = st.enabled;
+        self.function_masked = st.function_masked;
+        Ok(())
+    }
+
     /// A read of the pending-bit array (read-only to software).
     pub fn pba_read(&self, off: u64, data: &mut [u8]) {
         set_le_value(data, 0);
@@ -282,6 +333,26 @@ mod tests {
         assert!(s.0.lock().unwrap().is_empty());
         t.set_control(CTRL_ENABLE);
         assert_eq!(s.0.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_saved_table_restores_with_its_pending_bits_and_sends_nothing() {
+        let (mut t, s) = table(2);
+        t.set_control(CTRL_ENABLE);
+        program(&mut t, 0, 0xfee0_0000, 0x31, false);
+        program(&mut t, 1, 0xfee0_1000, 0x32, true);
+        t.notify(1);
+        let st = t.save();
+        let (mut r, rs) = table(2);
+        r.restore(&st).unwrap();
+        assert!(rs.0.lock().unwrap().is_empty(), "a restore sends nothing");
+        assert_eq!(r.save(), st);
+        // The pending vector fires when the guest unmasks it, as it would have before.
+        r.table_write(16 + 12, &0u32.to_le_bytes());
+        assert_eq!(*rs.0.lock().unwrap(), vec![(0xfee0_1000, 0x32)]);
+        assert_eq!(s.0.lock().unwrap().len(), 0);
+        let (mut small, _) = table(1);
+        assert!(small.restore(&st).unwrap_err().contains("2 vectors"));
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub trait PciDevice: Send {
     fn config_written(&mut self, offset: usize) {
         let _ = offset;
     }
+    /// The function as `Any`, for a board that must reach its own device type behind the
+    /// root (to save or restore it); `None` for functions nobody needs to reach.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
+    }
     /// An access inside BAR `bar` at `offset` (bounded by the BAR's size).
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]);
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
@@ -166,6 +171,19 @@ impl PciRoot {
                     self.windows.push((base, size, slot, bar));
                 }
             }
+        }
+    }
+
+    /// The function in `slot`, if there is one.
+    pub fn function_at(&self, slot: u8) -> Option<SharedFunction> {
+        self.slots.get(usize::from(slot))?.clone()
+    }
+
+    /// Rebuilds the decode table from every function's configuration space: after the board
+    /// changed them directly (a restore put the guest's BAR placements back).
+    pub fn refresh(&mut self) {
+        for slot in 0..self.slots.len() {
+            self.refresh_windows(slot);
         }
     }
 
@@ -489,6 +507,30 @@ mod tests {
         let mut r = [0xffu8; 4];
         w.read(0x0900_0000, &mut r);
         assert_eq!(r, [0; 4]);
+    }
+
+    #[test]
+    fn a_space_restored_behind_the_root_decodes_after_a_refresh() {
+        let (root, seen) = rig();
+        let w = MmioWindow::new(root.clone());
+        // A restore puts the guest's placement and command register back directly.
+        let f = lock(&root).function_at(1).unwrap();
+        assert!(lock(&root).function_at(2).is_none());
+        {
+            let mut f = lock_function(&f);
+            let mut st = f.config().save();
+            st.bars[0] = 0x4c00_0000;
+            st.regs[reg::COMMAND] = CMD_MEMORY as u8;
+            f.config_mut().restore(&st).unwrap();
+        }
+        w.write(0x0c00_0004, &3u32.to_le_bytes());
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "decoded before the refresh"
+        );
+        lock(&root).refresh();
+        w.write(0x0c00_0004, &3u32.to_le_bytes());
+        assert_eq!(seen.lock().unwrap().pop(), Some((0, 4, 3)));
     }
 
     #[test]

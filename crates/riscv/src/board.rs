@@ -25,6 +25,7 @@ use vireo_machine::{
 };
 use vireo_pci::{Ecam, MmioWindow, PciRoot, ECAM_BUS_SIZE};
 use vireo_virtio::mmio::MmioTransport;
+use vireo_virtio::pci::VirtioPci;
 use vireo_virtio::VirtioDevice;
 use vm_fdt::FdtWriter;
 
@@ -139,6 +140,9 @@ struct BoardDevices {
     rtc: Arc<Mutex<GoldfishRtc>>,
     vmgenid: Arc<Mutex<VmGenId>>,
     mmio: Vec<Arc<Mutex<MmioTransport>>>,
+    /// With `--virtio-transport pci`: the root, and each virtio function in slot order.
+    pci_root: Option<vireo_pci::SharedRoot>,
+    pci: Vec<vireo_pci::SharedFunction>,
     transport: VirtioTransport,
     ram_size: u64,
     builtin_sbi: bool,
@@ -325,6 +329,10 @@ impl EmuStateHandle {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             all &= lock(t).pause(left);
         }
+        for f in &self.devices.pci {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            all &= with_virtio_pci(f, |d| d.pause(left)).unwrap_or(false);
+        }
         all
     }
 
@@ -361,15 +369,13 @@ impl EmuStateHandle {
         for t in &self.devices.mmio {
             lock(t).resume();
         }
+        for f in &self.devices.pci {
+            let _ = with_virtio_pci(f, |d| d.resume());
+        }
     }
 
     /// The machine's state: the run loop must be parked and the devices paused.
     pub fn save(&self) -> Result<EmuState, EmuError> {
-        if self.devices.transport != VirtioTransport::Mmio {
-            return Err(EmuError::Fault(
-                "snapshots of the emu accelerator support the mmio virtio transport only so far (this VM uses pci)".into(),
-            ));
-        }
         let cpu = self
             .control
             .capture(Duration::from_secs(5))
@@ -380,7 +386,7 @@ impl EmuStateHandle {
             ram_base: RAM_BASE,
             ram_size: d.ram_size,
             builtin_sbi: d.builtin_sbi,
-            virtio_transport: "mmio".into(),
+            virtio_transport: transport_name(d.transport).into(),
             mtime: cpu.mtime,
             wall_ns: wall_ns(),
             msip: cpu.msip,
@@ -390,20 +396,26 @@ impl EmuStateHandle {
             uart: lock(&d.uart).save_state(),
             rtc_latch: lock(&d.rtc).latched(),
         };
+        let slot_err = |i: usize, e: vireo_virtio::state::StateError| {
+            EmuError::Fault(format!("virtio slot {i}: {e}"))
+        };
+        let mut virtio = Vec::new();
+        let mut pci = Vec::new();
+        for (i, t) in d.mmio.iter().enumerate() {
+            virtio.push(lock(t).save_state().map_err(|e| slot_err(i, e))?);
+        }
+        for (i, f) in d.pci.iter().enumerate() {
+            let (core, function) =
+                with_virtio_pci(f, |d| d.save_state())?.map_err(|e| slot_err(i, e))?;
+            virtio.push(core);
+            pci.push(function);
+        }
         Ok(EmuState {
             machine,
             harts: cpu.harts,
             vmgenid: Some(lock(&d.vmgenid).id()),
-            virtio: d
-                .mmio
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    lock(t)
-                        .save_state()
-                        .map_err(|e| EmuError::Fault(format!("virtio slot {i}: {e}")))
-                })
-                .collect::<Result<_, _>>()?,
+            virtio,
+            pci,
         })
     }
 }
@@ -412,11 +424,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Runs `op` on the virtio-pci function behind `f` (every function the board keeps in
+/// `BoardDevices::pci` is one).
+fn with_virtio_pci<R>(
+    f: &vireo_pci::SharedFunction,
+    op: impl FnOnce(&mut VirtioPci) -> R,
+) -> Result<R, EmuError> {
+    let mut g = lock(f);
+    g.as_any_mut()
+        .and_then(|a| a.downcast_mut::<VirtioPci>())
+        .map(op)
+        .ok_or_else(|| EmuError::Fault("a PCI function the board placed is not virtio-pci".into()))
+}
+
 fn wall_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+fn transport_name(t: VirtioTransport) -> &'static str {
+    match t {
+        VirtioTransport::Mmio => "mmio",
+        VirtioTransport::Pci => "pci",
+    }
 }
 
 fn hsm_code(h: HsmState) -> u8 {
@@ -537,10 +569,22 @@ impl EmuVm {
                 "the snapshot and the definition differ in firmware (built-in SBI or not)".into(),
             ));
         }
-        if m.virtio_transport != "mmio" || cfg.virtio_transport != VirtioTransport::Mmio {
+        let transport = transport_name(cfg.virtio_transport);
+        if m.virtio_transport != transport {
             return Err(bad(format!(
-                "the snapshot uses the {} virtio transport; restores support mmio only so far",
+                "the snapshot uses the {} virtio transport, the definition {transport}",
                 m.virtio_transport
+            )));
+        }
+        let pci_states = match cfg.virtio_transport {
+            VirtioTransport::Mmio => 0,
+            VirtioTransport::Pci => st.virtio.len(),
+        };
+        if st.pci.len() != pci_states {
+            return Err(bad(format!(
+                "the snapshot has {} PCI function states for {} virtio devices on {transport}",
+                st.pci.len(),
+                st.virtio.len()
             )));
         }
         if devices.len() != st.virtio.len() {
@@ -568,6 +612,20 @@ impl EmuVm {
             lock(t)
                 .restore_state(ts)
                 .map_err(|e| bad(format!("virtio slot {i}: {e}")))?;
+        }
+        for (i, (f, (core, function))) in vm
+            .devices
+            .pci
+            .iter()
+            .zip(st.virtio.iter().zip(&st.pci))
+            .enumerate()
+        {
+            with_virtio_pci(f, |d| d.restore_state(core, function))?
+                .map_err(|e| bad(format!("virtio slot {i} (PCI): {e}")))?;
+        }
+        if let Some(root) = &vm.devices.pci_root {
+            // The BARs are where the guest had put them: decode them there.
+            lock(root).refresh();
         }
         lock(&vm.devices.uart).restore_state(&m.uart).map_err(bad)?;
         lock(&vm.devices.rtc).set_latched(m.rtc_latch);
@@ -663,6 +721,8 @@ impl EmuVm {
         ));
         place(&mut bus, VMGENID_BASE, VMGENID_WINDOW, vmgenid.clone())?;
         let mut mmio = Vec::new();
+        let mut pci = Vec::new();
+        let mut pci_root = None;
 
         let plic_line = |source: usize| -> Arc<dyn IrqLine> {
             Arc::new(PlicIrq {
@@ -706,10 +766,14 @@ impl EmuVm {
                     None,
                 )
                 .map_err(|e| fault(&e))?;
-                for (slot, irq) in placed {
+                for &(slot, irq) in &placed {
                     virtio.pci.push((slot, usize::from(irq)));
+                    pci.push(root.function_at(slot).ok_or_else(|| {
+                        EmuError::Fault(format!("PCI slot {slot} is empty after placing"))
+                    })?);
                 }
                 let root = Arc::new(Mutex::new(root));
+                pci_root = Some(root.clone());
                 place(
                     &mut bus,
                     PCI_ECAM_BASE,
@@ -732,6 +796,8 @@ impl EmuVm {
             rtc,
             vmgenid,
             mmio,
+            pci_root,
+            pci,
             transport: cfg.virtio_transport,
             ram_size: ram.size(),
             builtin_sbi,
@@ -1852,5 +1918,8 @@ mod tests {
                     }),
             );
         assert!(err(&cfg, &bad).contains("1 virtio devices, the definition 0"));
+        let mut pci = cfg.clone();
+        pci.virtio_transport = VirtioTransport::Pci;
+        assert!(err(&pci, &st).contains("the mmio virtio transport, the definition pci"));
     }
 }

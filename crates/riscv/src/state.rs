@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use vireo_devices::UartState;
-use vireo_virtio::state::CoreState;
+use vireo_virtio::state::{CoreState, PciFunctionState};
 
 /// Version of [`HartState`], [`MachineState`] and their parts. Bump it when a field changes
 /// meaning; a newer vireo must keep reading every earlier one.
@@ -87,8 +87,11 @@ pub struct MachineState {
 pub struct EmuState {
     pub machine: MachineState,
     pub harts: Vec<HartState>,
-    /// The virtio devices, by slot.
+    /// The virtio devices, by slot (virtio-mmio) or in PCI slot order (virtio-pci).
     pub virtio: Vec<CoreState>,
+    /// With the virtio-pci transport, each device's PCI function, in the order of `virtio`;
+    /// empty with virtio-mmio.
+    pub pci: Vec<PciFunctionState>,
     /// The VM generation ID (none in a snapshot taken before the board had the device).
     pub vmgenid: Option<[u8; 16]>,
 }

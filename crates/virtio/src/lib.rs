@@ -127,6 +127,43 @@ impl MsixRoute {
         }
     }
 
+    pub fn save(&self) -> state::MsixRouteState {
+        state::MsixRouteState {
+            table: self.table().save(),
+            config_vector: self.config_vector(),
+            queue_vectors: (0..self.queue_vectors.len())
+                .map(|q| self.queue_vector(q))
+                .collect(),
+        }
+    }
+
+    /// Puts the driver's choices back; vectors past the table are refused, as the driver's
+    /// own writes are (they read back as NO_VECTOR).
+    pub fn restore(&self, st: &state::MsixRouteState) -> Result<(), String> {
+        if st.queue_vectors.len() != self.queue_vectors.len() {
+            return Err(format!(
+                "MSI-X vectors for {} queues, this device has {}",
+                st.queue_vectors.len(),
+                self.queue_vectors.len()
+            ));
+        }
+        for &v in std::iter::once(&st.config_vector).chain(&st.queue_vectors) {
+            if v != NO_VECTOR && self.checked(v) == NO_VECTOR {
+                return Err(format!(
+                    "MSI-X vector {v} is past the table ({} vectors)",
+                    self.vectors
+                ));
+            }
+        }
+        self.table().restore(&st.table)?;
+        self.config_vector
+            .store(st.config_vector, Ordering::Release);
+        for (slot, &v) in self.queue_vectors.iter().zip(&st.queue_vectors) {
+            slot.store(v, Ordering::Release);
+        }
+        Ok(())
+    }
+
     pub fn reset(&self) {
         self.config_vector.store(NO_VECTOR, Ordering::Release);
         for v in &self.queue_vectors {

@@ -150,6 +150,89 @@ impl VirtioPci {
         })
     }
 
+    /// The device's [`VirtioDevice::quiesce`].
+    pub fn quiesce(&self, timeout: std::time::Duration) -> bool {
+        self.core.device.quiesce(timeout)
+    }
+
+    /// Stops the device's host-side deliveries ([`VirtioDevice::pause`]).
+    pub fn pause(&self, timeout: std::time::Duration) -> bool {
+        self.core.device.pause(timeout)
+    }
+
+    /// Lets the device deliver again.
+    pub fn resume(&self) {
+        self.core.device.resume()
+    }
+
+    /// The transport's and the device's state, and the PCI function's; the device must be
+    /// paused.
+    pub fn save_state(
+        &self,
+    ) -> Result<(crate::state::CoreState, crate::state::PciFunctionState), crate::state::StateError>
+    {
+        Ok((
+            self.core.save()?,
+            crate::state::PciFunctionState {
+                config: self.config.save(),
+                msix: self.route().map(|r| r.save()),
+            },
+        ))
+    }
+
+    /// Puts a saved state back on a function built around a fresh device: configuration space
+    /// and MSI-X first, so that the device, activated by the core's restore, signals through
+    /// the routes the driver had set up; then the doorbells at the BAR's restored address.
+    /// The root's decode table must be refreshed after (`PciRoot::refresh`).
+    pub fn restore_state(
+        &mut self,
+        core: &crate::state::CoreState,
+        pci: &crate::state::PciFunctionState,
+    ) -> Result<(), crate::state::StateError> {
+        use crate::state::StateError;
+        let route = self.route().cloned();
+        match (&pci.msix, &route) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(StateError::Pci(format!(
+                    "the snapshot's function {} MSI-X, this board's {}",
+                    if pci.msix.is_some() { "has" } else { "has no" },
+                    if route.is_some() { "has" } else { "has none" }
+                )))
+            }
+            _ => {}
+        }
+        // The table's enable bit lives in the capability's Message Control word: the two
+        // must agree, or the device would signal one way while the driver listens another.
+        if let (Some((_, at)), Some(st)) = (&self.msix, &pci.msix) {
+            let on = pci.config.regs.get(at + 3).is_some_and(|b| b & 0x80 != 0);
+            if on != st.table.enabled {
+                return Err(StateError::Pci(format!(
+                    "the MSI-X enable bit in configuration space ({on}) and the table's ({}) disagree",
+                    st.table.enabled
+                )));
+            }
+        }
+        let before = self.config.save();
+        self.config.restore(&pci.config).map_err(StateError::Pci)?;
+        let undo = |this: &mut Self, e: StateError| {
+            let _ = this.config.restore(&before);
+            e
+        };
+        if let (Some(st), Some(r)) = (&pci.msix, &route) {
+            if let Err(e) = r.restore(st) {
+                return Err(undo(self, StateError::Pci(e)));
+            }
+        }
+        if let Err(e) = self.core.restore(core) {
+            if let Some(r) = &route {
+                r.reset();
+            }
+            return Err(undo(self, e));
+        }
+        self.sync_doorbells();
+        Ok(())
+    }
+
     /// Has the board's kernel signal the device's queue eventfds on doorbell writes.
     pub fn set_notify_registry(&mut self, registry: Arc<dyn NotifyRegistry>) {
         self.notify = Some(registry);
@@ -297,6 +380,10 @@ impl PciDevice for VirtioPci {
 
     fn config_mut(&mut self) -> &mut ConfigSpace {
         &mut self.config
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 
     fn config_written(&mut self, offset: usize) {

@@ -54,6 +54,23 @@ pub struct CoreState {
     pub device: Vec<u8>,
 }
 
+/// What a virtio-pci function adds to its [`CoreState`]: its configuration space (BAR
+/// placement, command register, MSI-X enable) and, with MSI-X, the table and the vector the
+/// driver gave configuration changes and each queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciFunctionState {
+    pub config: vireo_pci::ConfigState,
+    pub msix: Option<MsixRouteState>,
+}
+
+/// The driver's MSI-X choices (see `MsixRoute`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsixRouteState {
+    pub table: vireo_pci::MsixState,
+    pub config_vector: u16,
+    pub queue_vectors: Vec<u16>,
+}
+
 /// Why a transport's state cannot be taken, or a saved one put back.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

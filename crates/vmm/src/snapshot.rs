@@ -12,7 +12,9 @@
 //!
 //! Sections of `state.vst` for the emu accelerator: `Machine` (riscv `MachineState`: CLINT,
 //! timebase, PLIC, UART, RTC, hart mailboxes), `Vcpu(n)` (riscv `HartState`), `Device("virtio.N")`
-//! (virtio `CoreState` of slot N, with the device's own bytes), `Device("vmgenid")` (the VM
+//! (virtio `CoreState` of slot N, with the device's own bytes), `Device("virtio-pci.N")` (with
+//! `virtio_transport` pci only: that device's PCI function, `PciFunctionState`: configuration
+//! space, BAR placements, MSI-X), `Device("vmgenid")` (the VM
 //! generation ID's 16 bytes; absent from snapshots taken before the board had it), `MemoryMap`, `Disks`
 //! (`DiskRef`s: the copies, plus every read-only file they or the definition depend on, each
 //! with a fingerprint), `Spec` (the definition as JSON) and `Device("vmm")` ([`SnapshotMeta`]).
@@ -103,6 +105,12 @@ fn section_vmgenid() -> SectionId {
 
 fn section_virtio(slot: usize) -> SectionId {
     SectionId::Device(format!("virtio.{slot}"))
+}
+
+/// A virtio-pci device's PCI function ([`vireo_virtio::state::PciFunctionState`]), beside its
+/// `virtio.N` section; absent with virtio-mmio.
+fn section_virtio_pci(slot: usize) -> SectionId {
+    SectionId::Device(format!("virtio-pci.{slot}"))
 }
 
 /// Takes a snapshot of the VM into `dir` (which must not exist); a diff of `parent` (a
@@ -233,6 +241,10 @@ fn write_all(
     }
     for (i, v) in emu.virtio.iter().enumerate() {
         file.put(section_virtio(i), EMU_STATE_VERSION, v)
+            .map_err(fail)?;
+    }
+    for (i, p) in emu.pci.iter().enumerate() {
+        file.put(section_virtio_pci(i), EMU_STATE_VERSION, p)
             .map_err(fail)?;
     }
     if let Some(id) = &emu.vmgenid {
@@ -449,6 +461,17 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
             None => break,
         }
     }
+    let mut pci = Vec::new();
+    if machine.virtio_transport == "pci" {
+        for slot in 0..virtio.len() {
+            let id = section_virtio_pci(slot);
+            let (v, p) = file
+                .require::<vireo_virtio::state::PciFunctionState>(&id)
+                .map_err(fail)?;
+            vireo_state::expect_version(&id, v, EMU_STATE_VERSION).map_err(fail)?;
+            pci.push(p);
+        }
+    }
     let vmgenid = match file.get::<[u8; 16]>(&section_vmgenid()).map_err(fail)? {
         Some((v, id)) => {
             vireo_state::expect_version(&section_vmgenid(), v, 1).map_err(fail)?;
@@ -503,6 +526,7 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
             machine,
             harts,
             virtio,
+            pci,
             vmgenid,
         },
         ram,

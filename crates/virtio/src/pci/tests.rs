@@ -268,3 +268,82 @@ fn rings_outside_memory_need_a_reset_not_a_crash() {
     assert_ne!(rd(d, 0x14, 1) as u32 & STATUS_NEEDS_RESET, 0);
     wr(d, NOTIFY, 0, 2);
 }
+
+#[test]
+fn a_saved_function_restores_onto_a_fresh_one_and_serves_on() {
+    let mut r = rig(true);
+    let mut drv = Driver::new(&r.mem, 0x1_0000, 16);
+    let d = &mut r.dev;
+    let msix_at = caps(d).into_iter().find(|c| c.0 == msix::CAP_ID).unwrap().1;
+    // The guest moves the BAR (as a kernel reassigning resources does) and enables MSI-X.
+    cfg_write(d, reg::BAR0, 0x6000_0000, 4);
+    cfg_write(d, reg::COMMAND, u32::from(CMD_MEMORY), 2);
+    cfg_write(d, msix_at + 2, 0x8000, 2);
+    wr(d, MSIX_TABLE + 16, 0xfee0_0000, 8);
+    wr(d, MSIX_TABLE + 24, 0x45, 4);
+    wr(d, MSIX_TABLE + 28, 0, 4);
+    bring_up(d, &drv);
+    wr(d, 0x1a, 1, 2);
+    driver_ok(d);
+    drv.add(&[(0x8_0000, 32, true)]);
+    wr(d, NOTIFY, 0, 2);
+    assert_eq!(drv.used(), vec![(0, 32)]);
+    assert!(d.pause(std::time::Duration::from_secs(1)));
+    let (core, pci) = d.save_state().unwrap();
+    let common: Vec<u64> = [
+        (0x12, 2),
+        (0x14, 1),
+        (0x1a, 2),
+        (0x1c, 2),
+        (0x20, 8),
+        (0x28, 8),
+    ]
+    .iter()
+    .map(|&(off, len)| rd(d, off, len))
+    .collect();
+
+    // A no-MSI board refuses it and is left at reset.
+    let mut plain = rig(false);
+    let e = plain
+        .dev
+        .restore_state(&core, &pci)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("MSI-X"), "{e}");
+    assert_eq!(rd(&mut plain.dev, 0x14, 1), 0);
+    assert_eq!(plain.dev.config().bar_window(0), None);
+
+    let mut back = VirtioPci::new(
+        Box::new(Rng::new()),
+        r.mem.clone(),
+        r.intx.clone(),
+        Some(r.msis.clone() as Arc<dyn MsiSink>),
+    )
+    .unwrap();
+    back.restore_state(&core, &pci).unwrap();
+    assert_eq!(back.config().bar_window(0), Some((0x6000_0000, BAR_SIZE)));
+    let again: Vec<u64> = [
+        (0x12, 2),
+        (0x14, 1),
+        (0x1a, 2),
+        (0x1c, 2),
+        (0x20, 8),
+        (0x28, 8),
+    ]
+    .iter()
+    .map(|&(off, len)| rd(&mut back, off, len))
+    .collect();
+    assert_eq!(again, common);
+    // The queue goes on from where it was, and completes on the driver's vector.
+    drv.add(&[(0x8_1000, 16, true)]);
+    wr(&mut back, NOTIFY, 0, 2);
+    assert_eq!(
+        drv.used(),
+        vec![(1, 16)],
+        "the second chain, at descriptor 1"
+    );
+    assert_eq!(
+        *r.msis.0.lock().unwrap(),
+        vec![(0xfee0_0000, 0x45), (0xfee0_0000, 0x45)]
+    );
+}
