@@ -161,6 +161,17 @@ impl Asm {
         self.bytes(&[0x04, v])
     }
 
+    /// `and al, imm8` (24 ib).
+    pub fn and_al(&mut self, v: u8) -> &mut Self {
+        self.bytes(&[0x24, v])
+    }
+
+    /// `dec eax` (FF /1, ModRM 0xc8; the one-byte 48 is a REX prefix in long mode).
+    pub fn dec_eax(&mut self) -> &mut Self {
+        self.op32_prefix();
+        self.bytes(&[0xff, 0xc8])
+    }
+
     /// `cmp al, imm8` (3C ib).
     pub fn cmp_al(&mut self, v: u8) -> &mut Self {
         self.bytes(&[0x3c, v])

@@ -30,7 +30,7 @@ use std::time::Duration;
 use asm::{Asm, Mode};
 pub use boot::{kernel_kind, BootEntry, KernelKind, LoadError};
 pub use layout::EXIT_REGISTER_ADDR;
-pub use state::{KvmState, StateError, VcpuState, VmWideState, KVM_STATE_VERSION};
+pub use state::{DevicesState, KvmState, StateError, VcpuState, VmWideState, KVM_STATE_VERSION};
 pub use vcpu::{ExitCounts, RegisterDump, VcpuError};
 use vireo_devices::ConsoleOutput;
 use vireo_machine::GuestExit;

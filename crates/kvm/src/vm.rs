@@ -51,6 +51,8 @@ pub const KVM_PATH: &str = "/dev/kvm";
 const KVM_API_VERSION: i32 = 12;
 /// How long a vCPU thread may take to answer the controller.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a pause waits for the devices to finish their requests.
+const DEVICE_PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the run loop checks for a guest that can never wake again.
 const HALT_CHECK: Duration = Duration::from_millis(100);
 
@@ -132,6 +134,9 @@ pub enum KvmError {
     /// save_state() on a VM that is not paused.
     #[error("cannot save the KVM state of a VM that is {0:?}: pause it first")]
     NotPaused(VmState),
+    /// A device did not finish its requests in time when the VM was paused.
+    #[error("a device did not finish its requests within {0:?}; the VM runs on")]
+    DevicesBusy(Duration),
     /// dirty_pages() before enable_dirty_log().
     #[error("the dirty page log is off: call enable_dirty_log() first")]
     DirtyLogOff,
@@ -226,6 +231,10 @@ struct Inner {
     mem: GuestMemoryMmap,
     /// KVM_MEM_LOG_DIRTY_PAGES is set on every RAM slot.
     dirty_log: AtomicBool,
+    /// COM1 and the virtio-pci functions (in slot order) with the root they sit on: paused
+    /// with the vCPUs, and saved for snapshots.
+    uart: Arc<Mutex<Uart>>,
+    pci: Vec<vireo_pci::SharedFunction>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -347,29 +356,52 @@ pub struct VmController {
 impl VmController {
     /// Stops every vCPU from running guest code; returns once all have stopped. On a VM that
     /// has not run yet it makes [`KvmVm::run`] start paused (until [`VmController::resume`]).
+    ///
+    /// Then the devices are paused too (`VirtioDevice::pause`): no device thread touches guest
+    /// memory and no request is half-served, so the VM's state is complete (what a snapshot
+    /// takes). A device that does not get there in time fails the pause and the VM runs on.
     pub fn pause(&self) -> Result<(), KvmError> {
-        {
+        let was = {
             let _control = lock(&self.inner.control);
             let mut state = lock(&self.inner.state);
-            if *state == VmState::Created {
+            let was = *state;
+            if was == VmState::Created {
                 // The threads are parked in their paused state already.
                 *state = VmState::Paused;
-                return Ok(());
             }
+            was
+        };
+        if was == VmState::Paused {
+            return Ok(());
         }
-        self.inner.transition(
-            "pause",
-            VmState::Running,
-            VmState::Paused,
-            VcpuEvent::Pause,
-            true,
-        )
+        if was != VmState::Created {
+            self.inner.transition(
+                "pause",
+                VmState::Running,
+                VmState::Paused,
+                VcpuEvent::Pause,
+                true,
+            )?;
+        }
+        if !vireo_virtio::pci::pause_functions(&self.inner.pci, DEVICE_PAUSE_TIMEOUT) {
+            vireo_virtio::pci::resume_functions(&self.inner.pci);
+            if was == VmState::Created {
+                *lock(&self.inner.state) = VmState::Created;
+            } else {
+                self.resume()?;
+            }
+            return Err(KvmError::DevicesBusy(DEVICE_PAUSE_TIMEOUT));
+        }
+        Ok(())
     }
 
     /// Lets a paused VM run again. Returns once every vCPU thread has been told; each runs as
     /// soon as the host schedules it (waiting for their answers would only measure how long
     /// the host takes to schedule this thread next to busy vCPUs).
     pub fn resume(&self) -> Result<(), KvmError> {
+        if self.inner.state() == VmState::Paused {
+            vireo_virtio::pci::resume_functions(&self.inner.pci);
+        }
         self.inner.transition(
             "resume",
             VmState::Paused,
@@ -444,6 +476,23 @@ impl VmController {
             version: KVM_STATE_VERSION,
             vcpus: vcpus.into_iter().flatten().collect(),
             vm,
+        })
+    }
+
+    /// The state of the devices vireo shares with the emulator (COM1, virtio-pci) of a paused
+    /// VM; [`KvmVm::restore`] puts it back.
+    pub fn save_devices(&self) -> Result<state::DevicesState, KvmError> {
+        let _control = lock(&self.inner.control);
+        let vm_state = self.inner.state();
+        if vm_state != VmState::Paused {
+            return Err(KvmError::NotPaused(vm_state));
+        }
+        let (virtio, pci) = vireo_virtio::pci::save_functions(&self.inner.pci)
+            .map_err(|e| KvmError::State(StateError::Mismatch(e)))?;
+        Ok(state::DevicesState {
+            uart: lock(&self.inner.uart).save_state(),
+            virtio,
+            pci,
         })
     }
 
@@ -580,21 +629,29 @@ impl KvmVm {
     /// instead of loading the kernel: `ram` (already holding the guest's memory, e.g. a
     /// private mapping of a snapshot file) becomes guest RAM as it is, and `state` is put into
     /// the vCPUs and KVM's devices before any vCPU runs. [`KvmVm::run`] then continues the
-    /// guest; [`VmController::pause`] before it makes the VM start paused. The devices' own
-    /// state (UART, virtio) is restored by their owners.
+    /// guest; [`VmController::pause`] before it makes the VM start paused. `shared`, when
+    /// given ([`VmController::save_devices`]), puts COM1 and the virtio-pci functions back as
+    /// they were (the `devices` must be built from the same definition); without it they
+    /// start at reset.
     pub fn restore(
         cfg: &BootConfig,
         console: ConsoleOutput,
         devices: Vec<Box<dyn VirtioDevice>>,
         ram: GuestRam,
         state: &KvmState,
+        shared: Option<&state::DevicesState>,
     ) -> Result<Self, KvmError> {
         if cfg.firmware.is_some() {
             return Err(KvmError::Config(
                 "the kvm accelerator boots kernels directly and takes no firmware".into(),
             ));
         }
-        Self::build(Payload::Linux(cfg), console, devices, Some((ram, state)))
+        Self::build(
+            Payload::Linux(cfg),
+            console,
+            devices,
+            Some((ram, state, shared)),
+        )
     }
 
     /// [`KvmVm::restore`] for a micro-guest (its image is not copied again: `ram` has it).
@@ -604,8 +661,14 @@ impl KvmVm {
         devices: Vec<Box<dyn VirtioDevice>>,
         ram: GuestRam,
         state: &KvmState,
+        shared: Option<&state::DevicesState>,
     ) -> Result<Self, KvmError> {
-        Self::build(Payload::Micro(guest), console, devices, Some((ram, state)))
+        Self::build(
+            Payload::Micro(guest),
+            console,
+            devices,
+            Some((ram, state, shared)),
+        )
     }
 
     /// COM1, for the host console thread to feed input.
@@ -735,7 +798,7 @@ impl KvmVm {
         payload: Payload<'_>,
         console: ConsoleOutput,
         devices: Vec<Box<dyn VirtioDevice>>,
-        restore: Option<(GuestRam, &KvmState)>,
+        restore: Option<(GuestRam, &KvmState, Option<&state::DevicesState>)>,
     ) -> Result<Self, KvmError> {
         if devices.len() > PCI_GSIS.len() {
             return Err(KvmError::Config(format!(
@@ -764,7 +827,7 @@ impl KvmVm {
         if let Payload::Micro(g) = payload {
             check_micro(g)?;
         }
-        if let Some((ram, saved)) = &restore {
+        if let Some((ram, saved, _)) = &restore {
             check_restore(ram, saved, cpus, memory)?;
         }
 
@@ -788,9 +851,9 @@ impl KvmVm {
             vm.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
         }
 
-        let (ram, saved) = match restore {
-            Some((ram, saved)) => (ram, Some(saved)),
-            None => (GuestRam::new(&layout::ram_ranges(memory))?, None),
+        let (ram, saved, shared) = match restore {
+            Some((ram, saved, shared)) => (ram, Some(saved), shared),
+            None => (GuestRam::new(&layout::ram_ranges(memory))?, None, None),
         };
         register_slots(&vm, ram.memory(), 0)?;
         let mem = ram.memory();
@@ -840,12 +903,14 @@ impl KvmVm {
             Arc::new(Mutex::new(TestFinisher::new(exit.clone()))),
         )?;
         let mut msi = None;
+        let mut functions = Vec::new();
+        let mut pci_root = None;
         if !devices.is_empty() {
             let pci = |e: &dyn std::fmt::Display| KvmError::Config(format!("PCI: {e}"));
             let mut root = PciRoot::new(PCI_MMIO_BASE, PCI_MMIO_SIZE).map_err(|e| pci(&e))?;
             // MSIs are writes to the local APICs' window, delivered through irqfds.
             msi = irqchip.then(|| Arc::new(KvmMsi::new(vm.clone())));
-            vireo_virtio::pci::add_functions(
+            let placed = vireo_virtio::pci::add_functions(
                 &mut root,
                 devices,
                 ram.memory(),
@@ -854,7 +919,14 @@ impl KvmVm {
                 Some(Arc::new(KvmNotify(vm.clone()))),
             )
             .map_err(|e| pci(&e))?;
+            for (slot, _) in placed {
+                functions.push(
+                    root.function_at(slot)
+                        .ok_or_else(|| pci(&format!("slot {slot} is empty after placing")))?,
+                );
+            }
             let root = Arc::new(Mutex::new(root));
+            pci_root = Some(root.clone());
             pio.insert(
                 PIO_CONFIG_PORT,
                 PIO_CONFIG_LEN,
@@ -870,6 +942,31 @@ impl KvmVm {
                 PCI_MMIO_SIZE,
                 Arc::new(MmioWindow::new(root)),
             )?;
+        }
+
+        if let Some(shared) = shared {
+            // Before the vCPUs and the irqchip: the lines these drive are set again by the
+            // irqchip's saved state.
+            let bad = |e: String| KvmError::State(StateError::Mismatch(e));
+            lock(&uart)
+                .restore_state(&shared.uart)
+                .map_err(|e| bad(format!("COM1: {e}")))?;
+            match &pci_root {
+                Some(root) => vireo_virtio::pci::restore_functions(
+                    root,
+                    &functions,
+                    &shared.virtio,
+                    &shared.pci,
+                )
+                .map_err(bad)?,
+                None if shared.virtio.is_empty() => {}
+                None => {
+                    return Err(bad(format!(
+                        "the snapshot has {} virtio devices, the definition none",
+                        shared.virtio.len()
+                    )))
+                }
+            }
         }
 
         // What to run.
@@ -988,6 +1085,8 @@ impl KvmVm {
             cmos,
             mem: ram.memory().clone(),
             dirty_log: AtomicBool::new(false),
+            uart: uart.clone(),
+            pci: functions,
         });
         Ok(KvmVm {
             inner,

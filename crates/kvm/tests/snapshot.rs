@@ -147,6 +147,7 @@ fn restored_guest_continues_counting_where_it_stopped() {
         Vec::new(),
         ram_from(&ram, g.memory),
         &state,
+        None,
     )
     .unwrap();
     let ctl = vm.controller();
@@ -211,6 +212,7 @@ fn state_survives_serialization_and_restores_two_vcpus() {
         Vec::new(),
         ram_from(&ram, g.memory),
         &state,
+        None,
     )
     .unwrap();
     let ctl = vm.controller();
@@ -276,6 +278,7 @@ fn restore_with_another_vcpu_count_is_refused() {
         Vec::new(),
         ram_from(&ram, g.memory),
         &state,
+        None,
     )
     .err()
     .expect("a 1-vCPU state restored into a 2-vCPU VM");
@@ -293,6 +296,7 @@ fn restore_with_another_vcpu_count_is_refused() {
         Vec::new(),
         GuestRam::new(&layout::ram_ranges(32 << 20)).unwrap(),
         &state,
+        None,
     )
     .err()
     .unwrap();
@@ -307,6 +311,7 @@ fn restore_with_another_vcpu_count_is_refused() {
         Vec::new(),
         ram_from(&ram, g.memory),
         &state,
+        None,
     )
     .err()
     .unwrap();
@@ -412,6 +417,7 @@ fn a_kernel_booted_from_a_boot_config_is_restored_with_its_waiting_ap() {
         Vec::new(),
         ram_from(&ram, cfg.memory),
         &state,
+        None,
     )
     .unwrap();
     let ctl = vm.controller();
@@ -427,4 +433,79 @@ fn a_kernel_booted_from_a_boot_config_is_restored_with_its_waiting_ap() {
         kvm_bindings::KVM_MP_STATE_UNINITIALIZED
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// COM1 and the virtio-pci functions come back with the vCPUs: a counting guest with an rng
+/// device, paused (devices too), saved, and restored with and without a device to put it on.
+#[test]
+fn devices_are_saved_and_restored_with_the_vcpus() {
+    let _kvm = kvm();
+    let g = counting_guest(1);
+    let rng =
+        || vec![Box::new(vireo_virtio::rng::Rng::new()) as Box<dyn vireo_virtio::VirtioDevice>];
+    let out = ConsoleOutput::new();
+    let vm = KvmVm::new_micro_with_devices(&g, out.clone(), rng()).unwrap();
+    let ctl = vm.controller();
+    let runner = start(vm);
+    let mut seen = Vec::new();
+    output_until(&out, &mut seen, 100);
+    assert!(
+        matches!(
+            ctl.save_devices(),
+            Err(KvmError::NotPaused(VmState::Running))
+        ),
+        "saved the devices of a running VM"
+    );
+    ctl.pause().unwrap();
+    seen.extend(out.take());
+    let last = *seen.last().unwrap();
+    let state = ctl.save_state().unwrap();
+    let devices = ctl.save_devices().unwrap();
+    let ram = copy_ram(ctl.guest_memory());
+    stop(runner, &ctl);
+    assert_eq!(devices.virtio.len(), 1);
+    assert_eq!(devices.virtio[0].device_type, 4, "virtio-rng");
+    // The firmware's BAR placement is in the saved space.
+    assert!(
+        devices.pci[0].config.bars[0] >= layout::PCI_MMIO_BASE,
+        "{:x?}",
+        devices.pci[0].config.bars
+    );
+
+    // A definition without the device cannot take it.
+    let err = KvmVm::restore_micro(
+        &g,
+        ConsoleOutput::new(),
+        Vec::new(),
+        ram_from(&ram, g.memory),
+        &state,
+        Some(&devices),
+    )
+    .err()
+    .expect("restored a virtio device onto a VM without one");
+    assert!(err.to_string().contains("1 virtio devices"), "{err}");
+
+    let out = ConsoleOutput::new();
+    let vm = KvmVm::restore_micro(
+        &g,
+        out.clone(),
+        rng(),
+        ram_from(&ram, g.memory),
+        &state,
+        Some(&devices),
+    )
+    .unwrap();
+    let ctl = vm.controller();
+    ctl.pause().unwrap();
+    assert_eq!(
+        ctl.save_devices().unwrap(),
+        devices,
+        "a restore then a save changed them"
+    );
+    ctl.resume().unwrap();
+    let runner = start(vm);
+    let mut after = Vec::new();
+    output_until(&out, &mut after, 20);
+    stop(runner, &ctl);
+    assert_eq!(after[0], last.wrapping_add(1), "continued from {last}");
 }

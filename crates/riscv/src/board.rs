@@ -25,7 +25,6 @@ use vireo_machine::{
 };
 use vireo_pci::{Ecam, MmioWindow, PciRoot, ECAM_BUS_SIZE};
 use vireo_virtio::mmio::MmioTransport;
-use vireo_virtio::pci::VirtioPci;
 use vireo_virtio::VirtioDevice;
 use vm_fdt::FdtWriter;
 
@@ -329,10 +328,8 @@ impl EmuStateHandle {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             all &= lock(t).pause(left);
         }
-        for f in &self.devices.pci {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            all &= with_virtio_pci(f, |d| d.pause(left)).unwrap_or(false);
-        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        all &= vireo_virtio::pci::pause_functions(&self.devices.pci, left);
         all
     }
 
@@ -369,9 +366,7 @@ impl EmuStateHandle {
         for t in &self.devices.mmio {
             lock(t).resume();
         }
-        for f in &self.devices.pci {
-            let _ = with_virtio_pci(f, |d| d.resume());
-        }
+        vireo_virtio::pci::resume_functions(&self.devices.pci);
     }
 
     /// The machine's state: the run loop must be parked and the devices paused.
@@ -396,19 +391,15 @@ impl EmuStateHandle {
             uart: lock(&d.uart).save_state(),
             rtc_latch: lock(&d.rtc).latched(),
         };
-        let slot_err = |i: usize, e: vireo_virtio::state::StateError| {
-            EmuError::Fault(format!("virtio slot {i}: {e}"))
-        };
-        let mut virtio = Vec::new();
-        let mut pci = Vec::new();
+        // One transport or the other holds the devices: the other list is empty.
+        let (mut virtio, pci) =
+            vireo_virtio::pci::save_functions(&d.pci).map_err(EmuError::Fault)?;
         for (i, t) in d.mmio.iter().enumerate() {
-            virtio.push(lock(t).save_state().map_err(|e| slot_err(i, e))?);
-        }
-        for (i, f) in d.pci.iter().enumerate() {
-            let (core, function) =
-                with_virtio_pci(f, |d| d.save_state())?.map_err(|e| slot_err(i, e))?;
-            virtio.push(core);
-            pci.push(function);
+            virtio.push(
+                lock(t)
+                    .save_state()
+                    .map_err(|e| EmuError::Fault(format!("virtio slot {i}: {e}")))?,
+            );
         }
         Ok(EmuState {
             machine,
@@ -422,19 +413,6 @@ impl EmuStateHandle {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Runs `op` on the virtio-pci function behind `f` (every function the board keeps in
-/// `BoardDevices::pci` is one).
-fn with_virtio_pci<R>(
-    f: &vireo_pci::SharedFunction,
-    op: impl FnOnce(&mut VirtioPci) -> R,
-) -> Result<R, EmuError> {
-    let mut g = lock(f);
-    g.as_any_mut()
-        .and_then(|a| a.downcast_mut::<VirtioPci>())
-        .map(op)
-        .ok_or_else(|| EmuError::Fault("a PCI function the board placed is not virtio-pci".into()))
 }
 
 fn wall_ns() -> u64 {
@@ -613,19 +591,9 @@ impl EmuVm {
                 .restore_state(ts)
                 .map_err(|e| bad(format!("virtio slot {i}: {e}")))?;
         }
-        for (i, (f, (core, function))) in vm
-            .devices
-            .pci
-            .iter()
-            .zip(st.virtio.iter().zip(&st.pci))
-            .enumerate()
-        {
-            with_virtio_pci(f, |d| d.restore_state(core, function))?
-                .map_err(|e| bad(format!("virtio slot {i} (PCI): {e}")))?;
-        }
         if let Some(root) = &vm.devices.pci_root {
-            // The BARs are where the guest had put them: decode them there.
-            lock(root).refresh();
+            vireo_virtio::pci::restore_functions(root, &vm.devices.pci, &st.virtio, &st.pci)
+                .map_err(bad)?;
         }
         lock(&vm.devices.uart).restore_state(&m.uart).map_err(bad)?;
         lock(&vm.devices.rtc).set_latched(m.rtc_latch);

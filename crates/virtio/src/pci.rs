@@ -460,6 +460,90 @@ impl PciDevice for VirtioPci {
 #[cfg(test)]
 mod tests;
 
+/// Runs `op` on the virtio-pci function behind `f`, the root's handle on it; `None` when the
+/// function is not virtio-pci. How a board reaches the functions it placed, to pause, save or
+/// restore them.
+pub fn with_function<R>(
+    f: &vireo_pci::SharedFunction,
+    op: impl FnOnce(&mut VirtioPci) -> R,
+) -> Option<R> {
+    let mut g = f.lock().unwrap_or_else(|p| p.into_inner());
+    g.as_any_mut()
+        .and_then(|a| a.downcast_mut::<VirtioPci>())
+        .map(op)
+}
+
+/// The device state of every function in `functions` (each a virtio-pci function) for a
+/// snapshot: the transport cores and the PCI functions, in the same order. The devices must
+/// be paused.
+pub fn save_functions(
+    functions: &[vireo_pci::SharedFunction],
+) -> Result<
+    (
+        Vec<crate::state::CoreState>,
+        Vec<crate::state::PciFunctionState>,
+    ),
+    String,
+> {
+    let mut cores = Vec::new();
+    let mut pci = Vec::new();
+    for (i, f) in functions.iter().enumerate() {
+        let (core, function) = with_function(f, |d| d.save_state())
+            .ok_or_else(|| format!("PCI function {i} is not virtio-pci"))?
+            .map_err(|e| format!("virtio device {i} (PCI): {e}"))?;
+        cores.push(core);
+        pci.push(function);
+    }
+    Ok((cores, pci))
+}
+
+/// Puts saved states back on `functions` (fresh devices from the same definition), then
+/// has `root` decode the BARs where the guest had placed them. Nothing runs yet.
+pub fn restore_functions(
+    root: &vireo_pci::SharedRoot,
+    functions: &[vireo_pci::SharedFunction],
+    cores: &[crate::state::CoreState],
+    pci: &[crate::state::PciFunctionState],
+) -> Result<(), String> {
+    if cores.len() != functions.len() || pci.len() != functions.len() {
+        return Err(format!(
+            "the snapshot has {} virtio devices ({} PCI function states), the definition {}",
+            cores.len(),
+            pci.len(),
+            functions.len()
+        ));
+    }
+    for (i, (f, (core, function))) in functions.iter().zip(cores.iter().zip(pci)).enumerate() {
+        with_function(f, |d| d.restore_state(core, function))
+            .ok_or_else(|| format!("PCI function {i} is not virtio-pci"))?
+            .map_err(|e| format!("virtio device {i} (PCI): {e}"))?;
+    }
+    root.lock().unwrap_or_else(|p| p.into_inner()).refresh();
+    Ok(())
+}
+
+/// Pauses every virtio-pci function in `functions` within `timeout` in all (see
+/// [`VirtioDevice::pause`]); false if one did not.
+pub fn pause_functions(
+    functions: &[vireo_pci::SharedFunction],
+    timeout: std::time::Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut all = true;
+    for f in functions {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        all &= with_function(f, |d| d.pause(left)).unwrap_or(false);
+    }
+    all
+}
+
+/// Lets every function in `functions` deliver again.
+pub fn resume_functions(functions: &[vireo_pci::SharedFunction]) {
+    for f in functions {
+        let _ = with_function(f, |d| d.resume());
+    }
+}
+
 /// Puts `devices` on `root` as virtio-pci functions, one slot each in order — the one place
 /// both boards do it. `line_for(index, slot)` gives the INTx line of the index-th device, placed
 /// in `slot`, and its number (the

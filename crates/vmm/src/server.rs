@@ -287,12 +287,11 @@ impl Server {
         // Everything a restore needs is read and checked before anything runs.
         let restore = match &opts.restore {
             Some(snap) => {
-                if plan.accel != Accel::Emu {
-                    return Err(fail(
-                        "restoring a snapshot needs the emu accelerator (kvm snapshots are not wired into the VMM yet)",
-                    ));
-                }
-                let loaded = crate::snapshot::load(snap, opts.force)?;
+                let accel = match plan.accel {
+                    Accel::Kvm => crate::snapshot::Accel::Kvm,
+                    _ => crate::snapshot::Accel::Emu,
+                };
+                let loaded = crate::snapshot::load(snap, opts.force, accel)?;
                 tracing::info!(
                     "snapshot {} loaded and mapped in {:.2} ms",
                     snap.display(),

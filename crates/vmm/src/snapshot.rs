@@ -58,7 +58,9 @@ use vireo_riscv::state::{ClockMode, EmuState, HartState, MachineState, EMU_STATE
 use vireo_spec::VmSpec;
 use vireo_state::disk::DiskRef;
 use vireo_state::memory::MemoryMap;
-use vireo_state::{Accel, Arch, Header, Kind, SectionId, StateFile};
+use vireo_state::{Arch, Header, Kind, SectionId, StateFile};
+
+pub use vireo_state::Accel;
 
 use crate::devices::DiskSource;
 use crate::{fail, Error, VmControl};
@@ -105,6 +107,73 @@ fn section_vmgenid() -> SectionId {
 
 fn section_virtio(slot: usize) -> SectionId {
     SectionId::Device(format!("virtio.{slot}"))
+}
+
+/// The kvm accelerator's sections: `Machine` is its `VmWideState` (irqchip, PIT, clock,
+/// CMOS), `Vcpu(n)` a `VcpuState`, and COM1 is `Device("uart0")`; their version is the kvm
+/// crate's [`vireo_kvm::KVM_STATE_VERSION`].
+const KVM_SECTION_VERSION: u16 = vireo_kvm::KVM_STATE_VERSION as u16;
+
+fn section_uart() -> SectionId {
+    SectionId::Device("uart0".into())
+}
+
+/// The virtio transports' sections (`virtio.N`, and `virtio-pci.N` for PCI functions).
+fn put_virtio(
+    file: &mut StateFile,
+    cores: &[vireo_virtio::state::CoreState],
+    pci: &[vireo_virtio::state::PciFunctionState],
+    version: u16,
+) -> Result<(), Error> {
+    for (i, v) in cores.iter().enumerate() {
+        file.put(section_virtio(i), version, v).map_err(fail)?;
+    }
+    for (i, p) in pci.iter().enumerate() {
+        file.put(section_virtio_pci(i), version, p).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Reads the virtio sections [`put_virtio`] wrote: every `virtio.N` from 0 on, and with
+/// `pci` a `virtio-pci.N` for each.
+#[allow(clippy::type_complexity)]
+fn read_virtio(
+    file: &StateFile,
+    pci: bool,
+    version: u16,
+) -> Result<
+    (
+        Vec<vireo_virtio::state::CoreState>,
+        Vec<vireo_virtio::state::PciFunctionState>,
+    ),
+    Error,
+> {
+    let mut cores = Vec::new();
+    for slot in 0.. {
+        let id = section_virtio(slot);
+        match file
+            .get::<vireo_virtio::state::CoreState>(&id)
+            .map_err(fail)?
+        {
+            Some((v, c)) => {
+                vireo_state::expect_version(&id, v, version).map_err(fail)?;
+                cores.push(c);
+            }
+            None => break,
+        }
+    }
+    let mut functions = Vec::new();
+    if pci {
+        for slot in 0..cores.len() {
+            let id = section_virtio_pci(slot);
+            let (v, p) = file
+                .require::<vireo_virtio::state::PciFunctionState>(&id)
+                .map_err(fail)?;
+            vireo_state::expect_version(&id, v, version).map_err(fail)?;
+            functions.push(p);
+        }
+    }
+    Ok((cores, functions))
 }
 
 /// A virtio-pci device's PCI function ([`vireo_virtio::state::PciFunctionState`]), beside its
@@ -219,37 +288,50 @@ fn write_all(
     partial: &Path,
     parent: Option<&Parent>,
 ) -> Result<Taken, Error> {
-    let VmControl::Emu { state, mem, .. } = vm else {
-        return Err(fail(
-            "snapshots of kvm guests are not wired into the VMM yet (the accelerator can save \
-             its vCPUs and irqchip, but not its devices); use the emu accelerator",
-        ));
+    let header = |accel, arch| match parent {
+        Some(p) => Header::diff(accel, arch, p.id.clone()),
+        None => Header::new(accel, arch),
     };
-    let emu = state.save().map_err(fail)?;
-    // From here the log runs from this snapshot (made so once it is whole, in `take`).
-    let (dirty, log_base) = state.take_dirty(mem).map_err(fail)?;
-    let header = match parent {
-        Some(p) => Header::diff(Accel::Emu, Arch::Riscv64, p.id.clone()),
-        None => Header::new(Accel::Emu, Arch::Riscv64),
+    let (mut file, mem, dirty, log_base) = match vm {
+        VmControl::Emu { state, mem, .. } => {
+            let emu = state.save().map_err(fail)?;
+            // From here the log runs from this snapshot (made so once it is whole, in `take`).
+            let (dirty, log_base) = state.take_dirty(mem).map_err(fail)?;
+            let mut file = StateFile::new(header(Accel::Emu, Arch::Riscv64));
+            file.put(SectionId::Machine, EMU_STATE_VERSION, &emu.machine)
+                .map_err(fail)?;
+            for (i, h) in emu.harts.iter().enumerate() {
+                file.put(SectionId::Vcpu(i as u32), EMU_STATE_VERSION, h)
+                    .map_err(fail)?;
+            }
+            put_virtio(&mut file, &emu.virtio, &emu.pci, EMU_STATE_VERSION)?;
+            if let Some(id) = &emu.vmgenid {
+                file.put(section_vmgenid(), 1, id).map_err(fail)?;
+            }
+            (file, mem, Some(dirty), log_base)
+        }
+        VmControl::Kvm(c) => {
+            let kvm = c.save_state().map_err(fail)?;
+            let devices = c.save_devices().map_err(fail)?;
+            let mut file = StateFile::new(header(Accel::Kvm, Arch::X86_64));
+            file.put(SectionId::Machine, KVM_SECTION_VERSION, &kvm.vm)
+                .map_err(fail)?;
+            for (i, v) in kvm.vcpus.iter().enumerate() {
+                file.put(SectionId::Vcpu(i as u32), KVM_SECTION_VERSION, v)
+                    .map_err(fail)?;
+            }
+            put_virtio(
+                &mut file,
+                &devices.virtio,
+                &devices.pci,
+                KVM_SECTION_VERSION,
+            )?;
+            file.put(section_uart(), KVM_SECTION_VERSION, &devices.uart)
+                .map_err(fail)?;
+            // No log here yet: a diff of a kvm guest compares contents.
+            (file, c.guest_memory(), None, None)
+        }
     };
-    let mut file = StateFile::new(header);
-    file.put(SectionId::Machine, EMU_STATE_VERSION, &emu.machine)
-        .map_err(fail)?;
-    for (i, h) in emu.harts.iter().enumerate() {
-        file.put(SectionId::Vcpu(i as u32), EMU_STATE_VERSION, h)
-            .map_err(fail)?;
-    }
-    for (i, v) in emu.virtio.iter().enumerate() {
-        file.put(section_virtio(i), EMU_STATE_VERSION, v)
-            .map_err(fail)?;
-    }
-    for (i, p) in emu.pci.iter().enumerate() {
-        file.put(section_virtio_pci(i), EMU_STATE_VERSION, p)
-            .map_err(fail)?;
-    }
-    if let Some(id) = &emu.vmgenid {
-        file.put(section_vmgenid(), 1, id).map_err(fail)?;
-    }
 
     // Memory: every non-zero page; or for a diff, the pages the dirty log names (every
     // writer marks it: vm-memory for devices, the harts for their stores), or, when the log
@@ -258,7 +340,10 @@ fn write_all(
     let by_log = parent.is_some_and(|p| log_base.as_ref() == Some(&p.id));
     let map = match parent {
         Some(p) if by_log => {
-            let set = vireo_state::memory::page_set_of(mem, &dirty);
+            let dirty = dirty
+                .as_ref()
+                .ok_or_else(|| fail("a diff by the log without a log"))?;
+            let set = vireo_state::memory::page_set_of(mem, dirty);
             if let Some(base) = &p.memory {
                 verify_log(partial, mem, base, &set)?;
             }
@@ -407,6 +492,15 @@ fn count_data_pages(path: &Path) -> u64 {
     allocated_bytes(path) / 4096
 }
 
+/// The accelerator's part of a loaded snapshot.
+pub enum MachineSnap {
+    Emu(EmuState),
+    Kvm {
+        kvm: vireo_kvm::KvmState,
+        devices: vireo_kvm::DevicesState,
+    },
+}
+
 /// A snapshot read and checked, ready to restore.
 pub struct Loaded {
     /// The snapshot's id: the restored RAM's dirty log runs from it.
@@ -414,7 +508,7 @@ pub struct Loaded {
     /// The MAC addresses the guest's NICs had (from the saved definition; empty when it
     /// cannot be read): a restore with others must make the guest bind its NICs again.
     pub macs: Vec<[u8; 6]>,
-    pub state: EmuState,
+    pub state: MachineSnap,
     pub ram: GuestRam,
     /// How long reading, checking and mapping took.
     pub load_ms: f64,
@@ -423,7 +517,8 @@ pub struct Loaded {
 /// Reads the snapshot in `dir` and everything it depends on (its parents' memory, its disks)
 /// and maps its memory; an error names the file and what is wrong, and nothing has run.
 /// `force` accepts disks changed since the snapshot.
-pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
+/// `accel` is the accelerator the definition runs on: a snapshot of the other is refused.
+pub fn load(dir: &Path, force: bool, accel: Accel) -> Result<Loaded, Error> {
     let t0 = Instant::now();
     let path = dir.join(STATE_FILE);
     if !path.exists() {
@@ -434,50 +529,15 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
         )));
     }
     let file = StateFile::read(&path).map_err(fail)?;
-    file.check_compatible(Accel::Emu, Arch::Riscv64)
+    let arch = match accel {
+        Accel::Emu => Arch::Riscv64,
+        Accel::Kvm => Arch::X86_64,
+    };
+    file.check_compatible(accel, arch)
         .map_err(|e| fail(format!("{}: {e}", path.display())))?;
-    let (v, machine) = file
-        .require::<MachineState>(&SectionId::Machine)
-        .map_err(fail)?;
-    vireo_state::expect_version(&SectionId::Machine, v, EMU_STATE_VERSION).map_err(fail)?;
-    let mut harts = Vec::new();
-    for i in 0..machine.harts {
-        let id = SectionId::Vcpu(i);
-        let (v, h) = file.require::<HartState>(&id).map_err(fail)?;
-        vireo_state::expect_version(&id, v, EMU_STATE_VERSION).map_err(fail)?;
-        harts.push(h);
-    }
-    let mut virtio = Vec::new();
-    for slot in 0.. {
-        let id = section_virtio(slot);
-        match file
-            .get::<vireo_virtio::state::CoreState>(&id)
-            .map_err(fail)?
-        {
-            Some((v, c)) => {
-                vireo_state::expect_version(&id, v, EMU_STATE_VERSION).map_err(fail)?;
-                virtio.push(c);
-            }
-            None => break,
-        }
-    }
-    let mut pci = Vec::new();
-    if machine.virtio_transport == "pci" {
-        for slot in 0..virtio.len() {
-            let id = section_virtio_pci(slot);
-            let (v, p) = file
-                .require::<vireo_virtio::state::PciFunctionState>(&id)
-                .map_err(fail)?;
-            vireo_state::expect_version(&id, v, EMU_STATE_VERSION).map_err(fail)?;
-            pci.push(p);
-        }
-    }
-    let vmgenid = match file.get::<[u8; 16]>(&section_vmgenid()).map_err(fail)? {
-        Some((v, id)) => {
-            vireo_state::expect_version(&section_vmgenid(), v, 1).map_err(fail)?;
-            Some(id)
-        }
-        None => None,
+    let state = match accel {
+        Accel::Emu => MachineSnap::Emu(read_emu(&file)?),
+        Accel::Kvm => read_kvm(&file)?,
     };
     let (_, mut refs) = file
         .require::<Vec<DiskRef>>(&SectionId::Disks)
@@ -522,15 +582,76 @@ pub fn load(dir: &Path, force: bool) -> Result<Loaded, Error> {
     Ok(Loaded {
         id: file.header().id.clone(),
         macs,
-        state: EmuState {
-            machine,
-            harts,
-            virtio,
-            pci,
-            vmgenid,
-        },
+        state,
         ram,
         load_ms: t0.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// The emulator's sections of `file`.
+fn read_emu(file: &StateFile) -> Result<EmuState, Error> {
+    let (v, machine) = file
+        .require::<MachineState>(&SectionId::Machine)
+        .map_err(fail)?;
+    vireo_state::expect_version(&SectionId::Machine, v, EMU_STATE_VERSION).map_err(fail)?;
+    let mut harts = Vec::new();
+    for i in 0..machine.harts {
+        let id = SectionId::Vcpu(i);
+        let (v, h) = file.require::<HartState>(&id).map_err(fail)?;
+        vireo_state::expect_version(&id, v, EMU_STATE_VERSION).map_err(fail)?;
+        harts.push(h);
+    }
+    let (virtio, pci) = read_virtio(file, machine.virtio_transport == "pci", EMU_STATE_VERSION)?;
+    let vmgenid = match file.get::<[u8; 16]>(&section_vmgenid()).map_err(fail)? {
+        Some((v, id)) => {
+            vireo_state::expect_version(&section_vmgenid(), v, 1).map_err(fail)?;
+            Some(id)
+        }
+        None => None,
+    };
+    Ok(EmuState {
+        machine,
+        harts,
+        virtio,
+        pci,
+        vmgenid,
+    })
+}
+
+/// The kvm accelerator's sections of `file`.
+fn read_kvm(file: &StateFile) -> Result<MachineSnap, Error> {
+    let (v, vm) = file
+        .require::<vireo_kvm::VmWideState>(&SectionId::Machine)
+        .map_err(fail)?;
+    vireo_state::expect_version(&SectionId::Machine, v, KVM_SECTION_VERSION).map_err(fail)?;
+    let mut vcpus = Vec::new();
+    for i in 0.. {
+        let id = SectionId::Vcpu(i);
+        match file.get::<vireo_kvm::VcpuState>(&id).map_err(fail)? {
+            Some((v, c)) => {
+                vireo_state::expect_version(&id, v, KVM_SECTION_VERSION).map_err(fail)?;
+                vcpus.push(c);
+            }
+            None => break,
+        }
+    }
+    if vcpus.is_empty() {
+        return Err(fail(
+            "the snapshot holds no vCPU (section vcpu 0 is missing)",
+        ));
+    }
+    let (virtio, pci) = read_virtio(file, true, KVM_SECTION_VERSION)?;
+    let (v, uart) = file
+        .require::<vireo_devices::UartState>(&section_uart())
+        .map_err(fail)?;
+    vireo_state::expect_version(&section_uart(), v, KVM_SECTION_VERSION).map_err(fail)?;
+    Ok(MachineSnap::Kvm {
+        kvm: vireo_kvm::KvmState {
+            version: vireo_kvm::KVM_STATE_VERSION,
+            vcpus,
+            vm,
+        },
+        devices: vireo_kvm::DevicesState { uart, virtio, pci },
     })
 }
 

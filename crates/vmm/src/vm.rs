@@ -56,7 +56,8 @@ impl Vm {
     }
 
     /// A machine continuing from a loaded snapshot, with fresh `devices` built from its
-    /// definition (emu only so far).
+    /// definition, on the accelerator the snapshot was taken on (`snapshot::load` checked it
+    /// against the definition's).
     pub fn restore(
         cfg: &BootConfig,
         out: &ConsoleOutput,
@@ -64,18 +65,38 @@ impl Vm {
         loaded: crate::snapshot::Loaded,
         clock: vireo_riscv::state::ClockMode,
     ) -> Result<Vm, Error> {
-        let vm = vireo_riscv::EmuVm::restore(
-            cfg,
-            out.clone(),
-            devices,
-            loaded.ram,
-            &loaded.state,
-            clock,
-        )
-        .map_err(fail)?;
-        // A diff of this snapshot can take the pages the log names.
-        vm.state_handle().set_dirty_base(Some(loaded.id));
-        Ok(Vm::Emu(vm))
+        match &loaded.state {
+            crate::snapshot::MachineSnap::Emu(st) => {
+                let vm =
+                    vireo_riscv::EmuVm::restore(cfg, out.clone(), devices, loaded.ram, st, clock)
+                        .map_err(fail)?;
+                // A diff of this snapshot can take the pages the log names.
+                vm.state_handle().set_dirty_base(Some(loaded.id));
+                Ok(Vm::Emu(vm))
+            }
+            crate::snapshot::MachineSnap::Kvm {
+                kvm,
+                devices: shared,
+            } => {
+                // KVM's clock is set back to its saved value (the guest's time stands still
+                // while it is not running); catching up is the emulator's only so far.
+                if clock == vireo_riscv::state::ClockMode::CatchUp {
+                    return Err(fail(
+                        "--clock catch-up: the kvm accelerator restores its guest's clock as it was saved (--clock pause) only so far",
+                    ));
+                }
+                let vm = vireo_kvm::KvmVm::restore(
+                    cfg,
+                    out.clone(),
+                    devices,
+                    loaded.ram,
+                    kvm,
+                    Some(shared),
+                )
+                .map_err(fail)?;
+                Ok(Vm::Kvm(vm))
+            }
+        }
     }
 
     pub fn accel(&self) -> &'static str {

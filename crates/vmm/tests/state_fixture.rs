@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use vireo_vmm::snapshot::{Accel, MachineSnap};
 
 use vireo_devices::ConsoleOutput;
 use vireo_machine::{BootConfig, GuestExit};
@@ -85,8 +86,11 @@ fn unpack() -> PathBuf {
 #[test]
 fn the_checked_in_v1_snapshot_restores_and_runs_on() {
     let dir = unpack();
-    let loaded = vireo_vmm::snapshot::load(&dir, false).unwrap();
-    let saved_count = loaded.state.harts[0].x[1];
+    let loaded = vireo_vmm::snapshot::load(&dir, false, Accel::Emu).unwrap();
+    let MachineSnap::Emu(state) = &loaded.state else {
+        panic!("the fixture is an emu snapshot");
+    };
+    let saved_count = state.harts[0].x[1];
     assert!(
         saved_count > 1000,
         "the fixture's guest had counted: {saved_count}"
@@ -97,7 +101,7 @@ fn the_checked_in_v1_snapshot_restores_and_runs_on() {
         ConsoleOutput::new(),
         Vec::new(),
         loaded.ram,
-        &loaded.state,
+        state,
         ClockMode::Pause,
     )
     .unwrap();
