@@ -6,13 +6,21 @@
 //!
 //! A hardware-reduced FADT needs no PM timer, SCI or GPE blocks; its reset register is the
 //! i8042 command port, so an ACPI reboot ends the guest as `reboot=k` does.
+//!
+//! The VM generation ID (Microsoft's "Virtual Machine Generation ID" specification, as
+//! Linux's `vmgenid` driver reads it) is `\_SB.VGEN`: `_CID` "VM_Gen_Counter", and `ADDR`,
+//! a package of the low and high halves of the 16 bytes' guest-physical address. The spec
+//! has the platform notify the device (0x80) when the ID changes; a hardware-reduced machine
+//! has no GPE block, so the notification comes from a generic event device (`ACPI0013`,
+//! `\_SB.GED`) whose `_EVT` method, run by the OS when its interrupt fires, notifies VGEN.
 
 use vireo_machine::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{
     ACPI_DSDT_ADDR, ACPI_FADT_ADDR, ACPI_MADT_ADDR, ACPI_MCFG_ADDR, ACPI_RSDP_ADDR, ACPI_XSDT_ADDR,
-    IOAPIC_ADDR, LAPIC_ADDR, PCI_ECAM_BASE, PCI_GSIS, PCI_MMIO_BASE, PCI_MMIO_SIZE,
+    IOAPIC_ADDR, LAPIC_ADDR, PCI_ECAM_BASE, PCI_GSIS, PCI_MMIO_BASE, PCI_MMIO_SIZE, VMGENID_ADDR,
+    VMGENID_GSI,
 };
 
 /// Errors while writing the ACPI tables.
@@ -107,10 +115,12 @@ pub fn fadt(dsdt: u64) -> Vec<u8> {
 /// The DSDT: the PCI host bridge \\_SB.PCI0 (PCI Express root, so Linux uses the MCFG's ECAM;
 /// CF8/CFC also work), with its bus, I/O and memory windows and the routing of each slot's
 /// INTA# straight to an IOAPIC pin (`_PRT` entries with a GSI, no link devices). Other
-/// devices are legacy (COM1, i8042, RTC) and found without ACPI.
+/// devices are legacy (COM1, i8042, RTC) and found without ACPI; then the VM generation ID
+/// and the event device that announces its changes (see the module doc).
 pub fn dsdt() -> Vec<u8> {
     use acpi_tables::aml::{
-        AddressSpace, AddressSpaceCacheable, Device, EISAName, Name, Package, ResourceTemplate, IO,
+        AddressSpace, AddressSpaceCacheable, Arg, Device, EISAName, Equal, If, Interrupt, Method,
+        Name, Notify, Package, Path, ResourceTemplate, IO,
     };
     use acpi_tables::Aml;
 
@@ -154,8 +164,42 @@ pub fn dsdt() -> Vec<u8> {
         "\\_SB_.PCI0".into(),
         names.iter().map(|n| n as &dyn Aml).collect(),
     );
+    // The generation ID. _HID is Linux's own ID for it; _CID and _DDN are the spec's.
+    let (lo, hi) = (VMGENID_ADDR as u32, (VMGENID_ADDR >> 32) as u32);
+    let addr = Package::new(vec![&lo, &hi]);
+    let vgen_names = [
+        Name::new("_HID".into(), &"VMGENCTR"),
+        Name::new("_CID".into(), &"VM_Gen_Counter"),
+        Name::new("_DDN".into(), &"VM_Gen_Counter"),
+        Name::new("ADDR".into(), &addr),
+    ];
+    let vgen = Device::new(
+        "\\_SB_.VGEN".into(),
+        vgen_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+    // The event device: an edge-triggered, active-high interrupt of its own; _EVT gets the
+    // interrupt's number.
+    let irq = Interrupt::new(true, true, false, false, VMGENID_GSI);
+    let ged_crs = ResourceTemplate::new(vec![&irq]);
+    let ged_hid = "ACPI0013";
+    let vgen_path = Path::new("\\_SB_.VGEN");
+    let code = 0x80u8;
+    let notify = Notify::new(&vgen_path, &code);
+    let is_ours = Equal::new(&Arg(0), &VMGENID_GSI);
+    let on_ours = If::new(&is_ours, vec![&notify]);
+    let evt = Method::new("_EVT".into(), 1, true, vec![&on_ours]);
+    let ged_names = [
+        Name::new("_HID".into(), &ged_hid),
+        Name::new("_UID".into(), &zero),
+        Name::new("_CRS".into(), &ged_crs),
+    ];
+    let mut ged_children: Vec<&dyn Aml> = ged_names.iter().map(|n| n as &dyn Aml).collect();
+    ged_children.push(&evt);
+    let ged = Device::new("\\_SB_.GED_".into(), ged_children);
     let mut aml = Vec::new();
     pci0.to_aml_bytes(&mut aml);
+    vgen.to_aml_bytes(&mut aml);
+    ged.to_aml_bytes(&mut aml);
     sdt(b"DSDT", 2, &aml)
 }
 
@@ -279,6 +323,17 @@ mod tests {
             "Name (_PRT, Package",
             "0x0001FFFF",
             "0x0008FFFF",
+            "Device (\\_SB.VGEN)",
+            "Name (_HID, \"VMGENCTR\")",
+            "Name (_CID, \"VM_Gen_Counter\")",
+            "Name (ADDR, Package",
+            "0xFEB01000",
+            "Device (\\_SB.GED)",
+            "Name (_HID, \"ACPI0013\"",
+            "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
+            "Method (_EVT, 1, Serialized)",
+            "If ((Arg0 == 0x05))",
+            "Notify (\\_SB.VGEN, 0x80)",
         ] {
             assert!(dsl.contains(want), "{want} missing from:\n{dsl}");
         }

@@ -18,6 +18,8 @@
 //!              (0xc000_0000..0xe000_0000)
 //! 0xe000_0000  PCI ECAM for bus 0 (1 MiB, e820-reserved, in ACPI MCFG)
 //! 0xfeb0_0000  vireo exit register (sifive,test0-compatible TestFinisher, 4 KiB window)
+//! 0xfeb0_1000  VM generation ID (16 bytes in a 4 KiB window, e820-reserved; ACPI \_SB.VGEN,
+//!              its change announced on GSI 5 through the ACPI generic event device \_SB.GED)
 //! 0xfec0_0000  IOAPIC (in-kernel)
 //! 0xfee0_0000  local APICs (in-kernel)
 //! 0xfffb_c000  KVM's identity-map page and TSS pages (Intel VMX real-mode support)
@@ -70,6 +72,10 @@ pub const PCI_ECAM_BASE: u64 = 0xe000_0000;
 /// range), so no two functions share a level-triggered line.
 pub const PCI_GSIS: [u32; 8] = [16, 17, 18, 19, 20, 21, 22, 23];
 
+/// The VM generation ID's window ([`vireo_devices::vmgenid`]), and the GSI its change is
+/// announced on.
+pub const VMGENID_ADDR: u64 = 0xfeb0_1000;
+pub const VMGENID_GSI: u32 = 5;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
@@ -115,7 +121,8 @@ pub struct MemEntry {
 }
 
 /// The memory map a kernel is told about: usable RAM below 640 KiB (less the MP table), the
-/// legacy hole reserved, RAM from 1 MiB, PCI ECAM and the exit register reserved, and RAM
+/// legacy hole reserved, RAM from 1 MiB, PCI ECAM, the exit register and the VM generation ID
+/// reserved, and RAM
 /// above 4 GiB.
 pub fn memory_map(memory: u64) -> Vec<MemEntry> {
     let low_end = low_ram_end(memory);
@@ -148,6 +155,11 @@ pub fn memory_map(memory: u64) -> Vec<MemEntry> {
         size: vireo_devices::finisher::FINISHER_WINDOW,
         kind: MemKind::Reserved,
     });
+    map.push(MemEntry {
+        addr: VMGENID_ADDR,
+        size: vireo_devices::vmgenid::VMGENID_WINDOW,
+        kind: MemKind::Reserved,
+    });
     if memory > MMIO_GAP_START {
         map.push(MemEntry {
             addr: MMIO_GAP_END,
@@ -170,7 +182,9 @@ mod tests {
         assert_eq!(map[0].size, MPTABLE_ADDR);
         assert_eq!(map[2].addr, HIMEM_START);
         assert_eq!(map[2].addr + map[2].size, 256 << 20);
-        assert_eq!(map.len(), 5);
+        // Then the reserved ECAM, exit register and VM generation ID windows.
+        assert_eq!(map.len(), 6);
+        assert!(map[3..].iter().all(|e| e.kind == MemKind::Reserved));
     }
 
     #[test]
@@ -197,6 +211,7 @@ mod tests {
     fn fixed_addresses_sit_in_the_gap() {
         for a in [
             EXIT_REGISTER_ADDR,
+            VMGENID_ADDR,
             PCI_ECAM_BASE,
             PCI_MMIO_BASE + PCI_MMIO_SIZE - 1,
             u64::from(IOAPIC_ADDR),

@@ -452,12 +452,14 @@ pub struct PcState {
     pub cmos: CmosState,
 }
 
-/// The PC's devices that vireo shares with the emulator, each in its own state type: COM1
-/// and the virtio-pci functions (transport cores and PCI functions, in slot order). The VMM
+/// The PC's devices that vireo shares with the emulator, each in its own state type: COM1,
+/// the VM generation ID and the virtio-pci functions (transport cores and PCI functions, in slot order). The VMM
 /// writes them as their own sections, as it does the emulator's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DevicesState {
     pub uart: vireo_devices::UartState,
+    /// The VM generation ID's 16 bytes.
+    pub vmgenid: Option<[u8; 16]>,
     pub virtio: Vec<vireo_virtio::state::CoreState>,
     pub pci: Vec<vireo_virtio::state::PciFunctionState>,
 }

@@ -15,6 +15,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vireo_devices::finisher::FINISHER_WINDOW;
 use vireo_devices::serial::UART_WINDOW;
+use vireo_devices::vmgenid::{VmGenId, VMGENID_WINDOW};
 use vireo_devices::{ConsoleOutput, TestFinisher, Uart};
 use vireo_machine::GuestMemoryMmap;
 use vireo_machine::{
@@ -29,7 +30,9 @@ use crate::layout::{
     self, BOOT_STACK_TOP, CMOS_PORT, COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, EXIT_REGISTER_ADDR,
     I8042_PORT, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, MICRO_LOAD_MIN, MIN_MEMORY,
 };
-use crate::layout::{PCI_ECAM_BASE, PCI_GSIS, PCI_MMIO_BASE, PCI_MMIO_SIZE};
+use crate::layout::{
+    PCI_ECAM_BASE, PCI_GSIS, PCI_MMIO_BASE, PCI_MMIO_SIZE, VMGENID_ADDR, VMGENID_GSI,
+};
 use crate::mptable::{self, MpTableError};
 use crate::pc::{Cmos, DebugExit, KvmIrqLine, CMOS_WINDOW, DEBUG_EXIT_WINDOW, I8042, I8042_WINDOW};
 use crate::pc::{KvmMsi, KvmNotify};
@@ -234,7 +237,10 @@ struct Inner {
     /// COM1 and the virtio-pci functions (in slot order) with the root they sit on: paused
     /// with the vCPUs, and saved for snapshots.
     uart: Arc<Mutex<Uart>>,
+    vmgenid: Arc<Mutex<VmGenId>>,
     pci: Vec<vireo_pci::SharedFunction>,
+    /// What [`VmController::take_dirty`]'s log is relative to (a snapshot's id).
+    dirty_base: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -491,9 +497,53 @@ impl VmController {
             .map_err(|e| KvmError::State(StateError::Mismatch(e)))?;
         Ok(state::DevicesState {
             uart: lock(&self.inner.uart).save_state(),
+            vmgenid: Some(lock(&self.inner.vmgenid).id()),
             virtio,
             pci,
         })
+    }
+
+    /// The guest-physical pages (numbers, address / 4096) written since the last call, by the
+    /// vCPUs (KVM's dirty log) and by the VMM's own threads (vm-memory's bitmap, which every
+    /// device write marks), with what the log was relative to (see
+    /// [`VmController::set_dirty_base`]), which it no longer is. The first call turns KVM's
+    /// log on and returns no base: nothing is known of the writes before it. The VM must be
+    /// paused, or not have run yet.
+    pub fn take_dirty(&self) -> Result<(vireo_machine::DirtyPages, Option<String>), KvmError> {
+        let vm_state = self.inner.state();
+        if !matches!(vm_state, VmState::Paused | VmState::Created) {
+            return Err(KvmError::NotPaused(vm_state));
+        }
+        let mut pages = vireo_machine::memory::take_dirty(&self.inner.mem);
+        if !self.inner.dirty_log.load(Ordering::Acquire) {
+            self.enable_dirty_log()?;
+            *lock(&self.inner.dirty_base) = None;
+            return Ok((Vec::new(), None));
+        }
+        for (base, bitmap) in self.dirty_pages()? {
+            for (w, word) in bitmap.into_iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    let b = u64::from(bits.trailing_zeros());
+                    bits &= bits - 1;
+                    pages.push(base / 4096 + w as u64 * 64 + b);
+                }
+            }
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        Ok((pages, lock(&self.inner.dirty_base).take()))
+    }
+
+    /// What the dirty log is relative to from now on (a snapshot's id once it is whole, the
+    /// snapshot a VM was restored from).
+    pub fn set_dirty_base(&self, base: Option<String>) {
+        *lock(&self.inner.dirty_base) = base;
+    }
+
+    /// See [`VmController::set_dirty_base`].
+    pub fn dirty_base(&self) -> Option<String> {
+        lock(&self.inner.dirty_base).clone()
     }
 
     /// Guest RAM: a handle on the same mappings the VM runs on (copy it while the VM is
@@ -902,6 +952,11 @@ impl KvmVm {
             FINISHER_WINDOW,
             Arc::new(Mutex::new(TestFinisher::new(exit.clone()))),
         )?;
+        // The VM generation ID (ACPI \\_SB.VGEN; its interrupt is the generic event device's).
+        let vmgenid = Arc::new(Mutex::new(
+            VmGenId::new(irq(VMGENID_GSI)).map_err(|e| KvmError::Config(e.to_string()))?,
+        ));
+        mmio.insert(VMGENID_ADDR, VMGENID_WINDOW, vmgenid.clone())?;
         let mut msi = None;
         let mut functions = Vec::new();
         let mut pci_root = None;
@@ -1015,6 +1070,18 @@ impl KvmVm {
             // After the vCPUs (their TSCs are set): irqchip, PIT, then the clock.
             state::restore_vm(&vm, irqchip, &saved.vm)?;
         }
+        if let Some(shared) = shared {
+            // The guest runs again from a saved state: a new generation, announced once the
+            // irqchip is back (a pulse before would be overwritten by its saved state), so the
+            // event is pending when the first vCPU runs.
+            let mut genid = lock(&vmgenid);
+            if let Some(id) = shared.vmgenid {
+                genid.set(id);
+            }
+            genid
+                .new_generation()
+                .map_err(|e| KvmError::Config(e.to_string()))?;
+        }
 
         // Threads, parked in their paused state until run().
         let (out_tx, outcomes) = channel();
@@ -1086,7 +1153,9 @@ impl KvmVm {
             mem: ram.memory().clone(),
             dirty_log: AtomicBool::new(false),
             uart: uart.clone(),
+            vmgenid,
             pci: functions,
+            dirty_base: Mutex::new(None),
         });
         Ok(KvmVm {
             inner,

@@ -497,15 +497,79 @@ fn devices_are_saved_and_restored_with_the_vcpus() {
     .unwrap();
     let ctl = vm.controller();
     ctl.pause().unwrap();
-    assert_eq!(
-        ctl.save_devices().unwrap(),
-        devices,
-        "a restore then a save changed them"
+    let mut back = ctl.save_devices().unwrap();
+    // A restore is a new generation: another ID (announced on its GSI).
+    assert!(devices.vmgenid.is_some());
+    assert_ne!(
+        back.vmgenid, devices.vmgenid,
+        "the restore kept the generation ID"
     );
+    back.vmgenid = devices.vmgenid;
+    assert_eq!(back, devices, "a restore then a save changed them");
     ctl.resume().unwrap();
     let runner = start(vm);
     let mut after = Vec::new();
     output_until(&out, &mut after, 20);
     stop(runner, &ctl);
     assert_eq!(after[0], last.wrapping_add(1), "continued from {last}");
+}
+
+/// The guest reads the VM generation ID where the ACPI tables say it is, and a restore hands
+/// it a new one: a guest printing the ID's first byte for ever prints the saved ID's, and
+/// after the restore the new one's.
+#[test]
+fn the_guest_reads_its_generation_id_and_a_restore_changes_it() {
+    let _kvm = kvm();
+    let mut a = Asm::new(Mode::Long, BASE);
+    let again = a.label();
+    a.bind(again);
+    a.mov_ebx(layout::VMGENID_ADDR as u32)
+        .load32_from_rbx()
+        .mov_dx(COM1)
+        .out_dx_al()
+        .jmp(again);
+    let g = MicroGuest::new(a.finish().unwrap(), BASE, MicroEntry::Long { rip: BASE });
+    let out = ConsoleOutput::new();
+    let vm = KvmVm::new_micro(&g, out.clone()).unwrap();
+    let ctl = vm.controller();
+    let runner = start(vm);
+    let mut seen = Vec::new();
+    output_until(&out, &mut seen, 10);
+    ctl.pause().unwrap();
+    let state = ctl.save_state().unwrap();
+    let devices = ctl.save_devices().unwrap();
+    let ram = copy_ram(ctl.guest_memory());
+    stop(runner, &ctl);
+    let id = devices.vmgenid.unwrap();
+    assert!(seen.iter().all(|&b| b == id[0]), "{seen:?}, ID {id:x?}");
+
+    let out = ConsoleOutput::new();
+    let vm = KvmVm::restore_micro(
+        &g,
+        out.clone(),
+        Vec::new(),
+        ram_from(&ram, g.memory),
+        &state,
+        Some(&devices),
+    )
+    .unwrap();
+    let ctl = vm.controller();
+    ctl.pause().unwrap();
+    let new = ctl.save_devices().unwrap().vmgenid.unwrap();
+    assert_ne!(new, id);
+    ctl.resume().unwrap();
+    let runner = start(vm);
+    let mut after = Vec::new();
+    output_until(&out, &mut after, 10);
+    stop(runner, &ctl);
+    // The first byte may be one the guest had loaded before the pause (between its load and
+    // its `out`); every later one is read anew.
+    assert!(
+        after[0] == new[0] || after[0] == id[0],
+        "{after:?}, new ID {new:x?}"
+    );
+    assert!(
+        after[1..].iter().all(|&b| b == new[0]),
+        "{after:?}, new ID {new:x?}"
+    );
 }

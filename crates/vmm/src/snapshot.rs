@@ -30,7 +30,8 @@
 //! A **diff** snapshot names a parent: its memory file holds only the pages written since
 //! the parent, and restoring it maps the chain's full memory file and applies each diff in
 //! order. The pages come from the dirty log (see `vireo_machine::memory`: devices and harts
-//! mark it) when the log runs from the parent — it is taken, and so restarted, at every
+//! mark it; on kvm, KVM's own log of the vCPUs' writes, turned on at a VM's first snapshot
+//! or at a restore, with vm-memory's for the devices') when the log runs from the parent — it is taken, and so restarted, at every
 //! snapshot, and starts at a restore — and otherwise from comparing every page with what the
 //! parent restores to (mapped before the pause; that covers every writer too, but reads all
 //! of RAM while the guest stands still). [`VERIFY_ENV`] makes a log-found diff check itself
@@ -208,7 +209,7 @@ pub fn take(
     // the comparison happens while the guest stands still.
     let log_base = match vm {
         VmControl::Emu { state, .. } => state.dirty_base(),
-        _ => None,
+        VmControl::Kvm(c) => c.dirty_base(),
     };
     let verify = std::env::var_os(VERIFY_ENV).is_some();
     let parent = match parent {
@@ -259,8 +260,9 @@ pub fn take(
     })?;
     // Whole: the dirty log (taken while paused) now runs from this snapshot. After a
     // failure it runs from nothing known, and the next diff compares contents.
-    if let VmControl::Emu { state, .. } = vm {
-        state.set_dirty_base(Some(taken.id.clone()));
+    match vm {
+        VmControl::Emu { state, .. } => state.set_dirty_base(Some(taken.id.clone())),
+        VmControl::Kvm(c) => c.set_dirty_base(Some(taken.id.clone())),
     }
     taken.paused_ms = paused_ms;
     taken.total_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -328,8 +330,13 @@ fn write_all(
             )?;
             file.put(section_uart(), KVM_SECTION_VERSION, &devices.uart)
                 .map_err(fail)?;
-            // No log here yet: a diff of a kvm guest compares contents.
-            (file, c.guest_memory(), None, None)
+            if let Some(id) = &devices.vmgenid {
+                file.put(section_vmgenid(), 1, id).map_err(fail)?;
+            }
+            // KVM's log for the vCPUs' writes, vm-memory's for the devices'; the first
+            // snapshot of a VM turns KVM's on.
+            let (dirty, log_base) = c.take_dirty().map_err(fail)?;
+            (file, c.guest_memory(), Some(dirty), log_base)
         }
     };
 
@@ -602,13 +609,7 @@ fn read_emu(file: &StateFile) -> Result<EmuState, Error> {
         harts.push(h);
     }
     let (virtio, pci) = read_virtio(file, machine.virtio_transport == "pci", EMU_STATE_VERSION)?;
-    let vmgenid = match file.get::<[u8; 16]>(&section_vmgenid()).map_err(fail)? {
-        Some((v, id)) => {
-            vireo_state::expect_version(&section_vmgenid(), v, 1).map_err(fail)?;
-            Some(id)
-        }
-        None => None,
-    };
+    let vmgenid = read_vmgenid(file)?;
     Ok(EmuState {
         machine,
         harts,
@@ -616,6 +617,19 @@ fn read_emu(file: &StateFile) -> Result<EmuState, Error> {
         pci,
         vmgenid,
     })
+}
+
+/// The VM generation ID, if the snapshot has one.
+fn read_vmgenid(file: &StateFile) -> Result<Option<[u8; 16]>, Error> {
+    Ok(
+        match file.get::<[u8; 16]>(&section_vmgenid()).map_err(fail)? {
+            Some((v, id)) => {
+                vireo_state::expect_version(&section_vmgenid(), v, 1).map_err(fail)?;
+                Some(id)
+            }
+            None => None,
+        },
+    )
 }
 
 /// The kvm accelerator's sections of `file`.
@@ -645,13 +659,19 @@ fn read_kvm(file: &StateFile) -> Result<MachineSnap, Error> {
         .require::<vireo_devices::UartState>(&section_uart())
         .map_err(fail)?;
     vireo_state::expect_version(&section_uart(), v, KVM_SECTION_VERSION).map_err(fail)?;
+    let vmgenid = read_vmgenid(file)?;
     Ok(MachineSnap::Kvm {
         kvm: vireo_kvm::KvmState {
             version: vireo_kvm::KVM_STATE_VERSION,
             vcpus,
             vm,
         },
-        devices: vireo_kvm::DevicesState { uart, virtio, pci },
+        devices: vireo_kvm::DevicesState {
+            uart,
+            vmgenid,
+            virtio,
+            pci,
+        },
     })
 }
 

@@ -94,6 +94,11 @@ impl Vm {
                     Some(shared),
                 )
                 .map_err(fail)?;
+                // A diff of this snapshot can take the pages the logs name: KVM's is turned on
+                // before the guest runs.
+                let c = vm.controller();
+                c.take_dirty().map_err(fail)?;
+                c.set_dirty_base(Some(loaded.id.clone()));
                 Ok(Vm::Kvm(vm))
             }
         }
