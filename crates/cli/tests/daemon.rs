@@ -821,3 +821,64 @@ fn ten_clones_of_a_snapshot_each_have_their_own_identity() {
         "a clone has the origin's CID"
     );
 }
+
+/// A tap is one host interface one VMM at a time can open: clones and restores that would
+/// share one are refused up front, naming the tap and who has it; a single clone once the
+/// origin has stopped gets it. In a private network namespace (needs root), as the
+/// daemon and its VMMs inherit this thread's.
+#[test]
+fn clones_of_a_tap_backed_vm_cannot_share_its_tap() {
+    require_image();
+    // SAFETY: unshare(CLONE_NEWNET) moves only this test's thread (and the processes it
+    // spawns) into a new, empty network namespace; no memory is involved.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        panic!(
+            "cannot create a network namespace for the tap test (needs root): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let st = Command::new("ip")
+        .args(["tuntap", "add", "vtapc", "mode", "tap"])
+        .status()
+        .expect("the tap test needs `ip` (apt-get install iproute2)");
+    assert!(st.success());
+    let d = Daemon::new("tapclone");
+    let n = d.name("o");
+    d.ok(&[
+        "create",
+        &n,
+        "--image",
+        IMAGE,
+        "--memory",
+        "256M",
+        "--net",
+        "tap=vtapc",
+    ]);
+    d.ok(&["start", &n, "--wait-ready"]);
+    d.ok(&["snapshot", "create", &n, "s"]);
+    let r = d.v(&["clone", "s", "--count", "2", "--prefix", &d.name("c")]);
+    assert_eq!(r.status, VIREO_ERROR, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("tap 'vtapc'") && r.stderr.contains("--count 1"),
+        "{}",
+        r.stderr
+    );
+    let r = d.v(&["restore", "s", "--name", &d.name("r")]);
+    assert_eq!(r.status, VIREO_ERROR, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("in use by VM") && r.stderr.contains(&n),
+        "{}",
+        r.stderr
+    );
+    // Nothing was defined by the refusals.
+    let ls = d.ok(&["ls"]);
+    assert!(
+        !ls.contains(&d.name("c")) && !ls.contains(&d.name("r")),
+        "{ls}"
+    );
+    d.ok(&["stop", &n, "--timeout", "60"]);
+    d.wait_state(&n, "defined", Duration::from_secs(60));
+    let c = d.name("c");
+    d.ok(&["clone", "s", "--count", "1", "--prefix", &c]);
+    d.wait_state(&format!("{c}-1"), "running", Duration::from_secs(60));
+}

@@ -78,6 +78,20 @@ pub struct CloneReport {
     pub total_ms: f64,
 }
 
+/// The tap devices `spec`'s NICs use: each `--net` entry's `tap=NAME` part (the syntax the
+/// VMM parses; an entry it would refuse is its to report).
+fn tap_names(spec: &VmSpec) -> Vec<String> {
+    spec.net
+        .iter()
+        .filter_map(|n| {
+            n.split(',')
+                .find_map(|p| p.strip_prefix("tap="))
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// What makes a clone its own machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -504,6 +518,7 @@ impl Daemon {
         };
         names::validate(&name).map_err(Error::BadRequest)?;
         let spec = self.restored_definition(&s, &name, None)?;
+        self.taps_free(&spec, snap, 1)?;
         let info = self.restore_one(&s, &name, spec, paused, force).await?;
         self.event(&name, "restored", &format!("from snapshot {snap}"));
         Ok(info)
@@ -511,6 +526,35 @@ impl Daemon {
 
     /// Defines `name` with `spec` (made from `s`) and starts it with `--restore`; a start that
     /// fails removes the VM again.
+    /// A tap device is one host interface that one VMM at a time can open: `count` VMs
+    /// restored from snapshot `snap` with definition `spec` can have its taps only if they are
+    /// one and no active VM has them already. Refused up front (409), naming the tap and who
+    /// has it, rather than failing in the VMM of the second one.
+    fn taps_free(&self, spec: &VmSpec, snap: &str, count: u32) -> Result<()> {
+        let taps = tap_names(spec);
+        let Some(first) = taps.first() else {
+            return Ok(());
+        };
+        if count > 1 {
+            return Err(Error::Conflict(format!(
+                "snapshot '{snap}' has a NIC on tap '{first}', one host device that {count}                  clones cannot share: clone it with --count 1, or give the VM user networking"
+            )));
+        }
+        for r in lock(&self.store).list_vms()? {
+            if !r.state.is_active() {
+                continue;
+            }
+            if let Some(t) = tap_names(&r.spec).into_iter().find(|t| taps.contains(t)) {
+                return Err(Error::Conflict(format!(
+                    "tap '{t}' of snapshot '{snap}' is in use by VM '{}' ({}): stop it first",
+                    r.name,
+                    r.state.as_str()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn restore_one(
         self: &Arc<Self>,
         s: &SnapshotRecord,
@@ -583,6 +627,7 @@ impl Daemon {
             )));
         }
         let template = self.restored_definition(&s, &s.vm, None)?;
+        self.taps_free(&template, snap, count)?;
         let mut used: HashSet<u64> = lock(&self.store)
             .list_vms()?
             .iter()
