@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds vireo and the bench harnesses optimised, then runs one.
 # Usage: bench/run.sh [boot|io|kvm|loop|snapshot] [RUNS]   (default: boot; loop: [VMS] [AT_ONCE];
-#        snapshot: [CLONES...], default 10 50)
+#        snapshot: [emu|kvm] [CLONES...], default both parts and 10 50 clones)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p vireo -p vireo-bench

@@ -619,47 +619,12 @@ fn clones_get_their_own_identity(image: &str, ready: &str, boot: Duration, dhcp:
 /// needs a usable /dev/kvm; `VIREO_TESTS_WITHOUT_KVM=1` leaves them out by name.
 mod kvm {
     use super::*;
-    use vireo_kvm::asm::{Asm, Mode};
+    use vireo_kvm::testkernel::{counting_elf, counts};
 
-    const COM1: u16 = 0x3f8;
-    const BASE: u64 = 0x100_0000;
-    /// The count lives on the page after the code.
-    const COUNTER: u64 = BASE + 0x1000;
-
-    /// Forever: increment the count; print it as eight hex digits written `a`..`p` (so no
-    /// branch is needed for 10..15) and a newline; spin a while (about 30 lines a second on
-    /// this nested-KVM host, where the loop runs far below native speed).
+    /// About 30 counts a second on this nested-KVM host, where the spin runs far below native
+    /// speed.
     fn counting_kernel() -> Vec<u8> {
-        let mut a = Asm::new(Mode::Long, BASE);
-        let again = a.label();
-        a.bind(again);
-        // Short jumps only: rbx and dx are set once per round, not per digit.
-        a.lock_inc_mem(COUNTER as u32)
-            .mov_ebx(COUNTER as u32)
-            .mov_dx(COM1);
-        for k in (0..8u8).rev() {
-            a.load32_from_rbx()
-                .shr_eax(4 * k)
-                .and_al(0xf)
-                .add_al(b'a')
-                .out_dx_al();
-        }
-        a.mov_al(b'\n').out_dx_al();
-        let spin = a.label();
-        a.mov_eax(20_000);
-        a.bind(spin);
-        a.dec_eax().jnz(spin);
-        a.jmp(again);
-        a.pad_to((COUNTER - BASE) as usize + 4);
-        vireo_kvm::testkernel::elf(&a.finish().unwrap(), BASE, &[])
-    }
-
-    /// The counts printed in `text`, in order.
-    fn counts(text: &str) -> Vec<u64> {
-        text.lines()
-            .filter(|l| l.len() == 8 && l.bytes().all(|b| (b'a'..=b'p').contains(&b)))
-            .map(|l| l.bytes().fold(0, |n, b| n * 16 + u64::from(b - b'a')))
-            .collect()
+        counting_elf(20_000).unwrap()
     }
 
     fn consecutive(c: &[u64]) -> bool {

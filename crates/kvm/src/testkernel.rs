@@ -1,5 +1,6 @@
 //! The smallest kernel files the loader accepts, for tests: an x86-64 ELF executable with any
-//! ELF notes, and a bzImage. Both wrap machine code built with [`crate::asm`].
+//! ELF notes, and a bzImage. Both wrap machine code built with [`crate::asm`]. And one kernel
+//! worth running for a while: [`counting_elf`].
 
 use crate::boot::{LINUX_ELFNOTE_BUILD_SALT, XEN_ELFNOTE_GUEST_OS, XEN_ELFNOTE_PHYS32_ENTRY};
 
@@ -104,4 +105,49 @@ pub fn bzimage(kernel: &[u8]) -> Vec<u8> {
     f[0x260..0x264].copy_from_slice(&0x10_0000u32.to_le_bytes()); // init_size
     f.extend_from_slice(kernel);
     f
+}
+
+/// Where [`counting_elf`] is loaded and entered, and where its count is (the page after the
+/// code).
+pub const COUNTING_BASE: u64 = 0x100_0000;
+pub const COUNTING_COUNTER: u64 = COUNTING_BASE + 0x1000;
+
+/// An ELF (no notes: not Linux, so it runs where KVM cannot deliver exceptions) that counts
+/// for ever: increments a 32-bit count in RAM, prints it on COM1 as eight hex digits written
+/// `a`..`p` (so that no branch is needed for 10..15) and a newline, then spins `delay`
+/// iterations. It takes no interrupt and no exception; its state is its registers, the count
+/// and COM1: what a snapshot test needs to see continue.
+pub fn counting_elf(delay: u32) -> Result<Vec<u8>, crate::asm::AsmError> {
+    use crate::asm::{Asm, Mode};
+    const COM1: u16 = 0x3f8;
+    let mut a = Asm::new(Mode::Long, COUNTING_BASE);
+    let again = a.label();
+    a.bind(again);
+    // Short jumps only: rbx and dx are set once per round, not per digit.
+    a.lock_inc_mem(COUNTING_COUNTER as u32)
+        .mov_ebx(COUNTING_COUNTER as u32)
+        .mov_dx(COM1);
+    for k in (0..8u8).rev() {
+        a.load32_from_rbx()
+            .shr_eax(4 * k)
+            .and_al(0xf)
+            .add_al(b'a')
+            .out_dx_al();
+    }
+    a.mov_al(b'\n').out_dx_al();
+    let spin = a.label();
+    a.mov_eax(delay);
+    a.bind(spin);
+    a.dec_eax().jnz(spin);
+    a.jmp(again);
+    a.pad_to((COUNTING_COUNTER - COUNTING_BASE) as usize + 4);
+    Ok(elf(&a.finish()?, COUNTING_BASE, &[]))
+}
+
+/// The counts [`counting_elf`] printed in `text`, in order.
+pub fn counts(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter(|l| l.len() == 8 && l.bytes().all(|b| (b'a'..=b'p').contains(&b)))
+        .map(|l| l.bytes().fold(0, |n, b| n * 16 + u64::from(b - b'a')))
+        .collect()
 }
