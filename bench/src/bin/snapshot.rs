@@ -285,62 +285,72 @@ fn emu_part(root: &Path, clones: &[usize]) {
         let spec_of =
             std::fs::read_to_string(snap.join("spec.json")).unwrap_or_else(|e| die(&e.to_string()));
         let snap_arg = snap.to_string_lossy().into_owned();
-        let (mut inproc, mut sock, mut first_out) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..5 {
-            let t0 = Instant::now();
-            let mut r = Vmm::spawn(
-                &root.join(format!("r-{mem}-{i}")),
-                &spec_of,
-                &["--restore", &snap_arg],
-            );
-            r.wait_socket(Duration::from_secs(60));
-            sock.push(t0.elapsed().as_secs_f64() * 1e3);
-            let mut c = r.console();
-            c.write_all(b"\n").ok();
-            wait_console(&mut c, "#", Duration::from_secs(30));
-            first_out.push(t0.elapsed().as_secs_f64() * 1e3);
-            let log = r.log();
-            inproc.push(logged_ms(&log, "loaded and mapped") + logged_ms(&log, "machine restored"));
-        }
+        let (inproc, sock, first_out) =
+            restore_medians(root, &format!("r-{mem}"), &spec_of, &snap_arg, |c| {
+                c.write_all(b"\n").ok();
+                wait_console(c, "#", Duration::from_secs(30));
+            });
         println!(
-            "{mem}: restore (median of 5): {:.2} ms in the VMM to the first guest instruction (read, check, map, build), {:.1} ms from spawning the VMM to its control socket, {:.1} ms to the restored shell's first console output",
-            median(inproc),
-            median(sock),
-            median(first_out)
+            "{mem}: restore (median of 5): {inproc:.2} ms in the VMM to the first guest instruction (read, check, map, build), {sock:.1} ms from spawning the VMM to its control socket, {first_out:.1} ms to the restored shell's first console output"
         );
         if !do_clones {
             continue;
         }
         for &n in clones {
-            let t0 = Instant::now();
-            let mut vms: Vec<Vmm> = (0..n)
-                .map(|i| {
-                    Vmm::spawn(
-                        &root.join(format!("c-{mem}-{n}-{i}")),
-                        &spec_of,
-                        &["--restore", &snap_arg],
-                    )
-                })
-                .collect();
-            for v in vms.iter_mut() {
-                v.wait_socket(Duration::from_secs(120));
-            }
-            let all = t0.elapsed().as_secs_f64() * 1e3;
-            std::thread::sleep(Duration::from_secs(3));
-            let (mut rss, mut pss) = (0u64, 0u64);
-            for v in &vms {
-                let (r, p) = smaps(v.child.id());
-                rss += r;
-                pss += p;
-            }
+            let (all, rss, pss) =
+                clone_figures(root, &format!("c-{mem}-{n}"), n, &spec_of, &snap_arg);
             println!(
-                "{mem}: {n} clones from one snapshot: all serving after {all:.0} ms; per clone (idle 3 s): RSS {:.1} MiB, PSS {:.1} MiB",
-                rss as f64 / n as f64 / 1024.0,
-                pss as f64 / n as f64 / 1024.0
+                "{mem}: {n} clones from one snapshot: all serving after {all:.0} ms; per clone (idle 3 s): RSS {rss:.1} MiB, PSS {pss:.1} MiB"
             );
-            drop(vms);
         }
     }
+}
+
+/// Restores `snap` into five fresh VMMs; the medians of: the VMM's own time to the first
+/// guest instruction (its log: loading and mapping, building the machine), the time from
+/// spawning it to its control socket, and to what `first_output` waits for on its console.
+fn restore_medians(
+    root: &Path,
+    tag: &str,
+    spec: &str,
+    snap: &str,
+    first_output: impl Fn(&mut UnixStream),
+) -> (f64, f64, f64) {
+    let (mut inproc, mut sock, mut first_out) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..5 {
+        let t0 = Instant::now();
+        let mut r = Vmm::spawn(&root.join(format!("{tag}-{i}")), spec, &["--restore", snap]);
+        r.wait_socket(Duration::from_secs(60));
+        sock.push(t0.elapsed().as_secs_f64() * 1e3);
+        let mut c = r.console();
+        first_output(&mut c);
+        first_out.push(t0.elapsed().as_secs_f64() * 1e3);
+        let log = r.log();
+        inproc.push(logged_ms(&log, "loaded and mapped") + logged_ms(&log, "machine restored"));
+    }
+    (median(inproc), median(sock), median(first_out))
+}
+
+/// Starts `n` VMMs restoring `snap` at once: the time until all serve, and after 3 s the
+/// mean RSS and PSS per clone in MiB.
+fn clone_figures(root: &Path, tag: &str, n: usize, spec: &str, snap: &str) -> (f64, f64, f64) {
+    let t0 = Instant::now();
+    let mut vms: Vec<Vmm> = (0..n)
+        .map(|i| Vmm::spawn(&root.join(format!("{tag}-{i}")), spec, &["--restore", snap]))
+        .collect();
+    for v in vms.iter_mut() {
+        v.wait_socket(Duration::from_secs(120));
+    }
+    let all = t0.elapsed().as_secs_f64() * 1e3;
+    std::thread::sleep(Duration::from_secs(3));
+    let (mut rss, mut pss) = (0u64, 0u64);
+    for v in &vms {
+        let (r, p) = smaps(v.child.id());
+        rss += r;
+        pss += p;
+    }
+    let per = |kib: u64| kib as f64 / n as f64 / 1024.0;
+    (all, per(rss), per(pss))
 }
 
 /// Waits for `n` counts of the counting kernel on `c`.
@@ -410,57 +420,20 @@ fn kvm_part(root: &Path) {
         drop(con);
         drop(vm);
         let snap_arg = snap.to_string_lossy().into_owned();
-        let (mut inproc, mut sock, mut first_out) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..5 {
-            let t0 = Instant::now();
-            let mut r = Vmm::spawn(
-                &root.join(format!("kvm-r-{mem}-{i}")),
-                &spec,
-                &["--restore", &snap_arg],
-            );
-            r.wait_socket(Duration::from_secs(60));
-            sock.push(t0.elapsed().as_secs_f64() * 1e3);
-            let mut c = r.console();
-            wait_counts(&mut c, 1, Duration::from_secs(30));
-            first_out.push(t0.elapsed().as_secs_f64() * 1e3);
-            let log = r.log();
-            inproc.push(logged_ms(&log, "loaded and mapped") + logged_ms(&log, "machine restored"));
-        }
+        let (inproc, sock, first_out) =
+            restore_medians(root, &format!("kvm-r-{mem}"), &spec, &snap_arg, |c| {
+                wait_counts(c, 1, Duration::from_secs(30))
+            });
         println!(
-            "kvm {mem}: restore (median of 5): {:.2} ms in the VMM to the first guest instruction (read, check, map, build), {:.1} ms from spawning the VMM to its control socket, {:.1} ms to the first count printed",
-            median(inproc),
-            median(sock),
-            median(first_out)
+            "kvm {mem}: restore (median of 5): {inproc:.2} ms in the VMM to the first guest instruction (read, check, map, build), {sock:.1} ms from spawning the VMM to its control socket, {first_out:.1} ms to the first count printed"
         );
         if mem != "128M" {
             continue;
         }
         let n = 10;
-        let t0 = Instant::now();
-        let mut vms: Vec<Vmm> = (0..n)
-            .map(|i| {
-                Vmm::spawn(
-                    &root.join(format!("kvm-c-{i}")),
-                    &spec,
-                    &["--restore", &snap_arg],
-                )
-            })
-            .collect();
-        for v in vms.iter_mut() {
-            v.wait_socket(Duration::from_secs(120));
-        }
-        let all = t0.elapsed().as_secs_f64() * 1e3;
-        std::thread::sleep(Duration::from_secs(3));
-        let (mut rss, mut pss) = (0u64, 0u64);
-        for v in &vms {
-            let (r, p) = smaps(v.child.id());
-            rss += r;
-            pss += p;
-        }
+        let (all, rss, pss) = clone_figures(root, "kvm-c", n, &spec, &snap_arg);
         println!(
-            "kvm {mem}: {n} clones from one snapshot: all serving after {all:.0} ms; per clone (running 3 s): RSS {:.1} MiB, PSS {:.1} MiB",
-            rss as f64 / n as f64 / 1024.0,
-            pss as f64 / n as f64 / 1024.0
+            "kvm {mem}: {n} clones from one snapshot: all serving after {all:.0} ms; per clone (running 3 s): RSS {rss:.1} MiB, PSS {pss:.1} MiB"
         );
     }
 }

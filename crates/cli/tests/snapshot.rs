@@ -631,6 +631,28 @@ mod kvm {
         c.windows(2).all(|w| w[1] == w[0] + 1)
     }
 
+    /// Starts a VMM in `dir` (`extra`: its options) and reads its console until the kernel
+    /// has printed `n` counts, which must follow each other; the VMM, its console and the
+    /// counts.
+    fn counting(dir: &Path, spec: &Value, extra: &[&str], n: usize) -> (Vmm, Console, Vec<u64>) {
+        let mut vmm = spawn(dir, spec, extra);
+        vmm.wait_socket(Duration::from_secs(30));
+        let mut con = console(&vmm);
+        let mut text = String::new();
+        let t0 = Instant::now();
+        while counts(&text).len() < n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "no counting ({extra:?}): {text:?} {}",
+                vmm.log()
+            );
+            text.push_str(&con.drain(Duration::from_millis(100)));
+        }
+        let c = counts(&text);
+        assert!(consecutive(&c), "{text}");
+        (vmm, con, c)
+    }
+
     fn kvm_spec(kernel: &Path, disk: &str) -> Value {
         json!({"accel": "kvm", "kernel": kernel, "memory": "64M", "rng": true,
                "disk": [disk]})
@@ -649,21 +671,8 @@ mod kvm {
         let disk = s.path("data.raw");
         std::fs::write(&disk, vec![0x5au8; 1 << 20]).unwrap();
         let spec = kvm_spec(&kernel, &format!("{},format=raw", disk.display()));
-        let mut vmm = spawn(&s.path("run1"), &spec, &[]);
-        vmm.wait_socket(Duration::from_secs(30));
-        let mut con = console(&vmm);
-        let mut seen = String::new();
-        let t0 = Instant::now();
-        while counts(&seen).len() < 20 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "no counting: {seen:?} {}",
-                vmm.log()
-            );
-            seen.push_str(&con.drain(Duration::from_millis(100)));
-        }
-        assert!(consecutive(&counts(&seen)), "{seen}");
-        let before = *counts(&seen).last().unwrap();
+        let (mut vmm, mut con, seen) = counting(&s.path("run1"), &spec, &[], 20);
+        let before = *seen.last().unwrap();
 
         let snap = s.path("snap");
         let r = req(&vmm, json!({"op": "snapshot", "dir": snap}));
@@ -695,25 +704,8 @@ mod kvm {
         );
         assert!(m.contains("catch-up"), "{m}");
 
-        let mut r = spawn(
-            &s.path("run2"),
-            &restored,
-            &["--restore", snap.to_str().unwrap()],
-        );
-        r.wait_socket(Duration::from_secs(30));
-        let mut con = console(&r);
-        let mut text = String::new();
-        let t0 = Instant::now();
-        while counts(&text).len() < 20 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "no counting after the restore: {text:?} {}",
-                r.log()
-            );
-            text.push_str(&con.drain(Duration::from_millis(100)));
-        }
-        let c = counts(&text);
-        assert!(consecutive(&c), "{text}");
+        let snap_arg = snap.to_str().unwrap();
+        let (r, mut con, c) = counting(&s.path("run2"), &restored, &["--restore", snap_arg], 20);
         assert!(
             c[0] > before && c[0] <= ran_to,
             "the count restarted or jumped: {before} before the snapshot, the original ran to {ran_to}, the restored VM began at {}",
@@ -747,28 +739,17 @@ mod kvm {
             .first()
             .unwrap_or(&0);
         assert_eq!(req(&r, json!({"op": "kill"}))["ok"], true);
+        let mut r = r;
         r.wait(Duration::from_secs(30));
 
         // The chain restores: counting on from the second diff, not from the full snapshot.
-        let mut r = spawn(
+        let d2_arg = s.path("d2");
+        let (r, _con, c) = counting(
             &s.path("run3"),
             &restored,
-            &["--restore", s.path("d2").to_str().unwrap()],
+            &["--restore", d2_arg.to_str().unwrap()],
+            5,
         );
-        r.wait_socket(Duration::from_secs(30));
-        let mut con = console(&r);
-        let mut text = String::new();
-        let t0 = Instant::now();
-        while counts(&text).len() < 5 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "no counting after restoring the chain: {text:?} {}",
-                r.log()
-            );
-            text.push_str(&con.drain(Duration::from_millis(100)));
-        }
-        let c = counts(&text);
-        assert!(consecutive(&c), "{text}");
         assert!(
             c[0] > on[on.len() - 1] && (at_d2 == 0 || c[0] <= at_d2 + 1),
             "the chain restored the wrong count: {} (counted to {} before the second diff, {at_d2} after it)",

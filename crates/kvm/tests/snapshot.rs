@@ -435,6 +435,30 @@ fn a_kernel_booted_from_a_boot_config_is_restored_with_its_waiting_ap() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A VM restored from `saved` with `devices` as the definition's and `shared` as their
+/// saved state, paused before it runs; its console.
+fn restored_paused(
+    g: &MicroGuest,
+    devices: Vec<Box<dyn vireo_virtio::VirtioDevice>>,
+    state: &KvmState,
+    ram: &[(u64, Vec<u8>)],
+    shared: &vireo_kvm::DevicesState,
+) -> (KvmVm, vireo_kvm::VmController, ConsoleOutput) {
+    let out = ConsoleOutput::new();
+    let vm = KvmVm::restore_micro(
+        g,
+        out.clone(),
+        devices,
+        ram_from(ram, g.memory),
+        state,
+        Some(shared),
+    )
+    .unwrap();
+    let ctl = vm.controller();
+    ctl.pause().unwrap();
+    (vm, ctl, out)
+}
+
 /// COM1 and the virtio-pci functions come back with the vCPUs: a counting guest with an rng
 /// device, paused (devices too), saved, and restored with and without a device to put it on.
 #[test]
@@ -485,18 +509,7 @@ fn devices_are_saved_and_restored_with_the_vcpus() {
     .expect("restored a virtio device onto a VM without one");
     assert!(err.to_string().contains("1 virtio devices"), "{err}");
 
-    let out = ConsoleOutput::new();
-    let vm = KvmVm::restore_micro(
-        &g,
-        out.clone(),
-        rng(),
-        ram_from(&ram, g.memory),
-        &state,
-        Some(&devices),
-    )
-    .unwrap();
-    let ctl = vm.controller();
-    ctl.pause().unwrap();
+    let (vm, ctl, out) = restored_paused(&g, rng(), &state, &ram, &devices);
     let mut back = ctl.save_devices().unwrap();
     // A restore is a new generation: another ID (announced on its GSI).
     assert!(devices.vmgenid.is_some());
@@ -543,18 +556,7 @@ fn the_guest_reads_its_generation_id_and_a_restore_changes_it() {
     let id = devices.vmgenid.unwrap();
     assert!(seen.iter().all(|&b| b == id[0]), "{seen:?}, ID {id:x?}");
 
-    let out = ConsoleOutput::new();
-    let vm = KvmVm::restore_micro(
-        &g,
-        out.clone(),
-        Vec::new(),
-        ram_from(&ram, g.memory),
-        &state,
-        Some(&devices),
-    )
-    .unwrap();
-    let ctl = vm.controller();
-    ctl.pause().unwrap();
+    let (vm, ctl, out) = restored_paused(&g, Vec::new(), &state, &ram, &devices);
     let new = ctl.save_devices().unwrap().vmgenid.unwrap();
     assert_ne!(new, id);
     ctl.resume().unwrap();

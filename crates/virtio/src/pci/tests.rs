@@ -151,18 +151,24 @@ fn identity_and_capabilities() {
     );
 }
 
+/// Turns memory decoding and MSI-X on, and points vector 1 at 0xfee0_0000 with data 0x45,
+/// unmasked.
+fn enable_msix(d: &mut VirtioPci) {
+    let msix_at = caps(d).into_iter().find(|c| c.0 == msix::CAP_ID).unwrap().1;
+    cfg_write(d, reg::COMMAND, u32::from(CMD_MEMORY), 2);
+    cfg_write(d, msix_at + 2, 0x8000, 2);
+    wr(d, MSIX_TABLE + 16, 0xfee0_0000, 8);
+    wr(d, MSIX_TABLE + 24, 0x45, 4);
+    wr(d, MSIX_TABLE + 28, 0, 4);
+}
+
 #[test]
 fn request_completes_with_an_msix_message() {
     let mut r = rig(true);
     let mut drv = Driver::new(&r.mem, 0x1_0000, 16);
     let d = &mut r.dev;
-    let msix_at = caps(d).into_iter().find(|c| c.0 == msix::CAP_ID).unwrap().1;
-    cfg_write(d, reg::COMMAND, u32::from(CMD_MEMORY), 2);
-    cfg_write(d, msix_at + 2, 0x8000, 2);
+    enable_msix(d);
     // Vector 1 → address/data; queue 0 uses it; config changes use vector 0.
-    wr(d, MSIX_TABLE + 16, 0xfee0_0000, 8);
-    wr(d, MSIX_TABLE + 24, 0x45, 4);
-    wr(d, MSIX_TABLE + 28, 0, 4);
     bring_up(d, &drv);
     wr(d, 0x10, 0, 2);
     assert_eq!(rd(d, 0x10, 2), 0);
@@ -269,28 +275,10 @@ fn rings_outside_memory_need_a_reset_not_a_crash() {
     wr(d, NOTIFY, 0, 2);
 }
 
-#[test]
-fn a_saved_function_restores_onto_a_fresh_one_and_serves_on() {
-    let mut r = rig(true);
-    let mut drv = Driver::new(&r.mem, 0x1_0000, 16);
-    let d = &mut r.dev;
-    let msix_at = caps(d).into_iter().find(|c| c.0 == msix::CAP_ID).unwrap().1;
-    // The guest moves the BAR (as a kernel reassigning resources does) and enables MSI-X.
-    cfg_write(d, reg::BAR0, 0x6000_0000, 4);
-    cfg_write(d, reg::COMMAND, u32::from(CMD_MEMORY), 2);
-    cfg_write(d, msix_at + 2, 0x8000, 2);
-    wr(d, MSIX_TABLE + 16, 0xfee0_0000, 8);
-    wr(d, MSIX_TABLE + 24, 0x45, 4);
-    wr(d, MSIX_TABLE + 28, 0, 4);
-    bring_up(d, &drv);
-    wr(d, 0x1a, 1, 2);
-    driver_ok(d);
-    drv.add(&[(0x8_0000, 32, true)]);
-    wr(d, NOTIFY, 0, 2);
-    assert_eq!(drv.used(), vec![(0, 32)]);
-    assert!(d.pause(std::time::Duration::from_secs(1)));
-    let (core, pci) = d.save_state().unwrap();
-    let common: Vec<u64> = [
+/// What a driver reads back of its setup: queue count, status, queue 0's vector, whether it is
+/// enabled, and its descriptor and driver ring addresses.
+fn driver_view(d: &mut VirtioPci) -> Vec<u64> {
+    [
         (0x12, 2),
         (0x14, 1),
         (0x1a, 2),
@@ -300,7 +288,26 @@ fn a_saved_function_restores_onto_a_fresh_one_and_serves_on() {
     ]
     .iter()
     .map(|&(off, len)| rd(d, off, len))
-    .collect();
+    .collect()
+}
+
+#[test]
+fn a_saved_function_restores_onto_a_fresh_one_and_serves_on() {
+    let mut r = rig(true);
+    let mut drv = Driver::new(&r.mem, 0x1_0000, 16);
+    let d = &mut r.dev;
+    // The guest moves the BAR (as a kernel reassigning resources does) and enables MSI-X.
+    cfg_write(d, reg::BAR0, 0x6000_0000, 4);
+    enable_msix(d);
+    bring_up(d, &drv);
+    wr(d, 0x1a, 1, 2);
+    driver_ok(d);
+    drv.add(&[(0x8_0000, 32, true)]);
+    wr(d, NOTIFY, 0, 2);
+    assert_eq!(drv.used(), vec![(0, 32)]);
+    assert!(d.pause(std::time::Duration::from_secs(1)));
+    let (core, pci) = d.save_state().unwrap();
+    let common = driver_view(d);
 
     // A no-MSI board refuses it and is left at reset.
     let mut plain = rig(false);
@@ -322,17 +329,7 @@ fn a_saved_function_restores_onto_a_fresh_one_and_serves_on() {
     .unwrap();
     back.restore_state(&core, &pci).unwrap();
     assert_eq!(back.config().bar_window(0), Some((0x6000_0000, BAR_SIZE)));
-    let again: Vec<u64> = [
-        (0x12, 2),
-        (0x14, 1),
-        (0x1a, 2),
-        (0x1c, 2),
-        (0x20, 8),
-        (0x28, 8),
-    ]
-    .iter()
-    .map(|&(off, len)| rd(&mut back, off, len))
-    .collect();
+    let again = driver_view(&mut back);
     assert_eq!(again, common);
     // The queue goes on from where it was, and completes on the driver's vector.
     drv.add(&[(0x8_1000, 16, true)]);
