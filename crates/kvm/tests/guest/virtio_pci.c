@@ -788,10 +788,14 @@ static void drive_rng(struct vdev *d)
 /* ---------------------------------------------------------------------------------------- */
 /* virtio-blk over INTx                                                                      */
 
-/* Reads the ISR (acknowledging it) and checks it said "used buffer", then that it cleared. */
+/* Reads the ISR (acknowledging it) and checks it said "used buffer", then that it cleared.
+ * The device's I/O thread publishes the used entry before it raises the interrupt, so a
+ * driver that polled the ring may be early: poll the ISR briefly (each read is an exit). */
 static void check_isr(struct vdev *d)
 {
-	u8 first = mmio_r8(d->isr.addr);
+	u8 first = 0;
+	for (u32 i = 0; i < 100000u && !(first & 1); i++)
+		first = mmio_r8(d->isr.addr);
 	if (!(first & 1))
 		fail_hex(E_ISR, "ISR bit 0 not set after a completion; ISR", first);
 	u8 second = mmio_r8(d->isr.addr);
