@@ -74,6 +74,11 @@ struct VmmArgs {
     /// or `catch-up` (it jumps by the time that passed).
     #[arg(long, default_value = "pause", value_parser = parse_clock)]
     clock: vireo_riscv::state::ClockMode,
+    /// System-call filters on the VMM's guest-facing threads: kill (a call outside a thread's
+    /// list kills the VMM, the default), log (it fails with EPERM and is reported on stderr),
+    /// or off.
+    #[arg(long, default_value = "kill", value_name = "MODE")]
+    seccomp: vireo_jail::Mode,
 }
 
 fn parse_clock(s: &str) -> Result<vireo_riscv::state::ClockMode, String> {
@@ -89,6 +94,7 @@ impl From<VmmArgs> for vireo_vmm::server::Options {
             paused: a.paused,
             force: a.force,
             clock: a.clock,
+            seccomp: a.seccomp,
         }
     }
 }
@@ -178,6 +184,10 @@ pub struct RunArgs {
     /// before running any other kernel).
     #[arg(long)]
     pub skip_kvm_probe: bool,
+    /// System-call filters on the VM's guest-facing threads: kill (a call outside a thread's
+    /// list ends the VM, the default), log (it fails with EPERM and is reported), or off.
+    #[arg(long, default_value = "kill", value_name = "MODE")]
+    pub seccomp: vireo_jail::Mode,
     /// The emulated RISC-V CPU (emu only): max (every extension vireo implements, the
     /// default) or rv64gc, then ,+EXT / ,-EXT edits (e.g. max,-sstc,-zbb).
     #[arg(long, value_name = "MODEL")]

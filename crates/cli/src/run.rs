@@ -126,6 +126,7 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     });
     let payload = vireo_vmm::resolve(&spec, guest_tty.as_ref()).map_err(fail)?;
     let plan = vireo_vmm::plan(&spec, payload).map_err(fail)?;
+    vireo_jail::install(args.seccomp).map_err(fail)?;
     let (accel, cfg, isa, vireo_init) = (plan.accel, plan.boot, plan.isa, plan.vireo_init);
     if accel == Accel::Kvm {
         vireo_vmm::check_kvm(&cfg.kernel, skip_kvm_probe(&args)).map_err(fail)?;
@@ -209,7 +210,7 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
             Some(ch) => Some(stdio::Pumps::start(ch, sup.clone(), pty).map_err(fail)?),
             None => None,
         };
-        let result = vm.run();
+        let result = vm.run_on_own_thread();
         // The guest has stopped: what it wrote is still being copied out.
         let cmd_started = pumps.map(stdio::Pumps::finish).unwrap_or(false);
         if std::env::var_os("VIREO_STATS").is_some() {

@@ -1118,6 +1118,8 @@ impl KvmVm {
                 .name(format!("vireo-vcpu{i}"))
                 .spawn(move || {
                     let _ = vmm_sys_util::signal::unblock_signal(kick_signal());
+                    // Before the vCPU first runs the guest.
+                    vireo_machine::sandbox::enter(vireo_machine::sandbox::ThreadKind::Vcpu);
                     vcpu.run_thread()
                 });
             let handle = match spawned {

@@ -17,6 +17,7 @@ pub mod bus;
 pub mod exit;
 pub mod irq;
 pub mod memory;
+pub mod sandbox;
 
 pub use boot::{BootConfig, VirtioTransport};
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};

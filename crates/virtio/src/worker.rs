@@ -30,7 +30,11 @@ impl Worker {
             let (wake, stop) = (wake.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(name.into())
-                .spawn(move || body(&wake, &stop))?
+                .spawn(move || {
+                    // Before the first look at a queue.
+                    vireo_machine::sandbox::enter(vireo_machine::sandbox::ThreadKind::Device);
+                    body(&wake, &stop)
+                })?
         };
         Ok(Worker {
             wake,

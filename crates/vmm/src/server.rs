@@ -106,6 +106,8 @@ pub struct Options {
     pub force: bool,
     /// What the guest's clock does about time it did not run.
     pub clock: vireo_riscv::state::ClockMode,
+    /// The guest-facing threads' system-call filters (`vireo_jail::seccomp`).
+    pub seccomp: vireo_jail::Mode,
 }
 
 /// `DIR/exit.json`.
@@ -127,7 +129,10 @@ pub fn serve(opts: Options) -> u8 {
         }
     };
     let _ = std::fs::write(opts.dir.join("pid"), format!("{}\n", std::process::id()));
-    let record = match Server::start(&opts) {
+    let record = match vireo_jail::install(opts.seccomp)
+        .map_err(fail)
+        .and_then(|()| Server::start(&opts))
+    {
         Ok(server) => server.run(),
         Err(e) => ExitRecord {
             reason: "error".into(),
@@ -414,7 +419,7 @@ impl Server {
                 State::Running
             };
             self.set_state(st);
-            let result = machine.run();
+            let result = machine.run_on_own_thread();
             drop(pumps);
             // What the guest printed last is in the log before the record is written.
             std::thread::sleep(Duration::from_millis(20));

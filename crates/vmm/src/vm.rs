@@ -143,6 +143,32 @@ impl Vm {
         }
     }
 
+    /// [`Vm::run`] on a thread of its own, named for the accelerator (`vireo-emu`,
+    /// `vireo-kvm`), which enters the machine thread's sandbox (`vireo_machine::sandbox`)
+    /// before the guest runs. The filter binds that thread alone: the caller goes on to build
+    /// the next boot's devices, and starting passt needs calls no guest-facing thread makes.
+    pub fn run_on_own_thread(&mut self) -> Result<GuestExit, RunError> {
+        use vireo_machine::sandbox::{enter, ThreadKind};
+        let (name, kind) = match self {
+            Vm::Emu(_) => ("vireo-emu", ThreadKind::EmuHarts),
+            Vm::Kvm(_) => ("vireo-kvm", ThreadKind::KvmWait),
+        };
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn_scoped(scope, || {
+                    enter(kind);
+                    self.run()
+                })
+                .map_err(|e| RunError::Other(format!("cannot start the machine's thread: {e}")))
+                .and_then(|t| {
+                    t.join().unwrap_or_else(|_| {
+                        Err(RunError::Other("the machine's thread panicked".into()))
+                    })
+                })
+        })
+    }
+
     /// Guest RAM in bytes.
     pub fn guest_ram_bytes(&self) -> u64 {
         match self {

@@ -219,3 +219,37 @@ fn x86_64_image_on_kvm() {
     assert_eq!(r.status, 0, "stderr: {}", r.stderr);
     assert_eq!(r.stdout, "x86_64\n");
 }
+
+/// The kvm accelerator's guest-facing threads are filtered too (crates/jail): a vCPU, or the
+/// run loop, that makes a call outside its list kills the VMM by SIGSYS.
+#[test]
+fn a_vcpu_or_the_run_loop_making_a_forbidden_call_kills_the_vmm() {
+    use std::os::unix::process::ExitStatusExt;
+    require_kvm();
+    let dir = tempdir();
+    let kernel = write(&dir, "plain.elf", &elf(&[]));
+    for kind in ["vcpu", "kvm"] {
+        let out = vireo()
+            .env("VIREO_SECCOMP_SELFTEST", kind)
+            .args(["run", "--kernel", kernel.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(31),
+            "{kind}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Without the hook the same kernel greets and exits: the filters let it run.
+    let r = run(&["run", "--kernel", kernel.to_str().unwrap()]);
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (STATUS, GREETING),
+        "{}",
+        r.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

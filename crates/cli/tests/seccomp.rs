@@ -1,0 +1,210 @@
+//! End to end: the VMM's guest-facing threads run under their seccomp filters
+//! (crates/jail). Every other end-to-end test boots with them on (the default `kill`): a call
+//! a list lacks would kill its VMM there. Here: a thread that makes a forbidden call (the
+//! test-only `VIREO_SECCOMP_SELFTEST` hook) kills the process by SIGSYS, `--seccomp log`
+//! reports it and lets the guest run on, `--seccomp off` warns, and the filters are where
+//! /proc says they are.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SIGSYS: i32 = 31;
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vireo-seccomp-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `vireo run` with the self-test hook aimed at `kind` (none: no hook).
+fn run_with(kind: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = vireo();
+    if let Some(k) = kind {
+        cmd.env("VIREO_SECCOMP_SELFTEST", k);
+    }
+    let child = cmd
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn the_emulators_thread_making_a_forbidden_call_kills_the_vmm() {
+    require_image();
+    let o = run_with(Some("emu"), &["run", "--image", IMAGE, "--", "true"]);
+    assert_eq!(
+        o.status.signal(),
+        Some(SIGSYS),
+        "{:?} {}",
+        o.status,
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_device_worker_making_a_forbidden_call_kills_the_vmm() {
+    require_image();
+    let dir = scratch("dev");
+    let disk = dir.join("d.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let d = format!("{},format=raw", disk.display());
+    // The block device's I/O thread starts when the guest's driver sets it up.
+    let o = run_with(
+        Some("device"),
+        &["run", "--image", IMAGE, "--disk", &d, "--", "true"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        o.status.signal(),
+        Some(SIGSYS),
+        "{:?} {}",
+        o.status,
+        stderr(&o)
+    );
+}
+
+#[test]
+fn log_mode_reports_the_call_and_the_guest_runs_on() {
+    require_image();
+    let o = run_with(
+        Some("emu"),
+        &[
+            "run",
+            "--seccomp",
+            "log",
+            "--image",
+            IMAGE,
+            "--",
+            "uname",
+            "-m",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "riscv64\n");
+    // getppid is call 110 on x86-64.
+    assert!(
+        stderr(&o).contains("system call 110 is outside this thread's list"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn off_says_so_and_a_bad_mode_is_refused() {
+    require_image();
+    let o = run_with(
+        Some("emu"),
+        &["run", "--seccomp", "off", "--image", IMAGE, "--", "true"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning: --seccomp off"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run_with(
+        None,
+        &["run", "--seccomp", "strict", "--image", IMAGE, "--", "true"],
+    );
+    assert_eq!(o.status.code(), Some(VIREO_ERROR), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("'strict'") && stderr(&o).contains("kill"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Each thread's `Seccomp:` line in /proc: the run loop and a device worker are filtered
+/// (mode 2), the worker with its creator's filters and its own; the thread that builds the
+/// devices and starts passt is not.
+#[test]
+fn proc_shows_the_filters_on_the_guest_facing_threads() {
+    require_image();
+    let dir = scratch("proc");
+    let disk = dir.join("d.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let spec = serde_json::json!({"image": IMAGE, "memory": "256M",
+        "disk": [format!("{},format=raw", disk.display())]});
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("spec.json"), spec.to_string()).unwrap();
+    let mut vmm = Vmm::spawn(&run, &[]);
+    vmm.wait_socket(Duration::from_secs(60));
+    let pid = vmm.child.id();
+    // Threads by name: (Seccomp mode, filters).
+    let threads = || -> Vec<(String, String, String)> {
+        let mut v = Vec::new();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            };
+            v.push((
+                comm.trim().to_string(),
+                field("Seccomp:"),
+                field("Seccomp_filters:"),
+            ));
+        }
+        v
+    };
+    let t0 = Instant::now();
+    let seen = loop {
+        let t = threads();
+        if t.iter().any(|(c, ..)| c.starts_with("vireo-blk")) {
+            break t;
+        }
+        assert!(
+            t0.elapsed() < BOOT_TIMEOUT,
+            "no block I/O thread started: {t:?} {}",
+            vmm.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let find = |name: &str| {
+        seen.iter()
+            .find(|(c, ..)| c == name || (name != "vireo" && c.starts_with(name)))
+            .unwrap_or_else(|| panic!("no thread {name}: {seen:?}"))
+            .clone()
+    };
+    let emu = find("vireo-emu");
+    assert_eq!((emu.1.as_str(), emu.2.as_str()), ("2", "2"), "{seen:?}");
+    let blk = find("vireo-blk");
+    assert_eq!(blk.1, "2", "{seen:?}");
+    assert!(blk.2.parse::<u32>().unwrap() >= 4, "{seen:?}");
+    // The main thread (named for the binary) builds devices and starts passt: no filter.
+    let main = find("vireo");
+    assert_eq!(main.1, "0", "{seen:?}");
+    drop(vmm);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,603 @@
+//! seccomp-bpf filters for the VMM's guest-facing threads, built with rust-vmm's seccompiler.
+//!
+//! # What is filtered
+//! Every thread that touches guest-controlled data enters `vireo_machine::sandbox` first
+//! thing, with its kind; [`install`] makes that install the kind's filter on the thread:
+//! - `EmuHarts`: the emulator's run loop (all harts, and the device registers they reach);
+//! - `KvmWait`: the kvm accelerator's run loop (waits for vCPU outcomes, kicks vCPUs);
+//! - `Vcpu`: each KVM vCPU thread;
+//! - `Device`: each virtio device worker (block I/O, net receive, vsock).
+//!
+//! The VMM's own threads (the control and console sockets, the console relay, the thread that
+//! builds each boot's devices and starts passt) are not filtered yet; they read no guest
+//! memory, but the command channel's lines come from the guest, so they are next.
+//!
+//! # How the lists were made, and why they are alike
+//! The lists are what these threads were seen to call across vireo's end-to-end tests (`perf
+//! trace -s`, per thread name), plus what a path the tests cannot reach here needs (MSI routing
+//! and ioeventfds on a vCPU, which only a Linux guest on a real KVM programs). A device's
+//! workers are started by the thread that activates it — the run loop or a vCPU, when the
+//! driver sets DRIVER_OK — and a thread inherits its creator's filter, which then applies
+//! together with its own (the kernel runs every filter and takes the strictest answer). So a
+//! run loop's and a vCPU's lists must hold a worker's, and the kinds differ mainly in their
+//! `ioctl`s: KVM's for vCPUs, none for the kvm run loop.
+//!
+//! Argument filters where they matter: `ioctl` by request number; `socket` for AF_UNIX only
+//! (vsock connects to host Unix sockets; every other socket is made before the guest runs);
+//! `mmap` and `mprotect` never with PROT_EXEC; `clone` only for threads (CLONE_THREAD), and
+//! `clone3`, whose flags a filter cannot see, answers ENOSYS (from a second filter) so that
+//! the C library falls back to `clone`. No `execve`, no `fork`, no `ptrace`, no mounts, no
+//! privilege changes.
+//!
+//! # Modes
+//! [`Mode::Kill`] (the default) kills the whole process on a call outside the list
+//! (SECCOMP_RET_KILL_PROCESS: the exit is by SIGSYS). [`Mode::Log`] traps instead: a SIGSYS
+//! handler writes the call's number to stderr and makes it fail with EPERM, for finding what a
+//! list lacks. [`Mode::Off`] installs nothing and says so.
+//!
+//! The lists are written for x86-64 hosts; on any other host [`install`] refuses every mode
+//! but `off`, saying why.
+
+use std::collections::{BTreeMap, HashMap};
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule,
+};
+use vireo_machine::sandbox::ThreadKind;
+
+/// What a call outside a thread's list does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// The process dies by SIGSYS.
+    #[default]
+    Kill,
+    /// The call fails with EPERM and its number is written to stderr.
+    Log,
+    /// No filters.
+    Off,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kill" => Ok(Mode::Kill),
+            "log" => Ok(Mode::Log),
+            "off" => Ok(Mode::Off),
+            _ => Err(format!(
+                "--seccomp '{s}': expected kill (a call outside a thread's list kills the VMM), log (it fails with EPERM and is reported) or off"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("cannot build the {kind:?} threads' seccomp filter: {reason}")]
+    Build { kind: ThreadKind, reason: String },
+    #[error("seccomp filters are written for x86-64 hosts only so far (this host is {0}); run with --seccomp off")]
+    Arch(&'static str),
+    #[error("cannot install the SIGSYS handler for --seccomp log: {0}")]
+    Handler(std::io::Error),
+}
+
+/// Set (to a thread kind's name: emu, kvm, vcpu, device) by tests only: that kind's threads
+/// make a call outside their list right after entering their sandbox, which must end the
+/// process by SIGSYS (or, in log mode, be reported and fail).
+pub const SELFTEST_ENV: &str = "VIREO_SECCOMP_SELFTEST";
+
+/// Builds every kind's filter (so that a bad list fails here, before any guest runs) and has
+/// `vireo_machine::sandbox::enter` install them. Call once, before the machine is built.
+pub fn install(mode: Mode) -> Result<(), SeccompError> {
+    if mode == Mode::Off {
+        eprintln!(
+            "vireo: warning: --seccomp off: the VMM's guest-facing threads run without system-call filters"
+        );
+        return Ok(());
+    }
+    let programs = build(mode)?;
+    if mode == Mode::Log {
+        log_handler::install().map_err(SeccompError::Handler)?;
+    }
+    let selftest = std::env::var(SELFTEST_ENV).ok();
+    vireo_machine::sandbox::set_hook(move |kind| {
+        let Some(progs) = programs.get(&kind) else {
+            return;
+        };
+        for p in progs {
+            if let Err(e) = seccompiler::apply_filter(p) {
+                // A thread that should be confined never runs unconfined.
+                eprintln!("vireo: cannot install the seccomp filter of a {kind:?} thread: {e}");
+                std::process::exit(125);
+            }
+        }
+        if selftest.as_deref() == Some(kind_name(kind)) {
+            // SAFETY: getppid takes no arguments and touches no memory; it is in no list, so
+            // the filter just installed answers it.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+    });
+    Ok(())
+}
+
+fn kind_name(kind: ThreadKind) -> &'static str {
+    match kind {
+        ThreadKind::EmuHarts => "emu",
+        ThreadKind::KvmWait => "kvm",
+        ThreadKind::Vcpu => "vcpu",
+        ThreadKind::Device => "device",
+    }
+}
+
+const KINDS: [ThreadKind; 4] = [
+    ThreadKind::EmuHarts,
+    ThreadKind::KvmWait,
+    ThreadKind::Vcpu,
+    ThreadKind::Device,
+];
+
+/// Each kind's programs, in the order they are installed: the allowlist, then the one that
+/// turns `clone3` into ENOSYS.
+fn build(mode: Mode) -> Result<HashMap<ThreadKind, Vec<BpfProgram>>, SeccompError> {
+    let arch = std::env::consts::ARCH;
+    if arch != "x86_64" {
+        return Err(SeccompError::Arch(arch));
+    }
+    let target = seccompiler::TargetArch::try_from(arch).map_err(|e| SeccompError::Build {
+        kind: ThreadKind::Device,
+        reason: e.to_string(),
+    })?;
+    let mismatch = match mode {
+        Mode::Log => SeccompAction::Trap,
+        _ => SeccompAction::KillProcess,
+    };
+    let mut out = HashMap::new();
+    for kind in KINDS {
+        let bad = |reason: String| SeccompError::Build { kind, reason };
+        let allow = SeccompFilter::new(
+            rules(kind).map_err(bad)?,
+            mismatch.clone(),
+            SeccompAction::Allow,
+            target,
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        let no_clone3 = SeccompFilter::new(
+            BTreeMap::from([(libc::SYS_clone3, vec![])]),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+            target,
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        let progs: Vec<BpfProgram> = [allow, no_clone3]
+            .into_iter()
+            .map(|f| {
+                f.try_into()
+                    .map_err(|e: seccompiler::BackendError| bad(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        out.insert(kind, progs);
+    }
+    Ok(out)
+}
+
+/// The number of system calls in each kind's allowlist (for the figures in the docs).
+pub fn list_sizes() -> Result<Vec<(&'static str, usize)>, String> {
+    KINDS
+        .iter()
+        .map(|&k| rules(k).map(|r| (kind_name(k), r.len())))
+        .collect()
+}
+
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, String> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value).map_err(|e| e.to_string())
+}
+
+fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, String> {
+    SeccompRule::new(conds).map_err(|e| e.to_string())
+}
+
+/// `ioctl(fd, request, ...)` for these requests only.
+fn ioctls(requests: &[u64]) -> Result<Vec<SeccompRule>, String> {
+    requests
+        .iter()
+        .map(|&r| rule(vec![cond(1, SeccompCmpOp::Eq, r)?]))
+        .collect()
+}
+
+/// The calls every guest-facing thread makes: memory, threads, time, waiting, files and
+/// sockets it already has open.
+fn common() -> Result<Rules, String> {
+    let plain = [
+        libc::SYS_read,
+        libc::SYS_write,
+        libc::SYS_readv,
+        libc::SYS_writev,
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_preadv,
+        libc::SYS_pwritev,
+        libc::SYS_preadv2,
+        libc::SYS_pwritev2,
+        libc::SYS_lseek,
+        libc::SYS_close,
+        libc::SYS_fcntl,
+        libc::SYS_fstat,
+        libc::SYS_newfstatat,
+        libc::SYS_statx,
+        libc::SYS_fsync,
+        libc::SYS_fdatasync,
+        libc::SYS_fallocate,
+        libc::SYS_ftruncate,
+        // The standard library reads /proc and /sys (available_parallelism, the cgroup's CPU
+        // quota) when a thread pool sizes itself; the kvm run loop's hang probe reads
+        // /proc/self/task/*/stat.
+        libc::SYS_openat,
+        libc::SYS_getdents64,
+        libc::SYS_munmap,
+        libc::SYS_mremap,
+        libc::SYS_madvise,
+        libc::SYS_brk,
+        libc::SYS_futex,
+        libc::SYS_sched_yield,
+        libc::SYS_sched_getaffinity,
+        libc::SYS_set_robust_list,
+        libc::SYS_rseq,
+        libc::SYS_sigaltstack,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_gettid,
+        libc::SYS_getpid,
+        libc::SYS_exit,
+        libc::SYS_exit_group,
+        libc::SYS_clone3,
+        libc::SYS_clock_gettime,
+        libc::SYS_clock_nanosleep,
+        libc::SYS_nanosleep,
+        libc::SYS_getrandom,
+        libc::SYS_poll,
+        libc::SYS_ppoll,
+        libc::SYS_epoll_create1,
+        libc::SYS_epoll_ctl,
+        libc::SYS_epoll_wait,
+        libc::SYS_epoll_pwait,
+        libc::SYS_eventfd2,
+        libc::SYS_recvfrom,
+        libc::SYS_recvmsg,
+        libc::SYS_sendto,
+        libc::SYS_sendmsg,
+        libc::SYS_connect,
+        libc::SYS_accept4,
+        libc::SYS_shutdown,
+        libc::SYS_getsockopt,
+        libc::SYS_setsockopt,
+        libc::SYS_getsockname,
+        libc::SYS_getpeername,
+        libc::SYS_tgkill,
+    ];
+    let mut r: Rules = plain.iter().map(|&n| (n, vec![])).collect();
+    let no_exec = || cond(2, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0);
+    r.insert(libc::SYS_mmap, vec![rule(vec![no_exec()?])?]);
+    r.insert(libc::SYS_mprotect, vec![rule(vec![no_exec()?])?]);
+    let thread = libc::CLONE_THREAD as u64;
+    r.insert(
+        libc::SYS_clone,
+        vec![rule(vec![cond(
+            0,
+            SeccompCmpOp::MaskedEq(thread),
+            thread,
+        )?])?],
+    );
+    r.insert(
+        libc::SYS_socket,
+        vec![rule(vec![cond(
+            0,
+            SeccompCmpOp::Eq,
+            libc::AF_UNIX as u64,
+        )?])?],
+    );
+    // A worker names itself (PR_SET_NAME) as it starts, and adds its own filter: only ever
+    // a further restriction.
+    r.insert(
+        libc::SYS_prctl,
+        vec![
+            rule(vec![cond(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?])?,
+            rule(vec![cond(
+                0,
+                SeccompCmpOp::Eq,
+                libc::PR_SET_NO_NEW_PRIVS as u64,
+            )?])?,
+        ],
+    );
+    r.insert(
+        libc::SYS_seccomp,
+        vec![rule(vec![cond(
+            0,
+            SeccompCmpOp::Eq,
+            libc::SECCOMP_SET_MODE_FILTER as u64,
+        )?])?],
+    );
+    Ok(r)
+}
+
+/// The ioctls of file descriptors a device serves from: non-blocking and close-on-exec
+/// switches, a terminal check, and a tap's offload and header-size settings (set when the
+/// driver acknowledges its features).
+fn host_ioctls() -> Vec<u64> {
+    vec![
+        libc::FIONBIO,
+        libc::FIOCLEX,
+        libc::TCGETS,
+        TUNSETOFFLOAD,
+        TUNSETVNETHDRSZ,
+    ]
+}
+
+// _IOW('T', 208, unsigned int) and _IOW('T', 216, int).
+const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
+
+fn rules(kind: ThreadKind) -> Result<Rules, String> {
+    let mut r = common()?;
+    let io = match kind {
+        ThreadKind::KvmWait => Vec::new(),
+        ThreadKind::EmuHarts | ThreadKind::Device => host_ioctls(),
+        ThreadKind::Vcpu => {
+            let mut v = host_ioctls();
+            v.extend(kvm::vcpu_ioctls());
+            v
+        }
+    };
+    if !io.is_empty() {
+        r.insert(libc::SYS_ioctl, ioctls(&io)?);
+    }
+    Ok(r)
+}
+
+/// KVM's ioctl numbers (linux/kvm.h; KVMIO is 0xAE), for the vCPU threads' list.
+#[cfg(target_arch = "x86_64")]
+mod kvm {
+    use kvm_bindings::*;
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
+
+    const KVMIO: u32 = 0xae;
+    ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
+    ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
+    ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+    ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
+    ioctl_ior_nr!(KVM_GET_FPU, KVMIO, 0x8c, kvm_fpu);
+    ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_mp_state);
+    ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+    ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    ioctl_ior_nr!(KVM_GET_XSAVE2, KVMIO, 0xcf, kvm_xsave);
+    ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+    ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
+    ioctl_iowr_nr!(KVM_IRQ_LINE_STATUS, KVMIO, 0x67, kvm_irq_level);
+    ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
+    ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+    ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
+    ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
+
+    /// KVM_RUN and the state reads a snapshot makes on the vCPU's own thread; the interrupt
+    /// lines devices raise from a vCPU's exit; and the MSI routes and doorbell eventfds a
+    /// driver's configuration writes set up.
+    pub fn vcpu_ioctls() -> Vec<u64> {
+        [
+            KVM_RUN(),
+            KVM_CHECK_EXTENSION(),
+            KVM_GET_REGS(),
+            KVM_SET_REGS(),
+            KVM_GET_SREGS(),
+            KVM_SET_SREGS(),
+            KVM_GET_MSRS(),
+            KVM_SET_MSRS(),
+            KVM_GET_FPU(),
+            KVM_GET_LAPIC(),
+            KVM_GET_MP_STATE(),
+            KVM_SET_MP_STATE(),
+            KVM_GET_VCPU_EVENTS(),
+            KVM_GET_DEBUGREGS(),
+            KVM_GET_XSAVE(),
+            KVM_GET_XSAVE2(),
+            KVM_GET_XCRS(),
+            KVM_IRQ_LINE(),
+            KVM_IRQ_LINE_STATUS(),
+            KVM_SET_GSI_ROUTING(),
+            KVM_IRQFD(),
+            KVM_IOEVENTFD(),
+            KVM_SIGNAL_MSI(),
+        ]
+        .to_vec()
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod kvm {
+    pub fn vcpu_ioctls() -> Vec<u64> {
+        Vec::new()
+    }
+}
+
+/// `--seccomp log`: a SIGSYS handler that reports the call and makes it fail with EPERM.
+mod log_handler {
+    use std::sync::Once;
+
+    static ONCE: Once = Once::new();
+
+    pub fn install() -> std::io::Result<()> {
+        let mut result = Ok(());
+        ONCE.call_once(|| {
+            // SAFETY: a zeroed sigaction is a valid value to fill in; the handler is an
+            // `extern "C"` function of the SA_SIGINFO signature, and the call only changes
+            // this process's disposition of SIGSYS.
+            let r = unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_sigsys as *const () as usize;
+                sa.sa_flags = libc::SA_SIGINFO;
+                libc::sigemptyset(&mut sa.sa_mask);
+                libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut())
+            };
+            if r != 0 {
+                result = Err(std::io::Error::last_os_error());
+            }
+        });
+        result
+    }
+
+    /// Formats `n` into `buf` from the end; the digits written.
+    fn decimal(mut n: u32, buf: &mut [u8; 12]) -> &[u8] {
+        let mut at = buf.len();
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 || at == 0 {
+                break;
+            }
+        }
+        &buf[at..]
+    }
+
+    extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        // Only async-signal-safe work here: no allocation, no locks; write(2) and the
+        // interrupted context.
+        // SAFETY: the kernel hands a SIGSYS handler a siginfo whose union holds
+        // (si_call_addr, si_syscall, si_arch) from byte 16 on x86-64: the call number is the
+        // int at byte 24 of the live siginfo the pointer refers to.
+        let nr = unsafe { *(info as *const u8).add(24).cast::<i32>() };
+        let mut digits = [0u8; 12];
+        let parts: [&[u8]; 3] = [
+            b"vireo: seccomp: system call ",
+            decimal(nr as u32, &mut digits),
+            b" is outside this thread's list; it fails with EPERM (--seccomp log)\n",
+        ];
+        for p in parts {
+            // SAFETY: writes `p.len()` bytes from a live slice to stderr.
+            unsafe { libc::write(2, p.as_ptr().cast(), p.len()) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `ctx` is the ucontext_t of the interrupted thread the kernel passes an
+        // SA_SIGINFO handler; RAX is where the trapped call's return value goes when the
+        // handler returns.
+        unsafe {
+            let uc = ctx.cast::<libc::ucontext_t>();
+            (*uc).uc_mcontext.gregs[libc::REG_RAX as usize] = -(libc::EPERM as i64);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = ctx;
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn decimal_digits() {
+            let mut b = [0u8; 12];
+            assert_eq!(super::decimal(0, &mut b), b"0");
+            assert_eq!(super::decimal(435, &mut b), b"435");
+            assert_eq!(super::decimal(u32::MAX, &mut b), b"4294967295");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_builds_and_the_lists_hold_no_process_control() {
+        let built = build(Mode::Kill).unwrap();
+        assert_eq!(built.len(), KINDS.len());
+        for kind in KINDS {
+            let r = rules(kind).unwrap();
+            for forbidden in [
+                libc::SYS_execve,
+                libc::SYS_execveat,
+                libc::SYS_fork,
+                libc::SYS_vfork,
+                libc::SYS_ptrace,
+                libc::SYS_mount,
+                libc::SYS_setuid,
+                libc::SYS_kill,
+                libc::SYS_getppid,
+            ] {
+                assert!(!r.contains_key(&forbidden), "{kind:?} allows {forbidden}");
+            }
+        }
+        // Only vCPUs may reach KVM.
+        let vcpu = rules(ThreadKind::Vcpu).unwrap()[&libc::SYS_ioctl].len();
+        let dev = rules(ThreadKind::Device).unwrap()[&libc::SYS_ioctl].len();
+        assert!(vcpu > dev);
+        assert!(!rules(ThreadKind::KvmWait)
+            .unwrap()
+            .contains_key(&libc::SYS_ioctl));
+    }
+
+    #[test]
+    fn modes_parse_and_name_the_choices() {
+        assert_eq!("kill".parse::<Mode>(), Ok(Mode::Kill));
+        assert_eq!("log".parse::<Mode>(), Ok(Mode::Log));
+        assert_eq!("off".parse::<Mode>(), Ok(Mode::Off));
+        let e = "strict".parse::<Mode>().unwrap_err();
+        assert!(e.contains("'strict'") && e.contains("kill"), "{e}");
+    }
+
+    /// A thread with the Device filter: what it may do works; what it may not is refused
+    /// (log mode, so the test process lives: EPERM, reported).
+    #[test]
+    fn a_filtered_thread_is_refused_what_its_list_lacks() {
+        log_handler::install().unwrap();
+        let progs = build(Mode::Log)
+            .unwrap()
+            .remove(&ThreadKind::Device)
+            .unwrap();
+        let t = std::thread::spawn(move || {
+            for p in &progs {
+                seccompiler::apply_filter(p).unwrap();
+            }
+            // Allowed: a pipe-less write to stderr, an AF_UNIX socket; refused: getppid, an
+            // INET socket, an executable mapping.
+            // SAFETY: plain system calls with valid arguments; the socket is closed, the
+            // mapping (if ever made) unmapped.
+            unsafe {
+                let ppid = libc::syscall(libc::SYS_getppid);
+                assert_eq!(
+                    std::io::Error::last_os_error().raw_os_error(),
+                    Some(libc::EPERM)
+                );
+                let unix = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let inet = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let inet_errno = std::io::Error::last_os_error().raw_os_error();
+                let m = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if unix >= 0 {
+                    libc::close(unix);
+                }
+                if m != libc::MAP_FAILED {
+                    libc::munmap(m, 4096);
+                }
+                (ppid, unix >= 0, inet, inet_errno, m == libc::MAP_FAILED)
+            }
+        });
+        let (ppid, unix_ok, inet, inet_errno, exec_refused) = t.join().unwrap();
+        // The C library's syscall() turns the -EPERM the handler left into -1.
+        assert_eq!(ppid, -1);
+        assert!(unix_ok);
+        assert_eq!((inet, inet_errno), (-1, Some(libc::EPERM)));
+        assert!(exec_refused);
+    }
+}

@@ -1,0 +1,43 @@
+//! Where a thread that handles guest-controlled data enters its sandbox.
+//!
+//! The crates that start such threads (the emulator's and KVM's run loops, KVM's vCPUs, the
+//! virtio devices' workers) call [`enter`] first thing on the new thread, with what kind of
+//! thread it is; what entering means (a seccomp filter for that kind, in vireo's VMM) is set
+//! once per process with [`set_hook`] by the program that owns the process. Without a hook
+//! (unit tests, tools), entering does nothing. The device and CPU crates so stay free of any
+//! policy, and every thread that reaches guest data has a place where policy binds it before
+//! it does.
+
+use std::sync::OnceLock;
+
+/// What a thread does, as far as what it may ask of the host goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ThreadKind {
+    /// The emulator's run loop: every hart, and the device registers they reach.
+    EmuHarts,
+    /// The kvm accelerator's run loop: waits for the vCPUs' outcomes, kicks them.
+    KvmWait,
+    /// A KVM vCPU: KVM_RUN and the exits it handles (port and MMIO accesses of devices).
+    Vcpu,
+    /// A virtio device's worker: queues, and the host side (files, sockets) it serves them
+    /// from.
+    Device,
+}
+
+type Hook = Box<dyn Fn(ThreadKind) + Send + Sync>;
+
+static HOOK: OnceLock<Hook> = OnceLock::new();
+
+/// Sets what [`enter`] does for the rest of the process; false if a hook was set already
+/// (the first one stays).
+pub fn set_hook(hook: impl Fn(ThreadKind) + Send + Sync + 'static) -> bool {
+    HOOK.set(Box::new(hook)).is_ok()
+}
+
+/// Enters the calling thread into the sandbox of its `kind`. The hook does not return when it
+/// cannot: a thread that should be confined never runs unconfined.
+pub fn enter(kind: ThreadKind) {
+    if let Some(h) = HOOK.get() {
+        h(kind);
+    }
+}
