@@ -181,6 +181,27 @@ fn build(mode: Mode) -> Result<HashMap<ThreadKind, Vec<BpfProgram>>, SeccompErro
     Ok(out)
 }
 
+/// Builds every kind's programs, as [`install`] does first; how many there are (for the
+/// bench, which times it).
+pub fn compile(mode: Mode) -> Result<usize, SeccompError> {
+    Ok(build(mode)?.values().map(Vec::len).sum())
+}
+
+/// Installs the Device kind's programs on the calling thread (for the bench, which times it
+/// on a thread of its own).
+pub fn confine_this_thread_as_device() -> Result<(), SeccompError> {
+    let progs = build(Mode::Kill)?
+        .remove(&ThreadKind::Device)
+        .unwrap_or_default();
+    for p in &progs {
+        seccompiler::apply_filter(p).map_err(|e| SeccompError::Build {
+            kind: ThreadKind::Device,
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
 /// The number of system calls in each kind's allowlist (for the figures in the docs).
 pub fn list_sizes() -> Result<Vec<(&'static str, usize)>, String> {
     KINDS

@@ -151,3 +151,22 @@ pub fn counts(text: &str) -> Vec<u64> {
         .map(|l| l.bytes().fold(0, |n, b| n * 16 + u64::from(b - b'a')))
         .collect()
 }
+
+/// An ELF (no notes) that prints "tiny kernel" and a newline on COM1 and exits with `status`
+/// through the exit register: the smallest whole run of a VM.
+pub fn greeting_elf(status: u8) -> Result<Vec<u8>, crate::asm::AsmError> {
+    use crate::asm::{Asm, Mode};
+    let mut a = Asm::new(Mode::Long, COUNTING_BASE);
+    let text = a.label();
+    a.print(0x3f8, text)
+        .mov_ebx(crate::layout::EXIT_REGISTER_ADDR as u32)
+        // The finisher's "pass" (0x5555), or "fail" (0x3333) with the status above it.
+        .store32_at_rbx(match status {
+            0 => 0x5555,
+            n => (u32::from(n) << 16) | 0x3333,
+        })
+        .spin();
+    a.bind(text);
+    a.bytes(b"tiny kernel\n").bytes(&[0]);
+    Ok(elf(&a.finish()?, COUNTING_BASE, &[]))
+}
