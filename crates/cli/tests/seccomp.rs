@@ -23,6 +23,17 @@ fn scratch(tag: &str) -> PathBuf {
     d
 }
 
+/// A scratch directory holding a 1 MiB raw disk, and the disk.
+fn scratch_with_disk(tag: &str) -> (PathBuf, PathBuf) {
+    let dir = scratch(tag);
+    let disk = dir.join("d.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    (dir, disk)
+}
+
 /// `vireo run` with the self-test hook aimed at `kind` (none: no hook).
 fn run_with(kind: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = vireo();
@@ -60,12 +71,7 @@ fn the_emulators_thread_making_a_forbidden_call_kills_the_vmm() {
 #[test]
 fn a_device_worker_making_a_forbidden_call_kills_the_vmm() {
     require_image();
-    let dir = scratch("dev");
-    let disk = dir.join("d.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    let (dir, disk) = scratch_with_disk("dev");
     let d = format!("{},format=raw", disk.display());
     // The block device's I/O thread starts when the guest's driver sets it up.
     let o = run_with(
@@ -139,12 +145,7 @@ fn off_says_so_and_a_bad_mode_is_refused() {
 #[test]
 fn proc_shows_the_filters_on_the_guest_facing_threads() {
     require_image();
-    let dir = scratch("proc");
-    let disk = dir.join("d.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    let (dir, disk) = scratch_with_disk("proc");
     let spec = serde_json::json!({"image": IMAGE, "memory": "256M",
         "disk": [format!("{},format=raw", disk.display())]});
     let run = dir.join("run");
