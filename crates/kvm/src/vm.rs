@@ -535,6 +535,20 @@ impl VmController {
         Ok((pages, lock(&self.inner.dirty_base).take()))
     }
 
+    /// Turns KVM's log on for a VM that has not run yet (a restore), leaving vm-memory's
+    /// bitmap as it is: what the devices wrote while they were put back is the guest's too, and
+    /// the next [`VmController::take_dirty`] reports it.
+    pub fn start_dirty_log(&self) -> Result<(), KvmError> {
+        let vm_state = self.inner.state();
+        if !matches!(vm_state, VmState::Paused | VmState::Created) {
+            return Err(KvmError::NotPaused(vm_state));
+        }
+        if !self.inner.dirty_log.load(Ordering::Acquire) {
+            self.enable_dirty_log()?;
+        }
+        Ok(())
+    }
+
     /// What the dirty log is relative to from now on (a snapshot's id once it is whole, the
     /// snapshot a VM was restored from).
     pub fn set_dirty_base(&self, base: Option<String>) {

@@ -95,9 +95,10 @@ impl Vm {
                 )
                 .map_err(fail)?;
                 // A diff of this snapshot can take the pages the logs name: KVM's is turned on
-                // before the guest runs.
+                // before the guest runs (vm-memory's has run since the memory was mapped, and
+                // holds what the devices wrote while they were put back).
                 let c = vm.controller();
-                c.take_dirty().map_err(fail)?;
+                c.start_dirty_log().map_err(fail)?;
                 c.set_dirty_base(Some(loaded.id.clone()));
                 Ok(Vm::Kvm(vm))
             }
