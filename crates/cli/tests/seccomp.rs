@@ -139,9 +139,9 @@ fn off_says_so_and_a_bad_mode_is_refused() {
     );
 }
 
-/// Each thread's `Seccomp:` line in /proc: the run loop and a device worker are filtered
-/// (mode 2), the worker with its creator's filters and its own; the thread that builds the
-/// devices and starts passt is not.
+/// Each thread's `Seccomp:` line in /proc: the run loop, a device worker and the command
+/// channel's reader are filtered (mode 2), the worker with its creator's filters and its own;
+/// the thread that builds the devices and starts passt is not.
 #[test]
 fn proc_shows_the_filters_on_the_guest_facing_threads() {
     require_image();
@@ -203,6 +203,9 @@ fn proc_shows_the_filters_on_the_guest_facing_threads() {
     let blk = find("vireo-blk");
     assert_eq!(blk.1, "2", "{seen:?}");
     assert!(blk.2.parse::<u32>().unwrap() >= 4, "{seen:?}");
+    // The thread that reads the guest's command channel parses what the guest wrote.
+    let ctl = find("guest-ctl");
+    assert_eq!(ctl.1, "2", "{seen:?}");
     // The main thread (named for the binary) builds devices and starts passt: no filter.
     let main = find("vireo");
     assert_eq!(main.1, "0", "{seen:?}");

@@ -633,22 +633,40 @@ impl CtlReader {
         use vireo_virtio::serial::ReadOutcome;
         let mut threads = Vec::new();
         let ctl = ch.ctl.clone();
+        // These threads read what the guest writes (its command channel's lines among it):
+        // they enter the device workers' sandbox first.
+        let mut spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            let started = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    vireo_machine::sandbox::enter(vireo_machine::sandbox::ThreadKind::Device);
+                    body()
+                });
+            match started {
+                Ok(t) => threads.push(t),
+                // The guest then blocks on that port once its buffer is full: said, not hidden.
+                Err(e) => tracing::error!("cannot start the {name} thread: {e}"),
+            }
+        };
         {
             let shared = shared.clone();
-            threads.push(std::thread::spawn(move || {
-                let mut line = Vec::new();
-                let mut buf = [0u8; 256];
-                while let ReadOutcome::Data(n) = ctl.read(&mut buf, None) {
-                    for &b in &buf[..n] {
-                        if b == b'\n' {
-                            ctl_line(&shared, &String::from_utf8_lossy(&line));
-                            line.clear();
-                        } else if line.len() < 64 {
-                            line.push(b);
+            spawn(
+                "guest-ctl",
+                Box::new(move || {
+                    let mut line = Vec::new();
+                    let mut buf = [0u8; 256];
+                    while let ReadOutcome::Data(n) = ctl.read(&mut buf, None) {
+                        for &b in &buf[..n] {
+                            if b == b'\n' {
+                                ctl_line(&shared, &String::from_utf8_lossy(&line));
+                                line.clear();
+                            } else if line.len() < 64 {
+                                line.push(b);
+                            }
                         }
                     }
-                }
-            }));
+                }),
+            );
         }
         for (kind, port) in [
             (FRAME_STDOUT, ch.stdout.clone()),
@@ -656,22 +674,30 @@ impl CtlReader {
         ] {
             let mut out = out.clone();
             let shared = shared.clone();
-            threads.push(std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let ReadOutcome::Data(n) = port.read(&mut buf, None) {
-                    // An exec's output goes to its client (waiting while the client is slow,
-                    // as a pipe does); otherwise to the console stream.
-                    let to_exec = lock(&shared.exec).as_ref().map(|e| e.frames.clone());
-                    match to_exec {
-                        Some(tx) => {
-                            let _ = tx.send((kind, buf[..n].to_vec()));
-                        }
-                        None => {
-                            let _ = out.write_all(&buf[..n]);
+            let name = if kind == FRAME_STDOUT {
+                "guest-stdout"
+            } else {
+                "guest-stderr"
+            };
+            spawn(
+                name,
+                Box::new(move || {
+                    let mut buf = [0u8; 4096];
+                    while let ReadOutcome::Data(n) = port.read(&mut buf, None) {
+                        // An exec's output goes to its client (waiting while the client is slow,
+                        // as a pipe does); otherwise to the console stream.
+                        let to_exec = lock(&shared.exec).as_ref().map(|e| e.frames.clone());
+                        match to_exec {
+                            Some(tx) => {
+                                let _ = tx.send((kind, buf[..n].to_vec()));
+                            }
+                            None => {
+                                let _ = out.write_all(&buf[..n]);
+                            }
                         }
                     }
-                }
-            }));
+                }),
+            );
         }
         // Nothing feeds a command's stdin: it reads end of file, as under `nohup`.
         ch.stdin.close_input();
