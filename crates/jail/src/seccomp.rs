@@ -6,11 +6,12 @@
 //! - `EmuHarts`: the emulator's run loop (all harts, and the device registers they reach);
 //! - `KvmWait`: the kvm accelerator's run loop (waits for vCPU outcomes, kicks vCPUs);
 //! - `Vcpu`: each KVM vCPU thread;
-//! - `Device`: each virtio device worker (block I/O, net receive, vsock).
+//! - `Device`: each virtio device worker (block I/O, net receive, vsock), and the VMM's
+//!   readers of the guest's command channel (they parse the lines the guest writes).
 //!
-//! The VMM's own threads (the control and console sockets, the console relay, the thread that
-//! builds each boot's devices and starts passt) are not filtered yet; they read no guest
-//! memory, but the command channel's lines come from the guest, so they are next.
+//! The VMM's other threads (the control and console sockets, the console relay, `vireo run`'s
+//! stdio pumps, the thread that builds each boot's devices and starts passt) are not filtered
+//! yet: passt is started there and needs what no filtered thread may do.
 //!
 //! # How the lists were made, and why they are alike
 //! The lists are what these threads were seen to call across vireo's end-to-end tests (`perf
