@@ -740,28 +740,27 @@ fn volume_disks_and_persistent_overlays_keep_the_guests_writes() {
 /// Ten clones of one snapshot through the daemon: each runs on its own, with the MAC address
 /// and vsock CID the daemon gave it in its guest's hands (the MAC on eth0, the CID in its
 /// definition), a new VM generation and random numbers of its own.
+/// Creates VM "o" (256 MiB of the Debian image, with `extra` options), starts it until its
+/// guest is ready and takes snapshot "s" of it; its name.
+fn origin_with_snapshot(d: &Daemon, extra: &[&str]) -> String {
+    let n = d.name("o");
+    let mut args = vec!["create", &n, "--image", IMAGE, "--memory", "256M"];
+    args.extend_from_slice(extra);
+    d.ok(&args);
+    d.ok(&["start", &n, "--wait-ready"]);
+    d.ok(&["snapshot", "create", &n, "s"]);
+    n
+}
+
 #[test]
 fn ten_clones_of_a_snapshot_each_have_their_own_identity() {
     require_image();
     // Eleven single-vCPU guests, idle but for the checks: more than the default four per
     // host CPU here.
     let d = Daemon::with_args("clone", &["--cpu-ratio", "8"]);
-    let n = d.name("o");
     let uds = d.dir.join("o.vsock");
-    d.ok(&[
-        "create",
-        &n,
-        "--image",
-        IMAGE,
-        "--memory",
-        "256M",
-        "--net",
-        "user",
-        "--vsock",
-        &format!("cid=3,uds={}", uds.display()),
-    ]);
-    d.ok(&["start", &n, "--wait-ready"]);
-    d.ok(&["snapshot", "create", &n, "s"]);
+    let vsock = format!("cid=3,uds={}", uds.display());
+    let n = origin_with_snapshot(&d, &["--net", "user", "--vsock", &vsock]);
     let prefix = d.name("c");
     let out = d.ok(&["clone", "s", "--count", "10", "--prefix", &prefix]);
     let names: Vec<String> = (1..=10).map(|i| format!("{prefix}-{i}")).collect();
@@ -843,19 +842,7 @@ fn clones_of_a_tap_backed_vm_cannot_share_its_tap() {
         .expect("the tap test needs `ip` (apt-get install iproute2)");
     assert!(st.success());
     let d = Daemon::new("tapclone");
-    let n = d.name("o");
-    d.ok(&[
-        "create",
-        &n,
-        "--image",
-        IMAGE,
-        "--memory",
-        "256M",
-        "--net",
-        "tap=vtapc",
-    ]);
-    d.ok(&["start", &n, "--wait-ready"]);
-    d.ok(&["snapshot", "create", &n, "s"]);
+    let n = origin_with_snapshot(&d, &["--net", "tap=vtapc"]);
     let r = d.v(&["clone", "s", "--count", "2", "--prefix", &d.name("c")]);
     assert_eq!(r.status, VIREO_ERROR, "{}{}", r.stdout, r.stderr);
     assert!(

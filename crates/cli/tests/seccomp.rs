@@ -50,6 +50,16 @@ fn run_with(kind: Option<&str>, args: &[&str]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+fn assert_killed_by_sigsys(o: &Output) {
+    assert_eq!(
+        o.status.signal(),
+        Some(SIGSYS),
+        "{:?} {}",
+        o.status,
+        stderr(o)
+    );
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -58,13 +68,7 @@ fn stderr(o: &Output) -> String {
 fn the_emulators_thread_making_a_forbidden_call_kills_the_vmm() {
     require_image();
     let o = run_with(Some("emu"), &["run", "--image", IMAGE, "--", "true"]);
-    assert_eq!(
-        o.status.signal(),
-        Some(SIGSYS),
-        "{:?} {}",
-        o.status,
-        stderr(&o)
-    );
+    assert_killed_by_sigsys(&o);
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
 }
 
@@ -79,13 +83,7 @@ fn a_device_worker_making_a_forbidden_call_kills_the_vmm() {
         &["run", "--image", IMAGE, "--disk", &d, "--", "true"],
     );
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(
-        o.status.signal(),
-        Some(SIGSYS),
-        "{:?} {}",
-        o.status,
-        stderr(&o)
-    );
+    assert_killed_by_sigsys(&o);
 }
 
 #[test]
