@@ -510,13 +510,10 @@ impl VmController {
     /// log on and returns no base: nothing is known of the writes before it. The VM must be
     /// paused, or not have run yet.
     pub fn take_dirty(&self) -> Result<(vireo_machine::DirtyPages, Option<String>), KvmError> {
-        let vm_state = self.inner.state();
-        if !matches!(vm_state, VmState::Paused | VmState::Created) {
-            return Err(KvmError::NotPaused(vm_state));
-        }
+        let first = !self.inner.dirty_log.load(Ordering::Acquire);
+        self.start_dirty_log()?;
         let mut pages = vireo_machine::memory::take_dirty(&self.inner.mem);
-        if !self.inner.dirty_log.load(Ordering::Acquire) {
-            self.enable_dirty_log()?;
+        if first {
             *lock(&self.inner.dirty_base) = None;
             return Ok((Vec::new(), None));
         }
