@@ -79,23 +79,42 @@ struct VmmArgs {
     /// or off.
     #[arg(long, default_value = "kill", value_name = "MODE")]
     seccomp: vireo_jail::Mode,
+    /// Run in a jail rooted at DIR (absent or empty; see crates/vmm/src/jailing.rs).
+    #[arg(long, value_name = "DIR")]
+    jail: Option<PathBuf>,
+    /// With --jail: the user (and group) to run as, when started as root (default nobody).
+    #[arg(long, value_name = "USER[:GROUP]", requires = "jail")]
+    jail_user: Option<String>,
+    /// Put the VMM in a cgroup of its own under PARENT (memory and CPU limits of the
+    /// definition); failing that, it does not start.
+    #[arg(long, value_name = "PARENT")]
+    cgroup_parent: Option<String>,
 }
 
 fn parse_clock(s: &str) -> Result<vireo_riscv::state::ClockMode, String> {
     vireo_vmm::snapshot::clock_mode(s).map_err(|e| e.0)
 }
 
-impl From<VmmArgs> for vireo_vmm::server::Options {
-    fn from(a: VmmArgs) -> Self {
-        vireo_vmm::server::Options {
-            name: a.name,
-            dir: a.dir,
-            restore: a.restore,
-            paused: a.paused,
-            force: a.force,
-            clock: a.clock,
-            seccomp: a.seccomp,
-        }
+impl VmmArgs {
+    fn options(self) -> Result<vireo_vmm::server::Options, vireo_vmm::Error> {
+        let jail = match self.jail {
+            Some(root) => Some(vireo_vmm::jailing::JailOptions::new(
+                root,
+                self.jail_user.as_deref(),
+            )?),
+            None => None,
+        };
+        Ok(vireo_vmm::server::Options {
+            name: self.name,
+            dir: self.dir,
+            restore: self.restore,
+            paused: self.paused,
+            force: self.force,
+            clock: self.clock,
+            seccomp: self.seccomp,
+            jail,
+            cgroup_parent: self.cgroup_parent,
+        })
     }
 }
 
@@ -188,6 +207,14 @@ pub struct RunArgs {
     /// list ends the VM, the default), log (it fails with EPERM and is reported), or off.
     #[arg(long, default_value = "kill", value_name = "MODE")]
     pub seccomp: vireo_jail::Mode,
+    /// Run the VM in a jail rooted at DIR (absent or empty): its own namespaces, only its
+    /// kernel, disks, vsock socket directory and console log visible, an unprivileged user
+    /// (as root; without root, a user namespace), no capabilities. Not a config-file key.
+    #[arg(long, value_name = "DIR")]
+    pub jail: Option<PathBuf>,
+    /// With --jail, started as root: the user (and group) to run as (default nobody).
+    #[arg(long, value_name = "USER[:GROUP]", requires = "jail")]
+    pub jail_user: Option<String>,
     /// The emulated RISC-V CPU (emu only): max (every extension vireo implements, the
     /// default) or rv64gc, then ,+EXT / ,-EXT edits (e.g. max,-sstc,-zbb).
     #[arg(long, value_name = "MODEL")]
@@ -241,7 +268,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Image(ImageCmd::Pull { name, force }) => image_pull(&name, force),
         Command::Image(ImageCmd::List { known }) => image_list(known),
-        Command::Vmm(args) => vmm(args.into()),
+        Command::Vmm(args) => vmm(args),
         Command::Disk(cmd) => disk::run(cmd),
         Command::Manage(cmd) => manage::dispatch(cmd, cli.socket),
     };
@@ -250,7 +277,7 @@ fn main() -> ExitCode {
 
 /// `vireo vmm`: logs go to stderr (the daemon points it at the VM's vmm.log), and a bug ends
 /// this VM only, with its message in exit.json.
-fn vmm(opts: vireo_vmm::server::Options) -> u8 {
+fn vmm(args: VmmArgs) -> u8 {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -259,7 +286,23 @@ fn vmm(opts: vireo_vmm::server::Options) -> u8 {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let panic_dir = opts.dir.clone();
+    let panic_dir = std::path::absolute(&args.dir).unwrap_or_else(|_| args.dir.clone());
+    let opts = match args.options() {
+        Ok(o) => o,
+        Err(e) => {
+            let message = e.to_string();
+            eprintln!("vireo vmm: {message}");
+            vireo_vmm::server::write_exit(
+                &panic_dir,
+                &vireo_vmm::server::ExitRecord {
+                    reason: "error".into(),
+                    status: 125,
+                    message,
+                },
+            );
+            return 125;
+        }
+    };
     std::panic::set_hook(Box::new(move |info| {
         let message = format!("internal error (a bug in vireo): {info}");
         eprintln!("vireo vmm: {message}");

@@ -127,11 +127,22 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     let payload = vireo_vmm::resolve(&spec, guest_tty.as_ref()).map_err(fail)?;
     let plan = vireo_vmm::plan(&spec, payload).map_err(fail)?;
     vireo_jail::install(args.seccomp).map_err(fail)?;
-    let (accel, cfg, isa, vireo_init) = (plan.accel, plan.boot, plan.isa, plan.vireo_init);
-    if accel == Accel::Kvm {
-        vireo_vmm::check_kvm(&cfg.kernel, skip_kvm_probe(&args)).map_err(fail)?;
+    if plan.accel == Accel::Kvm {
+        vireo_vmm::check_kvm(&plan.boot.kernel, skip_kvm_probe(&args)).map_err(fail)?;
     }
     let device_configs = vireo_vmm::devices::parse(&spec).map_err(fail)?;
+    // What needs the host's view is opened before a jail: the network backends.
+    let backends = vireo_vmm::devices::open_backends(&device_configs).map_err(fail)?;
+    if let Some(root) = &args.jail {
+        jail(
+            root,
+            args.jail_user.as_deref(),
+            &spec,
+            &plan,
+            &device_configs,
+        )?;
+    }
+    let (accel, cfg, isa, vireo_init) = (plan.accel, plan.boot, plan.isa, plan.vireo_init);
     let sup = Arc::new(Supervisor::default());
     let _signals = crate::signals::start(sup.clone(), pty).map_err(fail)?;
     let out = ConsoleOutput::new();
@@ -162,7 +173,8 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     let mut stdin_started = false;
     let started = std::time::Instant::now();
     loop {
-        let mut devices = vireo_vmm::devices::build(&device_configs, &out).map_err(fail)?;
+        let mut devices =
+            vireo_vmm::devices::build(&device_configs, &out, &backends).map_err(fail)?;
         let channel = vireo_init.then(|| {
             let (dev, ch) = stdio::channel();
             devices.push("serial", "vireo", Box::new(dev));
@@ -270,6 +282,34 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
             },
         };
     }
+}
+
+/// `--jail ROOT`: enters the jail before any thread starts (the keeper process never returns
+/// from here; see `vireo_jail::jail`). The console log is made first, for the jail's user.
+fn jail(
+    root: &std::path::Path,
+    user: Option<&str>,
+    spec: &VmSpec,
+    plan: &vireo_vmm::Plan,
+    configs: &[vireo_vmm::DeviceConfig],
+) -> Result<(), Failure> {
+    let opts = vireo_vmm::jailing::JailOptions::new(root.to_path_buf(), user).map_err(fail)?;
+    let mut extra = Vec::new();
+    if let Some(log) = &spec.console_log {
+        match std::fs::File::create_new(log) {
+            Ok(_) => {
+                if let Some(c) = &opts.user {
+                    std::os::unix::fs::chown(log, Some(c.uid), Some(c.gid))
+                        .map_err(|e| fail(format!("--console-log {}: {e}", log.display())))?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(fail(format!("--console-log {}: {e}", log.display()))),
+        }
+        extra.push(vireo_jail::Show::writable(log));
+    }
+    let jail = vireo_vmm::jailing::spec(&opts, plan, configs, extra).map_err(fail)?;
+    vireo_vmm::jailing::enter(&jail).map_err(fail)
 }
 
 /// Whether the exception probe is skipped: `--skip-kvm-probe`, or `VIREO_SKIP_KVM_PROBE` (any

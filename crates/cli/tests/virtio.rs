@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{pseudo_random, require_image, run, run_in, IMAGE, VIREO_ERROR};
+use common::{
+    compile_vsock_tool, mkfs_ext4, pseudo_random, require_image, run, run_in, tool, IMAGE,
+    VIREO_ERROR,
+};
 /// How long host-side helpers (servers, clients) keep trying before they give up.
 const HOST_DEADLINE: Duration = Duration::from_secs(150);
 const MIB: u64 = 1024 * 1024;
@@ -1483,35 +1486,6 @@ impl Drop for TempDir {
     }
 }
 
-/// A host tool from e2fsprogs, found on PATH or in the sbin directories.
-fn tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} is missing: apt-get install e2fsprogs (scripts/setup.sh does)")
-        })
-}
-
-/// A sparse file of `size` bytes holding an ext4 file system, filled from `from` if given.
-fn mkfs_ext4(img: &Path, size: u64, from: Option<&Path>) {
-    std::fs::File::create(img).unwrap().set_len(size).unwrap();
-    let mut c = Command::new(tool("mkfs.ext4"));
-    // Initialise everything now, so no lazy init writes behind the tests' backs.
-    c.args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]);
-    if let Some(d) = from {
-        c.arg("-d").arg(d);
-    }
-    let out = c.arg(img).output().unwrap();
-    assert!(
-        out.status.success(),
-        "mkfs.ext4 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn e2fsck_clean(img: &Path) {
     let out = Command::new(tool("e2fsck"))
         .arg("-fn")
@@ -1625,26 +1599,4 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Builds tests/guest/vsock_tool.c for the guest.
-fn compile_vsock_tool(out: &Path) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock_tool.c");
-    let r = Command::new("riscv64-linux-gnu-gcc")
-        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
-        .arg(out)
-        .arg(&src)
-        .output();
-    match r {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "riscv64-linux-gnu-gcc is missing: apt-get install gcc-riscv64-linux-gnu (scripts/setup.sh does)"
-        ),
-        Err(e) => panic!("riscv64-linux-gnu-gcc: {e}"),
-        Ok(o) => assert!(
-            o.status.success(),
-            "compiling {}:\n{}",
-            src.display(),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    }
 }

@@ -19,7 +19,7 @@
 
 pub mod api;
 pub mod capacity;
-pub mod cgroup;
+pub use vireo_jail::cgroup;
 pub mod client;
 pub mod config;
 pub mod metrics;

@@ -10,8 +10,8 @@
 //!   readers of the guest's command channel (they parse the lines the guest writes).
 //!
 //! The VMM's other threads (the control and console sockets, the console relay, `vireo run`'s
-//! stdio pumps, the thread that builds each boot's devices and starts passt) are not filtered
-//! yet: passt is started there and needs what no filtered thread may do.
+//! stdio pumps, the thread that builds each boot's devices) are not filtered yet; they run in
+//! the jail ([`crate::jail`]) when there is one.
 //!
 //! # How the lists were made, and why they are alike
 //! The lists are what these threads were seen to call across vireo's end-to-end tests (`perf
@@ -254,8 +254,7 @@ fn common() -> Result<Rules, String> {
         libc::SYS_fallocate,
         libc::SYS_ftruncate,
         // The standard library reads /proc and /sys (available_parallelism, the cgroup's CPU
-        // quota) when a thread pool sizes itself; the kvm run loop's hang probe reads
-        // /proc/self/task/*/stat.
+        // quota) when a thread pool sizes itself (in a jail they are not there: it falls back).
         libc::SYS_openat,
         libc::SYS_getdents64,
         libc::SYS_munmap,

@@ -301,16 +301,45 @@ pub extern "C" fn kick_handler(
     });
 }
 
-/// Whether the thread `tid` of this process is asleep (in KVM's halt wait, or waiting on a
-/// channel) rather than running or runnable, from /proc/self/task/TID/stat.
-pub fn thread_asleep(tid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
-        return false;
+/// The calling thread's CPU-time clock, which any thread of the process may read.
+pub fn own_cpu_clock() -> libc::clockid_t {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: pthread_self is always valid for the caller; the clock id is written to a local.
+    let r = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+    if r == 0 {
+        clock
+    } else {
+        NO_CLOCK
+    }
+}
+
+/// A thread that has not said its clock yet (or has none).
+pub const NO_CLOCK: libc::clockid_t = libc::clockid_t::MIN;
+
+/// How much CPU time the thread whose clock is `clock` has used; `None` once it is gone.
+pub fn cpu_time(clock: libc::clockid_t) -> Option<std::time::Duration> {
+    if clock == NO_CLOCK {
+        return None;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // The state follows the parenthesised command name, which may itself hold spaces.
-    stat.rsplit_once(") ")
-        .and_then(|(_, rest)| rest.chars().next())
-        .is_some_and(|state| state == 'S' || state == 'D')
+    // SAFETY: clock_gettime writes one timespec, a local.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(std::time::Duration::new(
+        ts.tv_sec as u64,
+        ts.tv_nsec as u32,
+    ))
+}
+
+/// Whether a thread that used `used` of CPU time over `interval` was asleep (in KVM's halt
+/// wait, or waiting on a channel) rather than running: under a tenth of it. Read from the
+/// threads' CPU clocks, not /proc, which a jailed VMM does not have.
+pub fn slept(used: std::time::Duration, interval: std::time::Duration) -> bool {
+    used < interval / 10
 }
 
 /// The signal that kicks vCPU threads out of KVM_RUN.
@@ -333,7 +362,8 @@ pub struct Vcpu {
     pub first_output: Arc<OnceLock<Instant>>,
     pub com1: u16,
     /// This thread's Linux thread id, published so the VMM can see whether it is asleep.
-    pub tid: Arc<std::sync::atomic::AtomicI32>,
+    /// Where the thread puts its CPU-time clock ([`own_cpu_clock`]) for the hang check.
+    pub clock: Arc<std::sync::atomic::AtomicI32>,
     /// What this host's KVM can save.
     pub caps: Arc<Caps>,
     /// The last KVM_RUN ended in a port or MMIO exit, which KVM completes only on the next
@@ -361,8 +391,7 @@ impl Vcpu {
     /// The thread body: starts paused, ends when told to finish.
     pub fn run_thread(mut self) {
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
-        // SAFETY: gettid has no preconditions.
-        self.tid.store(unsafe { libc::gettid() }, Ordering::Release);
+        self.clock.store(own_cpu_clock(), Ordering::Release);
         let mut state = State::PAUSED;
         while let State(Some(f)) = state {
             state = f(&mut self);
@@ -672,26 +701,32 @@ mod tests {
     }
 
     #[test]
-    fn sleeping_threads_are_seen() {
-        // SAFETY: gettid has no preconditions.
-        let me = unsafe { libc::gettid() };
-        assert!(!thread_asleep(me), "this thread is running");
-        let (tx, rx) = std::sync::mpsc::channel::<i32>();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    fn sleeping_threads_are_told_from_running_ones_by_their_cpu_clocks() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
         let t = std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            tx.send(unsafe { libc::gettid() }).unwrap();
-            done_rx.recv().unwrap();
+            tx.send(own_cpu_clock()).unwrap();
+            while let Ok(spin) = go_rx.recv() {
+                let until = Instant::now() + std::time::Duration::from_millis(100);
+                while spin && Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            }
         });
-        let tid = rx.recv().unwrap();
-        let start = Instant::now();
-        while !thread_asleep(tid) {
-            assert!(start.elapsed().as_secs() < 5);
-            std::thread::yield_now();
-        }
-        done_tx.send(()).unwrap();
+        let clock = rx.recv().unwrap();
+        let interval = std::time::Duration::from_millis(100);
+        let measure = |spin: bool| {
+            let before = cpu_time(clock).unwrap();
+            go_tx.send(spin).unwrap();
+            std::thread::sleep(interval);
+            cpu_time(clock).unwrap() - before
+        };
+        assert!(slept(measure(false), interval), "a waiting thread sleeps");
+        // Two cores are shared: a spinning thread gets most of an interval, not all.
+        assert!(!slept(measure(true), interval), "a spinning thread runs");
+        drop(go_tx);
         t.join().unwrap();
-        assert!(!thread_asleep(-1));
+        assert_eq!(cpu_time(NO_CLOCK), None);
     }
 
     #[test]

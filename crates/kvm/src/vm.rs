@@ -39,7 +39,7 @@ use crate::pc::{KvmMsi, KvmNotify};
 use crate::regs::{self, RegsError};
 use crate::state::{self, Caps, KvmState, PcState, StateError, KVM_STATE_VERSION};
 use crate::vcpu::{
-    kick_handler, kick_signal, thread_asleep, ExitCounters, ExitCounts, RegisterDump, Vcpu,
+    cpu_time, kick_handler, kick_signal, slept, ExitCounters, ExitCounts, RegisterDump, Vcpu,
     VcpuError, VcpuEvent, VcpuOutcome, VcpuResponse,
 };
 use vireo_machine::MsiSink;
@@ -224,7 +224,8 @@ struct Inner {
     counters: Vec<Arc<ExitCounters>>,
     first_output: Arc<OnceLock<Instant>>,
     stop: Sender<VcpuOutcome>,
-    tids: Vec<Arc<AtomicI32>>,
+    /// The vCPU threads' CPU-time clocks.
+    clocks: Vec<Arc<AtomicI32>>,
     /// run() has been called (a VM runs once).
     started: AtomicBool,
     vm: Arc<VmFd>,
@@ -320,11 +321,12 @@ impl Inner {
         Ok(())
     }
 
-    /// Whether every vCPU thread is asleep (a vCPU in guest mode is always running).
-    fn all_asleep(&self) -> bool {
-        self.tids
+    /// The vCPU threads' CPU time so far (`None` for one not started or gone).
+    fn cpu_times(&self) -> Vec<Option<Duration>> {
+        self.clocks
             .iter()
-            .all(|t| thread_asleep(t.load(Ordering::Acquire)))
+            .map(|c| cpu_time(c.load(Ordering::Acquire)))
+            .collect()
     }
 
     fn counts(&self) -> ExitCounts {
@@ -790,6 +792,7 @@ impl KvmVm {
         let mut halted: Vec<Option<RegisterDump>> = vec![None; n];
         let mut probe: Option<Vec<Option<Option<RegisterDump>>>> = None;
         let mut last_exits = self.inner.counts().guest_exits();
+        let mut last_times = (Instant::now(), self.inner.cpu_times());
         loop {
             let mut wait = HALT_CHECK;
             if let Some(d) = deadline {
@@ -836,12 +839,21 @@ impl KvmVm {
                     let exits = self.inner.counts().guest_exits();
                     let idle = exits == last_exits;
                     last_exits = exits;
+                    let now = (Instant::now(), self.inner.cpu_times());
+                    let interval = now.0 - last_times.0;
+                    // Every vCPU thread asleep over the interval (a vCPU in guest mode is
+                    // always running).
+                    let all_asleep = now.1.iter().zip(&last_times.1).all(|(t, l)| match (t, l) {
+                        (Some(t), Some(l)) => slept(t.saturating_sub(*l), interval),
+                        _ => false,
+                    });
+                    last_times = now;
                     // Only a VM that made no exits for a whole interval and whose vCPU threads
                     // all sleep is asked: a running guest is never kicked by this check.
                     if idle
                         && probe.is_none()
                         && self.inner.state() == VmState::Running
-                        && self.inner.all_asleep()
+                        && all_asleep
                     {
                         probe = Some(vec![None; n]);
                         for s in &self.inner.events {
@@ -1103,10 +1115,10 @@ impl KvmVm {
         let mut events = Vec::new();
         let mut threads = Vec::new();
         let mut counters = Vec::new();
-        let mut tids = Vec::new();
+        let mut clocks = Vec::new();
         for (i, fd) in fds.into_iter().enumerate() {
-            let tid = Arc::new(AtomicI32::new(0));
-            tids.push(tid.clone());
+            let clock = Arc::new(AtomicI32::new(crate::vcpu::NO_CLOCK));
+            clocks.push(clock.clone());
             let (ev_tx, ev_rx) = channel();
             let c = Arc::new(ExitCounters::default());
             let vcpu = Vcpu {
@@ -1121,7 +1133,7 @@ impl KvmVm {
                 outcomes: out_tx.clone(),
                 first_output: first_output.clone(),
                 com1: COM1_PORT,
-                tid,
+                clock,
                 caps: caps.clone(),
                 io_pending: false,
             };
@@ -1158,7 +1170,7 @@ impl KvmVm {
             counters,
             first_output,
             stop: out_tx,
-            tids,
+            clocks,
             started: AtomicBool::new(false),
             vm: vm.clone(),
             irqchip,

@@ -204,11 +204,49 @@ impl Devices {
     }
 }
 
-/// Builds `configs` in order; the console device writes to `output`.
+/// The VM's network backends by NIC, in definition order: opened once for the VM's life
+/// (passt started, taps opened), before a jail, and lent to each boot's devices
+/// ([`vireo_virtio::net::OpenBackend`]).
+pub struct Backends {
+    nets: Vec<vireo_virtio::net::OpenBackend>,
+}
+
+impl Backends {
+    /// passt's pids, for tests that look at where it runs.
+    pub fn passt_pids(&self) -> Vec<u32> {
+        self.nets.iter().filter_map(|n| n.passt_pid()).collect()
+    }
+}
+
+/// Opens the backends of the NICs in `configs`.
+pub fn open_backends(configs: &[DeviceConfig]) -> Result<Backends, Error> {
+    use vireo_virtio::net::{HostFwd, NetBackendConfig, OpenBackend};
+    let mut nets = Vec::new();
+    for c in configs {
+        let DeviceConfig::Net(n) = c else { continue };
+        let bad = |why: String| fail(format!("{}: {why}", n.label));
+        let backend = match &n.backend {
+            NetBackend::User { hostfwd } => NetBackendConfig::User {
+                hostfwd: hostfwd
+                    .iter()
+                    .map(|f| f.parse::<HostFwd>().map_err(|e| bad(e.to_string())))
+                    .collect::<Result<_, _>>()?,
+            },
+            NetBackend::Tap { name } => NetBackendConfig::Tap { name: name.clone() },
+        };
+        nets.push(OpenBackend::open(backend).map_err(|e| bad(e.to_string()))?);
+    }
+    Ok(Backends { nets })
+}
+
+/// Builds `configs` in order on `backends` (from [`open_backends`] on the same configs); the
+/// console device writes to `output`.
 pub fn build(
     configs: &[DeviceConfig],
     output: &vireo_devices::ConsoleOutput,
+    backends: &Backends,
 ) -> Result<Devices, Error> {
+    let mut nets = backends.nets.iter();
     let mut devices = Devices {
         list: Vec::new(),
         handles: Vec::new(),
@@ -249,7 +287,11 @@ pub fn build(
                 }
             }
             DeviceConfig::Net(n) => {
-                let dev = net(n)?;
+                let backend = nets
+                    .next()
+                    .ok_or_else(|| fail(format!("{}: its backend was not opened", n.label)))?;
+                let dev = vireo_virtio::net::Net::on(backend, n.mac)
+                    .map_err(|e| fail(format!("{}: {e}", n.label)))?;
                 devices.push("net", &n.id, Box::new(dev));
             }
             DeviceConfig::Rng => {
@@ -483,21 +525,6 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
-fn net(n: &NetConfig) -> Result<vireo_virtio::net::Net, Error> {
-    use vireo_virtio::net::{HostFwd, Net, NetBackendConfig};
-    let bad = |why: String| fail(format!("{}: {why}", n.label));
-    let backend = match &n.backend {
-        NetBackend::User { hostfwd } => NetBackendConfig::User {
-            hostfwd: hostfwd
-                .iter()
-                .map(|f| f.parse::<HostFwd>().map_err(|e| bad(e.to_string())))
-                .collect::<Result<_, _>>()?,
-        },
-        NetBackend::Tap { name } => NetBackendConfig::Tap { name: name.clone() },
-    };
-    Net::new(backend, n.mac).map_err(|e| bad(e.to_string()))
-}
-
 /// `cid=N,uds=PATH`
 fn vsock_config(entry: &Entry) -> Result<VsockConfig, Error> {
     let label = entry.label();
@@ -608,7 +635,8 @@ mod tests {
         std::os::unix::fs::symlink(&img, &link).unwrap();
         let s = spec(&[img.to_str().unwrap(), link.to_str().unwrap()], &[]);
         let c = parse(&s).unwrap();
-        let e = build(&c, &vireo_devices::ConsoleOutput::new())
+        let backends = open_backends(&c).unwrap();
+        let e = build(&c, &vireo_devices::ConsoleOutput::new(), &backends)
             .err()
             .expect("refused")
             .to_string();

@@ -4,6 +4,7 @@
 //! - [`payload`]: a definition ([`vireo_spec::VmSpec`]) to what boots and on which
 //!   accelerator ([`payload::resolve`], [`payload::plan`], the KVM host check);
 //! - [`devices`]: typed device configurations and the device manager's handles;
+//! - [`jailing`]: what a VM's jail shows it, and entering it;
 //! - [`vm`]: one lifecycle for both accelerators (create, run on a VM-owned thread, pause,
 //!   resume, stop from any thread, counters);
 //! - [`channel`]: the command channel to vireo's /init (virtio-serial ports);
@@ -14,6 +15,7 @@
 
 pub mod channel;
 pub mod devices;
+pub mod jailing;
 pub mod payload;
 pub mod server;
 pub mod snapshot;

@@ -108,6 +108,11 @@ pub struct Options {
     pub clock: vireo_riscv::state::ClockMode,
     /// The guest-facing threads' system-call filters (`vireo_jail::seccomp`).
     pub seccomp: vireo_jail::Mode,
+    /// Run in a jail (`--jail ROOT`; [`crate::jailing`]).
+    pub jail: Option<crate::jailing::JailOptions>,
+    /// Put the VMM in a cgroup of its own under this parent first (`--cgroup-parent`), with
+    /// the definition's memory and CPU limits; failing that is a start failure.
+    pub cgroup_parent: Option<String>,
 }
 
 /// `DIR/exit.json`.
@@ -119,7 +124,11 @@ pub struct ExitRecord {
 }
 
 /// Runs the VM described in `DIR/spec.json` until it ends; returns the process exit code.
-pub fn serve(opts: Options) -> u8 {
+pub fn serve(mut opts: Options) -> u8 {
+    // A jailed VMM's working directory changes: its run directory by an absolute path.
+    if let Ok(d) = std::path::absolute(&opts.dir) {
+        opts.dir = d;
+    }
     let lock = match take_lock(&opts.dir) {
         Ok(f) => f,
         Err(e) => {
@@ -132,6 +141,7 @@ pub fn serve(opts: Options) -> u8 {
     let record = match vireo_jail::install(opts.seccomp)
         .map_err(fail)
         .and_then(|()| Server::start(&opts))
+        .and_then(|server| server.confine(&opts))
     {
         Ok(server) => server.run(),
         Err(e) => ExitRecord {
@@ -268,6 +278,8 @@ struct Server {
     spec: VmSpec,
     plan: crate::Plan,
     configs: Vec<crate::DeviceConfig>,
+    /// The NICs' backends, opened once for the VM's life.
+    backends: crate::devices::Backends,
     out: ConsoleOutput,
     /// The snapshot the first boot continues, loaded and checked.
     restore: Mutex<Option<crate::snapshot::Loaded>>,
@@ -289,6 +301,7 @@ impl Server {
             crate::check_kvm(&plan.boot.kernel, false)?;
         }
         let configs = crate::devices::parse(&spec)?;
+        let backends = crate::devices::open_backends(&configs)?;
         // Everything a restore needs is read and checked before anything runs.
         let restore = match &opts.restore {
             Some(snap) => {
@@ -365,12 +378,57 @@ impl Server {
             spec,
             plan,
             configs,
+            backends,
             out: ConsoleOutput::new(),
             restore: Mutex::new(restore),
             paused: opts.paused,
             clock: opts.clock,
         };
         Ok(server)
+    }
+
+    /// The cgroup and the jail, when asked for: after everything that needs the host's view
+    /// (the definition, a snapshot's memory, the network backends), before the first device
+    /// is built or a thread started.
+    fn confine(self, opts: &Options) -> Result<Server, Error> {
+        if let Some(parent) = &opts.cgroup_parent {
+            let cg = vireo_jail::cgroup::Hierarchy::default()
+                .place(
+                    parent,
+                    &opts.name,
+                    std::process::id(),
+                    self.spec.memory.bytes(),
+                    self.spec.cpus,
+                )
+                .map_err(|e| fail(format!("cannot put the VMM in its cgroup: {e}")))?;
+            tracing::info!("in cgroup {:?}", cg.dirs);
+        }
+        if let Some(j) = &opts.jail {
+            let dir = std::path::absolute(&opts.dir).map_err(|e| fail(e.to_string()))?;
+            if let Some(c) = &j.user {
+                // The run directory is the VMM's to write (sockets, logs, exit.json): the
+                // jail's user gets it and the files the VMM appends to.
+                for p in [dir.clone(), dir.join("console.log"), dir.join("vmm.log")] {
+                    if p.exists() {
+                        std::os::unix::fs::chown(&p, Some(c.uid), Some(c.gid)).map_err(|e| {
+                            fail(format!(
+                                "cannot give {} to the jail's user: {e}",
+                                p.display()
+                            ))
+                        })?;
+                    }
+                }
+            }
+            let spec = crate::jailing::spec(
+                j,
+                &self.plan,
+                &self.configs,
+                vec![vireo_jail::Show::writable(dir)],
+            )?;
+            crate::jailing::enter(&spec)?;
+            tracing::info!("jailed in {}", j.root.display());
+        }
+        Ok(self)
     }
 
     fn run(self) -> ExitRecord {
@@ -498,7 +556,7 @@ impl Server {
 
     /// Builds a fresh machine with fresh devices (the first boot, or after a reboot).
     fn boot(&self) -> Result<(Vm, Option<CtlReader>), Error> {
-        let mut devices = crate::devices::build(&self.configs, &self.out)?;
+        let mut devices = crate::devices::build(&self.configs, &self.out, &self.backends)?;
         let channel = self.plan.vireo_init.then(|| {
             let (dev, ch) = crate::channel::channel();
             devices.push("serial", "vireo", Box::new(dev));

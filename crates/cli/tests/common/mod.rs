@@ -359,3 +359,54 @@ impl Drop for Vmm {
         let _ = self.child.wait();
     }
 }
+
+/// A host tool from e2fsprogs, found on PATH or in the sbin directories.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} is missing: apt-get install e2fsprogs (scripts/setup.sh does)")
+        })
+}
+
+/// A sparse file of `size` bytes holding an ext4 file system, filled from `from` if given.
+pub fn mkfs_ext4(img: &std::path::Path, size: u64, from: Option<&std::path::Path>) {
+    std::fs::File::create(img).unwrap().set_len(size).unwrap();
+    let mut c = Command::new(tool("mkfs.ext4"));
+    // Initialise everything now, so no lazy init writes behind the tests' backs.
+    c.args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]);
+    if let Some(d) = from {
+        c.arg("-d").arg(d);
+    }
+    let out = c.arg(img).output().unwrap();
+    assert!(
+        out.status.success(),
+        "mkfs.ext4 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds tests/guest/vsock_tool.c for the guest.
+pub fn compile_vsock_tool(out: &std::path::Path) {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/vsock_tool.c");
+    let r = Command::new("riscv64-linux-gnu-gcc")
+        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(out)
+        .arg(&src)
+        .output();
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "riscv64-linux-gnu-gcc is missing: apt-get install gcc-riscv64-linux-gnu (scripts/setup.sh does)"
+        ),
+        Err(e) => panic!("riscv64-linux-gnu-gcc: {e}"),
+        Ok(o) => assert!(
+            o.status.success(),
+            "compiling {}:\n{}",
+            src.display(),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    }
+}

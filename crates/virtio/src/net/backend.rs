@@ -8,9 +8,11 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
 
+use super::passt::Passt;
 use super::tap::Tap;
-use super::{HostFwd, MAX_FRAME_LEN};
+use super::{HostFwd, NetError, MAX_FRAME_LEN};
 
 /// The host side of a virtio-net device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,12 @@ pub(crate) enum Recv {
 pub(crate) enum Backend {
     Framed(FramedStream),
     Tap(Tap),
+    /// Given back to its [`OpenBackend`] (the device is being dropped).
+    Gone,
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the backend was given back")
 }
 
 impl Backend {
@@ -44,6 +52,8 @@ impl Backend {
         match self {
             Backend::Framed(s) => s.stream.as_raw_fd(),
             Backend::Tap(t) => t.raw_fd(),
+            // poll(2) skips a negative descriptor.
+            Backend::Gone => -1,
         }
     }
 
@@ -52,6 +62,7 @@ impl Backend {
         match self {
             Backend::Framed(s) => s.flush_pending(),
             Backend::Tap(_) => Ok(true),
+            Backend::Gone => Err(gone()),
         }
     }
 
@@ -60,6 +71,7 @@ impl Backend {
         match self {
             Backend::Framed(s) => s.send(frame),
             Backend::Tap(t) => t.send(frame),
+            Backend::Gone => Err(gone()),
         }
     }
 
@@ -68,7 +80,54 @@ impl Backend {
         match self {
             Backend::Framed(s) => s.recv(buf),
             Backend::Tap(t) => t.recv(buf),
+            Backend::Gone => Err(gone()),
         }
+    }
+}
+
+/// A backend opened once for the VM's life, which each boot's device borrows and gives back
+/// when dropped — with a half-sent or half-received frame kept, so passt's stream stays in
+/// step across a guest reboot. Opening it is what needs the host (starting passt, opening a
+/// tap by name), so a jailed VMM opens it before it enters the jail; a reboot then needs
+/// nothing the jail forbids, and passt keeps its forwarded ports bound.
+#[derive(Clone)]
+pub struct OpenBackend {
+    pub(crate) slot: Arc<Mutex<Option<Backend>>>,
+    pub(crate) passt: Option<Arc<Passt>>,
+}
+
+impl OpenBackend {
+    /// Starts passt for [`NetBackendConfig::User`], opens the tap for [`NetBackendConfig::Tap`].
+    pub fn open(config: NetBackendConfig) -> Result<OpenBackend, NetError> {
+        let (backend, passt) = match config {
+            NetBackendConfig::User { hostfwd } => {
+                let (passt, stream) = Passt::start(&hostfwd)?;
+                let framed = FramedStream::new(stream).map_err(|source| NetError::PasstSocket {
+                    socket: passt.socket().to_owned(),
+                    source,
+                })?;
+                (Backend::Framed(framed), Some(Arc::new(passt)))
+            }
+            NetBackendConfig::Tap { name } => (Backend::Tap(Tap::open(&name)?), None),
+        };
+        Ok(OpenBackend::of(backend, passt))
+    }
+
+    pub(crate) fn of(backend: Backend, passt: Option<Arc<Passt>>) -> OpenBackend {
+        OpenBackend {
+            slot: Arc::new(Mutex::new(Some(backend))),
+            passt,
+        }
+    }
+
+    /// passt's pid, for user-mode networking.
+    pub fn passt_pid(&self) -> Option<u32> {
+        self.passt.as_ref().map(|p| p.pid())
+    }
+
+    /// Takes the backend for a device; `None` while another device has it.
+    pub(crate) fn take(&self) -> Option<Backend> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 

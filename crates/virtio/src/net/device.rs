@@ -9,9 +9,7 @@ use vireo_machine::GuestMemoryMmap;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
 
-use super::backend::{Backend, FramedStream, NetBackendConfig, Recv};
-use super::passt::Passt;
-use super::tap::Tap;
+use super::backend::{Backend, FramedStream, NetBackendConfig, OpenBackend, Recv};
 use super::worker::Worker;
 use super::{NetError, MAX_FRAME_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
 use crate::{ActivateError, Activation, DeviceCounters, Interrupt, VirtioDevice, F_VERSION_1};
@@ -46,29 +44,21 @@ pub struct Net {
     mac: [u8; 6],
     state: Arc<Mutex<NetState>>,
     worker: Option<Worker>,
-    // Last: passt is killed once nothing uses its socket any more.
-    _passt: Option<Passt>,
+    /// Where the backend goes back when the device is dropped.
+    home: OpenBackend,
 }
 
 impl Net {
     /// Opens the backend (starting passt for [`NetBackendConfig::User`]) and builds the device
     /// with MAC address `mac`.
     pub fn new(backend: NetBackendConfig, mac: [u8; 6]) -> Result<Net, NetError> {
-        match backend {
-            NetBackendConfig::User { hostfwd } => {
-                let (passt, stream) = Passt::start(&hostfwd)?;
-                let framed = FramedStream::new(stream).map_err(|source| NetError::PasstSocket {
-                    socket: passt.socket().to_owned(),
-                    source,
-                })?;
-                Ok(Net::with_backend(Backend::Framed(framed), mac, Some(passt)))
-            }
-            NetBackendConfig::Tap { name } => Ok(Net::with_backend(
-                Backend::Tap(Tap::open(&name)?),
-                mac,
-                None,
-            )),
-        }
+        Net::on(&OpenBackend::open(backend)?, mac)
+    }
+
+    /// A device on a backend opened before (it gives the backend back when dropped).
+    pub fn on(backend: &OpenBackend, mac: [u8; 6]) -> Result<Net, NetError> {
+        let b = backend.take().ok_or(NetError::BackendInUse)?;
+        Ok(Net::with_backend(b, mac, backend.clone()))
     }
 
     /// A device whose backend is a stream speaking passt's framing (each frame behind its
@@ -79,10 +69,11 @@ impl Net {
         mac: [u8; 6],
     ) -> std::io::Result<Net> {
         let framed = FramedStream::new(stream)?;
-        Ok(Net::with_backend(Backend::Framed(framed), mac, None))
+        let home = OpenBackend::of(Backend::Gone, None);
+        Ok(Net::with_backend(Backend::Framed(framed), mac, home))
     }
 
-    fn with_backend(backend: Backend, mac: [u8; 6], passt: Option<Passt>) -> Net {
+    fn with_backend(backend: Backend, mac: [u8; 6], home: OpenBackend) -> Net {
         Net {
             mac,
             state: Arc::new(Mutex::new(NetState {
@@ -99,7 +90,7 @@ impl Net {
                 paused: false,
             })),
             worker: None,
-            _passt: passt,
+            home,
         }
     }
 
@@ -123,7 +114,7 @@ impl Net {
 
     #[cfg(test)]
     pub(crate) fn passt_pid(&self) -> Option<u32> {
-        self._passt.as_ref().map(Passt::pid)
+        self.home.passt_pid()
     }
 
     fn config(&self) -> [u8; 10] {
@@ -138,6 +129,17 @@ impl Net {
         // max_virtqueue_pairs: one pair (only meaningful with VIRTIO_NET_F_MQ).
         c[8..10].copy_from_slice(&1u16.to_le_bytes());
         c
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // The worker is joined first: then nothing else uses the backend.
+        self.worker = None;
+        let backend = std::mem::replace(&mut lock(&self.state).backend, Backend::Gone);
+        if !matches!(backend, Backend::Gone) {
+            *self.home.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(backend);
+        }
     }
 }
 

@@ -45,7 +45,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
-pub use backend::NetBackendConfig;
+pub use backend::{NetBackendConfig, OpenBackend};
 pub use device::{Net, NetStats};
 pub use hostfwd::{HostFwd, HostFwdError, Protocol, DEFAULT_HOST_ADDR};
 pub use passt::command_args as passt_args;
@@ -69,6 +69,9 @@ const _: () =
 /// Errors creating a virtio-net device.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// A device was built on a backend another device still has (a bug in vireo).
+    #[error("the network backend is in use by another device")]
+    BackendInUse,
     /// `passt` is not on PATH.
     #[error(
         "user-mode networking needs passt, which was not found on PATH: apt-get install passt"

@@ -24,13 +24,12 @@
 //! not the host's is reported by name rather than left to passt's log.
 
 use std::ffi::{OsStr, OsString};
-use std::io::Read;
+use std::fs::File;
 use std::net::{IpAddr, TcpListener, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::hostfwd::Protocol;
@@ -56,34 +55,33 @@ impl Passt {
         check_host_ports(hostfwd)?;
         let socket = socket_path();
         let _ = std::fs::remove_file(&socket);
+        let spawn_error = |source| NetError::PasstSpawn {
+            path: exe.clone(),
+            source,
+        };
+        let err_file = stderr_file().map_err(spawn_error)?;
         let mut cmd = Command::new(&exe);
         cmd.args(command_args(&socket, hostfwd))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|source| NetError::PasstSpawn {
-            path: exe.clone(),
-            source,
-        })?;
-        let tail = drain_stderr(&mut child);
+            .stderr(Stdio::from(err_file.try_clone().map_err(spawn_error)?));
+        let child = cmd.spawn().map_err(spawn_error)?;
         let mut passt = Passt { child, socket };
-        let stream = passt.connect(&tail)?;
+        let stream = passt.connect(&err_file)?;
         // Connected: the path is no longer needed (passt accepts one client). Removing it now
         // rather than on drop covers the ways out of vireo that run no destructors.
         let _ = std::fs::remove_file(&passt.socket);
         Ok((passt, stream))
     }
 
-    fn connect(&mut self, tail: &Arc<Mutex<Vec<u8>>>) -> Result<UnixStream, NetError> {
+    fn connect(&mut self, err_file: &File) -> Result<UnixStream, NetError> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the drain thread catch the last words.
-                std::thread::sleep(Duration::from_millis(50));
                 return Err(NetError::PasstExited {
                     status,
                     socket: self.socket.clone(),
-                    stderr: stderr_text(tail),
+                    stderr: stderr_text(&tail_of(err_file)),
                 });
             }
             match UnixStream::connect(&self.socket) {
@@ -105,8 +103,7 @@ impl Passt {
         &self.socket
     }
 
-    /// passt's process id (tests check it is reaped).
-    #[cfg(test)]
+    /// passt's process id (tests check it is reaped, and where it runs).
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -225,35 +222,39 @@ fn socket_path() -> PathBuf {
     ))
 }
 
-/// Reads passt's stderr until it closes, keeping the last [`STDERR_TAIL`] bytes, so passt never
-/// blocks on a full pipe and a start-up failure can be explained.
-fn drain_stderr(child: &mut Child) -> Arc<Mutex<Vec<u8>>> {
-    let tail = Arc::new(Mutex::new(Vec::new()));
-    if let Some(mut err) = child.stderr.take() {
-        let tail = tail.clone();
-        std::thread::Builder::new()
-            .name("passt-stderr".into())
-            .spawn(move || {
-                let mut buf = [0u8; 512];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
-                    t.extend_from_slice(&buf[..n]);
-                    let excess = t.len().saturating_sub(STDERR_TAIL);
-                    t.drain(..excess);
-                }
-            })
-            .ok();
-    }
-    tail
+/// passt's stderr: an unlinked file rather than a pipe, so that nothing has to drain it for
+/// passt's whole life (a thread would have to, and a VMM entering its jail may have none), and
+/// a start-up failure can be explained. passt runs with `--quiet`: it writes errors only.
+fn stderr_file() -> std::io::Result<File> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "vireo-passt-{}-{}.err",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    let _ = std::fs::remove_file(&path);
+    Ok(f)
 }
 
-fn stderr_text(tail: &Mutex<Vec<u8>>) -> String {
-    let t = tail.lock().unwrap_or_else(|p| p.into_inner());
+/// The last [`STDERR_TAIL`] bytes of passt's stderr file.
+fn tail_of(f: &File) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(STDERR_TAIL as u64);
+    let mut buf = vec![0u8; (len - start) as usize];
+    let n = f.read_at(&mut buf, start).unwrap_or(0);
+    buf.truncate(n);
+    buf
+}
+
+fn stderr_text(t: &[u8]) -> String {
     // passt tries syslog first; where there is none it says so on every line. Skip that noise.
-    let text: Vec<String> = String::from_utf8_lossy(&t)
+    let text: Vec<String> = String::from_utf8_lossy(t)
         .lines()
         .filter(|l| !l.starts_with("Failed to send") && !l.trim().is_empty())
         .map(str::to_owned)
@@ -430,7 +431,7 @@ mod tests {
 
     #[test]
     fn stderr_noise_is_filtered() {
-        let t = Mutex::new(b"Failed to send 5 bytes to syslog\nbad option\n\n".to_vec());
-        assert_eq!(stderr_text(&t), "bad option");
+        let t = b"Failed to send 5 bytes to syslog\nbad option\n\n";
+        assert_eq!(stderr_text(t), "bad option");
     }
 }

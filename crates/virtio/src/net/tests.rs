@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use vireo_machine::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::backend::{Backend, FramedStream};
 use super::*;
 use crate::test_util::{CountIrq, Driver};
 use crate::{Activation, Interrupt, VirtioDevice};
@@ -312,6 +313,50 @@ fn reset_stops_the_worker_and_reactivation_serves_again() {
     })
     .unwrap();
     assert_eq!(rx.wait_used(1), vec![(h, 82)]);
+}
+
+#[test]
+fn a_reboot_s_device_continues_the_backend_s_stream_where_the_last_one_left_it() {
+    let mem = memory();
+    let (a, mut peer) = UnixStream::pair().unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let open = OpenBackend::of(Backend::Framed(FramedStream::new(a).unwrap()), None);
+    let mut first = Net::on(&open, MAC).unwrap();
+    assert!(
+        matches!(Net::on(&open, MAC), Err(NetError::BackendInUse)),
+        "one device at a time"
+    );
+    let (mut rx, _tx, _irq) = activate(&mut first, &mem, 0);
+    let frame = pattern(200, 7);
+    write_framed(&mut peer, &frame);
+    let head = rx.add(&[(0x20_0000, 1526, true)]);
+    first.queue_notify(RX_QUEUE as u16);
+    assert_eq!(
+        rx.wait_used(1),
+        vec![(head, (VNET_HDR_LEN + frame.len()) as u32)]
+    );
+    // The guest reboots in the middle of a frame: half of one is on the socket.
+    let next = pattern(300, 8);
+    let mut framed = (next.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&next);
+    peer.write_all(&framed[..150]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    drop(first);
+    let mut second = Net::on(&open, MAC).unwrap();
+    peer.write_all(&framed[150..]).unwrap();
+    let mem2 = memory();
+    let (mut rx, _tx, _irq) = activate(&mut second, &mem2, 0);
+    let head = rx.add(&[(0x20_0000, 1526, true)]);
+    second.queue_notify(RX_QUEUE as u16);
+    assert_eq!(
+        rx.wait_used(1),
+        vec![(head, (VNET_HDR_LEN + next.len()) as u32)]
+    );
+    let mut got = vec![0u8; next.len()];
+    mem2.read_slice(&mut got, GuestAddress(0x20_0000 + VNET_HDR_LEN as u64))
+        .unwrap();
+    assert_eq!(got, next, "the frame split by the reboot arrives whole");
 }
 
 #[test]
