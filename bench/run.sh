@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds vireo and the bench harnesses optimised, then runs one.
-# Usage: bench/run.sh [boot|io|kvm|loop|seccomp|snapshot] [RUNS]   (default: boot; loop: [VMS] [AT_ONCE];
+# Usage: bench/run.sh [boot|io|kvm|loop|seccomp|jail|snapshot] [RUNS]   (default: boot; loop: [VMS] [AT_ONCE];
 #        snapshot: [emu|kvm] [CLONES...], default both parts and 10 50 clones)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +10,8 @@ case "${1:-boot}" in
   io) shift; exec target/release/io "$@" ;;
   kvm) shift; exec target/release/kvm_start "$@" ;;
   loop) shift; exec target/release/daemon_loop "$@" ;;
-  seccomp) shift; exec target/release/seccomp "$@" ;;
+  seccomp|jail) shift; exec target/release/seccomp "$@" ;;
   snapshot) shift; exec target/release/snapshot "$@" ;;
   [0-9]*) exec target/release/emu_boot "$@" ;;
-  *) echo "usage: bench/run.sh [boot|io|kvm|loop|seccomp|snapshot] [RUNS]" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh [boot|io|kvm|loop|seccomp|jail|snapshot] [RUNS]" >&2; exit 2 ;;
 esac

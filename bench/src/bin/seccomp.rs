@@ -2,9 +2,11 @@
 //! - building every thread kind's programs (done once, before the machine is built);
 //! - installing one thread's (done as each guest-facing thread starts);
 //! - a whole `vireo run` of a tiny kvm kernel that prints a line and exits, `--seccomp kill`
-//!   against `--seccomp off`, alternated, medians of the wall time;
+//!   against `--seccomp off`, and `--jail` (crates/jail/src/jail.rs) with the filters against
+//!   the filters alone, alternated, medians of the wall time;
 //!
-//! and the size of each kind's allowlist. Target (issue 14): ≤ 5 ms added to a VMM's start.
+//! and the size of each kind's allowlist. Target (issue 14): ≤ 5 ms added to a VMM's start by
+//! the filters and the jail.
 //!
 //! Usage: seccomp [RUNS] (default 20).
 
@@ -70,10 +72,17 @@ fn main() {
     let kernel = dir.join("greet.elf");
     let elf = vireo_kvm::testkernel::greeting_elf(0).unwrap_or_else(|e| die(&e.to_string()));
     std::fs::write(&kernel, elf).unwrap_or_else(|e| die(&e.to_string()));
-    let time = |mode: &str| -> f64 {
+    let mut jails = 0;
+    let mut time = |mode: &str, jail: bool| -> f64 {
+        let mut cmd = Command::new(vireo_binary());
+        cmd.args(["run", "--seccomp", mode]);
+        if jail {
+            jails += 1;
+            cmd.arg("--jail").arg(dir.join(format!("jail{jails}")));
+        }
         let t0 = Instant::now();
-        let st = Command::new(vireo_binary())
-            .args(["run", "--seccomp", mode, "--kernel"])
+        let st = cmd
+            .arg("--kernel")
             .arg(&kernel)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -81,20 +90,28 @@ fn main() {
             .status()
             .unwrap_or_else(|e| die(&format!("cannot run vireo: {e}")));
         if !st.success() {
-            die(&format!("vireo run --seccomp {mode} failed: {st}"));
+            die(&format!(
+                "vireo run --seccomp {mode} (jail: {jail}) failed: {st}"
+            ));
         }
         t0.elapsed().as_secs_f64() * 1e3
     };
-    let (mut on, mut off) = (Vec::new(), Vec::new());
-    time("kill");
+    let (mut on, mut off, mut jailed) = (Vec::new(), Vec::new(), Vec::new());
+    time("kill", true);
     for _ in 0..runs {
-        on.push(time("kill"));
-        off.push(time("off"));
+        on.push(time("kill", false));
+        off.push(time("off", false));
+        jailed.push(time("kill", true));
     }
-    let (a, b) = (median(on), median(off));
+    let (a, b, c) = (median(on), median(off), median(jailed));
     println!(
         "whole `vireo run` of a tiny kvm kernel (median of {runs}, alternated): {a:.1} ms with filters, {b:.1} ms without: {:+.1} ms",
         a - b
+    );
+    println!(
+        "the same in a jail (namespaces, pivot_root, user nobody as root, no capabilities): {c:.1} ms: {:+.1} ms over the filters alone, {:+.1} ms over neither",
+        c - a,
+        c - b
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -869,3 +869,113 @@ fn clones_of_a_tap_backed_vm_cannot_share_its_tap() {
     d.ok(&["clone", "s", "--count", "1", "--prefix", &c]);
     d.wait_state(&format!("{c}-1"), "running", Duration::from_secs(60));
 }
+
+/// The fields of /proc/PID/status.
+fn proc_status(pid: i64) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_jailed_daemon_runs_each_vmm_in_its_jail() {
+    require_image();
+    let d = Daemon::with_args("jail", &["--jail"]);
+    let n = d.name("j");
+    d.ok(&[
+        "create", &n, "--image", IMAGE, "--memory", "256M", "--net", "user",
+    ]);
+    d.ok(&["start", &n, "--wait-ready"]);
+    // Its control socket, command channel and network work from inside.
+    let r = exec(&d, &n, &["cat", "/proc/version"], None);
+    assert_eq!(r.status, 0, "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("Linux version"));
+    assert!(d.inspect(&n)["ip"].as_str().is_some(), "{}", d.inspect(&n));
+    // The daemon's pid is the jail's keeper; the VMM is its child named vireo (passt, started
+    // before the jail, is the other).
+    let keeper = d.inspect(&n)["pid"].as_i64().unwrap();
+    let vmm: i64 = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i64>().ok())
+        .find(|p| {
+            let st = proc_status(*p);
+            st.get("PPid") == Some(&keeper.to_string())
+                && st.get("Name").map(String::as_str) == Some("vireo")
+        })
+        .unwrap_or_else(|| panic!("no VMM under the keeper {keeper}"));
+    let st = proc_status(vmm);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(st["Uid"].starts_with("65534"), "{st:?}");
+        assert!(
+            d.inspect(&n)["limits"]
+                .as_str()
+                .unwrap_or("")
+                .contains("memory"),
+            "{}",
+            d.inspect(&n)
+        );
+    }
+    assert!(!st["Uid"].starts_with("0\t") && st["Uid"] != "0", "{st:?}");
+    assert_eq!(st["CapEff"], "0000000000000000");
+    assert_eq!(st["CapBnd"], "0000000000000000");
+    assert_eq!(st["NoNewPrivs"], "1");
+    let root: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !root.iter().any(|e| e == "etc" || e == "usr" || e == "proc"),
+        "the host's root shows in the jail: {root:?}"
+    );
+    // Snapshots are refused, saying why.
+    let r = d.v(&["snapshot", "create", &n, "s"]);
+    assert_ne!(r.status, 0);
+    assert!(r.stderr.contains("runs in a jail"), "{}", r.stderr);
+    d.ok(&["stop", &n, "--timeout", "60"]);
+    d.wait_state(&n, "defined", Duration::from_secs(60));
+    assert_eq!(d.inspect(&n)["last_exit"]["reason"], "poweroff");
+    let jail = d.dir.join("state/vms").join(&n).join("jail");
+    assert!(!jail.exists(), "{} is left", jail.display());
+    // Killed by force, the keeper takes the VMM with it; what it could not remove of the
+    // jail, the next start does.
+    d.ok(&["start", &n, "--wait-ready"]);
+    let keeper = d.inspect(&n)["pid"].as_i64().unwrap();
+    let vmm = (0..100)
+        .find_map(|_| {
+            let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+                let p = e.file_name().to_string_lossy().parse::<i64>().ok()?;
+                let st = proc_status(p);
+                (st.get("PPid") == Some(&keeper.to_string())
+                    && st.get("Name").map(String::as_str) == Some("vireo"))
+                .then_some(p)
+            });
+            if found.is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            found
+        })
+        .expect("a jailed VMM");
+    // SAFETY: kill(2) on the keeper's pid; no memory involved.
+    unsafe { libc::kill(keeper as i32, libc::SIGKILL) };
+    d.wait_state(&n, "crashed", Duration::from_secs(20));
+    assert!(jail.exists(), "a keeper killed by force cannot clean up");
+    let t0 = Instant::now();
+    while std::path::Path::new(&format!("/proc/{vmm}")).exists()
+        && proc_status(vmm)
+            .get("State")
+            .is_some_and(|s| !s.starts_with('Z'))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the jailed VMM outlived its keeper"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.ok(&["start", &n, "--wait-ready"]);
+    d.ok(&["kill", &n]);
+}

@@ -37,6 +37,15 @@ pub struct DaemonArgs {
     /// write), for a daemon whose clients should not choose where it writes.
     #[arg(long, value_name = "DIR")]
     pub pool_root: Option<PathBuf>,
+    /// Run every VMM in a jail (its own namespaces, a root holding only its files, an
+    /// unprivileged user, no capabilities; crates/jail/src/jail.rs), in vms/NAME/jail. A jailed
+    /// VM cannot be snapshotted yet: its jail does not show it the snapshot store.
+    #[arg(long)]
+    pub jail: bool,
+    /// With --jail, for a daemon run as root: the user (and group) the VMMs run as (default
+    /// nobody).
+    #[arg(long, value_name = "USER[:GROUP]", requires = "jail")]
+    pub jail_user: Option<String>,
 }
 
 /// Everything the daemon runs with, resolved.
@@ -54,6 +63,18 @@ pub struct DaemonConfig {
     pub start_timeout: Duration,
     /// Where pools may be made (`--pool-root`), absolute; anywhere when `None`.
     pub pool_root: Option<PathBuf>,
+    /// Jail the VMMs (`--jail`), as this user (`--jail-user`, checked at start).
+    pub jail: Option<JailConfig>,
+}
+
+/// `--jail [--jail-user USER[:GROUP]]`.
+#[derive(Debug, Clone)]
+pub struct JailConfig {
+    /// As given (passed on to each VMM, which looks it up again).
+    pub user: Option<String>,
+    /// The resolved uid and gid, for the files the daemon gives the VMM (none: the daemon's
+    /// own user, in a user namespace).
+    pub ids: Option<vireo_jail::Credentials>,
 }
 
 /// A flag combination or value the daemon cannot run with.
@@ -192,8 +213,35 @@ impl DaemonConfig {
             cgroup_parent: args.cgroup_parent.clone(),
             start_timeout: Duration::from_secs(60),
             pool_root: args.pool_root.as_deref().map(absolute).transpose()?,
+            jail: jail_config(args)?,
         })
     }
+}
+
+fn jail_config(args: &DaemonArgs) -> Result<Option<JailConfig>, ConfigError> {
+    if !args.jail {
+        return Ok(None);
+    }
+    let ids =
+        match (&args.jail_user, is_root()) {
+            (Some(u), _) => Some(
+                vireo_jail::Credentials::parse(u)
+                    .map_err(|e| ConfigError(format!("--jail-user: {e}")))?,
+            ),
+            (None, true) => Some(vireo_jail::Credentials::parse("nobody").map_err(|e| {
+                ConfigError(format!("--jail (as root, the VMMs run as nobody): {e}"))
+            })?),
+            (None, false) => None,
+        };
+    if ids.as_ref().is_some_and(|c| c.uid == 0) {
+        return Err(ConfigError(
+            "--jail-user: the VMMs' user must not be root".into(),
+        ));
+    }
+    Ok(Some(JailConfig {
+        user: args.jail_user.clone(),
+        ids,
+    }))
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, ConfigError> {

@@ -586,6 +586,39 @@ impl Daemon {
         Ok(run)
     }
 
+    /// Before a jailed VMM starts: a jail directory left by one killed by force goes (no
+    /// process uses it: the VM is not running), and the disks the VMM writes that are the
+    /// daemon's own (overlays, volumes under the state directory) go to the jail's user. A
+    /// disk elsewhere that user cannot write is refused by the jail, by name.
+    fn prepare_jail(
+        &self,
+        dir: &Path,
+        spec: &VmSpec,
+        jail: &crate::config::JailConfig,
+    ) -> std::result::Result<(), String> {
+        let root = jail_root(dir);
+        if root.exists() {
+            tracing::warn!("removing {}, left by a VMM killed by force", root.display());
+            std::fs::remove_dir_all(&root)
+                .map_err(|e| format!("cannot remove {}: {e}", root.display()))?;
+        }
+        let Some(ids) = &jail.ids else {
+            return Ok(());
+        };
+        let configs = vireo_vmm::devices::parse(spec).map_err(|e| e.to_string())?;
+        for c in &configs {
+            let vireo_vmm::DeviceConfig::Block(d) = c else {
+                continue;
+            };
+            if d.readonly || d.overlay || !d.path.starts_with(&self.cfg.state_dir) {
+                continue;
+            }
+            std::os::unix::fs::chown(&d.path, Some(ids.uid), Some(ids.gid))
+                .map_err(|e| format!("cannot give {} to the jail's user: {e}", d.path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Spawns `<vmm program> vmm --name NAME --dir DIR [--restore SNAP ...]` in its own
     /// session.
     fn spawn(
@@ -604,6 +637,24 @@ impl Daemon {
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = tokio::process::Command::new(&self.cfg.vmm_program);
         cmd.arg("vmm").arg("--name").arg(name).arg("--dir").arg(dir);
+        // A jailed VMM makes its cgroup itself, before its jail, so that the jailed process
+        // is in it from its first instruction.
+        let jailed_cgroup = match &self.cfg.jail {
+            Some(j) => {
+                self.prepare_jail(dir, spec, j)?;
+                let root = jail_root(dir);
+                cmd.arg("--jail").arg(&root);
+                if let Some(u) = &j.user {
+                    cmd.arg("--jail-user").arg(u);
+                }
+                let root_user = vireo_jail::jail::is_root();
+                if root_user {
+                    cmd.arg("--cgroup-parent").arg(&self.cfg.cgroup_parent);
+                }
+                Some(root_user)
+            }
+            None => None,
+        };
         if let Some(r) = restore {
             cmd.arg("--restore").arg(&r.dir);
             if r.paused {
@@ -633,7 +684,17 @@ impl Daemon {
             .map_err(|e| format!("cannot run the VMM {}: {e}", self.cfg.vmm_program.display()))?;
         let pid = child.id();
         let mut live = Live::new(name, dir.to_path_buf(), pid, true, VmState::Starting);
-        match pid.map(|pid| {
+        if let Some(with_cgroup) = jailed_cgroup {
+            if with_cgroup {
+                let cg = Cgroup {
+                    dirs: self.cgroups.dirs(&self.cfg.cgroup_parent, name),
+                };
+                live.limits = cg.describe(spec.memory.bytes(), spec.cpus);
+                live.cgroup = Some(cg);
+            } else {
+                live.limits = "not enforced: a daemon not run as root makes no cgroups".into();
+            }
+        } else if let Some(r) = pid.map(|pid| {
             self.cgroups.place(
                 &self.cfg.cgroup_parent,
                 name,
@@ -642,12 +703,15 @@ impl Daemon {
                 spec.cpus,
             )
         }) {
-            Some(Ok(cg)) => {
-                live.limits = cg.describe(spec.memory.bytes(), spec.cpus);
-                live.cgroup = Some(cg);
+            match r {
+                Ok(cg) => {
+                    live.limits = cg.describe(spec.memory.bytes(), spec.cpus);
+                    live.cgroup = Some(cg);
+                }
+                Err(why) => live.limits = format!("not enforced: {why}"),
             }
-            Some(Err(why)) => live.limits = format!("not enforced: {why}"),
-            None => live.limits = "not enforced: the VMM has no pid".into(),
+        } else {
+            live.limits = "not enforced: the VMM has no pid".into();
         }
         let live = Arc::new(live);
         lock(&self.live).insert(name.into(), live.clone());
@@ -1123,6 +1187,11 @@ pub fn check_spec(spec: &VmSpec) -> std::result::Result<(), String> {
         vireo_image::open(image).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// A VM's jail directory, beside its run directory: `vms/NAME/jail`.
+fn jail_root(run: &Path) -> PathBuf {
+    run.parent().unwrap_or(run).join("jail")
 }
 
 #[cfg(test)]

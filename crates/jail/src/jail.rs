@@ -20,7 +20,8 @@
 //!    SIGQUIT (the child gets those itself), waits for it, removes the skeleton and leaves with
 //!    its status — the same exit code, or death by the same signal. It never returns.
 //!    The **child** is PID 1 of the new PID namespace; it dies with its keeper
-//!    (PR_SET_PDEATHSIG), so killing the keeper by force kills the VM too;
+//!    (PR_SET_PDEATHSIG, armed after step 7, whose change of credentials would clear it), so
+//!    killing the keeper by force kills the VM too;
 //! 6. the child enters new mount, IPC, UTS and network namespaces (the network namespace is
 //!    empty: every backend that needs the host's network was opened in step 0), marks every
 //!    mount private (nothing done here reaches the host), bind-mounts each path onto its
@@ -242,15 +243,16 @@ pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
         }
         Ok(ForkResult::Child) => {
             drop(ready_r);
-            // The keeper's death (killed by force) kills this process too.
+            confine(&root, &show, user.as_ref(), spec)?;
+            // The keeper's death (killed by force) kills this process too. Set last: a change
+            // of credentials clears it.
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                 .map_err(|e| err(format!("PR_SET_PDEATHSIG: {e}")))?;
-            let r = confine(&root, &show, user.as_ref(), spec);
-            if r.is_ok() {
-                let mut w = std::fs::File::from(ready_w);
-                let _ = w.write_all(b"1");
-            }
-            r
+            // Written after the death signal is armed: a keeper that died before has closed
+            // its end, and the write fails rather than leave this process without one.
+            std::fs::File::from(ready_w)
+                .write_all(b"1")
+                .map_err(|e| err(format!("the jail's keeper is gone ({e})")))
         }
     }
 }

@@ -103,6 +103,7 @@ impl Vsock {
             replies: VecDeque::new(),
             rx_starved: false,
             tx_stalled: false,
+            tx_pending: false,
             next_local_port: FIRST_LOCAL_PORT,
             rr_cursor: None,
             tx_data: Vec::new(),
@@ -205,6 +206,7 @@ impl VirtioDevice for Vsock {
             });
             st.rx_starved = false;
             st.tx_stalled = false;
+            st.tx_pending = false;
         }
         match super::worker::start(self.state.clone()) {
             Ok(w) => {
@@ -222,11 +224,9 @@ impl VirtioDevice for Vsock {
 
     fn queue_notify(&mut self, index: u16) {
         match usize::from(index) {
-            TX_QUEUE => {
-                let mut st = lock(&self.state);
-                st.process_tx();
-                st.deliver_rx();
-            }
+            // The worker takes the packets: a guest's connect is a host connect(2), and the
+            // vCPU (or emulator) thread that rang makes no host socket calls for the guest.
+            TX_QUEUE => lock(&self.state).tx_pending = true,
             RX_QUEUE => lock(&self.state).rx_starved = false,
             _ => return,
         }
@@ -234,10 +234,24 @@ impl VirtioDevice for Vsock {
         self.kick();
     }
 
-    fn pause(&self, _timeout: std::time::Duration) -> bool {
-        // The lock waits out a worker round in progress.
-        lock(&self.state).paused = true;
-        true
+    fn pause(&self, timeout: std::time::Duration) -> bool {
+        // Packets the driver rang for are the worker's to take first (a stalled queue waits
+        // for receive buffers, and stays as it is); the lock waits out a round in progress.
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut st = lock(&self.state);
+            let waits_for_buffers = st.replies.len() >= MAX_REPLIES;
+            if !st.tx_pending || waits_for_buffers || st.active.is_none() || self.worker.is_none() {
+                st.paused = true;
+                return true;
+            }
+            drop(st);
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.kick();
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     fn resume(&self) {
@@ -305,6 +319,8 @@ pub(crate) struct VsockState {
     /// The guest had no receive buffer last time; cleared by its next rx kick.
     rx_starved: bool,
     /// Transmit processing stopped because `replies` is full.
+    /// The driver rang the transmit queue: the worker's next round takes its packets.
+    tx_pending: bool,
     tx_stalled: bool,
     next_local_port: u32,
     /// The connection served last, for round-robin between connections with data.
@@ -381,7 +397,8 @@ impl VsockState {
         self.advance_handshakes();
         self.flush_to_host();
         self.deliver_rx();
-        if self.tx_stalled && self.replies.len() < MAX_REPLIES {
+        if (self.tx_pending || self.tx_stalled) && self.replies.len() < MAX_REPLIES {
+            self.tx_pending = false;
             self.process_tx();
             self.deliver_rx();
         }

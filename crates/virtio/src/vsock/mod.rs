@@ -49,6 +49,10 @@
 //!
 //! Files: `device.rs` (the device, queue processing, the connection table), `conn.rs` (one
 //! connection), `packet.rs` (the header), `worker.rs` (the thread polling host sockets).
+//!
+//! All host socket work is the worker's: a transmit notification only marks the queue for
+//! it, so the thread that rings (a vCPU, the emulator) never connects or writes to a host
+//! socket for the guest, and its seccomp list need not allow it.
 
 mod conn;
 mod device;

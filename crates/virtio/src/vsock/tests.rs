@@ -121,9 +121,13 @@ impl<'a> Guest<'a> {
         }
     }
 
+    /// Queues a packet, kicks, and waits until the worker has taken it (it handles transmit
+    /// packets, not the thread that kicks) and finished that round.
     fn send(&mut self, h: Header, data: &[u8]) {
         self.queue_packet(h, data);
         self.dev.queue_notify(TX_QUEUE as u16);
+        self.tx.wait_used(1);
+        let _ = self.dev.connection_count();
     }
 
     /// Waits for the next received packet.
@@ -539,14 +543,20 @@ fn replies_are_bounded_when_the_guest_posts_no_receive_buffers() {
     let mut g = Guest::new(&mem);
     // More refused requests than MAX_REPLIES, no receive buffers.
     let n = MAX_REPLIES + 100;
+    let mut taken = 0;
     for i in 0..n {
         g.queue_packet(guest_hdr(OP_REQUEST, 10_000 + i as u32, 1), &[]);
         if i % 200 == 199 {
+            // The worker takes them; a ring is not refilled over what it has not taken.
             g.dev.queue_notify(TX_QUEUE as u16);
+            taken += g.tx.wait_used(200).len();
         }
     }
     g.dev.queue_notify(TX_QUEUE as u16);
-    assert_eq!(g.tx.used().len(), MAX_REPLIES, "the tx queue must stall");
+    taken += g.tx.wait_used(MAX_REPLIES.saturating_sub(taken)).len();
+    std::thread::sleep(Duration::from_millis(100));
+    taken += g.tx.used().len();
+    assert_eq!(taken, MAX_REPLIES, "the tx queue must stall");
     // Buffers arrive: the replies drain and the rest of the tx queue is processed.
     let mut rsts = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -575,7 +585,7 @@ fn hostile_receive_buffers_are_returned_and_service_continues() {
     let tiny = g.rx.add(&[(0x80_0000, 20, true)]);
     let read_only = g.rx.add(&[(0x80_0000, RX_BUF, false)]);
     g.send(guest_hdr(OP_REQUEST, 1, 4321), &[]);
-    let used = g.rx.used();
+    let used = g.rx.wait_used(3);
     assert_eq!(used, vec![(outside, 0), (tiny, 0), (read_only, 0)]);
     assert_eq!(g.dev.stats().rx_bad_buffers, 3);
     g.give_rx(1);
