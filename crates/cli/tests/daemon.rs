@@ -932,6 +932,17 @@ fn a_jailed_daemon_runs_each_vmm_in_its_jail() {
         !root.iter().any(|e| e == "etc" || e == "usr" || e == "proc"),
         "the host's root shows in the jail: {root:?}"
     );
+    // Its own figures come through the /proc files it opened before the jail.
+    let (code, text) = d.get("/metrics");
+    assert_eq!(code, 200);
+    let rss = parse_metrics(&text)
+        .into_iter()
+        .find(|(s, _)| s == &format!("vireo_vm_vmm_rss_bytes{{vm=\"{n}\"}}"))
+        .map(|(_, v)| v);
+    assert!(
+        rss.is_some_and(|v| v > 1e6),
+        "RSS of a jailed VMM: {rss:?}\n{text}"
+    );
     // Snapshots are refused, saying why.
     let r = d.v(&["snapshot", "create", &n, "s"]);
     assert_ne!(r.status, 0);

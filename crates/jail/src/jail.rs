@@ -155,6 +155,25 @@ pub fn is_root() -> bool {
     Uid::effective().is_root()
 }
 
+/// `/proc/self/status` and `/proc/self/stat`, opened by the jailed process before it left the
+/// host's root (a /proc file opened once reads afresh from offset 0), for its own figures.
+static PROC_SELF: std::sync::OnceLock<Vec<(&'static str, std::fs::File)>> =
+    std::sync::OnceLock::new();
+
+/// The text of `/proc/self/NAME` (`status` or `stat`): read as usual, or in a jail — which
+/// has no /proc — through the descriptor opened before it.
+pub fn read_proc_self(name: &str) -> Option<String> {
+    if let Some(files) = PROC_SELF.get() {
+        use std::os::unix::fs::FileExt;
+        let (_, f) = files.iter().find(|(n, _)| *n == name)?;
+        let mut buf = vec![0u8; 16 << 10];
+        let n = f.read_at(&mut buf, 0).ok()?;
+        buf.truncate(n);
+        return String::from_utf8(buf).ok();
+    }
+    std::fs::read_to_string(format!("/proc/self/{name}")).ok()
+}
+
 /// The keeper's child pid, for its signal handler.
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
@@ -640,6 +659,15 @@ fn confine(
             ))
         })?;
     }
+    let proc_self = ["status", "stat"]
+        .into_iter()
+        .filter_map(|n| {
+            std::fs::File::open(format!("/proc/self/{n}"))
+                .ok()
+                .map(|f| (n, f))
+        })
+        .collect();
+    let _ = PROC_SELF.set(proc_self);
     std::env::set_current_dir(root)
         .map_err(|e| err(format!("cannot enter {}: {e}", root.display())))?;
     // pivot_root(".", "."): the old root ends up stacked on the new one, and is detached.

@@ -1168,10 +1168,10 @@ fn stats(shared: &Shared, state: State, control: Option<VmControl>) -> Value {
     })
 }
 
-/// This process's resident memory (bytes) and CPU time (seconds), from /proc.
+/// This process's resident memory (bytes) and CPU time (seconds), from /proc (in a jail,
+/// through the files it opened before).
 fn self_usage() -> (u64, f64) {
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
+    let rss = vireo_jail::jail::read_proc_self("status")
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("VmRSS:"))
@@ -1182,8 +1182,7 @@ fn self_usage() -> (u64, f64) {
         * 1024;
     // SAFETY: sysconf has no memory effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
+    let cpu = vireo_jail::jail::read_proc_self("stat")
         .and_then(|s| {
             // Fields after the command name (which may hold spaces) start past its ')'.
             let rest = s.rsplit_once(')')?.1;
