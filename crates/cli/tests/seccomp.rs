@@ -137,9 +137,9 @@ fn off_says_so_and_a_bad_mode_is_refused() {
     );
 }
 
-/// Each thread's `Seccomp:` line in /proc: the run loop, a device worker and the command
-/// channel's reader are filtered (mode 2), the worker with its creator's filters and its own;
-/// the thread that builds the devices and starts passt is not.
+/// Each thread's `Seccomp:` line in /proc: the run loop, a device worker, the command
+/// channel's reader and the VMM's socket threads are filtered (mode 2), the worker with its
+/// creator's filters and its own; the main thread, which builds the devices, is not.
 #[test]
 fn proc_shows_the_filters_on_the_guest_facing_threads() {
     require_image();
@@ -204,9 +204,45 @@ fn proc_shows_the_filters_on_the_guest_facing_threads() {
     // The thread that reads the guest's command channel parses what the guest wrote.
     let ctl = find("guest-ctl");
     assert_eq!(ctl.1, "2", "{seen:?}");
-    // The main thread (named for the binary) builds devices and starts passt: no filter.
+    // The sockets' threads and the console relay run under the control kind's filter.
+    for name in ["vmm-control", "vmm-console", "console-relay"] {
+        let t = find(name);
+        assert_eq!(t.1, "2", "{name}: {seen:?}");
+    }
+    // The main thread (named for the binary) builds each boot's devices: no filter yet.
     let main = find("vireo");
     assert_eq!(main.1, "0", "{seen:?}");
     drop(vmm);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The VMM's control thread making a forbidden call kills the VMM (the test-only hook fires
+/// as the thread enters its sandbox, once the VM has booted far enough to serve).
+#[test]
+fn the_vmm_s_control_thread_making_a_forbidden_call_kills_it() {
+    require_image();
+    let dir = scratch("control");
+    let spec = serde_json::json!({"image": IMAGE, "memory": "256M"});
+    std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
+    let log = std::fs::File::create(dir.join("vmm.log")).unwrap();
+    let mut child = vireo()
+        .env("VIREO_SECCOMP_SELFTEST", "control")
+        .args(["vmm", "--name", "t", "--dir"])
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < BOOT_TIMEOUT, "the VMM lives on");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
+    assert_eq!(status.signal(), Some(SIGSYS), "{status:?} {log}");
     let _ = std::fs::remove_dir_all(&dir);
 }

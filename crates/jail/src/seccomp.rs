@@ -7,11 +7,14 @@
 //! - `KvmWait`: the kvm accelerator's run loop (waits for vCPU outcomes, kicks vCPUs);
 //! - `Vcpu`: each KVM vCPU thread;
 //! - `Device`: each virtio device worker (block I/O, net receive, vsock), and the VMM's
-//!   readers of the guest's command channel (they parse the lines the guest writes).
+//!   readers of the guest's command channel (they parse the lines the guest writes);
+//! - `Control`: the `vireo vmm` process's own threads that serve its control socket (pause,
+//!   stats, snapshots: the files of a snapshot directory and the VM-wide KVM state it reads)
+//!   and its console socket, and the console relay — and every thread they start.
 //!
-//! The VMM's other threads (the control and console sockets, the console relay, `vireo run`'s
-//! stdio pumps, the thread that builds each boot's devices) are not filtered yet; they run in
-//! the jail ([`crate::jail`]) when there is one.
+//! The VMM's other threads (`vireo run`'s console and stdio pumps, the main thread that builds
+//! each boot's devices and machine) are not filtered yet; they run in the jail
+//! ([`crate::jail`]) when there is one.
 //!
 //! # How the lists were made, and why they are alike
 //! The lists are what these threads were seen to call across vireo's end-to-end tests (`perf
@@ -83,7 +86,7 @@ pub enum SeccompError {
     Handler(std::io::Error),
 }
 
-/// Set (to a thread kind's name: emu, kvm, vcpu, device) by tests only: that kind's threads
+/// Set (to a thread kind's name: emu, kvm, vcpu, device, control) by tests only: that kind's threads
 /// make a call outside their list right after entering their sandbox, which must end the
 /// process by SIGSYS (or, in log mode, be reported and fail).
 pub const SELFTEST_ENV: &str = "VIREO_SECCOMP_SELFTEST";
@@ -128,14 +131,16 @@ fn kind_name(kind: ThreadKind) -> &'static str {
         ThreadKind::KvmWait => "kvm",
         ThreadKind::Vcpu => "vcpu",
         ThreadKind::Device => "device",
+        ThreadKind::Control => "control",
     }
 }
 
-const KINDS: [ThreadKind; 4] = [
+const KINDS: [ThreadKind; 5] = [
     ThreadKind::EmuHarts,
     ThreadKind::KvmWait,
     ThreadKind::Vcpu,
     ThreadKind::Device,
+    ThreadKind::Control,
 ];
 
 /// Each kind's programs, in the order they are installed: the allowlist, then the one that
@@ -365,6 +370,11 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
     let io = match kind {
         ThreadKind::KvmWait => Vec::new(),
         ThreadKind::EmuHarts | ThreadKind::Device => host_ioctls(),
+        ThreadKind::Control => {
+            let mut v = host_ioctls();
+            v.extend(kvm::vm_ioctls());
+            v
+        }
         ThreadKind::Vcpu => {
             let mut v = host_ioctls();
             v.extend(kvm::vcpu_ioctls());
@@ -373,6 +383,29 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
     };
     if !io.is_empty() {
         r.insert(libc::SYS_ioctl, ioctls(&io)?);
+    }
+    if kind == ThreadKind::Control {
+        // A snapshot writes its directory (made, filled, renamed into place, or removed when
+        // it fails) and copies the disks sparsely; the console log is rotated by a rename.
+        for n in [
+            libc::SYS_mkdir,
+            libc::SYS_mkdirat,
+            libc::SYS_rename,
+            libc::SYS_renameat,
+            libc::SYS_renameat2,
+            libc::SYS_unlink,
+            libc::SYS_unlinkat,
+            libc::SYS_rmdir,
+            libc::SYS_readlink,
+            libc::SYS_readlinkat,
+            libc::SYS_copy_file_range,
+            libc::SYS_sendfile,
+            libc::SYS_fchmod,
+            libc::SYS_fstatfs,
+            libc::SYS_statfs,
+        ] {
+            r.insert(n, vec![]);
+        }
     }
     Ok(r)
 }
@@ -407,6 +440,16 @@ mod kvm {
     ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
     ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
     ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
+    ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
+    ioctl_iow_nr!(
+        KVM_SET_USER_MEMORY_REGION,
+        KVMIO,
+        0x46,
+        kvm_userspace_memory_region
+    );
+    ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+    ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+    ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
 
     /// KVM_RUN and the state reads a snapshot makes on the vCPU's own thread; the interrupt
     /// lines devices raise from a vCPU's exit; and the MSI routes and doorbell eventfds a
@@ -439,11 +482,33 @@ mod kvm {
         ]
         .to_vec()
     }
+
+    /// What a snapshot asks of the VM (not a vCPU) from the thread serving the request: the
+    /// dirty log (and the memory slots re-registered to start it), the clock, the interrupt
+    /// controllers and the PIT; and the interrupt lines a device raises from there.
+    pub fn vm_ioctls() -> Vec<u64> {
+        [
+            KVM_GET_DIRTY_LOG(),
+            KVM_SET_USER_MEMORY_REGION(),
+            KVM_GET_CLOCK(),
+            KVM_GET_IRQCHIP(),
+            KVM_GET_PIT2(),
+            KVM_CHECK_EXTENSION(),
+            KVM_IRQ_LINE(),
+            KVM_IRQ_LINE_STATUS(),
+            KVM_SIGNAL_MSI(),
+        ]
+        .to_vec()
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 mod kvm {
     pub fn vcpu_ioctls() -> Vec<u64> {
+        Vec::new()
+    }
+
+    pub fn vm_ioctls() -> Vec<u64> {
         Vec::new()
     }
 }

@@ -22,6 +22,9 @@ pub enum ThreadKind {
     /// A virtio device's worker: queues, and the host side (files, sockets) it serves them
     /// from.
     Device,
+    /// The VMM's own threads that serve its sockets (control requests, snapshots among them;
+    /// console clients) and relay the console, and every thread they start.
+    Control,
 }
 
 type Hook = Box<dyn Fn(ThreadKind) + Send + Sync>;

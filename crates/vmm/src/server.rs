@@ -453,18 +453,30 @@ impl Server {
             Ok(l) => l,
             Err(e) => return error_record(e),
         };
+        // The sockets' threads and the console relay run under the control kind's filter,
+        // and so does every thread they start (a filter is inherited).
         {
             let s = self.shared.clone();
-            std::thread::spawn(move || accept_loop(control, s, serve_control));
+            if let Err(r) = control_thread("vmm-control", move || {
+                accept_loop(control, s, serve_control)
+            }) {
+                return r;
+            }
         }
         {
             let s = self.shared.clone();
-            std::thread::spawn(move || accept_loop(console, s, serve_console));
+            if let Err(r) = control_thread("vmm-console", move || {
+                accept_loop(console, s, serve_console)
+            }) {
+                return r;
+            }
         }
         {
             let s = self.shared.clone();
             let out = self.out.clone();
-            std::thread::spawn(move || console_loop(out, s));
+            if let Err(r) = control_thread("console-relay", move || console_loop(out, s)) {
+                return r;
+            }
         }
         let mut vm = Some(first);
         let record = loop {
@@ -651,6 +663,18 @@ fn notify(shared: &Shared, event: Value) {
     let line = event.to_string();
     lock(&shared.watchers)
         .retain(|w| !matches!(w.try_send(line.clone()), Err(TrySendError::Disconnected(_))));
+}
+
+/// Starts one of the VMM's own threads, named, in the control kind's sandbox.
+fn control_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), ExitRecord> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            vireo_machine::sandbox::enter(vireo_machine::sandbox::ThreadKind::Control);
+            body()
+        })
+        .map(drop)
+        .map_err(|e| error_record(fail(format!("cannot start the {name} thread: {e}"))))
 }
 
 fn error_record(e: Error) -> ExitRecord {
