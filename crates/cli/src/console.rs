@@ -110,7 +110,11 @@ impl Console {
             let seen = seen.clone();
             std::thread::Builder::new()
                 .name("console-out".into())
-                .spawn(move || output_loop(out, stop, seen, sup, opts, log))
+                .spawn(move || {
+                    // It scans what the guest printed (for panics and /init's marker).
+                    vireo_machine::sandbox::enter(vireo_machine::sandbox::ThreadKind::Control);
+                    output_loop(out, stop, seen, sup, opts, log)
+                })
                 .map_err(|e| format!("cannot start the console thread: {e}"))?
         };
         Ok(Console {
@@ -175,6 +179,7 @@ pub fn spawn_input(
     std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
+            vireo_machine::sandbox::enter(vireo_machine::sandbox::ThreadKind::Control);
             input_loop(&sink, escapes, &sup);
             if let Some(f) = eof {
                 f();

@@ -117,6 +117,8 @@ fn pump(
     mut sink: impl FnMut(&[u8]) + Send + 'static,
 ) -> Result<JoinHandle<()>, String> {
     let body = move || {
+        // It reads what the guest wrote (the command channel's lines among it).
+        vireo_machine::sandbox::enter(vireo_machine::sandbox::ThreadKind::Control);
         let mut buf = vec![0u8; 64 * 1024];
         while let ReadOutcome::Data(n) = port.read(&mut buf, None) {
             sink(&buf[..n]);

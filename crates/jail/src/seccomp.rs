@@ -10,11 +10,12 @@
 //!   readers of the guest's command channel (they parse the lines the guest writes);
 //! - `Control`: the `vireo vmm` process's own threads that serve its control socket (pause,
 //!   stats, snapshots: the files of a snapshot directory and the VM-wide KVM state it reads)
-//!   and its console socket, and the console relay — and every thread they start.
+//!   and its console socket, and the console relay — and every thread they start; in `vireo
+//!   run`, the console's threads and the command's stream pumps.
 //!
-//! The VMM's other threads (`vireo run`'s console and stdio pumps, the main thread that builds
-//! each boot's devices and machine) are not filtered yet; they run in the jail
-//! ([`crate::jail`]) when there is one.
+//! The VMM's other threads (the main thread, which builds each boot's devices and machine, and
+//! `vireo run`'s signal thread) are not filtered yet; they run in the jail ([`crate::jail`])
+//! when there is one.
 //!
 //! # How the lists were made, and why they are alike
 //! The lists are what these threads were seen to call across vireo's end-to-end tests (`perf

@@ -23,7 +23,8 @@ pub enum ThreadKind {
     /// from.
     Device,
     /// The VMM's own threads that serve its sockets (control requests, snapshots among them;
-    /// console clients) and relay the console, and every thread they start.
+    /// console clients) and relay the console, and every thread they start; in `vireo run`,
+    /// the console's and the command's stream threads.
     Control,
 }
 
