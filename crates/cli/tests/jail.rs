@@ -25,29 +25,11 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!("vireo-jail-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        set_mode(&d, 0o755);
-        Scratch(d)
-    }
-}
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory others may enter (the jail's user reaches files in it).
+fn scratch(tag: &str) -> TempDir {
+    let d = TempDir::new(&format!("jail-{tag}"));
+    set_mode(&d, 0o755);
+    d
 }
 
 fn set_mode(p: &Path, mode: u32) {
@@ -231,7 +213,7 @@ fn run_jailed(cmd: Command, expect_uid: u32) -> (i32, String, String) {
 #[test]
 fn a_jailed_guest_uses_its_disk_network_and_vsock_and_its_vmm_sees_nothing_of_the_host() {
     require_image();
-    let dir = Scratch::new("full");
+    let dir = scratch("full");
     let tools = dir.join("tools");
     std::fs::create_dir_all(&tools).unwrap();
     compile_vsock_tool(&tools.join("vsock_tool"));
@@ -337,7 +319,7 @@ fn image_dir() -> PathBuf {
 #[test]
 fn without_root_the_jail_is_a_user_namespace() {
     require_image();
-    let dir = Scratch::new("userns");
+    let dir = scratch("userns");
     let cache = image_copy(&dir);
     let parent = dir.join("jails");
     std::fs::create_dir_all(&parent).unwrap();
@@ -364,6 +346,14 @@ fn without_root_the_jail_is_a_user_namespace() {
     assert!(!root.exists(), "the jail's directory is left behind");
 }
 
+/// `vireo run --image IMAGE --jail ROOT EXTRA... -- true`, which must be refused.
+fn refused_jail(root: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["run", "--image", IMAGE, "--jail", root.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "true"]);
+    refused(&args)
+}
+
 fn refused(args: &[&str]) -> String {
     let r = run(args);
     assert_eq!(r.status, VIREO_ERROR, "{}\n{}", r.stdout, r.stderr);
@@ -374,20 +364,12 @@ fn refused(args: &[&str]) -> String {
 #[test]
 fn bad_jail_requests_are_refused_before_the_vm_starts_and_leave_nothing() {
     require_image();
-    let dir = Scratch::new("bad");
+    let dir = scratch("bad");
     // A directory with something in it is not a jail's to fill (or empty).
     let full = dir.join("full");
     std::fs::create_dir_all(&full).unwrap();
     std::fs::write(full.join("precious"), b"mine").unwrap();
-    let e = refused(&[
-        "run",
-        "--image",
-        IMAGE,
-        "--jail",
-        full.to_str().unwrap(),
-        "--",
-        "true",
-    ]);
+    let e = refused_jail(&full, &[]);
     assert!(
         e.contains("exists and is not empty") && e.contains(full.to_str().unwrap()),
         "{e}"
@@ -397,32 +379,12 @@ fn bad_jail_requests_are_refused_before_the_vm_starts_and_leave_nothing() {
     let root = dir.join("root");
     if is_root() {
         // A user the host does not have.
-        let e = refused(&[
-            "run",
-            "--image",
-            IMAGE,
-            "--jail",
-            root.to_str().unwrap(),
-            "--jail-user",
-            "4000000123",
-            "--",
-            "true",
-        ]);
+        let e = refused_jail(&root, &["--jail-user", "4000000123"]);
         assert!(
             e.contains("4000000123") && e.contains("no such user"),
             "{e}"
         );
-        let e = refused(&[
-            "run",
-            "--image",
-            IMAGE,
-            "--jail",
-            root.to_str().unwrap(),
-            "--jail-user",
-            "root",
-            "--",
-            "true",
-        ]);
+        let e = refused_jail(&root, &["--jail-user", "root"]);
         assert!(e.contains("must not be root"), "{e}");
         // A disk the jail's user may not write.
         let disk = dir.join("root-only.raw");
@@ -431,17 +393,10 @@ fn bad_jail_requests_are_refused_before_the_vm_starts_and_leave_nothing() {
             .set_len(1 << 20)
             .unwrap();
         set_mode(&disk, 0o644);
-        let e = refused(&[
-            "run",
-            "--image",
-            IMAGE,
-            "--jail",
-            root.to_str().unwrap(),
-            "--disk",
-            &format!("{},format=raw", disk.display()),
-            "--",
-            "true",
-        ]);
+        let e = refused_jail(
+            &root,
+            &["--disk", &format!("{},format=raw", disk.display())],
+        );
         assert!(
             e.contains(disk.to_str().unwrap())
                 && e.contains("not readable and writable by the jail's user"),
@@ -450,17 +405,7 @@ fn bad_jail_requests_are_refused_before_the_vm_starts_and_leave_nothing() {
         assert!(!root.exists(), "a refused jail left {}", root.display());
     }
     // A vsock socket in / cannot have its directory shown.
-    let e = refused(&[
-        "run",
-        "--image",
-        IMAGE,
-        "--jail",
-        root.to_str().unwrap(),
-        "--vsock",
-        "cid=3,uds=/v.sock",
-        "--",
-        "true",
-    ]);
+    let e = refused_jail(&root, &["--vsock", "cid=3,uds=/v.sock"]);
     assert!(
         e.contains("uds=/v.sock") && e.contains("directory of its own"),
         "{e}"
@@ -468,17 +413,13 @@ fn bad_jail_requests_are_refused_before_the_vm_starts_and_leave_nothing() {
     // The jail inside what it shows.
     let inner = dir.join("vs");
     std::fs::create_dir_all(&inner).unwrap();
-    let e = refused(&[
-        "run",
-        "--image",
-        IMAGE,
-        "--jail",
-        inner.join("root").to_str().unwrap(),
-        "--vsock",
-        &format!("cid=3,uds={}", inner.join("v.sock").display()),
-        "--",
-        "true",
-    ]);
+    let e = refused_jail(
+        &inner.join("root"),
+        &[
+            "--vsock",
+            &format!("cid=3,uds={}", inner.join("v.sock").display()),
+        ],
+    );
     assert!(e.contains("one holds the other"), "{e}");
     assert!(!root.exists() && !inner.join("root").exists());
 }
@@ -486,7 +427,7 @@ fn bad_jail_requests_are_refused_before_the_vm_starts_and_leave_nothing() {
 #[test]
 fn a_vmm_whose_cgroup_cannot_be_made_does_not_start_and_leaves_nothing() {
     require_image();
-    let dir = Scratch::new("cgroup");
+    let dir = scratch("cgroup");
     let run = dir.join("run");
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(

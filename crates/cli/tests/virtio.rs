@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    compile_vsock_tool, mkfs_ext4, pseudo_random, require_image, run, run_in, tool, IMAGE,
+    compile_vsock_tool, mkfs_ext4, pseudo_random, require_image, run, run_in, tool, TempDir, IMAGE,
     VIREO_ERROR,
 };
 /// How long host-side helpers (servers, clients) keep trying before they give up.
@@ -33,7 +33,7 @@ const MIB: u64 = 1024 * 1024;
 #[test]
 fn ext4_round_trip() {
     require_image();
-    let dir = TempDir::new();
+    let dir = TempDir::new("virtio");
     let src = dir.join("src");
     std::fs::create_dir_all(src.join("docs")).unwrap();
     let host_bin = pseudo_random(1_500_001, 7);
@@ -137,7 +137,7 @@ fn ext4_round_trip() {
 #[test]
 fn fstrim_releases_host_blocks() {
     require_image();
-    let dir = TempDir::new();
+    let dir = TempDir::new("virtio");
     let img = dir.join("trim.img");
     mkfs_ext4(&img, 64 * MIB, None);
     let empty = allocated(&img);
@@ -207,7 +207,7 @@ fn fstrim_releases_host_blocks() {
 #[test]
 fn disk_size_serial_and_readonly() {
     require_image();
-    let dir = TempDir::new();
+    let dir = TempDir::new("virtio");
     let exact = dir.join("exact.img");
     let exact_len = 12345 * 1024; // 512-aligned, not MiB-aligned
     std::fs::File::create(&exact)
@@ -314,7 +314,7 @@ fn qemu_tool(tool: &str, args: &[&str]) -> String {
 #[test]
 fn an_overlay_takes_the_writes_and_leaves_the_base_alone() {
     require_image();
-    let dir = TempDir::new();
+    let dir = TempDir::new("virtio");
     let base = dir.join("base.img");
     std::fs::write(&base, vec![0x42u8; 8 << 20]).unwrap();
     let before = std::fs::read(&base).unwrap();
@@ -382,7 +382,7 @@ fn an_overlay_takes_the_writes_and_leaves_the_base_alone() {
 #[test]
 fn a_qcow2_disk_survives_kill_9_in_the_middle_of_writes() {
     require_image();
-    let dir = TempDir::new();
+    let dir = TempDir::new("virtio");
     let disk = dir.join("crash.qcow2");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     qemu_tool(
@@ -463,7 +463,7 @@ fn a_qcow2_disk_survives_kill_9_in_the_middle_of_writes() {
 #[test]
 fn a_disk_has_a_queue_per_vcpu_and_both_carry_writes() {
     require_image();
-    let dir = TempDir::new();
+    let dir = TempDir::new("virtio");
     let (a, b) = (dir.join("a.img"), dir.join("b.img"));
     for p in [&a, &b] {
         std::fs::File::create(p).unwrap().set_len(16 * MIB).unwrap();
@@ -514,7 +514,7 @@ fn a_disk_has_a_queue_per_vcpu_and_both_carry_writes() {
 #[test]
 fn a_guest_reads_and_writes_qcow2_disks_and_qemu_img_agrees() {
     require_image();
-    let dir = TempDir::new();
+    let dir = TempDir::new("virtio");
     let disk = dir.join("disk.img");
     let base = dir.join("base.qcow2");
     let top = dir.join("top.qcow2");
@@ -605,7 +605,7 @@ fn a_guest_reads_and_writes_qcow2_disks_and_qemu_img_agrees() {
 #[test]
 fn a_running_vms_disk_and_socket_are_refused_to_a_second_vm() {
     require_image();
-    let dir = TempDir::new();
+    let dir = TempDir::new("virtio");
     let img = dir.join("shared.img");
     std::fs::File::create(&img)
         .unwrap()
@@ -941,7 +941,7 @@ fn hostfwd_without_an_address_is_loopback_only() {
 #[test]
 fn passt_socket_is_gone_even_after_sigkill() {
     require_image();
-    let dir = TempDir::new();
+    let dir = TempDir::new("virtio");
     let log = dir.join("console.log");
     let mut vm = common::Background::start(&[
         "run",
@@ -1000,7 +1000,7 @@ fn passt_socket_is_gone_even_after_sigkill() {
 #[test]
 fn vsock_both_directions() {
     require_image();
-    let dir = TempDir::new();
+    let dir = TempDir::new("virtio");
     let tool_dir = dir.join("tool");
     std::fs::create_dir_all(&tool_dir).unwrap();
     compile_vsock_tool(&tool_dir.join("vsock_tool"));
@@ -1230,7 +1230,7 @@ fn rng_feeds_hwrng() {
 #[test]
 fn quick_command_output_survives_shutdown_with_a_disk() {
     require_image();
-    let dir = TempDir::new();
+    let dir = TempDir::new("virtio");
     let img = dir.join("disk.img");
     std::fs::File::create(&img).unwrap().set_len(MIB).unwrap();
     for _ in 0..2 {
@@ -1257,7 +1257,7 @@ fn quick_command_output_survives_shutdown_with_a_disk() {
 #[test]
 fn pci_transport_carries_disk_net_and_rng() {
     require_image();
-    let dir = TempDir::new();
+    let dir = TempDir::new("virtio");
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
     let host_bin = pseudo_random(700_001, 11);
@@ -1354,7 +1354,7 @@ fn pci_transport_carries_disk_net_and_rng() {
 #[test]
 fn bad_device_options_are_usage_errors() {
     require_image();
-    let dir = TempDir::new();
+    let dir = TempDir::new("virtio");
     let disk = dir.join("d.img");
     std::fs::File::create(&disk).unwrap().set_len(MIB).unwrap();
     let disk = disk.to_str().unwrap().to_string();
@@ -1456,36 +1456,6 @@ fn run_ok(args: &[&str]) -> String {
 }
 
 /// A fresh directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let d = std::env::temp_dir().join(format!(
-            "vireo-virtio-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-}
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn e2fsck_clean(img: &Path) {
     let out = Command::new(tool("e2fsck"))
         .arg("-fn")
