@@ -122,6 +122,7 @@ fn fresh(root: &Path) -> Option<DaemonConfig> {
         cgroup_parent: "vireo-fuzz".into(),
         start_timeout: Duration::from_secs(1),
         pool_root: Some(root.join("pools")),
+        jail: None,
     })
 }
 
