@@ -648,3 +648,49 @@ fn connections_without_credit_or_buffers_leave_the_worker_asleep() {
         (OP_RW, 3000, &b"waiting"[..])
     );
 }
+
+/// A guest that opens connection after connection gets at most MAX_CONNECTIONS of them: the
+/// rest are refused (RST) and hold nothing on the host; closing one makes room again.
+#[test]
+fn a_guest_opening_ever_more_connections_is_held_to_the_limit() {
+    let mem = memory();
+    let mut g = Guest::new(&mem);
+    let l = listen(&g, 5000);
+    l.set_nonblocking(true).unwrap();
+    // The host side accepts everything, so no backlog stands in for the limit.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acceptor = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+            held.len()
+        })
+    };
+    let tries = MAX_CONNECTIONS + 20;
+    let (mut responses, mut resets) = (0, 0);
+    for i in 0..tries {
+        g.give_rx(1);
+        g.send(guest_hdr(OP_REQUEST, 20_000 + i as u32, 5000), &[]);
+        match g.recv().0.op {
+            OP_RESPONSE => responses += 1,
+            OP_RST => resets += 1,
+            op => panic!("answer {op} to a REQUEST"),
+        }
+    }
+    assert_eq!((responses, resets), (MAX_CONNECTIONS, 20));
+    assert_eq!(g.dev.connection_count(), MAX_CONNECTIONS);
+    // One closes: a new one is taken.
+    g.send(guest_hdr(OP_RST, 20_000, 5000), &[]);
+    g.give_rx(1);
+    g.send(guest_hdr(OP_REQUEST, 30_000, 5000), &[]);
+    assert_eq!(g.recv().0.op, OP_RESPONSE);
+    assert_eq!(g.dev.connection_count(), MAX_CONNECTIONS);
+    stop.store(true, Ordering::Relaxed);
+    assert!(acceptor.join().unwrap() <= MAX_CONNECTIONS + 1);
+}
