@@ -253,3 +253,30 @@ fn a_vcpu_or_the_run_loop_making_a_forbidden_call_kills_the_vmm() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A kvm guest runs in a jail: /dev/kvm is there for the jail's user (as root, a node of its
+/// own), and the jail's directory is gone afterwards.
+#[test]
+fn a_kvm_guest_runs_in_a_jail() {
+    require_kvm();
+    let dir = tempdir();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kernel = write(&dir, "plain.elf", &elf(&[]));
+    let root = dir.join("jail");
+    let r = run(&[
+        "run",
+        "--jail",
+        root.to_str().unwrap(),
+        "--kernel",
+        kernel.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (STATUS, GREETING),
+        "{}",
+        r.stderr
+    );
+    assert!(!root.exists(), "the jail's directory is left");
+    let _ = std::fs::remove_dir_all(&dir);
+}
