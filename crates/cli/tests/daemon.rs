@@ -943,10 +943,20 @@ fn a_jailed_daemon_runs_each_vmm_in_its_jail() {
         rss.is_some_and(|v| v > 1e6),
         "RSS of a jailed VMM: {rss:?}\n{text}"
     );
-    // Snapshots are refused, saying why.
-    let r = d.v(&["snapshot", "create", &n, "s"]);
+    // A full snapshot is written in the jail and moved into the store; a clone of it runs
+    // jailed too and goes on from where the origin was. Diffs are refused, saying why.
+    let snap = d.name("s");
+    d.ok(&["snapshot", "create", &n, &snap]);
+    let r = d.v(&["snapshot", "create", &n, &d.name("s2"), "--diff"]);
     assert_ne!(r.status, 0);
     assert!(r.stderr.contains("runs in a jail"), "{}", r.stderr);
+    let prefix = d.name("c");
+    d.ok(&["clone", &snap, "--count", "1", "--prefix", &prefix]);
+    let clone = format!("{prefix}-1");
+    d.wait_state(&clone, "running", Duration::from_secs(60));
+    let r = exec(&d, &clone, &["cat", "/proc/version"], None);
+    assert_eq!(r.status, 0, "{}", String::from_utf8_lossy(&r.stderr));
+    d.ok(&["kill", &clone]);
     d.ok(&["stop", &n, "--timeout", "60"]);
     d.wait_state(&n, "defined", Duration::from_secs(60));
     assert_eq!(d.inspect(&n)["last_exit"]["reason"], "poweroff");

@@ -39,7 +39,7 @@ pub struct DaemonArgs {
     pub pool_root: Option<PathBuf>,
     /// Run every VMM in a jail (its own namespaces, a root holding only its files, an
     /// unprivileged user, no capabilities; crates/jail/src/jail.rs), in vms/NAME/jail. A jailed
-    /// VM cannot be snapshotted yet: its jail does not show it the snapshot store.
+    /// VM's diff snapshots are refused (its jail does not show it the parent's files).
     #[arg(long)]
     pub jail: bool,
     /// With --jail, for a daemon run as root: the user (and group) the VMMs run as (default

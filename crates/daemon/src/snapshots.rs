@@ -304,12 +304,12 @@ impl Daemon {
                 rec.state
             ))
         })?;
-        if self.cfg.jail.is_some() {
-            // Its jail shows it its own run directory, not the snapshot store (which holds
-            // other VMs' memory); writing there through the daemon is not done yet.
+        let jailed = self.cfg.jail.is_some();
+        if jailed && diff {
+            // A diff reads its parent, in the snapshot store, which the jail does not show.
             return Err(Error::Conflict(format!(
-                "VM '{vm}' runs in a jail (the daemon's --jail), and snapshots of jailed VMs are \
-                 not supported yet: run the daemon without --jail to snapshot"
+                "VM '{vm}' runs in a jail (the daemon's --jail), and diff snapshots of jailed \
+                 VMs are not supported yet: take a full snapshot"
             )));
         }
         let name = match name {
@@ -356,21 +356,50 @@ impl Daemon {
                 })?;
             }
         }
-        let taken =
-            match vmm::snapshot(&live.dir, &dir, parent.as_ref().map(|p| p.dir.as_path())).await {
-                Ok(t) => t,
-                Err(e) => {
-                    // The VMM leaves nothing behind; nor do we, whatever it did.
-                    let _ = std::fs::remove_dir_all(&dir);
-                    let _ = std::fs::remove_dir_all(vireo_state::dir::partial(&dir));
-                    return Err(match e {
-                        vmm::VmmError::Refused { code, message } if code == "conflict" => {
-                            Error::Conflict(format!("cannot snapshot VM '{vm}': {message}"))
-                        }
-                        e => Error::Vmm(format!("the snapshot of VM '{vm}' failed: {e}")),
-                    });
+        // A jailed VMM sees its run directory, not the snapshot store (which holds other VMs'
+        // memory): it writes the snapshot there, and the daemon moves it into the store (a
+        // snapshot directory may move: its state names its files by name).
+        let written = if jailed {
+            live.dir.join(format!("snapshot-{name}"))
+        } else {
+            dir.clone()
+        };
+        for leftover in [written.clone(), vireo_state::dir::partial(&written)] {
+            let _ = std::fs::remove_dir_all(leftover);
+        }
+        let taken = match vmm::snapshot(
+            &live.dir,
+            &written,
+            parent.as_ref().map(|p| p.dir.as_path()),
+        )
+        .await
+        .and_then(|t| {
+            if written != dir {
+                std::fs::rename(&written, &dir).map_err(|e| {
+                    vmm::VmmError::Protocol(format!(
+                        "cannot move {} to {}: {e}",
+                        written.display(),
+                        dir.display()
+                    ))
+                })?;
+            }
+            Ok(t)
+        }) {
+            Ok(t) => t,
+            Err(e) => {
+                // The VMM leaves nothing behind; nor do we, whatever it did.
+                for d in [&dir, &written] {
+                    let _ = std::fs::remove_dir_all(d);
+                    let _ = std::fs::remove_dir_all(vireo_state::dir::partial(d));
                 }
-            };
+                return Err(match e {
+                    vmm::VmmError::Refused { code, message } if code == "conflict" => {
+                        Error::Conflict(format!("cannot snapshot VM '{vm}': {message}"))
+                    }
+                    e => Error::Vmm(format!("the snapshot of VM '{vm}' failed: {e}")),
+                });
+            }
+        };
         let rec = SnapshotRecord {
             name: name.clone(),
             vm: vm.into(),

@@ -167,6 +167,13 @@ fn copy_range(
 pub fn copy_sparse(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> Result<u64> {
     let src_path = src.as_ref();
     let src = open(src_path, "disk")?;
+    copy_sparse_from(&src, src_path, dst)
+}
+
+/// [`copy_sparse`] from a file already open (`src_path` names it in errors): the file's
+/// position moves, so its other users must do positioned I/O only (vireo's disks do). A
+/// jailed VMM copies its disks so, having no /proc to open them again by.
+pub fn copy_sparse_from(src: &File, src_path: &Path, dst: impl AsRef<Path>) -> Result<u64> {
     let len = src
         .metadata()
         .map_err(|e| StateError::io(src_path, e))?
@@ -178,7 +185,7 @@ pub fn copy_sparse(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> Result<u64> 
         let mut copied = 0u64;
         let mut pos = 0u64;
         while pos < len {
-            let data = match seek(&src, pos, libc::SEEK_DATA) {
+            let data = match seek(src, pos, libc::SEEK_DATA) {
                 Ok(Some(d)) => d,
                 Ok(None) => break,
                 // No SEEK_DATA here: everything from `pos` is data.
@@ -188,13 +195,13 @@ pub fn copy_sparse(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> Result<u64> 
             if data >= len {
                 break;
             }
-            let hole = match seek(&src, data, libc::SEEK_HOLE) {
+            let hole = match seek(src, data, libc::SEEK_HOLE) {
                 Ok(Some(h)) => h.min(len),
                 Ok(None) => len,
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => len,
                 Err(e) => return Err(StateError::io(src_path, e)),
             };
-            copy_range(&src, out, data, hole - data, &mut buf)
+            copy_range(src, out, data, hole - data, &mut buf)
                 .map_err(|e| StateError::io(tmp, e))?;
             copied += hole - data;
             pos = hole;

@@ -385,11 +385,10 @@ fn write_all(
             continue;
         }
         let name = vireo_state::dir::disk_copy_name(id, d.format);
-        let src = PathBuf::from(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&*d.file)
-        ));
-        disk_bytes += vireo_state::disk::copy_sparse(&src, partial.join(&name))
+        // From the device's own descriptor (a throwaway overlay has no name; a jail has no
+        // /proc to open it again by): the device's I/O is positioned, so the moves of the
+        // file position the copy makes do not disturb it.
+        disk_bytes += vireo_state::disk::copy_sparse_from(&d.file, &d.path, partial.join(&name))
             .map_err(|e| fail(format!("disk {id}: {e}")))?;
         let final_path = dir.join(&name);
         let mut r = disk_ref(id, &partial.join(&name), d.format, false)?;
