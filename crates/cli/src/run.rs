@@ -142,6 +142,8 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
             &device_configs,
         )?;
     }
+    vireo_machine::sandbox::start_spawner()
+        .map_err(|e| fail(format!("cannot start the thread spawner: {e}")))?;
     let (accel, cfg, isa, vireo_init) = (plan.accel, plan.boot, plan.isa, plan.vireo_init);
     let sup = Arc::new(Supervisor::default());
     let _signals = crate::signals::start(sup.clone(), pty).map_err(fail)?;

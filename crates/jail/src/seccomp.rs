@@ -27,6 +27,11 @@
 //! run loop's and a vCPU's lists must hold a worker's, and the kinds differ mainly in their
 //! `ioctl`s: KVM's for vCPUs, none for the kvm run loop.
 //!
+//! That was so while the run loop or a vCPU started the workers itself. Now a worker is
+//! started by the sandbox's spawner thread (`vireo_machine::sandbox::spawn`, unconfined, started
+//! after any jail), so it inherits nothing, and the run loops' and vCPUs' lists drop what only
+//! workers do: making and connecting sockets, syncing and resizing files, starting threads.
+//!
 //! Argument filters where they matter: `ioctl` by request number; `socket` for AF_UNIX only
 //! (vsock connects to host Unix sockets; every other socket is made before the guest runs);
 //! `mmap` and `mprotect` never with PROT_EXEC; `clone` only for threads (CLONE_THREAD), and
@@ -385,6 +390,27 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
     if !io.is_empty() {
         r.insert(libc::SYS_ioctl, ioctls(&io)?);
     }
+    if matches!(
+        kind,
+        ThreadKind::EmuHarts | ThreadKind::KvmWait | ThreadKind::Vcpu
+    ) {
+        // Their device workers are started by the sandbox's spawner, not by them (so they do
+        // not pass these on), and a guest's vsock connect is the worker's: no sockets made or
+        // connected, no file syncs or resizes, no threads.
+        for n in [
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_accept4,
+            libc::SYS_shutdown,
+            libc::SYS_fsync,
+            libc::SYS_fdatasync,
+            libc::SYS_fallocate,
+            libc::SYS_ftruncate,
+            libc::SYS_clone,
+        ] {
+            r.remove(&n);
+        }
+    }
     if kind == ThreadKind::Control {
         // A snapshot writes its directory (made, filled, renamed into place, or removed when
         // it fails) and copies the disks sparsely; the console log is rotated by a rename.
@@ -619,7 +645,16 @@ mod tests {
                 assert!(!r.contains_key(&forbidden), "{kind:?} allows {forbidden}");
             }
         }
-        // Only vCPUs may reach KVM.
+        // Threads that run guest code make no sockets and start no threads; workers do.
+        for kind in [ThreadKind::EmuHarts, ThreadKind::KvmWait, ThreadKind::Vcpu] {
+            let r = rules(kind).unwrap();
+            for n in [libc::SYS_socket, libc::SYS_connect, libc::SYS_clone] {
+                assert!(!r.contains_key(&n), "{kind:?} allows {n}");
+            }
+        }
+        let dev = rules(ThreadKind::Device).unwrap();
+        assert!(dev.contains_key(&libc::SYS_connect) && dev.contains_key(&libc::SYS_clone));
+        // Only vCPUs (and a snapshot's VM-wide reads) may reach KVM.
         let vcpu = rules(ThreadKind::Vcpu).unwrap()[&libc::SYS_ioctl].len();
         let dev = rules(ThreadKind::Device).unwrap()[&libc::SYS_ioctl].len();
         assert!(vcpu > dev);

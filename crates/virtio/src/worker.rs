@@ -28,13 +28,13 @@ impl Worker {
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (wake, stop) = (wake.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || {
-                    // Before the first look at a queue.
-                    vireo_machine::sandbox::enter(vireo_machine::sandbox::ThreadKind::Device);
-                    body(&wake, &stop)
-                })?
+            // Started by the sandbox's spawner: the thread activating the device (a vCPU,
+            // the emulator) then needs none of the worker's calls in its own filter.
+            vireo_machine::sandbox::spawn(name, move || {
+                // Before the first look at a queue.
+                vireo_machine::sandbox::enter(vireo_machine::sandbox::ThreadKind::Device);
+                body(&wake, &stop)
+            })?
         };
         Ok(Worker {
             wake,

@@ -428,6 +428,8 @@ impl Server {
             crate::jailing::enter(&spec)?;
             tracing::info!("jailed in {}", j.root.display());
         }
+        vireo_machine::sandbox::start_spawner()
+            .map_err(|e| fail(format!("cannot start the thread spawner: {e}")))?;
         Ok(self)
     }
 
