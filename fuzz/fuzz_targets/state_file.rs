@@ -46,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let bytes = if mode % 2 == 0 { rest.to_vec() } else { framed(rest) };
+    let bytes = if mode % 2 == 0 {
+        rest.to_vec()
+    } else {
+        framed(rest)
+    };
     // The payload decoders alone, as a section holds them.
     if let Ok(map) = vireo_state::decode::<MemoryMap>(rest) {
         let _ = map.validate();

@@ -7,8 +7,8 @@
 //! the queues' rings and buffers live, so descriptors, indexes and payloads are all the
 //! fuzzer's. A short input is all script, so the fuzzer reaches the registers at once.
 
-use vm_memory::{Bytes, GuestAddress};
 use vireo_machine::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 /// Guest memory size: small, so that most fuzzer-made addresses hit or just miss it.
 pub const MEM_SIZE: usize = 0x1_0000;
