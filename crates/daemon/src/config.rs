@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use vireo_jail::jail::is_root;
 use vireo_spec::MemSize;
 
 /// Environment variable naming the program the daemon runs as `PROGRAM vmm --name N --dir D`
@@ -81,11 +82,6 @@ pub struct JailConfig {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
 
 fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name)

@@ -211,13 +211,6 @@ pub struct Backends {
     nets: Vec<vireo_virtio::net::OpenBackend>,
 }
 
-impl Backends {
-    /// passt's pids, for tests that look at where it runs.
-    pub fn passt_pids(&self) -> Vec<u32> {
-        self.nets.iter().filter_map(|n| n.passt_pid()).collect()
-    }
-}
-
 /// Opens the backends of the NICs in `configs`.
 pub fn open_backends(configs: &[DeviceConfig]) -> Result<Backends, Error> {
     use vireo_virtio::net::{HostFwd, NetBackendConfig, OpenBackend};
