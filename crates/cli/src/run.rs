@@ -299,12 +299,7 @@ fn jail(
     let mut extra = Vec::new();
     if let Some(log) = &spec.console_log {
         match std::fs::File::create_new(log) {
-            Ok(_) => {
-                if let Some(c) = &opts.user {
-                    std::os::unix::fs::chown(log, Some(c.uid), Some(c.gid))
-                        .map_err(|e| fail(format!("--console-log {}: {e}", log.display())))?;
-                }
-            }
+            Ok(_) => opts.give(log).map_err(fail)?,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(fail(format!("--console-log {}: {e}", log.display()))),
         }

@@ -47,6 +47,20 @@ impl JailOptions {
         };
         Ok(JailOptions { root, user })
     }
+
+    /// Gives `path` to the jail's user (as root; without root the VMM's files are the user's
+    /// already): what the jailed VMM writes must be its own.
+    pub fn give(&self, path: &Path) -> Result<(), Error> {
+        let Some(c) = &self.user else {
+            return Ok(());
+        };
+        std::os::unix::fs::chown(path, Some(c.uid), Some(c.gid)).map_err(|e| {
+            fail(format!(
+                "cannot give {} to the jail's user: {e}",
+                path.display()
+            ))
+        })
+    }
 }
 
 /// The jail for `plan` and `configs`, showing `extra` too.

@@ -404,19 +404,12 @@ impl Server {
             tracing::info!("in cgroup {:?}", cg.dirs);
         }
         if let Some(j) = &opts.jail {
-            let dir = std::path::absolute(&opts.dir).map_err(|e| fail(e.to_string()))?;
-            if let Some(c) = &j.user {
-                // The run directory is the VMM's to write (sockets, logs, exit.json): the
-                // jail's user gets it and the files the VMM appends to.
-                for p in [dir.clone(), dir.join("console.log"), dir.join("vmm.log")] {
-                    if p.exists() {
-                        std::os::unix::fs::chown(&p, Some(c.uid), Some(c.gid)).map_err(|e| {
-                            fail(format!(
-                                "cannot give {} to the jail's user: {e}",
-                                p.display()
-                            ))
-                        })?;
-                    }
+            // The run directory is the VMM's to write (sockets, logs, exit.json): the jail's
+            // user gets it and the files the VMM appends to. (`serve` made it absolute.)
+            let dir = &opts.dir;
+            for p in [dir.clone(), dir.join("console.log"), dir.join("vmm.log")] {
+                if p.exists() {
+                    j.give(&p)?;
                 }
             }
             let spec = crate::jailing::spec(
