@@ -367,31 +367,23 @@ impl Daemon {
         for leftover in [written.clone(), vireo_state::dir::partial(&written)] {
             let _ = std::fs::remove_dir_all(leftover);
         }
+        let cleanup = || {
+            // The VMM leaves nothing behind; nor do we, whatever it did.
+            for d in [&dir, &written] {
+                let _ = std::fs::remove_dir_all(d);
+                let _ = std::fs::remove_dir_all(vireo_state::dir::partial(d));
+            }
+        };
         let taken = match vmm::snapshot(
             &live.dir,
             &written,
             parent.as_ref().map(|p| p.dir.as_path()),
         )
         .await
-        .and_then(|t| {
-            if written != dir {
-                std::fs::rename(&written, &dir).map_err(|e| {
-                    vmm::VmmError::Protocol(format!(
-                        "cannot move {} to {}: {e}",
-                        written.display(),
-                        dir.display()
-                    ))
-                })?;
-            }
-            Ok(t)
-        }) {
+        {
             Ok(t) => t,
             Err(e) => {
-                // The VMM leaves nothing behind; nor do we, whatever it did.
-                for d in [&dir, &written] {
-                    let _ = std::fs::remove_dir_all(d);
-                    let _ = std::fs::remove_dir_all(vireo_state::dir::partial(d));
-                }
+                cleanup();
                 return Err(match e {
                     vmm::VmmError::Refused { code, message } if code == "conflict" => {
                         Error::Conflict(format!("cannot snapshot VM '{vm}': {message}"))
@@ -400,6 +392,16 @@ impl Daemon {
                 });
             }
         };
+        if written != dir {
+            if let Err(e) = std::fs::rename(&written, &dir) {
+                cleanup();
+                return Err(Error::Internal(format!(
+                    "cannot move the snapshot {} into the store ({}): {e}",
+                    written.display(),
+                    dir.display()
+                )));
+            }
+        }
         let rec = SnapshotRecord {
             name: name.clone(),
             vm: vm.into(),

@@ -637,21 +637,21 @@ impl Daemon {
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = tokio::process::Command::new(&self.cfg.vmm_program);
         cmd.arg("vmm").arg("--name").arg(name).arg("--dir").arg(dir);
-        // A jailed VMM makes its cgroup itself, before its jail, so that the jailed process
-        // is in it from its first instruction.
-        let jailed_cgroup = match &self.cfg.jail {
+        // Who makes the VM's cgroup: the daemon, once the VMM runs; or a jailed VMM itself,
+        // before its jail, so that the jailed process is in it from its first instruction
+        // (none without root: only root may make cgroups here).
+        let by_vmm = match &self.cfg.jail {
             Some(j) => {
                 self.prepare_jail(dir, spec, j)?;
-                let root = jail_root(dir);
-                cmd.arg("--jail").arg(&root);
+                cmd.arg("--jail").arg(jail_root(dir));
                 if let Some(u) = &j.user {
                     cmd.arg("--jail-user").arg(u);
                 }
-                let root_user = vireo_jail::jail::is_root();
-                if root_user {
+                let root = vireo_jail::jail::is_root();
+                if root {
                     cmd.arg("--cgroup-parent").arg(&self.cfg.cgroup_parent);
                 }
-                Some(root_user)
+                Some(root)
             }
             None => None,
         };
@@ -684,34 +684,26 @@ impl Daemon {
             .map_err(|e| format!("cannot run the VMM {}: {e}", self.cfg.vmm_program.display()))?;
         let pid = child.id();
         let mut live = Live::new(name, dir.to_path_buf(), pid, true, VmState::Starting);
-        if let Some(with_cgroup) = jailed_cgroup {
-            if with_cgroup {
-                let cg = Cgroup {
-                    dirs: self.cgroups.dirs(&self.cfg.cgroup_parent, name),
-                };
-                live.limits = cg.describe(spec.memory.bytes(), spec.cpus);
-                live.cgroup = Some(cg);
-            } else {
-                live.limits = "not enforced: a daemon not run as root makes no cgroups".into();
-            }
-        } else if let Some(r) = pid.map(|pid| {
-            self.cgroups.place(
+        let placed = match (by_vmm, pid) {
+            (Some(true), _) => Ok(Cgroup {
+                dirs: self.cgroups.dirs(&self.cfg.cgroup_parent, name),
+            }),
+            (Some(false), _) => Err("a daemon not run as root makes no cgroups".to_string()),
+            (None, Some(pid)) => self.cgroups.place(
                 &self.cfg.cgroup_parent,
                 name,
                 pid,
                 spec.memory.bytes(),
                 spec.cpus,
-            )
-        }) {
-            match r {
-                Ok(cg) => {
-                    live.limits = cg.describe(spec.memory.bytes(), spec.cpus);
-                    live.cgroup = Some(cg);
-                }
-                Err(why) => live.limits = format!("not enforced: {why}"),
+            ),
+            (None, None) => Err("the VMM has no pid".to_string()),
+        };
+        match placed {
+            Ok(cg) => {
+                live.limits = cg.describe(spec.memory.bytes(), spec.cpus);
+                live.cgroup = Some(cg);
             }
-        } else {
-            live.limits = "not enforced: the VMM has no pid".into();
+            Err(why) => live.limits = format!("not enforced: {why}"),
         }
         let live = Arc::new(live);
         lock(&self.live).insert(name.into(), live.clone());
