@@ -386,14 +386,5 @@ fn image_dir() -> PathBuf {
 }
 
 fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "vireo-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::fresh_dir("test")
 }

@@ -14,7 +14,7 @@ use vireo_kvm::asm::{Asm, Mode};
 use vireo_kvm::testkernel::{self, ElfNote};
 use vireo_kvm::{KvmVm, EXIT_REGISTER_ADDR};
 
-use super::common::{run, run_raw, vireo, VIREO_ERROR};
+use super::common::{run, run_raw, vireo, Run, VIREO_ERROR};
 use super::tempdir;
 
 const COM1: u16 = 0x3f8;
@@ -67,6 +67,16 @@ fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
     p
+}
+
+/// Fails unless the run printed [`GREETING`] and exited with [`STATUS`].
+fn assert_greeted(r: &Run) {
+    assert_eq!(
+        (r.status, r.stdout.as_str()),
+        (STATUS, GREETING),
+        "{}",
+        r.stderr
+    );
 }
 
 /// Fails unless `stderr` (of the run of kernel `name`) contains every one of `wants`.
@@ -186,12 +196,7 @@ fn skip_kvm_probe_flag_boots_without_the_probe() {
         "--kernel",
         kernel.to_str().unwrap(),
     ]);
-    assert_eq!(
-        (r.status, r.stdout.as_str()),
-        (STATUS, GREETING),
-        "{}",
-        r.stderr
-    );
+    assert_greeted(&r);
     assert!(
         !r.stderr.contains("cannot deliver") && !r.stderr.contains("deprecated"),
         "{}",
@@ -245,12 +250,7 @@ fn a_vcpu_or_the_run_loop_making_a_forbidden_call_kills_the_vmm() {
     }
     // Without the hook the same kernel greets and exits: the filters let it run.
     let r = run(&["run", "--kernel", kernel.to_str().unwrap()]);
-    assert_eq!(
-        (r.status, r.stdout.as_str()),
-        (STATUS, GREETING),
-        "{}",
-        r.stderr
-    );
+    assert_greeted(&r);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -271,12 +271,7 @@ fn a_kvm_guest_runs_in_a_jail() {
         "--kernel",
         kernel.to_str().unwrap(),
     ]);
-    assert_eq!(
-        (r.status, r.stdout.as_str()),
-        (STATUS, GREETING),
-        "{}",
-        r.stderr
-    );
+    assert_greeted(&r);
     assert!(!root.exists(), "the jail's directory is left");
     let _ = std::fs::remove_dir_all(&dir);
 }
