@@ -95,26 +95,20 @@ fn parse_clock(s: &str) -> Result<vireo_riscv::state::ClockMode, String> {
     vireo_vmm::snapshot::clock_mode(s).map_err(|e| e.0)
 }
 
-impl VmmArgs {
-    fn options(self) -> Result<vireo_vmm::server::Options, vireo_vmm::Error> {
-        let jail = match self.jail {
-            Some(root) => Some(vireo_vmm::jailing::JailOptions::new(
-                root,
-                self.jail_user.as_deref(),
-            )?),
-            None => None,
-        };
-        Ok(vireo_vmm::server::Options {
-            name: self.name,
-            dir: self.dir,
-            restore: self.restore,
-            paused: self.paused,
-            force: self.force,
-            clock: self.clock,
-            seccomp: self.seccomp,
-            jail,
-            cgroup_parent: self.cgroup_parent,
-        })
+impl From<VmmArgs> for vireo_vmm::server::Options {
+    fn from(a: VmmArgs) -> Self {
+        vireo_vmm::server::Options {
+            name: a.name,
+            dir: a.dir,
+            restore: a.restore,
+            paused: a.paused,
+            force: a.force,
+            clock: a.clock,
+            seccomp: a.seccomp,
+            jail: a.jail,
+            jail_user: a.jail_user,
+            cgroup_parent: a.cgroup_parent,
+        }
     }
 }
 
@@ -268,7 +262,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Image(ImageCmd::Pull { name, force }) => image_pull(&name, force),
         Command::Image(ImageCmd::List { known }) => image_list(known),
-        Command::Vmm(args) => vmm(args),
+        Command::Vmm(args) => vmm(args.into()),
         Command::Disk(cmd) => disk::run(cmd),
         Command::Manage(cmd) => manage::dispatch(cmd, cli.socket),
     };
@@ -277,7 +271,7 @@ fn main() -> ExitCode {
 
 /// `vireo vmm`: logs go to stderr (the daemon points it at the VM's vmm.log), and a bug ends
 /// this VM only, with its message in exit.json.
-fn vmm(args: VmmArgs) -> u8 {
+fn vmm(opts: vireo_vmm::server::Options) -> u8 {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -286,23 +280,8 @@ fn vmm(args: VmmArgs) -> u8 {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let panic_dir = std::path::absolute(&args.dir).unwrap_or_else(|_| args.dir.clone());
-    let opts = match args.options() {
-        Ok(o) => o,
-        Err(e) => {
-            let message = e.to_string();
-            eprintln!("vireo vmm: {message}");
-            vireo_vmm::server::write_exit(
-                &panic_dir,
-                &vireo_vmm::server::ExitRecord {
-                    reason: "error".into(),
-                    status: 125,
-                    message,
-                },
-            );
-            return 125;
-        }
-    };
+    // Absolute: a jailed VMM's working directory changes.
+    let panic_dir = std::path::absolute(&opts.dir).unwrap_or_else(|_| opts.dir.clone());
     std::panic::set_hook(Box::new(move |info| {
         let message = format!("internal error (a bug in vireo): {info}");
         eprintln!("vireo vmm: {message}");

@@ -425,7 +425,7 @@ fn bad_jail_requests_are_refused_before_the_vm_starts_and_leave_nothing() {
 }
 
 #[test]
-fn a_vmm_whose_cgroup_cannot_be_made_does_not_start_and_leaves_nothing() {
+fn a_vmm_whose_cgroup_or_jail_user_cannot_be_had_does_not_start_and_leaves_nothing() {
     require_image();
     let dir = scratch("cgroup");
     let run = dir.join("run");
@@ -458,4 +458,28 @@ fn a_vmm_whose_cgroup_cannot_be_made_does_not_start_and_leaves_nothing() {
         !root.exists(),
         "the jail was made for a VMM that did not start"
     );
+    // A jail user the host does not have: refused the same way, before anything starts.
+    drop(vmm);
+    let _ = std::fs::remove_file(run.join("exit.json"));
+    let mut vmm = Vmm::spawn(
+        &run,
+        &[
+            "--jail",
+            root.to_str().unwrap(),
+            "--jail-user",
+            "4000000123",
+        ],
+    );
+    assert_eq!(
+        vmm.wait(Duration::from_secs(60)),
+        VIREO_ERROR,
+        "{}",
+        vmm.log()
+    );
+    let exit = std::fs::read_to_string(run.join("exit.json")).unwrap();
+    assert!(
+        exit.contains("4000000123") && exit.contains("no such user"),
+        "{exit}"
+    );
+    assert!(!root.exists());
 }

@@ -108,8 +108,10 @@ pub struct Options {
     pub clock: vireo_riscv::state::ClockMode,
     /// The guest-facing threads' system-call filters (`vireo_jail::seccomp`).
     pub seccomp: vireo_jail::Mode,
-    /// Run in a jail (`--jail ROOT`; [`crate::jailing`]).
-    pub jail: Option<crate::jailing::JailOptions>,
+    /// Run in a jail rooted here (`--jail ROOT`; [`crate::jailing`]), as `jail_user`
+    /// (`--jail-user USER[:GROUP]`; as root, nobody by default).
+    pub jail: Option<PathBuf>,
+    pub jail_user: Option<String>,
     /// Put the VMM in a cgroup of its own under this parent first (`--cgroup-parent`), with
     /// the definition's memory and CPU limits; failing that is a start failure.
     pub cgroup_parent: Option<String>,
@@ -280,6 +282,8 @@ struct Server {
     configs: Vec<crate::DeviceConfig>,
     /// The NICs' backends, opened once for the VM's life.
     backends: crate::devices::Backends,
+    /// The jail to enter (`--jail`), its user looked up.
+    jail: Option<crate::jailing::JailOptions>,
     out: ConsoleOutput,
     /// The snapshot the first boot continues, loaded and checked.
     restore: Mutex<Option<crate::snapshot::Loaded>>,
@@ -289,6 +293,12 @@ struct Server {
 
 impl Server {
     fn start(opts: &Options) -> Result<Server, Error> {
+        // Bad jail flags are refused before anything is started.
+        let jail = opts
+            .jail
+            .as_ref()
+            .map(|root| crate::jailing::JailOptions::new(root.clone(), opts.jail_user.as_deref()))
+            .transpose()?;
         let spec_path = opts.dir.join("spec.json");
         let text = std::fs::read_to_string(&spec_path)
             .map_err(|e| fail(format!("cannot read {}: {e}", spec_path.display())))?;
@@ -379,6 +389,7 @@ impl Server {
             plan,
             configs,
             backends,
+            jail,
             out: ConsoleOutput::new(),
             restore: Mutex::new(restore),
             paused: opts.paused,
@@ -403,7 +414,7 @@ impl Server {
                 .map_err(|e| fail(format!("cannot put the VMM in its cgroup: {e}")))?;
             tracing::info!("in cgroup {:?}", cg.dirs);
         }
-        if let Some(j) = &opts.jail {
+        if let Some(j) = &self.jail {
             // The run directory is the VMM's to write (sockets, logs, exit.json): the jail's
             // user gets it and the files the VMM appends to. (`serve` made it absolute.)
             let dir = &opts.dir;
