@@ -42,10 +42,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of passt's stderr is kept for error messages.
 const STDERR_TAIL: usize = 2048;
 
-/// A running passt, killed and reaped on drop.
+/// A running passt, killed and reaped on drop by the process that started it.
 pub(crate) struct Passt {
     child: Child,
     socket: PathBuf,
+    /// The pid of the process that started passt. A copy of this handle in a forked process
+    /// (a jailed VMM, whose keeper started passt) does not own the child: it is not its
+    /// parent, and in its own PID namespace the pid names no such process. It leaves passt
+    /// to its keeper, and to `--one-off` (passt ends when vireo's end of the socket closes).
+    owner: u32,
 }
 
 impl Passt {
@@ -66,7 +71,11 @@ impl Passt {
             .stdout(Stdio::null())
             .stderr(Stdio::from(err_file.try_clone().map_err(spawn_error)?));
         let child = cmd.spawn().map_err(spawn_error)?;
-        let mut passt = Passt { child, socket };
+        let mut passt = Passt {
+            child,
+            socket,
+            owner: std::process::id(),
+        };
         let stream = passt.connect(&err_file)?;
         // Connected: the path is no longer needed (passt accepts one client). Removing it now
         // rather than on drop covers the ways out of vireo that run no destructors.
@@ -111,6 +120,9 @@ impl Passt {
 
 impl Drop for Passt {
     fn drop(&mut self) {
+        if std::process::id() != self.owner {
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);
