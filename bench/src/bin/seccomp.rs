@@ -37,6 +37,15 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let lengths = vireo_jail::seccomp::program_lengths().unwrap_or_else(|e| die(&e.to_string()));
+    println!(
+        "programs (BPF instructions, one per kind): {}",
+        lengths
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let mut build = Vec::new();
     let mut programs = 0;
     for _ in 0..runs {

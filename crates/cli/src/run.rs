@@ -126,10 +126,12 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     });
     let payload = vireo_vmm::resolve(&spec, guest_tty.as_ref()).map_err(fail)?;
     let plan = vireo_vmm::plan(&spec, payload).map_err(fail)?;
-    vireo_jail::install(args.seccomp).map_err(fail)?;
     if plan.accel == Accel::Kvm {
         vireo_vmm::check_kvm(&plan.boot.kernel, skip_kvm_probe(&args)).map_err(fail)?;
     }
+    // After the probe: its vCPU runs a guest of vireo's own, which needs no filter (and the
+    // start would wait for one to be installed).
+    vireo_jail::install(args.seccomp).map_err(fail)?;
     let device_configs = vireo_vmm::devices::parse(&spec).map_err(fail)?;
     // What needs the host's view is opened before a jail: the network backends.
     let backends = vireo_vmm::devices::open_backends(&device_configs).map_err(fail)?;

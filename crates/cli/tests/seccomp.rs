@@ -198,11 +198,11 @@ fn proc_shows_the_filters_on_the_guest_facing_threads() {
             .clone()
     };
     let emu = find("vireo-emu");
-    assert_eq!((emu.1.as_str(), emu.2.as_str()), ("2", "2"), "{seen:?}");
+    assert_eq!((emu.1.as_str(), emu.2.as_str()), ("2", "1"), "{seen:?}");
     // A worker is started by the spawner, not by the thread that activated its device: it
-    // has its own filters only (the list and the clone3 one), none of its activator's.
+    // has its own filter only (one program per kind), none of its activator's.
     let blk = find("vireo-blk");
-    assert_eq!((blk.1.as_str(), blk.2.as_str()), ("2", "2"), "{seen:?}");
+    assert_eq!((blk.1.as_str(), blk.2.as_str()), ("2", "1"), "{seen:?}");
     let spawner = find("vireo-spawner");
     assert_eq!(
         spawner.1, "0",

@@ -668,6 +668,7 @@ fn confine(
         })
         .collect();
     let _ = PROC_SELF.set(proc_self);
+    let cwd = std::env::current_dir().ok();
     std::env::set_current_dir(root)
         .map_err(|e| err(format!("cannot enter {}: {e}", root.display())))?;
     // pivot_root(".", "."): the old root ends up stacked on the new one, and is detached.
@@ -676,6 +677,12 @@ fn confine(
     umount2(".", MntFlags::MNT_DETACH)
         .map_err(|e| err(format!("cannot detach the host's root: {e}")))?;
     std::env::set_current_dir("/").map_err(|e| err(format!("chdir /: {e}")))?;
+    // Paths given relative to the working directory (`vireo run --kernel k.elf`) are shown at
+    // their absolute place, so the same directory inside the jail, which the skeleton made as
+    // their parent, resolves them the same. Without one under it, the jail's `/` it is.
+    if let Some(dir) = cwd.filter(|d| d.is_dir()) {
+        let _ = std::env::set_current_dir(dir);
+    }
     let _ = nix::unistd::sethostname("vireo-jail");
     std::env::set_var("TMPDIR", "/tmp");
 

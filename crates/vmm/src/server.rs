@@ -140,9 +140,14 @@ pub fn serve(mut opts: Options) -> u8 {
         }
     };
     let _ = std::fs::write(opts.dir.join("pid"), format!("{}\n", std::process::id()));
-    let record = match vireo_jail::install(opts.seccomp)
-        .map_err(fail)
-        .and_then(|()| Server::start(&opts))
+    // The filters are armed after `start`: its KVM exception probe runs a guest of vireo's
+    // own, on a vCPU thread that need not pay for a filter on the start's critical path.
+    let record = match Server::start(&opts)
+        .and_then(|server| {
+            vireo_jail::install(opts.seccomp)
+                .map_err(fail)
+                .map(|()| server)
+        })
         .and_then(|server| server.confine(&opts))
     {
         Ok(server) => server.run(),

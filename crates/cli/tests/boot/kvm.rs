@@ -14,7 +14,7 @@ use vireo_kvm::asm::{Asm, Mode};
 use vireo_kvm::testkernel::{self, ElfNote};
 use vireo_kvm::{KvmVm, EXIT_REGISTER_ADDR};
 
-use super::common::{run, run_raw, vireo, Run, VIREO_ERROR};
+use super::common::{run, run_in, run_raw, vireo, Run, VIREO_ERROR};
 use super::tempdir;
 
 const COM1: u16 = 0x3f8;
@@ -271,6 +271,13 @@ fn a_kvm_guest_runs_in_a_jail() {
         "--kernel",
         kernel.to_str().unwrap(),
     ]);
+    assert_greeted(&r);
+    assert!(!root.exists(), "the jail's directory is left");
+    // Paths relative to the working directory mean the same inside the jail.
+    let r = run_in(
+        Some(&dir),
+        &["run", "--jail", "jail", "--kernel", "plain.elf"],
+    );
     assert_greeted(&r);
     assert!(!root.exists(), "the jail's directory is left");
     let _ = std::fs::remove_dir_all(&dir);
