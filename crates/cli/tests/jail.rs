@@ -436,50 +436,32 @@ fn a_vmm_whose_cgroup_or_jail_user_cannot_be_had_does_not_start_and_leaves_nothi
     )
     .unwrap();
     let root = dir.join("root");
+    // `vireo vmm FLAGS...` must exit with the error code, saying why in exit.json, with no
+    // jail made.
+    let refused = |flags: &[&str]| -> String {
+        let _ = std::fs::remove_file(run.join("exit.json"));
+        let mut args = vec!["--jail", root.to_str().unwrap()];
+        args.extend_from_slice(flags);
+        let mut vmm = Vmm::spawn(&run, &args);
+        assert_eq!(
+            vmm.wait(Duration::from_secs(60)),
+            VIREO_ERROR,
+            "{}",
+            vmm.log()
+        );
+        assert!(
+            !root.exists(),
+            "the jail was made for a VMM that did not start"
+        );
+        std::fs::read_to_string(run.join("exit.json")).unwrap()
+    };
     // A parent that is a file of the hierarchy: nothing can be made under it.
-    let mut vmm = Vmm::spawn(
-        &run,
-        &[
-            "--jail",
-            root.to_str().unwrap(),
-            "--cgroup-parent",
-            "cgroup.procs",
-        ],
-    );
-    assert_eq!(
-        vmm.wait(Duration::from_secs(60)),
-        VIREO_ERROR,
-        "{}",
-        vmm.log()
-    );
-    let exit = std::fs::read_to_string(run.join("exit.json")).unwrap();
+    let exit = refused(&["--cgroup-parent", "cgroup.procs"]);
     assert!(exit.contains("cannot put the VMM in its cgroup"), "{exit}");
-    assert!(
-        !root.exists(),
-        "the jail was made for a VMM that did not start"
-    );
     // A jail user the host does not have: refused the same way, before anything starts.
-    drop(vmm);
-    let _ = std::fs::remove_file(run.join("exit.json"));
-    let mut vmm = Vmm::spawn(
-        &run,
-        &[
-            "--jail",
-            root.to_str().unwrap(),
-            "--jail-user",
-            "4000000123",
-        ],
-    );
-    assert_eq!(
-        vmm.wait(Duration::from_secs(60)),
-        VIREO_ERROR,
-        "{}",
-        vmm.log()
-    );
-    let exit = std::fs::read_to_string(run.join("exit.json")).unwrap();
+    let exit = refused(&["--jail-user", "4000000123"]);
     assert!(
         exit.contains("4000000123") && exit.contains("no such user"),
         "{exit}"
     );
-    assert!(!root.exists());
 }
