@@ -47,6 +47,11 @@ pub struct DaemonArgs {
     /// nobody).
     #[arg(long, value_name = "USER[:GROUP]", requires = "jail")]
     pub jail_user: Option<String>,
+    /// System-call filters on the daemon's own threads (those that parse requests and talk
+    /// to VMMs): kill (a call outside the daemon's list ends the daemon, its VMs run on; the
+    /// default), log (it fails with EPERM and is reported on stderr), or off.
+    #[arg(long, default_value = "kill", value_name = "MODE")]
+    pub seccomp: vireo_jail::Mode,
 }
 
 /// Everything the daemon runs with, resolved.
@@ -66,6 +71,8 @@ pub struct DaemonConfig {
     pub pool_root: Option<PathBuf>,
     /// Jail the VMMs (`--jail`), as this user (`--jail-user`, checked at start).
     pub jail: Option<JailConfig>,
+    /// The daemon's own threads' filter (`--seccomp`).
+    pub seccomp: vireo_jail::Mode,
 }
 
 /// `--jail [--jail-user USER[:GROUP]]`.
@@ -210,6 +217,7 @@ impl DaemonConfig {
             start_timeout: Duration::from_secs(60),
             pool_root: args.pool_root.as_deref().map(absolute).transpose()?,
             jail: jail_config(args)?,
+            seccomp: args.seccomp,
         })
     }
 }

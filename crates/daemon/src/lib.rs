@@ -22,6 +22,7 @@ pub mod capacity;
 pub use vireo_jail::cgroup;
 pub mod client;
 pub mod config;
+pub mod launcher;
 pub mod metrics;
 pub mod names;
 pub mod snapshots;

@@ -114,15 +114,29 @@ pub fn run_blocking(cfg: DaemonConfig) -> Result<(), DaemonError> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+    // `vireod` in ps and /proc (its threads too): the VMMs are `vireo`.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from a live
+    // literal; it renames only this thread.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"vireod".as_ptr()) };
+    // The launcher first, unfiltered; then this thread's filter, which every thread started
+    // from here on (the runtime's) inherits.
+    crate::launcher::start(cfg.vmm_program.clone()).map_err(DaemonError::Other)?;
+    vireo_jail::seccomp::confine_daemon(cfg.seccomp)
+        .map_err(|e| DaemonError::Other(e.to_string()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("vireod")
         .enable_all()
         .build()
         .map_err(|e| DaemonError::Other(format!("cannot start the runtime: {e}")))?;
     rt.block_on(run(cfg))
 }
 
+/// Serves until SIGTERM or SIGINT, on the caller's runtime. [`run_blocking`] confines the
+/// daemon's threads first; called on its own, nothing is filtered (the VMM launcher starts
+/// here, which refuses a filtered caller: its VMMs would inherit the filter).
 pub async fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
+    crate::launcher::start(cfg.vmm_program.clone()).map_err(DaemonError::Other)?;
     mkdir_private(&cfg.state_dir)?;
     let _lock = take_lock(&cfg.state_dir)?;
     let store = Store::open(&cfg.state_dir.join("vireo.db"))?;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -635,54 +635,43 @@ impl Daemon {
             .open(&log_path)
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = tokio::process::Command::new(&self.cfg.vmm_program);
-        cmd.arg("vmm").arg("--name").arg(name).arg("--dir").arg(dir);
+        let mut args: Vec<std::ffi::OsString> = vec!["--name".into(), name.into(), "--dir".into()];
+        args.push(dir.into());
         // Who makes the VM's cgroup: the daemon, once the VMM runs; or a jailed VMM itself,
         // before its jail, so that the jailed process is in it from its first instruction
         // (none without root: only root may make cgroups here).
         let by_vmm = match &self.cfg.jail {
             Some(j) => {
                 self.prepare_jail(dir, spec, j)?;
-                cmd.arg("--jail").arg(jail_root(dir));
+                args.push("--jail".into());
+                args.push(jail_root(dir).into());
                 if let Some(u) = &j.user {
-                    cmd.arg("--jail-user").arg(u);
+                    args.push("--jail-user".into());
+                    args.push(u.into());
                 }
                 let root = vireo_jail::jail::is_root();
                 if root {
-                    cmd.arg("--cgroup-parent").arg(&self.cfg.cgroup_parent);
+                    args.push("--cgroup-parent".into());
+                    args.push((&self.cfg.cgroup_parent).into());
                 }
                 Some(root)
             }
             None => None,
         };
         if let Some(r) = restore {
-            cmd.arg("--restore").arg(&r.dir);
+            args.push("--restore".into());
+            args.push((&r.dir).into());
             if r.paused {
-                cmd.arg("--paused");
+                args.push("--paused".into());
             }
             if r.force {
-                cmd.arg("--force");
+                args.push("--force".into());
             }
         }
-        cmd.stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .kill_on_drop(false);
-        // SAFETY: the closure runs in the forked child before exec and only calls setsid, which
-        // is async-signal-safe; it touches no memory shared with the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                // Its own session: no terminal signal reaches it and it outlives the daemon.
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run the VMM {}: {e}", self.cfg.vmm_program.display()))?;
-        let pid = child.id();
+        // Started by the daemon's unfiltered launcher thread (this one runs under the
+        // daemon's seccomp filter, which a VMM must not inherit).
+        let child = crate::launcher::launch(args, log, log2)?;
+        let pid = Some(child.pid);
         let mut live = Live::new(name, dir.to_path_buf(), pid, true, VmState::Starting);
         let placed = match (by_vmm, pid) {
             (Some(true), _) => Ok(Cgroup {
@@ -710,7 +699,7 @@ impl Daemon {
         // The reaper: the wait status says which signal killed it.
         let l = live.clone();
         tokio::spawn(async move {
-            let st = child.wait().await.ok();
+            let st = crate::launcher::wait(child).await.ok();
             l.child_status
                 .send_replace(st.or(Some(ExitStatus::from_raw(0xff00))));
         });

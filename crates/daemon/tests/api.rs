@@ -1846,3 +1846,116 @@ fn clones_have_their_own_identity() {
         .collect();
     assert_eq!(all.len(), 6, "every VM its own CID: {all:?}");
 }
+
+/// Each thread of process `pid`: its name and its seccomp mode (0 none, 2 filtered).
+fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        v.push((field("Name:"), field("Seccomp:")));
+    }
+    v
+}
+
+/// Every daemon thread runs under the daemon's filter but its VMM launcher, which stays
+/// unfiltered because a filter passes to what its thread starts: the VMM it started carries
+/// none of the daemon's.
+#[test]
+fn the_daemons_threads_are_filtered_and_its_vmms_inherit_nothing() {
+    let mut env = Env::new("seccomp");
+    env.start(&[]);
+    let c = env.client();
+    env.create(&c, "a", "");
+    let v = c
+        .call("POST", "/vms/a/start", Some(&json!({"wait_ready": true})))
+        .unwrap();
+    assert_eq!(v["state"], "running", "{v}");
+    let threads = seccomp_modes(env.daemon.as_ref().unwrap().id());
+    let (launcher, rest): (Vec<_>, Vec<_>) =
+        threads.iter().partition(|(n, _)| n == "vireod-launcher");
+    assert_eq!(launcher.len(), 1, "{threads:?}");
+    assert_eq!(launcher[0].1, "0", "{threads:?}");
+    // The main thread and the runtime's two workers at least, all filtered.
+    assert!(rest.len() >= 3, "{threads:?}");
+    assert!(
+        rest.iter().all(|(n, m)| n == "vireod" && m == "2"),
+        "{threads:?}"
+    );
+    let vmm = seccomp_modes(env.vmm_pid("a") as u32);
+    assert!(vmm.iter().all(|(_, m)| m == "0"), "{vmm:?}");
+    // And the exit of a VMM it started is still seen (the reaper waits on a pidfd).
+    let v = c
+        .call("POST", "/vms/a/stop", Some(&json!({"timeout_secs": 5})))
+        .unwrap();
+    assert_eq!(v["state"], "defined", "{v}");
+    assert_eq!(v["last_exit"]["status"], 0, "{v}");
+}
+
+/// A daemon thread that calls outside the list: the daemon dies by SIGSYS (kill, the
+/// default), or is told and goes on (log); `--seccomp off` says it filters nothing.
+#[test]
+fn a_daemon_call_outside_its_list_kills_it_or_is_logged() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new("selftest");
+    let run = |mode: &str, selftest: bool| {
+        let mut c = env.daemon_cmd(&["--seccomp", mode]);
+        if selftest {
+            c.env("VIREO_SECCOMP_SELFTEST", "daemon");
+        }
+        let mut child = c
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let listening = loop {
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            if std::os::unix::net::UnixStream::connect(&env.socket).is_ok() {
+                break true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon neither listened nor exited"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if listening {
+            // SAFETY: kill(2) on our own child, which still runs.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        let st = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (listening, st, err)
+    };
+    let (listening, st, err) = run("kill", true);
+    assert!(!listening, "{err}");
+    assert_eq!(st.signal(), Some(libc::SIGSYS), "{st}: {err}");
+    let (listening, st, err) = run("log", true);
+    assert!(listening && st.success(), "{st}: {err}");
+    let nr = libc::SYS_getppid.to_string();
+    assert!(
+        err.contains(&format!("system call {nr} is outside")),
+        "{err}"
+    );
+    let (listening, st, err) = run("off", false);
+    assert!(listening && st.success(), "{st}: {err}");
+    assert!(err.contains("--seccomp off"), "{err}");
+}

@@ -1,4 +1,5 @@
-//! seccomp-bpf filters for the VMM's guest-facing threads, built with rust-vmm's seccompiler.
+//! seccomp-bpf filters for the VMM's guest-facing threads and for the daemon's threads, built
+//! with rust-vmm's seccompiler.
 //!
 //! # What is filtered
 //! Every thread that touches guest-controlled data enters `vireo_machine::sandbox` first
@@ -16,6 +17,10 @@
 //! The VMM's other threads (the main thread, which builds each boot's devices and machine, and
 //! `vireo run`'s signal thread) are not filtered yet; they run in the jail ([`crate::jail`])
 //! when there is one.
+//!
+//! `vireo daemon`'s threads have a list of their own ([`confine_daemon`]): installed on its
+//! main thread before its runtime starts, so all its threads inherit it, except the one that
+//! starts VMMs, which is started before (a VMM must not begin under the daemon's filter).
 //!
 //! # How the lists were made, and why they are alike
 //! The lists are what these threads were seen to call across vireo's end-to-end tests (`perf
@@ -94,8 +99,10 @@ impl std::str::FromStr for Mode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    #[error("cannot build the {kind:?} threads' seccomp filter: {reason}")]
-    Build { kind: ThreadKind, reason: String },
+    #[error("cannot build the {kind} threads' seccomp filter: {reason}")]
+    Build { kind: &'static str, reason: String },
+    #[error("cannot install the daemon's seccomp filter: {0}")]
+    Install(String),
     #[error("seccomp filters are written for x86-64 hosts only so far (this host is {0}); run with --seccomp off")]
     Arch(&'static str),
     #[error("cannot install the SIGSYS handler for --seccomp log: {0}")]
@@ -159,34 +166,37 @@ const KINDS: [ThreadKind; 5] = [
 
 /// Each kind's program.
 fn build(mode: Mode) -> Result<HashMap<ThreadKind, BpfProgram>, SeccompError> {
+    let mut out = HashMap::new();
+    for kind in KINDS {
+        let name = kind_name(kind);
+        let r = rules(kind).map_err(|reason| SeccompError::Build { kind: name, reason })?;
+        out.insert(kind, program(name, r, mode)?);
+    }
+    Ok(out)
+}
+
+/// One list's program: `rules` allowed, anything else refused as `mode` says.
+fn program(kind: &'static str, rules: Rules, mode: Mode) -> Result<BpfProgram, SeccompError> {
     let arch = std::env::consts::ARCH;
     if arch != "x86_64" {
         return Err(SeccompError::Arch(arch));
     }
-    let target = seccompiler::TargetArch::try_from(arch).map_err(|e| SeccompError::Build {
-        kind: ThreadKind::Device,
-        reason: e.to_string(),
-    })?;
+    let bad = |reason: String| SeccompError::Build { kind, reason };
+    let target = seccompiler::TargetArch::try_from(arch).map_err(|e| bad(e.to_string()))?;
     let mismatch = match mode {
         Mode::Log => SeccompAction::Trap,
         _ => SeccompAction::KillProcess,
     };
-    let mut out = HashMap::new();
-    for kind in KINDS {
-        let bad = |reason: String| SeccompError::Build { kind, reason };
-        let rules = rules(kind).map_err(bad)?;
-        let starts_threads = rules.contains_key(&libc::SYS_clone);
-        let allow = SeccompFilter::new(rules, mismatch.clone(), SeccompAction::Allow, target)
-            .map_err(|e| bad(e.to_string()))?;
-        let mut prog: BpfProgram = allow
-            .try_into()
-            .map_err(|e: seccompiler::BackendError| bad(e.to_string()))?;
-        if starts_threads {
-            prog.splice(0..0, clone3_enosys());
-        }
-        out.insert(kind, prog);
+    let starts_threads = rules.contains_key(&libc::SYS_clone);
+    let allow = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, target)
+        .map_err(|e| bad(e.to_string()))?;
+    let mut prog: BpfProgram = allow
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| bad(e.to_string()))?;
+    if starts_threads {
+        prog.splice(0..0, clone3_enosys());
     }
-    Ok(out)
+    Ok(prog)
 }
 
 /// `clone3` fails with ENOSYS: in front of the allowlist, ahead of its architecture check (a
@@ -227,10 +237,12 @@ pub fn compile(mode: Mode) -> Result<usize, SeccompError> {
 /// it).
 pub fn program_lengths() -> Result<Vec<(&'static str, usize)>, SeccompError> {
     let built = build(Mode::Kill)?;
-    Ok(KINDS
+    let mut v: Vec<_> = KINDS
         .iter()
         .map(|k| (kind_name(*k), built.get(k).map_or(0, Vec::len)))
-        .collect())
+        .collect();
+    v.push(("daemon", daemon_program(Mode::Kill)?.len()));
+    Ok(v)
 }
 
 /// Installs the Device kind's programs on the calling thread (for the bench, which times it
@@ -240,17 +252,121 @@ pub fn confine_this_thread_as_device() -> Result<(), SeccompError> {
         .remove(&ThreadKind::Device)
         .unwrap_or_default();
     seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Build {
-        kind: ThreadKind::Device,
+        kind: "device",
         reason: e.to_string(),
     })
 }
 
 /// The number of system calls in each kind's allowlist (for the figures in the docs).
 pub fn list_sizes() -> Result<Vec<(&'static str, usize)>, String> {
-    KINDS
+    let mut v = KINDS
         .iter()
         .map(|&k| rules(k).map(|r| (kind_name(k), r.len())))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    v.push(("daemon", daemon_rules()?.len()));
+    Ok(v)
+}
+
+/// The daemon's program (see [`confine_daemon`]).
+fn daemon_program(mode: Mode) -> Result<BpfProgram, SeccompError> {
+    let r = daemon_rules().map_err(|reason| SeccompError::Build {
+        kind: "daemon",
+        reason,
+    })?;
+    program("daemon", r, mode)
+}
+
+/// Confines the calling thread, and every thread it starts from now on, to the daemon's list:
+/// `vireo daemon` calls it on its main thread before it starts its runtime, so that every
+/// thread that parses a request (the runtime's workers, its blocking pool, which they start)
+/// runs filtered. What the daemon must not do itself (start processes) is done by a thread
+/// started before this call (its VMM launcher), which so stays unfiltered, as the VMMs it
+/// starts must be: a filter passes to every thread and process its thread creates.
+pub fn confine_daemon(mode: Mode) -> Result<(), SeccompError> {
+    if mode == Mode::Off {
+        eprintln!(
+            "vireo daemon: warning: --seccomp off: the daemon's threads run without system-call filters"
+        );
+        return Ok(());
+    }
+    let prog = daemon_program(mode)?;
+    if mode == Mode::Log {
+        log_handler::install().map_err(SeccompError::Handler)?;
+    }
+    seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(e.to_string()))?;
+    if std::env::var(SELFTEST_ENV).as_deref() == Ok("daemon") {
+        // SAFETY: getppid takes no arguments and touches no memory; it is in no list, so
+        // the filter just installed answers it.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    Ok(())
+}
+
+/// What the daemon's threads call: its runtime (threads, epoll, timers, signals), its API
+/// sockets (Unix, and TCP with `--listen`) and the VMMs' control sockets, its state directory
+/// (the SQLite store and its locks, run directories, pools, volumes, snapshot copies), the
+/// per-VM cgroups (directories and files under /sys/fs/cgroup), and signals to its VMMs
+/// (`kill`; their exits are reaped with `wait4`). Found as the VMM lists were (`perf trace -s`
+/// over the daemon's tests, its API tests with a stand-in VMM and the end-to-end ones with
+/// real VMMs, jailed and not), each entry a call those threads made once confined. Not:
+/// execve, fork, ptrace, mounts, namespaces, privilege changes, KVM.
+fn daemon_rules() -> Result<Rules, String> {
+    let mut r = common()?;
+    // The daemon serves no guest: it reaches no device's host side and no KVM.
+    r.remove(&libc::SYS_ioctl);
+    for n in [
+        libc::SYS_bind,
+        libc::SYS_listen,
+        // tokio's signal driver wakes itself through a socket pair.
+        libc::SYS_socketpair,
+        libc::SYS_rt_sigaction,
+        libc::SYS_wait4,
+        libc::SYS_geteuid,
+        libc::SYS_getcwd,
+        libc::SYS_flock,
+        libc::SYS_mkdir,
+        libc::SYS_rmdir,
+        libc::SYS_unlink,
+        libc::SYS_unlinkat,
+        libc::SYS_rename,
+        libc::SYS_renameat2,
+        // A volume's import hard-links its finished copy into place.
+        libc::SYS_linkat,
+        libc::SYS_readlink,
+        libc::SYS_chmod,
+        libc::SYS_fchmod,
+        // A jailed VM's disks go to the jail's user; SQLite gives its journal the database's.
+        libc::SYS_chown,
+        libc::SYS_fchown,
+        libc::SYS_fchownat,
+        // A pool's free space.
+        libc::SYS_statfs,
+        libc::SYS_fstatfs,
+    ] {
+        r.insert(n, vec![]);
+    }
+    // SIGKILL to a VMM that did not start in time or would not stop (the others are asked
+    // over their control sockets).
+    r.insert(
+        libc::SYS_kill,
+        vec![rule(vec![cond32(1, libc::SIGKILL as u32)?])?],
+    );
+    // Its listeners and its connections to the VMMs: Unix and IP sockets, nothing else (no
+    // netlink, no raw or packet sockets).
+    r.insert(
+        libc::SYS_socket,
+        [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6]
+            .iter()
+            .map(|&f| rule(vec![cond32(0, f as u32)?]))
+            .collect::<Result<_, _>>()?,
+    );
+    // Non-blocking and close-on-exec switches, and a terminal check (of stderr, for
+    // colours).
+    r.insert(
+        libc::SYS_ioctl,
+        ioctls(&[libc::FIONBIO, libc::FIOCLEX, libc::TCGETS])?,
+    );
+    Ok(r)
 }
 
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
@@ -711,6 +827,74 @@ mod tests {
             (r, std::io::Error::last_os_error().raw_os_error())
         });
         assert_eq!(t.join().unwrap(), (-1, Some(libc::EPERM)));
+    }
+
+    /// The daemon signals and reaps its VMMs but starts none itself (its unfiltered launcher
+    /// thread does), reaches no KVM, and makes no socket but Unix and IP ones.
+    #[test]
+    fn the_daemon_list_starts_no_process() {
+        let r = daemon_rules().unwrap();
+        for forbidden in [
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_fork,
+            libc::SYS_vfork,
+            libc::SYS_ptrace,
+            libc::SYS_mount,
+            libc::SYS_pivot_root,
+            libc::SYS_setuid,
+            libc::SYS_setns,
+            libc::SYS_unshare,
+            libc::SYS_getppid,
+            libc::SYS_pidfd_open,
+        ] {
+            assert!(!r.contains_key(&forbidden), "the daemon allows {forbidden}");
+        }
+        assert!(r.contains_key(&libc::SYS_kill) && r.contains_key(&libc::SYS_wait4));
+        assert_eq!(r[&libc::SYS_socket].len(), 3);
+        assert_eq!(r[&libc::SYS_ioctl].len(), 3);
+        assert!(daemon_program(Mode::Kill).unwrap().len() > 100);
+    }
+
+    /// On a thread under the daemon's program (log mode: refusals fail with EPERM): SIGKILL
+    /// to a child goes, any other signal does not; IP sockets are made, netlink ones are not;
+    /// a fork is refused.
+    #[test]
+    fn a_daemon_thread_may_kill_but_not_fork() {
+        log_handler::install().unwrap();
+        let prog = daemon_program(Mode::Log).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as libc::pid_t;
+        let t = std::thread::spawn(move || {
+            seccompiler::apply_filter(&prog).unwrap();
+            let errno = || std::io::Error::last_os_error().raw_os_error();
+            // SAFETY: plain system calls with valid arguments on our own child; sockets made
+            // are closed; the fork (refused) would only run `_exit` in the child.
+            unsafe {
+                let term = libc::kill(pid, libc::SIGTERM);
+                assert_eq!((term, errno()), (-1, Some(libc::EPERM)));
+                let inet = libc::socket(libc::AF_INET6, libc::SOCK_STREAM, 0);
+                assert!(inet >= 0, "{:?}", errno());
+                libc::close(inet);
+                let nl = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, 0);
+                assert_eq!((nl, errno()), (-1, Some(libc::EPERM)));
+                let forked = libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0);
+                if forked == 0 {
+                    libc::_exit(0);
+                }
+                assert_eq!((forked, errno()), (-1, Some(libc::EPERM)));
+                assert_eq!(libc::kill(pid, libc::SIGKILL), 0, "{:?}", errno());
+            }
+        });
+        let r = t.join();
+        let _ = child.kill();
+        let st = child.wait().unwrap();
+        r.unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(st.signal(), Some(libc::SIGKILL));
     }
 
     #[test]
