@@ -146,6 +146,9 @@ fn run_inner(args: RunArgs) -> Result<u8, Failure> {
     }
     vireo_machine::sandbox::start_spawner()
         .map_err(|e| fail(format!("cannot start the thread spawner: {e}")))?;
+    // This thread, and every thread it starts from here (the signal thread among them),
+    // under the main thread's filter: what is left is building and running the machine.
+    vireo_machine::sandbox::enter(vireo_machine::sandbox::ThreadKind::Main);
     let (accel, cfg, isa, vireo_init) = (plan.accel, plan.boot, plan.isa, plan.vireo_init);
     let sup = Arc::new(Supervisor::default());
     let _signals = crate::signals::start(sup.clone(), pty).map_err(fail)?;

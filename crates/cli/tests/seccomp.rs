@@ -73,6 +73,13 @@ fn the_emulators_thread_making_a_forbidden_call_kills_the_vmm() {
 }
 
 #[test]
+fn the_main_thread_making_a_forbidden_call_kills_the_vmm() {
+    require_image();
+    let o = run_with(Some("main"), &["run", "--image", IMAGE, "--", "true"]);
+    assert_killed_by_sigsys(&o);
+}
+
+#[test]
 fn a_device_worker_making_a_forbidden_call_kills_the_vmm() {
     require_image();
     let (dir, disk) = scratch_with_disk("dev");
@@ -138,9 +145,9 @@ fn off_says_so_and_a_bad_mode_is_refused() {
 }
 
 /// Each thread's `Seccomp:` line in /proc: the run loop, a device worker, the command
-/// channel's reader and the VMM's socket threads are filtered (mode 2), the worker with its own
-/// filters only (the spawner started it); the main thread, which builds the devices, and the
-/// spawner are not.
+/// channel's reader, the VMM's socket threads and the main thread, which builds the devices,
+/// are filtered (mode 2), the worker with its own filter only (the spawner started it); the
+/// spawner is not.
 #[test]
 fn proc_shows_the_filters_on_the_guest_facing_threads() {
     require_image();
@@ -197,8 +204,9 @@ fn proc_shows_the_filters_on_the_guest_facing_threads() {
             .unwrap_or_else(|| panic!("no thread {name}: {seen:?}"))
             .clone()
     };
+    // The run loop carries its own filter and the main thread's, which started it.
     let emu = find("vireo-emu");
-    assert_eq!((emu.1.as_str(), emu.2.as_str()), ("2", "1"), "{seen:?}");
+    assert_eq!((emu.1.as_str(), emu.2.as_str()), ("2", "2"), "{seen:?}");
     // A worker is started by the spawner, not by the thread that activated its device: it
     // has its own filter only (one program per kind), none of its activator's.
     let blk = find("vireo-blk");
@@ -216,9 +224,9 @@ fn proc_shows_the_filters_on_the_guest_facing_threads() {
         let t = find(name);
         assert_eq!(t.1, "2", "{name}: {seen:?}");
     }
-    // The main thread (named for the binary) builds each boot's devices: no filter yet.
+    // The main thread (named for the binary) builds each boot's devices, under its own.
     let main = find("vireo");
-    assert_eq!(main.1, "0", "{seen:?}");
+    assert_eq!((main.1.as_str(), main.2.as_str()), ("2", "1"), "{seen:?}");
     drop(vmm);
     let _ = std::fs::remove_dir_all(&dir);
 }

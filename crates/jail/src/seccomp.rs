@@ -14,9 +14,14 @@
 //!   and its console socket, and the console relay — and every thread they start; in `vireo
 //!   run`, the console's threads and the command's stream pumps.
 //!
-//! The VMM's other threads (the main thread, which builds each boot's devices and machine, and
-//! `vireo run`'s signal thread) are not filtered yet; they run in the jail ([`crate::jail`])
-//! when there is one.
+//! - `Main`: the VMM's main thread, from just before it builds the first machine (after any
+//!   jail and the spawner); every thread it starts from then on (the run loops, vCPUs, `vireo
+//!   run`'s signal thread, the sockets' threads) carries its filter beside its own, so its list
+//!   is every other kind's plus what building a machine takes ([`main_rules`]).
+//!
+//! The one thread left unfiltered is the spawner (`vireo_machine::sandbox::spawn`): the
+//! workers it starts must not inherit a filter, and it runs nothing but thread starts asked
+//! for by the process's own threads.
 //!
 //! `vireo daemon`'s threads have a list of their own ([`confine_daemon`]): installed on its
 //! main thread before its runtime starts, so all its threads inherit it, except the one that
@@ -153,15 +158,17 @@ fn kind_name(kind: ThreadKind) -> &'static str {
         ThreadKind::Vcpu => "vcpu",
         ThreadKind::Device => "device",
         ThreadKind::Control => "control",
+        ThreadKind::Main => "main",
     }
 }
 
-const KINDS: [ThreadKind; 5] = [
+const KINDS: [ThreadKind; 6] = [
     ThreadKind::EmuHarts,
     ThreadKind::KvmWait,
     ThreadKind::Vcpu,
     ThreadKind::Device,
     ThreadKind::Control,
+    ThreadKind::Main,
 ];
 
 /// Each kind's program.
@@ -515,9 +522,12 @@ const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
 
 fn rules(kind: ThreadKind) -> Result<Rules, String> {
+    if kind == ThreadKind::Main {
+        return main_rules();
+    }
     let mut r = common()?;
     let io = match kind {
-        ThreadKind::KvmWait => Vec::new(),
+        ThreadKind::KvmWait | ThreadKind::Main => Vec::new(),
         ThreadKind::EmuHarts | ThreadKind::Device => host_ioctls(),
         ThreadKind::Control => {
             let mut v = host_ioctls();
@@ -580,6 +590,81 @@ fn rules(kind: ThreadKind) -> Result<Rules, String> {
     Ok(r)
 }
 
+/// The main thread's: every other kind's (the threads it starts after it is confined carry
+/// its filter beside their own, and the kernel answers a call with the strictest of them, so
+/// its list must hold theirs), and what building a machine takes beyond them: the KVM calls
+/// that make a VM and its vCPUs and load their state, the terminal's modes (a raw console
+/// and back) and size, the file calls of a snapshot's restore and of the run directory.
+fn main_rules() -> Result<Rules, String> {
+    let mut r: Rules = BTreeMap::new();
+    for kind in KINDS.into_iter().filter(|k| *k != ThreadKind::Main) {
+        for (nr, rs) in rules(kind)? {
+            if nr == libc::SYS_ioctl {
+                continue;
+            }
+            match r.get_mut(&nr) {
+                // No rules: the call is allowed whatever its arguments.
+                Some(have) if have.is_empty() => {}
+                Some(_) if rs.is_empty() => {
+                    r.insert(nr, rs);
+                }
+                Some(have) => {
+                    for rule in rs {
+                        if !have.contains(&rule) {
+                            have.push(rule);
+                        }
+                    }
+                }
+                None => {
+                    r.insert(nr, rs);
+                }
+            }
+        }
+    }
+    let mut io = host_ioctls();
+    io.extend(kvm::vcpu_ioctls());
+    io.extend(kvm::vm_ioctls());
+    io.extend(kvm::setup_ioctls());
+    io.extend([libc::TCSETS, libc::TCSETSW, libc::TCSETSF, libc::TIOCGWINSZ]);
+    io.sort_unstable();
+    io.dedup();
+    r.insert(libc::SYS_ioctl, ioctls(&io)?);
+    for n in MAIN_EXTRA {
+        r.entry(n).or_default();
+    }
+    // passt, when this VMM started it (no jail): ended with SIGKILL and reaped at exit.
+    r.insert(
+        libc::SYS_kill,
+        vec![rule(vec![cond32(1, libc::SIGKILL as u32)?])?],
+    );
+    Ok(r)
+}
+
+/// What the main thread calls beyond every other kind (see [`main_rules`]); from `perf
+/// trace -s` of the VMM's main thread over the end-to-end tests, past the point where it is
+/// confined.
+const MAIN_EXTRA: [i64; 14] = [
+    // `vireo vmm`'s control and console sockets, made once the machine is built.
+    libc::SYS_bind,
+    libc::SYS_listen,
+    // The disks' image locks, taken as each boot opens them.
+    libc::SYS_flock,
+    // passt's exit, reaped.
+    libc::SYS_wait4,
+    libc::SYS_waitid,
+    // `vireo run`'s signal handlers (signal-hook: the handlers, and the socket pair they
+    // wake the signal thread by), installed after this thread is confined.
+    libc::SYS_rt_sigaction,
+    libc::SYS_socketpair,
+    libc::SYS_pipe2,
+    libc::SYS_getcwd,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    libc::SYS_chmod,
+];
+
 /// KVM's ioctl numbers (linux/kvm.h; KVMIO is 0xAE), for the vCPU threads' list.
 #[cfg(target_arch = "x86_64")]
 mod kvm {
@@ -620,6 +705,26 @@ mod kvm {
     ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
     ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
     ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+    ioctl_io_nr!(KVM_GET_API_VERSION, KVMIO, 0x00);
+    ioctl_io_nr!(KVM_CREATE_VM, KVMIO, 0x01);
+    ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_msr_list);
+    ioctl_io_nr!(KVM_GET_VCPU_MMAP_SIZE, KVMIO, 0x04);
+    ioctl_iowr_nr!(KVM_GET_SUPPORTED_CPUID, KVMIO, 0x05, kvm_cpuid2);
+    ioctl_io_nr!(KVM_CREATE_VCPU, KVMIO, 0x41);
+    ioctl_io_nr!(KVM_SET_TSS_ADDR, KVMIO, 0x47);
+    ioctl_iow_nr!(KVM_SET_IDENTITY_MAP_ADDR, KVMIO, 0x48, u64);
+    ioctl_io_nr!(KVM_CREATE_IRQCHIP, KVMIO, 0x60);
+    ioctl_iow_nr!(KVM_CREATE_PIT2, KVMIO, 0x77, kvm_pit_config);
+    ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
+    ioctl_iow_nr!(KVM_SET_FPU, KVMIO, 0x8d, kvm_fpu);
+    ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
+    ioctl_iow_nr!(KVM_SET_XSAVE, KVMIO, 0xa5, kvm_xsave);
+    ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_xcrs);
+    ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
+    ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_debugregs);
+    ioctl_iow_nr!(KVM_SET_CLOCK, KVMIO, 0x7b, kvm_clock_data);
+    ioctl_ior_nr!(KVM_SET_IRQCHIP, KVMIO, 0x63, kvm_irqchip);
+    ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_pit_state2);
 
     /// KVM_RUN and the state reads a snapshot makes on the vCPU's own thread; the interrupt
     /// lines devices raise from a vCPU's exit; and the MSI routes and doorbell eventfds a
@@ -653,6 +758,34 @@ mod kvm {
         .to_vec()
     }
 
+    /// What making a VM and its vCPUs, and loading a restored one's state, asks of KVM (on
+    /// the main thread, which builds the machine).
+    pub fn setup_ioctls() -> Vec<u64> {
+        [
+            KVM_GET_API_VERSION(),
+            KVM_CREATE_VM(),
+            KVM_GET_VCPU_MMAP_SIZE(),
+            KVM_GET_SUPPORTED_CPUID(),
+            KVM_GET_MSR_INDEX_LIST(),
+            KVM_CREATE_VCPU(),
+            KVM_SET_TSS_ADDR(),
+            KVM_SET_IDENTITY_MAP_ADDR(),
+            KVM_CREATE_IRQCHIP(),
+            KVM_CREATE_PIT2(),
+            KVM_SET_CPUID2(),
+            KVM_SET_FPU(),
+            KVM_SET_LAPIC(),
+            KVM_SET_XSAVE(),
+            KVM_SET_XCRS(),
+            KVM_SET_VCPU_EVENTS(),
+            KVM_SET_DEBUGREGS(),
+            KVM_SET_CLOCK(),
+            KVM_SET_IRQCHIP(),
+            KVM_SET_PIT2(),
+        ]
+        .to_vec()
+    }
+
     /// What a snapshot asks of the VM (not a vCPU) from the thread serving the request: the
     /// dirty log (and the memory slots re-registered to start it), the clock, the interrupt
     /// controllers and the PIT; and the interrupt lines a device raises from there.
@@ -675,6 +808,10 @@ mod kvm {
 #[cfg(not(target_arch = "x86_64"))]
 mod kvm {
     pub fn vcpu_ioctls() -> Vec<u64> {
+        Vec::new()
+    }
+
+    pub fn setup_ioctls() -> Vec<u64> {
         Vec::new()
     }
 
@@ -782,12 +919,27 @@ mod tests {
                 libc::SYS_ptrace,
                 libc::SYS_mount,
                 libc::SYS_setuid,
-                libc::SYS_kill,
                 libc::SYS_getppid,
             ] {
                 assert!(!r.contains_key(&forbidden), "{kind:?} allows {forbidden}");
             }
+            // Only the main thread signals (passt, with SIGKILL).
+            assert_eq!(r.contains_key(&libc::SYS_kill), kind == ThreadKind::Main);
         }
+        // The threads the main thread starts carry its filter too: its list holds theirs.
+        let main = rules(ThreadKind::Main).unwrap();
+        for kind in KINDS {
+            for (nr, rs) in rules(kind).unwrap() {
+                let m = main
+                    .get(&nr)
+                    .unwrap_or_else(|| panic!("main lacks {nr} of {kind:?}"));
+                if nr != libc::SYS_ioctl && !m.is_empty() {
+                    assert!(!rs.is_empty() && rs.iter().all(|x| m.contains(x)), "{nr}");
+                }
+            }
+        }
+        let io = |k| rules(k).unwrap()[&libc::SYS_ioctl].len();
+        assert!(io(ThreadKind::Main) > io(ThreadKind::Vcpu));
         // Threads that run guest code make no sockets and start no threads; workers do.
         for kind in [ThreadKind::EmuHarts, ThreadKind::KvmWait, ThreadKind::Vcpu] {
             let r = rules(kind).unwrap();

@@ -23,6 +23,10 @@ pub enum ThreadKind {
     /// A virtio device's worker: queues, and the host side (files, sockets) it serves them
     /// from.
     Device,
+    /// The VMM's main thread once the machine is about to be built (after any jail and the
+    /// spawner): it builds each boot's devices and machine and waits for the run. Every
+    /// thread it starts from then on carries its filter too, beside its own.
+    Main,
     /// The VMM's own threads that serve its sockets (control requests, snapshots among them;
     /// console clients) and relay the console, and every thread they start; in `vireo run`,
     /// the console's and the command's stream threads.

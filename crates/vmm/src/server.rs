@@ -439,6 +439,9 @@ impl Server {
         }
         vireo_machine::sandbox::start_spawner()
             .map_err(|e| fail(format!("cannot start the thread spawner: {e}")))?;
+        // From here on this thread builds machines from the definition and snapshots, and
+        // every thread it starts carries its filter.
+        vireo_machine::sandbox::enter(vireo_machine::sandbox::ThreadKind::Main);
         Ok(self)
     }
 
