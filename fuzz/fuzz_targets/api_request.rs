@@ -123,6 +123,8 @@ fn fresh(root: &Path) -> Option<DaemonConfig> {
         start_timeout: Duration::from_secs(1),
         pool_root: Some(root.join("pools")),
         jail: None,
+        // Only `run_blocking` installs it; the fuzzer drives the router directly.
+        seccomp: Default::default(),
     })
 }
 

@@ -17,7 +17,7 @@
 //! - `Main`: the VMM's main thread, from just before it builds the first machine (after any
 //!   jail and the spawner); every thread it starts from then on (the run loops, vCPUs, `vireo
 //!   run`'s signal thread, the sockets' threads) carries its filter beside its own, so its list
-//!   is every other kind's plus what building a machine takes ([`main_rules`]).
+//!   is every other kind's plus what building a machine takes (`main_rules`).
 //!
 //! The one thread left unfiltered is the spawner (`vireo_machine::sandbox::spawn`): the
 //! workers it starts must not inherit a filter, and it runs nothing but thread starts asked
