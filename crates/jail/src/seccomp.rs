@@ -122,16 +122,10 @@ pub const SELFTEST_ENV: &str = "VIREO_SECCOMP_SELFTEST";
 /// Builds every kind's filter (so that a bad list fails here, before any guest runs) and has
 /// `vireo_machine::sandbox::enter` install them. Call once, before the machine is built.
 pub fn install(mode: Mode) -> Result<(), SeccompError> {
-    if mode == Mode::Off {
-        eprintln!(
-            "vireo: warning: --seccomp off: the VMM's guest-facing threads run without system-call filters"
-        );
+    if !armed(mode, "vireo", "the VMM's guest-facing threads")? {
         return Ok(());
     }
     let programs = build(mode)?;
-    if mode == Mode::Log {
-        log_handler::install().map_err(SeccompError::Handler)?;
-    }
     let selftest = std::env::var(SELFTEST_ENV).ok();
     vireo_machine::sandbox::set_hook(move |kind| {
         let Some(progs) = programs.get(&kind) else {
@@ -149,6 +143,21 @@ pub fn install(mode: Mode) -> Result<(), SeccompError> {
         }
     });
     Ok(())
+}
+
+/// Whether `mode` filters anything: off says so (as `program`, of `whom`) and is false; log
+/// installs the SIGSYS handler that reports a refused call.
+fn armed(mode: Mode, program: &str, whom: &str) -> Result<bool, SeccompError> {
+    match mode {
+        Mode::Off => {
+            eprintln!("{program}: warning: --seccomp off: {whom} run without system-call filters");
+            Ok(false)
+        }
+        Mode::Log => log_handler::install()
+            .map_err(SeccompError::Handler)
+            .map(|()| true),
+        Mode::Kill => Ok(true),
+    }
 }
 
 fn kind_name(kind: ThreadKind) -> &'static str {
@@ -290,16 +299,10 @@ fn daemon_program(mode: Mode) -> Result<BpfProgram, SeccompError> {
 /// started before this call (its VMM launcher), which so stays unfiltered, as the VMMs it
 /// starts must be: a filter passes to every thread and process its thread creates.
 pub fn confine_daemon(mode: Mode) -> Result<(), SeccompError> {
-    if mode == Mode::Off {
-        eprintln!(
-            "vireo daemon: warning: --seccomp off: the daemon's threads run without system-call filters"
-        );
+    if !armed(mode, "vireo daemon", "the daemon's threads")? {
         return Ok(());
     }
     let prog = daemon_program(mode)?;
-    if mode == Mode::Log {
-        log_handler::install().map_err(SeccompError::Handler)?;
-    }
     seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(e.to_string()))?;
     if std::env::var(SELFTEST_ENV).as_deref() == Ok("daemon") {
         // SAFETY: getppid takes no arguments and touches no memory; it is in no list, so
